@@ -1,0 +1,49 @@
+#include <cstdio>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "flexsp/kernels/cuda_runtime.hpp"
+
+namespace flexsp::app {
+
+void add_info_command(CLI::App& root) {
+  auto* cmd = root.add_subcommand("info", "Show the build configuration and the devices this machine offers");
+  auto json_out = std::make_shared<bool>(false);
+  cmd->add_flag("--json", *json_out, "print JSON instead of text");
+  cmd->callback([json_out]() {
+    const auto cuda = kernels::query_cuda();
+    nlohmann::json j;
+    j["version"] = "0.1.0";
+    j["cpu_devices"] = std::thread::hardware_concurrency();
+    j["cuda"] = {{"compiled", cuda.compiled},
+                 {"runtime_version", cuda.runtime_version},
+                 {"driver_version", cuda.driver_version},
+                 {"nccl_version", cuda.nccl_version},
+                 {"reason", cuda.reason}};
+    auto& gpus = j["cuda"]["devices"] = nlohmann::json::array();
+    for (const auto& d : cuda.devices)
+      gpus.push_back({{"index", d.index},
+                      {"name", d.name},
+                      {"compute_capability", std::to_string(d.compute_capability_major) + "." +
+                                                 std::to_string(d.compute_capability_minor)},
+                      {"memory_gb", static_cast<double>(d.memory_bytes) / (1 << 30)}});
+    if (*json_out) {
+      std::printf("%s\n", j.dump(2).c_str());
+      return;
+    }
+    std::printf("flexsp 0.1.0\n");
+    std::printf("cpu devices available: %u\n", std::thread::hardware_concurrency());
+    std::printf("cuda backend: %s", cuda.compiled ? "compiled in" : "not compiled in");
+    if (cuda.compiled)
+      std::printf(" (runtime %d, driver %d, nccl %d)", cuda.runtime_version, cuda.driver_version, cuda.nccl_version);
+    std::printf("\n");
+    for (const auto& d : cuda.devices)
+      std::printf("  cuda:%d %s (sm_%d%d, %.1f GiB)\n", d.index, d.name.c_str(), d.compute_capability_major,
+                  d.compute_capability_minor, static_cast<double>(d.memory_bytes) / (1 << 30));
+    if (cuda.devices.empty()) std::printf("gpus: none (%s)\n", cuda.reason.c_str());
+  });
+}
+
+}  // namespace flexsp::app

@@ -1,0 +1,48 @@
+// The `flexsp` command: builds the CLI from each subcommand family and runs one.
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "commands.hpp"
+#include "flexsp/core/log.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"flexsp: heterogeneity-adaptive sequence-parallel LLM training on a C++ actor runtime", "flexsp"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string{"flexsp 0.1.0"});
+  std::string log_spec;
+  app.add_option("--log-level", log_spec,
+                 "log levels: a default and per-logger overrides, e.g. 'info' or 'warn,net=debug' "
+                 "(also FLEXSP_LOG)");
+  app.footer("Environment:\n  FLEXSP_LOG   log level spec, as --log-level (the flag wins)\n\n"
+             "Run 'flexsp <command> --help' for a command's options.");
+
+  flexsp::app::add_info_command(app);
+
+  app.parse_complete_callback([&log_spec]() {
+    if (auto r = flexsp::log::configure_from_env(); !r) throw CLI::ValidationError("FLEXSP_LOG", r.error().message());
+    if (!log_spec.empty())
+      if (auto r = flexsp::log::configure(log_spec); !r) throw CLI::ValidationError("--log-level", r.error().message());
+  });
+
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+      known = known || sub->check_name(argv[1]);
+    if (!known) {
+      std::fprintf(stderr, "flexsp: unknown command '%s'; run 'flexsp --help' for the list\n", argv[1]);
+      return 2;
+    }
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "flexsp: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

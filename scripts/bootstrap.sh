@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what flexsp needs (Debian packages, idempotent), configures and builds.
+#
+#   scripts/bootstrap.sh [--target T ...] [--werror] [-- <extra cmake args>]
+#
+# Environment: FLEXSP_BUILD_DIR (default: build), FLEXSP_BUILD_TYPE (default: RelWithDebInfo),
+# FLEXSP_ENABLE_CUDA (AUTO|ON|OFF, default AUTO), FLEXSP_SKIP_APT=1 to never call apt-get.
+# Quick when everything is already there: one dpkg-query, then an incremental ninja build.
+set -euo pipefail
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+
+root_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build_dir="${FLEXSP_BUILD_DIR:-$root_dir/build}"
+build_type="${FLEXSP_BUILD_TYPE:-RelWithDebInfo}"
+targets=()
+werror=OFF
+extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --target) targets+=("$2"); shift 2 ;;
+    --werror) werror=ON; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "bootstrap: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libasio-dev capnproto libcapnp-dev coinor-libcbc-dev libspdlog-dev libfmt-dev libgloo-dev
+  libopenblas-dev nlohmann-json3-dev libcli11-dev googletest libgtest-dev libgmock-dev
+  libbenchmark-dev libcaf-dev zlib1g-dev iproute2 procps
+)
+
+missing=()
+while read -r pkg status; do
+  [[ "$status" == "installed" ]] || missing+=("$pkg")
+done < <(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${packages[@]}" 2>/dev/null || true)
+# dpkg-query prints nothing for packages it has never heard of.
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -q '^installed$' || missing+=("$pkg")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  if [[ "${FLEXSP_SKIP_APT:-0}" == "1" ]]; then
+    echo "bootstrap: missing packages: ${missing[*]} (FLEXSP_SKIP_APT=1, not installing)" >&2
+    exit 1
+  fi
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "bootstrap: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  echo "bootstrap: installing ${missing[*]}" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -f "$build_dir/build.ninja" ]] || [[ "$(grep -s '^FLEXSP_WERROR:' "$build_dir/CMakeCache.txt" | cut -d= -f2)" != "$werror" ]] || [[ ${#extra[@]} -gt 0 ]]; then
+  cmake -S "$root_dir" -B "$build_dir" -G Ninja \
+    -DCMAKE_BUILD_TYPE="$build_type" \
+    -DFLEXSP_ENABLE_CUDA="${FLEXSP_ENABLE_CUDA:-AUTO}" \
+    -DFLEXSP_WERROR="$werror" "${extra[@]}" >/dev/null
+fi
+
+echo "bootstrap: building ${targets[*]:-all} in $build_dir" >&2
+cmake --build "$build_dir" ${targets:+--target "${targets[@]}"}
