@@ -33,16 +33,16 @@ packages=(
   libbenchmark-dev libcaf-dev zlib1g-dev iproute2 procps
 )
 
-missing=()
+# One dpkg-query for all packages; it prints nothing for packages it has never heard of.
+declare -A installed=()
 while read -r pkg status; do
-  [[ "$status" == "installed" ]] || missing+=("$pkg")
+  [[ "$status" == "installed" ]] && installed[$pkg]=1
 done < <(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${packages[@]}" 2>/dev/null || true)
-# dpkg-query prints nothing for packages it has never heard of.
+missing=()
 for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -q '^installed$' || missing+=("$pkg")
+  [[ -n "${installed[$pkg]:-}" ]] || missing+=("$pkg")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
-  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   if [[ "${FLEXSP_SKIP_APT:-0}" == "1" ]]; then
     echo "bootstrap: missing packages: ${missing[*]} (FLEXSP_SKIP_APT=1, not installing)" >&2
     exit 1
