@@ -1,0 +1,69 @@
+#pragma once
+/// \file
+/// Causal multi-head self-attention over packed variable-length sequences (cu_seqlens style,
+/// no padding), tiled with an online softmax: memory is O(tokens * heads * head_dim) plus a
+/// workspace of a few tiles, never O(L^2), so a 32K-token sequence fits easily. The backward
+/// pass recomputes each score tile from Q, K and the saved log-sum-exp.
+///
+/// Launcher convention: `can_implement(args)`, `workspace_size(args)` (floats), then
+/// `run(args, workspace)`. Q, K, V, O and their gradients are [tokens, heads, head_dim] with row
+/// stride heads*head_dim; sequence s occupies tokens [cu_seqlens[s], cu_seqlens[s+1]).
+
+#include <cstdint>
+#include <span>
+
+#include "flexsp/core/error.hpp"
+
+namespace flexsp::kernels::attention {
+
+/// Tile sizes (rows of Q and of K per tile).
+inline constexpr std::int64_t kTileQ = 64;
+inline constexpr std::int64_t kTileK = 64;
+
+/// Arguments of the forward pass.
+struct forward_args {
+  std::span<const std::int64_t> cu_seqlens;  // [sequences + 1], cu_seqlens[0] == 0, non-decreasing
+  std::int64_t heads = 0;
+  std::int64_t head_dim = 0;
+  const float* q = nullptr;  // [tokens, heads, head_dim]
+  const float* k = nullptr;  // [tokens, heads, head_dim]
+  const float* v = nullptr;  // [tokens, heads, head_dim]
+  float* out = nullptr;      // [tokens, heads, head_dim]
+  float* lse = nullptr;      // [tokens, heads]   log-sum-exp of the scaled scores, saved for backward
+};
+
+/// Arguments of the backward pass: the forward's inputs and outputs plus the output gradient.
+struct backward_args {
+  std::span<const std::int64_t> cu_seqlens;
+  std::int64_t heads = 0;
+  std::int64_t head_dim = 0;
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const float* out = nullptr;   // [tokens, heads, head_dim]  forward output
+  const float* lse = nullptr;   // [tokens, heads]            from forward
+  const float* dout = nullptr;  // [tokens, heads, head_dim]
+  float* dq = nullptr;          // [tokens, heads, head_dim]  overwritten
+  float* dk = nullptr;          // [tokens, heads, head_dim]  overwritten
+  float* dv = nullptr;          // [tokens, heads, head_dim]  overwritten
+};
+
+/// Ok, or errc::invalid_argument naming the bad field (cu_seqlens not monotone, null buffers
+/// with tokens > 0, non-positive head_dim).
+expected<void> can_implement(const forward_args& args);
+expected<void> can_implement(const backward_args& args);
+
+/// Workspace in floats (tile scratch; independent of sequence length).
+std::int64_t workspace_size(const forward_args& args);
+std::int64_t workspace_size(const backward_args& args);
+
+/// Runs the pass. Preconditions: can_implement(args) succeeded; workspace.size() >= workspace_size(args).
+void run(const forward_args& args, std::span<float> workspace);
+void run(const backward_args& args, std::span<float> workspace);
+
+/// Multiply-adds counted as 2 flops: forward 4*L*(L+1)/2*head_dim per head and sequence (causal
+/// half of QK^T and PV); backward counts 2.5x the forward (five tile products instead of two).
+double forward_flops(std::span<const std::int64_t> cu_seqlens, std::int64_t heads, std::int64_t head_dim);
+double backward_flops(std::span<const std::int64_t> cu_seqlens, std::int64_t heads, std::int64_t head_dim);
+
+}  // namespace flexsp::kernels::attention

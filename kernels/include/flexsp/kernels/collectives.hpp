@@ -1,0 +1,67 @@
+#pragma once
+/// \file
+/// The collective-communication interface everything above the kernels uses (Ulysses
+/// all-to-alls, gradient all-reduce, parameter broadcast), with two implementations:
+/// a size-1 `local` communicator (no transport; the single-device path) and a Gloo one over
+/// TCP (gloo_communicator.hpp). Collective calls are blocking and must be issued by every
+/// member of the group in the same order.
+///
+/// Failure modes (all calls): errc::timeout when a peer did not take part within the
+/// communicator's timeout; errc::disconnected when a peer's connection closed (it died);
+/// errc::cancelled after `abort()`; errc::invalid_argument for inconsistent sizes. After any
+/// failure the communicator is unusable ("poisoned") and must be replaced.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "flexsp/core/error.hpp"
+
+namespace flexsp::kernels {
+
+/// A group of ranks that run collectives together.
+class communicator {
+public:
+  virtual ~communicator() = default;
+
+  /// This process's rank in the group, in [0, size()).
+  virtual int rank() const noexcept = 0;
+  /// Number of ranks in the group.
+  virtual int size() const noexcept = 0;
+
+  /// All-to-all with per-peer counts (in floats). `send` holds the blocks for ranks 0..size-1
+  /// back to back, `send_counts[r]` floats for rank r; `recv` receives the blocks from ranks
+  /// 0..size-1 back to back, `recv_counts[r]` floats from rank r. Zero counts are allowed.
+  /// recv_counts on this rank must equal the peers' send_counts for this rank.
+  [[nodiscard]] virtual expected<void> all_to_all_v(std::span<const float> send,
+                                                    std::span<const std::int64_t> send_counts,
+                                                    std::span<float> recv,
+                                                    std::span<const std::int64_t> recv_counts) = 0;
+
+  /// In-place element-wise sum over all ranks.
+  [[nodiscard]] virtual expected<void> all_reduce_sum(std::span<float> data) = 0;
+
+  /// Concatenates every rank's `send` (same size on all ranks) into `recv` in rank order;
+  /// recv.size() == size() * send.size().
+  [[nodiscard]] virtual expected<void> all_gather(std::span<const float> send, std::span<float> recv) = 0;
+
+  /// Copies `data` of rank `root` into `data` of every rank (same size on all ranks).
+  [[nodiscard]] virtual expected<void> broadcast(std::span<float> data, int root) = 0;
+
+  /// Returns once every rank has entered the barrier.
+  [[nodiscard]] virtual expected<void> barrier() = 0;
+
+  /// Makes collectives fail with errc::cancelled, including one blocked in another thread,
+  /// and tells peers the group is gone (their pending collectives fail with
+  /// errc::disconnected). Thread-safe and idempotent.
+  virtual void abort() noexcept = 0;
+
+  /// True after abort() or after a failed collective.
+  virtual bool poisoned() const noexcept = 0;
+};
+
+/// The group of one: collectives are local copies. Never fails except on size mismatch.
+std::unique_ptr<communicator> make_local_communicator();
+
+}  // namespace flexsp::kernels

@@ -1,0 +1,79 @@
+#pragma once
+/// \file
+/// Gloo collectives over TCP, and the per-device cache of SP-group communicators.
+///
+/// A communicator is created by rendezvous: every member calls `make_gloo_communicator` with
+/// the same `group_key`, its rank and the group size; members publish their TCP addresses in the
+/// store under that key and connect a full mesh. Collectives run on a worker thread owned by
+/// the communicator, on staging buffers it owns, so that `abort()` (or a timeout) returns control
+/// to the caller at once even while Gloo is still blocked; aborting also closes this member's
+/// connections, which makes the peers' pending collectives fail with errc::disconnected instead
+/// of waiting for their own timeouts. A peer that dies closes its sockets the same way.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "flexsp/kernels/collectives.hpp"
+#include "flexsp/kernels/rendezvous_store.hpp"
+
+namespace flexsp::kernels {
+
+/// How a Gloo communicator connects and how long it waits.
+struct gloo_options {
+  /// Address of the local interface to listen on (TCP). Loopback by default.
+  std::string hostname = "127.0.0.1";
+  /// Deadline for rendezvous and for every collective (Gloo's context timeout).
+  std::chrono::milliseconds timeout{30'000};
+};
+
+/// Opaque shared TCP device (one listening socket and event loop); share one per process.
+class gloo_device;
+
+/// Creates the TCP device. errc::failed when Gloo cannot bind `options.hostname`.
+expected<std::shared_ptr<gloo_device>> make_gloo_device(const gloo_options& options);
+
+/// Joins the group `group_key` as `rank` of `size` (size >= 2). errc::timeout when the other
+/// members did not show up within options.timeout; errc::invalid_argument for a bad rank/size.
+/// The key must be unique per group incarnation (e.g. include the membership epoch).
+expected<std::unique_ptr<communicator>> make_gloo_communicator(rendezvous_store& store, std::string group_key,
+                                                               int rank, int size, const gloo_options& options,
+                                                               std::shared_ptr<gloo_device> device = nullptr);
+
+/// SP-group communicators of one device, created on first use and cached by (epoch, device
+/// set). Many groups of different sizes coexist; a group of one is a local communicator.
+/// Thread-safe.
+class communicator_cache {
+public:
+  communicator_cache(rendezvous_store& store, int my_device, gloo_options options);
+
+  /// The communicator of the group made of `devices` (global device ids, any order, no
+  /// duplicates, must contain my_device) in membership `epoch`. Ranks follow ascending device
+  /// id. errc::invalid_argument when my_device is not a member.
+  expected<std::shared_ptr<communicator>> get(std::span<const int> devices, std::uint64_t epoch = 0);
+
+  /// Aborts and forgets every cached communicator (on membership change).
+  void abort_all();
+  /// Forgets communicators of epochs older than `epoch` (aborting them).
+  void evict_before(std::uint64_t epoch);
+  /// Number of cached groups.
+  std::size_t size() const;
+
+  /// This device's rank in the group `devices` (ascending id order), or -1.
+  static int rank_in(std::span<const int> devices, int device);
+
+private:
+  rendezvous_store& store_;
+  int my_device_;
+  gloo_options options_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<gloo_device> device_;
+  std::map<std::pair<std::uint64_t, std::vector<int>>, std::shared_ptr<communicator>> groups_;
+};
+
+}  // namespace flexsp::kernels

@@ -1,0 +1,125 @@
+#pragma once
+/// \file
+/// fp32 CPU kernels of a GPT decoder, each with its backward. Shapes are in trailing comments;
+/// all buffers are contiguous row-major. Backward functions *accumulate* parameter gradients
+/// (so micro-batches add up) and *overwrite* input gradients unless stated otherwise.
+/// Sizes are preconditions (FLEXSP_EXPECTS); token ids out of range are reported as errors.
+
+#include <cstdint>
+#include <span>
+
+#include "flexsp/core/error.hpp"
+
+namespace flexsp::kernels {
+
+// ---- embedding --------------------------------------------------------------------------
+
+/// out[t] = wte[tokens[t]] + wpe[positions[t]].
+/// errc::invalid_argument when a token id is outside [0, vocab) or a position outside [0, max_pos).
+expected<void> embedding_forward(std::span<const std::int32_t> tokens,     // [n]
+                                 std::span<const std::int32_t> positions,  // [n]
+                                 std::span<const float> wte,               // [vocab, d]
+                                 std::span<const float> wpe,               // [max_pos, d]
+                                 std::span<float> out,                     // [n, d]
+                                 std::int64_t d);
+
+/// Accumulates dwte[tokens[t]] += dout[t] and dwpe[positions[t]] += dout[t]. Ids must be valid
+/// (they were checked by the forward pass).
+void embedding_backward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                        std::span<const float> dout,  // [n, d]
+                        std::span<float> dwte,        // [vocab, d]
+                        std::span<float> dwpe,        // [max_pos, d]
+                        std::int64_t d);
+
+// ---- layer norm -------------------------------------------------------------------------
+
+/// Epsilon added to the variance (GPT-2's value).
+inline constexpr float kLayerNormEps = 1e-5f;
+
+/// y = (x - mean) * rstd * gamma + beta per row; stores mean and rstd for the backward pass.
+void layernorm_forward(std::span<const float> x,      // [n, d]
+                       std::span<const float> gamma,  // [d]
+                       std::span<const float> beta,   // [d]
+                       std::span<float> y,            // [n, d]
+                       std::span<float> mean,         // [n]
+                       std::span<float> rstd,         // [n]
+                       std::int64_t d);
+
+/// dx = d/dx (overwritten); dgamma, dbeta accumulated.
+void layernorm_backward(std::span<const float> dy, std::span<const float> x, std::span<const float> gamma,
+                        std::span<const float> mean, std::span<const float> rstd,
+                        std::span<float> dx,      // [n, d]
+                        std::span<float> dgamma,  // [d]
+                        std::span<float> dbeta,   // [d]
+                        std::int64_t d);
+
+// ---- matmul (OpenBLAS sgemm) ------------------------------------------------------------
+
+/// Row-major C[m, n] = alpha * op(A) op(B) + beta * C through cblas_sgemm.
+/// op(A) is [m, k] (A stored [k, m] when trans_a), op(B) is [k, n] (B stored [n, k] when trans_b).
+/// lda/ldb/ldc are row strides in elements.
+void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+          std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
+
+/// y = x w + b (bias optional: empty span).
+void linear_forward(std::span<const float> x,  // [n, in]
+                    std::span<const float> w,  // [in, out]
+                    std::span<const float> b,  // [out] or empty
+                    std::span<float> y,        // [n, out]
+                    std::int64_t n, std::int64_t in, std::int64_t out);
+
+/// dx = dy w^T (overwritten; skipped when dx is empty); dw += x^T dy; db += sum_rows dy.
+void linear_backward(std::span<const float> dy,  // [n, out]
+                     std::span<const float> x,   // [n, in]
+                     std::span<const float> w,   // [in, out]
+                     std::span<float> dx,        // [n, in] or empty
+                     std::span<float> dw,        // [in, out]
+                     std::span<float> db,        // [out] or empty
+                     std::int64_t n, std::int64_t in, std::int64_t out);
+
+// ---- pointwise --------------------------------------------------------------------------
+
+/// GELU, tanh approximation (GPT-2): y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+void gelu_forward(std::span<const float> x, std::span<float> y);
+/// dx = dy * gelu'(x) (overwritten).
+void gelu_backward(std::span<const float> dy, std::span<const float> x, std::span<float> dx);
+
+/// out = a + b (out may alias a or b). The backward of a residual add is the identity for both
+/// inputs; `residual_backward` accumulates dout into da and db.
+void residual_forward(std::span<const float> a, std::span<const float> b, std::span<float> out);
+void residual_backward(std::span<const float> dout, std::span<float> da, std::span<float> db);
+
+// ---- loss -------------------------------------------------------------------------------
+
+/// Softmax cross-entropy over rows of logits. Returns the *sum* of token losses (double).
+/// When dlogits is non-empty it receives scale * (softmax - onehot(target)), the gradient of
+/// scale * sum-loss; `scale` is 1 / (tokens of the global batch) for a normalised loss.
+/// errc::invalid_argument when a target is outside [0, vocab).
+expected<double> cross_entropy_forward_backward(std::span<const float> logits,       // [n, vocab]
+                                                std::span<const std::int32_t> targets,  // [n]
+                                                std::span<float> dlogits,             // [n, vocab] or empty
+                                                std::int64_t vocab, float scale);
+
+// ---- optimizer --------------------------------------------------------------------------
+
+/// AdamW hyper-parameters (Loshchilov & Hutter; decoupled weight decay).
+struct adamw_params {
+  float lr = 3e-4f;            ///< learning rate
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.1f;   ///< multiplied by lr; 0 for gains and biases
+};
+
+/// One AdamW update of `param` with `grad`; `step` counts from 1 (bias correction).
+void adamw_update(std::span<float> param, std::span<const float> grad, std::span<float> m, std::span<float> v,
+                  std::int64_t step, const adamw_params& p);
+
+/// L2 norm of all gradients (accumulated in double).
+double l2_norm(std::span<const float> values);
+
+/// Scales `grads` so that their L2 norm is at most `max_norm` (no-op when already below or when
+/// max_norm <= 0). Returns the norm before clipping.
+double clip_grad_norm(std::span<float> grads, double max_norm);
+
+}  // namespace flexsp::kernels

@@ -1,0 +1,405 @@
+// Gloo headers stay in this file: nothing else in the project sees them.
+#include "flexsp/kernels/gloo_communicator.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <thread>
+
+#include <gloo/allgather.h>
+#include <gloo/allreduce.h>
+#include <gloo/alltoallv.h>
+#include <gloo/barrier.h>
+#include <gloo/broadcast.h>
+#include <gloo/common/error.h>
+#include <gloo/math.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/prefix_store.h>
+#include <gloo/rendezvous/store.h>
+#include <gloo/transport/tcp/device.h>
+
+#include <fmt/ranges.h>
+
+#include "flexsp/core/log.hpp"
+
+namespace flexsp::kernels {
+
+class gloo_device {
+public:
+  explicit gloo_device(std::shared_ptr<gloo::transport::Device> d) : device{std::move(d)} {}
+  std::shared_ptr<gloo::transport::Device> device;
+};
+
+namespace {
+
+// Gloo's store interface reports failure by throwing; its callers (connectFullMesh) let the
+// exception escape to make_gloo_communicator, which turns it back into an error.
+class store_adapter final : public gloo::rendezvous::Store {
+public:
+  store_adapter(rendezvous_store& store, std::chrono::milliseconds timeout) : store_{store}, timeout_{timeout} {}
+
+  void set(const std::string& key, const std::vector<char>& data) override {
+    if (auto r = store_.set(key, data); !r) throw gloo::IoException(r.error().to_string());
+  }
+  std::vector<char> get(const std::string& key) override {
+    auto r = store_.get(key, timeout_);
+    if (!r) throw gloo::IoException(r.error().to_string());
+    return std::move(*r);
+  }
+  void wait(const std::vector<std::string>& keys) override { wait(keys, timeout_); }
+  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override {
+    if (auto r = store_.wait(keys, timeout); !r) throw gloo::IoException(r.error().to_string());
+  }
+
+private:
+  rendezvous_store& store_;
+  std::chrono::milliseconds timeout_;
+};
+
+error from_gloo(const std::exception& e, std::string_view op) {
+  const std::string what = e.what();
+  const bool timed_out = what.find("imed out") != std::string::npos || what.find("imeout") != std::string::npos;
+  return error{timed_out ? errc::timeout : errc::disconnected, fmt::format("gloo {} failed: {}", op, what)};
+}
+
+struct job {
+  std::function<void()> fn;
+  bool done = false;
+  std::optional<error> err;
+};
+
+// State shared by the communicator and its worker thread; the worker may outlive the
+// communicator after an abort (it still holds staging buffers Gloo writes into).
+struct shared_state {
+  std::shared_ptr<gloo::Context> ctx;
+  std::shared_ptr<gloo_device> device;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<job>> queue;
+  bool stop = false;
+  bool busy = false;
+  std::atomic<bool> aborted{false};
+  std::atomic<bool> poisoned{false};
+};
+
+void worker_loop(std::shared_ptr<shared_state> st) {
+  for (;;) {
+    std::shared_ptr<job> j;
+    {
+      std::unique_lock lock{st->mutex};
+      st->cv.wait(lock, [&] { return st->stop || !st->queue.empty(); });
+      if (st->queue.empty()) return;
+      j = std::move(st->queue.front());
+      st->queue.pop_front();
+      st->busy = true;
+    }
+    std::optional<error> err;
+    try {
+      j->fn();
+    } catch (const gloo::Exception& e) {
+      err = from_gloo(e, "collective");
+    } catch (const std::exception& e) {
+      err = error{errc::failed, fmt::format("gloo collective failed: {}", e.what())};
+    }
+    {
+      std::lock_guard lock{st->mutex};
+      j->done = true;
+      j->err = std::move(err);
+      st->busy = false;
+    }
+    st->cv.notify_all();
+  }
+}
+
+class gloo_communicator final : public communicator {
+public:
+  gloo_communicator(std::shared_ptr<shared_state> st, std::chrono::milliseconds timeout)
+      : st_{std::move(st)}, timeout_{timeout}, rank_{st_->ctx->rank}, size_{st_->ctx->size} {
+    worker_ = std::thread{worker_loop, st_};
+  }
+
+  ~gloo_communicator() override {
+    bool running;
+    {
+      std::lock_guard lock{st_->mutex};
+      st_->stop = true;
+      running = st_->busy || !st_->queue.empty();
+    }
+    st_->cv.notify_all();
+    if (running) {
+      // A collective is still blocked in Gloo (only after an abort or a timeout): close the
+      // connections so it fails promptly, and let it finish on its own.
+      close_connections();
+      worker_.detach();
+    } else {
+      worker_.join();
+    }
+  }
+
+  int rank() const noexcept override { return rank_; }
+  int size() const noexcept override { return size_; }
+
+  expected<void> all_to_all_v(std::span<const float> send, std::span<const std::int64_t> send_counts,
+                              std::span<float> recv, std::span<const std::int64_t> recv_counts) override {
+    const auto n = static_cast<std::size_t>(size_);
+    if (send_counts.size() != n || recv_counts.size() != n)
+      return make_error(errc::invalid_argument, "all_to_all_v: {} send counts and {} recv counts for {} ranks",
+                        send_counts.size(), recv_counts.size(), size_);
+    std::int64_t total_send = 0, total_recv = 0;
+    for (auto c : send_counts) {
+      if (c < 0) return make_error(errc::invalid_argument, "all_to_all_v: negative send count {}", c);
+      total_send += c;
+    }
+    for (auto c : recv_counts) {
+      if (c < 0) return make_error(errc::invalid_argument, "all_to_all_v: negative recv count {}", c);
+      total_recv += c;
+    }
+    if (total_send > static_cast<std::int64_t>(send.size()) || total_recv > static_cast<std::int64_t>(recv.size()))
+      return make_error(errc::invalid_argument, "all_to_all_v: counts need {}/{} floats, buffers hold {}/{}",
+                        total_send, total_recv, send.size(), recv.size());
+    // Gloo rejects empty buffers: keep at least one element of staging.
+    auto in = std::make_shared<std::vector<float>>(std::max<std::int64_t>(total_send, 1));
+    auto out = std::make_shared<std::vector<float>>(std::max<std::int64_t>(total_recv, 1));
+    std::copy_n(send.begin(), total_send, in->begin());
+    std::vector<std::int64_t> sc(send_counts.begin(), send_counts.end()), rc(recv_counts.begin(), recv_counts.end());
+    const auto tag = next_tag();
+    FLEXSP_TRY(submit([ctx = st_->ctx, in, out, sc, rc, tag, t = timeout_] {
+      gloo::AlltoallvOptions opts(ctx);
+      opts.setInput(in->data(), sc);
+      opts.setOutput(out->data(), rc);
+      opts.setTag(tag);
+      opts.setTimeout(t);
+      gloo::alltoallv(opts);
+    }, "all_to_all_v"));
+    std::copy_n(out->begin(), total_recv, recv.begin());
+    return {};
+  }
+
+  expected<void> all_reduce_sum(std::span<float> data) override {
+    if (data.empty()) return barrier();
+    auto buf = std::make_shared<std::vector<float>>(data.begin(), data.end());
+    const auto tag = next_tag();
+    FLEXSP_TRY(submit([ctx = st_->ctx, buf, tag, t = timeout_] {
+      gloo::AllreduceOptions opts(ctx);
+      opts.setOutput(buf->data(), buf->size());
+      opts.setReduceFunction(
+          static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
+      opts.setTag(tag);
+      opts.setTimeout(t);
+      gloo::allreduce(opts);
+    }, "all_reduce"));
+    std::copy(buf->begin(), buf->end(), data.begin());
+    return {};
+  }
+
+  expected<void> all_gather(std::span<const float> send, std::span<float> recv) override {
+    if (recv.size() != send.size() * static_cast<std::size_t>(size_))
+      return make_error(errc::invalid_argument, "all_gather: recv {} != {} ranks x send {}", recv.size(), size_,
+                        send.size());
+    if (send.empty()) return barrier();
+    auto in = std::make_shared<std::vector<float>>(send.begin(), send.end());
+    auto out = std::make_shared<std::vector<float>>(recv.size());
+    const auto tag = next_tag();
+    FLEXSP_TRY(submit([ctx = st_->ctx, in, out, tag, t = timeout_] {
+      gloo::AllgatherOptions opts(ctx);
+      opts.setInput(in->data(), in->size());
+      opts.setOutput(out->data(), out->size());
+      opts.setTag(tag);
+      opts.setTimeout(t);
+      gloo::allgather(opts);
+    }, "all_gather"));
+    std::copy(out->begin(), out->end(), recv.begin());
+    return {};
+  }
+
+  expected<void> broadcast(std::span<float> data, int root) override {
+    if (root < 0 || root >= size_)
+      return make_error(errc::invalid_argument, "broadcast root {} outside group of {}", root, size_);
+    if (data.empty()) return barrier();
+    auto buf = std::make_shared<std::vector<float>>(data.begin(), data.end());
+    const auto tag = next_tag();
+    FLEXSP_TRY(submit([ctx = st_->ctx, buf, root, tag, t = timeout_] {
+      gloo::BroadcastOptions opts(ctx);
+      opts.setOutput(buf->data(), buf->size());
+      opts.setRoot(root);
+      opts.setTag(tag);
+      opts.setTimeout(t);
+      gloo::broadcast(opts);
+    }, "broadcast"));
+    std::copy(buf->begin(), buf->end(), data.begin());
+    return {};
+  }
+
+  expected<void> barrier() override {
+    const auto tag = next_tag();
+    return submit([ctx = st_->ctx, tag, t = timeout_] {
+      gloo::BarrierOptions opts(ctx);
+      opts.setTag(tag);
+      opts.setTimeout(t);
+      gloo::barrier(opts);
+    }, "barrier");
+  }
+
+  void abort() noexcept override {
+    if (st_->aborted.exchange(true)) return;
+    st_->poisoned = true;
+    {
+      std::lock_guard lock{st_->mutex};
+    }
+    st_->cv.notify_all();
+    close_connections();
+  }
+
+  bool poisoned() const noexcept override { return st_->poisoned; }
+
+private:
+  std::uint32_t next_tag() noexcept { return tag_++; }
+
+  void close_connections() noexcept {
+    try {
+      st_->ctx->closeConnections();
+    } catch (const std::exception& e) {
+      log::get("kernels")->warn("closing gloo connections of rank {} failed: {}", rank_, e.what());
+    }
+  }
+
+  expected<void> submit(std::function<void()> fn, std::string_view what) {
+    if (st_->aborted) return make_error(errc::cancelled, "{}: communicator was aborted", what);
+    if (st_->poisoned) return make_error(errc::failed, "{}: communicator failed earlier and must be replaced", what);
+    auto j = std::make_shared<job>();
+    j->fn = std::move(fn);
+    std::unique_lock lock{st_->mutex};
+    st_->queue.push_back(j);
+    st_->cv.notify_all();
+    // Gloo enforces the deadline itself; the grace covers a transport that fails to.
+    const auto deadline = std::chrono::steady_clock::now() + timeout_ + std::chrono::seconds{5};
+    const bool finished = st_->cv.wait_until(lock, deadline, [&] { return j->done || st_->aborted.load(); });
+    if (j->done && !j->err) return {};
+    st_->poisoned = true;
+    if (!j->done) {
+      lock.unlock();
+      if (st_->aborted) return make_error(errc::cancelled, "{}: communicator was aborted", what);
+      abort();
+      return make_error(errc::timeout, "{}: no completion within {} ms", what, timeout_.count());
+    }
+    (void)finished;
+    auto e = *j->err;
+    lock.unlock();
+    log::get("kernels")->warn("rank {}/{}: {}", rank_, size_, e.to_string());
+    return unexpected<error>{std::move(e)};
+  }
+
+  std::shared_ptr<shared_state> st_;
+  std::chrono::milliseconds timeout_;
+  int rank_;
+  int size_;
+  std::uint32_t tag_ = 1;
+  std::thread worker_;
+};
+
+}  // namespace
+
+expected<std::shared_ptr<gloo_device>> make_gloo_device(const gloo_options& options) {
+  try {
+    gloo::transport::tcp::attr attr;
+    attr.hostname = options.hostname;
+    return std::make_shared<gloo_device>(gloo::transport::tcp::CreateDevice(attr));
+  } catch (const std::exception& e) {
+    return make_error(errc::failed, "cannot create gloo TCP device on '{}': {}", options.hostname, e.what());
+  }
+}
+
+expected<std::unique_ptr<communicator>> make_gloo_communicator(rendezvous_store& store, std::string group_key,
+                                                               int rank, int size, const gloo_options& options,
+                                                               std::shared_ptr<gloo_device> device) {
+  if (size < 2 || rank < 0 || rank >= size)
+    return make_error(errc::invalid_argument, "gloo group '{}': rank {} of size {} (size must be >= 2)", group_key, rank,
+                      size);
+  if (!device) {
+    FLEXSP_TRY_ASSIGN(device, make_gloo_device(options));
+  }
+  auto st = std::make_shared<shared_state>();
+  st->device = device;
+  try {
+    auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, size);
+    ctx->setTimeout(options.timeout);
+    store_adapter adapter{store, options.timeout};
+    gloo::rendezvous::PrefixStore prefixed{group_key, adapter};
+    ctx->connectFullMesh(prefixed, device->device);
+    st->ctx = std::move(ctx);
+  } catch (const std::exception& e) {
+    return unexpected<error>{from_gloo(e, fmt::format("rendezvous of group '{}' (rank {} of {})", group_key, rank, size))};
+  }
+  log::get("kernels")->debug("joined gloo group '{}' as rank {} of {}", group_key, rank, size);
+  return std::unique_ptr<communicator>{std::make_unique<gloo_communicator>(std::move(st), options.timeout)};
+}
+
+communicator_cache::communicator_cache(rendezvous_store& store, int my_device, gloo_options options)
+    : store_{store}, my_device_{my_device}, options_{std::move(options)} {}
+
+int communicator_cache::rank_in(std::span<const int> devices, int device) {
+  std::vector<int> sorted(devices.begin(), devices.end());
+  std::sort(sorted.begin(), sorted.end());
+  const auto it = std::find(sorted.begin(), sorted.end(), device);
+  return it == sorted.end() ? -1 : static_cast<int>(it - sorted.begin());
+}
+
+expected<std::shared_ptr<communicator>> communicator_cache::get(std::span<const int> devices, std::uint64_t epoch) {
+  std::vector<int> sorted(devices.begin(), devices.end());
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+    return make_error(errc::invalid_argument, "device set {} lists a device twice", fmt::join(devices, ","));
+  const int rank = rank_in(sorted, my_device_);
+  if (rank < 0)
+    return make_error(errc::invalid_argument, "device {} is not in the group {}", my_device_, fmt::join(sorted, ","));
+  std::lock_guard lock{mutex_};
+  auto key = std::make_pair(epoch, sorted);
+  if (auto it = groups_.find(key); it != groups_.end()) {
+    if (!it->second->poisoned()) return it->second;
+    // Its rendezvous keys are spent: a group is rebuilt only under a new epoch.
+    return make_error(errc::disconnected, "group {} of epoch {} failed; rebuild it under a new epoch",
+                      fmt::join(sorted, ","), epoch);
+  }
+  std::shared_ptr<communicator> comm;
+  if (sorted.size() == 1) {
+    comm = make_local_communicator();
+  } else {
+    if (!device_) {
+      FLEXSP_TRY_ASSIGN(device_, make_gloo_device(options_));
+    }
+    const auto name = fmt::format("flexsp/group/{}/{}", epoch, fmt::join(sorted, ","));
+    FLEXSP_TRY_ASSIGN(auto made, make_gloo_communicator(store_, name, rank, static_cast<int>(sorted.size()), options_,
+                                                        device_));
+    comm = std::move(made);
+  }
+  groups_[key] = comm;
+  return comm;
+}
+
+void communicator_cache::abort_all() {
+  std::lock_guard lock{mutex_};
+  for (auto& [k, c] : groups_) c->abort();
+  groups_.clear();
+}
+
+void communicator_cache::evict_before(std::uint64_t epoch) {
+  std::lock_guard lock{mutex_};
+  for (auto it = groups_.begin(); it != groups_.end();) {
+    if (it->first.first < epoch) {
+      it->second->abort();
+      it = groups_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::size_t communicator_cache::size() const {
+  std::lock_guard lock{mutex_};
+  return groups_.size();
+}
+
+}  // namespace flexsp::kernels

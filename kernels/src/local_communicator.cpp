@@ -1,0 +1,55 @@
+#include <algorithm>
+#include <atomic>
+
+#include "flexsp/kernels/collectives.hpp"
+
+namespace flexsp::kernels {
+
+namespace {
+
+class local_communicator final : public communicator {
+public:
+  int rank() const noexcept override { return 0; }
+  int size() const noexcept override { return 1; }
+
+  expected<void> all_to_all_v(std::span<const float> send, std::span<const std::int64_t> send_counts,
+                              std::span<float> recv, std::span<const std::int64_t> recv_counts) override {
+    FLEXSP_TRY(usable());
+    if (send_counts.size() != 1 || recv_counts.size() != 1 || send_counts[0] != recv_counts[0] ||
+        static_cast<std::int64_t>(send.size()) < send_counts[0] || static_cast<std::int64_t>(recv.size()) < recv_counts[0])
+      return make_error(errc::invalid_argument, "all_to_all_v on a group of one: counts {}/{} buffers {}/{}",
+                        send_counts.empty() ? -1 : send_counts[0], recv_counts.empty() ? -1 : recv_counts[0],
+                        send.size(), recv.size());
+    std::copy_n(send.begin(), send_counts[0], recv.begin());
+    return {};
+  }
+  expected<void> all_reduce_sum(std::span<float>) override { return usable(); }
+  expected<void> all_gather(std::span<const float> send, std::span<float> recv) override {
+    FLEXSP_TRY(usable());
+    if (recv.size() != send.size())
+      return make_error(errc::invalid_argument, "all_gather: recv {} != send {}", recv.size(), send.size());
+    std::copy(send.begin(), send.end(), recv.begin());
+    return {};
+  }
+  expected<void> broadcast(std::span<float>, int root) override {
+    FLEXSP_TRY(usable());
+    if (root != 0) return make_error(errc::invalid_argument, "broadcast root {} in a group of one", root);
+    return {};
+  }
+  expected<void> barrier() override { return usable(); }
+  void abort() noexcept override { aborted_ = true; }
+  bool poisoned() const noexcept override { return aborted_; }
+
+private:
+  expected<void> usable() const {
+    if (aborted_) return make_error(errc::cancelled, "communicator was aborted");
+    return {};
+  }
+  std::atomic<bool> aborted_{false};
+};
+
+}  // namespace
+
+std::unique_ptr<communicator> make_local_communicator() { return std::make_unique<local_communicator>(); }
+
+}  // namespace flexsp::kernels

@@ -1,0 +1,240 @@
+#include "flexsp/kernels/ops.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include <cblas.h>
+
+#include "flexsp/core/check.hpp"
+
+namespace flexsp::kernels {
+
+namespace {
+std::size_t sz(std::int64_t v) { return static_cast<std::size_t>(v); }
+}  // namespace
+
+expected<void> embedding_forward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                                 std::span<const float> wte, std::span<const float> wpe, std::span<float> out,
+                                 std::int64_t d) {
+  const auto n = tokens.size();
+  FLEXSP_EXPECTS(positions.size() == n && out.size() == n * sz(d), "embedding: {} tokens, {} positions, out {}", n,
+                 positions.size(), out.size());
+  const auto vocab = static_cast<std::int64_t>(wte.size()) / d;
+  const auto max_pos = static_cast<std::int64_t>(wpe.size()) / d;
+  for (std::size_t t = 0; t < n; ++t) {
+    const auto tok = tokens[t];
+    const auto pos = positions[t];
+    if (tok < 0 || tok >= vocab)
+      return make_error(errc::invalid_argument, "token id {} at index {} outside vocabulary [0, {})", tok, t, vocab);
+    if (pos < 0 || pos >= max_pos)
+      return make_error(errc::invalid_argument, "position {} at index {} outside [0, {}) (max positions)", pos, t,
+                        max_pos);
+    const float* a = wte.data() + tok * d;
+    const float* b = wpe.data() + pos * d;
+    float* o = out.data() + t * sz(d);
+    for (std::int64_t i = 0; i < d; ++i) o[i] = a[i] + b[i];
+  }
+  return {};
+}
+
+void embedding_backward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                        std::span<const float> dout, std::span<float> dwte, std::span<float> dwpe, std::int64_t d) {
+  const auto n = tokens.size();
+  FLEXSP_EXPECTS(positions.size() == n && dout.size() == n * sz(d), "embedding backward sizes");
+  for (std::size_t t = 0; t < n; ++t) {
+    const float* g = dout.data() + t * sz(d);
+    float* a = dwte.data() + tokens[t] * d;
+    float* b = dwpe.data() + positions[t] * d;
+    for (std::int64_t i = 0; i < d; ++i) {
+      a[i] += g[i];
+      b[i] += g[i];
+    }
+  }
+}
+
+void layernorm_forward(std::span<const float> x, std::span<const float> gamma, std::span<const float> beta,
+                       std::span<float> y, std::span<float> mean, std::span<float> rstd, std::int64_t d) {
+  const auto n = x.size() / sz(d);
+  FLEXSP_EXPECTS(x.size() == n * sz(d) && y.size() == x.size() && mean.size() == n && rstd.size() == n &&
+                     gamma.size() == sz(d) && beta.size() == sz(d),
+                 "layernorm: x {} y {} mean {} rstd {} d {}", x.size(), y.size(), mean.size(), rstd.size(), d);
+  for (std::size_t r = 0; r < n; ++r) {
+    const float* xr = x.data() + r * sz(d);
+    double s = 0;
+    for (std::int64_t i = 0; i < d; ++i) s += xr[i];
+    const double mu = s / static_cast<double>(d);
+    double v = 0;
+    for (std::int64_t i = 0; i < d; ++i) v += (xr[i] - mu) * (xr[i] - mu);
+    const float rs = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(d) + kLayerNormEps));
+    const float m = static_cast<float>(mu);
+    float* yr = y.data() + r * sz(d);
+    for (std::int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - m) * rs * gamma[sz(i)] + beta[sz(i)];
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+
+void layernorm_backward(std::span<const float> dy, std::span<const float> x, std::span<const float> gamma,
+                        std::span<const float> mean, std::span<const float> rstd, std::span<float> dx,
+                        std::span<float> dgamma, std::span<float> dbeta, std::int64_t d) {
+  const auto n = x.size() / sz(d);
+  FLEXSP_EXPECTS(dy.size() == x.size() && dx.size() == x.size() && mean.size() == n && rstd.size() == n,
+                 "layernorm backward sizes");
+  for (std::size_t r = 0; r < n; ++r) {
+    const float* xr = x.data() + r * sz(d);
+    const float* gr = dy.data() + r * sz(d);
+    float* dxr = dx.data() + r * sz(d);
+    const float m = mean[r], rs = rstd[r];
+    double sum_g = 0, sum_gx = 0;
+    for (std::int64_t i = 0; i < d; ++i) {
+      const float xhat = (xr[i] - m) * rs;
+      const float g = gr[i] * gamma[sz(i)];
+      sum_g += g;
+      sum_gx += g * xhat;
+      dgamma[sz(i)] += gr[i] * xhat;
+      dbeta[sz(i)] += gr[i];
+    }
+    const float mg = static_cast<float>(sum_g / static_cast<double>(d));
+    const float mgx = static_cast<float>(sum_gx / static_cast<double>(d));
+    for (std::int64_t i = 0; i < d; ++i) {
+      const float xhat = (xr[i] - m) * rs;
+      dxr[i] = rs * (gr[i] * gamma[sz(i)] - mg - xhat * mgx);
+    }
+  }
+}
+
+void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+          std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
+              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+}
+
+void linear_forward(std::span<const float> x, std::span<const float> w, std::span<const float> b,
+                    std::span<float> y, std::int64_t n, std::int64_t in, std::int64_t out) {
+  FLEXSP_EXPECTS(x.size() == sz(n * in) && w.size() == sz(in * out) && y.size() == sz(n * out) &&
+                     (b.empty() || b.size() == sz(out)),
+                 "linear: x {} w {} y {} b {} for n={} in={} out={}", x.size(), w.size(), y.size(), b.size(), n, in,
+                 out);
+  if (!b.empty()) {
+    for (std::int64_t r = 0; r < n; ++r) std::copy(b.begin(), b.end(), y.begin() + r * out);
+  }
+  gemm(false, false, n, out, in, 1.0f, x.data(), in, w.data(), out, b.empty() ? 0.0f : 1.0f, y.data(), out);
+}
+
+void linear_backward(std::span<const float> dy, std::span<const float> x, std::span<const float> w,
+                     std::span<float> dx, std::span<float> dw, std::span<float> db, std::int64_t n, std::int64_t in,
+                     std::int64_t out) {
+  FLEXSP_EXPECTS(dy.size() == sz(n * out) && x.size() == sz(n * in) && dw.size() == sz(in * out) &&
+                     (dx.empty() || dx.size() == sz(n * in)) && (db.empty() || db.size() == sz(out)),
+                 "linear backward sizes");
+  if (!dx.empty()) gemm(false, true, n, in, out, 1.0f, dy.data(), out, w.data(), out, 0.0f, dx.data(), in);
+  gemm(true, false, in, out, n, 1.0f, x.data(), in, dy.data(), out, 1.0f, dw.data(), out);
+  if (!db.empty()) {
+    for (std::int64_t r = 0; r < n; ++r) {
+      const float* g = dy.data() + r * out;
+      for (std::int64_t j = 0; j < out; ++j) db[sz(j)] += g[j];
+    }
+  }
+}
+
+namespace {
+constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2 / pi)
+}
+
+void gelu_forward(std::span<const float> x, std::span<float> y) {
+  FLEXSP_EXPECTS(x.size() == y.size(), "gelu: x {} y {}", x.size(), y.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const float v = x[i];
+    y[i] = 0.5f * v * (1.0f + std::tanh(kGeluC * (v + 0.044715f * v * v * v)));
+  }
+}
+
+void gelu_backward(std::span<const float> dy, std::span<const float> x, std::span<float> dx) {
+  FLEXSP_EXPECTS(x.size() == dy.size() && dx.size() == x.size(), "gelu backward sizes");
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const float v = x[i];
+    const float u = kGeluC * (v + 0.044715f * v * v * v);
+    const float th = std::tanh(u);
+    const float du = kGeluC * (1.0f + 3.0f * 0.044715f * v * v);
+    dx[i] = dy[i] * (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du);
+  }
+}
+
+void residual_forward(std::span<const float> a, std::span<const float> b, std::span<float> out) {
+  FLEXSP_EXPECTS(a.size() == b.size() && out.size() == a.size(), "residual sizes {} {} {}", a.size(), b.size(),
+                 out.size());
+  for (std::size_t i = 0; i < a.size(); ++i) out[i] = a[i] + b[i];
+}
+
+void residual_backward(std::span<const float> dout, std::span<float> da, std::span<float> db) {
+  FLEXSP_EXPECTS(da.size() == dout.size() && db.size() == dout.size(), "residual backward sizes");
+  for (std::size_t i = 0; i < dout.size(); ++i) {
+    da[i] += dout[i];
+    db[i] += dout[i];
+  }
+}
+
+expected<double> cross_entropy_forward_backward(std::span<const float> logits, std::span<const std::int32_t> targets,
+                                                std::span<float> dlogits, std::int64_t vocab, float scale) {
+  const auto n = targets.size();
+  FLEXSP_EXPECTS(logits.size() == n * sz(vocab) && (dlogits.empty() || dlogits.size() == logits.size()),
+                 "cross entropy: logits {} targets {} vocab {}", logits.size(), n, vocab);
+  double total = 0;
+  for (std::size_t r = 0; r < n; ++r) {
+    const auto tgt = targets[r];
+    if (tgt < 0 || tgt >= vocab)
+      return make_error(errc::invalid_argument, "target id {} at index {} outside vocabulary [0, {})", tgt, r, vocab);
+    const float* l = logits.data() + r * sz(vocab);
+    const float mx = *std::max_element(l, l + vocab);
+    double s = 0;
+    for (std::int64_t j = 0; j < vocab; ++j) s += std::exp(static_cast<double>(l[j] - mx));
+    const double lse = mx + std::log(s);
+    total += lse - l[tgt];
+    if (!dlogits.empty()) {
+      float* g = dlogits.data() + r * sz(vocab);
+      for (std::int64_t j = 0; j < vocab; ++j) g[j] = scale * static_cast<float>(std::exp(l[j] - lse));
+      g[tgt] -= scale;
+    }
+  }
+  return total;
+}
+
+void adamw_update(std::span<float> param, std::span<const float> grad, std::span<float> m, std::span<float> v,
+                  std::int64_t step, const adamw_params& p) {
+  FLEXSP_EXPECTS(grad.size() == param.size() && m.size() == param.size() && v.size() == param.size() && step >= 1,
+                 "adamw: param {} grad {} m {} v {} step {}", param.size(), grad.size(), m.size(), v.size(), step);
+  const double bc1 = 1.0 - std::pow(static_cast<double>(p.beta1), static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(p.beta2), static_cast<double>(step));
+  const float step_size = static_cast<float>(p.lr / bc1);
+  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  for (std::size_t i = 0; i < param.size(); ++i) {
+    m[i] = p.beta1 * m[i] + (1.0f - p.beta1) * grad[i];
+    v[i] = p.beta2 * v[i] + (1.0f - p.beta2) * grad[i] * grad[i];
+    param[i] -= p.lr * p.weight_decay * param[i];
+    param[i] -= step_size * m[i] / (std::sqrt(v[i]) / bc2_sqrt + p.eps);
+  }
+}
+
+double l2_norm(std::span<const float> values) {
+  double s = 0;
+  for (float x : values) s += static_cast<double>(x) * x;
+  return std::sqrt(s);
+}
+
+double clip_grad_norm(std::span<float> grads, double max_norm) {
+  const double norm = l2_norm(grads);
+  if (max_norm > 0 && norm > max_norm) {
+    const float f = static_cast<float>(max_norm / (norm + 1e-6));
+    for (float& g : grads) g *= f;
+  }
+  return norm;
+}
+
+}  // namespace flexsp::kernels

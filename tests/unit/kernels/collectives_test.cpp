@@ -1,0 +1,186 @@
+#include <atomic>
+#include <filesystem>
+#include <numeric>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include "flexsp/kernels/collectives.hpp"
+#include "flexsp/kernels/gloo_communicator.hpp"
+#include "flexsp/kernels/rendezvous_store.hpp"
+
+namespace flexsp::kernels {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(MemoryStore, GetWaitsForAKeySetByAnotherThread) {
+  memory_store s;
+  std::thread t{[&] { ASSERT_TRUE(s.set("k", std::vector<char>{'a', 'b'})); }};
+  auto v = s.get("k", 10s);
+  t.join();
+  ASSERT_TRUE(v);
+  EXPECT_EQ(*v, (std::vector<char>{'a', 'b'}));
+}
+
+TEST(MemoryStore, TimesOutOnAMissingKey) {
+  memory_store s;
+  auto v = s.get("missing", 1ms);
+  ASSERT_FALSE(v);
+  EXPECT_EQ(v.error().kind(), errc::timeout);
+  const std::vector<std::string> keys{"missing"};
+  EXPECT_EQ(s.wait(keys, 1ms).error().kind(), errc::timeout);
+}
+
+TEST(FileStore, RoundTripsKeysWithAnyCharacters) {
+  const auto dir = std::filesystem::temp_directory_path() / ("flexsp_store_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  auto s = file_store::open(dir).value();
+  ASSERT_TRUE(s->set("group/0,1/rank 0", std::vector<char>{'x'}));
+  auto v = s->get("group/0,1/rank 0", 1s);
+  ASSERT_TRUE(v);
+  EXPECT_EQ(*v, std::vector<char>{'x'});
+  const std::vector<std::string> keys{"group/0,1/rank 0"};
+  EXPECT_TRUE(s->wait(keys, 1s));
+  EXPECT_EQ(s->get("absent", 1ms).error().kind(), errc::timeout);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(LocalCommunicator, CopiesAndFailsAfterAbort) {
+  auto c = make_local_communicator();
+  std::vector<float> a{1, 2}, b(2);
+  const std::vector<std::int64_t> counts{2};
+  ASSERT_TRUE(c->all_to_all_v(a, counts, b, counts));
+  EXPECT_EQ(a, b);
+  ASSERT_TRUE(c->all_reduce_sum(a));
+  EXPECT_EQ(a[1], 2.0f);
+  c->abort();
+  EXPECT_TRUE(c->poisoned());
+  EXPECT_EQ(c->barrier().error().kind(), errc::cancelled);
+}
+
+template <class Fn>
+void run_group(int size, const std::string& key, Fn fn, std::chrono::milliseconds timeout = 20s) {
+  memory_store store;
+  std::vector<std::thread> threads;
+  for (int r = 0; r < size; ++r) {
+    threads.emplace_back([&, r] {
+      gloo_options opt;
+      opt.timeout = timeout;
+      auto comm = make_gloo_communicator(store, key, r, size, opt);
+      ASSERT_TRUE(comm) << comm.error().to_string();
+      fn(**comm, r);
+    });
+  }
+  for (auto& t : threads) t.join();
+}
+
+TEST(GlooCommunicator, AllToAllVMovesUnevenAndZeroCounts) {
+  const int n = 3;
+  // Rank s sends (s + 2*d) % 3 floats to rank d, valued s*100 + d*10 + i: some counts are 0.
+  auto count = [](int s, int d) { return static_cast<std::int64_t>((s + 2 * d) % 3); };
+  run_group(n, "a2av", [&](communicator& c, int r) {
+    std::vector<std::int64_t> sc(n), rc(n);
+    std::vector<float> send, recv;
+    for (int d = 0; d < n; ++d) {
+      sc[d] = count(r, d);
+      rc[d] = count(d, r);
+      for (std::int64_t i = 0; i < sc[d]; ++i) send.push_back(static_cast<float>(r * 100 + d * 10 + i));
+    }
+    recv.resize(std::accumulate(rc.begin(), rc.end(), std::int64_t{0}));
+    ASSERT_TRUE(c.all_to_all_v(send, sc, recv, rc));
+    std::size_t k = 0;
+    for (int s = 0; s < n; ++s)
+      for (std::int64_t i = 0; i < rc[s]; ++i) EXPECT_EQ(recv[k++], static_cast<float>(s * 100 + r * 10 + i));
+  });
+}
+
+TEST(GlooCommunicator, AllReduceAllGatherBroadcastAndBarrierAgree) {
+  run_group(3, "mixed", [](communicator& c, int r) {
+    std::vector<float> v{static_cast<float>(r), 1.0f};
+    ASSERT_TRUE(c.all_reduce_sum(v));
+    EXPECT_EQ(v, (std::vector<float>{3.0f, 3.0f}));
+    std::vector<float> mine{static_cast<float>(r)}, all(3);
+    ASSERT_TRUE(c.all_gather(mine, all));
+    EXPECT_EQ(all, (std::vector<float>{0, 1, 2}));
+    std::vector<float> b{r == 2 ? 42.0f : 0.0f};
+    ASSERT_TRUE(c.broadcast(b, 2));
+    EXPECT_EQ(b[0], 42.0f);
+    EXPECT_TRUE(c.barrier());
+    EXPECT_EQ(c.broadcast(b, 3).error().kind(), errc::invalid_argument);
+  });
+}
+
+// Rank 1 stays connected but idle until rank 0 is done, so rank 0 sees a silent peer.
+void wait_for(const std::atomic<bool>& flag) {
+  const auto start = std::chrono::steady_clock::now();
+  while (!flag && std::chrono::steady_clock::now() - start < 30s) std::this_thread::yield();
+}
+
+TEST(GlooCommunicator, TimesOutWhenAPeerNeverJoinsTheCollective) {
+  std::atomic<bool> finished{false};
+  run_group(2, "timeout", [&](communicator& c, int r) {
+    if (r == 1) return wait_for(finished);
+    auto res = c.barrier();
+    finished = true;
+    ASSERT_FALSE(res);
+    EXPECT_EQ(res.error().kind(), errc::timeout) << res.error().to_string();
+    EXPECT_TRUE(c.poisoned());
+    EXPECT_FALSE(c.barrier());
+  }, 300ms);
+}
+
+TEST(GlooCommunicator, AbortUnblocksAWaitingCollectiveInAnotherThread) {
+  std::atomic<bool> finished{false};
+  run_group(2, "abort", [&](communicator& c, int r) {
+    EXPECT_TRUE(c.barrier());
+    if (r == 1) return wait_for(finished);
+    std::optional<error> err;
+    const auto start = std::chrono::steady_clock::now();
+    std::thread waiter{[&] {
+      std::vector<float> v(4);
+      auto res = c.all_reduce_sum(v);  // rank 1 never joins; the 20 s timeout is far away
+      if (!res) err = res.error();
+    }};
+    c.abort();
+    waiter.join();
+    finished = true;
+    ASSERT_TRUE(err.has_value());
+    EXPECT_EQ(err->kind(), errc::cancelled);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  }, 20s);
+}
+
+TEST(CommunicatorCache, CachesGroupsOfDifferentSizesPerDeviceSet) {
+  memory_store store;
+  const int devices = 3;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int dev = 0; dev < devices; ++dev) {
+    threads.emplace_back([&, dev] {
+      communicator_cache cache{store, dev, gloo_options{.hostname = "127.0.0.1", .timeout = 20s}};
+      const std::vector<int> world{2, 0, 1};
+      auto w = cache.get(world);
+      if (!w || (*w)->size() != 3 || (*w)->rank() != dev) ++failures;
+      // Devices 0 and 1 form a pair; device 2 is alone (a local communicator).
+      std::vector<int> mine = dev < 2 ? std::vector<int>{0, 1} : std::vector<int>{2};
+      auto g = cache.get(mine);
+      if (!g || (*g)->size() != static_cast<int>(mine.size())) ++failures;
+      auto again = cache.get(mine);
+      if (!again || again->get() != g->get()) ++failures;
+      std::vector<float> v{1.0f};
+      if (!(*g)->all_reduce_sum(v) || v[0] != static_cast<float>(mine.size())) ++failures;
+      if (!(*w)->all_reduce_sum(v)) ++failures;
+      if (cache.size() != 2) ++failures;
+      const std::vector<int> foreign{7, 8};
+      if (cache.get(foreign)) ++failures;
+      (void)(*w)->barrier();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures, 0);
+}
+
+}  // namespace
+}  // namespace flexsp::kernels

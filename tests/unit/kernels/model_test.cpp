@@ -1,0 +1,137 @@
+#include "flexsp/kernels/model.hpp"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include "flexsp/kernels/data.hpp"
+#include "flexsp/kernels/gloo_communicator.hpp"
+
+namespace flexsp::kernels {
+namespace {
+
+const gpt_config kSmall{.layers = 2, .d_model = 24, .heads = 3, .vocab = 256, .max_positions = 256};
+
+TEST(GptConfig, NamesTheBadField) {
+  gpt_config c = kSmall;
+  c.heads = 5;
+  auto r = c.validate();
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("heads"), std::string::npos);
+  EXPECT_FALSE(gpt_model::create(c, 1));
+}
+
+TEST(GptModel, SameSeedGivesIdenticalParameters) {
+  auto a = gpt_model::create(kSmall, 42).value(), b = gpt_model::create(kSmall, 42).value(),
+       c = gpt_model::create(kSmall, 43).value();
+  EXPECT_TRUE(std::equal(a.params().begin(), a.params().end(), b.params().begin()));
+  EXPECT_FALSE(std::equal(a.params().begin(), a.params().end(), c.params().begin()));
+  EXPECT_EQ(static_cast<std::int64_t>(a.params().size()), kSmall.parameter_count());
+  EXPECT_EQ(a.find("h1.ln2.g").value().shape, (shape_t{24}));
+  EXPECT_EQ(a.find("nope").error().kind(), errc::not_found);
+}
+
+TEST(GptModel, InitialLossIsNearLogVocab) {
+  auto m = gpt_model::create(kSmall, 1).value();
+  const std::vector<std::int64_t> lengths{50, 70};
+  auto seqs = synthetic_sequences(lengths, 3);
+  auto layout = ulysses_layout::make(lengths, 1, 0, kSmall.heads).value();
+  auto in = shard_inputs(layout, seqs).value();
+  auto comm = make_local_communicator();
+  auto r = m.forward_backward(*comm, layout, in, 1.0f / 120, false).value();
+  EXPECT_NEAR(r.loss_sum / 120, std::log(256.0), 0.1);
+}
+
+TEST(GptModel, RejectsSequencesLongerThanMaxPositions) {
+  auto m = gpt_model::create(kSmall, 1).value();
+  const std::vector<std::int64_t> lengths{300};
+  auto layout = ulysses_layout::make(lengths, 1, 0, kSmall.heads).value();
+  auto in = shard_inputs(layout, synthetic_sequences(lengths, 1)).value();
+  auto comm = make_local_communicator();
+  auto r = m.forward_backward(*comm, layout, in, 1.0f);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind(), errc::invalid_argument);
+}
+
+TEST(Checkpoint, RoundTripsParametersAndOptimizerStateAndDetectsCorruption) {
+  const auto path = std::filesystem::temp_directory_path() / ("flexsp_ckpt_" + std::to_string(::getpid()));
+  auto m = gpt_model::create(kSmall, 5).value();
+  adamw_optimizer opt{m, {}};
+  for (auto& g : m.grads()) g = 0.01f;
+  opt.step(m, 1.0);
+  ASSERT_TRUE(save_checkpoint(path, m, opt));
+  auto m2 = gpt_model::create(kSmall, 6).value();
+  adamw_optimizer opt2{m2, {}};
+  ASSERT_TRUE(load_checkpoint(path, m2, opt2));
+  EXPECT_TRUE(std::equal(m.params().begin(), m.params().end(), m2.params().begin()));
+  EXPECT_TRUE(std::equal(opt.second_moments().begin(), opt.second_moments().end(), opt2.second_moments().begin()));
+  EXPECT_EQ(opt2.steps(), 1);
+
+  gpt_config other = kSmall;
+  other.layers = 1;
+  auto m3 = gpt_model::create(other, 1).value();
+  adamw_optimizer opt3{m3, {}};
+  auto mismatch = load_checkpoint(path, m3, opt3);
+  ASSERT_FALSE(mismatch);
+  EXPECT_NE(mismatch.error().message().find("layers"), std::string::npos);
+
+  {
+    std::fstream f{path, std::ios::in | std::ios::out | std::ios::binary};
+    f.seekp(100);
+    f.put('\x7f');
+  }
+  auto corrupt = load_checkpoint(path, m2, opt2);
+  ASSERT_FALSE(corrupt);
+  EXPECT_NE(corrupt.error().message().find("checksum"), std::string::npos);
+  std::filesystem::resize_file(path, 60);
+  EXPECT_FALSE(load_checkpoint(path, m2, opt2));
+  EXPECT_EQ(load_checkpoint(path.string() + ".absent", m2, opt2).error().kind(), errc::not_found);
+  std::filesystem::remove(path);
+}
+
+double rel_err(std::span<const float> a, std::span<const float> b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// The quick in-process version of the SP equivalence check (threads); the multi-process one
+// with more degrees lives in the integration suite.
+TEST(UlyssesSp, ThreadedGroupOfThreeMatchesOneDevice) {
+  const std::vector<std::int64_t> lengths{1, 5, 100};
+  const int d = 3;
+  auto seqs = synthetic_sequences(lengths, 11);
+  const float scale = 1.0f / 106;
+  auto ref = gpt_model::create(kSmall, 9).value();
+  auto l1 = ulysses_layout::make(lengths, 1, 0, kSmall.heads).value();
+  auto local = make_local_communicator();
+  auto ref_out = ref.forward_backward(*local, l1, shard_inputs(l1, seqs).value(), scale).value();
+
+  memory_store store;
+  std::vector<std::thread> threads;
+  std::vector<double> losses(d);
+  std::vector<std::vector<float>> grads(d);
+  for (int r = 0; r < d; ++r)
+    threads.emplace_back([&, r] {
+      auto comm = make_gloo_communicator(store, "sp3", r, d, gloo_options{}).value();
+      auto m = gpt_model::create(kSmall, 9).value();
+      auto l = ulysses_layout::make(lengths, d, r, kSmall.heads).value();
+      auto out = m.forward_backward(*comm, l, shard_inputs(l, seqs).value(), scale).value();
+      losses[r] = out.loss_sum;
+      ASSERT_TRUE(all_reduce_gradients(*comm, m));
+      grads[r].assign(m.grads().begin(), m.grads().end());
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_NEAR(losses[0] + losses[1] + losses[2], ref_out.loss_sum, 1e-4 * ref_out.loss_sum);
+  for (int r = 0; r < d; ++r) EXPECT_LE(rel_err(grads[r], ref.grads()), 1e-4);
+}
+
+}  // namespace
+}  // namespace flexsp::kernels
