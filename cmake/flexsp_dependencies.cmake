@@ -19,6 +19,7 @@ find_package(nlohmann_json CONFIG REQUIRED)      # nlohmann_json::nlohmann_json
 find_package(CLI11 CONFIG REQUIRED)              # CLI11::CLI11
 find_package(Gloo CONFIG REQUIRED)               # gloo
 pkg_check_modules(CBC REQUIRED IMPORTED_TARGET cbc)   # PkgConfig::CBC
+find_package(ZLIB REQUIRED)                      # ZLIB::ZLIB (gzip datasets)
 
 set(BLA_VENDOR OpenBLAS)
 find_package(BLAS REQUIRED)

@@ -7,4 +7,7 @@ namespace flexsp::app {
 /// `flexsp info`: build configuration and the devices this machine offers.
 void add_info_command(CLI::App& root);
 
+/// `flexsp plan` and `flexsp plan-replay`: the planner on one batch or a replayed dataset.
+void add_plan_commands(CLI::App& root);
+
 }  // namespace flexsp::app

@@ -1,0 +1,248 @@
+// `flexsp plan` and `flexsp plan-replay`: the planner alone, on a batch of lengths or on a
+// dataset replayed with the paper's protocol.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "flexsp/scheduler/dataset.hpp"
+#include "flexsp/scheduler/planner.hpp"
+#include "flexsp/scheduler/synthetic.hpp"
+
+namespace flexsp::app {
+namespace {
+
+namespace sch = flexsp::scheduler;
+
+// A failure the user can fix; main() prints it and exits with 1.
+struct plan_failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+template <class T>
+T unwrap(expected<T> r, const char* what) {
+  if (!r) throw plan_failure{fmt::format("{}: {}", what, r.error().message())};
+  return std::move(*r);
+}
+
+struct common_args {
+  int devices{64};
+  int devices_per_node{8};
+  std::string profile{"gpt-7b"};
+  double mem_limit_gb{0};
+  double time_limit_ms{1000};
+  bool any_degree{false};
+  bool json{false};
+};
+
+void add_common(CLI::App* cmd, common_args& a) {
+  cmd->add_option("--devices", a.devices, "number of devices N")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--devices-per-node", a.devices_per_node, "devices per node K")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--profile", a.profile, "built-in profile (gpt-7b, gpt-13b, gpt-30b) or a JSON profile file")
+      ->capture_default_str();
+  cmd->add_option("--mem-limit-gb", a.mem_limit_gb, "usable device memory in GB (default: the profile's)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--time-limit-ms", a.time_limit_ms, "wall-clock planning budget per batch, ms")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_flag("--any-degree", a.any_degree, "allow SP degrees that are not powers of two");
+  cmd->add_flag("--json", a.json, "print JSON instead of a table");
+}
+
+sch::profile load_profile(const common_args& a) {
+  auto p = unwrap(sch::load_profile(a.profile), "--profile");
+  if (a.mem_limit_gb > 0) p.mem_limit_gb = a.mem_limit_gb;
+  return p;
+}
+
+std::vector<std::int64_t> read_lengths_arg(const std::string& path) {
+  if (path == "-") return unwrap(sch::read_lengths(std::cin, "stdin"), "--lengths");
+  return unwrap(sch::read_lengths_file(path), "--lengths");
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const auto i = static_cast<std::size_t>(std::min<double>(static_cast<double>(v.size()) - 1, std::ceil(q * static_cast<double>(v.size())) - 1));
+  return v[i];
+}
+
+void run_plan(const common_args& a, const std::string& lengths_path, const std::string& synthetic, int batch_size,
+              std::uint64_t seed, const std::string& strategy) {
+  if (lengths_path.empty() == synthetic.empty())
+    throw plan_failure{"give exactly one of --lengths FILE|- and --synthetic KIND"};
+  std::vector<std::int64_t> lengths;
+  if (!synthetic.empty()) {
+    lengths = unwrap(sch::synthetic_lengths(static_cast<std::size_t>(batch_size), seed, synthetic), "--synthetic");
+    std::fprintf(stderr, "flexsp plan: %d synthetic %s lengths (seed %llu)\n", batch_size, synthetic.c_str(),
+                 static_cast<unsigned long long>(seed));
+  } else {
+    lengths = read_lengths_arg(lengths_path);
+  }
+  sch::planner_options opts;
+  opts.strategy = strategy;
+  opts.time_limit_ms = a.time_limit_ms;
+  opts.any_degree = a.any_degree;
+  auto pl = unwrap(sch::planner::create(load_profile(a), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
+  std::fprintf(stderr, "flexsp plan: planning %zu sequences on %d devices (%s)...\n", lengths.size(), a.devices,
+               strategy.c_str());
+  auto p = unwrap(pl.make_plan(lengths), "plan");
+  std::fprintf(stderr, "flexsp plan: done in %.1f ms\n", p.solve_ms);
+  if (a.json) {
+    std::printf("%s\n", sch::plan_to_json(p).c_str());
+  } else {
+    std::printf("%s", sch::plan_to_table(p).c_str());
+  }
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while (pos <= s.size()) {
+    const auto comma = s.find(',', pos);
+    auto item = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    if (!item.empty()) out.push_back(item);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+struct replay_args {
+  std::string dataset;
+  int batch_size{512};
+  int iterations{40};
+  int start{0};
+  std::int64_t context_limit{384000};
+  std::string strategies{"flexsp,static:64,batchada"};
+};
+
+void run_replay(const common_args& a, const replay_args& r) {
+  const auto strategies = split_list(r.strategies);
+  if (strategies.empty()) throw plan_failure{"--strategies: give at least one strategy"};
+  sch::planner_options opts;
+  opts.time_limit_ms = a.time_limit_ms;
+  opts.any_degree = a.any_degree;
+  auto pl = unwrap(sch::planner::create(load_profile(a), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
+  for (const auto& s : strategies) {
+    auto check = opts;
+    check.strategy = s;
+    if (auto v = check.validate_options(); !v) throw plan_failure{fmt::format("--strategies: {}", v.error().message())};
+  }
+  std::fprintf(stderr, "flexsp plan-replay: reading %s\n", r.dataset.c_str());
+  const auto lengths = unwrap(sch::read_lengths_file(r.dataset), "--dataset");
+  const auto batches = sch::paper_batches(lengths, 2 * a.devices, r.context_limit, static_cast<std::size_t>(r.batch_size),
+                                          static_cast<std::size_t>(r.start), static_cast<std::size_t>(r.iterations));
+  if (batches.empty()) throw plan_failure{fmt::format("--dataset: {} holds no full batch of {} from batch {}", r.dataset, r.batch_size, r.start)};
+  std::map<std::string, double> total;
+  std::map<std::string, std::vector<double>> solve;
+  std::map<std::string, int> failed;
+  double lb_total = 0;
+  nlohmann::json jb = nlohmann::json::array();
+  const std::string first = strategies.front();
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    nlohmann::json row{{"batch", r.start + static_cast<int>(b)}};
+    double lb = 0;
+    std::string line;
+    for (const auto& s : strategies) {
+      auto p = pl.make_plan(batches[b], s);
+      if (!p) {
+        ++failed[s];
+        row[s] = {{"error", p.error().message()}};
+        line += fmt::format("  {} infeasible", s);
+        continue;
+      }
+      lb = p->lower_bound_ms;
+      total[s] += p->predicted_ms;
+      solve[s].push_back(p->solve_ms);
+      row[s] = {{"predicted_ms", p->predicted_ms}, {"solve_ms", p->solve_ms}, {"status", p->status},
+                {"micro_batches", p->micro_batches.size()}, {"gap_to_lower_bound", p->gap()}};
+      if (p->uniform_degree > 0) row[s]["uniform_degree"] = p->uniform_degree;
+      line += fmt::format("  {} {:.0f} ms ({:.1f} ms)", s, p->predicted_ms, p->solve_ms);
+    }
+    lb_total += lb;
+    row["lower_bound_ms"] = lb;
+    jb.push_back(row);
+    std::fprintf(stderr, "batch %zu/%zu:%s\n", b + 1, batches.size(), line.c_str());
+  }
+  nlohmann::json summary;
+  summary["batches"] = batches.size();
+  summary["lower_bound_ms"] = lb_total;
+  for (const auto& s : strategies) {
+    nlohmann::json js;
+    js["failed_batches"] = failed[s];
+    js["predicted_ms"] = failed[s] ? nlohmann::json(nullptr) : nlohmann::json(total[s]);
+    js["solve_ms_p50"] = percentile(solve[s], 0.5);
+    js["solve_ms_p99"] = percentile(solve[s], 0.99);
+    js["solve_ms_max"] = percentile(solve[s], 1.0);
+    if (!failed[s] && !failed[first] && total[first] > 0) js["speedup_of_" + first] = total[s] / total[first];
+    if (!failed[s] && total[s] > 0) js["gap_to_lower_bound"] = 1 - lb_total / total[s];
+    summary["strategies"][s] = js;
+  }
+  if (a.json) {
+    std::printf("%s\n", nlohmann::json{{"summary", summary}, {"per_batch", jb}}.dump(2).c_str());
+    return;
+  }
+  std::printf("%zu batches of %d from %s (pad to %d, limit %lld), %d devices (%d per node)\n", batches.size(),
+              r.batch_size, r.dataset.c_str(), 2 * a.devices, static_cast<long long>(r.context_limit), a.devices,
+              a.devices_per_node);
+  std::printf("%-12s %14s %12s %10s %10s %10s %8s\n", "strategy", "predicted_ms", first == "flexsp" ? "flexsp_x" : "first_x",
+              "solve_p50", "solve_p99", "solve_max", "gap_lb");
+  for (const auto& s : strategies) {
+    if (failed[s]) {
+      std::printf("%-12s %14s (infeasible on %d batches)\n", s.c_str(), "-", failed[s]);
+      continue;
+    }
+    std::printf("%-12s %14.0f %11.3fx %10.1f %10.1f %10.1f %7.2f%%\n", s.c_str(), total[s],
+                failed[first] ? 0.0 : total[s] / total[first], percentile(solve[s], 0.5), percentile(solve[s], 0.99),
+                percentile(solve[s], 1.0), 100 * (1 - lb_total / total[s]));
+  }
+  std::printf("lower bound total %.0f ms\n", lb_total);
+}
+
+}  // namespace
+
+void add_plan_commands(CLI::App& root) {
+  {
+    auto* cmd = root.add_subcommand("plan", "Plan one batch: SP groups, micro-batches and predicted step time");
+    auto a = std::make_shared<common_args>();
+    auto lengths = std::make_shared<std::string>();
+    auto synthetic = std::make_shared<std::string>();
+    auto batch = std::make_shared<int>(512);
+    auto seed = std::make_shared<std::uint64_t>(1);
+    auto strategy = std::make_shared<std::string>("flexsp");
+    cmd->add_option("--lengths", *lengths, "file of sequence lengths, one per line (.gz allowed), or - for stdin");
+    cmd->add_option("--synthetic", *synthetic, "draw lengths from a built-in distribution instead (wikipedia)");
+    cmd->add_option("--batch-size", *batch, "sequences drawn with --synthetic")->check(CLI::PositiveNumber)->capture_default_str();
+    cmd->add_option("--seed", *seed, "seed of --synthetic")->capture_default_str();
+    cmd->add_option("--strategy", *strategy, "flexsp, static:D or batchada")->capture_default_str();
+    add_common(cmd, *a);
+    cmd->callback([a, lengths, synthetic, batch, seed, strategy]() {
+      run_plan(*a, *lengths, *synthetic, *batch, *seed, *strategy);
+    });
+  }
+  {
+    auto* cmd = root.add_subcommand("plan-replay", "Replay a dataset through the planner with the FlexSP paper's protocol");
+    auto a = std::make_shared<common_args>();
+    auto r = std::make_shared<replay_args>();
+    cmd->add_option("--dataset", r->dataset, "lengths file, one per line (.gz allowed)")->required();
+    cmd->add_option("--batch-size", r->batch_size, "sequences per batch")->check(CLI::PositiveNumber)->capture_default_str();
+    cmd->add_option("--iterations", r->iterations, "batches to plan")->check(CLI::PositiveNumber)->capture_default_str();
+    cmd->add_option("--start", r->start, "first batch")->check(CLI::NonNegativeNumber)->capture_default_str();
+    cmd->add_option("--context-limit", r->context_limit, "drop sequences longer than this after padding")
+        ->check(CLI::PositiveNumber)->capture_default_str();
+    cmd->add_option("--strategies", r->strategies, "comma-separated strategies; speedups are relative to the first")
+        ->capture_default_str();
+    add_common(cmd, *a);
+    cmd->callback([a, r]() { run_replay(*a, *r); });
+  }
+}
+
+}  // namespace flexsp::app
