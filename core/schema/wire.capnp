@@ -50,6 +50,7 @@ struct Registered {
   heartbeatIntervalMs @2 :UInt32;
   previousRemoved @3 :Bool;       # the previous membership was ended by the head
   previousRemovedReason @4 :Text;
+  failureTimeoutMs @5 :UInt32;
 }
 
 struct Heartbeat {

@@ -1,0 +1,91 @@
+#pragma once
+/// \file
+/// Cluster membership as the head keeps it: nodes, their devices, an epoch, and the failure
+/// detector's bookkeeping. Pure logic with the time passed in, so it is tested without sockets
+/// or sleeps; the head service drives it from its event loop.
+///
+/// The epoch starts at 0 and rises by exactly one on every join and every loss. A node is lost
+/// once (`lose` and `expire` return an event only for a node that was alive), so subscribers see
+/// each loss exactly once. A lost node never comes back under the same id: a process that
+/// returns joins again and gets a new id.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "flexsp/core/error.hpp"
+
+namespace flexsp::actors {
+
+/// One device a node offers: `cpu:3`, `cuda:0`.
+struct device_id {
+  std::string kind;  ///< "cpu" or "cuda"
+  std::uint32_t index = 0;
+  std::string to_string() const { return kind + ":" + std::to_string(index); }
+  friend bool operator==(const device_id&, const device_id&) = default;
+};
+
+/// Parses a device spec: `cpu:N` (N devices cpu:0..N-1), `cuda:all` (`cuda_count` devices),
+/// `cuda:0,1` (listed indices), or several joined with `+` (`cpu:2+cuda:0`).
+/// errc::invalid_argument names the bad part; `cuda:all` with no GPU is an error.
+expected<std::vector<device_id>> parse_devices(std::string_view spec, int cuda_count);
+
+enum class node_state : std::uint8_t { alive, dead };
+std::string_view to_string(node_state s) noexcept;
+
+/// What the head knows of one node.
+struct node_record {
+  std::uint64_t id = 0;
+  std::string address;  ///< host:port where the node accepts actor channels
+  std::vector<device_id> devices;
+  node_state state = node_state::alive;
+  std::uint64_t joined_epoch = 0;
+  std::uint64_t lost_epoch = 0;  ///< 0 while alive
+  std::string lost_reason;
+  std::uint32_t pid = 0;
+  std::chrono::steady_clock::time_point last_seen{};
+};
+
+/// A change of membership.
+struct membership_event {
+  enum class kind_t : std::uint8_t { joined, lost };
+  kind_t kind = kind_t::joined;
+  std::uint64_t epoch = 0;  ///< the epoch this change created
+  node_record node;
+};
+
+/// The membership table. Not thread-safe (owned by the head's loop).
+class membership_table {
+public:
+  using time_point = std::chrono::steady_clock::time_point;
+
+  /// Adds a new alive node; epoch + 1.
+  membership_event join(std::string address, std::vector<device_id> devices, std::uint32_t pid, time_point now);
+  /// Records a sign of life. False when the node is unknown or already lost.
+  bool heartbeat(std::uint64_t id, time_point now);
+  /// Marks an alive node lost; epoch + 1. nullopt when unknown or already lost.
+  std::optional<membership_event> lose(std::uint64_t id, std::string reason);
+  /// Loses every alive node not seen for longer than `timeout`, oldest first.
+  std::vector<membership_event> expire(time_point now, std::chrono::milliseconds timeout);
+
+  const node_record* find(std::uint64_t id) const;
+  std::uint64_t epoch() const noexcept { return epoch_; }
+  std::size_t alive_count() const noexcept;
+  /// All nodes ever seen, by id (lost ones are kept for `status`, up to `max_dead` of them).
+  const std::map<std::uint64_t, node_record>& nodes() const noexcept { return nodes_; }
+
+  /// Bound on remembered lost nodes (the oldest are forgotten first).
+  std::size_t max_dead = 256;
+
+private:
+  void trim_dead();
+  std::map<std::uint64_t, node_record> nodes_;
+  std::uint64_t epoch_ = 0;
+  std::uint64_t next_id_ = 1;
+};
+
+}  // namespace flexsp::actors

@@ -1,0 +1,253 @@
+#pragma once
+/// \file
+/// Actors reachable from other processes, and references to them.
+///
+/// An `actor_host` is a process's endpoint for actor messages: it listens for authenticated
+/// peer channels, runs the local actors spawned into it (on its event loop), and keeps one
+/// outgoing connection per peer process. A `remote_ref` names an actor in any process
+/// (`host address`, actor id) and offers `tell` and `ask` like a local reference.
+///
+/// Message types cross processes through `wire_codec<T>`, which maps a C++ type to a Cap'n
+/// Proto struct (its type id tags the payload):
+/// ```
+/// template <> struct wire_codec<ping> {
+///   using schema = schema::Ping;
+///   static void encode(const ping& m, schema::Ping::Builder b) { b.setSequence(m.sequence); }
+///   static ping decode(schema::Ping::Reader r) { return {r.getSequence()}; }
+/// };
+/// ```
+/// Guarantees:
+/// - Messages from one host to one actor arrive in the order they were sent (one TCP
+///   connection per host pair, FIFO queues).
+/// - An `ask` completes exactly once: with the reply, with errc::timeout after its deadline,
+///   or with errc::disconnected as soon as the connection to the peer breaks.
+/// - After a broken connection the host reconnects on the next send, waiting an exponential
+///   backoff between attempts; sends inside the backoff window, and to hosts marked dead
+///   (`mark_dead`, e.g. after the head reported the node lost), fail at once with
+///   errc::disconnected instead of queueing.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+
+#include <capnp/any.h>
+#include <capnp/message.h>
+#include <kj/exception.h>
+
+#include "flexsp/core/check.hpp"
+#include "flexsp/core/error.hpp"
+#include "flexsp/core/net/transport.hpp"
+
+namespace flexsp::actors {
+
+/// Maps a C++ message type to its Cap'n Proto struct. Specialise per type (see file doc).
+template <class T>
+struct wire_codec;
+
+/// A type with a `wire_codec`.
+template <class T>
+concept wire_message = requires { typename wire_codec<T>::schema; };
+
+/// Cap'n Proto type id of T's wire struct; tags payloads.
+template <wire_message T>
+std::uint64_t wire_type_id() {
+  return capnp::typeId<typename wire_codec<T>::schema>();
+}
+
+/// Where an actor lives.
+struct remote_address {
+  std::string host;  ///< "ip:port" of its actor_host
+  std::uint64_t actor_id = 0;
+  std::string to_string() const { return host + "/" + std::to_string(actor_id); }
+};
+
+class actor_host;
+
+/// A reference to an actor in any process. Cheap to copy; thread-safe.
+class remote_ref {
+public:
+  remote_ref() = default;
+  remote_ref(std::shared_ptr<actor_host> host, remote_address address) : host_{std::move(host)}, address_{std::move(address)} {}
+
+  const remote_address& address() const noexcept { return address_; }
+  bool valid() const noexcept { return host_ != nullptr; }
+
+  /// Sends `m` without waiting. errc::disconnected at once when the peer is known to be down.
+  template <wire_message M>
+  expected<void> tell(const M& m) const;
+
+  /// Sends `m` and runs `done` once with the reply or the error (on the host's loop thread,
+  /// or on the caller's thread when the send fails at once).
+  template <wire_message R, wire_message M>
+  void ask(const M& m, std::chrono::milliseconds timeout, std::function<void(expected<R>)> done) const;
+
+  /// Blocking ask. Must not be called on the host's loop thread.
+  template <wire_message R, wire_message M>
+  expected<R> ask(const M& m, std::chrono::milliseconds timeout) const;
+
+private:
+  std::shared_ptr<actor_host> host_;
+  remote_address address_;
+};
+
+/// Settings of an actor host.
+struct actor_host_config {
+  /// Where to accept peer channels (port 0: any free port).
+  net::endpoint bind{"127.0.0.1", 0};
+  /// Host to advertise to others; defaults to the bind host.
+  std::string advertise_host;
+  net::transport_config transport;
+  net::backoff reconnect{std::chrono::milliseconds{50}, std::chrono::milliseconds{2000}};
+};
+
+/// A process's actor endpoint. Create with `start`; all methods are thread-safe.
+class actor_host : public std::enable_shared_from_this<actor_host> {
+public:
+  /// Called on the loop thread with one inbound message; returns the reply to send for an ask
+  /// (or an error). `reply` is null for a tell.
+  using dispatch_fn = std::function<expected<void>(std::uint64_t type_id, capnp::AnyPointer::Reader payload,
+                                                   capnp::AnyPointer::Builder* reply, std::uint64_t* reply_type)>;
+
+  static expected<std::shared_ptr<actor_host>> start(net::event_loop& loop, actor_host_config config);
+  ~actor_host();
+
+  /// "host:port" others use to reach this host.
+  const std::string& address() const noexcept;
+  net::event_loop& loop() noexcept;
+
+  /// Makes `actor` reachable; it receives the message types `Msgs...` through its `handle`
+  /// overloads (returning void for tells, R or expected<R> for asks). Handlers run on the
+  /// loop thread. Returns the actor's id in this host.
+  template <class Actor, wire_message... Msgs>
+  std::uint64_t spawn(std::shared_ptr<Actor> actor);
+  /// Removes an actor; later messages to it fail with errc::not_found.
+  void remove(std::uint64_t actor_id);
+
+  remote_ref ref(remote_address address) { return remote_ref{shared_from_this(), std::move(address)}; }
+  remote_ref local_ref(std::uint64_t actor_id) { return ref({address(), actor_id}); }
+
+  /// Fails every later send to `host` at once (and pending asks now) with `reason`.
+  void mark_dead(const std::string& host, std::string reason);
+  /// Undoes `mark_dead` (the host rejoined): the next send connects again.
+  void mark_alive(const std::string& host);
+  /// Closes the listener and every connection; pending asks fail with errc::cancelled.
+  void stop();
+
+  // -- used by remote_ref ----------------------------------------------------------------------
+  using encode_fn = std::function<void(capnp::AnyPointer::Builder)>;
+  using reply_fn = std::function<void(expected<capnp::AnyPointer::Reader>, std::uint64_t type_id)>;
+  expected<void> send(const remote_address& to, std::uint64_t type_id, const encode_fn& encode);
+  void request(const remote_address& to, std::uint64_t type_id, const encode_fn& encode,
+               std::chrono::milliseconds timeout, reply_fn done);
+
+  struct impl;
+
+private:
+  std::uint64_t add_actor(dispatch_fn fn);
+  explicit actor_host(std::unique_ptr<impl> i);
+  std::unique_ptr<impl> impl_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// implementation of the templates
+
+namespace detail {
+template <class R>
+struct unwrap_reply {
+  using type = R;
+};
+template <class T>
+struct unwrap_reply<expected<T>> {
+  using type = T;
+};
+
+template <class Actor, class M>
+bool dispatch_one(Actor& actor, std::uint64_t type_id, capnp::AnyPointer::Reader payload,
+                  capnp::AnyPointer::Builder* reply, std::uint64_t* reply_type, expected<void>& result) {
+  using codec = wire_codec<M>;
+  if (type_id != wire_type_id<M>()) return false;
+  M m = codec::decode(payload.getAs<typename codec::schema>());
+  using ret = decltype(actor.handle(std::move(m)));
+  if constexpr (std::is_void_v<ret>) {
+    actor.handle(std::move(m));
+  } else {
+    using R = typename unwrap_reply<ret>::type;
+    auto r = actor.handle(std::move(m));
+    if constexpr (!std::is_same_v<ret, R>) {
+      if (!r) {
+        result = unexpected<error>{r.error()};
+        return true;
+      }
+    }
+    if (reply) {
+      const R& value = [&]() -> const R& {
+        if constexpr (std::is_same_v<ret, R>) return r; else return *r;
+      }();
+      wire_codec<R>::encode(value, reply->initAs<typename wire_codec<R>::schema>());
+      *reply_type = wire_type_id<R>();
+    }
+  }
+  return true;
+}
+}  // namespace detail
+
+template <class Actor, wire_message... Msgs>
+std::uint64_t actor_host::spawn(std::shared_ptr<Actor> actor) {
+  return add_actor([actor](std::uint64_t type_id, capnp::AnyPointer::Reader payload, capnp::AnyPointer::Builder* reply,
+                           std::uint64_t* reply_type) -> expected<void> {
+    expected<void> result;
+    const bool handled = (detail::dispatch_one<Actor, Msgs>(*actor, type_id, payload, reply, reply_type, result) || ...);
+    if (!handled) return make_error(errc::protocol, "actor does not handle message type {:#018x}", type_id);
+    return result;
+  });
+}
+
+template <wire_message M>
+expected<void> remote_ref::tell(const M& m) const {
+  FLEXSP_EXPECTS(valid(), "tell on an empty remote_ref");
+  return host_->send(address_, wire_type_id<M>(), [&m](capnp::AnyPointer::Builder b) {
+    wire_codec<M>::encode(m, b.initAs<typename wire_codec<M>::schema>());
+  });
+}
+
+template <wire_message R, wire_message M>
+void remote_ref::ask(const M& m, std::chrono::milliseconds timeout, std::function<void(expected<R>)> done) const {
+  FLEXSP_EXPECTS(valid(), "ask on an empty remote_ref");
+  host_->request(
+      address_, wire_type_id<M>(),
+      [&m](capnp::AnyPointer::Builder b) { wire_codec<M>::encode(m, b.initAs<typename wire_codec<M>::schema>()); },
+      timeout,
+      [done = std::move(done)](expected<capnp::AnyPointer::Reader> r, std::uint64_t type_id) {
+        if (!r) {
+          done(unexpected<error>{std::move(r).error()});
+          return;
+        }
+        if (type_id != wire_type_id<R>()) {
+          done(make_error(errc::protocol, "reply has type {:#018x}, expected {:#018x}", type_id, wire_type_id<R>()));
+          return;
+        }
+        std::optional<R> value;
+        try {
+          value.emplace(wire_codec<R>::decode(r->getAs<typename wire_codec<R>::schema>()));
+        } catch (const kj::Exception& e) {
+          done(make_error(errc::protocol, "malformed reply: {}", e.getDescription().cStr()));
+          return;
+        }
+        done(std::move(*value));
+      });
+}
+
+template <wire_message R, wire_message M>
+expected<R> remote_ref::ask(const M& m, std::chrono::milliseconds timeout) const {
+  auto promise = std::make_shared<std::promise<expected<R>>>();
+  auto future = promise->get_future();
+  ask<R>(m, timeout, [promise](expected<R> r) { promise->set_value(std::move(r)); });
+  return future.get();
+}
+
+}  // namespace flexsp::actors

@@ -1,0 +1,388 @@
+#include "flexsp/actors/remote.hpp"
+
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+#include "flexsp/core/log.hpp"
+
+namespace flexsp::actors {
+
+using Clock = std::chrono::steady_clock;
+
+struct actor_host::impl {
+  struct peer {
+    std::shared_ptr<net::connection> conn;
+    enum class state_t { idle, connecting, up, down, dead } state = state_t::idle;
+    std::vector<std::unique_ptr<capnp::MallocMessageBuilder>> queued;  // while connecting
+    Clock::time_point retry_after{};
+    std::string reason;
+    net::backoff backoff;
+  };
+  struct pending {
+    reply_fn done;
+    std::uint64_t timer = 0;
+    std::string host;
+    const net::connection* conn = nullptr;
+  };
+
+  impl(net::event_loop& l, actor_host_config c) : loop{l}, config{std::move(c)} {}
+
+  net::event_loop& loop;
+  actor_host_config config;
+  std::string address;
+  std::unique_ptr<net::listener> listener;
+
+  std::mutex mutex;  // guards everything below
+  std::unordered_map<std::uint64_t, std::shared_ptr<dispatch_fn>> actors;
+  std::uint64_t next_actor = 1;
+  std::map<std::string, peer> peers;
+  std::unordered_map<std::uint64_t, pending> asks;
+  std::uint64_t next_request = 1;
+  std::vector<std::shared_ptr<net::connection>> inbound;
+  bool stopped = false;
+  std::weak_ptr<actor_host> owner;
+
+  static std::unique_ptr<capnp::MallocMessageBuilder> build(std::uint64_t target, std::uint64_t request_id,
+                                                           std::uint64_t type_id, const encode_fn& encode) {
+    auto msg = std::make_unique<capnp::MallocMessageBuilder>(128);
+    auto a = wire::start_envelope(*msg).getBody().initActor();
+    a.setTarget(target);
+    a.setRequestId(request_id);
+    a.setTypeId(type_id);
+    encode(a.getPayload());
+    return msg;
+  }
+
+  // Called with the mutex held. Returns the connection to send on now, or queues/fails.
+  expected<std::shared_ptr<net::connection>> route(const std::string& host, std::unique_ptr<capnp::MallocMessageBuilder>& msg) {
+    if (stopped) return make_error(errc::cancelled, "actor host is stopped");
+    auto& p = peers[host];
+    switch (p.state) {
+      case peer::state_t::up: return p.conn;
+      case peer::state_t::dead: return make_error(errc::disconnected, "{} left the cluster: {}", host, p.reason);
+      case peer::state_t::down:
+        if (Clock::now() < p.retry_after)
+          return make_error(errc::disconnected, "{} is unreachable ({}); next attempt in {} ms", host, p.reason,
+                            std::chrono::duration_cast<std::chrono::milliseconds>(p.retry_after - Clock::now()).count());
+        [[fallthrough]];
+      case peer::state_t::idle:
+        p.state = peer::state_t::connecting;
+        p.queued.push_back(std::move(msg));
+        start_connect(host);
+        return std::shared_ptr<net::connection>{};
+      case peer::state_t::connecting:
+        p.queued.push_back(std::move(msg));
+        return std::shared_ptr<net::connection>{};
+    }
+    return std::shared_ptr<net::connection>{};
+  }
+
+  void start_connect(const std::string& host) {
+    auto ep = net::endpoint::parse(host);
+    auto owner_ref = owner;
+    if (!ep) {
+      loop.post([owner_ref, host, e = ep.error()]() {
+        if (auto o = owner_ref.lock()) o->impl_->on_connected(host, unexpected<error>{e});
+      });
+      return;
+    }
+    net::connect(loop, *ep, wire::schema::Role::PEER, config.transport,
+                 [owner_ref, host](expected<std::shared_ptr<net::connection>> c) {
+                   if (auto o = owner_ref.lock()) o->impl_->on_connected(host, std::move(c));
+                 });
+  }
+
+  void on_connected(const std::string& host, expected<std::shared_ptr<net::connection>> c) {
+    std::shared_ptr<net::connection> conn;
+    std::vector<reply_fn> failed;
+    error failure{errc::disconnected, ""};
+    {
+      std::lock_guard lock{mutex};
+      auto& p = peers[host];
+      if (p.state != peer::state_t::connecting) {
+        if (c) (*c)->abort(error{errc::cancelled, "peer no longer wanted"});
+        return;
+      }
+      if (c && !stopped) {
+        p.state = peer::state_t::up;
+        p.conn = *c;
+        p.backoff.reset();
+        conn = *c;
+        // Queued messages leave before any later send: both happen under this lock.
+        for (auto& m : p.queued) conn->send(*m);
+        p.queued.clear();
+      } else {
+        p.queued.clear();
+        p.state = peer::state_t::down;
+        p.reason = c ? std::string{"actor host stopped"} : c.error().message();
+        p.retry_after = Clock::now() + p.backoff.next();
+        failure = error{errc::disconnected, fmt::format("cannot reach {}: {}", host, p.reason)};
+        failed = take_asks_locked(host, nullptr);
+      }
+    }
+    if (conn) {
+      attach(conn, host);
+    } else {
+      if (!failed.empty()) log::get("net")->info("{}; failing {} pending asks", failure.message(), failed.size());
+      for (auto& f : failed) f(unexpected<error>{failure}, 0);
+    }
+  }
+
+  // Collects pending asks to fail (mutex held). conn == nullptr: all asks to `host`.
+  std::vector<reply_fn> take_asks_locked(const std::string& host, const net::connection* conn) {
+    std::vector<reply_fn> out;
+    for (auto it = asks.begin(); it != asks.end();) {
+      if (it->second.host == host && (conn == nullptr || it->second.conn == conn || it->second.conn == nullptr)) {
+        if (it->second.timer) loop.cancel(it->second.timer);
+        out.push_back(std::move(it->second.done));
+        it = asks.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return out;
+  }
+
+  void attach(const std::shared_ptr<net::connection>& conn, const std::string& outbound_host) {
+    auto owner_ref = owner;
+    conn->start(
+        [owner_ref](net::connection& c, wire::envelope_reader env) {
+          if (auto o = owner_ref.lock()) o->impl_->on_message(c, env);
+        },
+        [owner_ref, outbound_host](net::connection& c, const error& why) {
+          if (auto o = owner_ref.lock()) o->impl_->on_closed(c, outbound_host, why);
+        });
+  }
+
+  void on_closed(net::connection& c, const std::string& outbound_host, const error& why) {
+    std::vector<reply_fn> failed;
+    {
+      std::lock_guard lock{mutex};
+      std::erase_if(inbound, [&c](const auto& p) { return p.get() == &c; });
+      if (outbound_host.empty()) return;
+      auto& p = peers[outbound_host];
+      if (p.conn.get() == &c) {
+        p.conn.reset();
+        if (p.state == peer::state_t::up) {
+          p.state = peer::state_t::down;
+          p.reason = why.message();
+          p.retry_after = Clock::now() + p.backoff.next();
+        }
+      }
+      failed = take_asks_locked(outbound_host, &c);
+    }
+    if (!failed.empty())
+      log::get("net")->info("connection to {} closed ({}); failing {} pending asks", outbound_host, why.message(),
+                            failed.size());
+    const error e{errc::disconnected, fmt::format("connection to {} lost: {}", outbound_host, why.message())};
+    for (auto& f : failed) f(unexpected<error>{e}, 0);
+  }
+
+  void on_message(net::connection& c, wire::envelope_reader env) {
+    if (env.getBody().which() != wire::body_kind::ACTOR) {
+      c.close(error{errc::protocol, "unexpected " + wire::body_name(env.getBody().which()) + " on an actor channel"});
+      return;
+    }
+    auto a = env.getBody().getActor();
+    if (a.getIsReply()) {
+      on_reply(a);
+      return;
+    }
+    std::shared_ptr<dispatch_fn> fn;
+    {
+      std::lock_guard lock{mutex};
+      auto it = actors.find(a.getTarget());
+      if (it != actors.end()) fn = it->second;
+    }
+    const std::uint64_t rid = a.getRequestId();
+    capnp::MallocMessageBuilder reply_msg{128};
+    auto reply = wire::start_envelope(reply_msg).getBody().initActor();
+    reply.setIsReply(true);
+    reply.setRequestId(rid);
+    expected<void> result;
+    if (!fn) {
+      result = make_error(errc::not_found, "no actor {} in {}", a.getTarget(), address);
+    } else {
+      auto payload = reply.getPayload();
+      std::uint64_t reply_type = 0;
+      try {
+        result = (*fn)(a.getTypeId(), a.getPayload(), rid ? &payload : nullptr, &reply_type);
+      } catch (const kj::Exception&) {
+        throw;  // malformed message: the transport closes the connection
+      } catch (const std::exception& e) {
+        result = make_error(errc::failed, "handler of actor {} threw: {}", a.getTarget(), e.what());
+      }
+      reply.setTypeId(reply_type);
+    }
+    if (rid == 0) {
+      if (!result) log::get("actors")->debug("dropped tell to actor {}: {}", a.getTarget(), result.error().message());
+      return;
+    }
+    if (!result) {
+      reply.getPayload().clear();
+      reply.setErrorKind(std::string{to_string(result.error().kind())});
+      reply.setErrorMessage(result.error().message());
+    }
+    c.send(reply_msg);
+  }
+
+  void on_reply(wire::schema::ActorMessage::Reader a) {
+    reply_fn done;
+    {
+      std::lock_guard lock{mutex};
+      auto it = asks.find(a.getRequestId());
+      if (it == asks.end()) return;  // timed out already
+      if (it->second.timer) loop.cancel(it->second.timer);
+      done = std::move(it->second.done);
+      asks.erase(it);
+    }
+    if (a.hasErrorKind() && a.getErrorKind().size() > 0) {
+      const std::string kind = a.getErrorKind().cStr();
+      errc k = errc::failed;
+      for (auto candidate : {errc::failed, errc::invalid_argument, errc::not_found, errc::timeout, errc::overloaded,
+                             errc::disconnected, errc::cancelled, errc::protocol, errc::io, errc::unimplemented})
+        if (to_string(candidate) == kind) k = candidate;
+      done(unexpected<error>{error{k, a.getErrorMessage().cStr()}}, 0);
+      return;
+    }
+    done(a.getPayload(), a.getTypeId());
+  }
+};
+
+expected<std::shared_ptr<actor_host>> actor_host::start(net::event_loop& loop, actor_host_config config) {
+  FLEXSP_TRY(config.transport.validate());
+  auto i = std::make_unique<impl>(loop, config);
+  impl* raw = i.get();
+  std::shared_ptr<actor_host> host{new actor_host{std::move(i)}};
+  raw->owner = host;
+  std::weak_ptr<actor_host> weak = host;
+  FLEXSP_TRY_ASSIGN(raw->listener, net::listener::open(loop, config.bind, config.transport,
+                                                       [weak](std::shared_ptr<net::connection> c) {
+                                                         auto h = weak.lock();
+                                                         if (!h) return;
+                                                         {
+                                                           std::lock_guard lock{h->impl_->mutex};
+                                                           h->impl_->inbound.push_back(c);
+                                                         }
+                                                         h->impl_->attach(c, "");
+                                                       }));
+  const std::string host_name = config.advertise_host.empty() ? config.bind.host : config.advertise_host;
+  raw->address = net::endpoint{host_name, raw->listener->port()}.to_string();
+  return host;
+}
+
+actor_host::actor_host(std::unique_ptr<impl> i) : impl_{std::move(i)} {}
+
+actor_host::~actor_host() { stop(); }
+
+const std::string& actor_host::address() const noexcept { return impl_->address; }
+net::event_loop& actor_host::loop() noexcept { return impl_->loop; }
+
+std::uint64_t actor_host::add_actor(dispatch_fn fn) {
+  std::lock_guard lock{impl_->mutex};
+  const auto id = impl_->next_actor++;
+  impl_->actors.emplace(id, std::make_shared<dispatch_fn>(std::move(fn)));
+  return id;
+}
+
+void actor_host::remove(std::uint64_t actor_id) {
+  std::lock_guard lock{impl_->mutex};
+  impl_->actors.erase(actor_id);
+}
+
+expected<void> actor_host::send(const remote_address& to, std::uint64_t type_id, const encode_fn& encode) {
+  auto msg = impl::build(to.actor_id, 0, type_id, encode);
+  std::shared_ptr<net::connection> conn;
+  {
+    std::lock_guard lock{impl_->mutex};
+    FLEXSP_TRY_ASSIGN(conn, impl_->route(to.host, msg));
+    // Sent under the lock so that two threads' sends to one peer keep the order they took it in.
+    if (conn) conn->send(*msg);
+  }
+  return {};
+}
+
+void actor_host::request(const remote_address& to, std::uint64_t type_id, const encode_fn& encode,
+                         std::chrono::milliseconds timeout, reply_fn done) {
+  std::optional<error> failure;
+  {
+    std::lock_guard lock{impl_->mutex};
+    const std::uint64_t rid = impl_->next_request++;
+    auto msg = impl::build(to.actor_id, rid, type_id, encode);
+    auto conn = impl_->route(to.host, msg);
+    if (!conn) {
+      failure = conn.error();
+    } else {
+      auto& p = impl_->asks[rid];
+      p.done = std::move(done);
+      p.host = to.host;
+      p.conn = conn->get();
+      std::weak_ptr<actor_host> weak = weak_from_this();
+      p.timer = impl_->loop.schedule(timeout, [weak, rid, timeout, host = to.host]() {
+        auto h = weak.lock();
+        if (!h) return;
+        reply_fn cb;
+        {
+          std::lock_guard lock{h->impl_->mutex};
+          auto it = h->impl_->asks.find(rid);
+          if (it == h->impl_->asks.end()) return;
+          cb = std::move(it->second.done);
+          h->impl_->asks.erase(it);
+        }
+        cb(make_error(errc::timeout, "no reply from {} within {} ms", host, timeout.count()), 0);
+      });
+      if (*conn) (*conn)->send(*msg);
+    }
+  }
+  if (failure) done(unexpected<error>{*failure}, 0);
+}
+
+void actor_host::mark_dead(const std::string& host, std::string reason) {
+  std::vector<reply_fn> failed;
+  std::shared_ptr<net::connection> conn;
+  {
+    std::lock_guard lock{impl_->mutex};
+    auto& p = impl_->peers[host];
+    p.state = impl::peer::state_t::dead;
+    p.reason = reason;
+    conn = std::move(p.conn);
+    p.queued.clear();
+    failed = impl_->take_asks_locked(host, nullptr);
+  }
+  if (conn) conn->abort(error{errc::disconnected, reason});
+  const error e{errc::disconnected, fmt::format("{} left the cluster: {}", host, reason)};
+  for (auto& f : failed) f(unexpected<error>{e}, 0);
+}
+
+void actor_host::mark_alive(const std::string& host) {
+  std::lock_guard lock{impl_->mutex};
+  auto& p = impl_->peers[host];
+  if (p.state == impl::peer::state_t::dead || p.state == impl::peer::state_t::down) {
+    p.state = impl::peer::state_t::idle;
+    p.backoff.reset();
+  }
+}
+
+void actor_host::stop() {
+  std::vector<reply_fn> failed;
+  std::vector<std::shared_ptr<net::connection>> conns;
+  {
+    std::lock_guard lock{impl_->mutex};
+    if (impl_->stopped) return;
+    impl_->stopped = true;
+    for (auto& [host, p] : impl_->peers)
+      if (p.conn) conns.push_back(p.conn);
+    for (auto& c : impl_->inbound) conns.push_back(c);
+    for (auto& [rid, p] : impl_->asks) {
+      if (p.timer) impl_->loop.cancel(p.timer);
+      failed.push_back(std::move(p.done));
+    }
+    impl_->asks.clear();
+  }
+  if (impl_->listener) impl_->listener->close();
+  for (auto& c : conns) c->close(error{errc::cancelled, "actor host stopped"});
+  for (auto& f : failed) f(make_error(errc::cancelled, "actor host stopped"), 0);
+}
+
+}  // namespace flexsp::actors

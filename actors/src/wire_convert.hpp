@@ -1,0 +1,45 @@
+#pragma once
+// Conversions between membership records and their wire form (private to actors/).
+#include <string>
+
+#include "flexsp/actors/membership.hpp"
+#include "flexsp/core/wire/wire.capnp.h"
+
+namespace flexsp::actors::detail {
+
+inline void to_wire(const node_record& r, wire::schema::NodeInfo::Builder b) {
+  b.setId(r.id);
+  b.setAddress(r.address);
+  b.setAlive(r.state == node_state::alive);
+  auto devs = b.initDevices(static_cast<unsigned>(r.devices.size()));
+  for (unsigned i = 0; i < r.devices.size(); ++i) {
+    devs[i].setKind(r.devices[i].kind);
+    devs[i].setIndex(r.devices[i].index);
+  }
+  b.setJoinedEpoch(r.joined_epoch);
+  b.setLostEpoch(r.lost_epoch);
+  b.setLostReason(r.lost_reason);
+  b.setPid(r.pid);
+}
+
+inline std::vector<device_id> from_wire(capnp::List<wire::schema::Device>::Reader list) {
+  std::vector<device_id> out;
+  out.reserve(list.size());
+  for (auto d : list) out.push_back({std::string{d.getKind().cStr()}, d.getIndex()});
+  return out;
+}
+
+inline node_record from_wire(wire::schema::NodeInfo::Reader r) {
+  node_record n;
+  n.id = r.getId();
+  n.address = r.getAddress().cStr();
+  n.state = r.getAlive() ? node_state::alive : node_state::dead;
+  n.devices = from_wire(r.getDevices());
+  n.joined_epoch = r.getJoinedEpoch();
+  n.lost_epoch = r.getLostEpoch();
+  n.lost_reason = r.getLostReason().cStr();
+  n.pid = r.getPid();
+  return n;
+}
+
+}  // namespace flexsp::actors::detail

@@ -1,0 +1,227 @@
+// Head, nodes, client and remote actors in one process over loopback, with short timings.
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "flexsp/actors/client.hpp"
+#include "flexsp/actors/device_actor.hpp"
+#include "flexsp/actors/head.hpp"
+#include "flexsp/actors/node.hpp"
+
+namespace {
+
+using namespace flexsp;
+using namespace flexsp::actors;
+using namespace std::chrono_literals;
+
+net::transport_config transport(const std::string& secret = "unit-secret") {
+  net::transport_config t;
+  t.secret.assign(secret.begin(), secret.end());
+  t.handshake_timeout = 2000ms;
+  return t;
+}
+
+// Polls `cond` until true or 10 s passed.
+template <class F>
+bool eventually(F cond) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return cond();
+}
+
+struct ClusterServices : ::testing::Test {
+  net::event_loop head_loop;
+  std::unique_ptr<head_service> head;
+  net::endpoint head_address;
+
+  void SetUp() override {
+    head_loop.start();
+    head_config hc;
+    hc.bind = {"127.0.0.1", 0};
+    hc.detector = {50ms, 400ms};
+    hc.transport = transport();
+    auto h = head_service::start(head_loop, hc);
+    ASSERT_TRUE(h) << h.error().to_string();
+    head = std::move(*h);
+    head_address = {"127.0.0.1", head->port()};
+  }
+  void TearDown() override {
+    if (head) head->stop();
+    head_loop.stop();
+  }
+
+  struct node_proc {
+    net::event_loop loop;
+    std::unique_ptr<node_service> node;
+    std::atomic<int> registrations{0};
+    std::optional<error> fatal;
+    ~node_proc() {
+      if (node) node->stop();
+      loop.stop();
+    }
+  };
+
+  std::unique_ptr<node_proc> start_node(const std::string& devices, const std::string& secret = "unit-secret") {
+    auto p = std::make_unique<node_proc>();
+    p->loop.start();
+    node_config nc;
+    nc.head = head_address;
+    nc.devices = *parse_devices(devices, 0);
+    nc.transport = transport(secret);
+    nc.give_up_after = 2s;
+    auto* raw = p.get();
+    auto n = node_service::start(
+        p->loop, nc, [raw](const registration&) { ++raw->registrations; },
+        [raw](const error& e) { raw->fatal = e; });
+    EXPECT_TRUE(n) << n.error().to_string();
+    p->node = std::move(*n);
+    return p;
+  }
+
+  std::unique_ptr<cluster_client> client() {
+    auto c = cluster_client::connect(head_address, transport());
+    EXPECT_TRUE(c) << c.error().to_string();
+    return std::move(*c);
+  }
+};
+
+TEST_F(ClusterServices, NodesRegisterAndStatusListsTheirDevices) {
+  auto a = start_node("cpu:2");
+  auto b = start_node("cpu:1");
+  ASSERT_TRUE(eventually([&]() { return a->node->node_id() != 0 && b->node->node_id() != 0; }));
+  auto c = client();
+  auto s = c->status();
+  ASSERT_TRUE(s) << s.error().to_string();
+  EXPECT_EQ(s->epoch, 2u);
+  ASSERT_EQ(s->nodes.size(), 2u);
+  EXPECT_EQ(s->alive_count(), 2u);
+  const auto& first = s->nodes[0].id == a->node->node_id() ? s->nodes[0] : s->nodes[1];
+  ASSERT_EQ(first.devices.size(), 2u);
+  EXPECT_EQ(first.devices[1].to_string(), "cpu:1");
+  EXPECT_EQ(first.address, a->node->actor_address());
+  EXPECT_EQ(s->heartbeat_interval, 50ms);
+}
+
+TEST_F(ClusterServices, KvStoreSetsGetsAndWaits) {
+  auto c1 = client();
+  auto c2 = client();
+  auto missing = c1->kv_get("k");
+  ASSERT_TRUE(missing);
+  EXPECT_FALSE(missing->has_value());
+  std::thread setter([&]() {
+    std::this_thread::sleep_for(50ms);
+    EXPECT_TRUE(c2->kv_set("k", std::string("v\0x", 3)));
+  });
+  auto waited = c1->kv_wait("k", 5000ms);
+  setter.join();
+  ASSERT_TRUE(waited) << waited.error().to_string();
+  EXPECT_EQ(*waited, std::string("v\0x", 3));
+  auto got = c2->kv_get("k");
+  ASSERT_TRUE(got && got->has_value());
+  auto timeout = c1->kv_wait("never", 100ms);
+  ASSERT_FALSE(timeout);
+  EXPECT_EQ(timeout.error().kind(), errc::timeout) << timeout.error().to_string();
+}
+
+TEST_F(ClusterServices, DeviceActorsAreFoundByNameAndAnswerAcrossHosts) {
+  auto n = start_node("cpu:2");
+  ASSERT_TRUE(eventually([&]() { return n->node->node_id() != 0; }));
+  auto c = client();
+  const std::string name = fmt::format("device/{}/cpu:1", n->node->node_id());
+  expected<remote_address> where = make_error(errc::not_found, "");
+  ASSERT_TRUE(eventually([&]() { return (where = c->lookup(name)).has_value(); })) << where.error().to_string();
+
+  net::event_loop loop;
+  loop.start();
+  actor_host_config hc;
+  hc.transport = transport();
+  auto host = actor_host::start(loop, hc);
+  ASSERT_TRUE(host);
+  auto ref = (*host)->ref(*where);
+  auto p = ref.ask<pong>(ping{41}, 2000ms);
+  ASSERT_TRUE(p) << p.error().to_string();
+  EXPECT_EQ(p->sequence, 41u);
+  EXPECT_EQ(p->device, "cpu:1");
+  EXPECT_EQ(p->node_id, n->node->node_id());
+
+  for (std::uint64_t i = 1; i <= 2000; ++i) ASSERT_TRUE(ref.tell(note{i, 9}));
+  auto stats = ref.ask<device_stats>(get_stats{}, 5000ms);
+  ASSERT_TRUE(stats) << stats.error().to_string();
+  EXPECT_EQ(stats->notes, 2000u);
+  EXPECT_EQ(stats->out_of_order, 0u);
+  EXPECT_EQ(stats->last_sequence, 2000u);
+
+  auto unknown = (*host)->ref({where->host, 999}).ask<pong>(ping{1}, 2000ms);
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().kind(), errc::not_found);
+  (*host)->stop();
+  loop.stop();
+}
+
+TEST_F(ClusterServices, AskToAStoppedNodeFailsFastInsteadOfTimingOut) {
+  auto n = start_node("cpu:1");
+  ASSERT_TRUE(eventually([&]() { return n->node->node_id() != 0; }));
+  net::event_loop loop;
+  loop.start();
+  actor_host_config hc;
+  hc.transport = transport();
+  auto host = actor_host::start(loop, hc);
+  ASSERT_TRUE(host);
+  auto ref = (*host)->ref({n->node->actor_address(), 1});
+  ASSERT_TRUE(ref.ask<pong>(ping{1}, 2000ms));
+  n.reset();  // closes the node's actor host and its connections
+  const auto t0 = std::chrono::steady_clock::now();
+  expected<pong> r = make_error(errc::failed, "");
+  // The first ask may race the close; within a few tries the peer is known down.
+  for (int i = 0; i < 3 && (r = ref.ask<pong>(ping{2}, 30000ms)); ++i) {
+  }
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind(), errc::disconnected) << r.error().to_string();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  (*host)->stop();
+  loop.stop();
+}
+
+TEST_F(ClusterServices, SubscribersSeeAJoinAndALossExactlyOnce) {
+  auto c = client();
+  std::mutex m;
+  std::vector<membership_event> events;
+  auto initial = c->subscribe([&](const membership_event& e) {
+    std::lock_guard lock{m};
+    events.push_back(e);
+  });
+  ASSERT_TRUE(initial);
+  EXPECT_EQ(initial->epoch, 0u);
+  auto n = start_node("cpu:1");
+  ASSERT_TRUE(eventually([&]() { return n->node->node_id() != 0; }));
+  const auto id = n->node->node_id();
+  n.reset();
+  ASSERT_TRUE(eventually([&]() {
+    std::lock_guard lock{m};
+    return events.size() >= 2;
+  }));
+  std::this_thread::sleep_for(600ms);  // longer than the failure timeout: no second loss may follow
+  std::lock_guard lock{m};
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].kind, membership_event::kind_t::joined);
+  EXPECT_EQ(events[1].kind, membership_event::kind_t::lost);
+  EXPECT_EQ(events[1].node.id, id);
+  EXPECT_EQ(events[1].epoch, 2u);
+}
+
+TEST_F(ClusterServices, ANodeWithTheWrongSecretIsRejectedAndGivesUp) {
+  auto n = start_node("cpu:1", "not-the-secret");
+  ASSERT_TRUE(eventually([&]() { return n->fatal.has_value(); }));
+  EXPECT_NE(n->fatal->message().find("rejected"), std::string::npos) << n->fatal->to_string();
+  auto s = client()->status();
+  ASSERT_TRUE(s);
+  EXPECT_TRUE(s->nodes.empty());
+}
+
+}  // namespace

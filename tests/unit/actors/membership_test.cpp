@@ -1,0 +1,108 @@
+#include <gtest/gtest.h>
+
+#include "flexsp/actors/head.hpp"
+#include "flexsp/actors/membership.hpp"
+
+namespace {
+
+using namespace flexsp;
+using namespace flexsp::actors;
+using namespace std::chrono_literals;
+using time_point = membership_table::time_point;
+
+TEST(Membership, EveryJoinAndLossRaisesTheEpochByOne) {
+  membership_table t;
+  const time_point t0{};
+  auto a = t.join("127.0.0.1:1", {{"cpu", 0}}, 10, t0);
+  auto b = t.join("127.0.0.1:2", {{"cpu", 0}}, 11, t0);
+  EXPECT_EQ(a.epoch, 1u);
+  EXPECT_EQ(b.epoch, 2u);
+  EXPECT_NE(a.node.id, b.node.id);
+  auto lost = t.lose(a.node.id, "test");
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->epoch, 3u);
+  EXPECT_EQ(lost->kind, membership_event::kind_t::lost);
+  EXPECT_EQ(t.epoch(), 3u);
+  EXPECT_EQ(t.alive_count(), 1u);
+}
+
+TEST(Membership, ANodeIsLostExactlyOnce) {
+  membership_table t;
+  auto a = t.join("x:1", {}, 1, time_point{});
+  EXPECT_TRUE(t.lose(a.node.id, "closed"));
+  EXPECT_FALSE(t.lose(a.node.id, "closed again"));
+  EXPECT_TRUE(t.expire(time_point{} + 1h, 1s).empty());
+  EXPECT_EQ(t.epoch(), 2u);
+  EXPECT_FALSE(t.heartbeat(a.node.id, time_point{} + 2h)) << "a lost node cannot be revived by a heartbeat";
+  EXPECT_FALSE(t.lose(999, "unknown"));
+}
+
+TEST(Membership, ExpiresOnlyNodesSilentLongerThanTheTimeout) {
+  membership_table t;
+  const time_point t0{};
+  auto a = t.join("x:1", {}, 1, t0);
+  auto b = t.join("x:2", {}, 2, t0);
+  EXPECT_TRUE(t.heartbeat(b.node.id, t0 + 2500ms));
+  EXPECT_TRUE(t.expire(t0 + 3000ms, 3000ms).empty()) << "exactly at the timeout is still alive";
+  auto lost = t.expire(t0 + 3001ms, 3000ms);
+  ASSERT_EQ(lost.size(), 1u);
+  EXPECT_EQ(lost[0].node.id, a.node.id);
+  EXPECT_NE(lost[0].node.lost_reason.find("no heartbeat"), std::string::npos);
+  EXPECT_EQ(t.find(b.node.id)->state, node_state::alive);
+  EXPECT_EQ(t.find(a.node.id)->lost_epoch, 3u);
+}
+
+TEST(Membership, AReturningProcessJoinsUnderANewId) {
+  membership_table t;
+  auto a = t.join("x:1", {}, 7, time_point{});
+  ASSERT_TRUE(t.lose(a.node.id, "timeout"));
+  auto again = t.join("x:1", {}, 7, time_point{});
+  EXPECT_NE(again.node.id, a.node.id);
+  EXPECT_EQ(again.epoch, 3u);
+  EXPECT_EQ(t.find(a.node.id)->state, node_state::dead);
+}
+
+TEST(Membership, ForgetsTheOldestDeadNodesBeyondTheBound) {
+  membership_table t;
+  t.max_dead = 2;
+  std::vector<std::uint64_t> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(t.join("x:" + std::to_string(i), {}, 1, time_point{}).node.id);
+  for (auto id : ids) ASSERT_TRUE(t.lose(id, "gone"));
+  EXPECT_EQ(t.nodes().size(), 2u);
+  EXPECT_EQ(t.find(ids[0]), nullptr);
+  EXPECT_NE(t.find(ids[3]), nullptr);
+}
+
+TEST(DeviceSpec, ParsesCpuCountsCudaListsAndAll) {
+  auto cpu = parse_devices("cpu:3", 0);
+  ASSERT_TRUE(cpu);
+  ASSERT_EQ(cpu->size(), 3u);
+  EXPECT_EQ((*cpu)[2].to_string(), "cpu:2");
+  auto list = parse_devices("cuda:0,2", 4);
+  ASSERT_TRUE(list);
+  EXPECT_EQ((*list)[1].to_string(), "cuda:2");
+  auto all = parse_devices("cuda:all", 2);
+  ASSERT_TRUE(all);
+  EXPECT_EQ(all->size(), 2u);
+  auto mixed = parse_devices("cpu:1+cuda:1", 2);
+  ASSERT_TRUE(mixed);
+  EXPECT_EQ(mixed->size(), 2u);
+}
+
+TEST(DeviceSpec, NamesWhatIsWrong) {
+  for (const char* bad : {"", "gpu:1", "cpu:0", "cpu:x", "cuda:all", "cuda:5", "cuda:", "cpu:2+cpu:1", "cpu"}) {
+    auto r = parse_devices(bad, bad == std::string_view{"cuda:5"} ? 2 : 0);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(r.error().kind(), errc::invalid_argument);
+  }
+  EXPECT_NE(parse_devices("gpu:1", 0).error().message().find("gpu"), std::string::npos);
+}
+
+TEST(FailureDetectorConfig, RequiresTheTimeoutToExceedTheInterval) {
+  failure_detector_config c{500ms, 400ms};
+  EXPECT_FALSE(c.validate());
+  c.failure_timeout = 3000ms;
+  EXPECT_TRUE(c.validate());
+}
+
+}  // namespace
