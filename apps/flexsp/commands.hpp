@@ -10,4 +10,7 @@ void add_info_command(CLI::App& root);
 /// `flexsp plan` and `flexsp plan-replay`: the planner on one batch or a replayed dataset.
 void add_plan_commands(CLI::App& root);
 
+/// `flexsp start`, `flexsp status`, `flexsp stop`: the cluster's head and node processes.
+void add_cluster_commands(CLI::App& root);
+
 }  // namespace flexsp::app

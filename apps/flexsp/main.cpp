@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
              "Run 'flexsp <command> --help' for a command's options.");
 
   flexsp::app::add_info_command(app);
+  flexsp::app::add_cluster_commands(app);
   flexsp::app::add_plan_commands(app);
 
   app.parse_complete_callback([&log_spec]() {

@@ -1,0 +1,572 @@
+// `flexsp start`, `flexsp status`, `flexsp stop`: head and node processes on this machine.
+//
+// Local state lives in one per-user directory (FLEXSP_STATE_DIR, else $XDG_RUNTIME_DIR/flexsp,
+// else /tmp/flexsp-$UID, mode 0700):
+//   current_cluster.json   the cluster `start --head` created last: address and secret file
+//   cluster-<port>.secret  a generated shared secret (mode 0600)
+//   procs/<pid>.json       one record per running head/node started here (for `stop`)
+//   logs/<role>-<pid>.log  output of background processes
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "flexsp/actors/client.hpp"
+#include "flexsp/actors/head.hpp"
+#include "flexsp/actors/node.hpp"
+#include "flexsp/core/config.hpp"
+#include "flexsp/core/log.hpp"
+#include "flexsp/core/wire/hmac.hpp"
+#include "flexsp/kernels/cuda_runtime.hpp"
+
+namespace flexsp::app {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint16_t kDefaultPort = 7400;
+
+// ------------------------------------------------------------------------------------------
+// per-user state
+
+expected<fs::path> state_dir() {
+  fs::path dir;
+  if (const char* s = std::getenv("FLEXSP_STATE_DIR"); s && *s) {
+    dir = s;
+  } else if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x) {
+    dir = fs::path{x} / "flexsp";
+  } else {
+    dir = fs::path{"/tmp"} / ("flexsp-" + std::to_string(::getuid()));
+  }
+  std::error_code ec;
+  fs::create_directories(dir / "procs", ec);
+  fs::create_directories(dir / "logs", ec);
+  if (ec) return make_error(errc::io, "cannot create state directory {}: {}", dir.string(), ec.message());
+  ::chmod(dir.c_str(), 0700);
+  return dir;
+}
+
+expected<std::string> read_file(const fs::path& p) {
+  std::ifstream in{p, std::ios::binary};
+  if (!in) return make_error(errc::not_found, "cannot read {}", p.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+expected<void> write_file_atomic(const fs::path& p, const std::string& content, mode_t mode) {
+  const fs::path tmp = p.string() + ".tmp" + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, mode);
+  FLEXSP_SYSCALL(fd);
+  const ssize_t n = ::write(fd, content.data(), content.size());
+  ::close(fd);
+  if (n != static_cast<ssize_t>(content.size())) return make_error(errc::io, "short write to {}", tmp.string());
+  FLEXSP_SYSCALL(::rename(tmp.c_str(), p.c_str()));
+  return {};
+}
+
+std::optional<nlohmann::json> current_cluster() {
+  auto dir = state_dir();
+  if (!dir) return std::nullopt;
+  auto text = read_file(*dir / "current_cluster.json");
+  if (!text) return std::nullopt;
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.contains("address")) return std::nullopt;
+  return j;
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+/// The secret: --secret-file, FLEXSP_CLUSTER_SECRET, FLEXSP_SECRET_FILE, then the current
+/// cluster's file when it is the cluster being addressed.
+expected<std::vector<std::uint8_t>> resolve_secret(const std::string& secret_file, const std::string& address) {
+  std::string secret;
+  if (!secret_file.empty()) {
+    FLEXSP_TRY_ASSIGN(secret, read_file(secret_file));
+  } else if (const char* s = std::getenv("FLEXSP_CLUSTER_SECRET"); s && *s) {
+    secret = s;
+  } else if (const char* f = std::getenv("FLEXSP_SECRET_FILE"); f && *f) {
+    FLEXSP_TRY_ASSIGN(secret, read_file(f));
+  } else if (auto cur = current_cluster(); cur && (address.empty() || (*cur)["address"] == address)) {
+    FLEXSP_TRY_ASSIGN(secret, read_file((*cur)["secret_file"].get<std::string>()));
+  } else {
+    return make_error(errc::invalid_argument,
+                      "no cluster secret: pass --secret-file, or set FLEXSP_CLUSTER_SECRET or FLEXSP_SECRET_FILE "
+                      "(a head started on this machine records its secret for later commands)");
+  }
+  secret = trim(secret);
+  if (secret.empty()) return make_error(errc::invalid_argument, "the cluster secret is empty");
+  return std::vector<std::uint8_t>{secret.begin(), secret.end()};
+}
+
+expected<std::string> resolve_address(const std::string& address) {
+  if (!address.empty()) return address;
+  if (const char* a = std::getenv("FLEXSP_ADDRESS"); a && *a) return std::string{a};
+  if (auto cur = current_cluster()) return (*cur)["address"].get<std::string>();
+  return make_error(errc::invalid_argument,
+                    "no cluster address: pass --address HOST:PORT, set FLEXSP_ADDRESS, or start a head on this machine");
+}
+
+[[noreturn]] void fail(const error& e) { throw std::runtime_error(e.message()); }
+
+template <class T>
+T check(expected<T> r) {
+  if (!r) fail(r.error());
+  return std::move(*r);
+}
+inline void check(expected<void> r) {
+  if (!r) fail(r.error());
+}
+
+// ------------------------------------------------------------------------------------------
+// running a service until a signal, optionally in the background
+
+// Blocks the stop signals in this thread (and in the threads it starts).
+sigset_t block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+struct proc_record {
+  fs::path path;
+  ~proc_record() {
+    std::error_code ec;
+    if (!path.empty()) fs::remove(path, ec);
+  }
+};
+
+/// Forks a background child. In the parent, waits for the child's one-line report on a pipe and
+/// returns it (or the child's failure); in the child, returns nullopt with `report_fd` set.
+struct daemon_result {
+  bool is_child = false;
+  int report_fd = -1;
+  std::string report;
+};
+
+daemon_result daemonize(const fs::path& log_dir, const std::string& role, std::chrono::seconds wait) {
+  int fds[2];
+  if (::pipe(fds) != 0) fail(error{errc::io, "pipe failed"});
+  const pid_t pid = ::fork();
+  if (pid < 0) fail(error{errc::io, "fork failed"});
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::setsid();
+    const auto log = log_dir / (role + "-" + std::to_string(::getpid()) + ".log");
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    const int null_fd = ::open("/dev/null", O_RDONLY);
+    if (null_fd >= 0) ::dup2(null_fd, 0);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
+    return {true, fds[1], {}};
+  }
+  ::close(fds[1]);
+  std::string report;
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  char buf[512];
+  for (;;) {
+    const ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n > 0) {
+      report.append(buf, static_cast<std::size_t>(n));
+      if (report.find('\n') != std::string::npos) break;
+      continue;
+    }
+    if (n == 0) break;  // child closed the pipe (exited)
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::close(fds[0]);
+      fail(error{errc::timeout, fmt::format("the {} process (pid {}) did not report ready within {} s; see {}", role,
+                                            pid, wait.count(), (log_dir / (role + "-" + std::to_string(pid) + ".log")).string())});
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  ::close(fds[0]);
+  if (report.rfind("ok ", 0) != 0) {
+    int status = 0;
+    ::waitpid(pid, &status, WNOHANG);
+    fail(error{errc::failed, report.empty() ? fmt::format("the {} process exited during startup; see {}", role,
+                                                          (log_dir / (role + "-" + std::to_string(pid) + ".log")).string())
+                                            : trim(report.substr(report.find(' ') + 1))});
+  }
+  return {false, -1, trim(report.substr(3))};
+}
+
+void report(int fd, const std::string& line) {
+  if (fd < 0) return;
+  const std::string l = line + "\n";
+  (void)!::write(fd, l.data(), l.size());
+  ::close(fd);
+}
+
+// Waits for a stop signal; returns its number.
+int wait_for_stop(const sigset_t& set) {
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
+}
+
+struct common_flags {
+  std::string secret_file;
+  std::string heartbeat = "500ms";
+  std::string failure_timeout = "3s";
+  bool block = false;
+};
+
+// ------------------------------------------------------------------------------------------
+// start --head
+
+void run_head(const common_flags& f, std::uint16_t port, const std::string& bind) {
+  const auto dir = check(state_dir());
+  actors::head_config cfg;
+  cfg.bind = {bind, port};
+  cfg.detector.heartbeat_interval = check(parse_duration_ms(f.heartbeat));
+  cfg.detector.failure_timeout = check(parse_duration_ms(f.failure_timeout));
+  check(cfg.detector.validate());
+
+  bool generated = false;
+  std::string secret_text;
+  if (auto s = resolve_secret(f.secret_file, "__none__"); s) {
+    cfg.transport.secret = *s;
+  } else {
+    std::array<std::uint8_t, 32> raw{};
+    check(wire::random_bytes(raw));
+    secret_text = wire::to_hex(raw);
+    cfg.transport.secret.assign(secret_text.begin(), secret_text.end());
+    generated = true;
+  }
+
+  daemon_result d;
+  if (!f.block) {
+    d = daemonize(dir / "logs", "head", 15s);
+    if (!d.is_child) {
+      std::printf("%s\n", d.report.c_str());
+      return;
+    }
+  }
+  const sigset_t signals = block_stop_signals();
+  net::event_loop loop;
+  auto head = actors::head_service::start(loop, cfg, []() { ::kill(::getpid(), SIGUSR1); });
+  if (!head) {
+    report(d.report_fd, "error " + head.error().message());
+    fail(head.error());
+  }
+  const std::string address = net::endpoint{bind, (*head)->port()}.to_string();
+  std::string secret_file = f.secret_file;
+  if (generated) {
+    secret_file = (dir / fmt::format("cluster-{}.secret", (*head)->port())).string();
+    check(write_file_atomic(secret_file, secret_text + "\n", 0600));
+  } else if (secret_file.empty()) {
+    secret_file = std::getenv("FLEXSP_SECRET_FILE") ? std::getenv("FLEXSP_SECRET_FILE") : "";
+  }
+  nlohmann::json rec{{"role", "head"}, {"pid", ::getpid()}, {"address", address}, {"port", (*head)->port()}};
+  proc_record own{dir / "procs" / (std::to_string(::getpid()) + ".json")};
+  check(write_file_atomic(own.path, rec.dump(), 0600));
+  if (!secret_file.empty()) {
+    nlohmann::json cur{{"address", address}, {"secret_file", fs::absolute(secret_file).string()}, {"head_pid", ::getpid()}};
+    check(write_file_atomic(dir / "current_cluster.json", cur.dump(2), 0600));
+  }
+  loop.start();
+  const std::string ready = fmt::format(
+      "flexsp head started at {} (pid {})\n  secret file: {}\n  add a node:  flexsp start --address {} --devices cpu:4",
+      address, ::getpid(), secret_file.empty() ? "(from the environment)" : secret_file, address);
+  if (d.is_child) report(d.report_fd, "ok " + fmt::format("{}", ready));
+  else std::printf("%s\n", ready.c_str()), std::fflush(stdout);
+
+  const int sig = wait_for_stop(signals);
+  log::get("actors")->info("head: stopping ({})", sig == SIGUSR1 ? "shutdown requested" : strsignal(sig));
+  (*head)->stop();
+  std::this_thread::sleep_for(50ms);  // let the close frames leave
+  loop.stop();
+  if (auto cur = current_cluster(); cur && (*cur)["address"] == address) {
+    std::error_code ec;
+    fs::remove(dir / "current_cluster.json", ec);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// start --address (node)
+
+void run_node(const common_flags& f, const std::string& address_flag, const std::string& devices_spec,
+              const std::string& bind) {
+  const auto dir = check(state_dir());
+  const std::string address = check(resolve_address(address_flag));
+  actors::node_config cfg;
+  cfg.head = check(net::endpoint::parse(address));
+  cfg.transport.secret = check(resolve_secret(f.secret_file, address));
+  cfg.bind = {bind, 0};
+  // Validate the spec before forking (cuda:all needs the device count).
+  const auto cuda = kernels::query_cuda();
+  cfg.devices = check(actors::parse_devices(devices_spec, static_cast<int>(cuda.devices.size())));
+
+  daemon_result d;
+  if (!f.block) {
+    d = daemonize(dir / "logs", "node", 15s);
+    if (!d.is_child) {
+      std::printf("%s\n", d.report.c_str());
+      return;
+    }
+  }
+  const sigset_t signals = block_stop_signals();
+  net::event_loop loop;
+  auto report_fd = std::make_shared<int>(d.report_fd);
+  auto fatal = std::make_shared<std::optional<error>>();
+  const bool foreground = !d.is_child;
+  auto node = actors::node_service::start(
+      loop, cfg,
+      [report_fd, address, foreground](const actors::registration& r) {
+        const std::string line = fmt::format("flexsp node {} joined the cluster at {} (epoch {}, pid {})", r.node_id,
+                                             address, r.epoch, ::getpid());
+        if (*report_fd >= 0) {
+          report(*report_fd, "ok " + line);
+          *report_fd = -1;
+        } else if (foreground) {
+          std::printf("%s\n", line.c_str());
+          std::fflush(stdout);
+        }
+      },
+      [report_fd, fatal](const error& e) {
+        *fatal = e;
+        if (*report_fd >= 0) {
+          report(*report_fd, "error " + e.message());
+          *report_fd = -1;
+        }
+        ::kill(::getpid(), SIGUSR1);
+      });
+  if (!node) {
+    report(d.report_fd, "error " + node.error().message());
+    fail(node.error());
+  }
+  nlohmann::json rec{{"role", "node"}, {"pid", ::getpid()}, {"head", address}, {"port", cfg.head.port},
+                     {"actor_address", (*node)->actor_address()}};
+  proc_record own{dir / "procs" / (std::to_string(::getpid()) + ".json")};
+  check(write_file_atomic(own.path, rec.dump(), 0600));
+  loop.start();
+  const int sig = wait_for_stop(signals);
+  log::get("actors")->info("node: stopping ({})", sig == SIGUSR1 ? "left the cluster" : strsignal(sig));
+  (*node)->stop();
+  std::this_thread::sleep_for(50ms);
+  loop.stop();
+  if (*fatal) fail(**fatal);
+}
+
+// ------------------------------------------------------------------------------------------
+// status
+
+nlohmann::json status_json(const actors::cluster_status& s, const std::string& address) {
+  nlohmann::json j{{"address", address},
+                   {"epoch", s.epoch},
+                   {"head_pid", s.head_pid},
+                   {"heartbeat_interval_ms", s.heartbeat_interval.count()},
+                   {"failure_timeout_ms", s.failure_timeout.count()},
+                   {"alive", s.alive_count()}};
+  auto& nodes = j["nodes"] = nlohmann::json::array();
+  for (const auto& n : s.nodes) {
+    nlohmann::json devs = nlohmann::json::array();
+    for (const auto& d : n.devices) devs.push_back(d.to_string());
+    nlohmann::json e{{"id", n.id},
+                     {"address", n.address},
+                     {"state", std::string{actors::to_string(n.state)}},
+                     {"devices", devs},
+                     {"pid", n.pid},
+                     {"joined_epoch", n.joined_epoch}};
+    if (n.state == actors::node_state::dead) {
+      e["lost_epoch"] = n.lost_epoch;
+      e["lost_reason"] = n.lost_reason;
+    }
+    nodes.push_back(std::move(e));
+  }
+  return j;
+}
+
+std::unique_ptr<actors::cluster_client> connect_client(const std::string& address_flag, const std::string& secret_file,
+                                                        std::string& address) {
+  address = check(resolve_address(address_flag));
+  net::transport_config t;
+  t.secret = check(resolve_secret(secret_file, address));
+  t.handshake_timeout = 5s;
+  auto c = actors::cluster_client::connect(check(net::endpoint::parse(address)), t);
+  if (!c) fail(error{c.error().kind(), fmt::format("cannot reach the head at {}: {}", address, c.error().message())});
+  return std::move(*c);
+}
+
+// ------------------------------------------------------------------------------------------
+// stop
+
+bool is_flexsp_process(pid_t pid) {
+  auto cmd = read_file(fmt::format("/proc/{}/cmdline", pid));
+  return cmd && cmd->find("flexsp") != std::string::npos;
+}
+
+bool process_gone(pid_t pid) {
+  // A zombie child (only possible when we are its parent) counts as gone.
+  int status;
+  ::waitpid(pid, &status, WNOHANG);
+  if (::kill(pid, 0) != 0) return true;
+  auto st = read_file(fmt::format("/proc/{}/stat", pid));
+  if (st) {
+    const auto close_paren = st->rfind(')');
+    if (close_paren != std::string::npos && close_paren + 2 < st->size() && (*st)[close_paren + 2] == 'Z') return true;
+  }
+  return false;
+}
+
+int stop_processes(std::optional<std::uint16_t> port, std::chrono::milliseconds grace) {
+  const auto dir = check(state_dir());
+  std::vector<std::pair<pid_t, std::string>> targets;
+  for (const auto& entry : fs::directory_iterator(dir / "procs")) {
+    auto text = read_file(entry.path());
+    if (!text) continue;
+    auto j = nlohmann::json::parse(*text, nullptr, false);
+    if (j.is_discarded() || !j.contains("pid")) continue;
+    const pid_t pid = j["pid"].get<pid_t>();
+    if (process_gone(pid) || !is_flexsp_process(pid)) {
+      std::error_code ec;
+      fs::remove(entry.path(), ec);
+      continue;
+    }
+    if (port && j.value("port", 0) != *port) continue;
+    targets.emplace_back(pid, j.value("role", std::string{"?"}));
+  }
+  // Nodes first, so that the head does not report them lost on the way down.
+  std::stable_sort(targets.begin(), targets.end(), [](const auto& a, const auto& b) { return a.second == "node" && b.second != "node"; });
+  for (const auto& [pid, role] : targets) ::kill(pid, SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  std::size_t killed = 0;
+  for (const auto& [pid, role] : targets) {
+    while (!process_gone(pid) && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+    if (!process_gone(pid)) {
+      ::kill(pid, SIGKILL);
+      ++killed;
+      while (!process_gone(pid)) std::this_thread::sleep_for(10ms);
+    }
+    std::error_code ec;
+    fs::remove(dir / "procs" / (std::to_string(pid) + ".json"), ec);
+  }
+  std::printf("stopped %zu flexsp process%s%s\n", targets.size(), targets.size() == 1 ? "" : "es",
+              killed ? fmt::format(" ({} did not exit on SIGTERM and were killed)", killed).c_str() : "");
+  if (auto cur = current_cluster(); cur && (!port || (*cur)["address"].get<std::string>().ends_with(":" + std::to_string(*port)))) {
+    const pid_t head_pid = (*cur).value("head_pid", 0);
+    if (head_pid == 0 || process_gone(head_pid)) {
+      std::error_code ec;
+      fs::remove(dir / "current_cluster.json", ec);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_cluster_commands(CLI::App& root) {
+  // ---- start
+  auto* start = root.add_subcommand("start", "Start a head (--head) or a node (--address) on this machine");
+  start->footer(
+      "Examples:\n"
+      "  flexsp start --head --port 7400\n"
+      "  flexsp start --address 127.0.0.1:7400 --devices cpu:4\n\n"
+      "Environment: FLEXSP_CLUSTER_SECRET (the secret itself), FLEXSP_SECRET_FILE, FLEXSP_ADDRESS,\n"
+      "FLEXSP_STATE_DIR (default $XDG_RUNTIME_DIR/flexsp or /tmp/flexsp-$UID)");
+  struct start_opts {
+    bool head = false;
+    std::uint16_t port = kDefaultPort;
+    std::string address;
+    std::string devices = "cpu:1";
+    std::string bind = "127.0.0.1";
+    common_flags common;
+  };
+  auto so = std::make_shared<start_opts>();
+  start->add_flag("--head", so->head, "start the head process (registry, membership, failure detector, KV store)");
+  start->add_option("--port", so->port, "head port (0: any free port; the address is printed)")->capture_default_str();
+  start->add_option("--address", so->address, "HOST:PORT of the head to join (node mode)");
+  start->add_option("--devices", so->devices, "node devices: cpu:N, cuda:all, cuda:0,1 (joined with +)")
+      ->capture_default_str();
+  start->add_option("--bind", so->bind, "address to listen on (default loopback; 0.0.0.0 for every interface)")
+      ->capture_default_str();
+  start->add_option("--secret-file", so->common.secret_file,
+                    "file holding the cluster's shared secret (a head without one generates it)");
+  start->add_option("--heartbeat-interval", so->common.heartbeat, "head: heartbeat interval nodes use (e.g. 500ms)")
+      ->capture_default_str();
+  start->add_option("--failure-timeout", so->common.failure_timeout,
+                    "head: a node silent this long is removed (e.g. 3s)")
+      ->capture_default_str();
+  start->add_flag("--block", so->common.block, "stay in the foreground instead of starting a background process");
+  start->callback([so, start]() {
+    if (so->head == !so->address.empty() && !(so->head == false && std::getenv("FLEXSP_ADDRESS")))
+      throw CLI::ValidationError("start", "give exactly one of --head or --address HOST:PORT");
+    if (so->head && start->count("--devices"))
+      throw CLI::ValidationError("--devices", "devices belong to nodes; start a node with --address");
+    if (so->head)
+      run_head(so->common, so->port, so->bind);
+    else
+      run_node(so->common, so->address, so->devices, so->bind);
+  });
+
+  // ---- status
+  auto* status = root.add_subcommand("status", "Show the cluster's membership: epoch, nodes, devices");
+  auto st_address = std::make_shared<std::string>();
+  auto st_secret = std::make_shared<std::string>();
+  auto st_json = std::make_shared<bool>(false);
+  status->add_option("--address", *st_address, "HOST:PORT of the head (default: the cluster started here)");
+  status->add_option("--secret-file", *st_secret, "file holding the cluster's shared secret");
+  status->add_flag("--json", *st_json, "print JSON");
+  status->callback([st_address, st_secret, st_json]() {
+    std::string address;
+    auto client = connect_client(*st_address, *st_secret, address);
+    auto s = check(client->status());
+    if (*st_json) {
+      std::printf("%s\n", status_json(s, address).dump(2).c_str());
+      return;
+    }
+    std::printf("cluster %s  epoch %llu  nodes: %zu alive, %zu dead  (heartbeat %lld ms, failure timeout %lld ms)\n",
+                address.c_str(), static_cast<unsigned long long>(s.epoch), s.alive_count(),
+                s.nodes.size() - s.alive_count(), static_cast<long long>(s.heartbeat_interval.count()),
+                static_cast<long long>(s.failure_timeout.count()));
+    for (const auto& n : s.nodes) {
+      std::string devs;
+      for (const auto& d : n.devices) devs += (devs.empty() ? "" : " ") + d.to_string();
+      std::printf("  node %-4llu %-5s %-22s pid %-7u %s%s\n", static_cast<unsigned long long>(n.id),
+                  std::string{actors::to_string(n.state)}.c_str(), n.address.c_str(), n.pid, devs.c_str(),
+                  n.state == actors::node_state::dead
+                      ? fmt::format("  (lost at epoch {}: {})", n.lost_epoch, n.lost_reason).c_str()
+                      : "");
+    }
+  });
+
+  // ---- stop
+  auto* stop = root.add_subcommand("stop", "Stop the flexsp head and node processes started on this machine");
+  auto sp_port = std::make_shared<std::uint16_t>(0);
+  auto sp_grace = std::make_shared<std::string>("5s");
+  stop->add_option("--port", *sp_port, "only the cluster whose head listens on this port");
+  stop->add_option("--grace", *sp_grace, "time to exit after SIGTERM before SIGKILL")->capture_default_str();
+  stop->callback([sp_port, sp_grace, stop]() {
+    const auto grace = check(parse_duration_ms(*sp_grace));
+    stop_processes(stop->count("--port") ? std::optional<std::uint16_t>{*sp_port} : std::nullopt, grace);
+  });
+}
+
+}  // namespace flexsp::app
