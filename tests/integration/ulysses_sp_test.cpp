@@ -174,11 +174,12 @@ TEST(UlyssesPlan, GroupsOfDifferentDegreesPlusGlobalAllReduceMatchOneDeviceUpdat
     EXPECT_GE(a.at("groups")[0], 3.0f) << "device " << dev << " cached its groups";
     const auto& params = a.at("params");
     ASSERT_EQ(params.size(), before.size());
-    EXPECT_LE(rel_err(params, model.params()), 1e-6) << "device " << dev;
+    EXPECT_LE(rel_err(params, model.params()), 1e-4) << "device " << dev;
     // The updates themselves (not only the parameters, which barely move in one step).
     std::vector<float> update(params.size());
     for (std::size_t i = 0; i < params.size(); ++i) update[i] = params[i] - before[i];
     EXPECT_LE(rel_err(update, ref_update), 1e-3) << "device " << dev;
+    if (dev == 0) RecordProperty("update_rel_err", std::to_string(rel_err(update, ref_update)));
   }
 }
 

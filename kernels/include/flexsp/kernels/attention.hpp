@@ -30,6 +30,7 @@ struct forward_args {
   const float* v = nullptr;  // [tokens, heads, head_dim]
   float* out = nullptr;      // [tokens, heads, head_dim]
   float* lse = nullptr;      // [tokens, heads]   log-sum-exp of the scaled scores, saved for backward
+  int threads = 0;           ///< worker threads; 0: one per hardware thread
 };
 
 /// Arguments of the backward pass: the forward's inputs and outputs plus the output gradient.
@@ -46,6 +47,7 @@ struct backward_args {
   float* dq = nullptr;          // [tokens, heads, head_dim]  overwritten
   float* dk = nullptr;          // [tokens, heads, head_dim]  overwritten
   float* dv = nullptr;          // [tokens, heads, head_dim]  overwritten
+  int threads = 0;              ///< worker threads; 0: one per hardware thread
 };
 
 /// Ok, or errc::invalid_argument naming the bad field (cu_seqlens not monotone, null buffers
@@ -53,7 +55,9 @@ struct backward_args {
 expected<void> can_implement(const forward_args& args);
 expected<void> can_implement(const backward_args& args);
 
-/// Workspace in floats (tile scratch; independent of sequence length).
+/// Workspace in floats: tile scratch per worker thread, independent of sequence length.
+/// Work is split over (sequence, head, query tile) in forward and (sequence, head) in backward,
+/// so every thread writes disjoint outputs and results do not depend on the thread count.
 std::int64_t workspace_size(const forward_args& args);
 std::int64_t workspace_size(const backward_args& args);
 
