@@ -1,0 +1,85 @@
+#pragma once
+/// \file
+/// The reply side of request/response: a one-shot result slot shared by the request message,
+/// its timeout timer and the requester.
+
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <utility>
+
+#include "flexsp/core/check.hpp"
+#include "flexsp/core/detail/intrusive_ptr.hpp"
+#include "flexsp/core/error.hpp"
+#include "flexsp/core/timer.hpp"
+
+namespace flexsp::core {
+
+/// A one-shot result: the first `complete` wins (reply, timeout or failure), later ones are
+/// ignored. Thread-safe.
+template <class R>
+class ask_state : public detail::ref_counted {
+public:
+  using result_type = expected<R>;
+
+  /// Stores `v` if nothing was stored yet; returns whether it did.
+  bool complete(result_type&& v) {
+    std::uint32_t s = kEmpty;
+    if (!state_.compare_exchange_strong(s, kWriting, std::memory_order_acq_rel)) return false;
+    value_.emplace(std::move(v));
+    state_.store(kReady, std::memory_order_release);
+    state_.notify_all();
+    timeout_.cancel();
+    on_ready();
+    return true;
+  }
+  bool ready() const noexcept { return state_.load(std::memory_order_acquire) == kReady; }
+  /// Blocks the calling thread until a result is stored.
+  void wait() const noexcept {
+    for (auto s = state_.load(std::memory_order_acquire); s != kReady; s = state_.load(std::memory_order_acquire))
+      state_.wait(s, std::memory_order_acquire);
+  }
+  /// Waits, then moves the result out. Call at most once.
+  result_type take() {
+    wait();
+    FLEXSP_EXPECTS(value_.has_value(), "the result of a request was already taken");
+    result_type out = std::move(*value_);
+    value_.reset();
+    return out;
+  }
+  /// Arms the timeout; must happen before the request is sent.
+  void set_timeout(timer_handle h) { timeout_ = std::move(h); }
+
+protected:
+  /// Runs once, on the completing thread, right after the result is stored.
+  virtual void on_ready() {}
+
+private:
+  static constexpr std::uint32_t kEmpty = 0, kWriting = 1, kReady = 2;
+  std::atomic<std::uint32_t> state_{kEmpty};
+  std::optional<result_type> value_;
+  timer_handle timeout_;
+};
+
+/// The caller's handle on an `ask`. Move-only; `get` may be called once.
+template <class R>
+class pending {
+public:
+  pending() = default;
+  explicit pending(detail::intrusive_ptr<ask_state<R>> s) : state_{std::move(s)} {}
+
+  /// True once a reply, an error or the timeout arrived (never blocks).
+  bool ready() const noexcept { return state_ && state_->ready(); }
+  /// Blocks until the result is there and returns it. With a manual scheduler or a manual
+  /// clock, first run the scheduler / advance the clock until `ready()`, or this never returns.
+  [[nodiscard]] expected<R> get() {
+    FLEXSP_EXPECTS(state_, "get on an empty pending");
+    auto s = std::move(state_);
+    return s->take();
+  }
+
+private:
+  detail::intrusive_ptr<ask_state<R>> state_;
+};
+
+}  // namespace flexsp::core
