@@ -5,3 +5,11 @@ flexsp_add_test(cluster_services_tests
   DEPS flexsp::actors
   LABELS integration
   TIMEOUT 120)
+
+flexsp_add_test(cluster_process_tests
+  SOURCES integration/cluster_process_test.cpp
+  DEPS flexsp::actors nlohmann_json::nlohmann_json
+  LABELS integration
+  TIMEOUT 300)
+add_dependencies(flexsp_cluster_process_tests flexsp)
+target_compile_definitions(flexsp_cluster_process_tests PRIVATE FLEXSP_CLI_PATH="$<TARGET_FILE:flexsp>")

@@ -1,0 +1,416 @@
+// The cluster as users run it: real `flexsp` head and node processes on loopback, signals,
+// a hostile peer, and the commands' output. Short heartbeat settings, generous bounds.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "flexsp/actors/client.hpp"
+#include "flexsp/actors/device_actor.hpp"
+
+namespace {
+
+using namespace flexsp;
+using namespace flexsp::actors;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kInterval = 100ms;
+constexpr auto kTimeout = 800ms;
+
+struct run_result {
+  int exit_code;
+  std::string output;
+};
+
+run_result run(const std::string& args, const std::string& env = "") {
+  const std::string command = env + " " + std::string{FLEXSP_CLI_PATH} + " " + args + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  EXPECT_NE(pipe, nullptr);
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (auto n = std::fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+  const int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string read_all(const fs::path& p) {
+  std::ifstream in{p};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool gone(pid_t pid) {
+  if (::kill(pid, 0) != 0) return true;
+  std::ifstream st{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string s((std::istreambuf_iterator<char>(st)), {});
+  const auto p = s.rfind(')');
+  return p != std::string::npos && p + 2 < s.size() && s[p + 2] == 'Z';
+}
+
+char proc_state(pid_t pid) {
+  std::ifstream st{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string s((std::istreambuf_iterator<char>(st)), {});
+  const auto p = s.rfind(')');
+  return p != std::string::npos && p + 2 < s.size() ? s[p + 2] : '?';
+}
+
+template <class F>
+bool eventually(F cond, std::chrono::milliseconds within = 10s) {
+  const auto deadline = Clock::now() + within;
+  while (Clock::now() < deadline) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return cond();
+}
+
+// One cluster per test, in its own state directory, on an ephemeral port.
+class ClusterProcesses : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/flexsp-cluster-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    state_ = tmpl;
+    ::setenv("FLEXSP_STATE_DIR", state_.c_str(), 1);
+    auto r = run(fmt::format("start --head --port 0 --heartbeat-interval {}ms --failure-timeout {}ms", kInterval.count(),
+                             kTimeout.count()));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(r.output, m, std::regex{R"(started at (\S+) \(pid (\d+)\))"})) << r.output;
+    address_ = m[1];
+    head_pid_ = std::stoi(m[2]);
+    auto cur = nlohmann::json::parse(read_all(state_ / "current_cluster.json"));
+    secret_ = read_all(cur["secret_file"].get<std::string>());
+    while (!secret_.empty() && secret_.back() == '\n') secret_.pop_back();
+  }
+
+  void TearDown() override {
+    auto r = run("stop --grace 3s");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    for (pid_t p : pids_) EXPECT_TRUE(eventually([p]() { return gone(p); }, 5s)) << "pid " << p << " survived stop";
+    EXPECT_TRUE(gone(head_pid_));
+    std::error_code ec;
+    fs::remove_all(state_, ec);
+  }
+
+  pid_t start_node(const std::string& devices) {
+    auto r = run(fmt::format("start --address {} --devices {}", address_, devices));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::smatch m;
+    if (!std::regex_search(r.output, m, std::regex{R"(node (\d+) joined .*pid (\d+)\))"})) {
+      ADD_FAILURE() << r.output;
+      return -1;
+    }
+    const pid_t pid = std::stoi(m[2]);
+    pids_.push_back(pid);
+    return pid;
+  }
+
+  net::transport_config transport() const {
+    net::transport_config t;
+    t.secret.assign(secret_.begin(), secret_.end());
+    return t;
+  }
+
+  std::unique_ptr<cluster_client> client() {
+    auto c = cluster_client::connect(*net::endpoint::parse(address_), transport());
+    EXPECT_TRUE(c) << c.error().to_string();
+    return c ? std::move(*c) : nullptr;
+  }
+
+  nlohmann::json status_json() {
+    auto r = run("status --json");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return nlohmann::json::parse(r.output, nullptr, false);
+  }
+
+  const node_record* find_pid(const cluster_status& s, pid_t pid, node_state state) {
+    for (const auto& n : s.nodes)
+      if (n.pid == static_cast<std::uint32_t>(pid) && n.state == state) return &n;
+    return nullptr;
+  }
+
+  fs::path state_;
+  std::string address_;
+  std::string secret_;
+  pid_t head_pid_ = 0;
+  std::vector<pid_t> pids_;
+};
+
+// Collects membership events pushed to one subscriber.
+struct subscriber {
+  std::unique_ptr<cluster_client> client;
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<std::pair<membership_event, Clock::time_point>> events;
+
+  explicit subscriber(std::unique_ptr<cluster_client> c) : client{std::move(c)} {
+    auto s = client->subscribe([this](const membership_event& e) {
+      std::lock_guard lock{m};
+      events.emplace_back(e, Clock::now());
+      cv.notify_all();
+    });
+    EXPECT_TRUE(s);
+  }
+  std::vector<std::pair<membership_event, Clock::time_point>> lost_of(std::uint64_t id) {
+    std::lock_guard lock{m};
+    std::vector<std::pair<membership_event, Clock::time_point>> out;
+    for (auto& e : events)
+      if (e.first.kind == membership_event::kind_t::lost && e.first.node.id == id) out.push_back(e);
+    return out;
+  }
+};
+
+TEST_F(ClusterProcesses, StatusShowsEveryNodeWithItsDevices) {
+  start_node("cpu:2");
+  start_node("cpu:1");
+  auto j = status_json();
+  ASSERT_FALSE(j.is_discarded());
+  EXPECT_EQ(j["epoch"], 2);
+  ASSERT_EQ(j["nodes"].size(), 2u);
+  for (const auto& n : j["nodes"]) {
+    EXPECT_EQ(n["state"], "alive");
+    EXPECT_TRUE(n.contains("id") && n.contains("address"));
+  }
+  EXPECT_EQ(j["nodes"][0]["devices"], nlohmann::json::array({"cpu:0", "cpu:1"}));
+  auto text = run("status");
+  EXPECT_EQ(text.exit_code, 0);
+  EXPECT_NE(text.output.find("2 alive"), std::string::npos) << text.output;
+}
+
+TEST_F(ClusterProcesses, KilledNodeIsSeenLostByEverySubscriberOnceAndTheEpochRisesByOne) {
+  start_node("cpu:1");
+  const pid_t victim = start_node("cpu:1");
+  subscriber s1{client()}, s2{client()};
+  auto before = s1.client->status();
+  ASSERT_TRUE(before);
+  const auto* rec = find_pid(*before, victim, node_state::alive);
+  ASSERT_NE(rec, nullptr);
+  const auto id = rec->id;
+  const auto t0 = Clock::now();
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  for (auto* s : {&s1, &s2}) {
+    ASSERT_TRUE(eventually([&]() { return !s->lost_of(id).empty(); }, kTimeout + 5s));
+    const auto ev = s->lost_of(id)[0];
+    EXPECT_EQ(ev.first.epoch, before->epoch + 1);
+    EXPECT_LT(ev.second - t0, kTimeout) << "a closed connection is detected before the heartbeat timeout";
+  }
+  std::this_thread::sleep_for(kTimeout + 2 * kInterval);  // the detector must not report it again
+  EXPECT_EQ(s1.lost_of(id).size(), 1u);
+  EXPECT_EQ(s2.lost_of(id).size(), 1u);
+  auto after = s1.client->status();
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->epoch, before->epoch + 1);
+  EXPECT_EQ(after->alive_count(), 1u);
+}
+
+TEST_F(ClusterProcesses, StoppedNodeIsRemovedByTimeoutAndRejoinsAsANewMemberAfterContinue) {
+  const pid_t victim = start_node("cpu:1");
+  subscriber sub{client()};
+  auto before = sub.client->status();
+  ASSERT_TRUE(before);
+  const auto id = find_pid(*before, victim, node_state::alive)->id;
+  const auto t0 = Clock::now();
+  ASSERT_EQ(::kill(victim, SIGSTOP), 0);
+  ASSERT_TRUE(eventually([&]() { return !sub.lost_of(id).empty(); }, kTimeout + 5s));
+  const auto lost = sub.lost_of(id)[0];
+  const auto detection = lost.second - t0;
+  EXPECT_GE(detection, kTimeout - kInterval);
+  EXPECT_LE(detection, kTimeout + 2 * kInterval + 300ms) << "generous bound on timeout + one interval";
+  EXPECT_NE(lost.first.node.lost_reason.find("no heartbeat"), std::string::npos) << lost.first.node.lost_reason;
+  EXPECT_EQ(lost.first.epoch, before->epoch + 1);
+
+  ASSERT_EQ(::kill(victim, SIGCONT), 0);
+  expected<cluster_status> now = make_error(errc::failed, "");
+  ASSERT_TRUE(eventually([&]() {
+    now = sub.client->status();
+    return now && find_pid(*now, victim, node_state::alive) != nullptr;
+  }));
+  const auto* again = find_pid(*now, victim, node_state::alive);
+  EXPECT_NE(again->id, id) << "a returning process joins under a new id";
+  EXPECT_EQ(now->epoch, before->epoch + 2);
+  const auto log = read_all(state_ / "logs" / fmt::format("node-{}.log", victim));
+  EXPECT_NE(log.find(fmt::format("previous membership as node {} had been ended by the head", id)), std::string::npos)
+      << log;
+}
+
+TEST_F(ClusterProcesses, ANodeWithTheWrongSecretIsRejectedAndTheHeadLogsIt) {
+  auto r = run(fmt::format("start --address {} --devices cpu:1", address_), "FLEXSP_CLUSTER_SECRET=wrong-secret");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("authentication failed"), std::string::npos) << r.output;
+  auto s = run("status --json", "FLEXSP_CLUSTER_SECRET=wrong-secret");
+  EXPECT_NE(s.exit_code, 0) << s.output;
+  const auto log = read_all(state_ / "logs" / fmt::format("head-{}.log", head_pid_));
+  EXPECT_NE(log.find("wrong or missing cluster secret"), std::string::npos) << log;
+  auto j = status_json();
+  EXPECT_EQ(j["nodes"].size(), 0u);
+}
+
+int raw_connect(std::uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+bool closed_by_peer(int fd) {
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n == 0) return true;
+    if (n < 0) return errno == ECONNRESET;
+  }
+}
+
+TEST_F(ClusterProcesses, MalformedFramesCloseOnlyTheirConnectionWhileTheHeadKeepsServing) {
+  start_node("cpu:1");
+  const auto epoch = status_json()["epoch"];
+  const std::uint16_t port = static_cast<std::uint16_t>(std::stoi(address_.substr(address_.rfind(':') + 1)));
+  std::mt19937 rng{7};
+  std::vector<std::vector<std::uint8_t>> attacks;
+  std::vector<std::uint8_t> random_bytes(512);
+  for (auto& b : random_bytes) b = static_cast<std::uint8_t>(rng());
+  attacks.push_back(random_bytes);                                    // random
+  attacks.push_back({0, 0, 0, 0, 0, 0, 0, 0x40});                     // oversized: 2^30 words announced
+  // wrong schema: a well-formed message whose root struct is not an envelope
+  attacks.push_back({0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8});
+  for (const auto& a : attacks) {
+    const int fd = raw_connect(port);
+    ASSERT_EQ(::send(fd, a.data(), a.size(), 0), static_cast<ssize_t>(a.size()));
+    EXPECT_TRUE(closed_by_peer(fd));
+    ::close(fd);
+  }
+  {  // truncated: half a frame, then the sender goes away
+    const int fd = raw_connect(port);
+    const std::uint8_t half[] = {0, 0, 0, 0, 10, 0, 0, 0, 1, 2, 3};
+    ASSERT_EQ(::send(fd, half, sizeof half, 0), static_cast<ssize_t>(sizeof half));
+    ::shutdown(fd, SHUT_WR);
+    EXPECT_TRUE(closed_by_peer(fd));
+    ::close(fd);
+  }
+  auto j = status_json();
+  EXPECT_EQ(j["epoch"], epoch) << "the node connection was untouched";
+  EXPECT_EQ(j["alive"], 1);
+  const auto log = read_all(state_ / "logs" / fmt::format("head-{}.log", head_pid_));
+  EXPECT_NE(log.find("exceeds the limit"), std::string::npos) << log;
+  EXPECT_NE(log.find("not a flexsp frame"), std::string::npos) << log;
+}
+
+TEST_F(ClusterProcesses, DeviceActorsInOtherProcessesAnswerAsksAndKeepTellOrder) {
+  const pid_t a = start_node("cpu:2");
+  const pid_t b = start_node("cpu:1");
+  auto c = client();
+  auto s = c->status();
+  ASSERT_TRUE(s);
+  net::event_loop loop;
+  loop.start();
+  actor_host_config hc;
+  hc.transport = transport();
+  auto host = actor_host::start(loop, hc);
+  ASSERT_TRUE(host);
+  for (pid_t pid : {a, b}) {
+    const auto* rec = find_pid(*s, pid, node_state::alive);
+    ASSERT_NE(rec, nullptr);
+    expected<remote_address> where = make_error(errc::not_found, "");
+    ASSERT_TRUE(eventually([&]() { return (where = c->lookup(fmt::format("device/{}/cpu:0", rec->id))).has_value(); }));
+    auto ref = (*host)->ref(*where);
+    auto p = ref.ask<pong>(ping{5}, 2000ms);
+    ASSERT_TRUE(p) << p.error().to_string();
+    EXPECT_EQ(p->device, "cpu:0");
+    EXPECT_EQ(p->node_id, rec->id);
+    for (std::uint64_t i = 1; i <= 5000; ++i) ASSERT_TRUE(ref.tell(note{i, 1}));
+    auto st = ref.ask<device_stats>(get_stats{}, 5000ms);
+    ASSERT_TRUE(st) << st.error().to_string();
+    EXPECT_EQ(st->notes, 5000u);
+    EXPECT_EQ(st->out_of_order, 0u);
+  }
+
+  // A hung peer: the ask times out cleanly. A dead peer: asks fail without waiting.
+  const auto* rec = find_pid(*s, b, node_state::alive);
+  auto where = c->lookup(fmt::format("device/{}/cpu:0", rec->id));
+  ASSERT_TRUE(where);
+  auto ref = (*host)->ref(*where);
+  ASSERT_EQ(::kill(b, SIGSTOP), 0);
+  ASSERT_TRUE(eventually([b]() { return proc_state(b) == 'T'; })) << "SIGSTOP takes effect asynchronously";
+  auto hung = ref.ask<pong>(ping{1}, 300ms);
+  ASSERT_FALSE(hung);
+  EXPECT_EQ(hung.error().kind(), errc::timeout) << hung.error().to_string();
+  std::promise<expected<pong>> pending;
+  auto pending_result = pending.get_future();
+  ref.ask<pong>(ping{2}, 60000ms, [&pending](expected<pong> r) { pending.set_value(std::move(r)); });
+  const auto t0 = Clock::now();
+  ASSERT_EQ(::kill(b, SIGKILL), 0);
+  ASSERT_EQ(pending_result.wait_for(10s), std::future_status::ready);
+  auto dead = pending_result.get();
+  ASSERT_FALSE(dead);
+  EXPECT_EQ(dead.error().kind(), errc::disconnected) << dead.error().to_string();
+  EXPECT_LT(Clock::now() - t0, 5s);
+  auto after = ref.ask<pong>(ping{3}, 60000ms);
+  ASSERT_FALSE(after);
+  EXPECT_EQ(after.error().kind(), errc::disconnected);
+  (*host)->stop();
+  loop.stop();
+}
+
+TEST_F(ClusterProcesses, StopLeavesNoProcessBehind) {
+  start_node("cpu:1");
+  start_node("cpu:2");
+  auto r = run("stop");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("stopped 3"), std::string::npos) << r.output;
+  for (pid_t p : pids_) EXPECT_TRUE(gone(p)) << p;
+  EXPECT_TRUE(gone(head_pid_));
+  EXPECT_TRUE(fs::is_empty(state_ / "procs"));
+  EXPECT_FALSE(fs::exists(state_ / "current_cluster.json"));
+  auto s = run("status");
+  EXPECT_NE(s.exit_code, 0);
+}
+
+TEST(ClusterCommands, HelpAndBadFlagsGiveClearMessages) {
+  for (const char* cmd : {"start --help", "status --help", "stop --help"}) {
+    auto r = run(cmd);
+    EXPECT_EQ(r.exit_code, 0) << cmd << r.output;
+  }
+  auto both = run("start --head --address 127.0.0.1:1");
+  EXPECT_NE(both.exit_code, 0);
+  EXPECT_NE(both.output.find("exactly one of --head or --address"), std::string::npos) << both.output;
+  auto bad_devices = run("start --address 127.0.0.1:1 --devices gpu:3", "FLEXSP_CLUSTER_SECRET=x");
+  EXPECT_NE(bad_devices.exit_code, 0);
+  EXPECT_NE(bad_devices.output.find("unknown device kind 'gpu'"), std::string::npos) << bad_devices.output;
+  auto bad_timeout = run("start --head --port 0 --heartbeat-interval 2s --failure-timeout 1s --block",
+                         "FLEXSP_CLUSTER_SECRET=x");
+  EXPECT_NE(bad_timeout.exit_code, 0);
+  EXPECT_NE(bad_timeout.output.find("must exceed the heartbeat interval"), std::string::npos) << bad_timeout.output;
+  auto unreachable = run("status --address 127.0.0.1:1", "FLEXSP_CLUSTER_SECRET=x");
+  EXPECT_NE(unreachable.exit_code, 0);
+  EXPECT_NE(unreachable.output.find("cannot reach the head at 127.0.0.1:1"), std::string::npos) << unreachable.output;
+}
+
+}  // namespace
