@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   std::string dataset = std::string{FLEXSP_SHARED_DATA_DIR} + "/wikipedia_lengths.txt.gz";
   int iterations = 40, long_batches = 5, devices = 64, per_node = 8;
   double long_limit_ms = 60000, time_limit_ms = 1000, milp_min_gap = -1;
+  int max_layouts = -1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const char* v = argv[i + 1];
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
     else if (k == "--long-limit-ms") long_limit_ms = std::atof(v);
     else if (k == "--time-limit-ms") time_limit_ms = std::atof(v);
     else if (k == "--milp-min-gap") milp_min_gap = std::atof(v);
+    else if (k == "--max-layouts") max_layouts = std::atoi(v);
     else if (k == "--devices") devices = std::atoi(v);
     else if (k == "--devices-per-node") per_node = std::atoi(v);
     else {
@@ -61,6 +63,7 @@ int main(int argc, char** argv) {
   sch::planner_options opts;
   opts.time_limit_ms = time_limit_ms;
   if (milp_min_gap >= 0) opts.milp_min_gap = milp_min_gap;
+  if (max_layouts > 0) opts.max_layouts = max_layouts;
   auto pl = sch::planner::create(prof, sch::cluster{devices, per_node}, opts);
   if (!pl) {
     std::fprintf(stderr, "bench_planner: %s\n", pl.error().to_string().c_str());
@@ -122,6 +125,7 @@ int main(int argc, char** argv) {
     lo.time_limit_ms = long_limit_ms;
     lo.milp_min_gap = 0;
     lo.tolerance = 0;
+    lo.max_layouts = 1 << 30;
     auto lp = sch::planner::create(prof, sch::cluster{devices, per_node}, lo);
     for (int b = 0; b < nlong; ++b) {
       auto p = lp->make_plan(batches[static_cast<std::size_t>(b)]);

@@ -312,33 +312,107 @@ struct layout_search::impl {
     return model.prof().beta1 + b;
   }
 
+  // Per-solve cost table: cost of each sequence (by input index) at each power-of-two degree.
+  struct cost_table {
+    std::vector<std::vector<double>> by_degree;  // index = degree (only powers of two filled)
+    const std::vector<double>* at(int d) const {
+      return static_cast<std::size_t>(d) < by_degree.size() && !by_degree[static_cast<std::size_t>(d)].empty()
+                 ? &by_degree[static_cast<std::size_t>(d)]
+                 : nullptr;
+    }
+  };
+
+  cost_table make_costs(std::span<const std::int64_t> lengths) const {
+    cost_table t;
+    t.by_degree.resize(static_cast<std::size_t>(clu.devices) + 1);
+    for (int d : degrees) {
+      auto& v = t.by_degree[static_cast<std::size_t>(d)];
+      v.resize(lengths.size());
+      for (std::size_t i = 0; i < lengths.size(); ++i) v[i] = model.seq_cost_ms(d, lengths[i]);
+    }
+    return t;
+  }
+
   mb_solution greedy(std::span<const std::int64_t> lengths, std::span<const int> order, std::span<const int> layout_degrees,
-                     bool local_search) const {
+                     bool local_search, const cost_table* costs = nullptr, bool makespan_only = false) const {
     std::vector<work_group> groups;
+    std::vector<const std::vector<double>*> table;
     groups.reserve(layout_degrees.size());
-    for (int d : layout_degrees) groups.push_back(work_group{d, 0.0, model.token_capacity(d), {}});
+    for (int d : layout_degrees) {
+      groups.push_back(work_group{d, 0.0, model.token_capacity(d), {}});
+      table.push_back(costs ? costs->at(d) : nullptr);
+    }
+    // Groups of one degree differ only in load and room, so each degree keeps a min-heap by load;
+    // the candidate of a degree is its least-loaded group with room for the sequence.
+    struct degree_class {
+      int degree;
+      const std::vector<double>* costs;
+      std::vector<int> heap;
+      std::vector<int> parked;  // popped for lack of room, restored after each sequence
+    };
+    std::vector<degree_class> classes;
+    for (std::size_t g = groups.size(); g-- > 0;) {  // ascending degree: ties go to the smaller one
+      if (classes.empty() || classes.back().degree != groups[g].degree)
+        classes.push_back(degree_class{groups[g].degree, table[g], {}, {}});
+      classes.back().heap.push_back(static_cast<int>(g));
+    }
+    auto later = [&groups](int a, int b) {
+      const auto& ga = groups[static_cast<std::size_t>(a)];
+      const auto& gb = groups[static_cast<std::size_t>(b)];
+      return ga.load > gb.load || (ga.load == gb.load && a > b);
+    };
+    for (auto& c : classes) std::make_heap(c.heap.begin(), c.heap.end(), later);
+    const std::int64_t shortest = order.empty() ? 0 : lengths[static_cast<std::size_t>(order.back())];
     for (int i : order) {
       const auto s = lengths[static_cast<std::size_t>(i)];
-      std::size_t best = groups.size();
+      degree_class* best = nullptr;
       double best_key = inf;
-      for (std::size_t g = 0; g < groups.size(); ++g) {
-        if (groups[g].free < s) continue;
-        const double key = groups[g].load + model.seq_cost_ms(groups[g].degree, s);
-        if (key < best_key || (key == best_key && groups[g].degree < groups[best].degree)) {
-          best_key = key;
-          best = g;
+      for (auto& c : classes) {
+        c.parked.clear();
+        while (!c.heap.empty() && groups[static_cast<std::size_t>(c.heap.front())].free < s) {
+          const int g = c.heap.front();
+          std::pop_heap(c.heap.begin(), c.heap.end(), later);
+          c.heap.pop_back();
+          // a group without room for the shortest sequence is full for good
+          if (groups[static_cast<std::size_t>(g)].free >= shortest) c.parked.push_back(g);
+        }
+        if (c.heap.empty()) continue;
+        const auto& top = groups[static_cast<std::size_t>(c.heap.front())];
+        const double cost = c.costs ? (*c.costs)[static_cast<std::size_t>(i)] : model.seq_cost_ms(c.degree, s);
+        if (top.load + cost < best_key) {
+          best_key = top.load + cost;
+          best = &c;
         }
       }
-      if (best == groups.size()) {
+      if (best) {
+        const int g = best->heap.front();
+        std::pop_heap(best->heap.begin(), best->heap.end(), later);
+        auto& grp = groups[static_cast<std::size_t>(g)];
+        grp.load = best_key;
+        grp.free -= s;
+        grp.members.push_back(i);
+        std::push_heap(best->heap.begin(), best->heap.end(), later);
+      }
+      for (auto& c : classes)
+        for (int g : c.parked) {
+          c.heap.push_back(g);
+          std::push_heap(c.heap.begin(), c.heap.end(), later);
+        }
+      if (!best) {
         mb_solution none;
         none.makespan_ms = inf;
         return none;
       }
-      groups[best].load = best_key;
-      groups[best].free -= s;
-      groups[best].members.push_back(i);
     }
-    if (local_search) improve_groups(groups, model, lengths, 200);
+    if (local_search) improve_groups(groups, model, lengths, 100);
+    if (makespan_only) {
+      mb_solution sol;
+      sol.feasible = true;
+      double worst = 0;
+      for (const auto& g : groups) worst = std::max(worst, g.load);
+      sol.makespan_ms = model.prof().beta1 + worst;
+      return sol;
+    }
     return to_solution(groups, model, lengths);
   }
 
@@ -487,24 +561,35 @@ mb_solution layout_search::solve(std::span<const std::int64_t> lengths, const mb
     }
     std::sort(ranked.begin(), ranked.end());
   }
-  const std::vector<int>* best_layout = nullptr;
+  const auto costs = I.make_costs(lengths);
+  // Phase 1: plain greedy over layouts in bound order; phase 2: local search on the best few.
+  std::vector<std::pair<double, std::size_t>> top;
+  // local search costs about (sequences)^2 per round, so small micro-batches can afford more of it
+  const std::size_t keep = static_cast<std::size_t>(std::max(
+      1, lengths.size() <= 128 ? opts.improve_top * 8 : opts.improve_top));
+  double best_greedy = inf;
+  int evaluated = 0;
   for (const auto& [lb, idx] : ranked) {
-    if (best.feasible && lb * (1 + opts.tolerance) >= best.makespan_ms) break;
-    if (best.layouts_evaluated >= opts.max_layouts) break;
-    if (best.feasible && elapsed_ms(start) >= opts.time_limit_ms) break;
-    const auto& l = I.layouts[idx];
-    auto sol = I.greedy(lengths, order, l.group_degrees, false);
-    ++best.layouts_evaluated;
+    if (best_greedy < inf && lb * (1 + opts.tolerance) >= best_greedy) break;
+    if (evaluated >= opts.max_layouts) break;
+    if (best_greedy < inf && elapsed_ms(start) >= opts.time_limit_ms) break;
+    auto sol = I.greedy(lengths, order, I.layouts[idx].group_degrees, false, &costs, true);
+    ++evaluated;
     if (!sol.feasible) continue;
-    if (sol.makespan_ms < best.makespan_ms * (1 + 0.02)) {
-      sol = I.greedy(lengths, order, l.group_degrees, true);
-      if (sol.makespan_ms < best.makespan_ms) {
-        sol.layouts_evaluated = best.layouts_evaluated;
-        best = std::move(sol);
-        best_layout = &l.group_degrees;
-      }
+    best_greedy = std::min(best_greedy, sol.makespan_ms);
+    top.emplace_back(sol.makespan_ms, idx);
+    std::sort(top.begin(), top.end());
+    if (top.size() > keep) top.pop_back();
+  }
+  const std::vector<int>* best_layout = nullptr;
+  for (const auto& [value, idx] : top) {
+    auto sol = I.greedy(lengths, order, I.layouts[idx].group_degrees, true, &costs);
+    if (sol.feasible && sol.makespan_ms < best.makespan_ms) {
+      best = std::move(sol);
+      best_layout = &I.layouts[idx].group_degrees;
     }
   }
+  best.layouts_evaluated = evaluated;
   double bound = ranked.empty() ? inf : ranked.front().first;
   if (I.any_degree) {
     bound = std::min(bound, I.any_degree_bound(lengths));

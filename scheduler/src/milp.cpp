@@ -63,7 +63,20 @@ expected<milp_result> solve_milp(const cost_model& model, std::span<const std::i
     return cols++;
   };
   double ub = 1e12;
-  if (opts.warm_start && opts.warm_start->feasible) {
+  // Rounding lengths up to bucket bounds can push a group of the warm start over its memory;
+  // such a start is not feasible for the bucketed model and is not passed on.
+  bool use_start = opts.warm_start && opts.warm_start->feasible;
+  if (use_start) {
+    for (const auto& g : opts.warm_start->groups) {
+      std::int64_t tokens = 0;
+      for (int i : g.members)
+        tokens += bk.bounds[static_cast<std::size_t>(bk.bucket_of(lengths[static_cast<std::size_t>(i)]))];
+      if (tokens > model.token_capacity(g.degree) ||
+          std::find(degrees.begin(), degrees.end(), g.degree) == degrees.end())
+        use_start = false;
+    }
+  }
+  if (use_start) {
     // the warm start costed on bucket bounds bounds C from above
     double worst = 0;
     for (const auto& g : opts.warm_start->groups) {
@@ -154,7 +167,7 @@ expected<milp_result> solve_milp(const cost_model& model, std::span<const std::i
 
   // Warm start: the incumbent's groups, in the symmetry-breaking order (per degree, by load).
   std::vector<double> start_values;
-  if (opts.warm_start && opts.warm_start->feasible) {
+  if (use_start) {
     start_values.assign(static_cast<std::size_t>(cols), 0.0);
     start_values[static_cast<std::size_t>(c_col)] = ub;
     bool ok = true;
@@ -198,6 +211,9 @@ expected<milp_result> solve_milp(const cost_model& model, std::span<const std::i
     Cbc_setParameter(m.get(), "threads", "0");
     Cbc_setParameter(m.get(), "sec", fmt::format("{:.3f}", std::max(0.001, opts.time_limit_ms / 1000.0)).c_str());
     Cbc_setParameter(m.get(), "ratioGap", "0.0001");
+    // CBC 2.10's preprocessing can crash in CglPreProcess::postProcess on these models (seen with
+    // a MIP start on small micro-batches); the search is sound without it.
+    Cbc_setParameter(m.get(), "preprocess", "off");
     if (!start_values.empty()) {
       std::vector<int> all(static_cast<std::size_t>(cols));
       std::iota(all.begin(), all.end(), 0);

@@ -197,8 +197,11 @@ struct planner::impl {
       double total{inf};
     } best;
     int first_feasible = -1;
+    // Every extra micro-batch adds at least beta1 to the independent bound.
+    const double lb0 = step_lower_bound_ms(model, lengths, degrees);
     for (int m = m0; m <= static_cast<int>(n); ++m) {
       if (first_feasible >= 0 && m > first_feasible + opts.extra_micro_batches) break;
+      if (best.total < inf && lb0 + (m - m0) * prof.beta1 >= best.total) break;
       candidate_split cand;
       cand.starts = split_contiguous(sorted, m);
       cand.total = 0;
@@ -211,7 +214,11 @@ struct planner::impl {
         const int solves_left = std::max(1, (first_feasible >= 0 ? first_feasible + opts.extra_micro_batches : m0 + opts.extra_micro_batches) - m + 1) * m - k;
         mo.time_limit_ms = std::max(0.5, (search_budget - since_ms(t0)) / solves_left);
         mo.tolerance = opts.tolerance;
+        mo.max_layouts = opts.max_layouts;
+        const auto ts = clock_type::now();
         auto sol = ls.solve(part, mo);
+        log::get("scheduler")->debug("m={} part {}: {} seqs, {} layouts, {:.2f} ms, makespan {:.1f} bound {:.1f}", m, k,
+                                     part.size(), sol.layouts_evaluated, since_ms(ts), sol.makespan_ms, sol.bound_ms);
         if (!sol.feasible) {
           ok = false;
           break;
@@ -244,7 +251,7 @@ struct planner::impl {
           if ((d & (d - 1)) == 0 || opts.any_degree) mo.degrees.push_back(d);
         if (opts.any_degree) mo.degrees = allowed_degrees(clu.devices, false);
         mo.buckets = opts.buckets;
-        mo.time_limit_ms = left / (m - k);
+        mo.time_limit_ms = 0.9 * left / (m - k);  // CBC overshoots its limit a little
         mo.warm_start = &sol;
         mo.lower_bound_ms = sol.bound_ms;
         auto r = solve_milp(model, part, mo);

@@ -32,8 +32,9 @@ struct planner_options {
   int extra_micro_batches{2};       ///< Blaster tries the minimum count and this many more
   int buckets{16};                  ///< MILP bucket count
   bool use_milp{true};              ///< run CBC on micro-batches whose gap is above milp_min_gap
-  double milp_min_gap{0.02};        ///< proven gap below which CBC is not worth running
+  double milp_min_gap{0.05};        ///< layout-search gap (to its own bound) above which CBC runs
   double tolerance{1e-3};           ///< relative optimality tolerance of the layout search
+  int max_layouts{1 << 30};         ///< layouts assigned per micro-batch, best bounds first
   bool validate{true};              ///< run the validator on every plan (a failure is a bug)
 
   /// Checks the strategy name and ranges; the message names the bad field.
