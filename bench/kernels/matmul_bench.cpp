@@ -45,24 +45,27 @@ int main() {
                   t_ref / t_ours, bad);
     };
     // forward: y = x w
-    const double f_ours = flexsp::bench::median_seconds(5, [&] { linear_forward(x, w, {}, y, s.n, s.in, s.out); });
-    const double f_ref = flexsp::bench::median_seconds(5, [&] {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n, s.out, s.in, 1.0f, x.data(), s.in, w.data(), s.out,
-                  0.0f, y_ref.data(), s.out);
-    });
+    const auto [f_ours, f_ref] = flexsp::bench::paired_median_seconds(
+        9, [&] { linear_forward(x, w, {}, y, s.n, s.in, s.out); },
+        [&] {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n, s.out, s.in, 1.0f, x.data(), s.in, w.data(),
+                      s.out, 0.0f, y_ref.data(), s.out);
+        });
     report("fwd", product, f_ours, f_ref, y, y_ref);
     // backward: dx = dy w^T and dw += x^T dy (dw zeroed before each run)
-    const double b_ours = flexsp::bench::median_seconds(5, [&] {
-      std::fill(dw.begin(), dw.end(), 0.0f);
-      linear_backward(dy, x, w, dx, dw, {}, s.n, s.in, s.out);
-    });
-    const double b_ref = flexsp::bench::median_seconds(5, [&] {
-      std::fill(dw_ref.begin(), dw_ref.end(), 0.0f);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n, s.in, s.out, 1.0f, dy.data(), s.out, w.data(), s.out,
-                  0.0f, dx_ref.data(), s.in);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.in, s.out, s.n, 1.0f, x.data(), s.in, dy.data(), s.out,
-                  1.0f, dw_ref.data(), s.out);
-    });
+    const auto [b_ours, b_ref] = flexsp::bench::paired_median_seconds(
+        9,
+        [&] {
+          std::fill(dw.begin(), dw.end(), 0.0f);
+          linear_backward(dy, x, w, dx, dw, {}, s.n, s.in, s.out);
+        },
+        [&] {
+          std::fill(dw_ref.begin(), dw_ref.end(), 0.0f);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n, s.in, s.out, 1.0f, dy.data(), s.out, w.data(),
+                      s.out, 0.0f, dx_ref.data(), s.in);
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.in, s.out, s.n, 1.0f, x.data(), s.in, dy.data(),
+                      s.out, 1.0f, dw_ref.data(), s.out);
+        });
     report("bwd", 2 * product, b_ours, b_ref, dx, dx_ref);
   }
   std::printf("overall: ours %.1f GFLOP/s, sgemm %.1f GFLOP/s, ratio %.3f (goal >= 0.8), #wrong %d\n",

@@ -10,6 +10,7 @@
 
 #include "flexsp/core/check.hpp"
 #include "flexsp/kernels/ops.hpp"
+#include "vector_math.hpp"
 
 namespace flexsp::kernels::attention {
 
@@ -58,33 +59,12 @@ int resolve_threads(int requested) {
   return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
-// exp(x) for -2^22 <= x <= 0 (softmax arguments after subtracting the row max), to ~2 ulp:
-// range reduction to r in [-ln2/2, ln2/2] and a degree-6 Taylor polynomial. Written without
-// calls or float branches so that loops over a tile row vectorise (libm's expf does not);
-// below -87 the result is clamped to about 1e-38 instead of underflowing to 0.
-inline float exp_core(float x) {
-  const float t = x * 1.44269504088896341f;
-  const float shifted = t + 0x1.8p23f;  // rounds t to the nearest integer in the low bits
-  const std::int32_t n = std::bit_cast<std::int32_t>(shifted) - 0x4B400000;
-  const float fn = shifted - 0x1.8p23f;
-  const float r = (x - fn * 0.693145751953125f) - fn * 1.42860682030941723212e-6f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const std::int32_t clamped = n > -126 ? n : -126;
-  return std::bit_cast<float>(std::bit_cast<std::int32_t>(p) + clamped * (1 << 23));
-}
-
 // exp(x) for any x <= 0, including -FLT_MAX (the running max before the first tile).
-inline float exp_nonpositive(float x) { return exp_core(std::max(x, -87.0f)); }
+inline float exp_nonpositive(float x) { return detail::exp_core(std::max(x, -87.0f)); }
 
 // row[c] = exp(row[c] - shift) for c < n.
 void exp_shifted(float* row, std::int64_t n, float shift) {
-  for (std::int64_t c = 0; c < n; ++c) row[c] = exp_core(row[c] - shift);
+  for (std::int64_t c = 0; c < n; ++c) row[c] = detail::exp_core(row[c] - shift);
 }
 
 // Reductions over a tile row with eight independent partial results: the compiler may not

@@ -83,7 +83,17 @@ struct shared_state {
   bool busy = false;
   std::atomic<bool> aborted{false};
   std::atomic<bool> poisoned{false};
+  // Staging buffers, reused across collectives (grow-only): Gloo reads and writes these,
+  // never the caller's memory, so an abandoned collective cannot touch freed memory.
+  // Collectives run one at a time, and none is accepted after a failure.
+  std::vector<float> in;
+  std::vector<float> out;
 };
+
+float* staging(std::vector<float>& buf, std::size_t n) {
+  if (buf.size() < std::max<std::size_t>(n, 1)) buf.resize(std::max<std::size_t>(n, 1));
+  return buf.data();
+}
 
 void worker_loop(std::shared_ptr<shared_state> st) {
   for (;;) {
@@ -160,38 +170,41 @@ public:
     if (total_send > static_cast<std::int64_t>(send.size()) || total_recv > static_cast<std::int64_t>(recv.size()))
       return make_error(errc::invalid_argument, "all_to_all_v: counts need {}/{} floats, buffers hold {}/{}",
                         total_send, total_recv, send.size(), recv.size());
-    // Gloo rejects empty buffers: keep at least one element of staging.
-    auto in = std::make_shared<std::vector<float>>(std::max<std::int64_t>(total_send, 1));
-    auto out = std::make_shared<std::vector<float>>(std::max<std::int64_t>(total_recv, 1));
-    std::copy_n(send.begin(), total_send, in->begin());
+    FLEXSP_TRY(usable("all_to_all_v"));
+    // Gloo rejects empty buffers: staging always holds at least one element.
+    float* in = staging(st_->in, static_cast<std::size_t>(total_send));
+    float* out = staging(st_->out, static_cast<std::size_t>(total_recv));
+    std::copy_n(send.begin(), total_send, in);
     std::vector<std::int64_t> sc(send_counts.begin(), send_counts.end()), rc(recv_counts.begin(), recv_counts.end());
     const auto tag = next_tag();
     FLEXSP_TRY(submit([ctx = st_->ctx, in, out, sc, rc, tag, t = timeout_] {
       gloo::AlltoallvOptions opts(ctx);
-      opts.setInput(in->data(), sc);
-      opts.setOutput(out->data(), rc);
+      opts.setInput(in, sc);
+      opts.setOutput(out, rc);
       opts.setTag(tag);
       opts.setTimeout(t);
       gloo::alltoallv(opts);
     }, "all_to_all_v"));
-    std::copy_n(out->begin(), total_recv, recv.begin());
+    std::copy_n(out, total_recv, recv.begin());
     return {};
   }
 
   expected<void> all_reduce_sum(std::span<float> data) override {
     if (data.empty()) return barrier();
-    auto buf = std::make_shared<std::vector<float>>(data.begin(), data.end());
+    FLEXSP_TRY(usable("all_reduce"));
+    float* buf = staging(st_->in, data.size());
+    std::copy(data.begin(), data.end(), buf);
     const auto tag = next_tag();
-    FLEXSP_TRY(submit([ctx = st_->ctx, buf, tag, t = timeout_] {
+    FLEXSP_TRY(submit([ctx = st_->ctx, buf, n = data.size(), tag, t = timeout_] {
       gloo::AllreduceOptions opts(ctx);
-      opts.setOutput(buf->data(), buf->size());
+      opts.setOutput(buf, n);
       opts.setReduceFunction(
           static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
       opts.setTag(tag);
       opts.setTimeout(t);
       gloo::allreduce(opts);
     }, "all_reduce"));
-    std::copy(buf->begin(), buf->end(), data.begin());
+    std::copy_n(buf, data.size(), data.begin());
     return {};
   }
 
@@ -200,18 +213,20 @@ public:
       return make_error(errc::invalid_argument, "all_gather: recv {} != {} ranks x send {}", recv.size(), size_,
                         send.size());
     if (send.empty()) return barrier();
-    auto in = std::make_shared<std::vector<float>>(send.begin(), send.end());
-    auto out = std::make_shared<std::vector<float>>(recv.size());
+    FLEXSP_TRY(usable("all_gather"));
+    float* in = staging(st_->in, send.size());
+    float* out = staging(st_->out, recv.size());
+    std::copy(send.begin(), send.end(), in);
     const auto tag = next_tag();
-    FLEXSP_TRY(submit([ctx = st_->ctx, in, out, tag, t = timeout_] {
+    FLEXSP_TRY(submit([ctx = st_->ctx, in, out, ns = send.size(), nr = recv.size(), tag, t = timeout_] {
       gloo::AllgatherOptions opts(ctx);
-      opts.setInput(in->data(), in->size());
-      opts.setOutput(out->data(), out->size());
+      opts.setInput(in, ns);
+      opts.setOutput(out, nr);
       opts.setTag(tag);
       opts.setTimeout(t);
       gloo::allgather(opts);
     }, "all_gather"));
-    std::copy(out->begin(), out->end(), recv.begin());
+    std::copy_n(out, recv.size(), recv.begin());
     return {};
   }
 
@@ -219,17 +234,19 @@ public:
     if (root < 0 || root >= size_)
       return make_error(errc::invalid_argument, "broadcast root {} outside group of {}", root, size_);
     if (data.empty()) return barrier();
-    auto buf = std::make_shared<std::vector<float>>(data.begin(), data.end());
+    FLEXSP_TRY(usable("broadcast"));
+    float* buf = staging(st_->in, data.size());
+    std::copy(data.begin(), data.end(), buf);
     const auto tag = next_tag();
-    FLEXSP_TRY(submit([ctx = st_->ctx, buf, root, tag, t = timeout_] {
+    FLEXSP_TRY(submit([ctx = st_->ctx, buf, n = data.size(), root, tag, t = timeout_] {
       gloo::BroadcastOptions opts(ctx);
-      opts.setOutput(buf->data(), buf->size());
+      opts.setOutput(buf, n);
       opts.setRoot(root);
       opts.setTag(tag);
       opts.setTimeout(t);
       gloo::broadcast(opts);
     }, "broadcast"));
-    std::copy(buf->begin(), buf->end(), data.begin());
+    std::copy_n(buf, data.size(), data.begin());
     return {};
   }
 
@@ -266,9 +283,15 @@ private:
     }
   }
 
-  expected<void> submit(std::function<void()> fn, std::string_view what) {
+  // Checked before touching the staging buffers, which a failed collective may still hold.
+  expected<void> usable(std::string_view what) const {
     if (st_->aborted) return make_error(errc::cancelled, "{}: communicator was aborted", what);
     if (st_->poisoned) return make_error(errc::failed, "{}: communicator failed earlier and must be replaced", what);
+    return {};
+  }
+
+  expected<void> submit(std::function<void()> fn, std::string_view what) {
+    FLEXSP_TRY(usable(what));
     auto j = std::make_shared<job>();
     j->fn = std::move(fn);
     std::unique_lock lock{st_->mutex};

@@ -6,6 +6,7 @@
 #include <cblas.h>
 
 #include "flexsp/core/check.hpp"
+#include "vector_math.hpp"
 
 namespace flexsp::kernels {
 
@@ -152,7 +153,7 @@ void gelu_forward(std::span<const float> x, std::span<float> y) {
   FLEXSP_EXPECTS(x.size() == y.size(), "gelu: x {} y {}", x.size(), y.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
     const float v = x[i];
-    y[i] = 0.5f * v * (1.0f + std::tanh(kGeluC * (v + 0.044715f * v * v * v)));
+    y[i] = 0.5f * v * (1.0f + detail::tanh_approx(kGeluC * (v + 0.044715f * v * v * v)));
   }
 }
 
@@ -161,7 +162,7 @@ void gelu_backward(std::span<const float> dy, std::span<const float> x, std::spa
   for (std::size_t i = 0; i < x.size(); ++i) {
     const float v = x[i];
     const float u = kGeluC * (v + 0.044715f * v * v * v);
-    const float th = std::tanh(u);
+    const float th = detail::tanh_approx(u);
     const float du = kGeluC * (1.0f + 3.0f * 0.044715f * v * v);
     dx[i] = dy[i] * (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du);
   }
