@@ -250,7 +250,7 @@ public:
   /// `actor<D>::request` instead, which does not block a worker.
   template <class M>
     requires handles<A, std::decay_t<M>>
-  pending<reply_t<A, std::decay_t<M>>> ask(M&& msg, duration timeout) const {
+  auto ask(M&& msg, duration timeout) const {  // -> pending<reply_t<A, M>>; deduced so A may be incomplete here
     using R = reply_t<A, std::decay_t<M>>;
     auto state = detail::make_intrusive<ask_state<R>>();
     send_request(std::forward<M>(msg), timeout, state);
@@ -260,7 +260,7 @@ public:
   /// `ask` without a deadline: completes only with a reply or when the actor terminates.
   template <class M>
     requires handles<A, std::decay_t<M>>
-  pending<reply_t<A, std::decay_t<M>>> ask(M&& msg) const {
+  auto ask(M&& msg) const {
     return ask(std::forward<M>(msg), duration::max());
   }
 
