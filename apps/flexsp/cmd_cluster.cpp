@@ -6,8 +6,12 @@
 //   cluster-<port>.secret  a generated shared secret (mode 0600)
 //   procs/<pid>.json       one record per running head/node started here (for `stop`)
 //   logs/<role>-<pid>.log  output of background processes
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -96,6 +100,18 @@ std::string trim(std::string s) {
   return s;
 }
 
+bool is_local_host(std::string_view host) {
+  return host == "localhost" || host == "0.0.0.0" || host.starts_with("127.");
+}
+
+// Whether two addresses name the same head on this machine.
+bool same_cluster(const std::string& recorded, const std::string& given) {
+  if (recorded == given) return true;
+  auto a = net::endpoint::parse(recorded);
+  auto b = net::endpoint::parse(given);
+  return a && b && a->port == b->port && is_local_host(a->host) && is_local_host(b->host);
+}
+
 /// The secret: --secret-file, FLEXSP_CLUSTER_SECRET, FLEXSP_SECRET_FILE, then the current
 /// cluster's file when it is the cluster being addressed.
 expected<std::vector<std::uint8_t>> resolve_secret(const std::string& secret_file, const std::string& address) {
@@ -106,7 +122,7 @@ expected<std::vector<std::uint8_t>> resolve_secret(const std::string& secret_fil
     secret = s;
   } else if (const char* f = std::getenv("FLEXSP_SECRET_FILE"); f && *f) {
     FLEXSP_TRY_ASSIGN(secret, read_file(f));
-  } else if (auto cur = current_cluster(); cur && (address.empty() || (*cur)["address"] == address)) {
+  } else if (auto cur = current_cluster(); cur && (address.empty() || same_cluster((*cur)["address"], address))) {
     FLEXSP_TRY_ASSIGN(secret, read_file((*cur)["secret_file"].get<std::string>()));
   } else {
     return make_error(errc::invalid_argument,
@@ -276,7 +292,9 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
     report(d.report_fd, "error " + head.error().message());
     fail(head.error());
   }
-  const std::string address = net::endpoint{bind, (*head)->port()}.to_string();
+  // A wildcard bind is reached from this machine through loopback.
+  const std::string address =
+      net::endpoint{bind == "0.0.0.0" ? std::string{"127.0.0.1"} : bind, (*head)->port()}.to_string();
   std::string secret_file = f.secret_file;
   if (generated) {
     secret_file = (dir / fmt::format("cluster-{}.secret", (*head)->port())).string();
@@ -293,8 +311,10 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
   }
   loop.start();
   const std::string ready = fmt::format(
-      "flexsp head started at {} (pid {})\n  secret file: {}\n  add a node:  flexsp start --address {} --devices cpu:4",
-      address, ::getpid(), secret_file.empty() ? "(from the environment)" : secret_file, address);
+      "flexsp head started at {} (pid {}; listening on {}:{})\n  secret file: {}\n  add a node:  flexsp start --address "
+      "{} --devices cpu:4",
+      address, ::getpid(), bind, (*head)->port(), secret_file.empty() ? "(from the environment)" : secret_file,
+      bind == "0.0.0.0" ? fmt::format("<this host's address>:{}", (*head)->port()) : address);
   if (d.is_child) report(d.report_fd, "ok " + fmt::format("{}", ready));
   else std::printf("%s\n", ready.c_str()), std::fflush(stdout);
 
@@ -312,14 +332,37 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
 // ------------------------------------------------------------------------------------------
 // start --address (node)
 
+// The local address this machine uses to reach `to` (a connected UDP socket sends nothing).
+expected<std::string> local_address_towards(const net::endpoint& to) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(to.host.c_str(), std::to_string(to.port).c_str(), &hints, &res) != 0 || !res)
+    return make_error(errc::invalid_argument, "cannot resolve {}", to.host);
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  const int rc = fd < 0 ? -1 : ::connect(fd, res->ai_addr, res->ai_addrlen);
+  ::freeaddrinfo(res);
+  sockaddr_in local{};
+  socklen_t len = sizeof local;
+  const bool ok = rc == 0 && ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0;
+  if (fd >= 0) ::close(fd);
+  if (!ok) return make_error(errc::io, "cannot find a local address that reaches {}", to.to_string());
+  char buf[INET_ADDRSTRLEN];
+  ::inet_ntop(AF_INET, &local.sin_addr, buf, sizeof buf);
+  return std::string{buf};
+}
+
 void run_node(const common_flags& f, const std::string& address_flag, const std::string& devices_spec,
-              const std::string& bind) {
+              const std::string& bind, const std::string& advertise) {
   const auto dir = check(state_dir());
   const std::string address = check(resolve_address(address_flag));
   actors::node_config cfg;
   cfg.head = check(net::endpoint::parse(address));
   cfg.transport.secret = check(resolve_secret(f.secret_file, address));
   cfg.bind = {bind, 0};
+  cfg.advertise_host = advertise;
+  if (advertise.empty() && (bind == "0.0.0.0" || bind == "::")) cfg.advertise_host = check(local_address_towards(cfg.head));
   // Validate the spec before forking (cuda:all needs the device count).
   const auto cuda = kernels::query_cuda();
   cfg.devices = check(actors::parse_devices(devices_spec, static_cast<int>(cuda.devices.size())));
@@ -497,6 +540,7 @@ void add_cluster_commands(CLI::App& root) {
     std::string address;
     std::string devices = "cpu:1";
     std::string bind = "127.0.0.1";
+    std::string advertise;
     common_flags common;
   };
   auto so = std::make_shared<start_opts>();
@@ -507,6 +551,9 @@ void add_cluster_commands(CLI::App& root) {
       ->capture_default_str();
   start->add_option("--bind", so->bind, "address to listen on (default loopback; 0.0.0.0 for every interface)")
       ->capture_default_str();
+  start->add_option("--advertise", so->advertise,
+                    "node: address other processes use to reach this node (default: the bind address, or the "
+                    "local address that reaches the head when binding 0.0.0.0)");
   start->add_option("--secret-file", so->common.secret_file,
                     "file holding the cluster's shared secret (a head without one generates it)");
   start->add_option("--heartbeat-interval", so->common.heartbeat, "head: heartbeat interval nodes use (e.g. 500ms)")
@@ -523,7 +570,7 @@ void add_cluster_commands(CLI::App& root) {
     if (so->head)
       run_head(so->common, so->port, so->bind);
     else
-      run_node(so->common, so->address, so->devices, so->bind);
+      run_node(so->common, so->address, so->devices, so->bind, so->advertise);
   });
 
   // ---- status

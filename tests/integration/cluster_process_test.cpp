@@ -98,7 +98,7 @@ protected:
                              kTimeout.count()));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::smatch m;
-    ASSERT_TRUE(std::regex_search(r.output, m, std::regex{R"(started at (\S+) \(pid (\d+)\))"})) << r.output;
+    ASSERT_TRUE(std::regex_search(r.output, m, std::regex{R"(started at (\S+) \(pid (\d+))"})) << r.output;
     address_ = m[1];
     head_pid_ = std::stoi(m[2]);
     auto cur = nlohmann::json::parse(read_all(state_ / "current_cluster.json"));
@@ -411,6 +411,50 @@ TEST(ClusterCommands, HelpAndBadFlagsGiveClearMessages) {
   auto unreachable = run("status --address 127.0.0.1:1", "FLEXSP_CLUSTER_SECRET=x");
   EXPECT_NE(unreachable.exit_code, 0);
   EXPECT_NE(unreachable.output.find("cannot reach the head at 127.0.0.1:1"), std::string::npos) << unreachable.output;
+}
+
+}  // namespace
+
+namespace {
+
+TEST(LaunchScript, StartsEveryNodeThenStopLeavesNoProcess) {
+  char tmpl[] = "/tmp/flexsp-launch-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string state = tmpl;
+  const std::string env = fmt::format("FLEXSP_STATE_DIR={} FLEXSP_BIN={}", state, FLEXSP_CLI_PATH);
+  const std::string script = std::string{FLEXSP_SOURCE_DIR} + "/scripts/launch_cluster.sh";
+  auto run_script = [&](const std::string& args) {
+    FILE* pipe = ::popen((env + " " + script + " " + args + " 2>&1").c_str(), "r");
+    std::string out;
+    std::array<char, 4096> buf{};
+    while (auto n = std::fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+    const int status = ::pclose(pipe);
+    return run_result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  };
+  auto up = run_script("--nodes 3 --devices cpu:2 --port 0 --heartbeat-interval 100ms --failure-timeout 1s --timeout 30");
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(up.output, m, std::regex{R"(head address: (\S+):(\d+))"})) << up.output;
+  const std::string port = m[2];
+  auto st = run(fmt::format("status --address {}:{} --json", std::string{m[1]}, port), "FLEXSP_STATE_DIR=" + state);
+  ASSERT_EQ(st.exit_code, 0) << st.output;
+  auto j = nlohmann::json::parse(st.output);
+  ASSERT_EQ(j["nodes"].size(), 3u);
+  std::vector<pid_t> pids{j["head_pid"].get<pid_t>()};
+  for (const auto& n : j["nodes"]) {
+    EXPECT_EQ(n["state"], "alive");
+    EXPECT_EQ(n["devices"].size(), 2u);
+    pids.push_back(n["pid"].get<pid_t>());
+  }
+  auto down = run_script("--stop --port " + port);
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  for (pid_t p : pids) EXPECT_TRUE(gone(p)) << "pid " << p << " survived --stop";
+  auto bad = run_script("--nodes 2 --devices gpu:1 --port 0");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("did not start"), std::string::npos) << bad.output;
+  EXPECT_TRUE(fs::is_empty(fs::path{state} / "procs")) << "a failed launch stops what it started";
+  std::error_code ec;
+  fs::remove_all(state, ec);
 }
 
 }  // namespace

@@ -1,0 +1,134 @@
+# Messages of a training job between its scheduler actor and its device actors (payloads of
+# wire.capnp's ActorMessage). Token ids travel with the plan; tensors never do (gradients and
+# replica state move through the collectives).
+@0xd1c0a7f3e2b54a19;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("flexsp::actors::schema");
+
+struct ModelShape {
+  layers @0 :UInt32;
+  dModel @1 :UInt32;
+  heads @2 :UInt32;
+  vocab @3 :UInt32;
+  maxSeq @4 :UInt32;
+}
+
+struct OptimizerSettings {
+  lr @0 :Float32;
+  weightDecay @1 :Float32;
+  beta1 @2 :Float32;
+  beta2 @3 :Float32;
+  eps @4 :Float32;
+  maxGradNorm @5 :Float32;
+}
+
+# Tell: join job `jobId` as job device `device`. The device answers with a DeviceState tell.
+struct JoinJob {
+  jobId @0 :Text;
+  device @1 :UInt32;              # the device's index in the job (never reused)
+  model @2 :ModelShape;
+  seed @3 :UInt64;                # parameter initialisation seed (same on every replica)
+  optimizer @4 :OptimizerSettings;
+  schedulerHost @5 :Text;         # where GradReady / StepFailed go
+  schedulerActor @6 :UInt64;
+  collectiveTimeoutMs @7 :UInt32;
+  resumeFrom @8 :Text;            # checkpoint file to load; empty: fresh parameters
+  collectiveHost @9 :Text;        # interface the collectives listen on
+  tag @10 :UInt64;                # echoed in the DeviceState reply
+}
+
+# Tell (device -> scheduler): the answer to JoinJob, SaveState and QueryState, sent after every
+# message queued before the request.
+struct DeviceState {
+  device @0 :UInt32;
+  checksum @1 :UInt64;            # FNV-1a of parameters and optimizer moments
+  optimizerSteps @2 :UInt64;
+  parameters @3 :UInt64;
+  jobId @4 :Text;
+  tag @5 :UInt64;
+  error @6 :Text;                 # empty on success
+}
+
+# One micro-batch as seen by one device: its group (empty: idle in this micro-batch) and the
+# group's sequences.
+struct DeviceMicroBatch {
+  group @0 :List(UInt32);         # job device indices of the group, ascending
+  lengths @1 :List(UInt32);       # sequence lengths of the group
+  tokens @2 :List(Int32);         # the group's sequences back to back, length + 1 ids each
+  predictedMs @3 :Float64;
+}
+
+# Tell: run step `step` (attempt `attempt`) with this device's part of the plan.
+struct StepPlan {
+  jobId @0 :Text;
+  step @1 :UInt64;
+  epoch @2 :UInt64;               # membership epoch the plan was made for
+  attempt @3 :UInt64;             # rises on every re-plan; keys the communicators
+  world @4 :List(UInt32);         # every device of this attempt, ascending
+  globalTokens @5 :UInt64;        # loss normaliser: tokens of the whole batch
+  syncSource @6 :Int64;           # >= 0: broadcast replica state from that device first
+  microBatches @7 :List(DeviceMicroBatch);
+  calibrate @8 :Bool;             # timing probe: no gradient all-reduce, never committed
+}
+
+struct GroupTiming {
+  microBatch @0 :UInt32;
+  degree @1 :UInt32;
+  tokens @2 :UInt64;
+  computeMs @3 :Float64;          # forward + backward including the Ulysses all-to-alls
+}
+
+# Tell (device -> scheduler): gradients of `step` are all-reduced and ready to apply.
+struct GradReady {
+  jobId @0 :Text;
+  step @1 :UInt64;
+  attempt @2 :UInt64;
+  device @3 :UInt32;
+  checksum @4 :UInt64;            # of the state the gradients were computed on
+  lossSum @5 :Float64;            # global token-loss sum (all-reduced)
+  computeMs @6 :Float64;
+  commMs @7 :Float64;             # gradient all-reduce and state sync
+  groups @8 :List(GroupTiming);
+}
+
+# Tell (device -> scheduler): the attempt failed on this device.
+struct StepFailed {
+  jobId @0 :Text;
+  step @1 :UInt64;
+  attempt @2 :UInt64;
+  device @3 :UInt32;
+  reason @4 :Text;
+}
+
+# Tell: apply the gradients of `step` with learning rate `lr`.
+struct Commit {
+  jobId @0 :Text;
+  step @1 :UInt64;
+  attempt @2 :UInt64;
+  lr @3 :Float32;
+}
+
+# Tell: abort every attempt below `attempt` (communicators aborted, gradients dropped).
+struct Abort {
+  jobId @0 :Text;
+  attempt @1 :UInt64;
+}
+
+# Tell: write the replica state to `path` (atomically). Answer: DeviceState.
+struct SaveState {
+  jobId @0 :Text;
+  path @1 :Text;
+  tag @2 :UInt64;
+}
+
+# Tell: report the replica's state checksum. Answer: DeviceState.
+struct QueryState {
+  jobId @0 :Text;
+  tag @1 :UInt64;
+}
+
+# Tell: forget the job.
+struct LeaveJob {
+  jobId @0 :Text;
+}
