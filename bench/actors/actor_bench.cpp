@@ -1,6 +1,8 @@
 // Actor runtime throughput, flexsp::core side by side with CAF 0.17 in the same process.
 //
-//   flexsp_bench_actors [--reps N] [--scale F] [--workers N]
+//   flexsp_bench_actors [--reps N] [--scale F] [--workers N] [--sharing]
+//
+// --sharing runs our side with one shared run queue instead of work stealing.
 //
 // Workloads (each run alone, in a fresh runtime, so idle threads of one cannot slow the other;
 // runs of the two runtimes alternate and the median of --reps runs is reported):
@@ -102,10 +104,12 @@ int main(int argc, char** argv) {
       reps = std::max(1, std::atoi(argv[++i]));
     } else if (!std::strcmp(argv[i], "--scale") && has_value) {
       scale = std::max(0.001, std::atof(argv[++i]));
+    } else if (!std::strcmp(argv[i], "--sharing")) {
+      p.sharing = true;
     } else if (!std::strcmp(argv[i], "--workers") && has_value) {
       p.workers = static_cast<std::size_t>(std::max(1, std::atoi(argv[++i])));
     } else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--scale F] [--workers N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--scale F] [--workers N] [--sharing]\n", argv[0]);
       return 2;
     }
   }
@@ -114,7 +118,8 @@ int main(int argc, char** argv) {
   p.fan_out_rounds = scaled(p.fan_out_rounds);
   p.messages_per_sender = scaled(p.messages_per_sender);
   p.spawns = scaled(p.spawns);
-  std::printf("actor runtimes: %zu workers, %d reps (median), scale %.3f\n", p.workers, reps, scale);
+  std::printf("actor runtimes: %zu workers, %d reps (median), scale %.3f, ours %s\n", p.workers, reps, scale,
+              p.sharing ? "work sharing" : "work stealing");
 
   namespace b = flexsp::bench;
 #ifdef FLEXSP_BENCH_HAVE_CAF

@@ -21,6 +21,7 @@ double ns_since(bench_clock::time_point t0) {
 actor_system_config pool(const workload_params& p) {
   actor_system_config cfg;
   cfg.workers = p.workers;
+  cfg.scheduling = p.sharing ? scheduling_policy::sharing : scheduling_policy::stealing;
   return cfg;
 }
 

@@ -10,6 +10,7 @@ namespace flexsp::bench {
 
 struct workload_params {
   std::size_t workers = 2;
+  bool sharing = false;  // ours: scheduling_policy::sharing instead of stealing
   std::uint64_t ping_pong_round_trips = 400'000;
   std::uint64_t fan_out_rounds = 40'000;  // 8 requests per round
   std::uint32_t senders = 100;

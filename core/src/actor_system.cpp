@@ -36,7 +36,8 @@ actor_system::actor_system(actor_system_config config) : config_{std::move(confi
     scheduler_ = std::make_unique<detail::manual_scheduler>();
   } else {
     workers_ = config_.workers != 0 ? config_.workers : std::max(1u, std::thread::hardware_concurrency());
-    scheduler_ = std::make_unique<detail::thread_pool>(workers_, config_.throughput);
+    scheduler_ = std::make_unique<detail::thread_pool>(workers_, config_.throughput,
+                                                        config_.scheduling == scheduling_policy::sharing);
   }
 }
 
@@ -80,6 +81,8 @@ void actor_system::monitor(const any_ref& target, std::function<void(const down_
 }
 
 void actor_system::shutdown() {
+  FLEXSP_EXPECTS(config_.mode == execution_mode::manual || scheduler_->may_block_caller(),
+                 "actor_system::shutdown called from one of its own worker threads");
   if (shut_down_.exchange(true)) return;
   std::vector<detail::intrusive_ptr<abstract_actor>> actors;
   {

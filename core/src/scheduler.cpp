@@ -26,7 +26,8 @@ constexpr std::uint32_t kFairnessInterval = 61;
 thread_local thread_pool* thread_pool::tl_pool_ = nullptr;
 thread_local thread_pool::worker* thread_pool::tl_worker_ = nullptr;
 
-thread_pool::thread_pool(std::size_t workers, std::size_t throughput) : throughput_{throughput} {
+thread_pool::thread_pool(std::size_t workers, std::size_t throughput, bool sharing)
+    : throughput_{throughput}, sharing_{sharing} {
   workers_.reserve(workers);
   for (std::size_t i = 0; i < workers; ++i) {
     workers_.push_back(std::make_unique<worker>());
@@ -38,19 +39,21 @@ thread_pool::thread_pool(std::size_t workers, std::size_t throughput) : throughp
 thread_pool::~thread_pool() { stop(); }
 
 void thread_pool::schedule(local_actor* a) {
-  if (tl_pool_ == this) {
+  if (tl_pool_ == this && !sharing_) {
     worker& w = *tl_worker_;
     local_actor* displaced = std::exchange(w.next, a);
     if (!displaced) return;
     push_local(w, displaced);
   } else {
-    {
-      std::lock_guard lock{global_mutex_};
-      global_.push_back(a);
-      global_size_.fetch_add(1, std::memory_order_relaxed);
-    }
+    push_global(a);
   }
   notify();
+}
+
+void thread_pool::push_global(local_actor* a) {
+  std::lock_guard lock{global_mutex_};
+  global_.push_back(a);
+  global_size_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void thread_pool::push_local(worker& w, local_actor* a) {
@@ -145,7 +148,10 @@ void thread_pool::park() {
 
 void thread_pool::run_actor(worker& w, local_actor* a) {
   if (a->resume(throughput_) == local_actor::resume_result::again) {
-    push_local(w, a);
+    if (sharing_)
+      push_global(a);
+    else
+      push_local(w, a);
     notify();
   } else {
     a->release();

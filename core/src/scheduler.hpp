@@ -29,7 +29,8 @@ public:
 
 class thread_pool final : public scheduler {
 public:
-  thread_pool(std::size_t workers, std::size_t throughput);
+  /// `sharing`: every ready actor goes through the one global queue (no local queues, no slot).
+  thread_pool(std::size_t workers, std::size_t throughput, bool sharing = false);
   ~thread_pool() override;
   void schedule(local_actor* a) override;
   void stop() override;
@@ -52,11 +53,13 @@ private:
   local_actor* steal(worker& thief);
   local_actor* search(worker& w);
   void push_local(worker& w, local_actor* a);
+  void push_global(local_actor* a);
   void notify();
   void park();
   bool any_queued() const noexcept;
 
   std::size_t throughput_;
+  bool sharing_;
   std::vector<std::unique_ptr<worker>> workers_;
   std::mutex global_mutex_;
   std::deque<local_actor*> global_;

@@ -64,6 +64,25 @@ TEST(ActorThreads, MessagesFromEachSenderArriveInSendOrderUnderManyConcurrentSen
   EXPECT_EQ(r.violations, 0u);
 }
 
+TEST(ActorThreads, TheWorkSharingPoolKeepsPerSenderOrderToo) {
+  constexpr std::uint32_t kThreads = 4, kPerThread = kUnderTsan ? 2'000 : 10'000;
+  actor_system sys{actor_system_config{.workers = 2, .scheduling = scheduling_policy::sharing}};
+  std::vector<actor_ref<order_checker>> checkers;
+  for (int i = 0; i < 3; ++i) checkers.push_back(sys.spawn<order_checker>(kThreads));
+  std::vector<std::thread> senders;
+  for (std::uint32_t t = 0; t < kThreads; ++t)
+    senders.emplace_back([&checkers, t] {
+      for (std::uint32_t i = 0; i < kPerThread; ++i)
+        for (auto& c : checkers) c.tell(seq_msg{t, i});
+    });
+  for (auto& s : senders) s.join();
+  for (auto& c : checkers) {
+    auto r = c.ask(report{}, 30s).get().value();
+    EXPECT_EQ(r.received, std::uint64_t{kThreads} * kPerThread);
+    EXPECT_EQ(r.violations, 0u);
+  }
+}
+
 struct blast {
   actor_ref<order_checker> target;
   std::uint32_t me;

@@ -52,12 +52,21 @@ enum class execution_mode : std::uint8_t {
   manual,   ///< No threads: the caller drives execution with `step()` / `run()`.
 };
 
+/// How the pool hands ready actors to workers.
+enum class scheduling_policy : std::uint8_t {
+  /// Per-worker queues plus a next slot, idle workers steal (see the file comment). Default.
+  stealing,
+  /// One shared FIFO run queue for all workers; kept to compare against (bench/actors).
+  sharing,
+};
+
 struct actor_system_config {
   /// Worker threads; 0 = std::thread::hardware_concurrency(). Ignored in manual mode.
   std::size_t workers = 0;
   /// Messages an actor may handle per turn before its worker moves on (>= 1).
   std::size_t throughput = 128;
   execution_mode mode = execution_mode::threads;
+  scheduling_policy scheduling = scheduling_policy::stealing;
   /// When set, all timers, request timeouts and restart windows use this clock and fire only
   /// when the test calls `advance` on it. Null: the steady clock and a timer thread.
   std::shared_ptr<manual_clock> clock{};
@@ -151,7 +160,8 @@ public:
   /// already has); otherwise on the terminating actor's thread. Must not block.
   void monitor(const any_ref& target, std::function<void(const down_msg&)> callback);
 
-  /// Stops every actor and joins every thread (see the file comment). Idempotent.
+  /// Stops every actor and joins every thread (see the file comment). Idempotent. Must not be
+  /// called from inside an actor of this system (it would wait for itself).
   void shutdown();
 
   // --- deterministic mode (execution_mode::manual); precondition errors otherwise ---
