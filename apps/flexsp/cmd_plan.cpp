@@ -39,6 +39,7 @@ struct common_args {
   double mem_limit_gb{0};
   double time_limit_ms{1000};
   bool any_degree{false};
+  bool milp{false};
   bool json{false};
 };
 
@@ -53,6 +54,7 @@ void add_common(CLI::App* cmd, common_args& a) {
   cmd->add_option("--time-limit-ms", a.time_limit_ms, "wall-clock planning budget per batch, ms")
       ->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_flag("--any-degree", a.any_degree, "allow SP degrees that are not powers of two");
+  cmd->add_flag("--milp", a.milp, "polish flexsp plans with the CBC MILP for the rest of the time limit");
   cmd->add_flag("--json", a.json, "print JSON instead of a table");
 }
 
@@ -90,6 +92,7 @@ void run_plan(const common_args& a, const std::string& lengths_path, const std::
   opts.strategy = strategy;
   opts.time_limit_ms = a.time_limit_ms;
   opts.any_degree = a.any_degree;
+  opts.use_milp = a.milp;
   auto pl = unwrap(sch::planner::create(load_profile(a), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
   std::fprintf(stderr, "flexsp plan: planning %zu sequences on %d devices (%s)...\n", lengths.size(), a.devices,
                strategy.c_str());
@@ -130,6 +133,7 @@ void run_replay(const common_args& a, const replay_args& r) {
   sch::planner_options opts;
   opts.time_limit_ms = a.time_limit_ms;
   opts.any_degree = a.any_degree;
+  opts.use_milp = a.milp;
   auto pl = unwrap(sch::planner::create(load_profile(a), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
   for (const auto& s : strategies) {
     auto check = opts;
@@ -222,7 +226,7 @@ void add_plan_commands(CLI::App& root) {
     cmd->add_option("--synthetic", *synthetic, "draw lengths from a built-in distribution instead (wikipedia)");
     cmd->add_option("--batch-size", *batch, "sequences drawn with --synthetic")->check(CLI::PositiveNumber)->capture_default_str();
     cmd->add_option("--seed", *seed, "seed of --synthetic")->capture_default_str();
-    cmd->add_option("--strategy", *strategy, "flexsp, static:D or batchada")->capture_default_str();
+    cmd->add_option("--strategy", *strategy, "flexsp, milp (the paper's pipeline), static:D or batchada")->capture_default_str();
     add_common(cmd, *a);
     cmd->callback([a, lengths, synthetic, batch, seed, strategy]() {
       run_plan(*a, *lengths, *synthetic, *batch, *seed, *strategy);

@@ -3,7 +3,8 @@
 // quality against long solves, speedups over the baselines and the bucketing token error.
 //
 //   flexsp_bench_planner [--dataset FILE] [--iterations 40] [--long-batches 5] [--long-limit-ms 60000]
-//                        [--time-limit-ms 1000] [--milp-min-gap G] [--devices 64] [--devices-per-node 8]
+//                        [--time-limit-ms 1000] [--milp-min-gap G (turns the CBC stage on)]
+//                        [--paper-limit-ms 10000] [--devices 64] [--devices-per-node 8]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -33,7 +34,7 @@ double percentile(std::vector<double> v, double q) {
 int main(int argc, char** argv) {
   std::string dataset = std::string{FLEXSP_SHARED_DATA_DIR} + "/wikipedia_lengths.txt.gz";
   int iterations = 40, long_batches = 5, devices = 64, per_node = 8;
-  double long_limit_ms = 60000, time_limit_ms = 1000, milp_min_gap = -1;
+  double long_limit_ms = 60000, time_limit_ms = 1000, milp_min_gap = -1, paper_limit_ms = 10000;
   int max_layouts = -1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
     else if (k == "--long-limit-ms") long_limit_ms = std::atof(v);
     else if (k == "--time-limit-ms") time_limit_ms = std::atof(v);
     else if (k == "--milp-min-gap") milp_min_gap = std::atof(v);
+    else if (k == "--paper-limit-ms") paper_limit_ms = std::atof(v);
     else if (k == "--max-layouts") max_layouts = std::atoi(v);
     else if (k == "--devices") devices = std::atoi(v);
     else if (k == "--devices-per-node") per_node = std::atoi(v);
@@ -62,7 +64,10 @@ int main(int argc, char** argv) {
   prof.mem_limit_gb = 30;
   sch::planner_options opts;
   opts.time_limit_ms = time_limit_ms;
-  if (milp_min_gap >= 0) opts.milp_min_gap = milp_min_gap;
+  if (milp_min_gap >= 0) {
+    opts.use_milp = true;
+    opts.milp_min_gap = milp_min_gap;
+  }
   if (max_layouts > 0) opts.max_layouts = max_layouts;
   auto pl = sch::planner::create(prof, sch::cluster{devices, per_node}, opts);
   if (!pl) {
@@ -123,6 +128,7 @@ int main(int argc, char** argv) {
   if (nlong > 0) {
     sch::planner_options lo = opts;
     lo.time_limit_ms = long_limit_ms;
+    lo.use_milp = true;
     lo.milp_min_gap = 0;
     lo.tolerance = 0;
     lo.max_layouts = 1 << 30;
@@ -141,6 +147,28 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The paper's pipeline (single-degree warm start, bucketed MILP on every micro-batch) on the
+  // same batches, with the paper's 10 s limit per batch.
+  double paper_sum = 0, paper_short = 0, paper_solve = 0;
+  if (nlong > 0 && paper_limit_ms > 0) {
+    sch::planner_options po = opts;
+    po.strategy = "milp";
+    po.time_limit_ms = paper_limit_ms;
+    auto pp = sch::planner::create(prof, sch::cluster{devices, per_node}, po);
+    for (int b = 0; b < nlong; ++b) {
+      auto p = pp->make_plan(batches[static_cast<std::size_t>(b)]);
+      if (!p) {
+        ++wrong;
+        continue;
+      }
+      paper_sum += p->predicted_ms;
+      paper_short += flexsp_ms[static_cast<std::size_t>(b)];
+      paper_solve += p->solve_ms;
+      std::fprintf(stderr, "paper milp batch %d: %.1f ms (solve %.0f ms, %s) vs %.1f ms\n", b, p->predicted_ms,
+                   p->solve_ms, p->status.c_str(), flexsp_ms[static_cast<std::size_t>(b)]);
+    }
+  }
+
   std::printf("planner bench: %zu batches of 512, gpt-7b, %d devices (%d per node), 384000 limit, 30 GB, time limit %.0f ms\n",
               batches.size(), devices, per_node, time_limit_ms);
   std::printf("solve time        p50 %.1f ms  p99 %.1f ms  max %.1f ms  (goal: p50 <= 100, p99 <= 1000)\n",
@@ -149,6 +177,9 @@ int main(int argc, char** argv) {
   if (nlong > 0)
     std::printf("quality vs long solve (%d batches, %.0f s limit): flexsp %.1f ms, long %.1f ms, ratio %.4f (goal <= 1.01); long solves took %.1f s\n",
                 nlong, long_limit_ms / 1000, short_sum, long_sum, long_sum > 0 ? short_sum / long_sum : 0.0, long_solve / 1000);
+  if (paper_sum > 0)
+    std::printf("paper pipeline (homogeneous warm start + bucketed CBC MILP, %.0f s limit, %d batches): %.1f ms vs flexsp %.1f ms (flexsp %.3fx faster steps); it took %.1f s\n",
+                paper_limit_ms / 1000, nlong, paper_sum, paper_short, paper_sum / paper_short, paper_solve / 1000);
   std::printf("predicted total   flexsp %.0f ms, lower bound %.0f ms (gap %.2f%%)\n", flex_total, sum(lb_ms),
               100 * (1 - sum(lb_ms) / flex_total));
   for (const auto& s : statics) {

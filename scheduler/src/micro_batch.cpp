@@ -333,6 +333,29 @@ struct layout_search::impl {
     return t;
   }
 
+  bool pack(std::vector<work_group>& groups, std::span<const std::int64_t> lengths, std::span<const int> order) const {
+    for (auto& g : groups) {
+      g.members.clear();
+      g.load = 0;
+      g.free = model.token_capacity(g.degree);
+    }
+    for (int i : order) {
+      const auto s = lengths[static_cast<std::size_t>(i)];
+      std::size_t best = groups.size();
+      for (std::size_t g = 0; g < groups.size(); ++g) {
+        if (groups[g].free < s) continue;
+        if (best == groups.size() || groups[g].free < groups[best].free ||
+            (groups[g].free == groups[best].free && groups[g].load < groups[best].load))
+          best = g;
+      }
+      if (best == groups.size()) return false;
+      groups[best].free -= s;
+      groups[best].load += model.seq_cost_ms(groups[best].degree, s);
+      groups[best].members.push_back(i);
+    }
+    return true;
+  }
+
   mb_solution greedy(std::span<const std::int64_t> lengths, std::span<const int> order, std::span<const int> layout_degrees,
                      bool local_search, const cost_table* costs = nullptr, bool makespan_only = false) const {
     std::vector<work_group> groups;
@@ -399,9 +422,14 @@ struct layout_search::impl {
           std::push_heap(c.heap.begin(), c.heap.end(), later);
         }
       if (!best) {
-        mb_solution none;
-        none.makespan_ms = inf;
-        return none;
+        // Balancing by time fragmented the memory; fall back to best-fit-decreasing packing by
+        // memory (what fits when anything fits), then let the local search rebalance.
+        if (!pack(groups, lengths, order)) {
+          mb_solution none;
+          none.makespan_ms = inf;
+          return none;
+        }
+        break;
       }
     }
     if (local_search) improve_groups(groups, model, lengths, 100);

@@ -25,20 +25,21 @@ double since_ms(clock_type::time_point t0) {
 }
 
 struct parsed_strategy {
-  enum kind_t { flexsp, uniform, batchada } kind;
+  enum kind_t { flexsp, uniform, batchada, paper_milp } kind;
   int degree{0};
 };
 
 expected<parsed_strategy> parse_strategy(std::string_view s, int n) {
   if (s == "flexsp") return parsed_strategy{parsed_strategy::flexsp};
   if (s == "batchada") return parsed_strategy{parsed_strategy::batchada};
+  if (s == "milp") return parsed_strategy{parsed_strategy::paper_milp};
   if (s.starts_with("static:")) {
     auto d = parse_int(s.substr(7));
     if (!d || *d < 1 || *d > n)
       return make_error(errc::invalid_argument, "strategy '{}': the degree must be an integer in 1..{}", s, n);
     return parsed_strategy{parsed_strategy::uniform, static_cast<int>(*d)};
   }
-  return make_error(errc::invalid_argument, "unknown strategy '{}' (flexsp, static:D, batchada)", s);
+  return make_error(errc::invalid_argument, "unknown strategy '{}' (flexsp, milp, static:D, batchada)", s);
 }
 
 }  // namespace
@@ -176,7 +177,29 @@ struct planner::impl {
     return *search;
   }
 
-  expected<plan> flexsp(std::span<const std::int64_t> lengths, clock_type::time_point t0) {
+  // The best single-degree layout for one micro-batch, as the paper's MILP warm start.
+  mb_solution homogeneous(std::span<const std::int64_t> part) {
+    mb_solution best;
+    best.makespan_ms = inf;
+    for (int d : allowed_degrees(clu.devices, false)) {
+      std::vector<int> layout(static_cast<std::size_t>(clu.devices / d), d);
+      auto sol = layouts().assign(part, layout, false);
+      if (sol.feasible && sol.makespan_ms < best.makespan_ms) best = std::move(sol);
+    }
+    return best;
+  }
+
+  // `paper`: the paper's pipeline (homogeneous warm start, then the bucketed MILP on every
+  // micro-batch) instead of the layout search.
+  // A micro-batch split: the batch indices of each micro-batch, their lengths and solutions.
+  struct candidate_split {
+    std::vector<std::vector<int>> members;
+    std::vector<std::vector<std::int64_t>> lengths;
+    std::vector<mb_solution> parts;
+    double total{inf};
+  };
+
+  expected<plan> flexsp(std::span<const std::int64_t> lengths, clock_type::time_point t0, bool paper = false) {
     const auto& ls = layouts();
     const std::size_t n = lengths.size();
     std::vector<int> order(n);
@@ -191,69 +214,118 @@ struct planner::impl {
     const int m0 = static_cast<int>(std::max<std::int64_t>(1, (total + cap_all - 1) / cap_all));
 
     const double search_budget = opts.time_limit_ms * (opts.use_milp ? 0.4 : 0.9);
-    struct candidate_split {
-      std::vector<std::size_t> starts;
-      std::vector<mb_solution> parts;
-      double total{inf};
-    } best;
+    int solves_planned = m0 * (opts.extra_micro_batches + 1);
+    int solves_done = 0;
+    auto solve_part = [&](std::span<const std::int64_t> part) {
+      mb_options mo;
+      mo.time_limit_ms = std::max(0.5, (search_budget - since_ms(t0)) / std::max(1, solves_planned - solves_done));
+      mo.tolerance = opts.tolerance;
+      mo.max_layouts = opts.max_layouts;
+      ++solves_done;
+      return paper ? homogeneous(part) : ls.solve(part, mo);
+    };
+    // Solves every micro-batch of a split; false when one of them fits no layout.
+    auto solve_split = [&](candidate_split& cand) {
+      cand.total = 0;
+      for (auto& part : cand.lengths) {
+        const auto ts = clock_type::now();
+        auto sol = solve_part(part);
+        log::get("scheduler")->debug("micro-batch of {} sequences: {} layouts, {:.2f} ms, makespan {:.1f} bound {:.1f}",
+                                     part.size(), sol.layouts_evaluated, since_ms(ts), sol.makespan_ms, sol.bound_ms);
+        if (!sol.feasible) return false;
+        cand.total += sol.makespan_ms;
+        cand.parts.push_back(std::move(sol));
+      }
+      return true;
+    };
+
+    candidate_split best;
     int first_feasible = -1;
     // Every extra micro-batch adds at least beta1 to the independent bound.
     const double lb0 = step_lower_bound_ms(model, lengths, degrees);
     for (int m = m0; m <= static_cast<int>(n); ++m) {
       if (first_feasible >= 0 && m > first_feasible + opts.extra_micro_batches) break;
       if (best.total < inf && lb0 + (m - m0) * prof.beta1 >= best.total) break;
+      if (first_feasible < 0 && m > m0) solves_planned += m;
       candidate_split cand;
-      cand.starts = split_contiguous(sorted, m);
-      cand.total = 0;
-      bool ok = true;
-      for (int k = 0; k < m && ok; ++k) {
-        const auto b = cand.starts[static_cast<std::size_t>(k)];
-        const auto e = k + 1 < m ? cand.starts[static_cast<std::size_t>(k) + 1] : n;
-        std::span<const std::int64_t> part{sorted.data() + b, e - b};
-        mb_options mo;
-        const int solves_left = std::max(1, (first_feasible >= 0 ? first_feasible + opts.extra_micro_batches : m0 + opts.extra_micro_batches) - m + 1) * m - k;
-        mo.time_limit_ms = std::max(0.5, (search_budget - since_ms(t0)) / solves_left);
-        mo.tolerance = opts.tolerance;
-        mo.max_layouts = opts.max_layouts;
-        const auto ts = clock_type::now();
-        auto sol = ls.solve(part, mo);
-        log::get("scheduler")->debug("m={} part {}: {} seqs, {} layouts, {:.2f} ms, makespan {:.1f} bound {:.1f}", m, k,
-                                     part.size(), sol.layouts_evaluated, since_ms(ts), sol.makespan_ms, sol.bound_ms);
-        if (!sol.feasible) {
-          ok = false;
-          break;
-        }
-        cand.total += sol.makespan_ms;
-        cand.parts.push_back(std::move(sol));
+      const auto starts = split_contiguous(sorted, m);
+      for (int k = 0; k < m; ++k) {
+        const auto b = starts[static_cast<std::size_t>(k)];
+        const auto e = k + 1 < m ? starts[static_cast<std::size_t>(k) + 1] : n;
+        cand.members.emplace_back(order.begin() + static_cast<std::ptrdiff_t>(b), order.begin() + static_cast<std::ptrdiff_t>(e));
+        cand.lengths.emplace_back(sorted.begin() + static_cast<std::ptrdiff_t>(b), sorted.begin() + static_cast<std::ptrdiff_t>(e));
       }
-      if (!ok) continue;
+      if (!solve_split(cand)) continue;
       if (first_feasible < 0) first_feasible = m;
       if (cand.total < best.total) best = std::move(cand);
+    }
+    // A contiguous split of sorted lengths can lose to memory packing that mixes long and short
+    // sequences (few devices, many micro-batches). When the best single degree beats it, its
+    // packing becomes a split too, and each of its micro-batches gets the layout search.
+    if (!paper) {
+      std::optional<plan> packed;
+      for (int d : degrees) {
+        auto u = uniform(lengths, d);
+        if (u && (!packed || u->predicted_ms < packed->predicted_ms)) packed = std::move(*u);
+      }
+      if (packed && packed->predicted_ms < best.total) {
+        candidate_split cand;
+        for (const auto& mb : packed->micro_batches) {
+          std::vector<int> idx;
+          for (const auto& g : mb.groups) idx.insert(idx.end(), g.sequences.begin(), g.sequences.end());
+          std::vector<std::int64_t> lens;
+          for (int i : idx) lens.push_back(lengths[static_cast<std::size_t>(i)]);
+          cand.members.push_back(std::move(idx));
+          cand.lengths.push_back(std::move(lens));
+        }
+        solves_planned += static_cast<int>(cand.members.size());
+        if (solve_split(cand)) {
+          // keep the packing's own groups where the search did not beat them
+          cand.total = 0;
+          for (std::size_t k = 0; k < cand.parts.size(); ++k) {
+            const auto& mb = packed->micro_batches[k];
+            if (mb.predicted_ms < cand.parts[k].makespan_ms) {
+              mb_solution own;
+              std::size_t next = 0;
+              for (const auto& g : mb.groups) {
+                mb_group og;
+                og.degree = g.degree;
+                for (std::size_t j = 0; j < g.sequences.size(); ++j) og.members.push_back(static_cast<int>(next++));
+                own.groups.push_back(std::move(og));
+              }
+              own.feasible = true;
+              recompute(own, model, cand.lengths[k]);
+              own.bound_ms = std::min(cand.parts[k].bound_ms, own.makespan_ms);
+              cand.parts[k] = std::move(own);
+            }
+            cand.total += cand.parts[k].makespan_ms;
+          }
+          if (cand.total < best.total) best = std::move(cand);
+        }
+      }
     }
     if (best.total == inf)
       return make_error(errc::invalid_argument, "no plan fits the {} sequences into the memory of {} devices", n,
                         clu.devices);
 
-    plan p = base_plan("flexsp");
-    const int m = static_cast<int>(best.starts.size());
+    plan p = base_plan(paper ? "milp" : "flexsp");
+    const int m = static_cast<int>(best.parts.size());
     std::string status = "optimal";
+    std::int64_t bucket_error = 0;
     for (int k = 0; k < m; ++k) {
       auto& sol = best.parts[static_cast<std::size_t>(k)];
-      const auto b = best.starts[static_cast<std::size_t>(k)];
-      const auto e = k + 1 < m ? best.starts[static_cast<std::size_t>(k) + 1] : n;
-      std::span<const std::int64_t> part{sorted.data() + b, e - b};
+      const auto& idx = best.members[static_cast<std::size_t>(k)];
+      std::span<const std::int64_t> part{best.lengths[static_cast<std::size_t>(k)]};
       const double gap = sol.makespan_ms > 0 ? 1 - sol.bound_ms / sol.makespan_ms : 0;
       const double left = opts.time_limit_ms - since_ms(t0);
-      if (opts.use_milp && !sol.proven && gap > opts.milp_min_gap && left > 5) {
+      const bool run_milp = paper || (opts.use_milp && !sol.proven && gap > opts.milp_min_gap);
+      if (run_milp && left > 5) {
         milp_options mo;
-        mo.degrees.clear();
-        for (int d : degrees)
-          if ((d & (d - 1)) == 0 || opts.any_degree) mo.degrees.push_back(d);
-        if (opts.any_degree) mo.degrees = allowed_degrees(clu.devices, false);
+        mo.degrees = allowed_degrees(clu.devices, false);
         mo.buckets = opts.buckets;
         mo.time_limit_ms = 0.9 * left / (m - k);  // CBC overshoots its limit a little
         mo.warm_start = &sol;
-        mo.lower_bound_ms = sol.bound_ms;
+        mo.lower_bound_ms = paper ? 0.0 : sol.bound_ms;
         auto r = solve_milp(model, part, mo);
         ++p.milp_solves;
         if (!r) {
@@ -269,13 +341,17 @@ struct planner::impl {
             sol.bound_ms = bound;
             sol.proven = sol.makespan_ms <= bound * (1 + opts.tolerance);
           }
+          if (paper) {
+            // the MILP's own bound is on bucketed lengths, which only overstate
+            sol.bound_ms = std::min(r->bound_ms, sol.makespan_ms);
+            sol.proven = r->status == "optimal";
+          }
           if (r->status != "optimal" && !sol.proven) status = "time_limit";
         }
       }
       if (!sol.proven && status == "optimal") status = "feasible";
       p.solver_bound_ms += sol.bound_ms;
-      auto bk = bucket_lengths(part, opts.buckets);
-      p.bucket_token_error += static_cast<double>(bk.error_tokens);
+      bucket_error += bucket_lengths(part, opts.buckets).error_tokens;
 
       micro_batch mb;
       auto devs = place_groups(degrees_of(sol), clu);
@@ -284,13 +360,13 @@ struct planner::impl {
         sp_group grp;
         grp.degree = sol.groups[g].degree;
         grp.devices = std::move(devs[g]);
-        for (int i : sol.groups[g].members) grp.sequences.push_back(order[b + static_cast<std::size_t>(i)]);
+        for (int i : sol.groups[g].members) grp.sequences.push_back(idx[static_cast<std::size_t>(i)]);
         std::sort(grp.sequences.begin(), grp.sequences.end());
         mb.groups.push_back(std::move(grp));
       }
       p.micro_batches.push_back(std::move(mb));
     }
-    p.bucket_token_error /= static_cast<double>(total);
+    p.bucket_token_error = static_cast<double>(bucket_error) / static_cast<double>(total);
     p.status = status;
     evaluate_plan(p, model, lengths);
     return p;
@@ -308,8 +384,9 @@ struct planner::impl {
     FLEXSP_TRY(check_lengths(lengths));
     std::optional<plan> result;
     switch (parsed.kind) {
-      case parsed_strategy::flexsp: {
-        FLEXSP_TRY_ASSIGN(auto p, flexsp(lengths, t0));
+      case parsed_strategy::flexsp:
+      case parsed_strategy::paper_milp: {
+        FLEXSP_TRY_ASSIGN(auto p, flexsp(lengths, t0, parsed.kind == parsed_strategy::paper_milp));
         result = std::move(p);
         break;
       }
@@ -331,11 +408,11 @@ struct planner::impl {
     plan& p = *result;
     p.lower_bound_ms = step_lower_bound_ms(model, lengths, degrees);
     if (p.solver_bound_ms <= 0) p.solver_bound_ms = p.lower_bound_ms;
-    if (p.bucket_token_error == 0 && parsed.kind != parsed_strategy::flexsp)
+    if (p.bucket_token_error == 0 && (parsed.kind == parsed_strategy::uniform || parsed.kind == parsed_strategy::batchada))
       p.bucket_token_error = bucket_lengths(lengths, opts.buckets).token_error();
     if (opts.validate) {
       validate_options vo;
-      vo.require_node_alignment = parsed.kind == parsed_strategy::flexsp;
+      vo.require_node_alignment = parsed.kind == parsed_strategy::flexsp || parsed.kind == parsed_strategy::paper_milp;
       if (auto v = validate_plan(p, model, lengths, vo); !v)
         return make_error(errc::failed, "the planner produced an invalid {} plan: {}", p.strategy, v.error().message());
     }

@@ -5,8 +5,11 @@
 /// Strategies:
 /// - `flexsp`: Sequence Blaster (sort; micro-batch counts from the memory minimum up; contiguous
 ///   split minimising the largest micro-batch), then per micro-batch the layout search of
-///   micro_batch.hpp, then — when its proven gap is above `milp_min_gap` and time is left — the
-///   CBC MILP of milp.hpp warm-started from it; the better of the two is kept.
+///   micro_batch.hpp; with `use_milp`, micro-batches whose gap to the layout bound is above
+///   `milp_min_gap` then get the CBC MILP of milp.hpp, warm-started from the layout search, for the
+///   rest of the time limit; the better of the two is kept.
+/// - `milp`: the paper's pipeline for comparison: the same Blaster split, a warm start from the
+///   best single-degree layout, then the bucketed CBC MILP on every micro-batch.
 /// - `static:D`: every sequence at degree D, packed best-fit decreasing by memory into
 ///   micro-batches of N/D groups (DeepSpeed-Ulysses with packing).
 /// - `batchada`: the best single static degree for this batch.
@@ -26,12 +29,14 @@ namespace flexsp::scheduler {
 
 /// Options of the planner.
 struct planner_options {
-  std::string strategy{"flexsp"};   ///< "flexsp", "static:D" or "batchada"
+  std::string strategy{"flexsp"};   ///< "flexsp", "milp", "static:D" or "batchada"
   double time_limit_ms{1000};       ///< wall-clock budget for one batch
   bool any_degree{false};           ///< allow SP degrees that are not powers of two
   int extra_micro_batches{2};       ///< Blaster tries the minimum count and this many more
   int buckets{16};                  ///< MILP bucket count
-  bool use_milp{true};              ///< run CBC on micro-batches whose gap is above milp_min_gap
+  /// Run CBC after the layout search. Off by default: on the Wikipedia protocol a 60 s CBC polish
+  /// changed the step time by under 0.1% (docs/PERFORMANCE.md) at 100x the planning time.
+  bool use_milp{false};
   double milp_min_gap{0.05};        ///< layout-search gap (to its own bound) above which CBC runs
   double tolerance{1e-3};           ///< relative optimality tolerance of the layout search
   int max_layouts{1 << 30};         ///< layouts assigned per micro-batch, best bounds first

@@ -1,0 +1,104 @@
+// `flexsp plan` and `flexsp plan-replay` as a user runs them: real processes, exit codes, output.
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+namespace {
+
+struct run_result {
+  int exit_code;
+  std::string output;
+};
+
+run_result shell(const std::string& command) {
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  EXPECT_NE(pipe, nullptr);
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (auto n = std::fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+  const int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+run_result flexsp(const std::string& args) { return shell(std::string{FLEXSP_CLI_PATH} + " " + args); }
+
+bool contains(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
+
+TEST(PlanCli, HelpNamesTheInputsAndTheSyntheticDemo) {
+  auto r = flexsp("plan --help");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  for (const char* flag : {"--lengths", "--synthetic", "--devices", "--profile", "--strategy", "--json"})
+    EXPECT_TRUE(contains(r.output, flag)) << flag << "\n" << r.output;
+}
+
+TEST(PlanCli, SyntheticBatchGivesJsonWithGroupsAndBounds) {
+  auto r = flexsp("plan --synthetic wikipedia --batch-size 128 --seed 4 --devices 16 --devices-per-node 8 "
+                  "--profile gpt-7b --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* key : {"\"strategy\": \"flexsp\"", "\"predicted_ms\"", "\"lower_bound_ms\"", "\"solve_ms\"",
+                          "\"status\"", "\"micro_batches\"", "\"devices\"", "\"sequences\"", "\"memory_mb\""})
+    EXPECT_TRUE(contains(r.output, key)) << key << "\n" << r.output;
+}
+
+TEST(PlanCli, ReadsLengthsFromStdinAndPrintsATable) {
+  auto r = shell("printf '1000\\n2000\\n16000\\n300\\n' | " + std::string{FLEXSP_CLI_PATH} +
+                 " plan --lengths - --devices 8 --devices-per-node 8 --strategy batchada");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "predicted step")) << r.output;
+  EXPECT_TRUE(contains(r.output, "batchada")) << r.output;
+}
+
+TEST(PlanCli, UnreadableFileAndBadFlagsFailWithAMessage) {
+  auto missing = flexsp("plan --lengths /nonexistent/lengths.txt");
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_TRUE(contains(missing.output, "/nonexistent/lengths.txt")) << missing.output;
+
+  auto bad = flexsp("plan --synthetic wikipedia --devices lots");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_TRUE(contains(bad.output, "--devices")) << bad.output;
+
+  auto strategy = flexsp("plan --synthetic wikipedia --batch-size 8 --strategy fastest");
+  EXPECT_NE(strategy.exit_code, 0);
+  EXPECT_TRUE(contains(strategy.output, "fastest")) << strategy.output;
+
+  auto both = flexsp("plan --synthetic wikipedia --lengths -");
+  EXPECT_NE(both.exit_code, 0);
+  EXPECT_TRUE(contains(both.output, "exactly one")) << both.output;
+}
+
+TEST(PlanCli, SequenceThatFitsNowhereIsReportedByIndex) {
+  auto r = shell("printf '100\\n900000\\n' | " + std::string{FLEXSP_CLI_PATH} + " plan --lengths - --devices 64");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.output, "sequence 1")) << r.output;
+  EXPECT_TRUE(contains(r.output, "cannot fit")) << r.output;
+}
+
+TEST(PlanReplayCli, ReplaysAGzippedDatasetWithThePaperProtocol) {
+  const std::string dir = FLEXSP_BINARY_DIR;
+  const std::string gz = dir + "/plan_replay_test_lengths.txt.gz";
+  auto made = shell("awk 'BEGIN { srand(3); for (i = 0; i < 600; i++) print int(50 + 8000 * rand() ^ 4) }' | gzip -c > " + gz);
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  auto r = flexsp("plan-replay --dataset " + gz + " --batch-size 128 --iterations 3 --devices 16 --devices-per-node 8 "
+                  "--context-limit 60000 --strategies flexsp,static:16,batchada --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* key : {"\"summary\"", "\"per_batch\"", "\"solve_ms_p99\"", "\"speedup_of_flexsp\"", "\"static:16\"",
+                          "\"gap_to_lower_bound\""})
+    EXPECT_TRUE(contains(r.output, key)) << key << "\n" << r.output;
+  EXPECT_TRUE(contains(r.output, "batch 3/3")) << "progress goes to stderr\n" << r.output;
+
+  auto table = flexsp("plan-replay --dataset " + gz + " --batch-size 128 --iterations 2 --devices 16 --strategies flexsp,static:16");
+  ASSERT_EQ(table.exit_code, 0) << table.output;
+  EXPECT_TRUE(contains(table.output, "solve_p50")) << table.output;
+}
+
+TEST(PlanReplayCli, MissingDatasetFailsWithItsName) {
+  auto r = flexsp("plan-replay --dataset /nonexistent/data.txt.gz --iterations 1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.output, "/nonexistent/data.txt.gz")) << r.output;
+}
+
+}  // namespace
