@@ -356,17 +356,18 @@ struct layout_search::impl {
     return true;
   }
 
-  mb_solution greedy(std::span<const std::int64_t> lengths, std::span<const int> order, std::span<const int> layout_degrees,
-                     bool local_search, const cost_table* costs = nullptr, bool makespan_only = false) const {
+  std::vector<work_group> make_groups(std::span<const int> layout_degrees) const {
     std::vector<work_group> groups;
-    std::vector<const std::vector<double>*> table;
     groups.reserve(layout_degrees.size());
-    for (int d : layout_degrees) {
-      groups.push_back(work_group{d, 0.0, model.token_capacity(d), {}});
-      table.push_back(costs ? costs->at(d) : nullptr);
-    }
-    // Groups of one degree differ only in load and room, so each degree keeps a min-heap by load;
-    // the candidate of a degree is its least-loaded group with room for the sequence.
+    for (int d : layout_degrees) groups.push_back(work_group{d, 0.0, model.token_capacity(d), {}});
+    return groups;
+  }
+
+  // Longest first, each sequence to the group where it would finish first. Groups of one degree
+  // differ only in load and room, so each degree keeps a min-heap by load; its candidate is its
+  // least-loaded group with room. False when a sequence finds no room.
+  bool assign_by_time(std::span<const std::int64_t> lengths, std::span<const int> order, std::vector<work_group>& groups,
+                      const cost_table* costs, bool record) const {
     struct degree_class {
       int degree;
       const std::vector<double>* costs;
@@ -376,7 +377,7 @@ struct layout_search::impl {
     std::vector<degree_class> classes;
     for (std::size_t g = groups.size(); g-- > 0;) {  // ascending degree: ties go to the smaller one
       if (classes.empty() || classes.back().degree != groups[g].degree)
-        classes.push_back(degree_class{groups[g].degree, table[g], {}, {}});
+        classes.push_back(degree_class{groups[g].degree, costs ? costs->at(groups[g].degree) : nullptr, {}, {}});
       classes.back().heap.push_back(static_cast<int>(g));
     }
     auto later = [&groups](int a, int b) {
@@ -413,7 +414,7 @@ struct layout_search::impl {
         auto& grp = groups[static_cast<std::size_t>(g)];
         grp.load = best_key;
         grp.free -= s;
-        grp.members.push_back(i);
+        if (record) grp.members.push_back(i);
         std::push_heap(best->heap.begin(), best->heap.end(), later);
       }
       for (auto& c : classes)
@@ -421,27 +422,82 @@ struct layout_search::impl {
           c.heap.push_back(g);
           std::push_heap(c.heap.begin(), c.heap.end(), later);
         }
-      if (!best) {
-        // Balancing by time fragmented the memory; fall back to best-fit-decreasing packing by
-        // memory (what fits when anything fits), then let the local search rebalance.
-        if (!pack(groups, lengths, order)) {
-          mb_solution none;
-          none.makespan_ms = inf;
-          return none;
-        }
-        break;
-      }
+      if (!best) return false;
+    }
+    return true;
+  }
+
+  mb_solution greedy(std::span<const std::int64_t> lengths, std::span<const int> order, std::span<const int> layout_degrees,
+                     bool local_search, const cost_table* costs = nullptr) const {
+    auto groups = make_groups(layout_degrees);
+    // Balancing by time can fragment memory; then fall back to best-fit-decreasing packing by
+    // memory (what fits when anything fits) and let the local search rebalance.
+    if (!assign_by_time(lengths, order, groups, costs, true) && !pack(groups, lengths, order)) {
+      mb_solution none;
+      none.makespan_ms = inf;
+      return none;
     }
     if (local_search) improve_groups(groups, model, lengths, 100);
-    if (makespan_only) {
-      mb_solution sol;
-      sol.feasible = true;
-      double worst = 0;
-      for (const auto& g : groups) worst = std::max(worst, g.load);
-      sol.makespan_ms = model.prof().beta1 + worst;
-      return sol;
-    }
     return to_solution(groups, model, lengths);
+  }
+
+  // Short sequences at the end of the order, pooled: the estimate spreads them like a fluid.
+  struct tail_pool {
+    std::size_t head{0};             // sequences assigned one by one
+    std::int64_t tokens{0};
+    double compute{0};               // sum of alpha1 s^2 + alpha2 s
+    double volume{0};                // sum of V(s)
+  };
+
+  tail_pool make_tail(std::span<const std::int64_t> lengths, std::span<const int> order) const {
+    // sequences below 1/8 of a device's room are pooled; they are many and each moves little
+    const auto limit = static_cast<std::int64_t>(model.tokens_per_device() / 8);
+    tail_pool t;
+    t.head = order.size();
+    while (t.head > 0 && lengths[static_cast<std::size_t>(order[t.head - 1])] <= limit) {
+      const auto s = lengths[static_cast<std::size_t>(order[--t.head])];
+      t.tokens += s;
+      t.compute += model.compute_ms(1, s);
+      t.volume += model.comm_volume_mb(s);
+    }
+    return t;
+  }
+
+  // Makespan estimate of one layout: exact greedy on the head, water-filling for the pooled tail.
+  double estimate(std::span<const std::int64_t> lengths, std::span<const int> order, std::span<const int> layout_degrees,
+                  const cost_table& costs, const tail_pool& tail) const {
+    auto groups = make_groups(layout_degrees);
+    const auto head = order.subspan(0, tail.head);
+    if (!assign_by_time(lengths, head, groups, &costs, false) && !pack(groups, lengths, head)) return inf;
+    double worst = 0;
+    for (const auto& g : groups) worst = std::max(worst, g.load);
+    if (tail.tokens > 0) {
+      std::int64_t room = 0;
+      for (const auto& g : groups) room += g.free;
+      if (room < tail.tokens) return inf;
+      std::vector<double> rate(groups.size());  // ms per tail token in each group
+      for (std::size_t g = 0; g < groups.size(); ++g) {
+        const int d = groups[g].degree;
+        rate[g] = (tail.compute / d + (d > 1 ? tail.volume / (d * model.bandwidth_gbps(d)) : 0.0)) /
+                  static_cast<double>(tail.tokens);
+      }
+      double lo = 0, hi = worst;
+      for (std::size_t g = 0; g < groups.size(); ++g)
+        hi = std::max(hi, groups[g].load + rate[g] * static_cast<double>(tail.tokens));
+      auto taken = [&](double level) {
+        double sum = 0;
+        for (std::size_t g = 0; g < groups.size(); ++g)
+          if (level > groups[g].load)
+            sum += std::min(static_cast<double>(groups[g].free), (level - groups[g].load) / rate[g]);
+        return sum;
+      };
+      for (int it = 0; it < 40; ++it) {
+        const double mid = 0.5 * (lo + hi);
+        (taken(mid) >= static_cast<double>(tail.tokens) ? hi : lo) = mid;
+      }
+      worst = std::max(worst, hi);
+    }
+    return model.prof().beta1 + worst;
   }
 
   // Smallest makespan any layout (any degrees) could reach: beta1 plus the best device time over
@@ -590,25 +646,31 @@ mb_solution layout_search::solve(std::span<const std::int64_t> lengths, const mb
     std::sort(ranked.begin(), ranked.end());
   }
   const auto costs = I.make_costs(lengths);
-  // Phase 1: plain greedy over layouts in bound order; phase 2: local search on the best few.
+  const auto tail = I.make_tail(lengths, order);
+  // Phase 1 ranks layouts by a cheap estimate (exact greedy on long sequences, short ones as a
+  // fluid); phase 2 assigns the best few exactly and runs the local search on them.
   std::vector<std::pair<double, std::size_t>> top;
   // local search costs about (sequences)^2 per round, so small micro-batches can afford more of it
   const std::size_t keep = static_cast<std::size_t>(std::max(
-      1, lengths.size() <= 128 ? opts.improve_top * 8 : opts.improve_top));
-  double best_greedy = inf;
+      1, lengths.size() <= 128 ? opts.improve_top * 8 : opts.improve_top * 2));
+  double best_estimate = inf;
   int evaluated = 0;
   for (const auto& [lb, idx] : ranked) {
-    if (best_greedy < inf && lb * (1 + opts.tolerance) >= best_greedy) break;
+    if (best_estimate < inf && lb * (1 + opts.tolerance) >= best_estimate) break;
     if (evaluated >= opts.max_layouts) break;
-    if (best_greedy < inf && elapsed_ms(start) >= opts.time_limit_ms) break;
-    auto sol = I.greedy(lengths, order, I.layouts[idx].group_degrees, false, &costs, true);
+    if (best_estimate < inf && elapsed_ms(start) >= opts.time_limit_ms) break;
+    const double est = I.estimate(lengths, order, I.layouts[idx].group_degrees, costs, tail);
     ++evaluated;
-    if (!sol.feasible) continue;
-    best_greedy = std::min(best_greedy, sol.makespan_ms);
-    top.emplace_back(sol.makespan_ms, idx);
-    std::sort(top.begin(), top.end());
-    if (top.size() > keep) top.pop_back();
+    if (est == inf) continue;
+    best_estimate = std::min(best_estimate, est);
+    top.emplace_back(est, idx);
+    std::push_heap(top.begin(), top.end());
+    if (top.size() > keep) {
+      std::pop_heap(top.begin(), top.end());
+      top.pop_back();
+    }
   }
+  std::sort(top.begin(), top.end());
   const std::vector<int>* best_layout = nullptr;
   for (const auto& [value, idx] : top) {
     auto sol = I.greedy(lengths, order, I.layouts[idx].group_degrees, true, &costs);
