@@ -1,18 +1,18 @@
 // Host side of the CUDA backend: runtime queries and checked wrappers around the launchers.
-#include <nccl.h>
-
 #include "cuda_entry.hpp"
 #include "device_buffer.hpp"
 #include "launch.hpp"
+#include "libraries.hpp"
 
 namespace flexsp::kernels::cuda {
 
 cuda_status query() {
   cuda_status s;
   s.compiled = true;
-  ::cudaRuntimeGetVersion(&s.runtime_version);
-  ::cudaDriverGetVersion(&s.driver_version);
-  ::ncclGetVersion(&s.nccl_version);
+  // Versions are informational: a failure leaves them at 0, which is what they report.
+  if (::cudaRuntimeGetVersion(&s.runtime_version) != cudaSuccess) s.runtime_version = 0;
+  if (::cudaDriverGetVersion(&s.driver_version) != cudaSuccess) s.driver_version = 0;
+  if (auto nccl = load_nccl()) s.nccl_version = (*nccl)->version;
   int count = 0;
   const cudaError_t rc = ::cudaGetDeviceCount(&count);
   if (rc != cudaSuccess) {
@@ -22,7 +22,10 @@ cuda_status query() {
   }
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp prop{};
-    if (::cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
+    if (const auto prc = ::cudaGetDeviceProperties(&prop, i); prc != cudaSuccess) {
+      s.reason += fmt::format("GPU {}: {}; ", i, ::cudaGetErrorString(prc));
+      continue;
+    }
     s.devices.push_back({i, prop.name, prop.major, prop.minor, prop.totalGlobalMem});
   }
   if (s.devices.empty()) s.reason = "the CUDA runtime reports no devices";

@@ -1,0 +1,370 @@
+// Every GPU kernel, forward and backward, against its CPU reference on random inputs with odd
+// sizes. Label `gpu`; each test skips (with the reason) when the build or machine has no GPU.
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "flexsp/kernels/attention.hpp"
+#include "flexsp/kernels/device_backend.hpp"
+#include "flexsp/kernels/gpu.hpp"
+#include "flexsp/kernels/ops.hpp"
+
+namespace flexsp::kernels {
+namespace {
+
+std::vector<float> random_vector(std::size_t n, std::uint64_t seed, float stddev = 1.0f) {
+  std::mt19937_64 rng{seed};
+  std::normal_distribution<float> dist{0.0f, stddev};
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<std::int32_t> random_ids(std::size_t n, std::int32_t bound, std::uint64_t seed) {
+  std::mt19937_64 rng{seed};
+  std::uniform_int_distribution<std::int32_t> dist{0, bound - 1};
+  std::vector<std::int32_t> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// |got - want| <= atol + rtol * |want| for every element; reports the first mismatch.
+::testing::AssertionResult all_close(const std::vector<float>& got, const std::vector<float>& want, float atol,
+                                     float rtol = 1e-4f) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << "sizes " << got.size() << " vs " << want.size();
+  for (std::size_t i = 0; i < got.size(); ++i)
+    if (!(std::abs(got[i] - want[i]) <= atol + rtol * std::abs(want[i])))
+      return ::testing::AssertionFailure() << "element " << i << ": gpu " << got[i] << " cpu " << want[i];
+  return ::testing::AssertionSuccess();
+}
+
+class GpuKernels : public ::testing::Test {
+protected:
+  void SetUp() override {
+    auto dev = gpu::open_device(0);
+    if (!dev) GTEST_SKIP() << "no GPU to test on: " << dev.error().to_string();
+    dev_ = std::move(*dev);
+  }
+
+  // Device copy of a host vector; kept alive until the test ends.
+  template <class T>
+  T* upload(const std::vector<T>& host) {
+    auto b = dev_->allocate(std::max<std::size_t>(1, host.size() * sizeof(T)));
+    EXPECT_TRUE(b) << b.error().to_string();
+    auto r = dev_->copy_to_device(b->get(), host.data(), host.size() * sizeof(T));
+    EXPECT_TRUE(r) << r.error().to_string();
+    keep_.push_back(std::move(*b));
+    return keep_.back().as<T>();
+  }
+  template <class T>
+  std::vector<T> download(const T* ptr, std::size_t n) {
+    std::vector<T> host(n);
+    auto r = dev_->copy_to_host(host.data(), ptr, n * sizeof(T));
+    EXPECT_TRUE(r) << r.error().to_string();
+    return host;
+  }
+
+  std::unique_ptr<gpu::device> dev_;
+  std::vector<gpu::buffer> keep_;
+};
+
+#define ASSERT_OK(expr)                                   \
+  do {                                                    \
+    auto&& ok_ = (expr);                                  \
+    ASSERT_TRUE(ok_) << #expr ": " << ok_.error().to_string(); \
+  } while (0)
+
+TEST_F(GpuKernels, EmbeddingForwardAndBackwardMatchTheCpu) {
+  const std::int64_t n = 77, d = 45, vocab = 31, max_pos = 50;
+  const auto tokens = random_ids(n, vocab, 1), positions = random_ids(n, max_pos, 2);
+  const auto wte = random_vector(vocab * d, 3), wpe = random_vector(max_pos * d, 4), dout = random_vector(n * d, 5);
+  std::vector<float> out(n * d), dwte(vocab * d, 0.5f), dwpe(max_pos * d, -0.25f);
+  ASSERT_OK(embedding_forward(tokens, positions, wte, wpe, out, d));
+  auto* g_out = upload(std::vector<float>(n * d));
+  auto* g_tok = upload(tokens);
+  auto* g_pos = upload(positions);
+  ASSERT_OK(dev_->embedding_forward(g_tok, g_pos, upload(wte), upload(wpe), g_out, n, d, vocab, max_pos));
+  EXPECT_TRUE(all_close(download(g_out, out.size()), out, 0.0f, 0.0f));
+  auto* g_dwte = upload(dwte);
+  auto* g_dwpe = upload(dwpe);
+  embedding_backward(tokens, positions, dout, dwte, dwpe, d);
+  ASSERT_OK(dev_->embedding_backward(g_tok, g_pos, upload(dout), g_dwte, g_dwpe, n, d));
+  EXPECT_TRUE(all_close(download(g_dwte, dwte.size()), dwte, 1e-5f));
+  EXPECT_TRUE(all_close(download(g_dwpe, dwpe.size()), dwpe, 1e-5f));
+}
+
+TEST_F(GpuKernels, EmbeddingRejectsAnOutOfRangeTokenNamingItsIndex) {
+  std::vector<std::int32_t> tokens{1, 2, 40, 3}, positions{0, 1, 2, 3};
+  auto* out = upload(std::vector<float>(4 * 8));
+  auto r = dev_->embedding_forward(upload(tokens), upload(positions), upload(random_vector(10 * 8, 1)),
+                                   upload(random_vector(16 * 8, 2)), out, 4, 8, 10, 16);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind(), errc::invalid_argument);
+  EXPECT_NE(r.error().message().find("index 2"), std::string::npos) << r.error().message();
+}
+
+TEST_F(GpuKernels, LayerNormForwardAndBackwardMatchTheCpu) {
+  for (const auto& [n, d] : {std::pair<std::int64_t, std::int64_t>{37, 97}, {1, 1}, {300, 256}, {5, 1031}}) {
+    const auto x = random_vector(n * d, 10 + n, 2.0f), gamma = random_vector(d, 11), beta = random_vector(d, 12);
+    const auto dy = random_vector(n * d, 13);
+    std::vector<float> y(n * d), mean(n), rstd(n), dx(n * d), dgamma(d, 0.1f), dbeta(d, 0.2f);
+    layernorm_forward(x, gamma, beta, y, mean, rstd, d);
+    layernorm_backward(dy, x, gamma, mean, rstd, dx, dgamma, dbeta, d);
+    auto* gx = upload(x);
+    auto* gg = upload(gamma);
+    auto* gy = upload(std::vector<float>(n * d));
+    auto* gm = upload(std::vector<float>(n));
+    auto* gr = upload(std::vector<float>(n));
+    auto* gdx = upload(std::vector<float>(n * d));
+    auto* gdg = upload(std::vector<float>(d, 0.1f));
+    auto* gdb = upload(std::vector<float>(d, 0.2f));
+    ASSERT_OK(dev_->layernorm_forward(gx, gg, upload(beta), gy, gm, gr, n, d));
+    ASSERT_OK(dev_->layernorm_backward(upload(dy), gx, gg, gm, gr, gdx, gdg, gdb, n, d));
+    EXPECT_TRUE(all_close(download(gy, y.size()), y, 2e-5f)) << "n=" << n << " d=" << d;
+    EXPECT_TRUE(all_close(download(gm, mean.size()), mean, 2e-5f));
+    EXPECT_TRUE(all_close(download(gr, rstd.size()), rstd, 2e-5f, 1e-4f));
+    EXPECT_TRUE(all_close(download(gdx, dx.size()), dx, 1e-4f, 1e-3f)) << "n=" << n << " d=" << d;
+    EXPECT_TRUE(all_close(download(gdg, dgamma.size()), dgamma, 1e-3f, 1e-4f));
+    EXPECT_TRUE(all_close(download(gdb, dbeta.size()), dbeta, 1e-3f, 1e-4f));
+  }
+}
+
+TEST_F(GpuKernels, GemmMatchesTheCpuForEveryTransposeCombination) {
+  const std::int64_t m = 33, n = 47, k = 29;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      const std::int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
+      const auto a = random_vector((ta ? k : m) * lda, 21), b = random_vector((tb ? n : k) * ldb, 22);
+      auto c = random_vector(m * ldc, 23);
+      auto* gc = upload(c);
+      gemm(ta, tb, m, n, k, 0.75f, a.data(), lda, b.data(), ldb, 0.5f, c.data(), ldc);
+      ASSERT_OK(dev_->gemm({.trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k, .alpha = 0.75f, .a = upload(a),
+                            .lda = lda, .b = upload(b), .ldb = ldb, .beta = 0.5f, .c = gc, .ldc = ldc}));
+      EXPECT_TRUE(all_close(download(gc, c.size()), c, 1e-4f)) << "trans_a=" << ta << " trans_b=" << tb;
+    }
+}
+
+TEST_F(GpuKernels, Bf16AndTf32GemmsStayWithinTheirPrecision) {
+  const std::int64_t m = 64, n = 80, k = 96;
+  const auto a = random_vector(m * k, 31), b = random_vector(k * n, 32);
+  std::vector<float> ref(m * n);
+  gemm(false, false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, ref.data(), n);
+  auto* ga = upload(a);
+  auto* gb = upload(b);
+  auto* gc = upload(std::vector<float>(m * n));
+  ASSERT_OK(dev_->gemm({.m = m, .n = n, .k = k, .a = ga, .lda = k, .b = gb, .ldb = n, .c = gc, .ldc = n,
+                        .math = gpu::gemm_math::tf32}));
+  EXPECT_TRUE(all_close(download(gc, ref.size()), ref, 0.05f, 0.01f));  // 10-bit mantissa inputs, k = 96
+  auto a16 = dev_->allocate(m * k * 2), b16 = dev_->allocate(k * n * 2), c16 = dev_->allocate(m * n * 2);
+  ASSERT_TRUE(a16 && b16 && c16);
+  ASSERT_OK(dev_->to_bf16(ga, a16->as<std::uint16_t>(), m * k));
+  ASSERT_OK(dev_->to_bf16(gb, b16->as<std::uint16_t>(), k * n));
+  ASSERT_OK(dev_->gemm({.m = m, .n = n, .k = k, .a = a16->get(), .lda = k, .b = b16->get(), .ldb = n,
+                        .c = c16->get(), .ldc = n, .type = gpu::dtype::bf16}));
+  ASSERT_OK(dev_->from_bf16(c16->as<std::uint16_t>(), gc, m * n));
+  EXPECT_TRUE(all_close(download(gc, ref.size()), ref, 0.3f, 0.02f));  // 8-bit mantissa in and out
+}
+
+TEST_F(GpuKernels, GemmRejectsBadLeadingDimensionsBeforeLaunching) {
+  float* p = upload(std::vector<float>(64));
+  auto r = dev_->can_implement(gpu::gemm_args{.m = 4, .n = 5, .k = 6, .a = p, .lda = 5, .b = p, .ldb = 5, .c = p,
+                                              .ldc = 5});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind(), errc::invalid_argument);
+  EXPECT_NE(r.error().message().find("lda"), std::string::npos) << r.error().message();
+}
+
+TEST_F(GpuKernels, LinearForwardAndBackwardMatchTheCpu) {
+  const std::int64_t n = 33, in = 45, out = 71;
+  const auto x = random_vector(n * in, 41), w = random_vector(in * out, 42, 0.1f), b = random_vector(out, 43);
+  const auto dy = random_vector(n * out, 44);
+  std::vector<float> y(n * out), dx(n * in), dw(in * out, 0.5f), db(out, 0.25f);
+  linear_forward(x, w, b, y, n, in, out);
+  linear_backward(dy, x, w, dx, dw, db, n, in, out);
+  auto* gx = upload(x);
+  auto* gw = upload(w);
+  auto* gy = upload(std::vector<float>(n * out));
+  auto* gdx = upload(std::vector<float>(n * in));
+  auto* gdw = upload(std::vector<float>(in * out, 0.5f));
+  auto* gdb = upload(std::vector<float>(out, 0.25f));
+  ASSERT_OK(dev_->linear_forward(gx, gw, upload(b), gy, n, in, out));
+  ASSERT_OK(dev_->linear_backward(upload(dy), gx, gw, gdx, gdw, gdb, n, in, out));
+  EXPECT_TRUE(all_close(download(gy, y.size()), y, 1e-4f));
+  EXPECT_TRUE(all_close(download(gdx, dx.size()), dx, 1e-4f));
+  EXPECT_TRUE(all_close(download(gdw, dw.size()), dw, 1e-4f));
+  EXPECT_TRUE(all_close(download(gdb, db.size()), db, 1e-4f));
+}
+
+TEST_F(GpuKernels, GeluAndResidualMatchTheCpu) {
+  const std::size_t n = 100'003;
+  const auto x = random_vector(n, 51, 3.0f), dy = random_vector(n, 52), other = random_vector(n, 53);
+  std::vector<float> y(n), dx(n), sum(n), da(n, 1.0f), db(n, -1.0f);
+  gelu_forward(x, y);
+  gelu_backward(dy, x, dx);
+  residual_forward(x, other, sum);
+  residual_backward(dy, da, db);
+  auto* gx = upload(x);
+  auto* gdy = upload(dy);
+  auto* gy = upload(std::vector<float>(n));
+  auto* gdx = upload(std::vector<float>(n));
+  auto* gs = upload(std::vector<float>(n));
+  auto* gda = upload(std::vector<float>(n, 1.0f));
+  auto* gdb = upload(std::vector<float>(n, -1.0f));
+  const auto count = static_cast<std::int64_t>(n);
+  ASSERT_OK(dev_->gelu_forward(gx, gy, count));
+  ASSERT_OK(dev_->gelu_backward(gdy, gx, gdx, count));
+  ASSERT_OK(dev_->residual_forward(gx, upload(other), gs, count));
+  ASSERT_OK(dev_->residual_backward(gdy, gda, gdb, count));
+  EXPECT_TRUE(all_close(download(gy, n), y, 1e-6f, 1e-5f));
+  EXPECT_TRUE(all_close(download(gdx, n), dx, 1e-5f, 1e-5f));
+  EXPECT_TRUE(all_close(download(gs, n), sum, 0.0f, 0.0f));
+  EXPECT_TRUE(all_close(download(gda, n), da, 0.0f, 0.0f));
+  EXPECT_TRUE(all_close(download(gdb, n), db, 0.0f, 0.0f));
+}
+
+TEST_F(GpuKernels, CrossEntropyMatchesTheCpuAndNamesABadTarget) {
+  const std::int64_t n = 29, vocab = 1003;
+  const auto logits = random_vector(n * vocab, 61, 3.0f);
+  auto targets = random_ids(n, static_cast<std::int32_t>(vocab), 62);
+  std::vector<float> dlogits(n * vocab);
+  auto ref = cross_entropy_forward_backward(logits, targets, dlogits, vocab, 1.0f / 57.0f);
+  ASSERT_TRUE(ref);
+  auto* gl = upload(logits);
+  auto* gd = upload(std::vector<float>(n * vocab));
+  auto loss = dev_->cross_entropy(gl, upload(targets), gd, n, vocab, 1.0f / 57.0f);
+  ASSERT_TRUE(loss) << loss.error().to_string();
+  EXPECT_NEAR(*loss, *ref, 1e-6 * std::abs(*ref) + 1e-6);
+  EXPECT_TRUE(all_close(download(gd, dlogits.size()), dlogits, 1e-7f, 1e-5f));
+  targets[17] = static_cast<std::int32_t>(vocab);
+  auto bad = dev_->cross_entropy(gl, upload(targets), nullptr, n, vocab, 1.0f);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().kind(), errc::invalid_argument);
+  EXPECT_NE(bad.error().message().find("index 17"), std::string::npos) << bad.error().message();
+}
+
+TEST_F(GpuKernels, AdamwAndSumOfSquaresMatchTheCpu) {
+  const std::size_t n = 4099;
+  auto param = random_vector(n, 71), m = std::vector<float>(n), v = std::vector<float>(n);
+  auto* gp = upload(param);
+  auto* gm = upload(m);
+  auto* gv = upload(v);
+  const adamw_params hp{.lr = 1e-2f, .weight_decay = 0.1f};
+  for (std::int64_t step = 1; step <= 3; ++step) {
+    const auto grad = random_vector(n, 80 + static_cast<std::uint64_t>(step));
+    adamw_update(param, grad, m, v, step, hp);
+    ASSERT_OK(dev_->adamw_update(gp, upload(grad), gm, gv, static_cast<std::int64_t>(n), step, hp));
+  }
+  EXPECT_TRUE(all_close(download(gp, n), param, 1e-6f, 1e-5f));
+  EXPECT_TRUE(all_close(download(gm, n), m, 1e-7f, 1e-5f));
+  EXPECT_TRUE(all_close(download(gv, n), v, 1e-7f, 1e-5f));
+  const double norm = l2_norm(param);
+  auto ss = dev_->sum_squares(gp, static_cast<std::int64_t>(n));
+  ASSERT_TRUE(ss) << ss.error().to_string();
+  EXPECT_NEAR(std::sqrt(*ss), norm, 1e-5 * norm);
+}
+
+// ---- attention -----------------------------------------------------------------------
+
+struct attention_case {
+  std::vector<std::int64_t> lengths;
+  std::int64_t heads, head_dim;
+};
+
+std::vector<std::int64_t> prefix_sums(const std::vector<std::int64_t>& lengths) {
+  std::vector<std::int64_t> cu{0};
+  for (auto l : lengths) cu.push_back(cu.back() + l);
+  return cu;
+}
+
+TEST_F(GpuKernels, VarlenCausalAttentionForwardAndBackwardMatchTheCpu) {
+  const std::vector<attention_case> cases{
+      {{1, 17, 64, 65, 0, 130, 7, 200}, 3, 32},  // tile edges, an empty sequence, one-token sequence
+      {{33, 31, 97}, 2, 24},                     // head_dim not a multiple of 16
+      {{300, 5}, 1, 64},
+      {{129, 1}, 2, 128},  // the largest head_dim
+      {{70}, 1, 1},
+  };
+  for (const auto& tc : cases) {
+    const auto cu = prefix_sums(tc.lengths);
+    const std::int64_t N = cu.back(), H = tc.heads, Dh = tc.head_dim;
+    const auto q = random_vector(N * H * Dh, 91), k = random_vector(N * H * Dh, 92), v = random_vector(N * H * Dh, 93);
+    const auto dout = random_vector(N * H * Dh, 94);
+    std::vector<float> out(N * H * Dh), lse(N * H), dq(out.size()), dk(out.size()), dv(out.size());
+    attention::forward_args fa{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data()};
+    std::vector<float> ws(attention::workspace_size(fa));
+    attention::run(fa, ws);
+    attention::backward_args ba{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(),
+                                dq.data(), dk.data(), dv.data()};
+    std::vector<float> bws(attention::workspace_size(ba));
+    attention::run(ba, bws);
+
+    auto* gq = upload(q);
+    auto* gk = upload(k);
+    auto* gv = upload(v);
+    auto* gout = upload(std::vector<float>(out.size()));
+    auto* glse = upload(std::vector<float>(lse.size()));
+    auto* gdq = upload(std::vector<float>(out.size(), 7.0f));  // overwritten, whatever it held
+    auto* gdk = upload(std::vector<float>(out.size(), 7.0f));
+    auto* gdv = upload(std::vector<float>(out.size(), 7.0f));
+    gpu::attention_forward_args gfa{cu, H, Dh, gq, gk, gv, gout, glse};
+    ASSERT_OK(dev_->can_implement(gfa));
+    auto fws = dev_->allocate(dev_->workspace_size(gfa));
+    ASSERT_TRUE(fws);
+    ASSERT_OK(dev_->run(gfa, fws->get()));
+    gpu::attention_backward_args gba{cu, H, Dh, gq, gk, gv, gout, glse, upload(dout), gdq, gdk, gdv};
+    ASSERT_OK(dev_->can_implement(gba));
+    auto bws_dev = dev_->allocate(dev_->workspace_size(gba));
+    ASSERT_TRUE(bws_dev);
+    ASSERT_OK(dev_->run(gba, bws_dev->get()));
+    const std::string where = "heads " + std::to_string(H) + " head_dim " + std::to_string(Dh);
+    EXPECT_TRUE(all_close(download(gout, out.size()), out, 2e-5f, 1e-4f)) << where;
+    EXPECT_TRUE(all_close(download(glse, lse.size()), lse, 2e-5f, 1e-5f)) << where;
+    EXPECT_TRUE(all_close(download(gdq, dq.size()), dq, 1e-4f, 1e-3f)) << where;
+    EXPECT_TRUE(all_close(download(gdk, dk.size()), dk, 1e-4f, 1e-3f)) << where;
+    EXPECT_TRUE(all_close(download(gdv, dv.size()), dv, 1e-4f, 1e-3f)) << where;
+  }
+}
+
+TEST_F(GpuKernels, AttentionRejectsBadArgumentsBeforeLaunching) {
+  const std::vector<std::int64_t> decreasing{0, 5, 3};
+  float* p = upload(std::vector<float>(64));
+  gpu::attention_forward_args a{decreasing, 1, 8, p, p, p, p, p};
+  auto r = dev_->can_implement(a);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("decreases at index 2"), std::string::npos) << r.error().message();
+  const std::vector<std::int64_t> cu{0, 4};
+  gpu::attention_forward_args wide{cu, 1, gpu::kMaxAttentionHeadDim + 1, p, p, p, p, p};
+  EXPECT_EQ(dev_->can_implement(wide).error().kind(), errc::invalid_argument);
+  gpu::attention_backward_args missing{cu, 1, 8, p, p, p, p, p, p, p, nullptr, p};
+  EXPECT_EQ(dev_->run(missing, p).error().kind(), errc::invalid_argument);
+}
+
+// ---- backend choice (meaningful with and without a GPU) ---------------------------------
+
+TEST(DeviceBackend, AutomaticChoiceIsCudaExactlyWhenAGpuIsUsable) {
+  auto choice = select_device_backend(backend_request::automatic);
+  ASSERT_TRUE(choice) << choice.error().to_string();
+  const bool usable = static_cast<bool>(gpu::open_device(0));
+  EXPECT_EQ(choice->kind == backend_kind::cuda, usable) << choice->reason;
+  EXPECT_EQ(choice->reason.rfind(std::string{to_string(choice->kind)} + ": ", 0), 0u) << choice->reason;
+  auto forced = select_device_backend(backend_request::cuda);
+  EXPECT_EQ(static_cast<bool>(forced), usable);
+  if (!forced) {
+    EXPECT_TRUE(forced.error().kind() == errc::unimplemented || forced.error().kind() == errc::not_found);
+  }
+  auto cpu = select_device_backend(backend_request::cpu);
+  ASSERT_TRUE(cpu);
+  EXPECT_EQ(cpu->kind, backend_kind::cpu);
+  EXPECT_EQ(parse_backend_request("cuda").value(), backend_request::cuda);
+  EXPECT_EQ(parse_backend_request("gpu").error().kind(), errc::invalid_argument);
+}
+
+}  // namespace
+}  // namespace flexsp::kernels
