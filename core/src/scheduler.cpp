@@ -124,8 +124,11 @@ local_actor* thread_pool::search(worker& w) {
 }
 
 void thread_pool::notify() {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (searching_.load(std::memory_order_seq_cst) != 0 || sleeping_.load(std::memory_order_seq_cst) == 0) return;
+  // Read-modify-writes, not loads: each reads the latest value and synchronises with the
+  // searcher's decrement / the sleeper's increment, so a worker that goes to sleep after we
+  // read these counters sees the work we queued before (no lost wake-up, no fence needed).
+  if (searching_.fetch_add(0, std::memory_order_acq_rel) != 0 || sleeping_.fetch_add(0, std::memory_order_acq_rel) == 0)
+    return;
   {
     std::lock_guard lock{park_mutex_};
     if (permits_ >= sleeping_.load(std::memory_order_relaxed)) return;

@@ -11,6 +11,8 @@
 /// - `actor_ref<A>`: typed by the actor class; `tell`/`ask` accept exactly the message types
 ///   `A` has a `handle(...)` overload for — anything else is a compile error.
 /// Both are one pointer wide; copying is one atomic increment; equality compares identity.
+/// A reference keeps the control block alive, not the actor: actors live until stopped. A
+/// reference must not be used to send after its actor system has been destroyed.
 
 #include <chrono>
 #include <compare>

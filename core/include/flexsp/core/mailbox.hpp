@@ -60,7 +60,9 @@ public:
     for (;;) {
       if (head == closed_marker()) return push_result::closed;
       m->next = head == blocked_marker() ? nullptr : head;
-      if (head_.compare_exchange_weak(head, m, std::memory_order_release, std::memory_order_relaxed))
+      // acq_rel: replacing the `blocked` marker hands the actor to whoever schedules it next,
+      // so the previous consumer's writes (made before its try_block) must travel with it.
+      if (head_.compare_exchange_weak(head, m, std::memory_order_acq_rel, std::memory_order_relaxed))
         return head == blocked_marker() ? push_result::unblocked : push_result::queued;
     }
   }
