@@ -12,7 +12,10 @@
 
 #include "flexsp/kernels/attention.hpp"
 #include "flexsp/kernels/device_backend.hpp"
+#include "flexsp/kernels/data.hpp"
 #include "flexsp/kernels/gpu.hpp"
+#include "flexsp/kernels/gpu_model.hpp"
+#include "flexsp/kernels/model.hpp"
 #include "flexsp/kernels/ops.hpp"
 
 namespace flexsp::kernels {
@@ -344,6 +347,55 @@ TEST_F(GpuKernels, AttentionRejectsBadArgumentsBeforeLaunching) {
   EXPECT_EQ(dev_->can_implement(wide).error().kind(), errc::invalid_argument);
   gpu::attention_backward_args missing{cu, 1, 8, p, p, p, p, p, p, p, nullptr, p};
   EXPECT_EQ(dev_->run(missing, p).error().kind(), errc::invalid_argument);
+}
+
+// ---- the whole model ---------------------------------------------------------------------
+
+// Largest |a - b| relative to the largest |b| (gradients span many magnitudes; an element-wise
+// relative bound would be dominated by near-zero entries).
+double max_rel_diff(const std::vector<float>& a, std::span<const float> b) {
+  double diff = 0, scale = 1e-30;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::abs(a[i] - b[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(b[i])));
+  }
+  return diff / scale;
+}
+
+TEST_F(GpuKernels, TrainingStepOfTheGptMatchesTheCpuModel) {
+  const gpt_config cfg{.layers = 2, .d_model = 96, .heads = 3, .vocab = 67, .max_positions = 300};
+  auto cpu = gpt_model::create(cfg, 5).value();
+  auto replica = gpu::gpt_replica::create(*dev_, cpu);
+  ASSERT_TRUE(replica) << replica.error().to_string();
+  const std::vector<std::int64_t> lengths{130, 1, 65, 17};
+  const auto tokens = std::accumulate(lengths.begin(), lengths.end(), std::int64_t{0});
+  auto layout = ulysses_layout::make(lengths, 1, 0, cfg.heads).value();
+  auto in = shard_inputs(layout, synthetic_sequences(lengths, 3, cfg.vocab)).value();
+  auto comm = make_local_communicator();
+  const float scale = 1.0f / static_cast<float>(tokens);
+  cpu.zero_grads();
+  auto ref = cpu.forward_backward(*comm, layout, in, scale);
+  ASSERT_TRUE(ref) << ref.error().to_string();
+  ASSERT_OK(replica->zero_grads());
+  auto loss = replica->forward_backward(in, lengths, scale);
+  ASSERT_TRUE(loss) << loss.error().to_string();
+  EXPECT_NEAR(*loss, ref->loss_sum, 1e-4 * std::abs(ref->loss_sum));
+  std::vector<float> grads(cpu.grads().size());
+  ASSERT_OK(replica->download_grads(grads));
+  for (const auto& p : cpu.parameters()) {
+    const auto off = static_cast<std::size_t>(p.offset), cnt = static_cast<std::size_t>(numel_of(p.shape));
+    const std::vector<float> g(grads.begin() + static_cast<std::ptrdiff_t>(off),
+                               grads.begin() + static_cast<std::ptrdiff_t>(off + cnt));
+    EXPECT_LT(max_rel_diff(g, cpu.grads().subspan(off, cnt)), 1e-3) << p.name;
+  }
+  adamw_optimizer opt{cpu, adamw_params{}};
+  const double cpu_norm = opt.step(cpu, 0.5);
+  auto norm = replica->optimizer_step(adamw_params{}, 0.5);
+  ASSERT_TRUE(norm) << norm.error().to_string();
+  EXPECT_NEAR(*norm, cpu_norm, 1e-3 * cpu_norm);
+  std::vector<float> params(cpu.params().size());
+  ASSERT_OK(replica->download_params(params));
+  EXPECT_LT(max_rel_diff(params, cpu.params()), 1e-4);
 }
 
 // ---- backend choice (meaningful with and without a GPU) ---------------------------------

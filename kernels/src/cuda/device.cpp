@@ -133,6 +133,16 @@ public:
     FLEXSP_CUDA_CHECK(::cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_.get()));
     return {};
   }
+  expected<void> copy_rows(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                           std::size_t row_bytes, std::size_t rows) override {
+    if (rows == 0 || row_bytes == 0) return {};
+    FLEXSP_TRY(need(dst != nullptr && src != nullptr, "null pointer", "copy_rows"));
+    FLEXSP_TRY(need(dst_pitch >= row_bytes && src_pitch >= row_bytes, "pitch smaller than a row", "copy_rows"));
+    FLEXSP_TRY(current());
+    FLEXSP_CUDA_CHECK(::cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows, cudaMemcpyDeviceToDevice,
+                                          stream_.get()));
+    return {};
+  }
   expected<void> fill_zero(void* dst, std::size_t bytes) override {
     if (bytes == 0) return {};
     FLEXSP_TRY(need(dst != nullptr, "null pointer", "fill_zero"));

@@ -154,6 +154,10 @@ public:
   virtual expected<void> copy_to_host(void* dst, const void* src, std::size_t bytes) = 0;
   /// Device -> device, queued.
   virtual expected<void> copy_on_device(void* dst, const void* src, std::size_t bytes) = 0;
+  /// Device -> device copy of `rows` rows of `row_bytes` each between pitched layouts
+  /// (cudaMemcpy2D), queued: the permutations around attention ([n, 3, D] <-> [3, n, D]).
+  virtual expected<void> copy_rows(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                                   std::size_t row_bytes, std::size_t rows) = 0;
   virtual expected<void> fill_zero(void* dst, std::size_t bytes) = 0;
   /// Waits for everything queued; reports asynchronous kernel errors.
   virtual expected<void> synchronize() = 0;

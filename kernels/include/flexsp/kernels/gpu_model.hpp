@@ -1,0 +1,58 @@
+#pragma once
+/// \file
+/// The reference GPT (model.hpp) on one GPU: a replica whose parameters, gradients and AdamW
+/// moments live in device memory in the same flat layout as gpt_model, trained with the GPU
+/// kernels of gpu.hpp. Forward and backward run whole sequences on this device (an SP group of
+/// one); gradients are flat device buffers, so a data-parallel all-reduce over an NCCL
+/// communicator works on `grads()` in place.
+///
+/// Numerics match gpt_model::forward_backward and adamw_optimizer::step up to fp32 rounding
+/// (summation order differs), which tests/gpu checks.
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "flexsp/kernels/gpu.hpp"
+#include "flexsp/kernels/model.hpp"
+#include "flexsp/kernels/ulysses.hpp"
+
+namespace flexsp::kernels::gpu {
+
+class gpt_replica {
+public:
+  /// Copies `model`'s configuration, parameter table and parameters to `dev` (which must
+  /// outlive the replica); gradients and moments start at zero. errc::overloaded when the
+  /// device is out of memory.
+  static expected<gpt_replica> create(device& dev, const gpt_model& model);
+
+  gpt_replica(gpt_replica&&) noexcept;
+  gpt_replica& operator=(gpt_replica&&) noexcept;
+  ~gpt_replica();
+
+  const gpt_config& config() const noexcept;
+  /// Device pointers to the flat buffers ([parameter_count] floats each).
+  float* params() const noexcept;
+  float* grads() const noexcept;
+
+  expected<void> zero_grads();
+  /// Forward and backward of the sequences `lengths` (packed, `inputs` from shard_inputs with a
+  /// layout of degree 1). Adds the gradient of loss_scale * (sum of token losses) to grads()
+  /// and returns that sum (unscaled). Same errors as gpt_model::forward_backward.
+  expected<double> forward_backward(const local_inputs& inputs, std::span<const std::int64_t> lengths,
+                                    float loss_scale);
+  /// Clips the gradient norm to max_grad_norm (<= 0: no clipping), then one AdamW update
+  /// (no weight decay where parameter_info::decay is false). Returns the pre-clip norm.
+  expected<double> optimizer_step(const adamw_params& hyper, double max_grad_norm);
+
+  /// Copies parameters / gradients to the host ([parameter_count] floats).
+  expected<void> download_params(std::span<float> out) const;
+  expected<void> download_grads(std::span<float> out) const;
+
+private:
+  struct state;
+  explicit gpt_replica(std::unique_ptr<state> s);
+  std::unique_ptr<state> s_;
+};
+
+}  // namespace flexsp::kernels::gpu

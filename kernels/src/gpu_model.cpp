@@ -1,0 +1,243 @@
+#include "flexsp/kernels/gpu_model.hpp"
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace flexsp::kernels::gpu {
+
+namespace {
+std::size_t sz(std::int64_t v) { return static_cast<std::size_t>(v); }
+
+// Per-layer activations kept for the backward pass (one slot each, see slot_of).
+enum layer_slot : std::size_t { x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_h, att_h, lse, x_mid, ln2, ln2_mean, ln2_rstd,
+                                fc, act, kLayerSlots };
+// Buffers of one step that are not per layer.
+enum step_slot : std::size_t { tokens, positions, targets, x, lnf, lnf_mean, lnf_rstd, logits, dlogits, dlnf, dx, dact,
+                               dfc, dln, dtmp, datt, dqkv_h, dqkv, attn_fwd_ws, attn_bwd_ws, kStepSlots };
+}  // namespace
+
+struct gpt_replica::state {
+  device* dev = nullptr;
+  gpt_config config;
+  std::vector<parameter_info> table;
+  buffer params, grads, m, v;
+  std::int64_t step = 0;
+  // Scratch reused across steps, grown when a step needs more.
+  std::vector<buffer> slots;
+
+  std::int64_t count() const { return config.parameter_count(); }
+  float* param(std::size_t i) const { return params.as<float>() + table[i].offset; }
+  float* grad(std::size_t i) const { return grads.as<float>() + table[i].offset; }
+
+  template <class T = float>
+  expected<T*> scratch(std::size_t slot, std::size_t elements) {
+    if (slots.size() <= slot) slots.resize(slot + 1);
+    const std::size_t bytes = std::max<std::size_t>(1, elements) * sizeof(T);
+    if (slots[slot].bytes() < bytes) {
+      slots[slot] = buffer{};  // free first: peak memory stays at one copy
+      FLEXSP_TRY_ASSIGN(slots[slot], dev->allocate(bytes));
+    }
+    return slots[slot].template as<T>();
+  }
+  std::size_t layer_slot_of(std::int64_t layer, layer_slot s) const {
+    return kStepSlots + sz(layer) * kLayerSlots + s;
+  }
+};
+
+gpt_replica::gpt_replica(std::unique_ptr<state> s) : s_{std::move(s)} {}
+gpt_replica::gpt_replica(gpt_replica&&) noexcept = default;
+gpt_replica& gpt_replica::operator=(gpt_replica&&) noexcept = default;
+gpt_replica::~gpt_replica() = default;
+
+const gpt_config& gpt_replica::config() const noexcept { return s_->config; }
+float* gpt_replica::params() const noexcept { return s_->params.as<float>(); }
+float* gpt_replica::grads() const noexcept { return s_->grads.as<float>(); }
+
+expected<gpt_replica> gpt_replica::create(device& dev, const gpt_model& model) {
+  auto s = std::make_unique<state>();
+  s->dev = &dev;
+  s->config = model.config();
+  s->table = model.parameters();
+  const std::size_t bytes = model.params().size_bytes();
+  FLEXSP_TRY_ASSIGN(s->params, dev.allocate(bytes));
+  FLEXSP_TRY_ASSIGN(s->grads, dev.allocate(bytes));
+  FLEXSP_TRY_ASSIGN(s->m, dev.allocate(bytes));
+  FLEXSP_TRY_ASSIGN(s->v, dev.allocate(bytes));
+  FLEXSP_TRY(dev.copy_to_device(s->params.get(), model.params().data(), bytes));
+  FLEXSP_TRY(dev.fill_zero(s->grads.get(), bytes));
+  FLEXSP_TRY(dev.fill_zero(s->m.get(), bytes));
+  FLEXSP_TRY(dev.fill_zero(s->v.get(), bytes));
+  return gpt_replica{std::move(s)};
+}
+
+expected<void> gpt_replica::zero_grads() { return s_->dev->fill_zero(s_->grads.get(), s_->grads.bytes()); }
+
+expected<double> gpt_replica::forward_backward(const local_inputs& in, std::span<const std::int64_t> lengths,
+                                               float loss_scale) {
+  auto& S = *s_;
+  auto& dev = *S.dev;
+  const auto& c = S.config;
+  const std::int64_t D = c.d_model, H = c.heads, Dh = c.head_dim(), V = c.vocab, L = c.layers;
+  std::vector<std::int64_t> cu{0};
+  for (auto len : lengths) {
+    if (len < 0) return make_error(errc::invalid_argument, "negative sequence length {}", len);
+    if (len > c.max_positions)
+      return make_error(errc::invalid_argument, "sequence of {} tokens exceeds max_positions {}", len, c.max_positions);
+    cu.push_back(cu.back() + len);
+  }
+  const std::int64_t n = cu.back();
+  if (static_cast<std::int64_t>(in.tokens.size()) != n || in.targets.size() != in.tokens.size() ||
+      in.positions.size() != in.tokens.size())
+    return make_error(errc::invalid_argument, "inputs hold {} tokens, {} targets, {} positions; lengths sum to {}",
+                      in.tokens.size(), in.targets.size(), in.positions.size(), n);
+  if (n == 0) return 0.0;
+  const std::size_t nd = sz(n * D);
+
+  FLEXSP_TRY_ASSIGN(auto* tok, S.scratch<std::int32_t>(tokens, sz(n)));
+  FLEXSP_TRY_ASSIGN(auto* pos, S.scratch<std::int32_t>(positions, sz(n)));
+  FLEXSP_TRY_ASSIGN(auto* tgt, S.scratch<std::int32_t>(targets, sz(n)));
+  FLEXSP_TRY(dev.copy_to_device(tok, in.tokens.data(), sz(n) * sizeof(std::int32_t)));
+  FLEXSP_TRY(dev.copy_to_device(pos, in.positions.data(), sz(n) * sizeof(std::int32_t)));
+  FLEXSP_TRY(dev.copy_to_device(tgt, in.targets.data(), sz(n) * sizeof(std::int32_t)));
+
+  const std::size_t last = S.table.size();
+  float* wte = S.param(0);
+  FLEXSP_TRY_ASSIGN(float* xs, S.scratch(x, nd));
+  FLEXSP_TRY(dev.embedding_forward(tok, pos, wte, S.param(1), xs, n, D, V, c.max_positions));
+
+  attention_forward_args fa{cu, H, Dh};
+  FLEXSP_TRY_ASSIGN(void* fws, S.scratch<char>(attn_fwd_ws, dev.workspace_size(fa)));
+  struct layer_ptrs {
+    float *x_in, *ln1, *ln1_mean, *ln1_rstd, *qkv, *qkv_h, *att_h, *lse, *x_mid, *ln2, *ln2_mean, *ln2_rstd, *fc, *act;
+  };
+  std::vector<layer_ptrs> cache(sz(L));
+  for (std::int64_t l = 0; l < L; ++l) {
+    auto get = [&](layer_slot s, std::size_t floats) { return S.scratch(S.layer_slot_of(l, s), floats); };
+    auto& k = cache[sz(l)];
+    FLEXSP_TRY_ASSIGN(k.x_in, get(x_in, nd));
+    FLEXSP_TRY_ASSIGN(k.ln1, get(ln1, nd));
+    FLEXSP_TRY_ASSIGN(k.ln1_mean, get(ln1_mean, sz(n)));
+    FLEXSP_TRY_ASSIGN(k.ln1_rstd, get(ln1_rstd, sz(n)));
+    FLEXSP_TRY_ASSIGN(k.qkv, get(qkv, 3 * nd));
+    FLEXSP_TRY_ASSIGN(k.qkv_h, get(qkv_h, 3 * nd));
+    FLEXSP_TRY_ASSIGN(k.att_h, get(att_h, nd));
+    FLEXSP_TRY_ASSIGN(k.lse, get(lse, sz(n * H)));
+    FLEXSP_TRY_ASSIGN(k.x_mid, get(x_mid, nd));
+    FLEXSP_TRY_ASSIGN(k.ln2, get(ln2, nd));
+    FLEXSP_TRY_ASSIGN(k.ln2_mean, get(ln2_mean, sz(n)));
+    FLEXSP_TRY_ASSIGN(k.ln2_rstd, get(ln2_rstd, sz(n)));
+    FLEXSP_TRY_ASSIGN(k.fc, get(fc, 4 * nd));
+    FLEXSP_TRY_ASSIGN(k.act, get(act, 4 * nd));
+    const std::size_t p = 2 + sz(l) * 12;  // ln1.g ln1.b w_qkv b_qkv w_o b_o ln2.g ln2.b w_fc b_fc w_proj b_proj
+    FLEXSP_TRY(dev.copy_on_device(k.x_in, xs, nd * sizeof(float)));
+    FLEXSP_TRY(dev.layernorm_forward(k.x_in, S.param(p), S.param(p + 1), k.ln1, k.ln1_mean, k.ln1_rstd, n, D));
+    FLEXSP_TRY(dev.linear_forward(k.ln1, S.param(p + 2), S.param(p + 3), k.qkv, n, D, 3 * D));
+    // [n, 3, D] -> [3, n, D]: the head layout of a group of one.
+    for (std::int64_t part = 0; part < 3; ++part)
+      FLEXSP_TRY(dev.copy_rows(k.qkv_h + part * n * D, sz(D) * sizeof(float), k.qkv + part * D,
+                               sz(3 * D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
+    fa.q = k.qkv_h;
+    fa.k = k.qkv_h + nd;
+    fa.v = k.qkv_h + 2 * nd;
+    fa.out = k.att_h;
+    fa.lse = k.lse;
+    FLEXSP_TRY(dev.run(fa, fws));
+    FLEXSP_TRY(dev.linear_forward(k.att_h, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D));
+    FLEXSP_TRY(dev.residual_forward(k.x_mid, k.x_in, k.x_mid, static_cast<std::int64_t>(nd)));
+    FLEXSP_TRY(dev.layernorm_forward(k.x_mid, S.param(p + 6), S.param(p + 7), k.ln2, k.ln2_mean, k.ln2_rstd, n, D));
+    FLEXSP_TRY(dev.linear_forward(k.ln2, S.param(p + 8), S.param(p + 9), k.fc, n, D, 4 * D));
+    FLEXSP_TRY(dev.gelu_forward(k.fc, k.act, static_cast<std::int64_t>(4 * nd)));
+    FLEXSP_TRY(dev.linear_forward(k.act, S.param(p + 10), S.param(p + 11), xs, n, 4 * D, D));
+    FLEXSP_TRY(dev.residual_forward(xs, k.x_mid, xs, static_cast<std::int64_t>(nd)));
+  }
+  FLEXSP_TRY_ASSIGN(float* lnf_out, S.scratch(lnf, nd));
+  FLEXSP_TRY_ASSIGN(float* lnf_m, S.scratch(lnf_mean, sz(n)));
+  FLEXSP_TRY_ASSIGN(float* lnf_r, S.scratch(lnf_rstd, sz(n)));
+  FLEXSP_TRY(dev.layernorm_forward(xs, S.param(last - 2), S.param(last - 1), lnf_out, lnf_m, lnf_r, n, D));
+  FLEXSP_TRY_ASSIGN(float* lg, S.scratch(logits, sz(n * V)));
+  FLEXSP_TRY(dev.gemm({.trans_b = true, .m = n, .n = V, .k = D, .a = lnf_out, .lda = D, .b = wte, .ldb = D,
+                       .c = lg, .ldc = V}));
+  FLEXSP_TRY_ASSIGN(float* dlg, S.scratch(dlogits, sz(n * V)));
+  FLEXSP_TRY_ASSIGN(const double loss_sum, dev.cross_entropy(lg, tgt, dlg, n, V, loss_scale));
+
+  // ---- backward ----
+  float* dwte = S.grad(0);
+  FLEXSP_TRY_ASSIGN(float* dlnf_p, S.scratch(dlnf, nd));
+  FLEXSP_TRY_ASSIGN(float* dx_p, S.scratch(dx, nd));
+  FLEXSP_TRY_ASSIGN(float* dact_p, S.scratch(dact, 4 * nd));
+  FLEXSP_TRY_ASSIGN(float* dfc_p, S.scratch(dfc, 4 * nd));
+  FLEXSP_TRY_ASSIGN(float* dln_p, S.scratch(dln, nd));
+  FLEXSP_TRY_ASSIGN(float* dtmp_p, S.scratch(dtmp, nd));
+  FLEXSP_TRY_ASSIGN(float* datt_p, S.scratch(datt, nd));
+  FLEXSP_TRY_ASSIGN(float* dqkv_h_p, S.scratch(dqkv_h, 3 * nd));
+  FLEXSP_TRY_ASSIGN(float* dqkv_p, S.scratch(dqkv, 3 * nd));
+  FLEXSP_TRY(dev.gemm({.m = n, .n = D, .k = V, .a = dlg, .lda = V, .b = wte, .ldb = D, .c = dlnf_p, .ldc = D}));
+  FLEXSP_TRY(dev.gemm({.trans_a = true, .m = V, .n = D, .k = n, .a = dlg, .lda = V, .b = lnf_out, .ldb = D,
+                       .beta = 1.0f, .c = dwte, .ldc = D}));
+  FLEXSP_TRY(dev.layernorm_backward(dlnf_p, xs, S.param(last - 2), lnf_m, lnf_r, dx_p, S.grad(last - 2),
+                                    S.grad(last - 1), n, D));
+  attention_backward_args ba{cu, H, Dh};
+  FLEXSP_TRY_ASSIGN(void* bws, S.scratch<char>(attn_bwd_ws, dev.workspace_size(ba)));
+  const auto count = static_cast<std::int64_t>(nd);
+  for (std::int64_t l = L - 1; l >= 0; --l) {
+    const auto& k = cache[sz(l)];
+    const std::size_t p = 2 + sz(l) * 12;
+    FLEXSP_TRY(dev.linear_backward(dx_p, k.act, S.param(p + 10), dact_p, S.grad(p + 10), S.grad(p + 11), n, 4 * D, D));
+    FLEXSP_TRY(dev.gelu_backward(dact_p, k.fc, dfc_p, 4 * count));
+    FLEXSP_TRY(dev.linear_backward(dfc_p, k.ln2, S.param(p + 8), dln_p, S.grad(p + 8), S.grad(p + 9), n, D, 4 * D));
+    FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_mid, S.param(p + 6), k.ln2_mean, k.ln2_rstd, dtmp_p, S.grad(p + 6),
+                                      S.grad(p + 7), n, D));
+    FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_mid
+    FLEXSP_TRY(dev.linear_backward(dx_p, k.att_h, S.param(p + 4), datt_p, S.grad(p + 4), S.grad(p + 5), n, D, D));
+    ba.q = k.qkv_h;
+    ba.k = k.qkv_h + nd;
+    ba.v = k.qkv_h + 2 * nd;
+    ba.out = k.att_h;
+    ba.lse = k.lse;
+    ba.dout = datt_p;
+    ba.dq = dqkv_h_p;
+    ba.dk = dqkv_h_p + nd;
+    ba.dv = dqkv_h_p + 2 * nd;
+    FLEXSP_TRY(dev.run(ba, bws));
+    for (std::int64_t part = 0; part < 3; ++part)  // [3, n, D] -> [n, 3, D]
+      FLEXSP_TRY(dev.copy_rows(dqkv_p + part * D, sz(3 * D) * sizeof(float), dqkv_h_p + part * n * D,
+                               sz(D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
+    FLEXSP_TRY(dev.linear_backward(dqkv_p, k.ln1, S.param(p + 2), dln_p, S.grad(p + 2), S.grad(p + 3), n, D, 3 * D));
+    FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_in, S.param(p), k.ln1_mean, k.ln1_rstd, dtmp_p, S.grad(p),
+                                      S.grad(p + 1), n, D));
+    FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_in
+  }
+  FLEXSP_TRY(dev.embedding_backward(tok, pos, dx_p, dwte, S.grad(1), n, D));
+  return loss_sum;
+}
+
+expected<double> gpt_replica::optimizer_step(const adamw_params& hyper, double max_grad_norm) {
+  auto& S = *s_;
+  FLEXSP_TRY_ASSIGN(const double sum_sq, S.dev->sum_squares(grads(), S.count()));
+  const double norm = std::sqrt(sum_sq);
+  if (max_grad_norm > 0 && norm > max_grad_norm)
+    FLEXSP_TRY(S.dev->scale(grads(), static_cast<float>(max_grad_norm / (norm + 1e-6)), S.count()));
+  ++S.step;
+  for (const auto& p : S.table) {
+    adamw_params hp = hyper;
+    if (!p.decay) hp.weight_decay = 0.0f;
+    FLEXSP_TRY(S.dev->adamw_update(params() + p.offset, grads() + p.offset, S.m.as<float>() + p.offset,
+                                   S.v.as<float>() + p.offset, numel_of(p.shape), S.step, hp));
+  }
+  return norm;
+}
+
+expected<void> gpt_replica::download_params(std::span<float> out) const {
+  if (static_cast<std::int64_t>(out.size()) != s_->count())
+    return make_error(errc::invalid_argument, "download_params: {} floats for {} parameters", out.size(), s_->count());
+  return s_->dev->copy_to_host(out.data(), params(), out.size_bytes());
+}
+
+expected<void> gpt_replica::download_grads(std::span<float> out) const {
+  if (static_cast<std::int64_t>(out.size()) != s_->count())
+    return make_error(errc::invalid_argument, "download_grads: {} floats for {} parameters", out.size(), s_->count());
+  return s_->dev->copy_to_host(out.data(), grads(), out.size_bytes());
+}
+
+}  // namespace flexsp::kernels::gpu
