@@ -234,6 +234,38 @@ TEST(ActorThreads, ShutdownStopsBusyActorsAndJoinsEveryThread) {
   EXPECT_GT(dead_letters, 0u);  // the queued spins were discarded
 }
 
+class spinner : public actor<spinner> {
+public:
+  void handle(spin) { self().tell(spin{}); }
+};
+
+class rally : public actor<rally> {
+public:
+  void handle(const actor_ref<rally>& peer) {
+    peer_ = peer;
+    peer_.tell(spin{});
+  }
+  void handle(spin) { peer_.tell(spin{}); }
+
+private:
+  actor_ref<rally> peer_;
+};
+
+TEST(ActorThreads, ABusyActorDoesNotStarveOthersOnASingleWorker) {
+  actor_system sys{actor_system_config{.workers = 1, .throughput = 16}};
+  sys.spawn<spinner>().tell(spin{});
+  // Two actors bouncing a message through the worker's next slot forever.
+  auto a = sys.spawn<rally>();
+  auto b = sys.spawn<rally>();
+  b.tell(a);
+  a.tell(b);
+  auto other = sys.spawn<order_checker>(1);
+  for (std::uint32_t i = 0; i < 100; ++i) other.tell(seq_msg{0, i});
+  auto r = other.ask(report{}, 60s).get();
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->received, 100u);
+}
+
 struct token {
   std::uint32_t id;
 };

@@ -305,5 +305,84 @@ TEST(Supervision, RepliesToARequestOfAReplacedInstanceAreDropped) {
   EXPECT_EQ(replies, 1);
 }
 
+class fails_to_start : public actor<fails_to_start> {
+public:
+  explicit fails_to_start(int* starts) : starts_{starts} {}
+  void on_start() override {
+    if (++*starts_ <= 2) throw std::runtime_error{"cannot start yet"};
+  }
+  int handle(get_count) { return *starts_; }
+
+private:
+  int* starts_;
+};
+
+TEST(Supervision, AnExceptionInOnStartCountsAsAFailure) {
+  actor_system sys{manual_config()};
+  int starts = 0;
+  auto f = sys.spawn<fails_to_start>(spawn_options{.restart = {.max_restarts = 5}}, &starts);
+  auto r = f.ask(get_count{}, 1s);
+  sys.run();
+  EXPECT_EQ(r.get().value(), 3);  // two failed starts, restarted (on_restart -> on_start) twice
+  int starts2 = 0;
+  auto g = sys.spawn<fails_to_start>(&starts2);
+  std::vector<exit_reason> reasons;
+  sys.monitor(g, [&reasons](const down_msg& d) { reasons.push_back(d.reason); });
+  sys.run();
+  EXPECT_EQ(reasons, (std::vector<exit_reason>{exit_reason::exception}));
+}
+
+struct arm {};
+struct ping_timer {};
+class timed_fragile : public actor<timed_fragile> {
+public:
+  explicit timed_fragile(int* pings) : pings_{pings} {}
+  void handle(arm) { send_every(std::chrono::milliseconds{10}, ping_timer{}); }
+  void handle(ping_timer) { ++*pings_; }
+  void handle(crash) { throw std::runtime_error{"crash"}; }
+
+private:
+  int* pings_;
+};
+
+TEST(Supervision, ARestartCancelsTheTimersOfTheOldInstance) {
+  auto clk = std::make_shared<manual_clock>();
+  actor_system sys{manual_config(clk)};
+  int pings = 0;
+  auto f = sys.spawn<timed_fragile>(spawn_options{.restart = {.max_restarts = 1}}, &pings);
+  f.tell(arm{});
+  sys.run();
+  clk->advance(std::chrono::milliseconds{20});
+  sys.run();
+  EXPECT_EQ(pings, 2);
+  f.tell(crash{});
+  sys.run();
+  clk->advance(std::chrono::seconds{1});
+  sys.run();
+  EXPECT_EQ(pings, 2);
+  EXPECT_TRUE(f.alive());
+}
+
+TEST(ActorApi, MisuseIsAPreconditionErrorNotACrash) {
+  actor_system sys{manual_config()};
+  actor_ref<fragile> empty;
+  EXPECT_THROW(empty.tell(bump{}), precondition_error);
+  EXPECT_THROW((void)empty.ask(get_count{}, 1s), precondition_error);
+  struct eager : actor<eager> {
+    eager() { (void)address(); }  // no actor services in the constructor
+    void handle(bump) {}
+  };
+  EXPECT_THROW(sys.spawn<eager>(), precondition_error);
+  restart_log log;
+  struct move_only_arg : actor<move_only_arg> {
+    explicit move_only_arg(std::unique_ptr<int> p) : p_{std::move(p)} {}
+    void handle(bump) {}
+    std::unique_ptr<int> p_;
+  };
+  EXPECT_THROW(sys.spawn<move_only_arg>(spawn_options{.restart = {.max_restarts = 1}}, std::make_unique<int>(1)),
+               precondition_error);
+  EXPECT_TRUE(sys.spawn<move_only_arg>(std::make_unique<int>(1)).alive());
+}
+
 }  // namespace
 }  // namespace flexsp::core
