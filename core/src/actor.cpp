@@ -29,6 +29,7 @@ error describe_handler_exception(std::string_view message_type) {
     return error{errc::failed, fmt::format("handler for {} threw a non-standard exception", message_type)};
   }
 }
+reply_slot& current_reply_slot(actor_base& self) noexcept { return self.reply_slot_; }
 }  // namespace detail
 
 #define FLEXSP_EXPECTS_CELL() \

@@ -375,6 +375,79 @@ TEST(Actor, RequestFromAnActorDeliversTheReplyAsAMessage) {
   EXPECT_EQ(results[1].kind, errc::invalid_argument);
 }
 
+struct total_at_least {
+  int n;
+};
+
+class waiting_counter : public actor<waiting_counter> {
+public:
+  void handle(const add& m) {
+    total_ += m.n;
+    for (auto& w : waiters_)
+      if (total_ >= w.first) w.second.deliver(total_);
+    std::erase_if(waiters_, [this](const auto& w) { return total_ >= w.first; });
+  }
+  deferred<int> handle(const total_at_least& m) {
+    if (m.n < 0) return respond_later<int>();  // dropped: the requester gets an error
+    if (total_ >= m.n) {
+      auto d = respond_later<int>();
+      d.deliver(total_);
+      return d;
+    }
+    waiters_.emplace_back(m.n, respond_later<int>());
+    return waiters_.back().second;
+  }
+
+private:
+  int total_ = 0;
+  std::vector<std::pair<int, deferred<int>>> waiters_;
+};
+static_assert(std::is_same_v<reply_t<waiting_counter, total_at_least>, int>);
+
+TEST(Actor, ADeferredReplyCompletesTheAskWhenDelivered) {
+  actor_system sys{manual_config()};
+  auto c = sys.spawn<waiting_counter>();
+  auto at5 = c.ask(total_at_least{5}, 1s);
+  auto at1 = c.ask(total_at_least{1}, 1s);
+  sys.run();
+  EXPECT_FALSE(at5.ready());
+  c.tell(add{3});
+  sys.run();
+  EXPECT_FALSE(at5.ready());
+  ASSERT_TRUE(at1.ready());
+  EXPECT_EQ(at1.get().value(), 3);
+  c.tell(add{3});
+  sys.run();
+  ASSERT_TRUE(at5.ready());
+  EXPECT_EQ(at5.get().value(), 6);
+  auto now = c.ask(total_at_least{2}, 1s);
+  EXPECT_EQ(settle(sys, now).value(), 6);
+}
+
+TEST(Actor, ADroppedDeferredReplyFailsTheAsk) {
+  actor_system sys{manual_config()};
+  auto c = sys.spawn<waiting_counter>();
+  auto dropped = c.ask(total_at_least{-1}, 1s);
+  auto r = settle(sys, dropped);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind(), errc::failed);
+  // A tell to a deferred handler is fine: there is nobody to reply to.
+  c.tell(total_at_least{100});
+  sys.run();
+  EXPECT_TRUE(c.alive());
+}
+
+TEST(Actor, PendingDeferredRepliesFailWhenTheActorStops) {
+  actor_system sys{manual_config()};
+  auto c = sys.spawn<waiting_counter>();
+  auto waiting = c.ask(total_at_least{10}, 1s);
+  sys.run();
+  c.stop();
+  auto r = settle(sys, waiting);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind(), errc::failed);
+}
+
 TEST(Actor, SpawningAfterShutdownYieldsATerminatedActor) {
   actor_system sys{manual_config()};
   sys.shutdown();

@@ -3,19 +3,29 @@
 /// Writing actors.
 ///
 /// An actor is a class deriving from `actor<Self>` with one public `handle` overload per
-/// message type it accepts. The return type of `handle` is the reply to an `ask` (void, a
-/// value, or `expected<T>` to reply with an error):
+/// message type it accepts. The return type of `handle` is the reply to an `ask`: void, a
+/// value, `expected<T>` to reply with an error, or `deferred<T>` to reply later:
 ///
 /// ```
 /// struct add { int n; };
 /// struct get_total {};
+/// struct total_at_least { int n; };
 /// class counter : public flexsp::core::actor<counter> {
 /// public:
-///   void handle(const add& m) { total_ += m.n; }
+///   void handle(const add& m) {
+///     total_ += m.n;
+///     if (waiter_.valid() && total_ >= waiting_for_) waiter_.deliver(total_);
+///   }
 ///   int handle(get_total) { return total_; }
+///   flexsp::core::deferred<int> handle(const total_at_least& m) {  // an ask yields int
+///     waiting_for_ = m.n;
+///     waiter_ = respond_later<int>();
+///     return waiter_;
+///   }
 ///   void on_start() override { tick_ = send_every(std::chrono::seconds{1}, add{0}); }
 /// private:
-///   int total_ = 0;
+///   int total_ = 0, waiting_for_ = 0;
+///   flexsp::core::deferred<int> waiter_;
 ///   flexsp::core::timer_handle tick_;
 /// };
 /// auto c = system.spawn<counter>();
@@ -105,7 +115,9 @@ protected:
 
 private:
   friend class detail::local_actor;
+  friend detail::reply_slot& detail::current_reply_slot(actor_base&) noexcept;
   detail::local_actor* cell_ = nullptr;
+  detail::reply_slot reply_slot_;
 };
 
 namespace detail {
@@ -180,6 +192,21 @@ protected:
     auto state = detail::make_intrusive<detail::request_state<R, std::decay_t<F>>>(address().ptr(), incarnation(),
                                                                                   std::forward<F>(on_reply));
     target.send_request(std::forward<M>(msg), timeout, detail::intrusive_ptr<ask_state<R>>{state});
+  }
+
+  /// Inside a handler that returns `deferred<R>`: takes the reply of the ask being handled, to
+  /// deliver later (from this or any thread). When the handler runs for a `tell`, returns an
+  /// empty deferred whose deliver does nothing. Precondition (precondition_error): R is the
+  /// handler's reply type. Own thread.
+  template <class R>
+  deferred<R> respond_later() {
+    detail::reply_slot& slot = detail::current_reply_slot(*this);
+    if (!slot.state) return deferred<R>{};
+    FLEXSP_EXPECTS(slot.type == detail::type_tag<R>(), "respond_later<{}> does not match the handler's reply type",
+                   type_name<R>());
+    FLEXSP_EXPECTS(!slot.taken, "respond_later called twice in one handler");
+    slot.taken = true;
+    return deferred<R>{detail::intrusive_ptr<ask_state<R>>{static_cast<ask_state<R>*>(slot.state)}};
   }
 
 private:

@@ -156,12 +156,28 @@ template <class T>
 struct unwrap_expected<expected<T>> {
   using type = T;
 };
+template <class T>
+struct unwrap_expected<deferred<T>> {
+  using type = T;
+};
+template <class R>
+inline constexpr bool is_deferred_v = false;
+template <class T>
+inline constexpr bool is_deferred_v<deferred<T>> = true;
+
+/// While an ask's handler runs: its reply slot, for `respond_later`.
+struct reply_slot {
+  ref_counted* state = nullptr;
+  const void* type = nullptr;
+  bool taken = false;
+};
+reply_slot& current_reply_slot(actor_base& self) noexcept;
 template <class A, class M>
 using handler_result_t = decltype(std::declval<A&>().handle(std::declval<M&&>()));
 }  // namespace detail
 
 /// What `ask(M)` to actor A yields on success: the handler's return type, with `expected<T>`
-/// unwrapped to T (its error becomes the ask's error).
+/// unwrapped to T (its error becomes the ask's error) and `deferred<T>` to T.
 template <class A, class M>
 using reply_t = typename detail::unwrap_expected<detail::handler_result_t<A, M>>::type;
 
@@ -192,7 +208,7 @@ struct ask_message final : message {
   ask_message(const ask_message&) = delete;
   ask_message& operator=(const ask_message&) = delete;
   ~ask_message() {
-    if (!reply->ready())
+    if (reply && !reply->ready())
       reply->complete(unexpected<error>{error{errc::disconnected, "the actor terminated before handling the request"}});
   }
   static constexpr std::string_view payload_name() noexcept { return type_name<M>(); }
@@ -203,6 +219,20 @@ struct ask_message final : message {
       if constexpr (std::is_void_v<handler_result_t<A, M>>) {
         a.handle(std::move(m.payload));
         m.reply->complete(expected<void>{});
+      } else if constexpr (is_deferred_v<handler_result_t<A, M>>) {
+        reply_slot& slot = current_reply_slot(self);
+        slot = reply_slot{m.reply.get(), type_tag<reply_type>(), false};
+        struct clear_slot {
+          reply_slot& s;
+          ~clear_slot() { s = reply_slot{}; }
+        } clear{slot};
+        (void)a.handle(std::move(m.payload));
+        if (slot.taken)
+          m.reply.reset();  // the deferred owns it now
+        else
+          m.reply->complete(unexpected<error>{
+              error{errc::failed, fmt::format("handler for {} returned a deferred reply without respond_later",
+                                              payload_name())}});
       } else {
         m.reply->complete(expected<reply_type>{a.handle(std::move(m.payload))});
       }
@@ -211,7 +241,9 @@ struct ask_message final : message {
       throw;
     }
   }
-  void fail(const error& why) noexcept { reply->complete(unexpected<error>{why}); }
+  void fail(const error& why) noexcept {
+    if (reply) reply->complete(unexpected<error>{why});
+  }
 
   M payload;
   intrusive_ptr<state_type> reply;

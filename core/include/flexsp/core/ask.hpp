@@ -61,6 +61,45 @@ private:
   timer_handle timeout_;
 };
 
+/// A reply promised by a handler that answers later (after asking other actors, or when an
+/// event arrives). A handler declares it by returning `deferred<R>` — the ask then yields R —
+/// and gets one from `actor<Self>::respond_later<R>()`. Copyable; all copies share one reply.
+/// If every copy is destroyed without a delivery, the request fails with errc::failed.
+template <class R>
+class deferred {
+public:
+  deferred() = default;
+  explicit deferred(detail::intrusive_ptr<ask_state<R>> state) : holder_{detail::make_intrusive<holder>()} {
+    holder_->state = std::move(state);
+  }
+  /// Completes the request with `v` (a value or an error). Thread-safe; the first delivery
+  /// wins. False for an empty deferred (the handler ran for a `tell`) or a completed request.
+  bool deliver(expected<R> v) const {
+    return holder_ && holder_->state && holder_->state->complete(std::move(v));
+  }
+  /// True when a requester is waiting for this reply.
+  bool valid() const noexcept { return holder_ && holder_->state; }
+
+private:
+  struct holder : detail::ref_counted {
+    detail::intrusive_ptr<ask_state<R>> state;
+    ~holder() override {
+      if (state && !state->ready())
+        state->complete(unexpected<error>{error{errc::failed, "the handler dropped its deferred reply"}});
+    }
+  };
+  detail::intrusive_ptr<holder> holder_;
+};
+
+namespace detail {
+/// A unique address per type, to check a type-erased reply slot.
+template <class T>
+const void* type_tag() noexcept {
+  static const char tag = 0;
+  return &tag;
+}
+}  // namespace detail
+
 /// The caller's handle on an `ask`. Move-only; `get` may be called once.
 template <class R>
 class pending {
