@@ -262,6 +262,32 @@ expected<micro_batch_result> gpt_model::forward_backward(communicator& group, co
   return result;
 }
 
+expected<micro_batch_result> run_micro_batch(gpt_model& model, communicator& group,
+                                             std::span<const std::vector<std::int32_t>> sequences, float loss_scale) {
+  std::vector<std::int64_t> lengths;
+  lengths.reserve(sequences.size());
+  for (std::size_t i = 0; i < sequences.size(); ++i) {
+    if (sequences[i].empty())
+      return make_error(errc::invalid_argument, "sequence {} has no ids (a sequence of length L carries L + 1)", i);
+    lengths.push_back(static_cast<std::int64_t>(sequences[i].size()) - 1);
+  }
+  FLEXSP_TRY_ASSIGN(auto layout, ulysses_layout::make(std::move(lengths), group.size(), group.rank(),
+                                                      model.config().heads));
+  FLEXSP_TRY_ASSIGN(auto inputs, shard_inputs(layout, sequences));
+  return model.forward_backward(group, layout, inputs, loss_scale);
+}
+
+expected<void> broadcast_training_state(communicator& group, int root, gpt_model& model, adamw_optimizer& optimizer) {
+  FLEXSP_TRY(group.broadcast(model.params(), root));
+  FLEXSP_TRY(group.broadcast(optimizer.first_moments(), root));
+  FLEXSP_TRY(group.broadcast(optimizer.second_moments(), root));
+  // The step count travels as a float: exact up to 2^24 steps.
+  std::vector<float> step{static_cast<float>(optimizer.steps())};
+  FLEXSP_TRY(group.broadcast(step, root));
+  optimizer.set_steps(static_cast<std::int64_t>(step[0]));
+  return {};
+}
+
 expected<void> all_reduce_gradients(communicator& world, gpt_model& model) {
   return world.all_reduce_sum(model.grads());
 }

@@ -63,15 +63,9 @@ int run_plan(rendezvous_store& store, int device, const std::string& out) {
       if (communicator_cache::rank_in(g.devices, device) < 0) continue;
       auto comm = cache.get(g.devices);
       if (!comm) return fail(comm.error().to_string());
-      std::vector<std::int64_t> lengths;
       std::vector<std::vector<std::int32_t>> mine;
-      for (auto s : g.sequences) {
-        lengths.push_back(kPlanLengths[s]);
-        mine.push_back(seqs[s]);
-      }
-      auto layout = ulysses_layout::make(lengths, (*comm)->size(), (*comm)->rank(), kSpModel.heads).value();
-      auto res = model.forward_backward(**comm, layout, shard_inputs(layout, mine).value(),
-                                        1.0f / static_cast<float>(total));
+      for (auto s : g.sequences) mine.push_back(seqs[s]);
+      auto res = run_micro_batch(model, **comm, mine, 1.0f / static_cast<float>(total));
       if (!res) return fail(res.error().to_string());
       loss += res->loss_sum;
     }

@@ -133,5 +133,32 @@ TEST(UlyssesSp, ThreadedGroupOfThreeMatchesOneDevice) {
   for (int r = 0; r < d; ++r) EXPECT_LE(rel_err(grads[r], ref.grads()), 1e-4);
 }
 
+TEST(TrainingState, BroadcastGivesAJoiningReplicaTheSameParametersAndMoments) {
+  memory_store store;
+  std::vector<std::vector<float>> params(2), second(2);
+  std::vector<std::int64_t> steps(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r)
+    threads.emplace_back([&, r] {
+      auto comm = make_gloo_communicator(store, "join", r, 2, gloo_options{}).value();
+      auto m = gpt_model::create(kSmall, r == 0 ? 1 : 2).value();
+      adamw_optimizer opt{m, {}};
+      if (r == 0) {
+        const std::vector<std::vector<std::int32_t>> seqs = synthetic_sequences(std::vector<std::int64_t>{20, 7}, 4);
+        auto local = make_local_communicator();
+        ASSERT_TRUE(run_micro_batch(m, *local, seqs, 1.0f / 27));
+        opt.step(m, 1.0);
+      }
+      ASSERT_TRUE(broadcast_training_state(*comm, 0, m, opt));
+      params[r].assign(m.params().begin(), m.params().end());
+      second[r].assign(opt.second_moments().begin(), opt.second_moments().end());
+      steps[r] = opt.steps();
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(params[0], params[1]);
+  EXPECT_EQ(second[0], second[1]);
+  EXPECT_EQ(steps[1], 1);
+}
+
 }  // namespace
 }  // namespace flexsp::kernels

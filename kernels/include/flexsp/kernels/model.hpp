@@ -121,6 +121,13 @@ private:
   std::vector<float> grads_;
 };
 
+/// Forward and backward of the sequences one SP group runs in a micro-batch, on this member
+/// of `group`: builds the Ulysses layout from the group's size and this rank, takes this
+/// rank's shares and calls forward_backward. Every member passes the same full sequences
+/// (length + 1 ids each, see shard_inputs). loss_scale is 1 / (tokens of the global batch).
+expected<micro_batch_result> run_micro_batch(gpt_model& model, communicator& group,
+                                             std::span<const std::vector<std::int32_t>> sequences, float loss_scale);
+
 /// Sums gradients over every device of `world` (all SP groups are data-parallel replicas).
 expected<void> all_reduce_gradients(communicator& world, gpt_model& model);
 
@@ -147,6 +154,10 @@ private:
   std::vector<float> v_;
   std::int64_t step_ = 0;
 };
+
+/// Copies parameters, AdamW moments and step count from rank `root` of `group` to every other
+/// member (a device joining a running job). Collective.
+expected<void> broadcast_training_state(communicator& group, int root, gpt_model& model, adamw_optimizer& optimizer);
 
 /// Writes parameters and optimizer state (format above). errc::io on a write failure.
 expected<void> save_checkpoint(const std::filesystem::path& path, const gpt_model& model,
