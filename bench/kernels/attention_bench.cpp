@@ -1,6 +1,8 @@
 // Throughput of the tiled variable-length causal attention, forward and backward, on one 4K
-// sequence and on a packed long-tail batch. Correctness: a sample of output rows is compared
-// with a double-precision naive computation (#wrong).
+// sequence, a packed long-tail batch and one 32K sequence (peak memory reported). Correctness:
+// a sample of output rows is compared with a double-precision naive computation (#wrong).
+#include <sys/resource.h>
+
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -68,5 +70,10 @@ int main() {
   wrong += run_case("one 4096 seq, 8 heads x 32", {4096}, 8, 32);
   wrong += run_case("long-tail 8 seqs, 8 x 32", {4096, 1500, 900, 600, 400, 300, 200, 100}, 8, 32);
   wrong += run_case("one 8192 seq, 1 head x 64", {8192}, 1, 64);
+  wrong += run_case("one 32768 seq, 1 head x 32", {32768}, 1, 32);
+  // One 32K x 32K fp32 score matrix alone would be 4 GiB.
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  std::printf("peak resident memory of the whole run: %.1f MiB\n", static_cast<double>(usage.ru_maxrss) / 1024.0);
   return wrong == 0 ? 0 : 1;
 }

@@ -264,6 +264,7 @@ public:
     if (st_->aborted.exchange(true)) return;
     st_->poisoned = true;
     {
+      // Taking the lock orders the flag before a waiter's predicate check, so no wake-up is lost.
       std::lock_guard lock{st_->mutex};
     }
     st_->cv.notify_all();
@@ -299,7 +300,7 @@ private:
     st_->cv.notify_all();
     // Gloo enforces the deadline itself; the grace covers a transport that fails to.
     const auto deadline = std::chrono::steady_clock::now() + timeout_ + std::chrono::seconds{5};
-    const bool finished = st_->cv.wait_until(lock, deadline, [&] { return j->done || st_->aborted.load(); });
+    st_->cv.wait_until(lock, deadline, [&] { return j->done || st_->aborted.load(); });
     if (j->done && !j->err) return {};
     st_->poisoned = true;
     if (!j->done) {
@@ -308,7 +309,6 @@ private:
       abort();
       return make_error(errc::timeout, "{}: no completion within {} ms", what, timeout_.count());
     }
-    (void)finished;
     auto e = *j->err;
     lock.unlock();
     log::get("kernels")->warn("rank {}/{}: {}", rank_, size_, e.to_string());
