@@ -59,7 +59,9 @@ expected<std::unique_ptr<communicator>> make_gloo_communicator(rendezvous_store&
 
 /// SP-group communicators of one device, created on first use and cached by (epoch, device
 /// set). Many groups of different sizes coexist; a group of one is a local communicator.
-/// Thread-safe.
+/// Rendezvous keys live under "flexsp/group/<epoch>/<ascending device ids, comma-separated>/".
+/// A group that failed is not rebuilt in the same epoch (its keys are spent). Thread-safe;
+/// creation is serialised per cache.
 class communicator_cache {
 public:
   communicator_cache(rendezvous_store& store, int my_device, gloo_options options);
