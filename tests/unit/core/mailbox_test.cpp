@@ -1,5 +1,7 @@
 #include "flexsp/core/mailbox.hpp"
 
+#include "flexsp/core/actor.hpp"
+
 #include <gtest/gtest.h>
 
 #include <thread>
@@ -19,6 +21,21 @@ test_message::test_message(int s, int q) : message{&detail::vtable_for<test_mess
 
 std::unique_ptr<test_message> take(mailbox_queue& q) {
   return std::unique_ptr<test_message>{static_cast<test_message*>(q.pop())};
+}
+
+TEST(Message, ExposesItsPayloadAndPayloadTypeName) {
+  struct probe {
+    int value;
+  };
+  class sink : public actor<sink> {
+  public:
+    void handle(const probe&) {}
+  };
+  message_ptr m{new detail::tell_message<sink, probe>(probe{7})};
+  EXPECT_NE(m->vtable->type_name.find("probe"), std::string_view::npos);
+  ASSERT_NE(m->vtable->payload(*m), nullptr);
+  EXPECT_EQ(static_cast<const probe*>(m->vtable->payload(*m))->value, 7);
+  EXPECT_EQ(type_name<int>(), "int");
 }
 
 TEST(Mailbox, DeliversMessagesFromOneSenderInOrder) {

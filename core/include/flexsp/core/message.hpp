@@ -4,8 +4,9 @@
 ///
 /// A message is created by the sender with the receiver's handler already bound (a function
 /// pointer chosen at compile time from the receiver's type and the payload's type), so a local
-/// delivery needs no lookup and no second allocation. Every message carries the stable name of
-/// its payload type; a transport that crosses processes can key its serialisers on it.
+/// delivery needs no lookup and no second allocation. Every message exposes its payload and the
+/// stable name of the payload's type; a transport that crosses processes can key its serialisers
+/// on that name.
 
 #include <cstdint>
 #include <memory>
@@ -29,6 +30,9 @@ struct message_vtable {
   void (*fail)(message& msg, const error& why) noexcept;
   /// Payload type name, e.g. "flexsp::core::down_msg".
   std::string_view type_name;
+  /// The payload object (of the type named by `type_name`), or null for runtime control
+  /// messages. A transport serialises through this and `type_name`.
+  const void* (*payload)(const message& msg) noexcept;
 };
 
 /// An intrusive mailbox node. Owned through `message_ptr`.
@@ -63,7 +67,13 @@ struct vtable_for {
   static void fail(message& m, const error& why) noexcept {
     if constexpr (requires(M& x) { x.fail(why); }) static_cast<M&>(m).fail(why);
   }
-  static constexpr message_vtable value{&M::invoke, &destroy, &fail, M::payload_name()};
+  static const void* payload(const message& m) noexcept {
+    if constexpr (requires(const M& x) { x.payload; })
+      return &static_cast<const M&>(m).payload;
+    else
+      return nullptr;
+  }
+  static constexpr message_vtable value{&M::invoke, &destroy, &fail, M::payload_name(), &payload};
 };
 }  // namespace detail
 
