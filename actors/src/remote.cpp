@@ -34,7 +34,11 @@ struct actor_host::impl {
   std::unique_ptr<net::listener> listener;
 
   std::mutex mutex;  // guards everything below
-  std::unordered_map<std::uint64_t, std::shared_ptr<dispatch_fn>> actors;
+  struct actor_entry {
+    std::shared_ptr<dispatch_fn> sync;
+    std::shared_ptr<async_dispatch_fn> async;
+  };
+  std::unordered_map<std::uint64_t, actor_entry> actors;
   std::uint64_t next_actor = 1;
   std::map<std::string, peer> peers;
   std::unordered_map<std::uint64_t, pending> asks;
@@ -189,13 +193,18 @@ struct actor_host::impl {
       on_reply(a);
       return;
     }
-    std::shared_ptr<dispatch_fn> fn;
+    actor_entry entry;
     {
       std::lock_guard lock{mutex};
       auto it = actors.find(a.getTarget());
-      if (it != actors.end()) fn = it->second;
+      if (it != actors.end()) entry = it->second;
     }
+    const std::shared_ptr<dispatch_fn>& fn = entry.sync;
     const std::uint64_t rid = a.getRequestId();
+    if (entry.async) {
+      on_async(c, a, *entry.async);
+      return;
+    }
     capnp::MallocMessageBuilder reply_msg{128};
     auto reply = wire::start_envelope(reply_msg).getBody().initActor();
     reply.setIsReply(true);
@@ -225,6 +234,40 @@ struct actor_host::impl {
       reply.setErrorMessage(result.error().message());
     }
     c.send(reply_msg);
+  }
+
+  static void send_reply(net::connection& c, std::uint64_t rid, const expected<void>& status, std::uint64_t type_id,
+                         const encode_fn& encode) {
+    capnp::MallocMessageBuilder msg{128};
+    auto reply = wire::start_envelope(msg).getBody().initActor();
+    reply.setIsReply(true);
+    reply.setRequestId(rid);
+    if (!status) {
+      reply.setErrorKind(std::string{to_string(status.error().kind())});
+      reply.setErrorMessage(status.error().message());
+    } else {
+      reply.setTypeId(type_id);
+      if (encode) encode(reply.getPayload());
+    }
+    c.send(msg);
+  }
+
+  void on_async(net::connection& c, wire::schema::ActorMessage::Reader a, async_dispatch_fn& fn) {
+    const std::uint64_t rid = a.getRequestId();
+    reply_sink sink;
+    if (rid != 0) {
+      std::weak_ptr<net::connection> weak = c.shared_from_this();
+      sink = [weak, rid](expected<void> status, std::uint64_t type_id, const encode_fn& encode) {
+        if (auto conn = weak.lock()) send_reply(*conn, rid, status, type_id, encode);
+      };
+    }
+    // Dispatch errors happen before the sink is handed on, so answering here is the only answer.
+    if (auto r = fn(a.getTypeId(), a.getPayload(), rid ? &sink : nullptr); !r) {
+      if (rid != 0)
+        send_reply(c, rid, r, 0, {});
+      else
+        log::get("actors")->debug("dropped tell to actor {}: {}", a.getTarget(), r.error().message());
+    }
   }
 
   void on_reply(wire::schema::ActorMessage::Reader a) {
@@ -282,9 +325,20 @@ net::event_loop& actor_host::loop() noexcept { return impl_->loop; }
 std::uint64_t actor_host::add_actor(dispatch_fn fn) {
   std::lock_guard lock{impl_->mutex};
   const auto id = impl_->next_actor++;
-  impl_->actors.emplace(id, std::make_shared<dispatch_fn>(std::move(fn)));
+  impl_->actors.emplace(id, impl::actor_entry{std::make_shared<dispatch_fn>(std::move(fn)), nullptr});
   return id;
 }
+
+std::uint64_t actor_host::add_async_actor(async_dispatch_fn fn) {
+  std::lock_guard lock{impl_->mutex};
+  const auto id = impl_->next_actor++;
+  impl_->actors.emplace(id, impl::actor_entry{nullptr, std::make_shared<async_dispatch_fn>(std::move(fn))});
+  return id;
+}
+
+namespace detail {
+void log_failed_tell(const error& e) { log::get("net")->warn("remote tell failed: {}", e.message()); }
+}  // namespace detail
 
 void actor_host::remove(std::uint64_t actor_id) {
   std::lock_guard lock{impl_->mutex};

@@ -10,6 +10,70 @@
 #include "flexsp/actors/device_actor.hpp"
 #include "flexsp/actors/head.hpp"
 #include "flexsp/actors/node.hpp"
+#include "flexsp/core/actor.hpp"
+#include "flexsp/core/actor_system.hpp"
+
+// A runtime actor reached from another host. Its messages reuse the device schema's structs.
+namespace flexsp::actors {
+struct add_msg {
+  std::uint64_t n = 0;
+};
+struct total_query {};
+struct total_msg {
+  std::uint64_t sum = 0;
+  std::uint64_t count = 0;
+  std::uint64_t out_of_order = 0;
+};
+struct fail_query {
+  std::uint64_t code = 0;
+};
+template <>
+struct wire_codec<add_msg> {
+  using schema = schema::Note;
+  static void encode(const add_msg& m, schema::Builder b) { b.setSequence(m.n); }
+  static add_msg decode(schema::Reader r) { return {r.getSequence()}; }
+};
+template <>
+struct wire_codec<total_query> {
+  using schema = schema::GetStats;
+  static void encode(const total_query&, schema::Builder) {}
+  static total_query decode(schema::Reader) { return {}; }
+};
+template <>
+struct wire_codec<total_msg> {
+  using schema = schema::Stats;
+  static void encode(const total_msg& m, schema::Builder b) {
+    b.setNotes(m.count);
+    b.setLastSequence(m.sum);
+    b.setOutOfOrder(m.out_of_order);
+  }
+  static total_msg decode(schema::Reader r) { return {r.getLastSequence(), r.getNotes(), r.getOutOfOrder()}; }
+};
+template <>
+struct wire_codec<fail_query> {
+  using schema = schema::Ping;
+  static void encode(const fail_query& m, schema::Builder b) { b.setSequence(m.code); }
+  static fail_query decode(schema::Reader r) { return {r.getSequence()}; }
+};
+}  // namespace flexsp::actors
+
+namespace {
+class adder : public flexsp::core::actor<adder> {
+public:
+  void handle(flexsp::actors::add_msg m) {
+    if (m.n != count_ + 1) ++out_of_order_;
+    ++count_;
+    sum_ += m.n;
+  }
+  flexsp::actors::total_msg handle(flexsp::actors::total_query) { return {sum_, count_, out_of_order_}; }
+  flexsp::expected<flexsp::actors::total_msg> handle(flexsp::actors::fail_query q) {
+    return flexsp::make_error(flexsp::errc::invalid_argument, "refused code {}", q.code);
+  }
+
+private:
+  std::uint64_t sum_ = 0, count_ = 0, out_of_order_ = 0;
+};
+}  // namespace
 
 namespace {
 
@@ -222,6 +286,52 @@ TEST_F(ClusterServices, ANodeWithTheWrongSecretIsRejectedAndGivesUp) {
   auto s = client()->status();
   ASSERT_TRUE(s);
   EXPECT_TRUE(s->nodes.empty());
+}
+
+TEST(RemoteRuntimeActors, TypedRemoteRefsHaveTheLocalApiAndKeepOrder) {
+  core::actor_system system{core::actor_system_config{.workers = 2}};
+  auto local = system.spawn<adder>();
+
+  net::event_loop server_loop, client_loop;
+  server_loop.start();
+  client_loop.start();
+  actor_host_config hc;
+  hc.transport = transport();
+  auto server = actor_host::start(server_loop, hc);
+  auto client = actor_host::start(client_loop, hc);
+  ASSERT_TRUE(server && client);
+  const auto id = (*server)->publish<adder, add_msg, total_query, fail_query>(local);
+
+  remote_actor_ref<adder> remote{(*client)->ref({(*server)->address(), id})};
+  constexpr std::uint64_t kCount = 3000;
+  for (std::uint64_t i = 1; i <= kCount; ++i) remote.tell(add_msg{i});
+  // The same call shape as a local actor_ref: ask(msg, timeout).get().
+  auto total = remote.ask(total_query{}, std::chrono::seconds{5}).get();
+  ASSERT_TRUE(total) << total.error().to_string();
+  EXPECT_EQ(total->count, kCount);
+  EXPECT_EQ(total->out_of_order, 0u);
+  EXPECT_EQ(total->sum, kCount * (kCount + 1) / 2);
+  auto same_locally = local.ask(total_query{}, std::chrono::seconds{5}).get();
+  ASSERT_TRUE(same_locally);
+  EXPECT_EQ(same_locally->sum, total->sum);
+
+  auto refused = remote.ask(fail_query{7}, std::chrono::seconds{5}).get();
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().kind(), errc::invalid_argument);
+  EXPECT_NE(refused.error().message().find("refused code 7"), std::string::npos) << refused.error().to_string();
+
+  local.stop();
+  expected<total_msg> after_stop = total_msg{};
+  ASSERT_TRUE(eventually([&]() {
+    after_stop = remote.ask(total_query{}, std::chrono::seconds{5}).get();
+    return !after_stop;
+  }));
+  EXPECT_EQ(after_stop.error().kind(), errc::disconnected) << after_stop.error().to_string();
+
+  (*client)->stop();
+  (*server)->stop();
+  client_loop.stop();
+  server_loop.stop();
 }
 
 }  // namespace

@@ -158,6 +158,12 @@ const char* role_name(Role r) {
   return "unknown";
 }
 
+wire::frame_limits handshake_limits(const transport_config& c) {
+  wire::frame_limits l = c.limits;
+  l.max_frame_bytes = std::min(l.max_frame_bytes, c.max_handshake_frame_bytes);
+  return l;
+}
+
 class tcp_connection final : public connection {
 public:
   enum class state { server_handshake, client_handshake, authenticated, running, closing, closed };
@@ -166,7 +172,7 @@ public:
       : loop_{loop},
         socket_{std::move(socket)},
         config_{std::move(config)},
-        decoder_{config_.limits},
+        decoder_{handshake_limits(config_)},
         role_{role},
         id_{g_next_connection_id++} {
     std::error_code ec;
@@ -264,6 +270,19 @@ private:
     {
       std::lock_guard lock{queue_mutex_};
       if (!accepting_sends_) return;
+      queued_bytes_ += frame.size() * sizeof(capnp::word);
+      if (queued_bytes_ > config_.max_queued_bytes) {
+        accepting_sends_ = false;
+        queued_.clear();
+        auto self = shared_from_this();
+        const std::size_t limit = config_.max_queued_bytes;
+        loop_.post([self, this, limit]() {
+          log::get("net")->warn("closing connection {} to {}: it stopped reading ({} bytes queued)", id_, peer_, limit);
+          begin_close(error{errc::overloaded, fmt::format("{} stopped reading: more than {} bytes queued", peer_, limit)},
+                      false);
+        });
+        return;
+      }
       queued_.push_back(std::move(frame));
       if (write_pending_) return;
       write_pending_ = true;
@@ -280,6 +299,7 @@ private:
     if (state_ == state::closed) return;
     {
       std::lock_guard lock{queue_mutex_};
+      for (const auto& f : in_flight_) queued_bytes_ -= f.size() * sizeof(capnp::word);
       in_flight_.clear();
       while (!queued_.empty()) {
         in_flight_.push_back(std::move(queued_.front()));
@@ -450,6 +470,7 @@ private:
   }
 
   void authenticated() {
+    decoder_.set_max_frame_bytes(config_.limits.max_frame_bytes);
     if (handshake_timer_) loop_.cancel(handshake_timer_);
     handshake_timer_ = 0;
     state_ = state::authenticated;
@@ -532,6 +553,7 @@ private:
   std::deque<kj::Array<capnp::word>> queued_;
   bool write_pending_ = false;
   bool accepting_sends_ = true;
+  std::size_t queued_bytes_ = 0;  // queued plus in flight
   std::vector<kj::Array<capnp::word>> in_flight_;
   std::vector<asio::const_buffer> buffers_;
 };

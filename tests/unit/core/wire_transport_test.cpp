@@ -9,6 +9,7 @@
 #include <cstring>
 #include <future>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -40,7 +41,11 @@ struct echo_server {
   explicit echo_server(net::transport_config config) {
     loop.start();
     auto l = net::listener::open(loop, {"127.0.0.1", 0}, std::move(config), [this](std::shared_ptr<net::connection> c) {
-      conns.push_back(c);
+      {
+        std::lock_guard lock{mutex};
+        conns.push_back(c);
+        cv.notify_all();
+      }
       c->start(
           [](net::connection& conn, wire::envelope_reader env) {
             capnp::MallocMessageBuilder reply;
@@ -60,6 +65,10 @@ struct echo_server {
   ~echo_server() {
     listener.reset();
     loop.stop();
+  }
+  bool wait_conns(std::size_t n) {
+    std::unique_lock lock{mutex};
+    return cv.wait_for(lock, 10s, [&]() { return conns.size() >= n; });
   }
   bool wait_closes(std::size_t n) {
     std::unique_lock lock{mutex};
@@ -156,6 +165,7 @@ TEST(Transport, DeliversMessagesFromOneSenderInOrder) {
   for (std::uint64_t i = 0; i < kCount; ++i) client.send(i);
   ASSERT_TRUE(client.wait_count(kCount));
   for (std::uint64_t i = 0; i < kCount; ++i) ASSERT_EQ(client.received[i], i);
+  ASSERT_TRUE(server.wait_conns(1));
   EXPECT_EQ(server.conns.at(0)->role(), Role::PEER);
   client.conn->close(error{errc::cancelled, "done"});
   EXPECT_TRUE(server.wait_closes(1));
@@ -234,6 +244,41 @@ TEST(Transport, TruncatedFrameThenEofClosesCleanly) {
   ::shutdown(fd, SHUT_WR);
   EXPECT_TRUE(closed_by_server(fd));
   ::close(fd);
+}
+
+TEST(Transport, HoldsUnauthenticatedPeersToSmallFrames) {
+  echo_server server{config_with("k")};
+  const int fd = raw_connect(server.listener->port());
+  const std::uint32_t table[] = {0, 1024};  // 8 KiB announced before any handshake
+  ASSERT_EQ(::send(fd, table, sizeof table, 0), static_cast<ssize_t>(sizeof table));
+  EXPECT_TRUE(closed_by_server(fd));
+  ::close(fd);
+}
+
+TEST(Transport, DisconnectsAPeerThatStopsReadingInsteadOfBufferingWithoutBound) {
+  auto cfg = config_with("k");
+  cfg.max_queued_bytes = 1 << 20;
+  echo_server server{cfg};
+  auto client_loop = std::make_unique<net::event_loop>();
+  client_loop->start();
+  auto c = net::connect_blocking(*client_loop, server.address(), Role::PEER, config_with("k"));
+  ASSERT_TRUE(c) << c.error().to_string();
+  ASSERT_TRUE(server.wait_conns(1));
+  client_loop->stop();  // the client process "hangs": nothing reads its socket any more
+  std::shared_ptr<net::connection> conn;
+  {
+    std::lock_guard lock{server.mutex};
+    conn = server.conns.at(0);
+  }
+  std::string blob(4096, 'x');
+  for (int i = 0; i < 20000 && conn->is_open(); ++i) {
+    capnp::MallocMessageBuilder msg;
+    wire::start_envelope(msg).getBody().initReject().setReason(blob);
+    conn->send(msg);
+  }
+  ASSERT_TRUE(server.wait_closes(1));
+  std::lock_guard lock{server.mutex};
+  EXPECT_EQ(server.closes.at(0).kind(), errc::overloaded) << server.closes.at(0).to_string();
 }
 
 }  // namespace

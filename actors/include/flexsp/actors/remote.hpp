@@ -16,6 +16,16 @@
 ///   static ping decode(schema::Ping::Reader r) { return {r.getSequence()}; }
 /// };
 /// ```
+/// Two kinds of actors can be reached remotely:
+/// - actors of the local runtime (`core::actor_system`), made reachable with
+///   `actor_host::publish<A, Msgs...>(actor_ref<A>)`; their handlers run on the runtime's
+///   workers, and an inbound ask becomes a runtime ask whose reply travels back when it is ready;
+/// - host-local actors (`actor_host::spawn`), whose handlers run on the host's I/O thread (for
+///   small services such as the placeholder device actor).
+/// `remote_actor_ref<A>` has the API of `core::actor_ref<A>` (`tell`, `try_tell`, `ask` returning
+/// `core::pending<R>`, with M checked against A's handlers at compile time); the untyped
+/// `remote_ref` names the reply type explicitly.
+///
 /// Guarantees:
 /// - Messages from one host to one actor arrive in the order they were sent (one TCP
 ///   connection per host pair, FIFO queues).
@@ -39,6 +49,8 @@
 #include <capnp/message.h>
 #include <kj/exception.h>
 
+#include "flexsp/core/actor_ref.hpp"
+#include "flexsp/core/ask.hpp"
 #include "flexsp/core/check.hpp"
 #include "flexsp/core/error.hpp"
 #include "flexsp/core/net/transport.hpp"
@@ -90,9 +102,50 @@ public:
   template <wire_message R, wire_message M>
   expected<R> ask(const M& m, std::chrono::milliseconds timeout) const;
 
+  /// Sends an ask whose result completes `state` (R may be void: the reply carries no payload).
+  template <class R, wire_message M>
+  void ask_into(const M& m, core::duration timeout, const core::detail::intrusive_ptr<core::ask_state<R>>& state) const;
+
 private:
   std::shared_ptr<actor_host> host_;
   remote_address address_;
+};
+
+/// A reference to a remote actor of class A, with the API of `core::actor_ref<A>`.
+template <class A>
+class remote_actor_ref {
+public:
+  remote_actor_ref() = default;
+  explicit remote_actor_ref(remote_ref untyped) : ref_{std::move(untyped)} {}
+
+  const remote_address& address() const noexcept { return ref_.address(); }
+  bool valid() const noexcept { return ref_.valid(); }
+
+  /// Fire-and-forget; a failed send is logged on the "net" logger.
+  template <class M>
+    requires core::handles<A, std::decay_t<M>> && wire_message<std::decay_t<M>>
+  void tell(M&& msg) const;
+
+  /// Like tell, but reports failure (errc::disconnected when the peer is known down).
+  template <class M>
+    requires core::handles<A, std::decay_t<M>> && wire_message<std::decay_t<M>>
+  expected<void> try_tell(M&& msg) const {
+    return ref_.tell(static_cast<const std::decay_t<M>&>(msg));
+  }
+
+  /// Request/response: the reply, or errc::timeout after `timeout`, errc::disconnected as soon
+  /// as the peer's connection breaks, or the remote handler's error.
+  template <class M>
+    requires core::handles<A, std::decay_t<M>> && wire_message<std::decay_t<M>>
+  auto ask(M&& msg, core::duration timeout) const {
+    using R = core::reply_t<A, std::decay_t<M>>;
+    auto state = core::detail::make_intrusive<core::ask_state<R>>();
+    ref_.ask_into<R>(static_cast<const std::decay_t<M>&>(msg), timeout, state);
+    return core::pending<R>{std::move(state)};
+  }
+
+private:
+  remote_ref ref_;
 };
 
 /// Settings of an actor host.
@@ -125,6 +178,10 @@ public:
   /// loop thread. Returns the actor's id in this host.
   template <class Actor, wire_message... Msgs>
   std::uint64_t spawn(std::shared_ptr<Actor> actor);
+  /// Makes a runtime actor reachable: inbound tells become `ref.try_tell`, inbound asks become
+  /// `ref.ask` with `ask_timeout`, answered when the runtime completes them. Returns the id.
+  template <class A, wire_message... Msgs>
+  std::uint64_t publish(core::actor_ref<A> ref, core::duration ask_timeout = std::chrono::seconds{30});
   /// Removes an actor; later messages to it fail with errc::not_found.
   void remove(std::uint64_t actor_id);
 
@@ -141,6 +198,12 @@ public:
   // -- used by remote_ref ----------------------------------------------------------------------
   using encode_fn = std::function<void(capnp::AnyPointer::Builder)>;
   using reply_fn = std::function<void(expected<capnp::AnyPointer::Reader>, std::uint64_t type_id)>;
+  /// Answers one inbound ask, later and from any thread; call once. `encode` may be null
+  /// (a void reply or an error).
+  using reply_sink = std::function<void(expected<void> status, std::uint64_t type_id, const encode_fn& encode)>;
+  /// Dispatch of an actor that answers asynchronously; `sink` is null for a tell.
+  using async_dispatch_fn =
+      std::function<expected<void>(std::uint64_t type_id, capnp::AnyPointer::Reader payload, reply_sink* sink)>;
   expected<void> send(const remote_address& to, std::uint64_t type_id, const encode_fn& encode);
   void request(const remote_address& to, std::uint64_t type_id, const encode_fn& encode,
                std::chrono::milliseconds timeout, reply_fn done);
@@ -149,6 +212,7 @@ public:
 
 private:
   std::uint64_t add_actor(dispatch_fn fn);
+  std::uint64_t add_async_actor(async_dispatch_fn fn);
   explicit actor_host(std::unique_ptr<impl> i);
   std::unique_ptr<impl> impl_;
 };
@@ -157,6 +221,9 @@ private:
 // implementation of the templates
 
 namespace detail {
+/// Logs a tell that could not be sent (remote_actor_ref::tell has no result to report it in).
+void log_failed_tell(const error& e);
+
 template <class R>
 struct unwrap_reply {
   using type = R;
@@ -240,6 +307,104 @@ void remote_ref::ask(const M& m, std::chrono::milliseconds timeout, std::functio
         }
         done(std::move(*value));
       });
+}
+
+namespace detail {
+// Decodes a reply payload into R (or void) and completes `state`.
+template <class R>
+void complete_from_wire(core::ask_state<R>& state, expected<capnp::AnyPointer::Reader> r, std::uint64_t type_id) {
+  if (!r) {
+    state.complete(unexpected<error>{std::move(r).error()});
+    return;
+  }
+  if constexpr (std::is_void_v<R>) {
+    state.complete(expected<void>{});
+  } else {
+    if (type_id != wire_type_id<R>()) {
+      state.complete(make_error(errc::protocol, "reply has type {:#018x}, expected {:#018x}", type_id, wire_type_id<R>()));
+      return;
+    }
+    try {
+      state.complete(expected<R>{wire_codec<R>::decode(r->getAs<typename wire_codec<R>::schema>())});
+    } catch (const kj::Exception& e) {
+      state.complete(make_error(errc::protocol, "malformed reply: {}", e.getDescription().cStr()));
+    }
+  }
+}
+
+// An ask_state that sends its result back over the wire once the runtime completes it.
+template <class R>
+class wire_reply_state final : public core::ask_state<R> {
+public:
+  explicit wire_reply_state(actor_host::reply_sink sink) : sink_{std::move(sink)} {}
+
+protected:
+  void on_ready() override {
+    auto r = this->take();
+    if (!r) {
+      sink_(unexpected<error>{std::move(r).error()}, 0, {});
+    } else if constexpr (std::is_void_v<R>) {
+      sink_(expected<void>{}, 0, {});
+    } else {
+      const R& value = *r;
+      sink_(expected<void>{}, wire_type_id<R>(), [&value](capnp::AnyPointer::Builder b) {
+        wire_codec<R>::encode(value, b.initAs<typename wire_codec<R>::schema>());
+      });
+    }
+  }
+
+private:
+  actor_host::reply_sink sink_;
+};
+
+template <class A, class M>
+bool forward_one(const core::actor_ref<A>& ref, core::duration timeout, std::uint64_t type_id,
+                 capnp::AnyPointer::Reader payload, actor_host::reply_sink* sink, expected<void>& result) {
+  if (type_id != wire_type_id<M>()) return false;
+  M m = wire_codec<M>::decode(payload.getAs<typename wire_codec<M>::schema>());
+  if (!sink) {
+    result = ref.try_tell(std::move(m));
+    return true;
+  }
+  using R = core::reply_t<A, M>;
+  static_assert(std::is_void_v<R> || wire_message<R>, "the reply type of a published handler needs a wire_codec");
+  core::detail::intrusive_ptr<core::ask_state<R>> state = core::detail::make_intrusive<wire_reply_state<R>>(std::move(*sink));
+  ref.send_request(std::move(m), timeout, state);
+  return true;
+}
+}  // namespace detail
+
+template <class A, wire_message... Msgs>
+std::uint64_t actor_host::publish(core::actor_ref<A> ref, core::duration ask_timeout) {
+  return add_async_actor([ref = std::move(ref), ask_timeout](std::uint64_t type_id, capnp::AnyPointer::Reader payload,
+                                                             reply_sink* sink) -> expected<void> {
+    expected<void> result;
+    const bool handled = (detail::forward_one<A, Msgs>(ref, ask_timeout, type_id, payload, sink, result) || ...);
+    if (!handled) return make_error(errc::protocol, "actor does not handle message type {:#018x}", type_id);
+    return result;
+  });
+}
+
+template <class R, wire_message M>
+void remote_ref::ask_into(const M& m, core::duration timeout,
+                          const core::detail::intrusive_ptr<core::ask_state<R>>& state) const {
+  FLEXSP_EXPECTS(valid(), "ask on an empty remote_ref");
+  const auto ms = timeout == core::duration::max()
+                      ? std::chrono::milliseconds{std::chrono::hours{24 * 365}}
+                      : std::chrono::ceil<std::chrono::milliseconds>(timeout);
+  host_->request(
+      address_, wire_type_id<M>(),
+      [&m](capnp::AnyPointer::Builder b) { wire_codec<M>::encode(m, b.initAs<typename wire_codec<M>::schema>()); }, ms,
+      [state](expected<capnp::AnyPointer::Reader> r, std::uint64_t type_id) {
+        detail::complete_from_wire(*state, std::move(r), type_id);
+      });
+}
+
+template <class A>
+template <class M>
+  requires core::handles<A, std::decay_t<M>> && wire_message<std::decay_t<M>>
+void remote_actor_ref<A>::tell(M&& msg) const {
+  if (auto r = try_tell(std::forward<M>(msg)); !r) detail::log_failed_tell(r.error());
 }
 
 template <wire_message R, wire_message M>

@@ -56,6 +56,11 @@ struct transport_config {
   wire::frame_limits limits;
   /// Time allowed for TCP connect plus handshake, and for an accepted peer to authenticate.
   std::chrono::milliseconds handshake_timeout{5000};
+  /// Largest frame a peer may send before it has authenticated (bytes).
+  std::size_t max_handshake_frame_bytes = 4096;
+  /// Outbound bytes one connection may hold queued; a peer that stops reading beyond this is
+  /// disconnected with errc::overloaded instead of growing the sender's memory without bound.
+  std::size_t max_queued_bytes = std::size_t{256} << 20;
 
   expected<void> validate() const;
 };

@@ -62,6 +62,10 @@ public:
   /// The oldest completed frame, if any.
   std::optional<frame> next();
 
+  /// Changes the size limit for frames whose segment table is not complete yet (used to hold
+  /// unauthenticated peers to small frames, then lift the limit after the handshake).
+  void set_max_frame_bytes(std::size_t bytes) noexcept { limits_.max_frame_bytes = bytes; }
+
   /// Bytes buffered towards the frame in progress.
   std::size_t partial_bytes() const noexcept;
   /// True once a limit was broken or the stream was malformed.
