@@ -148,6 +148,7 @@ void run_replay(const common_args& a, const replay_args& r) {
   std::map<std::string, double> total;
   std::map<std::string, std::vector<double>> solve;
   std::map<std::string, int> failed;
+  std::map<std::string, std::string> first_error;
   double lb_total = 0;
   nlohmann::json jb = nlohmann::json::array();
   const std::string first = strategies.front();
@@ -158,7 +159,7 @@ void run_replay(const common_args& a, const replay_args& r) {
     for (const auto& s : strategies) {
       auto p = pl.make_plan(batches[b], s);
       if (!p) {
-        ++failed[s];
+        if (!failed[s]++) first_error[s] = p.error().message();
         row[s] = {{"error", p.error().message()}};
         line += fmt::format("  {} infeasible", s);
         continue;
@@ -173,6 +174,10 @@ void run_replay(const common_args& a, const replay_args& r) {
     }
     lb_total += lb;
     row["lower_bound_ms"] = lb;
+    if (row[first].contains("predicted_ms"))
+      for (const auto& s : strategies)
+        if (s != first && row[s].contains("predicted_ms"))
+          row[s]["speedup_of_" + first] = row[s]["predicted_ms"].get<double>() / row[first]["predicted_ms"].get<double>();
     jb.push_back(row);
     std::fprintf(stderr, "batch %zu/%zu:%s\n", b + 1, batches.size(), line.c_str());
   }
@@ -182,6 +187,7 @@ void run_replay(const common_args& a, const replay_args& r) {
   for (const auto& s : strategies) {
     nlohmann::json js;
     js["failed_batches"] = failed[s];
+    if (failed[s]) js["first_error"] = first_error[s];
     js["predicted_ms"] = failed[s] ? nlohmann::json(nullptr) : nlohmann::json(total[s]);
     js["solve_ms_p50"] = percentile(solve[s], 0.5);
     js["solve_ms_p99"] = percentile(solve[s], 0.99);
@@ -201,7 +207,7 @@ void run_replay(const common_args& a, const replay_args& r) {
               "solve_p50", "solve_p99", "solve_max", "gap_lb");
   for (const auto& s : strategies) {
     if (failed[s]) {
-      std::printf("%-12s %14s (infeasible on %d batches)\n", s.c_str(), "-", failed[s]);
+      std::printf("%-12s %14s (fails on %d batches: %s)\n", s.c_str(), "-", failed[s], first_error[s].c_str());
       continue;
     }
     std::printf("%-12s %14.0f %11.3fx %10.1f %10.1f %10.1f %7.2f%%\n", s.c_str(), total[s],

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -180,6 +181,43 @@ TEST(Planner, FlexspNeverLosesToTheBestSingleDegreeWhenMemoryForcesManyMicroBatc
     ASSERT_TRUE(flex && ada);
     expect_sound(*flex, *pl, batch);
     EXPECT_LE(flex->predicted_ms, ada->predicted_ms * (1 + 1e-9)) << "trial " << trial;
+  }
+}
+
+TEST(Planner, PlannersInSeveralThreadsGiveValidPlansWhileSharingTheMilpStage) {
+  // each planner is single-threaded; CBC solves from all threads are serialised inside the library
+  auto opts = quick();
+  opts.use_milp = true;
+  opts.milp_min_gap = 0;
+  opts.time_limit_ms = 60;
+  const auto batches = long_tail_batches(16, 48, 3, 90000, 77);
+  auto reference = planner::create(gpt7b(), cluster{16, 8}, opts);
+  ASSERT_TRUE(reference);
+  std::vector<double> expected;
+  for (const auto& b : batches) {
+    auto p = reference->make_plan(b, "static:8");
+    ASSERT_TRUE(p);
+    expected.push_back(p->predicted_ms);
+  }
+  std::vector<int> bad(4, 0), milp(4, 0);
+  std::vector<std::thread> threads;
+  for (std::size_t t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      auto pl = planner::create(gpt7b(), cluster{16, 8}, opts);
+      for (int rep = 0; rep < 2; ++rep)
+        for (std::size_t b = 0; b < batches.size(); ++b) {
+          auto flex = pl->make_plan(batches[b]);
+          auto st = pl->make_plan(batches[b], "static:8");
+          if (!flex || !st || st->predicted_ms != expected[b] || !validate_plan(*flex, pl->model(), batches[b]))
+            ++bad[t];
+          else
+            milp[t] += flex->milp_solves;
+        }
+    });
+  for (auto& th : threads) th.join();
+  for (std::size_t t = 0; t < 4; ++t) {
+    EXPECT_EQ(bad[t], 0) << "thread " << t;
+    EXPECT_GT(milp[t], 0) << "thread " << t << " never reached the MILP stage";
   }
 }
 
