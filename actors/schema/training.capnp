@@ -132,3 +132,46 @@ struct QueryState {
 struct LeaveJob {
   jobId @0 :Text;
 }
+
+# ---- the job API (client <-> the head's "jobs" actor) ----------------------------------------
+
+# Ask: start a job. Reply: JobInfo (its id), or an error naming the bad field of the spec.
+struct SubmitJob {
+  spec @0 :Text;                  # the job spec, JSON
+}
+
+# Ask: a job's state, its metrics lines from `metricsFrom` on and its log. Reply: JobInfo.
+struct QueryJob {
+  id @0 :Text;
+  metricsFrom @1 :UInt64;
+  withLogs @2 :Bool;
+}
+
+# Ask: cancel a job. Reply: JobInfo.
+struct CancelJob {
+  id @0 :Text;
+}
+
+# Ask: every job. Reply: JobList.
+struct ListJobs {}
+
+struct JobInfo {
+  id @0 :Text;
+  name @1 :Text;
+  state @2 :Text;                 # pending, running, succeeded, failed, cancelled
+  stepsDone @3 :UInt64;
+  stepsTotal @4 :UInt64;
+  error @5 :Text;
+  firstLoss @6 :Float64;
+  lastLoss @7 :Float64;
+  devices @8 :UInt32;
+  metrics @9 :List(Text);         # JSON lines, from metricsFrom on
+  logs @10 :List(Text);
+  resumedFrom @11 :UInt64;
+  finalChecksum @12 :UInt64;
+  calibration @13 :Text;
+}
+
+struct JobList {
+  jobs @0 :List(JobInfo);
+}

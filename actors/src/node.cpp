@@ -239,7 +239,8 @@ expected<std::unique_ptr<node_service>> node_service::start(net::event_loop& loo
   FLEXSP_TRY_ASSIGN(i->host, actor_host::start(loop, hc));
   for (const auto& d : config.devices) {
     auto actor = std::make_shared<device_actor>(d, 0);
-    const auto id = i->host->spawn<device_actor, ping, note, get_stats>(actor);
+    actor->attach_trainer(std::make_shared<device_trainer>(device_context{config.head, config.transport, i->host, d.to_string()}));
+    const auto id = device_actor::spawn(*i->host, actor);
     i->devices.emplace_back(std::move(actor), id);
   }
   loop.post([i]() { i->connect(); });

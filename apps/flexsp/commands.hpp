@@ -13,4 +13,10 @@ void add_plan_commands(CLI::App& root);
 /// `flexsp start`, `flexsp status`, `flexsp stop`: the cluster's head and node processes.
 void add_cluster_commands(CLI::App& root);
 
+/// `flexsp train`: an embedded cluster (head, node, job) in one process.
+void add_train_command(CLI::App& root);
+
+/// `flexsp job submit|status|logs|stop|list`: the job API of a running cluster.
+void add_job_commands(CLI::App& root);
+
 }  // namespace flexsp::app

@@ -12,6 +12,7 @@
 #include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/remote.hpp"
 #include "flexsp/actors/device.capnp.h"
+#include "flexsp/actors/device_trainer.hpp"
 
 namespace flexsp::actors {
 
@@ -100,10 +101,27 @@ public:
   }
   device_stats handle(get_stats) { return {notes_, out_of_order_, last_sequence_, pings_}; }
 
+  // Training messages go to the device's trainer (device_trainer.hpp); without one they are dropped.
+  void handle(join_job m) { if (trainer_) trainer_->handle(std::move(m)); }
+  void handle(step_plan m) { if (trainer_) trainer_->handle(std::move(m)); }
+  void handle(commit_step m) { if (trainer_) trainer_->handle(std::move(m)); }
+  void handle(abort_attempts m) { if (trainer_) trainer_->handle(std::move(m)); }
+  void handle(save_state m) { if (trainer_) trainer_->handle(std::move(m)); }
+  void handle(query_state m) { if (trainer_) trainer_->handle(std::move(m)); }
+  void handle(leave_job m) { if (trainer_) trainer_->handle(std::move(m)); }
+
   /// Spawns one into `host`; returns its id there.
   static std::uint64_t spawn(actor_host& host, device_id device, std::uint64_t node_id) {
-    return host.spawn<device_actor, ping, note, get_stats>(std::make_shared<device_actor>(std::move(device), node_id));
+    return spawn(host, std::make_shared<device_actor>(std::move(device), node_id));
   }
+  /// Makes `actor` reachable in `host` with every message type it handles.
+  static std::uint64_t spawn(actor_host& host, std::shared_ptr<device_actor> actor) {
+    return host.spawn<device_actor, ping, note, get_stats, join_job, step_plan, commit_step, abort_attempts, save_state,
+                      query_state, leave_job>(std::move(actor));
+  }
+
+  /// Gives the device its trainer (the node does, once its actor host runs).
+  void attach_trainer(std::shared_ptr<device_trainer> t) { trainer_ = std::move(t); }
 
   void set_node_id(std::uint64_t id) { node_id_ = id; }
 
@@ -115,6 +133,7 @@ private:
   std::uint64_t out_of_order_ = 0;
   std::uint64_t last_sequence_ = 0;
   std::map<std::uint64_t, std::uint64_t> last_by_sender_;
+  std::shared_ptr<device_trainer> trainer_;
 };
 
 }  // namespace flexsp::actors

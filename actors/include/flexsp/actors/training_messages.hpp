@@ -354,3 +354,126 @@ struct wire_codec<leave_job> {
 };
 
 }  // namespace flexsp::actors
+
+// ---- the job API --------------------------------------------------------------------------
+
+namespace flexsp::actors {
+
+struct submit_job {
+  std::string spec;
+};
+struct query_job {
+  std::string id;
+  std::uint64_t metrics_from = 0;
+  bool with_logs = false;
+};
+struct cancel_job {
+  std::string id;
+};
+struct list_jobs {};
+
+/// A job as the API reports it.
+struct job_info {
+  std::string id;
+  std::string name;
+  std::string state;
+  std::uint64_t steps_done = 0;
+  std::uint64_t steps_total = 0;
+  std::string error;
+  double first_loss = 0;
+  double last_loss = 0;
+  std::uint32_t devices = 0;
+  std::vector<std::string> metrics;
+  std::vector<std::string> logs;
+  std::uint64_t resumed_from = 0;
+  std::uint64_t final_checksum = 0;
+  std::string calibration;
+  bool terminal() const { return state == "succeeded" || state == "failed" || state == "cancelled"; }
+};
+struct job_list {
+  std::vector<job_info> jobs;
+};
+
+template <>
+struct wire_codec<submit_job> {
+  using schema = schema::SubmitJob;
+  static void encode(const submit_job& m, schema::Builder b) { b.setSpec(m.spec); }
+  static submit_job decode(schema::Reader r) { return {r.getSpec().cStr()}; }
+};
+template <>
+struct wire_codec<query_job> {
+  using schema = schema::QueryJob;
+  static void encode(const query_job& m, schema::Builder b) {
+    b.setId(m.id);
+    b.setMetricsFrom(m.metrics_from);
+    b.setWithLogs(m.with_logs);
+  }
+  static query_job decode(schema::Reader r) { return {r.getId().cStr(), r.getMetricsFrom(), r.getWithLogs()}; }
+};
+template <>
+struct wire_codec<cancel_job> {
+  using schema = schema::CancelJob;
+  static void encode(const cancel_job& m, schema::Builder b) { b.setId(m.id); }
+  static cancel_job decode(schema::Reader r) { return {r.getId().cStr()}; }
+};
+template <>
+struct wire_codec<list_jobs> {
+  using schema = schema::ListJobs;
+  static void encode(const list_jobs&, schema::Builder) {}
+  static list_jobs decode(schema::Reader) { return {}; }
+};
+template <>
+struct wire_codec<job_info> {
+  using schema = schema::JobInfo;
+  static void encode(const job_info& m, schema::Builder b) {
+    b.setId(m.id);
+    b.setName(m.name);
+    b.setState(m.state);
+    b.setStepsDone(m.steps_done);
+    b.setStepsTotal(m.steps_total);
+    b.setError(m.error);
+    b.setFirstLoss(m.first_loss);
+    b.setLastLoss(m.last_loss);
+    b.setDevices(m.devices);
+    auto ms = b.initMetrics(static_cast<unsigned>(m.metrics.size()));
+    for (unsigned i = 0; i < m.metrics.size(); ++i) ms.set(i, m.metrics[i]);
+    auto ls = b.initLogs(static_cast<unsigned>(m.logs.size()));
+    for (unsigned i = 0; i < m.logs.size(); ++i) ls.set(i, m.logs[i]);
+    b.setResumedFrom(m.resumed_from);
+    b.setFinalChecksum(m.final_checksum);
+    b.setCalibration(m.calibration);
+  }
+  static job_info decode(schema::Reader r) {
+    job_info m;
+    m.id = r.getId().cStr();
+    m.name = r.getName().cStr();
+    m.state = r.getState().cStr();
+    m.steps_done = r.getStepsDone();
+    m.steps_total = r.getStepsTotal();
+    m.error = r.getError().cStr();
+    m.first_loss = r.getFirstLoss();
+    m.last_loss = r.getLastLoss();
+    m.devices = r.getDevices();
+    for (auto t : r.getMetrics()) m.metrics.emplace_back(t.cStr());
+    for (auto t : r.getLogs()) m.logs.emplace_back(t.cStr());
+    m.resumed_from = r.getResumedFrom();
+    m.final_checksum = r.getFinalChecksum();
+    m.calibration = r.getCalibration().cStr();
+    return m;
+  }
+};
+template <>
+struct wire_codec<job_list> {
+  using schema = schema::JobList;
+  static void encode(const job_list& m, schema::Builder b) {
+    auto js = b.initJobs(static_cast<unsigned>(m.jobs.size()));
+    for (unsigned i = 0; i < m.jobs.size(); ++i) wire_codec<job_info>::encode(m.jobs[i], js[i]);
+  }
+  static job_list decode(schema::Reader r) {
+    job_list m;
+    for (auto j : r.getJobs()) m.jobs.push_back(wire_codec<job_info>::decode(j));
+    return m;
+  }
+};
+
+}  // namespace flexsp::actors

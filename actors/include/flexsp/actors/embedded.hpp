@@ -1,0 +1,76 @@
+#pragma once
+/// \file
+/// A whole cluster in one process: a head (with its job manager and the "jobs" API actor) and
+/// any number of nodes, on one event loop and loopback sockets, sharing a generated secret.
+/// `flexsp train`, examples and tests use it; the messages between scheduler and devices still
+/// cross real sockets as Cap'n Proto frames, exactly as between processes.
+
+#include <chrono>
+#include <memory>
+#include <vector>
+
+#include "flexsp/actors/client.hpp"
+#include "flexsp/actors/head.hpp"
+#include "flexsp/actors/job_manager.hpp"
+#include "flexsp/actors/membership.hpp"
+#include "flexsp/actors/node.hpp"
+#include "flexsp/core/net/transport.hpp"
+
+namespace flexsp::actors {
+
+struct embedded_options {
+  failure_detector_config detector{std::chrono::milliseconds{200}, std::chrono::milliseconds{1000}};
+  /// Port of the head (0: any free port).
+  std::uint16_t port = 0;
+};
+
+/// The head side: head service, actor host, job manager. Also what `flexsp start --head` runs.
+class head_runtime {
+public:
+  /// Starts on `loop` (which must already run). Serves the job API.
+  static expected<std::unique_ptr<head_runtime>> start(net::event_loop& loop, head_config config);
+  ~head_runtime();
+
+  net::endpoint endpoint() const;
+  const net::transport_config& transport() const { return transport_; }
+  job_manager& jobs() { return *jobs_; }
+  std::shared_ptr<actor_host> host() const { return host_; }
+  void stop();
+
+private:
+  head_runtime() = default;
+  net::event_loop* loop_ = nullptr;
+  std::unique_ptr<head_service> head_;
+  std::shared_ptr<actor_host> host_;
+  std::unique_ptr<cluster_client> client_;
+  std::unique_ptr<job_manager> jobs_;
+  net::transport_config transport_;
+  std::string host_name_;
+};
+
+class embedded_cluster {
+public:
+  /// Starts a head and `nodes` nodes with `devices_per_node` CPU devices each, and waits until
+  /// every node registered.
+  static expected<std::unique_ptr<embedded_cluster>> start(int nodes, int devices_per_node, embedded_options options = {});
+  ~embedded_cluster();
+
+  head_runtime& head() { return *head_; }
+  job_manager& jobs() { return head_->jobs(); }
+  /// Adds a node (returns its position in nodes()).
+  expected<std::size_t> add_node(int devices);
+  /// Stops node `i` (its connections close: the head sees it leave at once).
+  void stop_node(std::size_t i);
+  std::size_t node_count() const { return nodes_.size(); }
+
+private:
+  embedded_cluster() = default;
+  net::event_loop loop_;
+  std::unique_ptr<head_runtime> head_;
+  std::vector<std::unique_ptr<node_service>> nodes_;
+};
+
+/// A random cluster secret (64 hex characters).
+std::vector<std::uint8_t> random_secret();
+
+}  // namespace flexsp::actors

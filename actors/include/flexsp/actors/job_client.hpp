@@ -1,0 +1,77 @@
+#pragma once
+/// \file
+/// The C++ client of the job API:
+///
+/// ```
+/// auto client = flexsp::actors::job_client::connect("127.0.0.1:7400").value();
+/// auto job = client->submit(spec).value();
+/// auto final = job.wait([](const std::string& metrics_json) { std::puts(metrics_json.c_str()); });
+/// ```
+/// It talks to the head's "jobs" actor over an authenticated actor channel. Metrics are
+/// streamed by polling (every `poll_interval`); each committed step is delivered exactly once
+/// and in order. Thread-safe.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "flexsp/actors/job_spec.hpp"
+#include "flexsp/actors/remote.hpp"
+#include "flexsp/actors/training_messages.hpp"
+#include "flexsp/core/error.hpp"
+#include "flexsp/core/net/transport.hpp"
+
+namespace flexsp::actors {
+
+class job_client;
+
+/// A submitted job.
+class job_handle {
+public:
+  using metrics_fn = std::function<void(const std::string& metrics_json)>;
+
+  const std::string& id() const { return id_; }
+  expected<job_info> status(bool with_logs = false) const;
+  /// Waits until the job ends, calling `on_metrics` for every committed step not delivered yet.
+  /// errc::disconnected when the head went away.
+  expected<job_info> wait(metrics_fn on_metrics = {});
+  expected<void> cancel() const;
+
+private:
+  friend class job_client;
+  job_handle(std::shared_ptr<job_client> c, std::string id) : client_{std::move(c)}, id_{std::move(id)} {}
+  std::shared_ptr<job_client> client_;
+  std::string id_;
+  std::uint64_t delivered_ = 0;
+};
+
+class job_client : public std::enable_shared_from_this<job_client> {
+public:
+  /// Connects to the head at "host:port" with the cluster secret in `transport`.
+  static expected<std::shared_ptr<job_client>> connect(const std::string& address, net::transport_config transport);
+  /// The same, with the secret from FLEXSP_CLUSTER_SECRET or the file named by FLEXSP_SECRET_FILE.
+  static expected<std::shared_ptr<job_client>> connect(const std::string& address);
+  ~job_client();
+
+  /// Submits a spec; errc::invalid_argument naming the field when the head rejects it.
+  expected<job_handle> submit(const job_spec& spec);
+  expected<job_handle> submit_json(const std::string& spec_json);
+  /// A handle on an existing job (errc::not_found when there is none).
+  expected<job_handle> attach(const std::string& id);
+  expected<job_info> query(const std::string& id, std::uint64_t metrics_from, bool with_logs);
+  expected<void> cancel(const std::string& id);
+  expected<std::vector<job_info>> list();
+
+  std::chrono::milliseconds poll_interval{200};
+  std::chrono::milliseconds request_timeout{10'000};
+
+private:
+  job_client() = default;
+  std::unique_ptr<net::event_loop> loop_;
+  std::shared_ptr<actor_host> host_;
+  remote_ref jobs_;
+};
+
+}  // namespace flexsp::actors

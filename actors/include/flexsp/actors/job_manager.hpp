@@ -1,0 +1,46 @@
+#pragma once
+/// \file
+/// The job manager of the head: hosts one scheduler actor per submitted job and answers the job
+/// API (`submit`, `status`, `metrics`, `logs`, `cancel`) for local callers and, through the
+/// actor named "jobs" on the head's actor host, for remote clients (job_client.hpp).
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "flexsp/actors/job_spec.hpp"
+#include "flexsp/actors/scheduler_actor.hpp"
+
+namespace flexsp::actors {
+
+class job_manager {
+public:
+  /// `config.host` is the head's actor host; jobs connect to `config.head`.
+  explicit job_manager(scheduler_config config) : config_{std::move(config)} {}
+  ~job_manager();
+
+  /// Starts a job; returns its id ("<name>-<n>").
+  expected<std::shared_ptr<scheduler_actor>> submit(const job_spec& spec, scheduler_actor::metrics_fn on_metrics = {},
+                                                    scheduler_actor::log_fn on_log = {});
+  /// errc::not_found for an unknown id.
+  expected<std::shared_ptr<scheduler_actor>> find(const std::string& id) const;
+  std::vector<job_status> list() const;
+  /// Cancels every job and waits for them.
+  void shutdown();
+
+  /// Registers the remote job API as actor "jobs" in the head's actor host and under that name
+  /// at the head; returns the actor id.
+  expected<std::uint64_t> serve(class cluster_client& head_client);
+
+private:
+  scheduler_config config_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<scheduler_actor>> jobs_;
+  std::uint64_t next_ = 1;
+  std::uint64_t served_actor_ = 0;
+};
+
+}  // namespace flexsp::actors

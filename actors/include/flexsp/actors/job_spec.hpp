@@ -1,0 +1,59 @@
+#pragma once
+/// \file
+/// A training job's specification, as users write it in JSON:
+///
+/// ```json
+/// {"name": "demo", "steps": 30, "batch_size": 32, "strategy": "flexsp", "seed": 1,
+///  "model": {"layers": 2, "d_model": 64, "heads": 4, "vocab": 256, "max_seq": 1024},
+///  "data": {"synthetic": "wikipedia"},            // or {"path": "docs.jsonl"} / a text directory
+///  "optimizer": {"lr": 0.003, "weight_decay": 0.0, "warmup": 5},
+///  "checkpoint": {"dir": "ckpt", "every": 10}}
+/// ```
+/// Every key but `steps` has a default. Extra keys: `calibrate` (bool, default true: a short
+/// profiling phase fits the planner's cost model to the devices), `collective_timeout_ms`
+/// (default 10000), `planner_time_limit_ms` (default 200), `min_devices` (default 1).
+/// Parsing rejects unknown keys and wrong types; `validate` checks ranges. Every message names
+/// the field (`model.d_model: must be divisible by model.heads (4)`).
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "flexsp/actors/training_messages.hpp"
+#include "flexsp/core/error.hpp"
+
+namespace flexsp::actors {
+
+struct job_spec {
+  std::string name = "job";
+  model_shape model;
+  std::string data_path;                 ///< JSON-lines file (`text` field) or a directory of text files
+  std::string synthetic = "wikipedia";   ///< long-tail length generator when no path is given
+  std::uint32_t batch_size = 32;
+  std::uint64_t steps = 0;
+  std::string strategy = "flexsp";       ///< "flexsp", "static:D" or "batchada"
+  std::uint64_t seed = 1;
+  optimizer_settings optimizer;
+  std::uint32_t warmup = 5;              ///< linear learning-rate warmup, steps
+  std::string checkpoint_dir;            ///< empty: no checkpoints
+  std::uint32_t checkpoint_every = 0;    ///< 0: only at the end (when a dir is set)
+  bool calibrate = true;
+  std::uint32_t collective_timeout_ms = 10000;
+  double planner_time_limit_ms = 200;
+  std::uint32_t min_devices = 1;
+
+  /// Learning rate of `step` (0-based): linear warmup to optimizer.lr over `warmup` steps.
+  float lr_at(std::uint64_t step) const;
+};
+
+/// Parses and validates. errc::invalid_argument naming the field for bad JSON, an unknown key,
+/// a wrong type or a value out of range; `steps` is required.
+expected<job_spec> parse_job_spec(std::string_view json_text);
+
+/// Range checks (also run by parse_job_spec).
+expected<void> validate_job_spec(const job_spec& spec);
+
+/// The spec as JSON (parse_job_spec reads it back).
+std::string job_spec_to_json(const job_spec& spec);
+
+}  // namespace flexsp::actors

@@ -1,0 +1,100 @@
+#include "flexsp/actors/embedded.hpp"
+
+#include <future>
+#include <random>
+#include <thread>
+
+#include "flexsp/core/log.hpp"
+
+namespace flexsp::actors {
+
+using namespace std::chrono_literals;
+
+std::vector<std::uint8_t> random_secret() {
+  std::random_device rd;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::vector<std::uint8_t> s;
+  for (int i = 0; i < 64; ++i) s.push_back(static_cast<std::uint8_t>(kHex[rd() % 16]));
+  return s;
+}
+
+expected<std::unique_ptr<head_runtime>> head_runtime::start(net::event_loop& loop, head_config config) {
+  std::unique_ptr<head_runtime> h{new head_runtime{}};
+  h->loop_ = &loop;
+  h->transport_ = config.transport;
+  h->host_name_ = config.bind.host;
+  FLEXSP_TRY_ASSIGN(h->head_, head_service::start(loop, config));
+  actor_host_config hc;
+  hc.bind = net::endpoint{config.bind.host, 0};
+  hc.transport = config.transport;
+  FLEXSP_TRY_ASSIGN(h->host_, actor_host::start(loop, hc));
+  FLEXSP_TRY_ASSIGN(h->client_, cluster_client::connect(h->endpoint(), config.transport));
+  scheduler_config sc;
+  sc.head = h->endpoint();
+  sc.transport = config.transport;
+  sc.host = h->host_;
+  h->jobs_ = std::make_unique<job_manager>(sc);
+  FLEXSP_TRY(h->jobs_->serve(*h->client_));
+  return h;
+}
+
+head_runtime::~head_runtime() { stop(); }
+
+net::endpoint head_runtime::endpoint() const {
+  return net::endpoint{host_name_ == "0.0.0.0" ? std::string{"127.0.0.1"} : host_name_, head_->port()};
+}
+
+void head_runtime::stop() {
+  if (jobs_) jobs_->shutdown();
+  client_.reset();
+  if (host_) host_->stop();
+  if (head_) head_->stop();
+}
+
+expected<std::unique_ptr<embedded_cluster>> embedded_cluster::start(int nodes, int devices_per_node,
+                                                                    embedded_options options) {
+  std::unique_ptr<embedded_cluster> c{new embedded_cluster{}};
+  c->loop_.start();
+  head_config hc;
+  hc.bind = net::endpoint{"127.0.0.1", options.port};
+  hc.detector = options.detector;
+  hc.transport.secret = random_secret();
+  FLEXSP_TRY_ASSIGN(c->head_, head_runtime::start(c->loop_, hc));
+  for (int i = 0; i < nodes; ++i) FLEXSP_TRY(c->add_node(devices_per_node));
+  return c;
+}
+
+expected<std::size_t> embedded_cluster::add_node(int devices) {
+  node_config nc;
+  nc.head = head_->endpoint();
+  for (int d = 0; d < devices; ++d) nc.devices.push_back(device_id{"cpu", static_cast<std::uint32_t>(d)});
+  nc.transport = head_->transport();
+  auto registered = std::make_shared<std::promise<void>>();
+  auto once = std::make_shared<std::once_flag>();
+  FLEXSP_TRY_ASSIGN(auto node, node_service::start(loop_, nc, [registered, once](const registration&) {
+                      std::call_once(*once, [&registered]() { registered->set_value(); });
+                    }));
+  if (registered->get_future().wait_for(10s) != std::future_status::ready)
+    return make_error(errc::timeout, "an embedded node did not register within 10 s");
+  nodes_.push_back(std::move(node));
+  return nodes_.size() - 1;
+}
+
+void embedded_cluster::stop_node(std::size_t i) {
+  if (i < nodes_.size() && nodes_[i]) {
+    nodes_[i]->stop();
+  }
+}
+
+embedded_cluster::~embedded_cluster() {
+  if (head_) head_->stop();
+  for (auto& n : nodes_)
+    if (n) n->stop();
+  // Let the loop run the posted stops, then end it.
+  std::this_thread::sleep_for(50ms);
+  head_.reset();
+  loop_.stop();
+  nodes_.clear();
+}
+
+}  // namespace flexsp::actors

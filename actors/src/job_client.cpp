@@ -1,0 +1,96 @@
+#include "flexsp/actors/job_client.hpp"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "flexsp/actors/client.hpp"
+
+namespace flexsp::actors {
+
+expected<std::shared_ptr<job_client>> job_client::connect(const std::string& address, net::transport_config transport) {
+  FLEXSP_TRY_ASSIGN(auto head, net::endpoint::parse(address));
+  std::shared_ptr<job_client> c{new job_client{}};
+  c->loop_ = std::make_unique<net::event_loop>();
+  c->loop_->start();
+  actor_host_config hc;
+  hc.bind = net::endpoint{"127.0.0.1", 0};
+  hc.transport = transport;
+  FLEXSP_TRY_ASSIGN(c->host_, actor_host::start(*c->loop_, hc));
+  FLEXSP_TRY_ASSIGN(auto client, cluster_client::connect(head, transport));
+  auto where = client->lookup("jobs");
+  if (!where)
+    return make_error(where.error().kind(), "the head at {} serves no job API: {}", address, where.error().message());
+  c->jobs_ = c->host_->ref(*where);
+  return c;
+}
+
+expected<std::shared_ptr<job_client>> job_client::connect(const std::string& address) {
+  std::string secret;
+  if (const char* s = std::getenv("FLEXSP_CLUSTER_SECRET"); s && *s) {
+    secret = s;
+  } else if (const char* f = std::getenv("FLEXSP_SECRET_FILE"); f && *f) {
+    std::ifstream in{f};
+    if (!in) return make_error(errc::not_found, "cannot read the secret file {}", f);
+    std::getline(in, secret);
+  } else {
+    return make_error(errc::invalid_argument, "no cluster secret: set FLEXSP_CLUSTER_SECRET or FLEXSP_SECRET_FILE");
+  }
+  while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.back()))) secret.pop_back();
+  net::transport_config t;
+  t.secret.assign(secret.begin(), secret.end());
+  return connect(address, t);
+}
+
+job_client::~job_client() {
+  if (host_) host_->stop();
+  if (loop_) loop_->stop();
+}
+
+expected<job_handle> job_client::submit(const job_spec& spec) {
+  FLEXSP_TRY(validate_job_spec(spec));
+  return submit_json(job_spec_to_json(spec));
+}
+
+expected<job_handle> job_client::submit_json(const std::string& spec_json) {
+  FLEXSP_TRY_ASSIGN(auto info, jobs_.ask<job_info>(submit_job{spec_json}, request_timeout));
+  return job_handle{shared_from_this(), info.id};
+}
+
+expected<job_handle> job_client::attach(const std::string& id) {
+  FLEXSP_TRY(query(id, ~std::uint64_t{0}, false));
+  return job_handle{shared_from_this(), id};
+}
+
+expected<job_info> job_client::query(const std::string& id, std::uint64_t metrics_from, bool with_logs) {
+  return jobs_.ask<job_info>(query_job{id, metrics_from, with_logs}, request_timeout);
+}
+
+expected<void> job_client::cancel(const std::string& id) {
+  FLEXSP_TRY(jobs_.ask<job_info>(cancel_job{id}, request_timeout));
+  return {};
+}
+
+expected<std::vector<job_info>> job_client::list() {
+  FLEXSP_TRY_ASSIGN(auto l, jobs_.ask<job_list>(list_jobs{}, request_timeout));
+  return l.jobs;
+}
+
+expected<job_info> job_handle::status(bool with_logs) const { return client_->query(id_, ~std::uint64_t{0}, with_logs); }
+
+expected<void> job_handle::cancel() const { return client_->cancel(id_); }
+
+expected<job_info> job_handle::wait(metrics_fn on_metrics) {
+  for (;;) {
+    FLEXSP_TRY_ASSIGN(auto info, client_->query(id_, delivered_, false));
+    for (const auto& m : info.metrics) {
+      if (on_metrics) on_metrics(m);
+      ++delivered_;
+    }
+    if (info.terminal()) return info;
+    std::this_thread::sleep_for(client_->poll_interval);
+  }
+}
+
+}  // namespace flexsp::actors

@@ -1,0 +1,117 @@
+#include "flexsp/actors/job_manager.hpp"
+
+#include "flexsp/actors/client.hpp"
+#include "flexsp/core/log.hpp"
+
+namespace flexsp::actors {
+
+namespace {
+
+job_info info_of(const scheduler_actor& job, std::uint64_t metrics_from, bool with_logs) {
+  const auto s = job.status();
+  job_info i;
+  i.id = s.id;
+  i.name = s.name;
+  i.state = std::string{to_string(s.state)};
+  i.steps_done = s.steps_done;
+  i.steps_total = s.steps_total;
+  i.error = s.error;
+  i.first_loss = s.first_loss;
+  i.last_loss = s.last_loss;
+  i.devices = s.devices;
+  i.metrics = job.metrics_since(metrics_from);
+  if (with_logs) i.logs = job.logs();
+  i.resumed_from = s.resumed_from;
+  i.final_checksum = s.final_checksum;
+  i.calibration = s.calibration;
+  return i;
+}
+
+/// The remote face of the job manager (actor "jobs" on the head's actor host).
+class jobs_actor {
+public:
+  explicit jobs_actor(job_manager& m) : manager_{m} {}
+
+  expected<job_info> handle(submit_job m) {
+    FLEXSP_TRY_ASSIGN(auto spec, parse_job_spec(m.spec));
+    FLEXSP_TRY_ASSIGN(auto job, manager_.submit(spec));
+    return info_of(*job, 0, false);
+  }
+  expected<job_info> handle(query_job m) {
+    FLEXSP_TRY_ASSIGN(auto job, manager_.find(m.id));
+    return info_of(*job, m.metrics_from, m.with_logs);
+  }
+  expected<job_info> handle(cancel_job m) {
+    FLEXSP_TRY_ASSIGN(auto job, manager_.find(m.id));
+    job->cancel();
+    return info_of(*job, ~std::uint64_t{0}, false);
+  }
+  job_list handle(list_jobs) {
+    job_list out;
+    for (const auto& s : manager_.list()) {
+      if (auto j = manager_.find(s.id)) out.jobs.push_back(info_of(**j, ~std::uint64_t{0}, false));
+    }
+    return out;
+  }
+
+private:
+  job_manager& manager_;
+};
+
+}  // namespace
+
+job_manager::~job_manager() { shutdown(); }
+
+expected<std::shared_ptr<scheduler_actor>> job_manager::submit(const job_spec& spec, scheduler_actor::metrics_fn on_metrics,
+                                                               scheduler_actor::log_fn on_log) {
+  FLEXSP_TRY(validate_job_spec(spec));
+  std::string id;
+  {
+    std::lock_guard lock{mutex_};
+    id = fmt::format("{}-{}", spec.name, next_++);
+  }
+  auto job = scheduler_actor::start(id, spec, config_, std::move(on_metrics), std::move(on_log));
+  std::lock_guard lock{mutex_};
+  jobs_[id] = job;
+  log::get("scheduler")->info("job {} submitted ({} steps, strategy {})", id, spec.steps, spec.strategy);
+  return job;
+}
+
+expected<std::shared_ptr<scheduler_actor>> job_manager::find(const std::string& id) const {
+  std::lock_guard lock{mutex_};
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return make_error(errc::not_found, "no job '{}'", id);
+  return it->second;
+}
+
+std::vector<job_status> job_manager::list() const {
+  std::lock_guard lock{mutex_};
+  std::vector<job_status> out;
+  for (const auto& [_, j] : jobs_) out.push_back(j->status());
+  return out;
+}
+
+void job_manager::shutdown() {
+  std::map<std::string, std::shared_ptr<scheduler_actor>> jobs;
+  {
+    std::lock_guard lock{mutex_};
+    jobs = jobs_;
+    if (served_actor_) config_.host->remove(served_actor_);
+    served_actor_ = 0;
+  }
+  for (auto& [_, j] : jobs) j->cancel();
+  for (auto& [_, j] : jobs) (void)j->wait();
+}
+
+expected<std::uint64_t> job_manager::serve(cluster_client& head_client) {
+  auto actor = std::make_shared<jobs_actor>(*this);
+  const auto id = config_.host->spawn<jobs_actor, submit_job, query_job, cancel_job, list_jobs>(actor);
+  {
+    std::lock_guard lock{mutex_};
+    served_actor_ = id;
+  }
+  FLEXSP_TRY(head_client.register_name("jobs", remote_address{config_.host->address(), id}));
+  return id;
+}
+
+}  // namespace flexsp::actors

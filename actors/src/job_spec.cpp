@@ -1,0 +1,202 @@
+#include "flexsp/actors/job_spec.hpp"
+
+#include <cmath>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "flexsp/scheduler/synthetic.hpp"
+
+namespace flexsp::actors {
+
+using json = nlohmann::json;
+
+float job_spec::lr_at(std::uint64_t step) const {
+  if (warmup == 0 || step + 1 >= warmup) return optimizer.lr;
+  return optimizer.lr * static_cast<float>(step + 1) / static_cast<float>(warmup);
+}
+
+namespace {
+
+expected<void> check_keys(const json& obj, const std::string& where, const std::set<std::string>& allowed) {
+  for (const auto& [key, _] : obj.items())
+    if (!allowed.count(key)) {
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      return make_error(errc::invalid_argument, "{}{}: unknown key (known: {})", where, key, list);
+    }
+  return {};
+}
+
+template <class T>
+expected<void> read_uint(const json& obj, const char* key, const std::string& where, T& out) {
+  if (!obj.contains(key)) return {};
+  const auto& v = obj[key];
+  if (!v.is_number_integer() || v.get<std::int64_t>() < 0)
+    return make_error(errc::invalid_argument, "{}{}: must be a non-negative integer, got {}", where, key, v.dump());
+  const auto u = v.get<std::uint64_t>();
+  if (u > static_cast<std::uint64_t>(std::numeric_limits<T>::max()))
+    return make_error(errc::invalid_argument, "{}{}: {} is too large", where, key, u);
+  out = static_cast<T>(u);
+  return {};
+}
+
+template <class T>
+expected<void> read_number(const json& obj, const char* key, const std::string& where, T& out) {
+  if (!obj.contains(key)) return {};
+  const auto& v = obj[key];
+  if (!v.is_number()) return make_error(errc::invalid_argument, "{}{}: must be a number, got {}", where, key, v.dump());
+  out = static_cast<T>(v.get<double>());
+  return {};
+}
+
+expected<void> read_string(const json& obj, const char* key, const std::string& where, std::string& out) {
+  if (!obj.contains(key)) return {};
+  const auto& v = obj[key];
+  if (!v.is_string()) return make_error(errc::invalid_argument, "{}{}: must be a string, got {}", where, key, v.dump());
+  out = v.get<std::string>();
+  return {};
+}
+
+expected<void> read_object(const json& obj, const char* key, const json*& out) {
+  out = nullptr;
+  if (!obj.contains(key)) return {};
+  if (!obj[key].is_object())
+    return make_error(errc::invalid_argument, "{}: must be an object, got {}", key, obj[key].dump());
+  out = &obj[key];
+  return {};
+}
+
+}  // namespace
+
+expected<void> validate_job_spec(const job_spec& s) {
+  auto bad = [](std::string_view field, const std::string& what) {
+    return make_error(errc::invalid_argument, "{}: {}", field, what);
+  };
+  if (s.name.empty() || s.name.size() > 64) return bad("name", "must have 1 to 64 characters");
+  for (char c : s.name)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
+      return bad("name", "may only hold letters, digits, '-', '_' and '.'");
+  if (s.steps < 1) return bad("steps", "is required and must be at least 1");
+  if (s.model.layers < 1 || s.model.layers > 64) return bad("model.layers", "must be in 1..64");
+  if (s.model.d_model < 1 || s.model.d_model > 8192) return bad("model.d_model", "must be in 1..8192");
+  if (s.model.heads < 1) return bad("model.heads", "must be at least 1");
+  if (s.model.d_model % s.model.heads != 0)
+    return bad("model.d_model", fmt::format("must be divisible by model.heads ({})", s.model.heads));
+  if (s.model.vocab < 2 || s.model.vocab > 1'000'000) return bad("model.vocab", "must be in 2..1000000");
+  if (s.data_path.empty() && s.model.vocab < 256)
+    return bad("model.vocab", "must be at least 256 for byte-level text data");
+  if (s.model.max_seq < 8 || s.model.max_seq > 1'000'000) return bad("model.max_seq", "must be in 8..1000000");
+  if (s.batch_size < 1 || s.batch_size > 1'000'000) return bad("batch_size", "must be in 1..1000000");
+  if (s.data_path.empty()) {
+    const auto kinds = scheduler::synthetic_kinds();
+    if (std::find(kinds.begin(), kinds.end(), s.synthetic) == kinds.end())
+      return bad("data.synthetic", fmt::format("unknown generator '{}' (known: {})", s.synthetic, fmt::join(kinds, ", ")));
+  }
+  if (s.strategy != "flexsp" && s.strategy != "batchada") {
+    bool ok = s.strategy.rfind("static:", 0) == 0 && s.strategy.size() > 7 && s.strategy.size() <= 13;
+    for (std::size_t i = 7; ok && i < s.strategy.size(); ++i) ok = std::isdigit(static_cast<unsigned char>(s.strategy[i]));
+    if (!ok || std::stoll(s.strategy.substr(7)) < 1)
+      return bad("strategy", fmt::format("'{}' is not one of flexsp, batchada, static:D (D >= 1)", s.strategy));
+  }
+  if (!(s.optimizer.lr > 0) || !std::isfinite(s.optimizer.lr) || s.optimizer.lr > 10) return bad("optimizer.lr", "must be in (0, 10]");
+  if (!(s.optimizer.weight_decay >= 0) || s.optimizer.weight_decay > 10)
+    return bad("optimizer.weight_decay", "must be in [0, 10]");
+  if (!(s.optimizer.max_grad_norm >= 0)) return bad("optimizer.max_grad_norm", "must be >= 0");
+  if (s.checkpoint_every > 0 && s.checkpoint_dir.empty())
+    return bad("checkpoint.dir", "is required when checkpoint.every is set");
+  if (s.collective_timeout_ms < 100) return bad("collective_timeout_ms", "must be at least 100");
+  if (!(s.planner_time_limit_ms > 0)) return bad("planner_time_limit_ms", "must be positive");
+  if (s.min_devices < 1) return bad("min_devices", "must be at least 1");
+  return {};
+}
+
+expected<job_spec> parse_job_spec(std::string_view text) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    return make_error(errc::invalid_argument, "job spec is not valid JSON: {}", e.what());
+  }
+  if (!j.is_object()) return make_error(errc::invalid_argument, "job spec must be a JSON object");
+  FLEXSP_TRY(check_keys(j, "", {"name", "model", "data", "batch_size", "steps", "strategy", "seed", "optimizer",
+                                "checkpoint", "calibrate", "collective_timeout_ms", "planner_time_limit_ms",
+                                "min_devices"}));
+  job_spec s;
+  if (!j.contains("steps")) return make_error(errc::invalid_argument, "steps: is required");
+  FLEXSP_TRY(read_string(j, "name", "", s.name));
+  FLEXSP_TRY(read_uint(j, "steps", "", s.steps));
+  FLEXSP_TRY(read_uint(j, "batch_size", "", s.batch_size));
+  FLEXSP_TRY(read_string(j, "strategy", "", s.strategy));
+  FLEXSP_TRY(read_uint(j, "seed", "", s.seed));
+  FLEXSP_TRY(read_uint(j, "collective_timeout_ms", "", s.collective_timeout_ms));
+  FLEXSP_TRY(read_number(j, "planner_time_limit_ms", "", s.planner_time_limit_ms));
+  FLEXSP_TRY(read_uint(j, "min_devices", "", s.min_devices));
+  if (j.contains("calibrate")) {
+    if (!j["calibrate"].is_boolean()) return make_error(errc::invalid_argument, "calibrate: must be true or false");
+    s.calibrate = j["calibrate"].get<bool>();
+  }
+  const json* o = nullptr;
+  FLEXSP_TRY(read_object(j, "model", o));
+  if (o) {
+    FLEXSP_TRY(check_keys(*o, "model.", {"layers", "d_model", "heads", "vocab", "max_seq"}));
+    FLEXSP_TRY(read_uint(*o, "layers", "model.", s.model.layers));
+    FLEXSP_TRY(read_uint(*o, "d_model", "model.", s.model.d_model));
+    FLEXSP_TRY(read_uint(*o, "heads", "model.", s.model.heads));
+    FLEXSP_TRY(read_uint(*o, "vocab", "model.", s.model.vocab));
+    FLEXSP_TRY(read_uint(*o, "max_seq", "model.", s.model.max_seq));
+  }
+  FLEXSP_TRY(read_object(j, "data", o));
+  if (o) {
+    FLEXSP_TRY(check_keys(*o, "data.", {"path", "synthetic"}));
+    if (o->contains("path") && o->contains("synthetic"))
+      return make_error(errc::invalid_argument, "data: give either path or synthetic, not both");
+    FLEXSP_TRY(read_string(*o, "path", "data.", s.data_path));
+    FLEXSP_TRY(read_string(*o, "synthetic", "data.", s.synthetic));
+    if (o->contains("path") && s.data_path.empty()) return make_error(errc::invalid_argument, "data.path: is empty");
+  }
+  FLEXSP_TRY(read_object(j, "optimizer", o));
+  if (o) {
+    FLEXSP_TRY(check_keys(*o, "optimizer.", {"lr", "weight_decay", "warmup", "beta1", "beta2", "max_grad_norm"}));
+    FLEXSP_TRY(read_number(*o, "lr", "optimizer.", s.optimizer.lr));
+    FLEXSP_TRY(read_number(*o, "weight_decay", "optimizer.", s.optimizer.weight_decay));
+    FLEXSP_TRY(read_uint(*o, "warmup", "optimizer.", s.warmup));
+    FLEXSP_TRY(read_number(*o, "beta1", "optimizer.", s.optimizer.beta1));
+    FLEXSP_TRY(read_number(*o, "beta2", "optimizer.", s.optimizer.beta2));
+    FLEXSP_TRY(read_number(*o, "max_grad_norm", "optimizer.", s.optimizer.max_grad_norm));
+  }
+  FLEXSP_TRY(read_object(j, "checkpoint", o));
+  if (o) {
+    FLEXSP_TRY(check_keys(*o, "checkpoint.", {"dir", "every"}));
+    FLEXSP_TRY(read_string(*o, "dir", "checkpoint.", s.checkpoint_dir));
+    FLEXSP_TRY(read_uint(*o, "every", "checkpoint.", s.checkpoint_every));
+  }
+  FLEXSP_TRY(validate_job_spec(s));
+  return s;
+}
+
+std::string job_spec_to_json(const job_spec& s) {
+  json j;
+  j["name"] = s.name;
+  j["steps"] = s.steps;
+  j["batch_size"] = s.batch_size;
+  j["strategy"] = s.strategy;
+  j["seed"] = s.seed;
+  j["model"] = {{"layers", s.model.layers}, {"d_model", s.model.d_model}, {"heads", s.model.heads},
+                {"vocab", s.model.vocab}, {"max_seq", s.model.max_seq}};
+  if (s.data_path.empty())
+    j["data"] = {{"synthetic", s.synthetic}};
+  else
+    j["data"] = {{"path", s.data_path}};
+  j["optimizer"] = {{"lr", s.optimizer.lr}, {"weight_decay", s.optimizer.weight_decay}, {"warmup", s.warmup},
+                    {"beta1", s.optimizer.beta1}, {"beta2", s.optimizer.beta2},
+                    {"max_grad_norm", s.optimizer.max_grad_norm}};
+  if (!s.checkpoint_dir.empty()) j["checkpoint"] = {{"dir", s.checkpoint_dir}, {"every", s.checkpoint_every}};
+  j["calibrate"] = s.calibrate;
+  j["collective_timeout_ms"] = s.collective_timeout_ms;
+  j["planner_time_limit_ms"] = s.planner_time_limit_ms;
+  j["min_devices"] = s.min_devices;
+  return j.dump();
+}
+
+}  // namespace flexsp::actors

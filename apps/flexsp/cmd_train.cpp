@@ -1,0 +1,194 @@
+// `flexsp train`: head, node(s) and one job in this process, CPU devices, sensible defaults.
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "flexsp/actors/embedded.hpp"
+#include "flexsp/actors/job_spec.hpp"
+#include "flexsp/core/log.hpp"
+
+namespace flexsp::app {
+
+namespace {
+
+struct train_flags {
+  std::string devices = "cpu:8";
+  int nodes = 1;
+  std::uint64_t steps = 20;
+  std::uint32_t batch_size = 32;
+  std::string strategy = "flexsp";
+  std::uint64_t seed = 1;
+  std::string metrics;
+  std::string config;
+  std::string checkpoint_dir;
+  std::uint32_t checkpoint_every = 0;
+  bool no_calibrate = false;
+};
+
+std::atomic<actors::scheduler_actor*> g_running{nullptr};
+
+extern "C" void on_interrupt(int) {
+  if (auto* j = g_running.load()) j->cancel();
+}
+
+int run_train(const train_flags& f, const CLI::App& cmd) {
+  // The job's own progress lines say what happens; service logs only when asked for.
+  if (cmd.get_parent()->get_option("--log-level")->count() == 0 && std::getenv("FLEXSP_LOG") == nullptr)
+    (void)log::configure("warn");
+  auto devs = actors::parse_devices(f.devices, 0);
+  if (!devs) {
+    fmt::print(stderr, "flexsp train: --devices: {}\n", devs.error().message());
+    return 2;
+  }
+  for (const auto& d : *devs)
+    if (d.kind != "cpu") {
+      fmt::print(stderr, "flexsp train: --devices: only cpu devices run in embedded mode (got {})\n", d.to_string());
+      return 2;
+    }
+  const int total = static_cast<int>(devs->size());
+  if (f.nodes < 1 || f.nodes > total || total % f.nodes != 0) {
+    fmt::print(stderr, "flexsp train: --nodes {} must divide the {} devices\n", f.nodes, total);
+    return 2;
+  }
+  nlohmann::json spec_json = nlohmann::json::object();
+  if (!f.config.empty()) {
+    std::ifstream in{f.config};
+    if (!in) {
+      fmt::print(stderr, "flexsp train: --config: cannot read {}\n", f.config);
+      return 2;
+    }
+    try {
+      in >> spec_json;
+    } catch (const nlohmann::json::exception& e) {
+      fmt::print(stderr, "flexsp train: --config {}: not valid JSON: {}\n", f.config, e.what());
+      return 2;
+    }
+    if (!spec_json.is_object()) {
+      fmt::print(stderr, "flexsp train: --config {}: must hold a JSON object\n", f.config);
+      return 2;
+    }
+  }
+  auto set = [&](const char* flag, const char* key, auto value) {
+    if (cmd.count(flag) > 0 || !spec_json.contains(key)) spec_json[key] = value;
+  };
+  set("--steps", "steps", f.steps);
+  set("--batch-size", "batch_size", f.batch_size);
+  set("--strategy", "strategy", f.strategy);
+  set("--seed", "seed", f.seed);
+  if (!spec_json.contains("name")) spec_json["name"] = "train";
+  if (f.no_calibrate) spec_json["calibrate"] = false;
+  if (!f.checkpoint_dir.empty())
+    spec_json["checkpoint"] = {{"dir", f.checkpoint_dir}, {"every", f.checkpoint_every}};
+  auto spec = actors::parse_job_spec(spec_json.dump());
+  if (!spec) {
+    fmt::print(stderr, "flexsp train: invalid job: {}\n", spec.error().message());
+    return 2;
+  }
+  std::unique_ptr<std::ofstream> metrics_out;
+  if (!f.metrics.empty()) {
+    metrics_out = std::make_unique<std::ofstream>(f.metrics, std::ios::trunc);
+    if (!*metrics_out) {
+      fmt::print(stderr, "flexsp train: --metrics: cannot write {}\n", f.metrics);
+      return 2;
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  fmt::print("flexsp train: {} CPU devices on {} node(s); GPT {} layers, d_model {}, {} heads, max_seq {}; {} steps of {} "
+             "sequences ({}), strategy {}\n",
+             total, f.nodes, spec->model.layers, spec->model.d_model, spec->model.heads, spec->model.max_seq,
+             spec->steps, spec->batch_size, spec->data_path.empty() ? "synthetic " + spec->synthetic + " lengths" : spec->data_path,
+             spec->strategy);
+  std::fflush(stdout);
+  auto cluster = actors::embedded_cluster::start(f.nodes, total / f.nodes);
+  if (!cluster) {
+    fmt::print(stderr, "flexsp train: cannot start the embedded cluster: {}\n", cluster.error().to_string());
+    return 1;
+  }
+  double sum_step = 0, sum_solve = 0, sum_overhead = 0, sum_err = 0, sum_pred = 0;
+  std::uint64_t tokens = 0, steps = 0, retried = 0;
+  auto on_metrics = [&](const actors::step_metrics& m) {
+    if (metrics_out) {
+      *metrics_out << m.to_json() << "\n";
+      metrics_out->flush();
+    }
+    std::string plan;
+    for (const auto& mb : m.plan) plan += fmt::format("{}[{}]", plan.empty() ? "" : " ", fmt::join(mb, ","));
+    fmt::print("step {:>3}/{}  loss {:.3f}  {:>5} tokens {:>3} seqs  plan {}  solve {:.1f} ms  step {:.0f} ms (predicted "
+               "{:.0f}){}\n",
+               m.step + 1, spec->steps, m.loss, m.tokens, m.sequences, plan, m.solve_ms, m.step_ms, m.predicted_ms,
+               m.retried ? fmt::format("  retried {}", m.retried) : std::string{});
+    std::fflush(stdout);
+    sum_step += m.step_ms;
+    sum_solve += m.solve_ms;
+    sum_overhead += m.overhead_ms;
+    sum_err += m.group_error;
+    sum_pred += m.predicted_ms;
+    tokens += m.tokens;
+    retried += m.retried;
+    ++steps;
+  };
+  auto on_log = [](const std::string& line) {
+    fmt::print("  [job] {}\n", line);
+    std::fflush(stdout);
+  };
+  auto job = (*cluster)->jobs().submit(*spec, on_metrics, on_log);
+  if (!job) {
+    fmt::print(stderr, "flexsp train: {}\n", job.error().to_string());
+    return 1;
+  }
+  g_running = job->get();
+  std::signal(SIGINT, on_interrupt);
+  std::signal(SIGTERM, on_interrupt);
+  const auto final = (*job)->wait();
+  g_running = nullptr;
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double n = static_cast<double>(std::max<std::uint64_t>(1, steps));
+  fmt::print("\nsummary: job {} {} after {} of {} steps in {:.1f} s\n", final.id, to_string(final.state), final.steps_done,
+             final.steps_total, wall);
+  if (steps > 0) {
+    fmt::print("  loss {:.3f} -> {:.3f}\n", final.first_loss, final.last_loss);
+    fmt::print("  mean step {:.0f} ms (predicted {:.0f} ms, mean group error {:.1f}%), {:.0f} tokens/s\n", sum_step / n,
+               sum_pred / n, 100 * sum_err / n, static_cast<double>(tokens) / (sum_step / 1000.0));
+    fmt::print("  planner {:.1f} ms per batch (hidden behind the previous step); scheduler overhead {:.1f}% of step time\n",
+               sum_solve / n, 100 * sum_overhead / std::max(1e-9, sum_step));
+    fmt::print("  retried attempts {}; replicas identical (state checksum {:016x})\n", retried, final.final_checksum);
+  }
+  if (!f.metrics.empty()) fmt::print("  metrics: {}\n", f.metrics);
+  if (final.state != actors::job_state::succeeded) {
+    fmt::print(stderr, "flexsp train: job {}: {}\n", to_string(final.state), final.error);
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& root) {
+  auto f = std::make_shared<train_flags>();
+  auto* cmd = root.add_subcommand("train", "train a small GPT on CPU devices in this process (head, node and job)");
+  cmd->add_option("--devices", f->devices, "CPU devices, e.g. cpu:8")->capture_default_str();
+  cmd->add_option("--nodes", f->nodes, "split the devices over this many embedded nodes")->capture_default_str();
+  cmd->add_option("--steps", f->steps, "training steps")->capture_default_str();
+  cmd->add_option("--batch-size", f->batch_size, "sequences per global batch")->capture_default_str();
+  cmd->add_option("--strategy", f->strategy, "flexsp, static:D or batchada")->capture_default_str();
+  cmd->add_option("--seed", f->seed, "seed of parameters and data")->capture_default_str();
+  cmd->add_option("--metrics", f->metrics, "write per-step metrics as JSON lines to this file");
+  cmd->add_option("--config", f->config, "job spec JSON (flags given on the command line win)");
+  cmd->add_option("--checkpoint-dir", f->checkpoint_dir, "write checkpoints here (and resume from the latest)");
+  cmd->add_option("--checkpoint-every", f->checkpoint_every, "checkpoint every K steps (0: at the end)");
+  cmd->add_flag("--no-calibrate", f->no_calibrate, "skip the profiling phase (use default CPU constants)");
+  cmd->callback([f, cmd]() {
+    const int rc = run_train(*f, *cmd);
+    if (rc != 0) std::exit(rc);
+  });
+}
+
+}  // namespace flexsp::app

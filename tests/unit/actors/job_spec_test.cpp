@@ -1,0 +1,87 @@
+#include "flexsp/actors/job_spec.hpp"
+
+#include <gtest/gtest.h>
+
+namespace flexsp::actors {
+namespace {
+
+std::string error_of(std::string_view json) {
+  auto r = parse_job_spec(json);
+  EXPECT_FALSE(r) << json;
+  return r ? std::string{} : r.error().message();
+}
+
+TEST(JobSpec, OnlyStepsIsRequiredAndEverythingElseHasADefault) {
+  auto s = parse_job_spec(R"({"steps": 7})");
+  ASSERT_TRUE(s) << s.error().to_string();
+  EXPECT_EQ(s->steps, 7u);
+  EXPECT_EQ(s->strategy, "flexsp");
+  EXPECT_EQ(s->synthetic, "wikipedia");
+  EXPECT_GT(s->batch_size, 0u);
+  EXPECT_EQ(s->model.d_model % s->model.heads, 0u);
+}
+
+TEST(JobSpec, ReadsEveryDocumentedKey) {
+  auto s = parse_job_spec(R"({"name": "demo", "steps": 30, "batch_size": 16, "strategy": "static:2", "seed": 9,
+    "model": {"layers": 3, "d_model": 96, "heads": 6, "vocab": 256, "max_seq": 512},
+    "data": {"synthetic": "wikipedia"}, "optimizer": {"lr": 0.01, "weight_decay": 0.1, "warmup": 3},
+    "checkpoint": {"dir": "/tmp/x", "every": 10}})");
+  ASSERT_TRUE(s) << s.error().to_string();
+  EXPECT_EQ(s->name, "demo");
+  EXPECT_EQ(s->batch_size, 16u);
+  EXPECT_EQ(s->strategy, "static:2");
+  EXPECT_EQ(s->seed, 9u);
+  EXPECT_EQ(s->model.layers, 3u);
+  EXPECT_EQ(s->model.d_model, 96u);
+  EXPECT_EQ(s->model.heads, 6u);
+  EXPECT_EQ(s->model.max_seq, 512u);
+  EXPECT_FLOAT_EQ(s->optimizer.lr, 0.01f);
+  EXPECT_FLOAT_EQ(s->optimizer.weight_decay, 0.1f);
+  EXPECT_EQ(s->warmup, 3u);
+  EXPECT_EQ(s->checkpoint_dir, "/tmp/x");
+  EXPECT_EQ(s->checkpoint_every, 10u);
+}
+
+TEST(JobSpec, RoundTripsThroughJson) {
+  auto s = parse_job_spec(R"({"steps": 5, "data": {"path": "docs.jsonl"}, "checkpoint": {"dir": "c", "every": 2}})");
+  ASSERT_TRUE(s) << s.error().to_string();
+  auto again = parse_job_spec(job_spec_to_json(*s));
+  ASSERT_TRUE(again) << again.error().to_string();
+  EXPECT_EQ(again->data_path, "docs.jsonl");
+  EXPECT_EQ(again->checkpoint_every, 2u);
+  EXPECT_EQ(job_spec_to_json(*again), job_spec_to_json(*s));
+}
+
+TEST(JobSpec, RejectionsNameTheField) {
+  EXPECT_NE(error_of(R"({"batch_size": 4})").find("steps"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 0})").find("steps"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": "ten"})").find("steps"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "model": {"d_model": 65, "heads": 4}})").find("model.d_model"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "model": {"layer": 2}})").find("model.layer"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "strategy": "static:x"})").find("strategy"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "strategy": "megatron"})").find("strategy"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "optimizer": {"lr": -1}})").find("optimizer.lr"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "checkpoint": {"every": 5}})").find("checkpoint.dir"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "data": {"synthetic": "nope"}})").find("data.synthetic"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "data": {"path": "a", "synthetic": "wikipedia"}})").find("data"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "batch_size": -2})").find("batch_size"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "name": "a b"})").find("name"), std::string::npos);
+  EXPECT_NE(error_of(R"([1, 2])").find("object"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3,)").find("JSON"), std::string::npos);
+}
+
+TEST(JobSpec, WarmupRampsTheLearningRateLinearly) {
+  job_spec s;
+  s.steps = 10;
+  s.optimizer.lr = 1.0f;
+  s.warmup = 4;
+  EXPECT_FLOAT_EQ(s.lr_at(0), 0.25f);
+  EXPECT_FLOAT_EQ(s.lr_at(1), 0.5f);
+  EXPECT_FLOAT_EQ(s.lr_at(3), 1.0f);
+  EXPECT_FLOAT_EQ(s.lr_at(9), 1.0f);
+  s.warmup = 0;
+  EXPECT_FLOAT_EQ(s.lr_at(0), 1.0f);
+}
+
+}  // namespace
+}  // namespace flexsp::actors
