@@ -15,6 +15,8 @@
 #     cuBLAS and NCCL are taken from the machine: the CUDA toolkit (/usr/local/cuda/lib64) or
 #     PyTorch's nvidia-* wheels (found through python3).
 #     Exit status: 0 all passed, 1 a test or check failed, 77 no GPU here (nothing was run).
+#     Time: each step has its own limit (tests 120 s, benchmark 240 s, PyTorch 100 s), so the
+#     whole run ends within 8 minutes even when something hangs.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -132,7 +134,7 @@ run() {
   log ""
   log "== GPU tests (every kernel forward and backward against the CPU reference; NCCL one-rank)"
   set +e
-  timeout 240 "${launcher[@]}" "$bundle/bin/flexsp_kernels_gpu_tests" --gtest_color=no 2>&1 | tee -a "$results"
+  timeout 120 "${launcher[@]}" "$bundle/bin/flexsp_kernels_gpu_tests" --gtest_color=no 2>&1 | tee -a "$results"
   rc=${PIPESTATUS[0]}
   set -e
   (( rc == 0 )) || { log "GPU tests FAILED (exit $rc)"; status=1; }
@@ -143,7 +145,7 @@ run() {
   log ""
   log "== GPU benchmark"
   set +e
-  timeout 300 "${launcher[@]}" "$bundle/bin/flexsp_bench_gpu" --json "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
+  timeout 240 "${launcher[@]}" "$bundle/bin/flexsp_bench_gpu" --json "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
   rc=${PIPESTATUS[0]}
   set -e
   (( rc == 0 )) || { log "GPU benchmark FAILED (exit $rc)"; status=1; }
@@ -153,7 +155,7 @@ run() {
   if [[ -s "$bundle/gpu_bench.jsonl" ]] && command -v python3 >/dev/null; then
     set +e
     # PyTorch loads its own CUDA libraries; keep ours out of its way.
-    env -u LD_LIBRARY_PATH timeout 150 python3 "$bundle/torch_reference.py" "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
+    env -u LD_LIBRARY_PATH timeout 100 python3 "$bundle/torch_reference.py" "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
     rc=${PIPESTATUS[0]}
     set -e
     (( rc == 0 )) || { log "PyTorch reference FAILED (exit $rc)"; status=1; }

@@ -388,14 +388,27 @@ TEST_F(GpuKernels, TrainingStepOfTheGptMatchesTheCpuModel) {
                                grads.begin() + static_cast<std::ptrdiff_t>(off + cnt));
     EXPECT_LT(max_rel_diff(g, cpu.grads().subspan(off, cnt)), 1e-3) << p.name;
   }
-  adamw_optimizer opt{cpu, adamw_params{}};
+  const std::vector<float> ref_grads(cpu.grads().begin(), cpu.grads().end());
+  const adamw_params hp{};
+  adamw_optimizer opt{cpu, hp};
   const double cpu_norm = opt.step(cpu, 0.5);
-  auto norm = replica->optimizer_step(adamw_params{}, 0.5);
+  auto norm = replica->optimizer_step(hp, 0.5);
   ASSERT_TRUE(norm) << norm.error().to_string();
   EXPECT_NEAR(*norm, cpu_norm, 1e-3 * cpu_norm);
   std::vector<float> params(cpu.params().size());
   ASSERT_OK(replica->download_params(params));
-  EXPECT_LT(max_rel_diff(params, cpu.params()), 1e-4);
+  // Adam's first step moves each parameter by about lr * sign(grad): where a gradient is at the
+  // rounding noise of its summation the sign may differ between CPU and GPU, so the update is
+  // compared exactly only where the gradient is clearly non-zero; elsewhere it is bounded.
+  float max_grad = 0;
+  for (float g : ref_grads) max_grad = std::max(max_grad, std::abs(g));
+  int mismatched = 0;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const float diff = std::abs(params[i] - cpu.params()[i]);
+    EXPECT_LE(diff, 2.5f * hp.lr) << "parameter " << i;
+    if (std::abs(ref_grads[i]) > 1e-4f * max_grad && diff > 1e-6f + 1e-5f * std::abs(cpu.params()[i])) ++mismatched;
+  }
+  EXPECT_EQ(mismatched, 0);
 }
 
 // ---- backend choice (meaningful with and without a GPU) ---------------------------------
