@@ -148,12 +148,31 @@ std::string plan_to_table(const plan& p) {
                      "time_ms", "memory_mb");
   for (std::size_t m = 0; m < p.micro_batches.size(); ++m) {
     const auto& mb = p.micro_batches[m];
-    for (std::size_t g = 0; g < mb.groups.size(); ++g) {
-      const auto& grp = mb.groups[g];
-      const std::string devs = grp.devices.empty() ? std::string{"-"}
-                               : fmt::format("{}-{}", grp.devices.front(), grp.devices.back());
-      out += fmt::format("{:>4} {:>6} {:>7} {:>12} {:>10} {:>10.1f}  {:.0f}\n", m, g, grp.degree, devs,
-                         grp.sequences.size(), grp.predicted_ms, grp.memory_mb);
+    // runs of four or more groups of one degree print as one row ("1 x64"), with the largest
+    // time and memory among them
+    for (std::size_t g = 0; g < mb.groups.size();) {
+      std::size_t e = g + 1;
+      while (e < mb.groups.size() && mb.groups[e].degree == mb.groups[g].degree) ++e;
+      if (e - g < 4) e = g + 1;
+      std::size_t seqs = 0;
+      double time = 0, mem = 0;
+      int lo = mb.groups[g].devices.empty() ? 0 : mb.groups[g].devices.front(), hi = lo;
+      for (std::size_t k = g; k < e; ++k) {
+        const auto& grp = mb.groups[k];
+        seqs += grp.sequences.size();
+        time = std::max(time, grp.predicted_ms);
+        mem = std::max(mem, grp.memory_mb);
+        for (int d : grp.devices) {
+          lo = std::min(lo, d);
+          hi = std::max(hi, d);
+        }
+      }
+      const std::string label = e - g > 1 ? fmt::format("{}-{}", g, e - 1) : fmt::format("{}", g);
+      const std::string degree = e - g > 1 ? fmt::format("{} x{}", mb.groups[g].degree, e - g)
+                                           : fmt::format("{}", mb.groups[g].degree);
+      out += fmt::format("{:>4} {:>6} {:>7} {:>12} {:>10} {:>10.1f}  {:.0f}\n", m, label, degree,
+                         fmt::format("{}-{}", lo, hi), seqs, time, mem);
+      g = e;
     }
     out += fmt::format("{:>4} {:>6} {:>7} {:>12} {:>10} {:>10.1f}\n", m, "total", "", "", "", mb.predicted_ms);
   }
