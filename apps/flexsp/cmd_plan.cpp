@@ -34,7 +34,7 @@ T unwrap(expected<T> r, const char* what) {
 
 struct common_args {
   int devices{64};
-  int devices_per_node{8};
+  int devices_per_node{0};
   std::string profile{"gpt-7b"};
   double mem_limit_gb{0};
   double time_limit_ms{1000};
@@ -45,8 +45,8 @@ struct common_args {
 
 void add_common(CLI::App* cmd, common_args& a) {
   cmd->add_option("--devices", a.devices, "number of devices N")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--devices-per-node", a.devices_per_node, "devices per node K")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--devices-per-node", a.devices_per_node, "devices per node K (default: the profile's, 8 for built-ins)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--profile", a.profile, "built-in profile (gpt-7b, gpt-13b, gpt-30b) or a JSON profile file")
       ->capture_default_str();
   cmd->add_option("--mem-limit-gb", a.mem_limit_gb, "usable device memory in GB (default: the profile's)")
@@ -58,9 +58,10 @@ void add_common(CLI::App* cmd, common_args& a) {
   cmd->add_flag("--json", a.json, "print JSON instead of a table");
 }
 
-sch::profile load_profile(const common_args& a) {
+sch::profile load_profile(common_args& a) {
   auto p = unwrap(sch::load_profile(a.profile), "--profile");
   if (a.mem_limit_gb > 0) p.mem_limit_gb = a.mem_limit_gb;
+  if (a.devices_per_node <= 0) a.devices_per_node = p.devices_per_node;
   return p;
 }
 
@@ -76,7 +77,7 @@ double percentile(std::vector<double> v, double q) {
   return v[i];
 }
 
-void run_plan(const common_args& a, const std::string& lengths_path, const std::string& synthetic, int batch_size,
+void run_plan(common_args& a, const std::string& lengths_path, const std::string& synthetic, int batch_size,
               std::uint64_t seed, const std::string& strategy) {
   if (lengths_path.empty() == synthetic.empty())
     throw plan_failure{"give exactly one of --lengths FILE|- and --synthetic KIND"};
@@ -93,7 +94,8 @@ void run_plan(const common_args& a, const std::string& lengths_path, const std::
   opts.time_limit_ms = a.time_limit_ms;
   opts.any_degree = a.any_degree;
   opts.use_milp = a.milp;
-  auto pl = unwrap(sch::planner::create(load_profile(a), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
+  auto prof = load_profile(a);
+  auto pl = unwrap(sch::planner::create(std::move(prof), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
   std::fprintf(stderr, "flexsp plan: planning %zu sequences on %d devices (%s)...\n", lengths.size(), a.devices,
                strategy.c_str());
   auto p = unwrap(pl.make_plan(lengths), "plan");
@@ -127,14 +129,15 @@ struct replay_args {
   std::string strategies{"flexsp,static:64,batchada"};
 };
 
-void run_replay(const common_args& a, const replay_args& r) {
+void run_replay(common_args& a, const replay_args& r) {
   const auto strategies = split_list(r.strategies);
   if (strategies.empty()) throw plan_failure{"--strategies: give at least one strategy"};
   sch::planner_options opts;
   opts.time_limit_ms = a.time_limit_ms;
   opts.any_degree = a.any_degree;
   opts.use_milp = a.milp;
-  auto pl = unwrap(sch::planner::create(load_profile(a), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
+  auto prof = load_profile(a);
+  auto pl = unwrap(sch::planner::create(std::move(prof), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
   for (const auto& s : strategies) {
     auto check = opts;
     check.strategy = s;

@@ -679,6 +679,18 @@ mb_solution layout_search::solve(std::span<const std::int64_t> lengths, const mb
       best_layout = &I.layouts[idx].group_degrees;
     }
   }
+  if (!best.feasible) {
+    // the estimates were feasible but no exact assignment of the kept layouts was: go on in order
+    for (const auto& [lb, idx] : ranked) {
+      auto sol = I.greedy(lengths, order, I.layouts[idx].group_degrees, true, &costs);
+      ++evaluated;
+      if (sol.feasible) {
+        best = std::move(sol);
+        best_layout = &I.layouts[idx].group_degrees;
+        break;
+      }
+    }
+  }
   best.layouts_evaluated = evaluated;
   double bound = ranked.empty() ? inf : ranked.front().first;
   if (I.any_degree) {

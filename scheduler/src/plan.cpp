@@ -120,6 +120,7 @@ std::string plan_to_json(const plan& p, int indent) {
   j["status"] = p.status;
   j["bucket_token_error"] = p.bucket_token_error;
   j["milp_solves"] = p.milp_solves;
+  if (p.milp_solves > 0) j["milp_gap"] = p.milp_gap;
   if (p.uniform_degree > 0) j["uniform_degree"] = p.uniform_degree;
   auto& mbs = j["micro_batches"] = nlohmann::json::array();
   for (const auto& mb : p.micro_batches) {

@@ -347,6 +347,7 @@ struct planner::impl {
             sol.proven = r->status == "optimal";
           }
           if (r->status != "optimal" && !sol.proven) status = "time_limit";
+          p.milp_gap = std::max(p.milp_gap, r->status == "optimal" || r->status == "time_limit" ? r->gap : 1.0);
         }
       }
       if (!sol.proven && status == "optimal") status = "feasible";

@@ -42,6 +42,7 @@ struct plan {
   std::string status;               ///< "optimal", "time_limit", "feasible" or "heuristic"
   double bucket_token_error{0};     ///< sum(bucket bound - length) / sum(length) of the bucketing
   int milp_solves{0};               ///< CBC solves run for this plan
+  double milp_gap{0};               ///< largest gap CBC reported against its own (bucketed) bound
   int uniform_degree{0};            ///< the single degree of static:D and batchada plans; 0 for flexsp
 
   /// 1 - solver_bound / predicted: how far the plan may be from the best for its split.
