@@ -213,8 +213,8 @@ struct planner::impl {
     const auto cap_all = model.token_capacity(clu.devices);
     const int m0 = static_cast<int>(std::max<std::int64_t>(1, (total + cap_all - 1) / cap_all));
 
-    const double search_budget = opts.time_limit_ms * (opts.use_milp ? 0.4 : 0.9);
-    int solves_planned = m0 * (opts.extra_micro_batches + 1);
+    const double search_budget = opts.time_limit_ms * (opts.use_milp ? 0.6 : 0.9);
+    int solves_planned = m0;
     int solves_done = 0;
     auto solve_part = [&](std::span<const std::int64_t> part) {
       mb_options mo;
@@ -246,7 +246,7 @@ struct planner::impl {
     for (int m = m0; m <= static_cast<int>(n); ++m) {
       if (first_feasible >= 0 && m > first_feasible + opts.extra_micro_batches) break;
       if (best.total < inf && lb0 + (m - m0) * prof.beta1 >= best.total) break;
-      if (first_feasible < 0 && m > m0) solves_planned += m;
+      if (m > m0) solves_planned += m;
       candidate_split cand;
       const auto starts = split_contiguous(sorted, m);
       for (int k = 0; k < m; ++k) {
