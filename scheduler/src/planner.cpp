@@ -196,6 +196,7 @@ struct planner::impl {
     std::vector<std::vector<int>> members;
     std::vector<std::vector<std::int64_t>> lengths;
     std::vector<mb_solution> parts;
+    std::vector<std::size_t> starts;  // first sorted index of each micro-batch; empty when not contiguous
     double total{inf};
   };
 
@@ -249,6 +250,7 @@ struct planner::impl {
       if (m > m0) solves_planned += m;
       candidate_split cand;
       const auto starts = split_contiguous(sorted, m);
+      cand.starts = starts;
       for (int k = 0; k < m; ++k) {
         const auto b = starts[static_cast<std::size_t>(k)];
         const auto e = k + 1 < m ? starts[static_cast<std::size_t>(k) + 1] : n;
@@ -258,6 +260,69 @@ struct planner::impl {
       if (!solve_split(cand)) continue;
       if (first_feasible < 0) first_feasible = m;
       if (cand.total < best.total) best = std::move(cand);
+    }
+    // The split that balances tokens rarely balances time: move each cut between neighbouring
+    // micro-batches while the step time drops. Moves are judged on a proxy (a small micro-batch is
+    // searched again; a large one keeps its layout and is reassigned greedily); micro-batches that
+    // changed are searched in full at the end, and the split is kept only if the plan improved.
+    if (!paper && best.total < inf && best.starts.size() > 1) {
+      constexpr std::size_t small = 128;
+      const std::size_t mcount = best.starts.size();
+      std::vector<std::vector<int>> layout(mcount);
+      std::vector<double> proxy(mcount);
+      std::vector<char> changed(mcount, 0);
+      for (std::size_t k = 0; k < mcount; ++k) {
+        for (const auto& g : best.parts[k].groups) layout[k].push_back(g.degree);
+        proxy[k] = ls.assign(best.lengths[k], layout[k], best.lengths[k].size() <= small).makespan_ms;
+      }
+      auto evaluate = [&](std::span<const std::int64_t> part, std::size_t k, mb_solution& out) {
+        out = mb_solution{};
+        if (part.size() <= small) return ls.assign(part, layout[k], true).makespan_ms;
+        return ls.assign(part, layout[k], false).makespan_ms;
+      };
+      candidate_split trial = best;
+      const double refine_budget = 0.5 * search_budget;
+      std::size_t step = std::max<std::size_t>(1, n / 16);
+      while (step > 0 && since_ms(t0) < refine_budget) {
+        bool moved = false;
+        for (std::size_t j = 1; j < mcount && !moved && since_ms(t0) < refine_budget; ++j) {
+          for (int dir : {-1, 1}) {
+            const std::size_t lo = trial.starts[j - 1] + 1;
+            const std::size_t hi = (j + 1 < mcount ? trial.starts[j + 1] : n) - 1;
+            const auto shifted = static_cast<std::ptrdiff_t>(trial.starts[j]) + dir * static_cast<std::ptrdiff_t>(step);
+            if (shifted < static_cast<std::ptrdiff_t>(lo) || shifted > static_cast<std::ptrdiff_t>(hi)) continue;
+            const std::size_t a = trial.starts[j - 1], b = static_cast<std::size_t>(shifted);
+            const std::size_t e = j + 1 < mcount ? trial.starts[j + 1] : n;
+            std::span<const std::int64_t> la{sorted.data() + a, b - a}, lb{sorted.data() + b, e - b};
+            mb_solution sa, sb;
+            const double pa = evaluate(la, j - 1, sa);
+            if (pa == inf) continue;
+            const double pb = evaluate(lb, j, sb);
+            if (pb == inf || pa + pb >= (proxy[j - 1] + proxy[j]) * (1 - 1e-6)) continue;
+            proxy[j - 1] = pa;
+            proxy[j] = pb;
+            changed[j - 1] = changed[j] = 1;
+            trial.starts[j] = b;
+            trial.parts[j - 1] = std::move(sa);
+            trial.parts[j] = std::move(sb);
+            trial.members[j - 1].assign(order.begin() + static_cast<std::ptrdiff_t>(a), order.begin() + static_cast<std::ptrdiff_t>(b));
+            trial.members[j].assign(order.begin() + static_cast<std::ptrdiff_t>(b), order.begin() + static_cast<std::ptrdiff_t>(e));
+            trial.lengths[j - 1].assign(la.begin(), la.end());
+            trial.lengths[j].assign(lb.begin(), lb.end());
+            moved = true;
+            break;
+          }
+        }
+        if (!moved) step /= 2;
+      }
+      bool ok = true;
+      trial.total = 0;
+      for (std::size_t k = 0; k < mcount && ok; ++k) {
+        if (changed[k] && !trial.parts[k].feasible) trial.parts[k] = solve_part(trial.lengths[k]);
+        ok = trial.parts[k].feasible;
+        trial.total += trial.parts[k].makespan_ms;
+      }
+      if (ok && trial.total < best.total) best = std::move(trial);
     }
     // A contiguous split of sorted lengths can lose to memory packing that mixes long and short
     // sequences (few devices, many micro-batches). When the best single degree beats it, its
