@@ -18,23 +18,39 @@ std::vector<std::uint8_t> random_secret() {
   return s;
 }
 
+expected<std::unique_ptr<job_service>> job_service::start(net::event_loop& loop, net::endpoint head,
+                                                         net::transport_config transport, std::string bind_host,
+                                                         std::string advertise_host) {
+  std::unique_ptr<job_service> j{new job_service{}};
+  actor_host_config hc;
+  hc.bind = net::endpoint{bind_host, 0};
+  hc.advertise_host = advertise_host;
+  hc.transport = transport;
+  FLEXSP_TRY_ASSIGN(j->host_, actor_host::start(loop, hc));
+  FLEXSP_TRY_ASSIGN(j->client_, cluster_client::connect(head, transport));
+  scheduler_config sc;
+  sc.head = head;
+  sc.transport = transport;
+  sc.host = j->host_;
+  j->jobs_ = std::make_unique<job_manager>(sc);
+  FLEXSP_TRY(j->jobs_->serve(*j->client_));
+  return j;
+}
+
+job_service::~job_service() { stop(); }
+
+void job_service::stop() {
+  if (jobs_) jobs_->shutdown();
+  client_.reset();
+  if (host_) host_->stop();
+}
+
 expected<std::unique_ptr<head_runtime>> head_runtime::start(net::event_loop& loop, head_config config) {
   std::unique_ptr<head_runtime> h{new head_runtime{}};
-  h->loop_ = &loop;
   h->transport_ = config.transport;
   h->host_name_ = config.bind.host;
   FLEXSP_TRY_ASSIGN(h->head_, head_service::start(loop, config));
-  actor_host_config hc;
-  hc.bind = net::endpoint{config.bind.host, 0};
-  hc.transport = config.transport;
-  FLEXSP_TRY_ASSIGN(h->host_, actor_host::start(loop, hc));
-  FLEXSP_TRY_ASSIGN(h->client_, cluster_client::connect(h->endpoint(), config.transport));
-  scheduler_config sc;
-  sc.head = h->endpoint();
-  sc.transport = config.transport;
-  sc.host = h->host_;
-  h->jobs_ = std::make_unique<job_manager>(sc);
-  FLEXSP_TRY(h->jobs_->serve(*h->client_));
+  FLEXSP_TRY_ASSIGN(h->jobs_, job_service::start(loop, h->endpoint(), config.transport, config.bind.host));
   return h;
 }
 
@@ -45,9 +61,7 @@ net::endpoint head_runtime::endpoint() const {
 }
 
 void head_runtime::stop() {
-  if (jobs_) jobs_->shutdown();
-  client_.reset();
-  if (host_) host_->stop();
+  if (jobs_) jobs_->stop();
   if (head_) head_->stop();
 }
 

@@ -329,32 +329,35 @@ struct scheduler_actor::runner {
 
   // ---- calibration ------------------------------------------------------------------------
 
-  /// Timing probes: for every power-of-two degree d <= N, one micro-batch of N/d groups whose
-  /// sequence sets differ in length and count; run twice (the first run warms up).
+  /// Timing probes: for every power-of-two degree d <= N, micro-batches of N/d groups. All
+  /// groups of one micro-batch hold the same sequence set, so they finish together even when
+  /// devices share cores (balanced plans are what the planner makes); the sets differ between
+  /// micro-batches (one long sequence, one short, several short) so that alpha1, alpha2 and
+  /// beta1 separate. The probes run three times; the first run (communicator setup) is dropped.
   void calibrate() {
     const auto w = world();
     const int n = static_cast<int>(w.size());
     std::vector<scheduler::fit_sample> samples;
     scheduler::plan probe;
     training_batch b;
+    const std::int64_t maxl = spec.model.max_seq;
+    auto len = [&](std::int64_t div) { return std::max<std::int64_t>(8, maxl / div); };
+    const std::vector<std::vector<std::int64_t>> sets{{len(2)}, {len(8)}, {len(16), len(16), len(16), len(16)}};
     for (int d = 1; d <= n; d *= 2) {
-      scheduler::micro_batch mb;
-      const int groups = n / d;
-      for (int g = 0; g < groups; ++g) {
-        scheduler::sp_group grp;
-        grp.degree = d;
-        for (int k = 0; k < d; ++k) grp.devices.push_back(g * d + k);
-        const std::int64_t maxl = spec.model.max_seq;
-        const std::int64_t base = std::max<std::int64_t>(8, maxl * (g + 1 + (d % 3)) / (groups + 2));
-        std::vector<std::int64_t> lens = (g % 2 == 0) ? std::vector<std::int64_t>{base}
-                                                      : std::vector<std::int64_t>{base / 2 + 4, base / 4 + 4, base / 4 + 4};
-        for (auto l : lens) {
-          grp.sequences.push_back(static_cast<int>(b.lengths.size()));
-          b.lengths.push_back(l);
+      for (const auto& set : sets) {
+        scheduler::micro_batch mb;
+        for (int g = 0; g < n / d; ++g) {
+          scheduler::sp_group grp;
+          grp.degree = d;
+          for (int k = 0; k < d; ++k) grp.devices.push_back(g * d + k);
+          for (auto l : set) {
+            grp.sequences.push_back(static_cast<int>(b.lengths.size()));
+            b.lengths.push_back(l);
+          }
+          mb.groups.push_back(std::move(grp));
         }
-        mb.groups.push_back(std::move(grp));
+        probe.micro_batches.push_back(std::move(mb));
       }
-      probe.micro_batches.push_back(std::move(mb));
     }
     auto content = data->batch(0);
     for (auto l : b.lengths) {
@@ -364,25 +367,33 @@ struct scheduler_actor::runner {
       b.tokens.push_back(std::move(ids));
     }
     const auto t0 = Clock::now();
-    for (int round = 0; round < 3; ++round) {
-      auto reports = run_attempt(probe, b, ~std::uint64_t{0}, true);
-      if (!reports) {
-        log("calibration probe failed; keeping the default profile");
-        return;
-      }
-      if (round == 0) continue;
-      for (std::size_t m = 0; m < probe.micro_batches.size(); ++m) {
-        for (const auto& g : probe.micro_batches[m].groups) {
-          double ms = 0;
-          for (int dev : g.devices)
-            for (const auto& t : (*reports)[w[static_cast<std::size_t>(dev)]].groups)
-              if (t.micro_batch == m) ms = std::max(ms, t.compute_ms);
-          scheduler::fit_sample s;
-          s.degree = g.degree;
-          s.time_ms = ms;
-          for (int q : g.sequences) s.lengths.push_back(b.lengths[static_cast<std::size_t>(q)]);
-          samples.push_back(std::move(s));
-        }
+    // A tiny copy of the probe first: it creates every group's communicator, which the timed
+    // run must not include.
+    training_batch tiny = b;
+    for (std::size_t q = 0; q < tiny.lengths.size(); ++q) {
+      tiny.lengths[q] = 8;
+      tiny.tokens[q].resize(9);
+    }
+    if (!run_attempt(probe, tiny, ~std::uint64_t{0}, true)) {
+      log("calibration warm-up failed; keeping the default profile");
+      return;
+    }
+    auto reports = run_attempt(probe, b, ~std::uint64_t{0}, true);
+    if (!reports) {
+      log("calibration probe failed; keeping the default profile");
+      return;
+    }
+    for (std::size_t m = 0; m < probe.micro_batches.size(); ++m) {
+      for (const auto& g : probe.micro_batches[m].groups) {
+        double ms = 0;
+        for (int dev : g.devices)
+          for (const auto& t : (*reports)[w[static_cast<std::size_t>(dev)]].groups)
+            if (t.micro_batch == m) ms = std::max(ms, t.compute_ms);
+        scheduler::fit_sample s;
+        s.degree = g.degree;
+        s.time_ms = ms;
+        for (int q : g.sequences) s.lengths.push_back(b.lengths[static_cast<std::size_t>(q)]);
+        samples.push_back(std::move(s));
       }
     }
     auto base = *profile;

@@ -30,6 +30,7 @@
 
 #include "commands.hpp"
 #include "flexsp/actors/client.hpp"
+#include "flexsp/actors/embedded.hpp"
 #include "flexsp/actors/head.hpp"
 #include "flexsp/actors/node.hpp"
 #include "flexsp/core/config.hpp"
@@ -310,6 +311,12 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
     check(write_file_atomic(dir / "current_cluster.json", cur.dump(2), 0600));
   }
   loop.start();
+  // The job manager (scheduler actors, job API) lives in the head process.
+  auto jobs = actors::job_service::start(loop, check(net::endpoint::parse(address)), cfg.transport, bind);
+  if (!jobs) {
+    report(d.report_fd, "error " + jobs.error().message());
+    fail(jobs.error());
+  }
   const std::string ready = fmt::format(
       "flexsp head started at {} (pid {}; listening on {}:{})\n  secret file: {}\n  add a node:  flexsp start --address "
       "{} --devices cpu:4",
@@ -320,6 +327,7 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
 
   const int sig = wait_for_stop(signals);
   log::get("actors")->info("head: stopping ({})", sig == SIGUSR1 ? "shutdown requested" : strsignal(sig));
+  (*jobs)->stop();
   (*head)->stop();
   std::this_thread::sleep_for(50ms);  // let the close frames leave
   loop.stop();

@@ -22,8 +22,8 @@ namespace {
 struct train_flags {
   std::string devices = "cpu:8";
   int nodes = 1;
-  std::uint64_t steps = 20;
-  std::uint32_t batch_size = 32;
+  std::uint64_t steps = 30;
+  std::uint32_t batch_size = 64;
   std::string strategy = "flexsp";
   std::uint64_t seed = 1;
   std::string metrics;

@@ -24,7 +24,30 @@ struct embedded_options {
   std::uint16_t port = 0;
 };
 
-/// The head side: head service, actor host, job manager. Also what `flexsp start --head` runs.
+/// The job side of a head process: an actor host for the scheduler actors, the job manager, and
+/// the "jobs" API actor registered at the head. `flexsp start --head` runs one next to its head
+/// service.
+class job_service {
+public:
+  /// `loop` must already run and the head must accept connections at `head`. The actor host
+  /// binds `bind_host` (any port) and advertises `advertise_host` (defaults to bind_host).
+  static expected<std::unique_ptr<job_service>> start(net::event_loop& loop, net::endpoint head,
+                                                      net::transport_config transport, std::string bind_host,
+                                                      std::string advertise_host = {});
+  ~job_service();
+  job_manager& jobs() { return *jobs_; }
+  std::shared_ptr<actor_host> host() const { return host_; }
+  /// Cancels the jobs and closes the actor host. Idempotent.
+  void stop();
+
+private:
+  job_service() = default;
+  std::shared_ptr<actor_host> host_;
+  std::unique_ptr<cluster_client> client_;
+  std::unique_ptr<job_manager> jobs_;
+};
+
+/// The head side: head service plus job service.
 class head_runtime {
 public:
   /// Starts on `loop` (which must already run). Serves the job API.
@@ -33,17 +56,14 @@ public:
 
   net::endpoint endpoint() const;
   const net::transport_config& transport() const { return transport_; }
-  job_manager& jobs() { return *jobs_; }
-  std::shared_ptr<actor_host> host() const { return host_; }
+  job_manager& jobs() { return jobs_->jobs(); }
+  std::shared_ptr<actor_host> host() const { return jobs_->host(); }
   void stop();
 
 private:
   head_runtime() = default;
-  net::event_loop* loop_ = nullptr;
   std::unique_ptr<head_service> head_;
-  std::shared_ptr<actor_host> host_;
-  std::unique_ptr<cluster_client> client_;
-  std::unique_ptr<job_manager> jobs_;
+  std::unique_ptr<job_service> jobs_;
   net::transport_config transport_;
   std::string host_name_;
 };

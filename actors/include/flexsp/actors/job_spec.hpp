@@ -29,7 +29,7 @@ struct job_spec {
   model_shape model;
   std::string data_path;                 ///< JSON-lines file (`text` field) or a directory of text files
   std::string synthetic = "wikipedia";   ///< long-tail length generator when no path is given
-  std::uint32_t batch_size = 32;
+  std::uint32_t batch_size = 64;
   std::uint64_t steps = 0;
   std::string strategy = "flexsp";       ///< "flexsp", "static:D" or "batchada"
   std::uint64_t seed = 1;
