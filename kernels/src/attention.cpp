@@ -220,6 +220,9 @@ void run(const forward_args& a, std::span<float> ws) {
                [&](std::size_t i, std::size_t t) { forward_tile(a, items[i], ws.data() + t * per_thread); });
 }
 
+// TODO(perf): with fewer (sequence, head) items than threads (an SP rank holding one head of
+// one long sequence) backward runs on one thread; splitting query tiles would need per-thread
+// dK/dV partials and give up thread-count-independent results.
 void run(const backward_args& a, std::span<float> ws) {
   FLEXSP_EXPECTS(static_cast<std::int64_t>(ws.size()) >= workspace_size(a), "attention workspace {} < {}", ws.size(),
                  workspace_size(a));

@@ -10,11 +10,11 @@ namespace {
 std::size_t sz(std::int64_t v) { return static_cast<std::size_t>(v); }
 
 // Per-layer activations kept for the backward pass (one slot each, see slot_of).
-enum layer_slot : std::size_t { x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_h, att_h, lse, x_mid, ln2, ln2_mean, ln2_rstd,
-                                fc, act, kLayerSlots };
+enum layer_slot : std::size_t { x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_h, att_h, lse, att, x_mid, ln2, ln2_mean,
+                                ln2_rstd, fc, act, kLayerSlots };
 // Buffers of one step that are not per layer.
 enum step_slot : std::size_t { tokens, positions, targets, x, lnf, lnf_mean, lnf_rstd, logits, dlogits, dlnf, dx, dact,
-                               dfc, dln, dtmp, datt, dqkv_h, dqkv, attn_fwd_ws, attn_bwd_ws, kStepSlots };
+                               dfc, dln, dtmp, datt, datt_h, dqkv_h, dqkv, attn_fwd_ws, attn_bwd_ws, kStepSlots };
 }  // namespace
 
 struct gpt_replica::state {
@@ -75,24 +75,51 @@ expected<void> gpt_replica::zero_grads() { return s_->dev->fill_zero(s_->grads.g
 
 expected<double> gpt_replica::forward_backward(const local_inputs& in, std::span<const std::int64_t> lengths,
                                                float loss_scale) {
+  for (auto len : lengths)
+    if (len < 0) return make_error(errc::invalid_argument, "negative sequence length {}", len);
+  FLEXSP_TRY_ASSIGN(auto layout, ulysses_layout::make({lengths.begin(), lengths.end()}, 1, 0, s_->config.heads));
+  auto local = make_local_communicator();
+  return forward_backward(*local, layout, in, loss_scale);
+}
+
+namespace {
+// Host round trip of a Ulysses all-to-all: device src -> host -> layout op -> host -> device dst.
+template <class Op>
+expected<void> staged(device& dev, const float* src, std::size_t src_count, float* dst, std::size_t dst_count,
+                      std::vector<float>& host_src, std::vector<float>& host_dst, Op&& op) {
+  host_src.resize(src_count);
+  host_dst.resize(dst_count);
+  FLEXSP_TRY(dev.copy_to_host(host_src.data(), src, src_count * sizeof(float)));
+  FLEXSP_TRY(op(std::span<const float>{host_src}, std::span<float>{host_dst}));
+  return dev.copy_to_device(dst, host_dst.data(), dst_count * sizeof(float));
+}
+}  // namespace
+
+expected<double> gpt_replica::forward_backward(communicator& group, const ulysses_layout& layout,
+                                               const local_inputs& in, float loss_scale) {
   auto& S = *s_;
   auto& dev = *S.dev;
   const auto& c = S.config;
   const std::int64_t D = c.d_model, H = c.heads, Dh = c.head_dim(), V = c.vocab, L = c.layers;
-  std::vector<std::int64_t> cu{0};
-  for (auto len : lengths) {
-    if (len < 0) return make_error(errc::invalid_argument, "negative sequence length {}", len);
+  if (layout.heads() != H) return make_error(errc::invalid_argument, "layout has {} heads, model {}", layout.heads(), H);
+  if (group.size() != layout.degree() || group.rank() != layout.rank())
+    return make_error(errc::invalid_argument, "group rank {}/{} does not match layout rank {}/{}", group.rank(),
+                      group.size(), layout.rank(), layout.degree());
+  for (auto len : layout.lengths())
     if (len > c.max_positions)
       return make_error(errc::invalid_argument, "sequence of {} tokens exceeds max_positions {}", len, c.max_positions);
-    cu.push_back(cu.back() + len);
-  }
-  const std::int64_t n = cu.back();
+  const std::int64_t n = layout.local_tokens(), N = layout.total_tokens();
+  const std::int64_t hm = layout.head_share(layout.rank()).size;
+  const auto& cu = layout.cu_seqlens();
   if (static_cast<std::int64_t>(in.tokens.size()) != n || in.targets.size() != in.tokens.size() ||
       in.positions.size() != in.tokens.size())
-    return make_error(errc::invalid_argument, "inputs hold {} tokens, {} targets, {} positions; lengths sum to {}",
+    return make_error(errc::invalid_argument, "inputs hold {} tokens, {} targets, {} positions; layout expects {}",
                       in.tokens.size(), in.targets.size(), in.positions.size(), n);
-  if (n == 0) return 0.0;
+  const bool single = layout.degree() == 1;
+  // A rank without tokens still takes part in every all-to-all of its group.
   const std::size_t nd = sz(n * D);
+  const std::size_t Nh = sz(N * hm * Dh);  // one component of the head layout [N, hm, Dh]
+  std::vector<float> host_src, host_dst, scratch;
 
   FLEXSP_TRY_ASSIGN(auto* tok, S.scratch<std::int32_t>(tokens, sz(n)));
   FLEXSP_TRY_ASSIGN(auto* pos, S.scratch<std::int32_t>(positions, sz(n)));
@@ -106,10 +133,11 @@ expected<double> gpt_replica::forward_backward(const local_inputs& in, std::span
   FLEXSP_TRY_ASSIGN(float* xs, S.scratch(x, nd));
   FLEXSP_TRY(dev.embedding_forward(tok, pos, wte, S.param(1), xs, n, D, V, c.max_positions));
 
-  attention_forward_args fa{cu, H, Dh};
+  attention_forward_args fa{cu, hm, Dh};
   FLEXSP_TRY_ASSIGN(void* fws, S.scratch<char>(attn_fwd_ws, dev.workspace_size(fa)));
   struct layer_ptrs {
-    float *x_in, *ln1, *ln1_mean, *ln1_rstd, *qkv, *qkv_h, *att_h, *lse, *x_mid, *ln2, *ln2_mean, *ln2_rstd, *fc, *act;
+    float *x_in, *ln1, *ln1_mean, *ln1_rstd, *qkv, *qkv_h, *att_h, *lse, *att, *x_mid, *ln2, *ln2_mean, *ln2_rstd, *fc,
+        *act;
   };
   std::vector<layer_ptrs> cache(sz(L));
   for (std::int64_t l = 0; l < L; ++l) {
@@ -120,9 +148,14 @@ expected<double> gpt_replica::forward_backward(const local_inputs& in, std::span
     FLEXSP_TRY_ASSIGN(k.ln1_mean, get(ln1_mean, sz(n)));
     FLEXSP_TRY_ASSIGN(k.ln1_rstd, get(ln1_rstd, sz(n)));
     FLEXSP_TRY_ASSIGN(k.qkv, get(qkv, 3 * nd));
-    FLEXSP_TRY_ASSIGN(k.qkv_h, get(qkv_h, 3 * nd));
-    FLEXSP_TRY_ASSIGN(k.att_h, get(att_h, nd));
-    FLEXSP_TRY_ASSIGN(k.lse, get(lse, sz(n * H)));
+    FLEXSP_TRY_ASSIGN(k.qkv_h, get(qkv_h, 3 * Nh));
+    FLEXSP_TRY_ASSIGN(k.att_h, get(att_h, Nh));
+    FLEXSP_TRY_ASSIGN(k.lse, get(lse, sz(N * hm)));
+    if (single) {
+      k.att = k.att_h;  // [n, H, Dh] is [n, D]
+    } else {
+      FLEXSP_TRY_ASSIGN(k.att, get(att, nd));
+    }
     FLEXSP_TRY_ASSIGN(k.x_mid, get(x_mid, nd));
     FLEXSP_TRY_ASSIGN(k.ln2, get(ln2, nd));
     FLEXSP_TRY_ASSIGN(k.ln2_mean, get(ln2_mean, sz(n)));
@@ -133,17 +166,26 @@ expected<double> gpt_replica::forward_backward(const local_inputs& in, std::span
     FLEXSP_TRY(dev.copy_on_device(k.x_in, xs, nd * sizeof(float)));
     FLEXSP_TRY(dev.layernorm_forward(k.x_in, S.param(p), S.param(p + 1), k.ln1, k.ln1_mean, k.ln1_rstd, n, D));
     FLEXSP_TRY(dev.linear_forward(k.ln1, S.param(p + 2), S.param(p + 3), k.qkv, n, D, 3 * D));
-    // [n, 3, D] -> [3, n, D]: the head layout of a group of one.
-    for (std::int64_t part = 0; part < 3; ++part)
-      FLEXSP_TRY(dev.copy_rows(k.qkv_h + part * n * D, sz(D) * sizeof(float), k.qkv + part * D,
-                               sz(3 * D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
+    if (single) {  // [n, 3, D] -> [3, n, D]: the head layout of a group of one
+      for (std::int64_t part = 0; part < 3; ++part)
+        FLEXSP_TRY(dev.copy_rows(k.qkv_h + part * n * D, sz(D) * sizeof(float), k.qkv + part * D,
+                                 sz(3 * D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
+    } else {  // [n, 3, H, Dh] -> [3, N, hm, Dh]
+      FLEXSP_TRY(staged(dev, k.qkv, 3 * nd, k.qkv_h, 3 * Nh, host_src, host_dst, [&](auto src, auto dst) {
+        return layout.scatter_heads(group, src, dst, 3, Dh, scratch);
+      }));
+    }
     fa.q = k.qkv_h;
-    fa.k = k.qkv_h + nd;
-    fa.v = k.qkv_h + 2 * nd;
+    fa.k = k.qkv_h + Nh;
+    fa.v = k.qkv_h + 2 * Nh;
     fa.out = k.att_h;
     fa.lse = k.lse;
     FLEXSP_TRY(dev.run(fa, fws));
-    FLEXSP_TRY(dev.linear_forward(k.att_h, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D));
+    if (!single)  // [N, hm, Dh] -> [n, H, Dh]
+      FLEXSP_TRY(staged(dev, k.att_h, Nh, k.att, nd, host_src, host_dst, [&](auto src, auto dst) {
+        return layout.gather_heads(group, src, dst, 1, Dh, scratch);
+      }));
+    FLEXSP_TRY(dev.linear_forward(k.att, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D));
     FLEXSP_TRY(dev.residual_forward(k.x_mid, k.x_in, k.x_mid, static_cast<std::int64_t>(nd)));
     FLEXSP_TRY(dev.layernorm_forward(k.x_mid, S.param(p + 6), S.param(p + 7), k.ln2, k.ln2_mean, k.ln2_rstd, n, D));
     FLEXSP_TRY(dev.linear_forward(k.ln2, S.param(p + 8), S.param(p + 9), k.fc, n, D, 4 * D));
@@ -170,14 +212,18 @@ expected<double> gpt_replica::forward_backward(const local_inputs& in, std::span
   FLEXSP_TRY_ASSIGN(float* dln_p, S.scratch(dln, nd));
   FLEXSP_TRY_ASSIGN(float* dtmp_p, S.scratch(dtmp, nd));
   FLEXSP_TRY_ASSIGN(float* datt_p, S.scratch(datt, nd));
-  FLEXSP_TRY_ASSIGN(float* dqkv_h_p, S.scratch(dqkv_h, 3 * nd));
+  FLEXSP_TRY_ASSIGN(float* dqkv_h_p, S.scratch(dqkv_h, 3 * Nh));
+  float* datt_h_p = datt_p;  // a group of one: [n, D] is [N, hm, Dh]
+  if (!single) {
+    FLEXSP_TRY_ASSIGN(datt_h_p, S.scratch(datt_h, Nh));
+  }
   FLEXSP_TRY_ASSIGN(float* dqkv_p, S.scratch(dqkv, 3 * nd));
   FLEXSP_TRY(dev.gemm({.m = n, .n = D, .k = V, .a = dlg, .lda = V, .b = wte, .ldb = D, .c = dlnf_p, .ldc = D}));
   FLEXSP_TRY(dev.gemm({.trans_a = true, .m = V, .n = D, .k = n, .a = dlg, .lda = V, .b = lnf_out, .ldb = D,
                        .beta = 1.0f, .c = dwte, .ldc = D}));
   FLEXSP_TRY(dev.layernorm_backward(dlnf_p, xs, S.param(last - 2), lnf_m, lnf_r, dx_p, S.grad(last - 2),
                                     S.grad(last - 1), n, D));
-  attention_backward_args ba{cu, H, Dh};
+  attention_backward_args ba{cu, hm, Dh};
   FLEXSP_TRY_ASSIGN(void* bws, S.scratch<char>(attn_bwd_ws, dev.workspace_size(ba)));
   const auto count = static_cast<std::int64_t>(nd);
   for (std::int64_t l = L - 1; l >= 0; --l) {
@@ -189,20 +235,30 @@ expected<double> gpt_replica::forward_backward(const local_inputs& in, std::span
     FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_mid, S.param(p + 6), k.ln2_mean, k.ln2_rstd, dtmp_p, S.grad(p + 6),
                                       S.grad(p + 7), n, D));
     FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_mid
-    FLEXSP_TRY(dev.linear_backward(dx_p, k.att_h, S.param(p + 4), datt_p, S.grad(p + 4), S.grad(p + 5), n, D, D));
+    FLEXSP_TRY(dev.linear_backward(dx_p, k.att, S.param(p + 4), datt_p, S.grad(p + 4), S.grad(p + 5), n, D, D));
+    if (!single)
+      FLEXSP_TRY(staged(dev, datt_p, nd, datt_h_p, Nh, host_src, host_dst, [&](auto src, auto dst) {
+        return layout.scatter_heads(group, src, dst, 1, Dh, scratch);
+      }));
     ba.q = k.qkv_h;
-    ba.k = k.qkv_h + nd;
-    ba.v = k.qkv_h + 2 * nd;
+    ba.k = k.qkv_h + Nh;
+    ba.v = k.qkv_h + 2 * Nh;
     ba.out = k.att_h;
     ba.lse = k.lse;
-    ba.dout = datt_p;
+    ba.dout = datt_h_p;
     ba.dq = dqkv_h_p;
-    ba.dk = dqkv_h_p + nd;
-    ba.dv = dqkv_h_p + 2 * nd;
+    ba.dk = dqkv_h_p + Nh;
+    ba.dv = dqkv_h_p + 2 * Nh;
     FLEXSP_TRY(dev.run(ba, bws));
-    for (std::int64_t part = 0; part < 3; ++part)  // [3, n, D] -> [n, 3, D]
-      FLEXSP_TRY(dev.copy_rows(dqkv_p + part * D, sz(3 * D) * sizeof(float), dqkv_h_p + part * n * D,
-                               sz(D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
+    if (single) {  // [3, n, D] -> [n, 3, D]
+      for (std::int64_t part = 0; part < 3; ++part)
+        FLEXSP_TRY(dev.copy_rows(dqkv_p + part * D, sz(3 * D) * sizeof(float), dqkv_h_p + part * n * D,
+                                 sz(D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
+    } else {  // [3, N, hm, Dh] -> [n, 3, H, Dh]
+      FLEXSP_TRY(staged(dev, dqkv_h_p, 3 * Nh, dqkv_p, 3 * nd, host_src, host_dst, [&](auto src, auto dst) {
+        return layout.gather_heads(group, src, dst, 3, Dh, scratch);
+      }));
+    }
     FLEXSP_TRY(dev.linear_backward(dqkv_p, k.ln1, S.param(p + 2), dln_p, S.grad(p + 2), S.grad(p + 3), n, D, 3 * D));
     FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_in, S.param(p), k.ln1_mean, k.ln1_rstd, dtmp_p, S.grad(p),
                                       S.grad(p + 1), n, D));

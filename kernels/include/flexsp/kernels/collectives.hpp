@@ -4,7 +4,8 @@
 /// all-to-alls, gradient all-reduce, parameter broadcast), with two implementations:
 /// a size-1 `local` communicator (no transport; the single-device path) and a Gloo one over
 /// TCP (gloo_communicator.hpp). Collective calls are blocking and must be issued by every
-/// member of the group in the same order.
+/// member of the group in the same order, from one thread at a time (only `abort()` may be
+/// called concurrently, from any thread).
 ///
 /// Failure modes (all calls): errc::timeout when a peer did not take part within the
 /// communicator's timeout; errc::disconnected when a peer's connection closed (it died);

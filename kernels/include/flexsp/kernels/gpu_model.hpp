@@ -2,9 +2,14 @@
 /// \file
 /// The reference GPT (model.hpp) on one GPU: a replica whose parameters, gradients and AdamW
 /// moments live in device memory in the same flat layout as gpt_model, trained with the GPU
-/// kernels of gpu.hpp. Forward and backward run whole sequences on this device (an SP group of
-/// one); gradients are flat device buffers, so a data-parallel all-reduce over an NCCL
-/// communicator works on `grads()` in place.
+/// kernels of gpu.hpp, with Ulysses sequence parallelism inside an SP group exactly as
+/// gpt_model::forward_backward. Gradients are flat device buffers, so a data-parallel
+/// all-reduce over an NCCL communicator works on `grads()` in place.
+///
+/// In a group of one the head layout change around attention is a device copy. In larger
+/// groups the all-to-alls go through ulysses_layout on host copies of the activations (any
+/// communicator works: Gloo, or NCCL staging host buffers itself).
+/// TODO(perf): pack the all-to-all blocks on the device and hand device buffers to NCCL.
 ///
 /// Numerics match gpt_model::forward_backward and adamw_optimizer::step up to fp32 rounding
 /// (summation order differs), which tests/gpu checks.
@@ -13,6 +18,7 @@
 #include <memory>
 #include <span>
 
+#include "flexsp/kernels/collectives.hpp"
 #include "flexsp/kernels/gpu.hpp"
 #include "flexsp/kernels/model.hpp"
 #include "flexsp/kernels/ulysses.hpp"
@@ -36,9 +42,13 @@ public:
   float* grads() const noexcept;
 
   expected<void> zero_grads();
-  /// Forward and backward of the sequences `lengths` (packed, `inputs` from shard_inputs with a
-  /// layout of degree 1). Adds the gradient of loss_scale * (sum of token losses) to grads()
-  /// and returns that sum (unscaled). Same errors as gpt_model::forward_backward.
+  /// Forward and backward of one micro-batch on this rank of the SP group `group` (size ==
+  /// layout.degree(); collective over the group), as gpt_model::forward_backward: adds this
+  /// rank's part of the gradient of loss_scale * (sum of the group's token losses) to grads()
+  /// and returns the sum of this rank's token losses (unscaled). Same errors.
+  expected<double> forward_backward(communicator& group, const ulysses_layout& layout, const local_inputs& inputs,
+                                    float loss_scale);
+  /// The same for a group of one: whole sequences `lengths` on this device.
   expected<double> forward_backward(const local_inputs& inputs, std::span<const std::int64_t> lengths,
                                     float loss_scale);
   /// Clips the gradient norm to max_grad_norm (<= 0: no clipping), then one AdamW update

@@ -52,7 +52,8 @@ private:
 
 /// A store in a directory shared by the processes (one file per key, written atomically by
 /// rename, key bytes hex-encoded in the file name). Waiting polls the directory every
-/// `poll_interval`.
+/// `poll_interval`. Keys are never deleted: use a fresh directory per job, or keys that
+/// include the membership epoch, so that no member reads a stale address.
 class file_store final : public rendezvous_store {
 public:
   /// Creates the directory when missing; errc::io when that fails.
