@@ -6,6 +6,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include "flexsp/kernels/attention.hpp"
 #include "flexsp/kernels/device_backend.hpp"
 #include "flexsp/kernels/data.hpp"
+#include "flexsp/kernels/gloo_communicator.hpp"
 #include "flexsp/kernels/gpu.hpp"
 #include "flexsp/kernels/gpu_model.hpp"
 #include "flexsp/kernels/model.hpp"
@@ -409,6 +411,58 @@ TEST_F(GpuKernels, TrainingStepOfTheGptMatchesTheCpuModel) {
     if (std::abs(ref_grads[i]) > 1e-4f * max_grad && diff > 1e-6f + 1e-5f * std::abs(cpu.params()[i])) ++mismatched;
   }
   EXPECT_EQ(mismatched, 0);
+}
+
+TEST_F(GpuKernels, UlyssesGroupsOfAnyDegreeGiveTheSingleDeviceLossAndGradients) {
+  // 3 heads: degree 2 splits them unevenly, degree 4 leaves a rank without heads.
+  const gpt_config cfg{.layers = 1, .d_model = 48, .heads = 3, .vocab = 41, .max_positions = 200};
+  const std::vector<std::int64_t> lengths{37, 5, 64, 1};
+  const auto tokens = std::accumulate(lengths.begin(), lengths.end(), std::int64_t{0});
+  const auto sequences = synthetic_sequences(lengths, 4, cfg.vocab);
+  const float scale = 1.0f / static_cast<float>(tokens);
+  auto cpu = gpt_model::create(cfg, 9).value();
+  auto one = ulysses_layout::make(lengths, 1, 0, cfg.heads).value();
+  auto local = make_local_communicator();
+  auto ref = cpu.forward_backward(*local, one, shard_inputs(one, sequences).value(), scale);
+  ASSERT_TRUE(ref) << ref.error().to_string();
+  for (int degree : {2, 3, 4}) {
+    memory_store store;
+    std::vector<std::vector<float>> grads(static_cast<std::size_t>(degree));
+    std::vector<double> losses(static_cast<std::size_t>(degree));
+    std::vector<std::string> errors(static_cast<std::size_t>(degree));
+    std::vector<std::thread> ranks;
+    for (int r = 0; r < degree; ++r)
+      ranks.emplace_back([&, r] {
+        auto fail = [&](const error& e) { errors[static_cast<std::size_t>(r)] = e.to_string(); };
+        auto dev = gpu::open_device(0);
+        if (!dev) return fail(dev.error());
+        auto model = gpt_model::create(cfg, 9).value();
+        auto replica = gpu::gpt_replica::create(**dev, model);
+        if (!replica) return fail(replica.error());
+        auto comm = make_gloo_communicator(store, "gpu-sp/" + std::to_string(degree), r, degree, gloo_options{});
+        if (!comm) return fail(comm.error());
+        auto layout = ulysses_layout::make(lengths, degree, r, cfg.heads).value();
+        auto loss = replica->forward_backward(**comm, layout, shard_inputs(layout, sequences).value(), scale);
+        if (!loss) return fail(loss.error());
+        losses[static_cast<std::size_t>(r)] = *loss;
+        auto& g = grads[static_cast<std::size_t>(r)];
+        g.resize(model.params().size());
+        if (auto d = replica->download_grads(g); !d) fail(d.error());
+      });
+    for (auto& t : ranks) t.join();
+    for (const auto& e : errors) ASSERT_TRUE(e.empty()) << "degree " << degree << ": " << e;
+    EXPECT_NEAR(std::accumulate(losses.begin(), losses.end(), 0.0), ref->loss_sum, 1e-4 * ref->loss_sum)
+        << "degree " << degree;
+    std::vector<float> sum(grads[0].size(), 0.0f);
+    for (const auto& g : grads)
+      for (std::size_t i = 0; i < g.size(); ++i) sum[i] += g[i];
+    for (const auto& p : cpu.parameters()) {
+      const auto off = static_cast<std::size_t>(p.offset), cnt = static_cast<std::size_t>(numel_of(p.shape));
+      const std::vector<float> g(sum.begin() + static_cast<std::ptrdiff_t>(off),
+                                 sum.begin() + static_cast<std::ptrdiff_t>(off + cnt));
+      EXPECT_LT(max_rel_diff(g, cpu.grads().subspan(off, cnt)), 1e-3) << p.name << " at degree " << degree;
+    }
+  }
 }
 
 // ---- backend choice (meaningful with and without a GPU) ---------------------------------
