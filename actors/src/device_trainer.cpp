@@ -296,7 +296,11 @@ void device_trainer::handle(abort_attempts m) {
   auto prev = j->min_attempt.load();
   while (prev < m.attempt && !j->min_attempt.compare_exchange_weak(prev, m.attempt)) {
   }
-  if (j->current_attempt.load() < m.attempt && j->cache) j->cache->abort_all();
+  // Aborting waits for the cache's lock, which a rendezvous in progress holds; that must not
+  // stall this (the loop) thread, whose heartbeats keep the node a member. The rendezvous itself
+  // gives up within one wait slice now that the attempt is below min_attempt.
+  if (j->current_attempt.load() < m.attempt && j->cache)
+    std::thread{[j]() { j->cache->abort_all(); }}.detach();
 }
 
 void device_trainer::handle(save_state m) {
@@ -325,7 +329,7 @@ void device_trainer::handle(query_state m) {
 void device_trainer::handle(leave_job m) {
   if (auto j = find(m.job_id)) {
     j->min_attempt = ~std::uint64_t{0};
-    if (j->cache) j->cache->abort_all();
+    if (j->cache) std::thread{[j]() { j->cache->abort_all(); }}.detach();
   }
   post([this, id = std::move(m.job_id)]() {
     std::lock_guard lock{mutex_};
