@@ -1,0 +1,147 @@
+// Elastic training between real processes on loopback: a job on 3 nodes x 2 CPU devices that
+// loses a node to kill -9, a node that joins mid-run, and a resume from a checkpoint on another
+// node count.
+#include <mutex>
+#include <set>
+
+#include "train_common.hpp"
+
+namespace flexsp::testing {
+namespace {
+
+TEST(TrainCluster, KillNineOfOneNodeMidRunFinishesEveryStepOnTheSurvivors) {
+  process_cluster cluster{"kill"};
+  ASSERT_TRUE(cluster.launch(3, "cpu:2"));
+  const auto nodes = cluster.node_pids();
+  ASSERT_EQ(nodes.size(), 3u);
+  auto client = cluster.client();
+  ASSERT_TRUE(client);
+  auto job = client->submit(small_job(30));
+  ASSERT_TRUE(job) << job.error().to_string();
+  std::vector<step_record> steps;
+  bool killed = false;
+  auto final = job->wait([&](const std::string& line) {
+    steps.push_back(parse_step(line));
+    if (!killed && steps.back().step == 9) {
+      ASSERT_EQ(::kill(nodes[1], SIGKILL), 0);
+      killed = true;
+    }
+  });
+  ASSERT_TRUE(final) << final.error().to_string();
+  EXPECT_EQ(final->state, "succeeded") << final->error;
+  ASSERT_EQ(steps.size(), 30u);
+  for (std::size_t i = 0; i < steps.size(); ++i) EXPECT_EQ(steps[i].step, i) << "every step committed exactly once, in order";
+  EXPECT_EQ(steps.front().devices, 6u);
+  EXPECT_EQ(steps.back().devices, 4u) << "the job finishes on the 4 surviving devices";
+  std::uint32_t retried = 0;
+  for (std::size_t i = 10; i < steps.size(); ++i) retried += steps[i].retried;
+  EXPECT_GE(retried, 1u) << "the step in flight at the kill was aborted and re-run";
+  EXPECT_LT(steps.back().loss, steps.front().loss - 1.5) << "first " << steps.front().loss << " last " << steps.back().loss;
+  EXPECT_NE(final->final_checksum, 0u) << "the scheduler checked that the surviving replicas are identical";
+}
+
+TEST(TrainCluster, ANodeStartedMidRunIsUsedFromALaterStep) {
+  process_cluster cluster{"join"};
+  ASSERT_TRUE(cluster.launch(2, "cpu:2"));
+  auto client = cluster.client();
+  ASSERT_TRUE(client);
+  auto job = client->submit(small_job(24));
+  ASSERT_TRUE(job) << job.error().to_string();
+  std::vector<step_record> steps;
+  bool started = false;
+  auto final = job->wait([&](const std::string& line) {
+    steps.push_back(parse_step(line));
+    if (!started && steps.back().step == 4) {
+      started = true;
+      EXPECT_TRUE(cluster.add_node("cpu:2"));
+    }
+  });
+  ASSERT_TRUE(final) << final.error().to_string();
+  EXPECT_EQ(final->state, "succeeded") << final->error;
+  ASSERT_EQ(steps.size(), 24u);
+  for (std::size_t i = 0; i < steps.size(); ++i) EXPECT_EQ(steps[i].step, i);
+  EXPECT_EQ(steps.front().devices, 4u);
+  EXPECT_EQ(steps.back().devices, 6u) << "the new node's devices take part";
+  std::size_t first_with_six = steps.size();
+  for (std::size_t i = 0; i < steps.size(); ++i)
+    if (steps[i].devices == 6) {
+      first_with_six = i;
+      break;
+    }
+  EXPECT_GT(first_with_six, 4u);
+  EXPECT_NE(final->final_checksum, 0u) << "the joined replicas received the state and stayed identical";
+  EXPECT_LT(steps.back().loss, steps.front().loss - 1.0);
+}
+
+TEST(TrainCluster, StopAfterACheckpointAndResumeOnAnotherNodeCount) {
+  const auto dir = fs::temp_directory_path() / fmt::format("flexsp-train-ckpt-{}", ::getpid());
+  fs::remove_all(dir);
+  auto spec = small_job(16);
+  spec.checkpoint_dir = dir.string();
+  spec.checkpoint_every = 5;
+  std::uint64_t committed = 0;
+  {
+    process_cluster cluster{"ckpt1"};
+    ASSERT_TRUE(cluster.launch(3, "cpu:2"));
+    auto client = cluster.client();
+    ASSERT_TRUE(client);
+    auto job = client->submit(spec);
+    ASSERT_TRUE(job) << job.error().to_string();
+    for (int i = 0; i < 600; ++i) {
+      auto st = job->status();
+      ASSERT_TRUE(st) << st.error().to_string();
+      committed = st->steps_done;
+      if (committed >= 7) break;
+      std::this_thread::sleep_for(100ms);
+    }
+    ASSERT_GE(committed, 7u);
+    cluster.stop();  // the whole cluster, job included
+  }
+  ASSERT_TRUE(fs::exists(dir / "latest.json"));
+  auto latest = nlohmann::json::parse(read_text(dir / "latest.json"));
+  const auto resume = latest["step"].get<std::uint64_t>();
+  EXPECT_GE(resume, 5u);
+  EXPECT_EQ(resume % 5, 0u);
+
+  process_cluster cluster{"ckpt2"};
+  ASSERT_TRUE(cluster.launch(1, "cpu:2"));
+  // Resubmit through the command line this time: --wait --metrics, exit status 0.
+  const auto spec_file = dir / "job.json";
+  std::ofstream{spec_file} << actors::job_spec_to_json(spec);
+  const auto metrics_file = dir / "metrics.jsonl";
+  auto r = shell(fmt::format("{} {} job submit --address {} --secret-file {} {} --wait --metrics {}", cluster.env(),
+                             FLEXSP_CLI_PATH, cluster.address(), cluster.secret_file(), spec_file.string(),
+                             metrics_file.string()));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::vector<step_record> steps;
+  std::ifstream in{metrics_file};
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) steps.push_back(parse_step(line));
+  ASSERT_EQ(steps.size(), 16 - resume) << r.output;
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    EXPECT_EQ(steps[i].step, resume + i) << "steps continue from the checkpoint";
+    EXPECT_EQ(steps[i].devices, 2u);
+  }
+  // The loss continues where it was, not from the untrained 5.5.
+  EXPECT_LT(steps.front().loss, 4.5);
+  fs::remove_all(dir);
+}
+
+TEST(TrainCluster, AnInvalidSpecIsRejectedAtSubmitNamingTheField) {
+  process_cluster cluster{"bad"};
+  ASSERT_TRUE(cluster.launch(1, "cpu:1"));
+  auto client = cluster.client();
+  ASSERT_TRUE(client);
+  auto job = client->submit_json(R"({"steps": 3, "model": {"d_model": 30, "heads": 4}})");
+  ASSERT_FALSE(job);
+  EXPECT_NE(job.error().message().find("model.d_model"), std::string::npos) << job.error().message();
+  const auto file = cluster.state() / "bad.json";
+  std::ofstream{file} << R"({"steps": 3, "strategy": "megatron"})";
+  auto r = shell(fmt::format("{} {} job submit --address {} --secret-file {} {}", cluster.env(), FLEXSP_CLI_PATH,
+                             cluster.address(), cluster.secret_file(), file.string()));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("strategy"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace flexsp::testing

@@ -1,0 +1,165 @@
+#pragma once
+// Shared by the training integration tests: a cluster of real `flexsp` processes started with
+// scripts/launch_cluster.sh in a private state directory, and helpers around it.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "flexsp/actors/job_client.hpp"
+
+namespace flexsp::testing {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+struct run_result {
+  int exit_code;
+  std::string output;
+};
+
+inline run_result shell(const std::string& command) {
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return {-1, "popen failed"};
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (auto n = std::fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+  const int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+inline std::string read_text(const fs::path& p) {
+  std::ifstream in{p};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+/// A cluster of real processes: head + nodes via the launch script, 100 ms heartbeats and a
+/// 500 ms failure timeout. Stops every process it started when destroyed.
+class process_cluster {
+public:
+  explicit process_cluster(std::string tag) {
+    std::random_device rd;
+    state_ = fs::temp_directory_path() / fmt::format("flexsp-train-{}-{}-{:x}", tag, ::getpid(), rd());
+    fs::create_directories(state_);
+  }
+  ~process_cluster() {
+    stop();
+    std::error_code ec;
+    fs::remove_all(state_, ec);
+  }
+
+  std::string env() const {
+    return fmt::format("FLEXSP_STATE_DIR={} FLEXSP_BIN={}", state_.string(), FLEXSP_CLI_PATH);
+  }
+
+  /// Starts a head and `nodes` nodes of `devices` (e.g. "cpu:2"); false on failure.
+  bool launch(int nodes, const std::string& devices) {
+    auto r = shell(fmt::format("{} {}/scripts/launch_cluster.sh --nodes {} --devices {} --port 0 --heartbeat-interval "
+                               "100ms --failure-timeout 500ms --timeout 60",
+                               env(), FLEXSP_SOURCE_DIR, nodes, devices));
+    if (r.exit_code != 0) {
+      ADD_FAILURE() << r.output;
+      return false;
+    }
+    auto cur = nlohmann::json::parse(read_text(state_ / "current_cluster.json"), nullptr, false);
+    if (cur.is_discarded()) return false;
+    address_ = cur["address"].get<std::string>();
+    secret_file_ = cur["secret_file"].get<std::string>();
+    return true;
+  }
+
+  /// Adds one node process (daemonised by `flexsp start`).
+  bool add_node(const std::string& devices) {
+    auto r = shell(fmt::format("{} {} start --address {} --devices {} --secret-file {}", env(), FLEXSP_CLI_PATH,
+                               address_, devices, secret_file_));
+    if (r.exit_code != 0) ADD_FAILURE() << r.output;
+    return r.exit_code == 0;
+  }
+
+  void stop() {
+    if (address_.empty()) return;
+    const auto port = address_.substr(address_.rfind(':') + 1);
+    (void)shell(fmt::format("{} {}/scripts/launch_cluster.sh --stop --port {}", env(), FLEXSP_SOURCE_DIR, port));
+    address_.clear();
+  }
+
+  /// Pids of the node processes, in start order.
+  std::vector<pid_t> node_pids() const {
+    std::vector<std::pair<fs::file_time_type, pid_t>> found;
+    for (const auto& e : fs::directory_iterator(state_ / "procs")) {
+      auto j = nlohmann::json::parse(read_text(e.path()), nullptr, false);
+      if (!j.is_discarded() && j.value("role", "") == "node")
+        found.emplace_back(e.last_write_time(), j["pid"].get<pid_t>());
+    }
+    std::sort(found.begin(), found.end());
+    std::vector<pid_t> out;
+    for (auto& [_, p] : found) out.push_back(p);
+    return out;
+  }
+
+  std::shared_ptr<actors::job_client> client() const {
+    net::transport_config t;
+    auto s = read_text(secret_file_);
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+    t.secret.assign(s.begin(), s.end());
+    auto c = actors::job_client::connect(address_, t);
+    EXPECT_TRUE(c) << (c ? "" : c.error().to_string());
+    return c ? *c : nullptr;
+  }
+
+  const std::string& address() const { return address_; }
+  const fs::path& state() const { return state_; }
+  const std::string& secret_file() const { return secret_file_; }
+
+private:
+  fs::path state_;
+  std::string address_;
+  std::string secret_file_;
+};
+
+/// A small, quick job: 2 layers, d_model 32, sequences up to 256 tokens.
+inline actors::job_spec small_job(std::uint64_t steps, std::uint32_t batch = 24) {
+  actors::job_spec s;
+  s.name = "itest";
+  s.steps = steps;
+  s.batch_size = batch;
+  s.model.layers = 2;
+  s.model.d_model = 32;
+  s.model.heads = 4;
+  s.model.max_seq = 256;
+  s.optimizer.lr = 0.01f;
+  s.warmup = 2;
+  s.collective_timeout_ms = 5000;
+  return s;
+}
+
+/// Parsed metrics lines.
+struct step_record {
+  std::uint64_t step;
+  std::uint32_t devices;
+  double loss;
+  std::uint32_t retried;
+  double recovery_ms;
+};
+inline step_record parse_step(const std::string& line) {
+  auto j = nlohmann::json::parse(line);
+  return {j["step"].get<std::uint64_t>(), j["devices"].get<std::uint32_t>(), j["loss"].get<double>(),
+          j["retried"].get<std::uint32_t>(), j["recovery_ms"].get<double>()};
+}
+
+}  // namespace flexsp::testing

@@ -1,0 +1,99 @@
+// Training jobs in an embedded cluster (head, node and job in this process; messages still cross
+// loopback sockets): the plan changes speed, never the math.
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "flexsp/actors/embedded.hpp"
+#include "flexsp/kernels/model.hpp"
+
+namespace flexsp::actors {
+namespace {
+
+namespace fs = std::filesystem;
+
+job_spec tiny(std::string strategy, const fs::path& dir) {
+  job_spec s;
+  s.name = "equiv";
+  s.steps = 2;
+  s.batch_size = 16;
+  s.strategy = std::move(strategy);
+  s.model.layers = 2;
+  s.model.d_model = 32;
+  s.model.heads = 4;
+  s.model.max_seq = 256;
+  s.optimizer.lr = 0.01f;
+  s.calibrate = false;
+  s.checkpoint_dir = dir.string();
+  s.checkpoint_every = 1;
+  return s;
+}
+
+struct run_out {
+  job_status status;
+  std::vector<std::string> plans;
+};
+
+run_out run_job(embedded_cluster& c, const job_spec& spec) {
+  run_out out;
+  auto job = c.jobs().submit(spec, [&out](const step_metrics& m) {
+    std::string p;
+    for (const auto& mb : m.plan) p += fmt::format("[{}]", fmt::join(mb, ","));
+    out.plans.push_back(p);
+  });
+  EXPECT_TRUE(job) << job.error().to_string();
+  if (job) out.status = (*job)->wait();
+  return out;
+}
+
+TEST(TrainEmbedded, FlexspAndStaticPlansGiveTheSameUpdatedParameters) {
+  std::random_device rd;
+  const auto root = fs::temp_directory_path() / fmt::format("flexsp-equiv-{:x}", rd());
+  auto cluster = embedded_cluster::start(1, 4);
+  ASSERT_TRUE(cluster) << cluster.error().to_string();
+  const auto a = run_job(**cluster, tiny("flexsp", root / "flexsp"));
+  const auto b = run_job(**cluster, tiny("static:4", root / "static"));
+  ASSERT_EQ(a.status.state, job_state::succeeded) << a.status.error;
+  ASSERT_EQ(b.status.state, job_state::succeeded) << b.status.error;
+  ASSERT_EQ(a.plans.size(), 2u);
+  ASSERT_EQ(b.plans.size(), 2u);
+  EXPECT_NE(a.plans, b.plans) << "the two strategies must plan differently for the test to mean anything";
+
+  const kernels::gpt_config cfg{.layers = 2, .d_model = 32, .heads = 4, .vocab = 256, .max_positions = 256};
+  auto ma = kernels::gpt_model::create(cfg, 0).value();
+  auto mb = kernels::gpt_model::create(cfg, 0).value();
+  kernels::adamw_optimizer oa{ma, {}}, ob{mb, {}};
+  ASSERT_TRUE(kernels::load_checkpoint(root / "flexsp" / "step-000002.ckpt", ma, oa));
+  ASSERT_TRUE(kernels::load_checkpoint(root / "static" / "step-000002.ckpt", mb, ob));
+  auto init = kernels::gpt_model::create(cfg, 1).value();
+  double max_diff = 0, max_update = 0;
+  for (std::size_t i = 0; i < ma.params().size(); ++i) {
+    max_diff = std::max(max_diff, static_cast<double>(std::abs(ma.params()[i] - mb.params()[i])));
+    max_update = std::max(max_update, static_cast<double>(std::abs(ma.params()[i] - init.params()[i])));
+  }
+  EXPECT_EQ(oa.steps(), 2);
+  EXPECT_GT(max_update, 1e-3) << "two AdamW steps moved the parameters";
+  EXPECT_LT(max_diff, 1e-4) << "flexsp and static:4 updates differ by " << max_diff;
+  fs::remove_all(root);
+}
+
+TEST(TrainEmbedded, ACancelledJobStopsAndReportsIt) {
+  auto cluster = embedded_cluster::start(1, 2);
+  ASSERT_TRUE(cluster) << cluster.error().to_string();
+  auto spec = tiny("flexsp", {});
+  spec.checkpoint_dir.clear();
+  spec.checkpoint_every = 0;
+  spec.steps = 10000;
+  std::shared_ptr<scheduler_actor> job;
+  auto made = (*cluster)->jobs().submit(spec, [&job](const step_metrics& m) {
+    if (m.step == 2 && job) job->cancel();
+  });
+  ASSERT_TRUE(made);
+  job = *made;
+  const auto st = job->wait();
+  EXPECT_EQ(st.state, job_state::cancelled);
+  EXPECT_LT(st.steps_done, 100u);
+}
+
+}  // namespace
+}  // namespace flexsp::actors
