@@ -35,7 +35,7 @@ struct planner_options {
   int extra_micro_batches{2};       ///< Blaster tries the minimum count and this many more
   int buckets{16};                  ///< MILP bucket count
   /// Run CBC after the layout search. Off by default: on the Wikipedia protocol a 60 s CBC polish
-  /// changed the step time by under 0.1% (docs/PERFORMANCE.md) at 100x the planning time.
+  /// changed the step time by 0.2% or less (docs/PERFORMANCE.md) at 1000x the planning time.
   bool use_milp{false};
   double milp_min_gap{0.05};        ///< layout-search gap (to its own bound) above which CBC runs
   double tolerance{1e-3};           ///< relative optimality tolerance of the layout search
