@@ -459,4 +459,75 @@ TEST(LaunchScript, StartsEveryNodeThenStopLeavesNoProcess) {
   fs::remove_all(state, ec);
 }
 
+// Stand-ins for ssh and srun that run the command on this machine, so that the script's remote
+// modes (hostfile over ssh, Slurm allocation) run end to end on loopback.
+void write_executable(const fs::path& p, const std::string& text) {
+  std::ofstream{p} << text;
+  fs::permissions(p, fs::perms::owner_all);
+}
+
+void check_remote_mode(const std::string& mode_args, const std::string& extra_env, const fs::path& dir) {
+  const std::string env = fmt::format("PATH={}:$PATH FLEXSP_STATE_DIR={} FLEXSP_BIN={} FLEXSP_REMOTE_BIN={} {}",
+                                      (dir / "bin").string(), (dir / "state").string(), FLEXSP_CLI_PATH,
+                                      FLEXSP_CLI_PATH, extra_env);
+  const std::string script = std::string{FLEXSP_SOURCE_DIR} + "/scripts/launch_cluster.sh";
+  auto run_script = [&](const std::string& args) {
+    FILE* pipe = ::popen((env + " " + script + " " + args + " 2>&1").c_str(), "r");
+    std::string out;
+    std::array<char, 4096> buf{};
+    while (auto n = std::fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+    const int status = ::pclose(pipe);
+    return run_result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  };
+  auto up = run_script(mode_args + " --devices cpu:1 --port 0 --head-host 127.0.0.1 --timeout 30");
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(up.output, m, std::regex{R"(head address: (\S+):(\d+))"})) << up.output;
+  const std::string port = m[2];
+  auto st = run(fmt::format("status --address 127.0.0.1:{} --json", port), "FLEXSP_STATE_DIR=" + (dir / "state").string());
+  ASSERT_EQ(st.exit_code, 0) << st.output;
+  auto j = nlohmann::json::parse(st.output);
+  EXPECT_EQ(j["alive"], 2) << st.output;
+  std::vector<pid_t> pids{j["head_pid"].get<pid_t>()};
+  for (const auto& n : j["nodes"]) {
+    pids.push_back(n["pid"].get<pid_t>());
+    EXPECT_EQ(n["address"].get<std::string>().rfind("127.0.0.1:", 0), 0u) << "a node bound to 0.0.0.0 advertises a reachable address";
+  }
+  auto down = run_script("--stop --port " + port + (mode_args.find("--hostfile") != std::string::npos
+                                                        ? " --hostfile " + (dir / "hosts").string()
+                                                        : std::string{}));
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  for (pid_t p : pids) EXPECT_TRUE(eventually([p]() { return gone(p); }, 5s)) << "pid " << p << " survived --stop";
+}
+
+TEST(LaunchScript, StartsNodesOverSshFromAHostfile) {
+  char tmpl[] = "/tmp/flexsp-launch-ssh-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const fs::path dir = tmpl;
+  fs::create_directories(dir / "bin");
+  write_executable(dir / "bin" / "ssh",
+                   "#!/bin/sh\n# test stand-in: drop options, then run the command here\n"
+                   "while [ \"${1#-}\" != \"$1\" ]; do if [ \"$1\" = -o ]; then shift; fi; shift; done\n"
+                   "shift\nexec sh -c \"$*\"\n");
+  std::ofstream{dir / "hosts"} << "# two hosts\nnode-a\nnode-b\n";
+  check_remote_mode("--nodes 2 --hostfile " + (dir / "hosts").string(), "", dir);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+TEST(LaunchScript, StartsOneNodePerAllocatedMachineUnderSlurm) {
+  char tmpl[] = "/tmp/flexsp-launch-slurm-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const fs::path dir = tmpl;
+  fs::create_directories(dir / "bin");
+  write_executable(dir / "bin" / "srun",
+                   "#!/bin/bash\n# test stand-in: start --ntasks copies of the command here, stop them on TERM\n"
+                   "n=1; while [[ \"$1\" == -* ]]; do [[ \"$1\" == --ntasks=* ]] && n=\"${1#--ntasks=}\"; shift; done\n"
+                   "pids=(); for ((i = 0; i < n; i++)); do \"$@\" & pids+=($!); done\n"
+                   "trap 'kill \"${pids[@]}\" 2>/dev/null; wait; exit 0' TERM INT\nwait\n");
+  check_remote_mode("", "SLURM_JOB_ID=1 SLURM_JOB_NUM_NODES=2", dir);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
 }  // namespace
