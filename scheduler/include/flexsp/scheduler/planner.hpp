@@ -69,6 +69,7 @@ public:
 
   const cost_model& model() const;
   const cluster& cluster_shape() const;
+  /// Options for the next plans; `any_degree` is fixed when the planner is created.
   planner_options& options();
 
 private:
@@ -77,7 +78,7 @@ private:
   std::unique_ptr<impl> impl_;
 };
 
-/// One-shot helper: creates a planner and plans one batch.
+/// Creates a planner and plans one batch (for a single call; keep a planner for many batches).
 expected<plan> make_plan(std::span<const std::int64_t> lengths, const profile& p, const cluster& c,
                          const planner_options& opts = {});
 
