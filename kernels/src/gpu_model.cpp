@@ -284,6 +284,32 @@ expected<double> gpt_replica::optimizer_step(const adamw_params& hyper, double m
   return norm;
 }
 
+float* gpt_replica::first_moments() const noexcept { return s_->m.as<float>(); }
+float* gpt_replica::second_moments() const noexcept { return s_->v.as<float>(); }
+std::int64_t gpt_replica::steps() const noexcept { return s_->step; }
+void gpt_replica::set_steps(std::int64_t steps) noexcept { s_->step = steps; }
+
+expected<void> gpt_replica::download_moments(std::span<float> first, std::span<float> second) const {
+  if (static_cast<std::int64_t>(first.size()) != s_->count() || second.size() != first.size())
+    return make_error(errc::invalid_argument, "download_moments: {} and {} floats for {} parameters", first.size(),
+                      second.size(), s_->count());
+  FLEXSP_TRY(s_->dev->copy_to_host(first.data(), first_moments(), first.size_bytes()));
+  return s_->dev->copy_to_host(second.data(), second_moments(), second.size_bytes());
+}
+
+expected<void> gpt_replica::upload_state(std::span<const float> params_in, std::span<const float> first,
+                                         std::span<const float> second, std::int64_t steps) {
+  const auto n = static_cast<std::size_t>(s_->count());
+  if (params_in.size() != n || first.size() != n || second.size() != n || steps < 0)
+    return make_error(errc::invalid_argument, "upload_state: {}, {}, {} floats and step {} for {} parameters",
+                      params_in.size(), first.size(), second.size(), steps, n);
+  FLEXSP_TRY(s_->dev->copy_to_device(params(), params_in.data(), params_in.size_bytes()));
+  FLEXSP_TRY(s_->dev->copy_to_device(first_moments(), first.data(), first.size_bytes()));
+  FLEXSP_TRY(s_->dev->copy_to_device(second_moments(), second.data(), second.size_bytes()));
+  s_->step = steps;
+  return {};
+}
+
 expected<void> gpt_replica::download_params(std::span<float> out) const {
   if (static_cast<std::int64_t>(out.size()) != s_->count())
     return make_error(errc::invalid_argument, "download_params: {} floats for {} parameters", out.size(), s_->count());

@@ -411,6 +411,20 @@ TEST_F(GpuKernels, TrainingStepOfTheGptMatchesTheCpuModel) {
     if (std::abs(ref_grads[i]) > 1e-4f * max_grad && diff > 1e-6f + 1e-5f * std::abs(cpu.params()[i])) ++mismatched;
   }
   EXPECT_EQ(mismatched, 0);
+  // The state round-trips through the host (checkpoints, a joining replica).
+  EXPECT_EQ(replica->steps(), 1);
+  std::vector<float> m(params.size()), v(params.size());
+  ASSERT_OK(replica->download_moments(m, v));
+  EXPECT_LT(max_rel_diff(v, opt.second_moments()), 1e-3);
+  auto fresh = gpu::gpt_replica::create(*dev_, cpu);
+  ASSERT_TRUE(fresh);
+  ASSERT_OK(fresh->upload_state(params, m, v, replica->steps()));
+  std::vector<float> back(params.size());
+  ASSERT_OK(fresh->download_params(back));
+  EXPECT_EQ(back, params);
+  EXPECT_EQ(fresh->steps(), 1);
+  EXPECT_EQ(fresh->upload_state(params, m, std::span<const float>{v}.first(3), 1).error().kind(),
+            errc::invalid_argument);
 }
 
 TEST_F(GpuKernels, UlyssesGroupsOfAnyDegreeGiveTheSingleDeviceLossAndGradients) {

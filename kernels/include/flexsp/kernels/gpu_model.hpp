@@ -55,9 +55,21 @@ public:
   /// (no weight decay where parameter_info::decay is false). Returns the pre-clip norm.
   expected<double> optimizer_step(const adamw_params& hyper, double max_grad_norm);
 
-  /// Copies parameters / gradients to the host ([parameter_count] floats).
+  /// AdamW moments ([parameter_count] floats each, device) and the optimizer step count: with
+  /// params() the whole training state, e.g. for an NCCL broadcast to a joining replica.
+  float* first_moments() const noexcept;
+  float* second_moments() const noexcept;
+  std::int64_t steps() const noexcept;
+  void set_steps(std::int64_t steps) noexcept;
+
+  /// Copies parameters / gradients / moments to the host ([parameter_count] floats each);
+  /// errc::invalid_argument for another size.
   expected<void> download_params(std::span<float> out) const;
   expected<void> download_grads(std::span<float> out) const;
+  expected<void> download_moments(std::span<float> first, std::span<float> second) const;
+  /// Replaces parameters and moments from the host (a checkpoint or a host replica's state).
+  expected<void> upload_state(std::span<const float> params, std::span<const float> first,
+                              std::span<const float> second, std::int64_t steps);
 
 private:
   struct state;
