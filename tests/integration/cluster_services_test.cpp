@@ -124,7 +124,12 @@ struct ClusterServices : ::testing::Test {
     net::event_loop loop;
     std::unique_ptr<node_service> node;
     std::atomic<int> registrations{0};
-    std::optional<error> fatal;
+    std::mutex fatal_mutex;
+    std::optional<error> fatal;  // set on the node's loop thread
+    std::optional<error> fatal_error() {
+      std::lock_guard lock{fatal_mutex};
+      return fatal;
+    }
     ~node_proc() {
       if (node) node->stop();
       loop.stop();
@@ -142,7 +147,10 @@ struct ClusterServices : ::testing::Test {
     auto* raw = p.get();
     auto n = node_service::start(
         p->loop, nc, [raw](const registration&) { ++raw->registrations; },
-        [raw](const error& e) { raw->fatal = e; });
+        [raw](const error& e) {
+          std::lock_guard lock{raw->fatal_mutex};
+          raw->fatal = e;
+        });
     EXPECT_TRUE(n) << n.error().to_string();
     p->node = std::move(*n);
     return p;
@@ -281,8 +289,9 @@ TEST_F(ClusterServices, SubscribersSeeAJoinAndALossExactlyOnce) {
 
 TEST_F(ClusterServices, ANodeWithTheWrongSecretIsRejectedAndGivesUp) {
   auto n = start_node("cpu:1", "not-the-secret");
-  ASSERT_TRUE(eventually([&]() { return n->fatal.has_value(); }));
-  EXPECT_NE(n->fatal->message().find("rejected"), std::string::npos) << n->fatal->to_string();
+  ASSERT_TRUE(eventually([&]() { return n->fatal_error().has_value(); }));
+  const auto fatal = n->fatal_error();
+  EXPECT_NE(fatal->message().find("rejected"), std::string::npos) << fatal->to_string();
   auto s = client()->status();
   ASSERT_TRUE(s);
   EXPECT_TRUE(s->nodes.empty());
