@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <latch>
 #include <vector>
 
@@ -60,8 +61,11 @@ TEST(TimerService, FiresOnTheSteadyClockWithoutHelp) {
   steady_clock_source clk;
   timer_service timers{clk};
   std::latch fired{3};
-  timers.schedule(clk.now() + 1ms, 1ms, [&fired] {
-    fired.count_down();
+  std::atomic<int> fires{0};
+  // A latch must never count below zero (its wait() would then never return), so only the
+  // first three firings count it down; the timer itself keeps firing until stop().
+  timers.schedule(clk.now() + 1ms, 1ms, [&fired, &fires] {
+    if (fires.fetch_add(1) < 3) fired.count_down();
     return true;
   });
   fired.wait();  // returns only if the timer thread fired three times
