@@ -37,6 +37,7 @@
 #include "flexsp/core/log.hpp"
 #include "flexsp/core/wire/hmac.hpp"
 #include "flexsp/kernels/cuda_runtime.hpp"
+#include "flexsp/kernels/device_backend.hpp"
 
 namespace flexsp::app {
 
@@ -374,6 +375,8 @@ void run_node(const common_flags& f, const std::string& address_flag, const std:
   // Validate the spec before forking (cuda:all needs the device count).
   const auto cuda = kernels::query_cuda();
   cfg.devices = check(actors::parse_devices(devices_spec, static_cast<int>(cuda.devices.size())));
+  if (const auto backend = kernels::select_device_backend(kernels::backend_request::automatic))
+    log::get("device")->info("node devices {}: compute backend {}", devices_spec, backend->reason);
 
   daemon_result d;
   if (!f.block) {

@@ -5,6 +5,7 @@
 
 #include "commands.hpp"
 #include "flexsp/kernels/cuda_runtime.hpp"
+#include "flexsp/kernels/device_backend.hpp"
 
 namespace flexsp::app {
 
@@ -14,7 +15,11 @@ void add_info_command(CLI::App& root) {
   cmd->add_flag("--json", *json_out, "print JSON instead of text");
   cmd->callback([json_out]() {
     const auto cuda = kernels::query_cuda();
+    // automatic selection never fails: it falls back to the CPU with the reason.
+    const auto backend = kernels::select_device_backend(kernels::backend_request::automatic);
     nlohmann::json j;
+    j["device_backend"] = {{"kind", backend ? std::string{kernels::to_string(backend->kind)} : "cpu"},
+                           {"reason", backend ? backend->reason : backend.error().message()}};
     j["version"] = "0.1.0";
     j["cpu_devices"] = std::thread::hardware_concurrency();
     j["cuda"] = {{"compiled", cuda.compiled},
@@ -43,6 +48,7 @@ void add_info_command(CLI::App& root) {
       std::printf("  cuda:%d %s (sm_%d%d, %.1f GiB)\n", d.index, d.name.c_str(), d.compute_capability_major,
                   d.compute_capability_minor, static_cast<double>(d.memory_bytes) / (1 << 30));
     if (cuda.devices.empty()) std::printf("gpus: none (%s)\n", cuda.reason.c_str());
+    std::printf("device backend (auto): %s\n", j["device_backend"]["reason"].get<std::string>().c_str());
   });
 }
 
