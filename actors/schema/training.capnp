@@ -70,6 +70,7 @@ struct StepPlan {
   syncSource @6 :Int64;           # >= 0: broadcast replica state from that device first
   microBatches @7 :List(DeviceMicroBatch);
   calibrate @8 :Bool;             # timing probe: no gradient all-reduce, never committed
+  commEpoch @9 :UInt64;           # keys the communicators; rises when an attempt is aborted or the world changes
 }
 
 struct GroupTiming {

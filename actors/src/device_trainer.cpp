@@ -83,13 +83,51 @@ struct device_trainer::job {
   std::atomic<std::uint64_t> current_attempt{0};
   std::unique_ptr<replica_state> state;
   std::unique_ptr<kv_rendezvous_store> store;
-  std::unique_ptr<kernels::communicator_cache> cache;
-  remote_ref scheduler;
+  kernels::gloo_options gloo;
+  // One cache per communicator epoch. A retired cache is aborted and destroyed on a thread of its
+  // own: aborting waits for the cache's lock, which a rendezvous in progress may hold for a while.
+  std::mutex cache_mutex;
+  std::shared_ptr<kernels::communicator_cache> cache;
+  std::uint64_t cache_epoch = ~std::uint64_t{0};
+  // An address, not a remote_ref: a job may outlive its actor host (an abort thread holds it),
+  // and a remote_ref would keep the host alive past its event loop.
+  remote_address scheduler;
+  std::weak_ptr<actor_host> host;
   bool ready = false;
   std::uint64_t ready_step = 0;
   std::uint64_t ready_attempt = 0;
 
   bool aborted(std::uint64_t attempt) const { return attempt < min_attempt.load(); }
+
+  static void retire(std::shared_ptr<kernels::communicator_cache> c) {
+    if (c) std::thread{[c = std::move(c)]() mutable {
+      c->abort_all();
+      c.reset();
+    }}.detach();
+  }
+  /// The cache of `epoch`, replacing (and retiring) an older one.
+  std::shared_ptr<kernels::communicator_cache> cache_for(std::uint64_t epoch) {
+    std::lock_guard lock{cache_mutex};
+    if (!cache || cache_epoch != epoch) {
+      retire(std::move(cache));
+      cache = std::make_shared<kernels::communicator_cache>(*store, static_cast<int>(setup.device), gloo);
+      cache_epoch = epoch;
+    }
+    return cache;
+  }
+  void abort_communicators() {
+    std::shared_ptr<kernels::communicator_cache> old;
+    {
+      std::lock_guard lock{cache_mutex};
+      old = std::move(cache);
+    }
+    retire(std::move(old));
+  }
+
+  template <class M>
+  void reply(const M& m) const {
+    if (auto h = host.lock()) (void)h->ref(scheduler).tell(m);
+  }
 };
 
 device_trainer::device_trainer(device_context context) : context_{std::move(context)} {
@@ -102,7 +140,7 @@ device_trainer::~device_trainer() {
     stopping_ = true;
     for (auto& [_, j] : jobs_) {
       j->min_attempt = ~std::uint64_t{0};
-      if (j->cache) j->cache->abort_all();
+      j->abort_communicators();
     }
   }
   wake_.notify_all();
@@ -156,17 +194,16 @@ void device_trainer::handle(join_job m) {
       FLEXSP_TRY_ASSIGN(auto* c, client());
       auto j = std::make_shared<job>();
       j->setup = m;
-      j->scheduler = scheduler;
+      j->scheduler = scheduler.address();
+      j->host = context_.host;
       FLEXSP_TRY_ASSIGN(j->state, replica_state::create(m.model, m.seed, m.optimizer));
       if (!m.resume_from.empty())
         FLEXSP_TRY(kernels::load_checkpoint(m.resume_from, j->state->model(), j->state->optimizer()));
       job* raw = j.get();
       j->store = std::make_unique<kv_rendezvous_store>(*c, "job/" + m.job_id,
                                                        [raw]() { return raw->aborted(raw->current_attempt.load()); });
-      j->cache = std::make_unique<kernels::communicator_cache>(
-          *j->store, static_cast<int>(m.device),
-          kernels::gloo_options{.hostname = m.collective_host,
-                                .timeout = std::chrono::milliseconds{m.collective_timeout_ms}});
+      j->gloo = kernels::gloo_options{.hostname = m.collective_host,
+                                      .timeout = std::chrono::milliseconds{m.collective_timeout_ms}};
       return j;
     }();
     if (!made) {
@@ -178,7 +215,7 @@ void device_trainer::handle(join_job m) {
       reply.optimizer_steps = static_cast<std::uint64_t>(st.optimizer().steps());
       reply.parameters = st.model().params().size();
       std::lock_guard lock{mutex_};
-      if (auto old = jobs_.find(m.job_id); old != jobs_.end() && old->second->cache) old->second->cache->abort_all();
+      if (auto old = jobs_.find(m.job_id); old != jobs_.end()) old->second->abort_communicators();
       jobs_[m.job_id] = *made;
       log::get("device")->debug("{}: joined job {} as device {}", context_.device_name, m.job_id, m.device);
     }
@@ -197,17 +234,17 @@ void device_trainer::handle(step_plan m) {
       if (!j->aborted(m.attempt))
         log::get("device")->warn("{}: step {} attempt {} failed: {}", context_.device_name, m.step, m.attempt,
                                  e.to_string());
-      (void)j->scheduler.tell(step_failed{m.job_id, m.step, m.attempt, me, e.to_string()});
+      j->reply(step_failed{m.job_id, m.step, m.attempt, me, e.to_string()});
     };
     auto run = [&]() -> expected<grad_ready> {
-      j->cache->evict_before(m.attempt);
+      auto cache = j->cache_for(m.comm_epoch);
       grad_ready out{m.job_id, m.step, m.attempt, me, 0, 0, 0, 0, {}};
       auto& st = *j->state;
       const std::vector<int> world{m.world.begin(), m.world.end()};
       std::shared_ptr<kernels::communicator> world_comm;
       const auto t_sync = Clock::now();
       if (!m.calibrate && world.size() > 1) {
-        FLEXSP_TRY_ASSIGN(world_comm, j->cache->get(world, m.attempt));
+        FLEXSP_TRY_ASSIGN(world_comm, cache->get(world, m.comm_epoch));
         if (m.sync_source >= 0) {
           const int root = kernels::communicator_cache::rank_in(world, static_cast<int>(m.sync_source));
           if (root < 0) return make_error(errc::invalid_argument, "sync source {} is not in the world", m.sync_source);
@@ -225,7 +262,7 @@ void device_trainer::handle(step_plan m) {
         if (j->aborted(m.attempt)) return make_error(errc::cancelled, "attempt {} aborted", m.attempt);
         const auto t0 = Clock::now();
         const std::vector<int> group{mb.group.begin(), mb.group.end()};
-        FLEXSP_TRY_ASSIGN(auto comm, j->cache->get(group, m.attempt));
+        FLEXSP_TRY_ASSIGN(auto comm, cache->get(group, m.comm_epoch));
         std::vector<std::int64_t> lengths{mb.lengths.begin(), mb.lengths.end()};
         std::vector<std::vector<std::int32_t>> seqs;
         std::size_t pos = 0;
@@ -268,7 +305,7 @@ void device_trainer::handle(step_plan m) {
       fail(r.error());
       return;
     }
-    (void)j->scheduler.tell(*r);
+    j->reply(*r);
   });
 }
 
@@ -279,7 +316,7 @@ void device_trainer::handle(commit_step m) {
     if (!j->ready || j->ready_step != m.step || j->ready_attempt != m.attempt) {
       log::get("device")->error("{}: commit of step {} attempt {} without its gradients (ready: step {} attempt {})",
                                 context_.device_name, m.step, m.attempt, j->ready_step, j->ready_attempt);
-      (void)j->scheduler.tell(step_failed{m.job_id, m.step, m.attempt, j->setup.device, "commit without gradients"});
+      j->reply(step_failed{m.job_id, m.step, m.attempt, j->setup.device, "commit without gradients"});
       return;
     }
     j->ready = false;
@@ -296,11 +333,7 @@ void device_trainer::handle(abort_attempts m) {
   auto prev = j->min_attempt.load();
   while (prev < m.attempt && !j->min_attempt.compare_exchange_weak(prev, m.attempt)) {
   }
-  // Aborting waits for the cache's lock, which a rendezvous in progress holds; that must not
-  // stall this (the loop) thread, whose heartbeats keep the node a member. The rendezvous itself
-  // gives up within one wait slice now that the attempt is below min_attempt.
-  if (j->current_attempt.load() < m.attempt && j->cache)
-    std::thread{[j]() { j->cache->abort_all(); }}.detach();
+  if (j->current_attempt.load() < m.attempt) j->abort_communicators();
 }
 
 void device_trainer::handle(save_state m) {
@@ -311,7 +344,7 @@ void device_trainer::handle(save_state m) {
     device_state reply{j->setup.device, st.checksum(), static_cast<std::uint64_t>(st.optimizer().steps()),
                        st.model().params().size(), m.job_id, m.tag, {}};
     if (auto r = kernels::save_checkpoint(m.path, st.model(), st.optimizer()); !r) reply.error = r.error().to_string();
-    (void)j->scheduler.tell(reply);
+    j->reply(reply);
   });
 }
 
@@ -320,7 +353,7 @@ void device_trainer::handle(query_state m) {
     auto j = find(m.job_id);
     if (!j) return;
     auto& st = *j->state;
-    (void)j->scheduler.tell(device_state{j->setup.device, st.checksum(),
+    j->reply(device_state{j->setup.device, st.checksum(),
                                          static_cast<std::uint64_t>(st.optimizer().steps()),
                                          st.model().params().size(), m.job_id, m.tag, {}});
   });
@@ -329,7 +362,7 @@ void device_trainer::handle(query_state m) {
 void device_trainer::handle(leave_job m) {
   if (auto j = find(m.job_id)) {
     j->min_attempt = ~std::uint64_t{0};
-    if (j->cache) std::thread{[j]() { j->cache->abort_all(); }}.detach();
+    j->abort_communicators();
   }
   post([this, id = std::move(m.job_id)]() {
     std::lock_guard lock{mutex_};

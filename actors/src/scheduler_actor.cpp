@@ -39,7 +39,7 @@ std::string step_metrics::to_json() const {
                    {"plan", plan},         {"strategy", strategy},     {"solve_ms", solve_ms},
                    {"predicted_ms", predicted_ms}, {"step_ms", step_ms}, {"compute_ms", compute_ms},
                    {"comm_ms", comm_ms},   {"overhead_ms", overhead_ms}, {"group_error", group_error},
-                   {"retried", retried},   {"recovery_ms", recovery_ms}};
+                   {"retried", retried},   {"recovery_ms", recovery_ms}, {"committed_at_ms", committed_at_ms}};
   return j.dump();
 }
 
@@ -78,6 +78,8 @@ struct scheduler_actor::runner {
   std::uint32_t next_device = 0;
   std::uint64_t epoch = 0;
   std::uint64_t attempt = 0;
+  std::uint64_t comm_epoch = 0;
+  std::vector<std::uint32_t> comm_world;
   std::uint64_t next_tag = 1;
   std::map<std::uint64_t, device_state> replies;  // by tag
   std::optional<scheduler::profile> profile;
@@ -91,6 +93,8 @@ struct scheduler_actor::runner {
   std::string resume_file;
   std::uint64_t start_step = 0;
   bool state_exists = false;  ///< some device holds the job's replica state
+  std::deque<scheduler::fit_sample> observed;  ///< measured group times of committed steps
+  int steps_since_refit = 0;
 
   explicit runner(scheduler_actor& s) : self{s}, spec{s.spec_} {}
 
@@ -265,6 +269,7 @@ struct scheduler_actor::runner {
 
   void abort_attempt() {
     if (!tracker.active()) return;
+    comm_world.clear();  // the aborted attempt's communicators are gone: the next one builds new ones
     for (const auto& [_, d] : devices) (void)d.ref.tell(abort_attempts{self.id_, tracker.attempt() + 1});
     tracker.reset();
   }
@@ -427,6 +432,27 @@ struct scheduler_actor::runner {
                     100 * fit->max_relative_error));
   }
 
+  /// Online calibration: every few steps, refit the profile to the group times measured in
+  /// training (the last kRefitWindow groups), so the cost model follows the devices as they are
+  /// loaded in practice. A fit that does not validate leaves the profile as it is.
+  void refit() {
+    static constexpr std::size_t kRefitWindow = 256;
+    while (observed.size() > kRefitWindow) observed.pop_front();
+    if (!spec.calibrate || ++steps_since_refit < 5) return;
+    steps_since_refit = 0;
+    std::vector<scheduler::fit_sample> samples{observed.begin(), observed.end()};
+    auto fit = scheduler::fit_profile(samples, *profile);
+    if (!fit) return;
+    auto p = scheduler::apply_fit(*profile, *fit);
+    if (!(p.alpha1 >= 0 && p.alpha2 >= 0 && p.beta1 >= 0) || !p.validate()) return;
+    p.name = "cpu-online";
+    profile = p;
+    planner.reset();
+    prepared.reset();
+    std::lock_guard lock{self.mutex_};
+    self.status_.calibration = scheduler::profile_to_json(p);
+  }
+
   // ---- one attempt ------------------------------------------------------------------------
 
   /// Sends the plan to every device of the current world and waits until all reported ready
@@ -441,6 +467,11 @@ struct scheduler_actor::runner {
     h.epoch = epoch;
     h.attempt = ++attempt;
     h.calibrate = calibrate_only;
+    if (w != comm_world) {
+      comm_world = w;
+      ++comm_epoch;
+    }
+    h.comm_epoch = comm_epoch;
     for (const auto& [i, d] : devices)
       if (d.synced) {
         h.sync_source = i;
@@ -593,11 +624,19 @@ struct scheduler_actor::runner {
           if (measured > 0) {
             err += std::abs(g.predicted_ms - measured) / measured;
             ++groups;
+            scheduler::fit_sample fs;
+            fs.degree = g.degree;
+            fs.time_ms = measured;
+            for (int q : g.sequences) fs.lengths.push_back(batch.lengths[static_cast<std::size_t>(q)]);
+            observed.push_back(std::move(fs));
           }
         }
       m.group_error = groups ? err / groups : 0;
       m.retried = retried;
       m.recovery_ms = first_failure ? ms_between(*first_failure, t_commit) : 0;
+      m.committed_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
       {
         std::lock_guard lock{self.mutex_};
         self.metrics_.push_back(m.to_json());
@@ -607,6 +646,7 @@ struct scheduler_actor::runner {
         self.status_.devices = m.devices;
       }
       if (self.on_metrics_) self.on_metrics_(m);
+      refit();
       return;
     }
   }

@@ -25,6 +25,7 @@ expected<std::map<std::uint32_t, step_plan>> slice_plan(const scheduler::plan& p
     sp.global_tokens = batch.total_tokens();
     sp.sync_source = h.sync_source;
     sp.calibrate = h.calibrate;
+    sp.comm_epoch = h.comm_epoch;
     sp.micro_batches.resize(p.micro_batches.size());
   }
   for (std::size_t m = 0; m < p.micro_batches.size(); ++m) {

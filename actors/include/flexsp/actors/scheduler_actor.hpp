@@ -60,6 +60,7 @@ struct step_metrics {
   double group_error = 0;             ///< mean |predicted - measured| / measured over the step's groups
   std::uint32_t retried = 0;          ///< aborted attempts of this step
   double recovery_ms = 0;             ///< first abort of this step -> commit (0 when not retried)
+  std::int64_t committed_at_ms = 0;   ///< wall clock (Unix ms) when Commit was sent
   std::string to_json() const;
 };
 

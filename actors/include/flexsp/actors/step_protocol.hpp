@@ -33,6 +33,7 @@ struct step_header {
   std::uint64_t attempt = 0;
   std::int64_t sync_source = -1;
   bool calibrate = false;
+  std::uint64_t comm_epoch = 0;
 };
 
 /// Cuts `p` (its device ids are positions in `world`, which lists job device indices in

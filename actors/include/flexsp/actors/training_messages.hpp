@@ -79,6 +79,7 @@ struct step_plan {
   std::int64_t sync_source = -1;
   std::vector<device_micro_batch> micro_batches;
   bool calibrate = false;
+  std::uint64_t comm_epoch = 0;  ///< communicators are cached per (comm_epoch, device set)
 };
 
 struct group_timing {
@@ -234,6 +235,7 @@ struct wire_codec<step_plan> {
       o.setPredictedMs(mb.predicted_ms);
     }
     b.setCalibrate(m.calibrate);
+    b.setCommEpoch(m.comm_epoch);
   }
   static step_plan decode(schema::Reader r) {
     step_plan m;
@@ -249,6 +251,7 @@ struct wire_codec<step_plan> {
                                  detail::copy_list<std::uint32_t>(mb.getLengths()),
                                  detail::copy_list<std::int32_t>(mb.getTokens()), mb.getPredictedMs()});
     m.calibrate = r.getCalibrate();
+    m.comm_epoch = r.getCommEpoch();
     return m;
   }
 };
