@@ -149,6 +149,9 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   std::signal(SIGTERM, on_interrupt);
   const auto final = (*job)->wait();
   g_running = nullptr;
+  // Tearing the embedded cluster down closes every connection; that is not news.
+  if (cmd.get_parent()->get_option("--log-level")->count() == 0 && std::getenv("FLEXSP_LOG") == nullptr)
+    (void)log::configure("error");
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double n = static_cast<double>(std::max<std::uint64_t>(1, steps));
   fmt::print("\nsummary: job {} {} after {} of {} steps in {:.1f} s\n", final.id, to_string(final.state), final.steps_done,

@@ -59,8 +59,8 @@ double mean(const std::vector<double>& v) {
   return v.empty() ? 0 : s / static_cast<double>(v.size());
 }
 
-int overhead_and_cost_model(std::uint64_t steps) {
-  auto cluster = embedded_cluster::start(1, 8);
+int overhead_and_cost_model(std::uint64_t steps, int devices) {
+  auto cluster = embedded_cluster::start(1, devices);
   if (!cluster) {
     fmt::print(stderr, "embedded cluster: {}\n", cluster.error().to_string());
     return 1;
@@ -85,7 +85,7 @@ int overhead_and_cost_model(std::uint64_t steps) {
     pred_ratio.push_back(m.predicted_ms / std::max(1e-9, m.compute_ms));
   }
   wrong += ms.size() != steps;
-  fmt::print("## overhead and cost model: embedded, 8 CPU devices, GPT 2x64, batch {}, {} steps ({})\n",
+  fmt::print("## overhead and cost model: embedded, {} CPU devices, GPT 2x64, batch {}, {} steps ({})\n", devices,
              spec.batch_size, steps, to_string(st.state));
   fmt::print("| mean step ms | overhead ms | overhead % of step | planner ms (hidden) | group error all steps | group "
              "error steps >= 10 | predicted/measured compute | loss first->last | #wrong |\n");
@@ -173,17 +173,20 @@ recovery_trial recovery(int signal_to_send) {
 
 int main(int argc, char** argv) {
   int trials = 3;
+  int devices = 8;
   std::uint64_t steps = 30;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       trials = 1;
       steps = 15;
+    } else if (std::strcmp(argv[i], "--devices") == 0 && i + 1 < argc) {
+      devices = std::atoi(argv[++i]);
     } else if (std::strcmp(argv[i], "--trials") == 0 && i + 1 < argc) {
       trials = std::atoi(argv[++i]);
     }
   }
   (void)flexsp::log::configure("warn");
-  int rc = overhead_and_cost_model(steps);
+  int rc = overhead_and_cost_model(steps, devices);
   fmt::print("\n## recovery: 3 nodes x 2 CPU devices, heartbeat 100 ms, failure timeout 500 ms; signal sent after the "
              "8th committed step\n");
   fmt::print("| signal | trial | ms to the next committed step | job | #wrong |\n");
