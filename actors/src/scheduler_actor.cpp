@@ -40,6 +40,10 @@ std::string step_metrics::to_json() const {
                    {"predicted_ms", predicted_ms}, {"step_ms", step_ms}, {"compute_ms", compute_ms},
                    {"comm_ms", comm_ms},   {"overhead_ms", overhead_ms}, {"group_error", group_error},
                    {"retried", retried},   {"recovery_ms", recovery_ms}, {"committed_at_ms", committed_at_ms}};
+  auto& g = j["groups"] = nlohmann::json::array();
+  for (const auto& t : groups)
+    g.push_back({{"micro_batch", t.micro_batch}, {"degree", t.degree}, {"predicted_ms", t.predicted_ms},
+                 {"measured_ms", t.measured_ms}});
   return j.dump();
 }
 
@@ -621,6 +625,7 @@ struct scheduler_actor::runner {
           for (int dv : g.devices)
             for (const auto& t : (*reports)[w[static_cast<std::size_t>(dv)]].groups)
               if (t.micro_batch == mbi) measured = std::max(measured, t.compute_ms);
+          m.groups.push_back({static_cast<std::uint32_t>(mbi), g.degree, g.predicted_ms, measured});
           if (measured > 0) {
             err += std::abs(g.predicted_ms - measured) / measured;
             ++groups;

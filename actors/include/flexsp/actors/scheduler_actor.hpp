@@ -58,6 +58,14 @@ struct step_metrics {
   double comm_ms = 0;                 ///< max over devices of gradient all-reduce and state sync
   double overhead_ms = 0;             ///< scheduler time on the critical path (planning not hidden, messaging, commit)
   double group_error = 0;             ///< mean |predicted - measured| / measured over the step's groups
+  /// Per group: micro-batch, degree, predicted ms, measured ms (the slowest member's forward/backward).
+  struct group_time {
+    std::uint32_t micro_batch = 0;
+    int degree = 0;
+    double predicted_ms = 0;
+    double measured_ms = 0;
+  };
+  std::vector<group_time> groups;
   std::uint32_t retried = 0;          ///< aborted attempts of this step
   double recovery_ms = 0;             ///< first abort of this step -> commit (0 when not retried)
   std::int64_t committed_at_ms = 0;   ///< wall clock (Unix ms) when Commit was sent
