@@ -70,40 +70,23 @@ expected<std::shared_ptr<communicator>> nccl_communicator_cache::get(std::span<c
   const auto me = std::find(sorted.begin(), sorted.end(), my_device_);
   if (me == sorted.end())
     return make_error(errc::invalid_argument, "device {} is not a member of the NCCL group", my_device_);
-  std::lock_guard lock{mutex_};
+  auto lock = table_.lock();
   auto key = std::make_pair(epoch, sorted);
-  if (auto it = groups_.find(key); it != groups_.end() && !it->second->poisoned()) return it->second;
+  if (auto cached = table_.find(key); cached && !cached->poisoned()) return cached;
   std::string name = fmt::format("nccl/e{}/d", epoch);
   for (std::size_t i = 0; i < sorted.size(); ++i) name += fmt::format("{}{}", i ? "-" : "", sorted[i]);
   FLEXSP_TRY_ASSIGN(auto comm, make_nccl_communicator(store_, name, static_cast<int>(me - sorted.begin()),
                                                       static_cast<int>(sorted.size()), cuda_device_, options_));
   std::shared_ptr<communicator> shared{std::move(comm)};
-  groups_[std::move(key)] = shared;
+  table_.insert(std::move(key), shared);
   return shared;
 }
 
-void nccl_communicator_cache::abort_all() {
-  std::lock_guard lock{mutex_};
-  for (auto& [key, comm] : groups_) comm->abort();
-  groups_.clear();
-}
+void nccl_communicator_cache::abort_all() { table_.abort_all(); }
 
-void nccl_communicator_cache::evict_before(std::uint64_t epoch) {
-  std::lock_guard lock{mutex_};
-  for (auto it = groups_.begin(); it != groups_.end();) {
-    if (it->first.first < epoch) {
-      it->second->abort();
-      it = groups_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-}
+void nccl_communicator_cache::evict_before(std::uint64_t epoch) { table_.evict_before(epoch); }
 
-std::size_t nccl_communicator_cache::size() const {
-  std::lock_guard lock{mutex_};
-  return groups_.size();
-}
+std::size_t nccl_communicator_cache::size() const { return table_.size(); }
 
 // ---- backend choice ---------------------------------------------------------------------
 

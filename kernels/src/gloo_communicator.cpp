@@ -378,10 +378,10 @@ expected<std::shared_ptr<communicator>> communicator_cache::get(std::span<const 
   const int rank = rank_in(sorted, my_device_);
   if (rank < 0)
     return make_error(errc::invalid_argument, "device {} is not in the group {}", my_device_, fmt::join(sorted, ","));
-  std::lock_guard lock{mutex_};
+  auto lock = table_.lock();
   auto key = std::make_pair(epoch, sorted);
-  if (auto it = groups_.find(key); it != groups_.end()) {
-    if (!it->second->poisoned()) return it->second;
+  if (auto cached = table_.find(key)) {
+    if (!cached->poisoned()) return cached;
     // Its rendezvous keys are spent: a group is rebuilt only under a new epoch.
     return make_error(errc::disconnected, "group {} of epoch {} failed; rebuild it under a new epoch",
                       fmt::join(sorted, ","), epoch);
@@ -398,31 +398,14 @@ expected<std::shared_ptr<communicator>> communicator_cache::get(std::span<const 
                                                         device_));
     comm = std::move(made);
   }
-  groups_[key] = comm;
+  table_.insert(std::move(key), comm);
   return comm;
 }
 
-void communicator_cache::abort_all() {
-  std::lock_guard lock{mutex_};
-  for (auto& [k, c] : groups_) c->abort();
-  groups_.clear();
-}
+void communicator_cache::abort_all() { table_.abort_all(); }
 
-void communicator_cache::evict_before(std::uint64_t epoch) {
-  std::lock_guard lock{mutex_};
-  for (auto it = groups_.begin(); it != groups_.end();) {
-    if (it->first.first < epoch) {
-      it->second->abort();
-      it = groups_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-}
+void communicator_cache::evict_before(std::uint64_t epoch) { table_.evict_before(epoch); }
 
-std::size_t communicator_cache::size() const {
-  std::lock_guard lock{mutex_};
-  return groups_.size();
-}
+std::size_t communicator_cache::size() const { return table_.size(); }
 
 }  // namespace flexsp::kernels

@@ -52,4 +52,34 @@ private:
 
 std::unique_ptr<communicator> make_local_communicator() { return std::make_unique<local_communicator>(); }
 
+std::shared_ptr<communicator> communicator_table::find(const key& k) const {
+  auto it = groups_.find(k);
+  return it == groups_.end() ? nullptr : it->second;
+}
+
+void communicator_table::insert(key k, std::shared_ptr<communicator> comm) { groups_[std::move(k)] = std::move(comm); }
+
+void communicator_table::abort_all() {
+  std::lock_guard lock{mutex_};
+  for (auto& [k, comm] : groups_) comm->abort();
+  groups_.clear();
+}
+
+void communicator_table::evict_before(std::uint64_t epoch) {
+  std::lock_guard lock{mutex_};
+  for (auto it = groups_.begin(); it != groups_.end();) {
+    if (it->first.first < epoch) {
+      it->second->abort();
+      it = groups_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::size_t communicator_table::size() const {
+  std::lock_guard lock{mutex_};
+  return groups_.size();
+}
+
 }  // namespace flexsp::kernels

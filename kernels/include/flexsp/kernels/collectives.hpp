@@ -14,8 +14,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <span>
+#include <utility>
+#include <vector>
 
 #include "flexsp/core/error.hpp"
 
@@ -64,5 +68,31 @@ public:
 
 /// The group of one: collectives are local copies. Never fails except on size mismatch.
 std::unique_ptr<communicator> make_local_communicator();
+
+/// The communicators of one device keyed by (epoch, ascending device set): the bookkeeping the
+/// Gloo and NCCL group caches share. Thread-safe; `lock()` lets a cache create a missing
+/// communicator under the same lock, so creation is serialised per cache.
+class communicator_table {
+public:
+  using key = std::pair<std::uint64_t, std::vector<int>>;
+
+  /// Held while looking up and inserting.
+  std::unique_lock<std::mutex> lock() const { return std::unique_lock{mutex_}; }
+  /// The cached communicator of `k`, or null. Call with lock() held.
+  std::shared_ptr<communicator> find(const key& k) const;
+  /// Caches `comm` under `k` (replacing any). Call with lock() held.
+  void insert(key k, std::shared_ptr<communicator> comm);
+
+  /// Aborts and forgets every cached communicator.
+  void abort_all();
+  /// Aborts and forgets communicators of epochs older than `epoch`.
+  void evict_before(std::uint64_t epoch);
+  /// Number of cached communicators.
+  std::size_t size() const;
+
+private:
+  mutable std::mutex mutex_;
+  std::map<key, std::shared_ptr<communicator>> groups_;
+};
 
 }  // namespace flexsp::kernels

@@ -85,9 +85,8 @@ private:
   rendezvous_store& store_;
   int my_device_;
   gloo_options options_;
-  mutable std::mutex mutex_;
-  std::shared_ptr<gloo_device> device_;
-  std::map<std::pair<std::uint64_t, std::vector<int>>, std::shared_ptr<communicator>> groups_;
+  std::shared_ptr<gloo_device> device_;  // created on first use, under table_'s lock
+  communicator_table table_;
 };
 
 }  // namespace flexsp::kernels

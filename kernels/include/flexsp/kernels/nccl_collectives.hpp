@@ -80,8 +80,7 @@ private:
   int my_device_;
   int cuda_device_;
   nccl_options options_;
-  mutable std::mutex mutex_;
-  std::map<std::pair<std::uint64_t, std::vector<int>>, std::shared_ptr<communicator>> groups_;
+  communicator_table table_;
 };
 
 }  // namespace flexsp::kernels
