@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cluster_state.hpp"
 #include "commands.hpp"
 #include "flexsp/actors/job_client.hpp"
 
@@ -26,51 +27,10 @@ struct job_flags {
   std::string secret_file;
 };
 
-std::optional<std::string> read_text(const fs::path& p) {
-  std::ifstream in{p, std::ios::binary};
-  if (!in) return std::nullopt;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// The cluster record `flexsp start --head` leaves for later commands on this machine.
-std::optional<nlohmann::json> current_cluster() {
-  fs::path dir;
-  if (const char* s = std::getenv("FLEXSP_STATE_DIR"); s && *s) dir = s;
-  else if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x) dir = fs::path{x} / "flexsp";
-  else dir = fs::path{"/tmp"} / ("flexsp-" + std::to_string(::getuid()));
-  auto text = read_text(dir / "current_cluster.json");
-  if (!text) return std::nullopt;
-  auto j = nlohmann::json::parse(*text, nullptr, false);
-  if (j.is_discarded() || !j.contains("address")) return std::nullopt;
-  return j;
-}
-
 expected<std::shared_ptr<actors::job_client>> connect(const job_flags& f) {
-  std::string address = f.address;
-  auto cur = current_cluster();
-  if (address.empty()) {
-    if (const char* a = std::getenv("FLEXSP_ADDRESS"); a && *a) address = a;
-    else if (cur) address = (*cur)["address"].get<std::string>();
-    else return make_error(errc::invalid_argument, "no cluster address: pass --address HOST:PORT or set FLEXSP_ADDRESS");
-  }
-  std::optional<std::string> secret;
-  if (!f.secret_file.empty()) {
-    secret = read_text(f.secret_file);
-    if (!secret) return make_error(errc::not_found, "cannot read the secret file {}", f.secret_file);
-  } else if (const char* s = std::getenv("FLEXSP_CLUSTER_SECRET"); s && *s) {
-    secret = s;
-  } else if (const char* sf = std::getenv("FLEXSP_SECRET_FILE"); sf && *sf) {
-    secret = read_text(sf);
-    if (!secret) return make_error(errc::not_found, "cannot read the secret file {}", sf);
-  } else if (cur && cur->contains("secret_file")) {
-    secret = read_text((*cur)["secret_file"].get<std::string>());
-  }
-  if (!secret) return make_error(errc::invalid_argument, "no cluster secret: pass --secret-file or set FLEXSP_CLUSTER_SECRET");
-  while (!secret->empty() && std::isspace(static_cast<unsigned char>(secret->back()))) secret->pop_back();
+  FLEXSP_TRY_ASSIGN(const std::string address, resolve_address(f.address));
   net::transport_config t;
-  t.secret.assign(secret->begin(), secret->end());
+  FLEXSP_TRY_ASSIGN(t.secret, resolve_secret(f.secret_file, address));
   return actors::job_client::connect(address, t);
 }
 
@@ -107,8 +67,8 @@ void add_job_commands(CLI::App& root) {
   submit->add_flag("--wait", *wait, "wait for the job, printing a line per step; exit non-zero if it failed");
   submit->add_option("--metrics", *metrics, "with --wait: write per-step metrics as JSON lines to this file");
   submit->callback([f, spec_file, wait, metrics]() {
-    auto text = read_text(*spec_file);
-    if (!text) std::exit(fail("submit", error{errc::not_found, "cannot read " + *spec_file}));
+    auto text = read_file(*spec_file);
+    if (!text) std::exit(fail("submit", text.error()));
     auto spec = actors::parse_job_spec(*text);
     if (!spec) std::exit(fail("submit", error{spec.error().kind(), *spec_file + ": " + spec.error().message()}));
     auto client = connect(*f);
