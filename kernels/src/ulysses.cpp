@@ -5,6 +5,41 @@
 #include "flexsp/core/check.hpp"
 
 namespace flexsp::kernels {
+namespace {
+
+// Calls fn(sequence, position in the sequence) for rank r's tokens, in r's local order.
+template <class F>
+void for_each_local_token(const ulysses_layout& l, int r, F&& fn) {
+  for (std::size_t s = 0; s < l.lengths().size(); ++s) {
+    const auto sh = l.token_share(s, r);
+    for (std::int64_t i = 0; i < sh.size; ++i) fn(s, sh.begin + i);
+  }
+}
+
+// Floats exchanged with each peer r by the head all-to-alls: `tokens_side[r]` is this rank's
+// tokens x r's heads, `heads_side[r]` is r's tokens x this rank's heads. scatter_heads sends
+// tokens_side and receives heads_side; gather_heads does the reverse.
+struct exchange_counts {
+  std::vector<std::int64_t> tokens_side, heads_side;
+  std::int64_t tokens_total = 0, heads_total = 0;
+};
+
+exchange_counts head_exchange_counts(const ulysses_layout& l, std::int64_t C, std::int64_t Dh) {
+  exchange_counts c;
+  const auto d = static_cast<std::size_t>(l.degree());
+  c.tokens_side.resize(d);
+  c.heads_side.resize(d);
+  const std::int64_t hm = l.head_share(l.rank()).size;
+  for (std::size_t r = 0; r < d; ++r) {
+    c.tokens_side[r] = l.local_tokens() * C * l.head_share(static_cast<int>(r)).size * Dh;
+    c.heads_side[r] = l.local_tokens(static_cast<int>(r)) * C * hm * Dh;
+    c.tokens_total += c.tokens_side[r];
+    c.heads_total += c.heads_side[r];
+  }
+  return c;
+}
+
+}  // namespace
 
 share split_evenly(std::int64_t total, int parts, int part) noexcept {
   const std::int64_t base = total / parts, rem = total % parts;
@@ -34,20 +69,14 @@ expected<ulysses_layout> ulysses_layout::make(std::vector<std::int64_t> lengths,
 std::vector<std::int32_t> ulysses_layout::local_positions() const {
   std::vector<std::int32_t> pos;
   pos.reserve(static_cast<std::size_t>(local_tokens()));
-  for (std::size_t s = 0; s < lengths_.size(); ++s) {
-    const auto sh = token_share(s, rank_);
-    for (std::int64_t i = 0; i < sh.size; ++i) pos.push_back(static_cast<std::int32_t>(sh.begin + i));
-  }
+  for_each_local_token(*this, rank_, [&pos](std::size_t, std::int64_t p) { pos.push_back(static_cast<std::int32_t>(p)); });
   return pos;
 }
 
 std::vector<std::int64_t> ulysses_layout::local_to_global() const {
   std::vector<std::int64_t> idx;
   idx.reserve(static_cast<std::size_t>(local_tokens()));
-  for (std::size_t s = 0; s < lengths_.size(); ++s) {
-    const auto sh = token_share(s, rank_);
-    for (std::int64_t i = 0; i < sh.size; ++i) idx.push_back(cu_seqlens_[s] + sh.begin + i);
-  }
+  for_each_local_token(*this, rank_, [this, &idx](std::size_t s, std::int64_t p) { idx.push_back(cu_seqlens_[s] + p); });
   return idx;
 }
 
@@ -63,15 +92,10 @@ expected<void> ulysses_layout::scatter_heads(communicator& group, std::span<cons
   FLEXSP_EXPECTS(static_cast<std::int64_t>(src.size()) == n_me * C * H * Dh &&
                      static_cast<std::int64_t>(dst.size()) == C * N * my_heads.size * Dh,
                  "scatter_heads: src {} dst {}", src.size(), dst.size());
-  const auto d = static_cast<std::size_t>(degree_);
-  std::vector<std::int64_t> send_counts(d), recv_counts(d);
-  std::int64_t send_total = 0, recv_total = 0;
-  for (int r = 0; r < degree_; ++r) {
-    send_counts[static_cast<std::size_t>(r)] = n_me * C * head_share(r).size * Dh;
-    recv_counts[static_cast<std::size_t>(r)] = local_tokens(r) * C * my_heads.size * Dh;
-    send_total += send_counts[static_cast<std::size_t>(r)];
-    recv_total += recv_counts[static_cast<std::size_t>(r)];
-  }
+  const auto counts = head_exchange_counts(*this, C, Dh);
+  const auto& send_counts = counts.tokens_side;
+  const auto& recv_counts = counts.heads_side;
+  const std::int64_t send_total = counts.tokens_total, recv_total = counts.heads_total;
   scratch.resize(static_cast<std::size_t>(send_total + recv_total));
   float* send = scratch.data();
   float* recv = scratch.data() + send_total;
@@ -88,18 +112,14 @@ expected<void> ulysses_layout::scatter_heads(communicator& group, std::span<cons
                                 {recv, static_cast<std::size_t>(recv_total)}, recv_counts));
   const std::int64_t hm = my_heads.size;
   const float* in = recv;
-  for (int r = 0; r < degree_; ++r) {
-    for (std::size_t s = 0; s < lengths_.size(); ++s) {
-      const auto sh = token_share(s, r);
-      for (std::int64_t i = 0; i < sh.size; ++i) {
-        const std::int64_t g = cu_seqlens_[s] + sh.begin + i;
-        for (std::int64_t c = 0; c < C; ++c) {
-          std::copy(in, in + hm * Dh, dst.data() + (c * N + g) * hm * Dh);
-          in += hm * Dh;
-        }
+  for (int r = 0; r < degree_; ++r)
+    for_each_local_token(*this, r, [&](std::size_t s, std::int64_t p) {
+      const std::int64_t g = cu_seqlens_[s] + p;
+      for (std::int64_t c = 0; c < C; ++c) {
+        std::copy(in, in + hm * Dh, dst.data() + (c * N + g) * hm * Dh);
+        in += hm * Dh;
       }
-    }
-  }
+    });
   return {};
 }
 
@@ -113,31 +133,22 @@ expected<void> ulysses_layout::gather_heads(communicator& group, std::span<const
   FLEXSP_EXPECTS(static_cast<std::int64_t>(src.size()) == C * N * hm * Dh &&
                      static_cast<std::int64_t>(dst.size()) == n_me * C * H * Dh,
                  "gather_heads: src {} dst {}", src.size(), dst.size());
-  const auto d = static_cast<std::size_t>(degree_);
-  std::vector<std::int64_t> send_counts(d), recv_counts(d);
-  std::int64_t send_total = 0, recv_total = 0;
-  for (int r = 0; r < degree_; ++r) {
-    send_counts[static_cast<std::size_t>(r)] = local_tokens(r) * C * hm * Dh;
-    recv_counts[static_cast<std::size_t>(r)] = n_me * C * head_share(r).size * Dh;
-    send_total += send_counts[static_cast<std::size_t>(r)];
-    recv_total += recv_counts[static_cast<std::size_t>(r)];
-  }
+  const auto counts = head_exchange_counts(*this, C, Dh);
+  const auto& send_counts = counts.heads_side;
+  const auto& recv_counts = counts.tokens_side;
+  const std::int64_t send_total = counts.heads_total, recv_total = counts.tokens_total;
   scratch.resize(static_cast<std::size_t>(send_total + recv_total));
   float* send = scratch.data();
   float* recv = scratch.data() + send_total;
   float* out = send;
-  for (int r = 0; r < degree_; ++r) {
-    for (std::size_t s = 0; s < lengths_.size(); ++s) {
-      const auto sh = token_share(s, r);
-      for (std::int64_t i = 0; i < sh.size; ++i) {
-        const std::int64_t g = cu_seqlens_[s] + sh.begin + i;
-        for (std::int64_t c = 0; c < C; ++c) {
-          const float* from = src.data() + (c * N + g) * hm * Dh;
-          out = std::copy(from, from + hm * Dh, out);
-        }
+  for (int r = 0; r < degree_; ++r)
+    for_each_local_token(*this, r, [&](std::size_t s, std::int64_t p) {
+      const std::int64_t g = cu_seqlens_[s] + p;
+      for (std::int64_t c = 0; c < C; ++c) {
+        const float* from = src.data() + (c * N + g) * hm * Dh;
+        out = std::copy(from, from + hm * Dh, out);
       }
-    }
-  }
+    });
   FLEXSP_TRY(group.all_to_all_v({send, static_cast<std::size_t>(send_total)}, send_counts,
                                 {recv, static_cast<std::size_t>(recv_total)}, recv_counts));
   const float* in = recv;
