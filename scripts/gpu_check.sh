@@ -15,8 +15,8 @@
 #     cuBLAS and NCCL are taken from the machine: the CUDA toolkit (/usr/local/cuda/lib64) or
 #     PyTorch's nvidia-* wheels (found through python3).
 #     Exit status: 0 all passed, 1 a test or check failed, 77 no GPU here (nothing was run).
-#     Time: each step has its own limit (tests 120 s, benchmark 240 s, PyTorch 100 s), so the
-#     whole run ends within 8 minutes even when something hangs.
+#     Time: each step has its own limit (kernel tests 90 s, training tests 60 s, benchmark 220 s,
+#     PyTorch 90 s), so the whole run ends within 8 minutes even when something hangs.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,11 +42,12 @@ build() {
   command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]] || die "nvcc not found (CUDA toolkit under /usr/local/cuda)"
   cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLEXSP_ENABLE_CUDA=ON \
     -DFLEXSP_BUILD_TESTS=ON -DFLEXSP_BUILD_BENCHMARKS=ON ${CMAKE_CUDA_COMPILER:+-DCMAKE_CUDA_COMPILER=$CMAKE_CUDA_COMPILER} >/dev/null
-  cmake --build "$build_dir" -j "${JOBS:-2}" --target flexsp_kernels_gpu_tests flexsp_bench_gpu
+  cmake --build "$build_dir" -j "${JOBS:-2}" --target flexsp_kernels_gpu_tests flexsp_training_gpu_tests flexsp_bench_gpu
 
   rm -rf "$bundle"
   mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/lib/glibc"
-  local bins=("$build_dir/tests/flexsp_kernels_gpu_tests" "$build_dir/bench/flexsp_bench_gpu")
+  local bins=("$build_dir/tests/flexsp_kernels_gpu_tests" "$build_dir/tests/flexsp_training_gpu_tests"
+              "$build_dir/bench/flexsp_bench_gpu")
   for b in "${bins[@]}"; do
     [[ -x "$b" ]] || die "missing $b"
     cp "$b" "$bundle/bin/"
@@ -134,18 +135,25 @@ run() {
   log ""
   log "== GPU tests (every kernel forward and backward against the CPU reference; NCCL one-rank)"
   set +e
-  timeout 120 "${launcher[@]}" "$bundle/bin/flexsp_kernels_gpu_tests" --gtest_color=no 2>&1 | tee -a "$results"
+  timeout 90 "${launcher[@]}" "$bundle/bin/flexsp_kernels_gpu_tests" --gtest_color=no 2>&1 | tee -a "$results"
   rc=${PIPESTATUS[0]}
   set -e
   (( rc == 0 )) || { log "GPU tests FAILED (exit $rc)"; status=1; }
   # With a GPU present a skipped GPU test means the GPU path is unusable (driver too old for
   # the bundled runtime, cuBLAS or NCCL not found): that is a failure of the check.
+  log ""
+  log "== Training on the GPU (a job on cuda:0 through the device actor, against the same job on the CPU)"
+  set +e
+  timeout 60 "${launcher[@]}" "$bundle/bin/flexsp_training_gpu_tests" --gtest_color=no 2>&1 | tee -a "$results"
+  rc=${PIPESTATUS[0]}
+  set -e
+  (( rc == 0 )) || { log "GPU training tests FAILED (exit $rc)"; status=1; }
   if grep -q "SKIPPED \]" "$results"; then log "GPU tests SKIPPED on a GPU machine (reasons above)"; status=1; fi
 
   log ""
   log "== GPU benchmark"
   set +e
-  timeout 240 "${launcher[@]}" "$bundle/bin/flexsp_bench_gpu" --json "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
+  timeout 220 "${launcher[@]}" "$bundle/bin/flexsp_bench_gpu" --json "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
   rc=${PIPESTATUS[0]}
   set -e
   (( rc == 0 )) || { log "GPU benchmark FAILED (exit $rc)"; status=1; }
@@ -155,7 +163,7 @@ run() {
   if [[ -s "$bundle/gpu_bench.jsonl" ]] && command -v python3 >/dev/null; then
     set +e
     # PyTorch loads its own CUDA libraries; keep ours out of its way.
-    env -u LD_LIBRARY_PATH timeout 100 python3 "$bundle/torch_reference.py" "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
+    env -u LD_LIBRARY_PATH timeout 90 python3 "$bundle/torch_reference.py" "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
     rc=${PIPESTATUS[0]}
     set -e
     (( rc == 0 )) || { log "PyTorch reference FAILED (exit $rc)"; status=1; }

@@ -13,7 +13,8 @@
 #                      forces local mode
 # Options:
 #   --port P                 head port (default 7400; 0 picks a free one)
-#   --devices SPEC           node devices: cpu:K, cuda:all, cuda:0,1 (default cpu:1)
+#   --devices SPEC           node devices: cpu:K, cuda:all, cuda:0,1, auto (default auto: every GPU
+#                            when the CUDA backend is usable, else cpu:1)
 #   --bind ADDR              head listen address (default 127.0.0.1 locally, 0.0.0.0 otherwise)
 #   --head-host HOST         address nodes use to reach the head (remote modes; default: first
 #                            address of `hostname -I`)
@@ -36,7 +37,7 @@ if [[ -z "$flexsp_bin" ]]; then
   else die "cannot find the flexsp binary: set FLEXSP_BIN or build it (scripts/bootstrap.sh)"; fi
 fi
 
-nodes=""; devices="cpu:1"; port=7400; port_given=0; bind=""; head_host=""; hostfile=""; stop=0; local_only=0
+nodes=""; devices="auto"; port=7400; port_given=0; bind=""; head_host=""; hostfile=""; stop=0; local_only=0
 heartbeat="500ms"; failure_timeout="3s"; wait_s=60
 while [[ $# -gt 0 ]]; do
   case "$1" in

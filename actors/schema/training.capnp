@@ -36,6 +36,7 @@ struct JoinJob {
   resumeFrom @8 :Text;            # checkpoint file to load; empty: fresh parameters
   collectiveHost @9 :Text;        # interface the collectives listen on
   tag @10 :UInt64;                # echoed in the DeviceState reply
+  collectives @11 :Text;          # "gloo" (TCP, any device) or "nccl" (CUDA devices)
 }
 
 # Tell (device -> scheduler): the answer to JoinJob, SaveState and QueryState, sent after every

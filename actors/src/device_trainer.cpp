@@ -9,7 +9,10 @@
 #include "flexsp/actors/kv_rendezvous.hpp"
 #include "flexsp/core/log.hpp"
 #include "flexsp/kernels/gloo_communicator.hpp"
+#include "flexsp/kernels/gpu.hpp"
 #include "flexsp/kernels/model.hpp"
+#include "flexsp/kernels/nccl_collectives.hpp"
+#include "replica.hpp"
 
 namespace flexsp::actors {
 
@@ -31,63 +34,20 @@ double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-/// A full replica: parameters, gradients and AdamW moments. The only state a step touches.
-class replica_state {
-public:
-  static expected<std::unique_ptr<replica_state>> create(const model_shape& shape, std::uint64_t seed,
-                                                         const optimizer_settings& opt) {
-    kernels::gpt_config cfg{.layers = shape.layers, .d_model = shape.d_model, .heads = shape.heads,
-                            .vocab = shape.vocab, .max_positions = shape.max_seq};
-    FLEXSP_TRY_ASSIGN(auto model, kernels::gpt_model::create(cfg, seed));
-    auto out = std::unique_ptr<replica_state>{new replica_state{std::move(model), opt}};
-    return out;
-  }
-
-  kernels::gpt_model& model() { return model_; }
-  kernels::adamw_optimizer& optimizer() { return optimizer_; }
-  double max_grad_norm() const { return max_grad_norm_; }
-
-  std::uint64_t checksum() const {
-    auto h = fnv1a(model_.params());
-    h = fnv1a(optimizer_.first_moments(), h);
-    return fnv1a(optimizer_.second_moments(), h);
-  }
-
-  /// Copies the state of `root` to every member of `world`.
-  expected<void> broadcast(kernels::communicator& world, int root) {
-    FLEXSP_TRY(world.broadcast(model_.params(), root));
-    FLEXSP_TRY(world.broadcast(optimizer_.first_moments(), root));
-    FLEXSP_TRY(world.broadcast(optimizer_.second_moments(), root));
-    std::vector<float> steps{static_cast<float>(optimizer_.steps())};
-    FLEXSP_TRY(world.broadcast(steps, root));
-    optimizer_.set_steps(static_cast<std::int64_t>(steps[0]));
-    return {};
-  }
-
-private:
-  replica_state(kernels::gpt_model m, const optimizer_settings& opt)
-      : model_{std::move(m)},
-        optimizer_{model_, kernels::adamw_params{.lr = opt.lr, .beta1 = opt.beta1, .beta2 = opt.beta2, .eps = opt.eps,
-                                                 .weight_decay = opt.weight_decay}},
-        max_grad_norm_{opt.max_grad_norm} {}
-  kernels::gpt_model model_;
-  kernels::adamw_optimizer optimizer_;
-  double max_grad_norm_;
-};
-
 }  // namespace
 
 struct device_trainer::job {
   join_job setup;
   std::atomic<std::uint64_t> min_attempt{0};
   std::atomic<std::uint64_t> current_attempt{0};
-  std::unique_ptr<replica_state> state;
+  std::unique_ptr<replica> state;
   std::unique_ptr<kv_rendezvous_store> store;
-  kernels::gloo_options gloo;
+  /// Makes the communicator cache of a new epoch: Gloo over TCP, or NCCL on this device's GPU.
+  std::function<std::shared_ptr<kernels::group_cache>()> make_cache;
   // One cache per communicator epoch. A retired cache is aborted and destroyed on a thread of its
   // own: aborting waits for the cache's lock, which a rendezvous in progress may hold for a while.
   std::mutex cache_mutex;
-  std::shared_ptr<kernels::communicator_cache> cache;
+  std::shared_ptr<kernels::group_cache> cache;
   std::uint64_t cache_epoch = ~std::uint64_t{0};
   // An address, not a remote_ref: a job may outlive its actor host (an abort thread holds it),
   // and a remote_ref would keep the host alive past its event loop.
@@ -99,24 +59,24 @@ struct device_trainer::job {
 
   bool aborted(std::uint64_t attempt) const { return attempt < min_attempt.load(); }
 
-  static void retire(std::shared_ptr<kernels::communicator_cache> c) {
+  static void retire(std::shared_ptr<kernels::group_cache> c) {
     if (c) std::thread{[c = std::move(c)]() mutable {
       c->abort_all();
       c.reset();
     }}.detach();
   }
   /// The cache of `epoch`, replacing (and retiring) an older one.
-  std::shared_ptr<kernels::communicator_cache> cache_for(std::uint64_t epoch) {
+  std::shared_ptr<kernels::group_cache> cache_for(std::uint64_t epoch) {
     std::lock_guard lock{cache_mutex};
     if (!cache || cache_epoch != epoch) {
       retire(std::move(cache));
-      cache = std::make_shared<kernels::communicator_cache>(*store, static_cast<int>(setup.device), gloo);
+      cache = make_cache();
       cache_epoch = epoch;
     }
     return cache;
   }
   void abort_communicators() {
-    std::shared_ptr<kernels::communicator_cache> old;
+    std::shared_ptr<kernels::group_cache> old;
     {
       std::lock_guard lock{cache_mutex};
       old = std::move(cache);
@@ -130,7 +90,30 @@ struct device_trainer::job {
   }
 };
 
-device_trainer::device_trainer(device_context context) : context_{std::move(context)} {
+namespace {
+
+/// The DeviceState reply to request `tag`, after `action` on the replica; a failure of either
+/// the action or the checksum is the reply's error.
+template <class Action>
+device_state state_of(device_trainer::job& j, std::uint64_t tag, Action&& action) {
+  auto& st = *j.state;
+  device_state reply{j.setup.device, 0, 0, st.parameters(), j.setup.job_id, tag, {}};
+  expected<void> done = action(st);
+  if (done) {
+    if (auto sum = st.checksum())
+      reply.checksum = *sum;
+    else
+      done = unexpected<error>{sum.error()};
+  }
+  reply.optimizer_steps = static_cast<std::uint64_t>(st.optimizer_steps());
+  if (!done) reply.error = done.error().to_string();
+  return reply;
+}
+
+}  // namespace
+
+device_trainer::device_trainer(device_context context)
+    : context_{std::move(context)}, name_{context_.device.to_string()} {
   worker_ = std::thread{[this]() { run_worker(); }};
 }
 
@@ -184,6 +167,15 @@ expected<cluster_client*> device_trainer::client() {
   return client_.get();
 }
 
+expected<std::shared_ptr<kernels::gpu::device>> device_trainer::gpu() {
+  if (gpu_) return gpu_;
+  auto opened = kernels::gpu::open_device(static_cast<int>(context_.device.index));
+  if (!opened) return make_error(opened.error().kind(), "{}: cannot open the GPU: {}", name_, opened.error().message());
+  gpu_ = std::shared_ptr<kernels::gpu::device>{std::move(*opened)};
+  log::get("device")->info("{}: compute backend cuda on {}", name_, gpu_->description());
+  return gpu_;
+}
+
 void device_trainer::handle(join_job m) {
   post([this, m = std::move(m)]() {
     auto host = context_.host.lock();
@@ -196,28 +188,58 @@ void device_trainer::handle(join_job m) {
       j->setup = m;
       j->scheduler = scheduler.address();
       j->host = context_.host;
-      FLEXSP_TRY_ASSIGN(j->state, replica_state::create(m.model, m.seed, m.optimizer));
-      if (!m.resume_from.empty())
-        FLEXSP_TRY(kernels::load_checkpoint(m.resume_from, j->state->model(), j->state->optimizer()));
+      const bool on_gpu = context_.device.kind == "cuda";
+      if (on_gpu) {
+        FLEXSP_TRY_ASSIGN(auto dev, gpu());
+        FLEXSP_TRY_ASSIGN(j->state, make_gpu_replica(std::move(dev), m.model, m.seed, m.optimizer));
+      } else {
+        FLEXSP_TRY_ASSIGN(j->state, make_cpu_replica(m.model, m.seed, m.optimizer));
+      }
+      if (!m.resume_from.empty()) FLEXSP_TRY(j->state->load(m.resume_from));
       job* raw = j.get();
       j->store = std::make_unique<kv_rendezvous_store>(*c, "job/" + m.job_id,
                                                        [raw]() { return raw->aborted(raw->current_attempt.load()); });
-      j->gloo = kernels::gloo_options{.hostname = m.collective_host,
-                                      .timeout = std::chrono::milliseconds{m.collective_timeout_ms}};
+      const int me = static_cast<int>(m.device);
+      const auto timeout = std::chrono::milliseconds{m.collective_timeout_ms};
+      if (m.collectives == "nccl") {
+        if (!on_gpu) return make_error(errc::invalid_argument, "{}: NCCL collectives need a CUDA device", name_);
+        if (const auto nccl = kernels::query_nccl(); !nccl.available)
+          return make_error(errc::unimplemented, "{}: NCCL collectives requested but unavailable: {}", name_, nccl.reason);
+        const int cuda = static_cast<int>(context_.device.index);
+        j->make_cache = [raw, me, cuda, timeout]() -> std::shared_ptr<kernels::group_cache> {
+          return std::make_shared<kernels::nccl_communicator_cache>(*raw->store, me, cuda,
+                                                                    kernels::nccl_options{.timeout = timeout});
+        };
+      } else if (m.collectives == "gloo" || m.collectives.empty()) {
+        const kernels::gloo_options gloo{.hostname = m.collective_host, .timeout = timeout};
+        j->make_cache = [raw, me, gloo]() -> std::shared_ptr<kernels::group_cache> {
+          return std::make_shared<kernels::communicator_cache>(*raw->store, me, gloo);
+        };
+      } else {
+        return make_error(errc::invalid_argument, "unknown collectives '{}' (gloo or nccl)", m.collectives);
+      }
       return j;
     }();
+    if (made) {
+      auto& st = *(*made)->state;
+      if (auto sum = st.checksum()) {
+        reply.checksum = *sum;
+      } else {
+        made = unexpected<error>{sum.error()};
+      }
+    }
     if (!made) {
       reply.error = made.error().to_string();
-      log::get("device")->warn("{}: cannot join job {}: {}", context_.device_name, m.job_id, reply.error);
+      log::get("device")->warn("{}: cannot join job {}: {}", name_, m.job_id, reply.error);
     } else {
       auto& st = *(*made)->state;
-      reply.checksum = st.checksum();
-      reply.optimizer_steps = static_cast<std::uint64_t>(st.optimizer().steps());
-      reply.parameters = st.model().params().size();
+      reply.optimizer_steps = static_cast<std::uint64_t>(st.optimizer_steps());
+      reply.parameters = st.parameters();
       std::lock_guard lock{mutex_};
       if (auto old = jobs_.find(m.job_id); old != jobs_.end()) old->second->abort_communicators();
       jobs_[m.job_id] = *made;
-      log::get("device")->debug("{}: joined job {} as device {}", context_.device_name, m.job_id, m.device);
+      log::get("device")->debug("{}: joined job {} as device {} ({} replica, {} collectives)", name_, m.job_id,
+                                m.device, st.backend(), m.collectives.empty() ? "gloo" : m.collectives);
     }
     (void)scheduler.tell(reply);
   });
@@ -232,7 +254,7 @@ void device_trainer::handle(step_plan m) {
     const auto me = j->setup.device;
     auto fail = [&](const error& e) {
       if (!j->aborted(m.attempt))
-        log::get("device")->warn("{}: step {} attempt {} failed: {}", context_.device_name, m.step, m.attempt,
+        log::get("device")->warn("{}: step {} attempt {} failed: {}", name_, m.step, m.attempt,
                                  e.to_string());
       j->reply(step_failed{m.job_id, m.step, m.attempt, me, e.to_string()});
     };
@@ -252,8 +274,8 @@ void device_trainer::handle(step_plan m) {
         }
       }
       out.comm_ms += ms_since(t_sync);
-      out.checksum = st.checksum();
-      st.model().zero_grads();
+      FLEXSP_TRY_ASSIGN(out.checksum, st.checksum());
+      FLEXSP_TRY(st.zero_grads());
       double loss_sum = 0;
       const float scale = m.global_tokens > 0 ? 1.0f / static_cast<float>(m.global_tokens) : 1.0f;
       for (std::uint32_t i = 0; i < m.micro_batches.size(); ++i) {
@@ -276,10 +298,10 @@ void device_trainer::handle(step_plan m) {
           tokens += l;
         }
         FLEXSP_TRY_ASSIGN(auto layout, kernels::ulysses_layout::make(std::move(lengths), comm->size(), comm->rank(),
-                                                                     st.model().config().heads));
+                                                                     static_cast<int>(j->setup.model.heads)));
         FLEXSP_TRY_ASSIGN(auto inputs, kernels::shard_inputs(layout, seqs));
-        FLEXSP_TRY_ASSIGN(auto res, st.model().forward_backward(*comm, layout, inputs, scale));
-        loss_sum += res.loss_sum;
+        FLEXSP_TRY_ASSIGN(const double loss, st.forward_backward(*comm, layout, inputs, scale));
+        loss_sum += loss;
         const double ms = ms_since(t0);
         out.compute_ms += ms;
         out.groups.push_back({i, static_cast<std::uint32_t>(group.size()), tokens, ms});
@@ -287,7 +309,7 @@ void device_trainer::handle(step_plan m) {
       if (!m.calibrate) {
         const auto t1 = Clock::now();
         if (world_comm) {
-          FLEXSP_TRY(kernels::all_reduce_gradients(*world_comm, st.model()));
+          FLEXSP_TRY(st.all_reduce_gradients(*world_comm));
           std::vector<float> loss{static_cast<float>(loss_sum)};
           FLEXSP_TRY(world_comm->all_reduce_sum(loss));
           loss_sum = loss[0];
@@ -315,14 +337,17 @@ void device_trainer::handle(commit_step m) {
     if (!j) return;
     if (!j->ready || j->ready_step != m.step || j->ready_attempt != m.attempt) {
       log::get("device")->error("{}: commit of step {} attempt {} without its gradients (ready: step {} attempt {})",
-                                context_.device_name, m.step, m.attempt, j->ready_step, j->ready_attempt);
+                                name_, m.step, m.attempt, j->ready_step, j->ready_attempt);
       j->reply(step_failed{m.job_id, m.step, m.attempt, j->setup.device, "commit without gradients"});
       return;
     }
     j->ready = false;
-    auto& st = *j->state;
-    st.optimizer().hyper_parameters().lr = m.lr;
-    st.optimizer().step(st.model(), st.max_grad_norm());
+    if (auto r = j->state->optimizer_step(m.lr); !r) {
+      // The replica no longer matches the others: the scheduler sees it in the next checksum.
+      log::get("device")->error("{}: optimizer step {} failed: {}", name_, m.step, r.error().to_string());
+      j->reply(step_failed{m.job_id, m.step, m.attempt, j->setup.device, r.error().to_string()});
+      return;
+    }
     ++committed_;
   });
 }
@@ -340,11 +365,7 @@ void device_trainer::handle(save_state m) {
   post([this, m = std::move(m)]() {
     auto j = find(m.job_id);
     if (!j) return;
-    auto& st = *j->state;
-    device_state reply{j->setup.device, st.checksum(), static_cast<std::uint64_t>(st.optimizer().steps()),
-                       st.model().params().size(), m.job_id, m.tag, {}};
-    if (auto r = kernels::save_checkpoint(m.path, st.model(), st.optimizer()); !r) reply.error = r.error().to_string();
-    j->reply(reply);
+    j->reply(state_of(*j, m.tag, [&](replica& st) { return st.save(m.path); }));
   });
 }
 
@@ -352,10 +373,7 @@ void device_trainer::handle(query_state m) {
   post([this, m = std::move(m)]() {
     auto j = find(m.job_id);
     if (!j) return;
-    auto& st = *j->state;
-    j->reply(device_state{j->setup.device, st.checksum(),
-                                         static_cast<std::uint64_t>(st.optimizer().steps()),
-                                         st.model().params().size(), m.job_id, m.tag, {}});
+    j->reply(state_of(*j, m.tag, [](replica&) { return expected<void>{}; }));
   });
 }
 

@@ -79,9 +79,15 @@ expected<std::unique_ptr<embedded_cluster>> embedded_cluster::start(int nodes, i
 }
 
 expected<std::size_t> embedded_cluster::add_node(int devices) {
+  std::vector<device_id> cpus;
+  for (int d = 0; d < devices; ++d) cpus.push_back(device_id{"cpu", static_cast<std::uint32_t>(d)});
+  return add_node(std::move(cpus));
+}
+
+expected<std::size_t> embedded_cluster::add_node(std::vector<device_id> devices) {
   node_config nc;
   nc.head = head_->endpoint();
-  for (int d = 0; d < devices; ++d) nc.devices.push_back(device_id{"cpu", static_cast<std::uint32_t>(d)});
+  nc.devices = std::move(devices);
   nc.transport = head_->transport();
   auto registered = std::make_shared<std::promise<void>>();
   auto once = std::make_shared<std::once_flag>();

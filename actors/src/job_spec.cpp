@@ -108,6 +108,11 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (s.collective_timeout_ms < 100) return bad("collective_timeout_ms", "must be at least 100");
   if (!(s.planner_time_limit_ms > 0)) return bad("planner_time_limit_ms", "must be positive");
   if (s.min_devices < 1) return bad("min_devices", "must be at least 1");
+  if (s.backend != "auto" && s.backend != "cpu" && s.backend != "cuda")
+    return bad("backend", fmt::format("'{}' is not one of auto, cpu, cuda", s.backend));
+  if (s.collectives != "auto" && s.collectives != "gloo" && s.collectives != "nccl")
+    return bad("collectives", fmt::format("'{}' is not one of auto, gloo, nccl", s.collectives));
+  if (s.collectives == "nccl" && s.backend == "cpu") return bad("collectives", "nccl needs backend cuda (or auto)");
   return {};
 }
 
@@ -121,7 +126,7 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   if (!j.is_object()) return make_error(errc::invalid_argument, "job spec must be a JSON object");
   FLEXSP_TRY(check_keys(j, "", {"name", "model", "data", "batch_size", "steps", "strategy", "seed", "optimizer",
                                 "checkpoint", "calibrate", "collective_timeout_ms", "planner_time_limit_ms",
-                                "min_devices"}));
+                                "min_devices", "backend", "collectives"}));
   job_spec s;
   if (!j.contains("steps")) return make_error(errc::invalid_argument, "steps: is required");
   FLEXSP_TRY(read_string(j, "name", "", s.name));
@@ -132,6 +137,8 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   FLEXSP_TRY(read_uint(j, "collective_timeout_ms", "", s.collective_timeout_ms));
   FLEXSP_TRY(read_number(j, "planner_time_limit_ms", "", s.planner_time_limit_ms));
   FLEXSP_TRY(read_uint(j, "min_devices", "", s.min_devices));
+  FLEXSP_TRY(read_string(j, "backend", "", s.backend));
+  FLEXSP_TRY(read_string(j, "collectives", "", s.collectives));
   if (j.contains("calibrate")) {
     if (!j["calibrate"].is_boolean()) return make_error(errc::invalid_argument, "calibrate: must be true or false");
     s.calibrate = j["calibrate"].get<bool>();
@@ -196,6 +203,8 @@ std::string job_spec_to_json(const job_spec& s) {
   j["collective_timeout_ms"] = s.collective_timeout_ms;
   j["planner_time_limit_ms"] = s.planner_time_limit_ms;
   j["min_devices"] = s.min_devices;
+  j["backend"] = s.backend;
+  j["collectives"] = s.collectives;
   return j.dump();
 }
 

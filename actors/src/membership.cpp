@@ -10,6 +10,7 @@ std::string_view to_string(node_state s) noexcept { return s == node_state::aliv
 
 expected<std::vector<device_id>> parse_devices(std::string_view spec, int cuda_count) {
   std::vector<device_id> out;
+  if (spec == "auto") spec = cuda_count > 0 ? "cuda:all" : "cpu:1";
   if (spec.empty()) return make_error(errc::invalid_argument, "device spec is empty (expected e.g. cpu:4, cuda:all, cuda:0,1)");
   while (!spec.empty()) {
     const auto plus = spec.find('+');

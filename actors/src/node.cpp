@@ -96,11 +96,7 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
     capnp::MallocMessageBuilder msg{256};
     auto reg = wire::start_envelope(msg, 1).getBody().initRegisterNode();
     reg.setActorAddress(host->address());
-    auto devs = reg.initDevices(static_cast<unsigned>(config.devices.size()));
-    for (unsigned i = 0; i < config.devices.size(); ++i) {
-      devs[i].setKind(config.devices[i].kind);
-      devs[i].setIndex(config.devices[i].index);
-    }
+    detail::to_wire(config.devices, reg.initDevices(static_cast<unsigned>(config.devices.size())));
     reg.setPreviousId(previous_id);
     reg.setPid(static_cast<std::uint32_t>(::getpid()));
     conn->send(msg);
@@ -239,7 +235,7 @@ expected<std::unique_ptr<node_service>> node_service::start(net::event_loop& loo
   FLEXSP_TRY_ASSIGN(i->host, actor_host::start(loop, hc));
   for (const auto& d : config.devices) {
     auto actor = std::make_shared<device_actor>(d, 0);
-    actor->attach_trainer(std::make_shared<device_trainer>(device_context{config.head, config.transport, i->host, d.to_string()}));
+    actor->attach_trainer(std::make_shared<device_trainer>(device_context{config.head, config.transport, i->host, d}));
     const auto id = device_actor::spawn(*i->host, actor);
     i->devices.emplace_back(std::move(actor), id);
   }

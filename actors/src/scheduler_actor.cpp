@@ -99,6 +99,8 @@ struct scheduler_actor::runner {
   bool state_exists = false;  ///< some device holds the job's replica state
   std::deque<scheduler::fit_sample> observed;  ///< measured group times of committed steps
   int steps_since_refit = 0;
+  std::string backend;      ///< device kind the job trains on ("cpu" / "cuda"); empty until resolved
+  std::string collectives;  ///< "gloo" / "nccl", resolved with backend
 
   explicit runner(scheduler_actor& s) : self{s}, spec{s.spec_} {}
 
@@ -171,14 +173,29 @@ struct scheduler_actor::runner {
 
   // ---- devices ----------------------------------------------------------------------------
 
-  /// Looks up the device actors of joined nodes; returns the new devices.
+  /// Fixes the job's device kind and collective library the first time devices are offered:
+  /// spec.backend "auto" means cuda when any offered device is one.
+  void resolve_backend() {
+    if (!backend.empty() || pending_nodes.empty()) return;
+    bool any_cuda = false;
+    for (const auto& [_, devs] : pending_nodes)
+      for (const auto& d : devs) any_cuda = any_cuda || d.kind == "cuda";
+    backend = spec.backend != "auto" ? spec.backend : (any_cuda || spec.collectives == "nccl") ? "cuda" : "cpu";
+    collectives = spec.collectives != "auto" ? spec.collectives : backend == "cuda" ? "nccl" : "gloo";
+    log(fmt::format("training on {} devices with {} collectives", backend, collectives));
+  }
+
+  /// Looks up the device actors of joined nodes; returns the new devices. Devices of another
+  /// kind than the job's backend are left out.
   std::vector<std::uint32_t> discover() {
+    resolve_backend();
     std::vector<std::uint32_t> added;
     for (auto it = pending_nodes.begin(); it != pending_nodes.end();) {
       const auto node = it->first;
       std::vector<device> found;
       bool complete = true;
       for (const auto& d : it->second) {
+        if (d.kind != backend) continue;
         auto addr = client->lookup(fmt::format("device/{}/{}", node, d.to_string()));
         if (!addr) {
           complete = false;
@@ -215,6 +232,7 @@ struct scheduler_actor::runner {
       m.collective_timeout_ms = spec.collective_timeout_ms;
       m.resume_from = resume_from;
       m.collective_host = net::endpoint::parse(devices[d].ref.address().host).value().host;
+      m.collectives = collectives;
       m.tag = next_tag++;
       tags[m.tag] = d;
       if (!devices[d].ref.tell(m)) devices.erase(d);
@@ -245,8 +263,9 @@ struct scheduler_actor::runner {
     const auto deadline = Clock::now() + self.config_.device_wait;
     while (devices.size() < spec.min_devices) {
       if (Clock::now() > deadline)
-        throw job_end{job_state::failed, fmt::format("only {} of the {} devices the job needs are available",
-                                                     devices.size(), spec.min_devices)};
+        throw job_end{job_state::failed, fmt::format("only {} of the {} {} devices the job needs are available",
+                                                     devices.size(), spec.min_devices,
+                                                     backend.empty() ? std::string{"cpu or cuda"} : backend)};
       auto fresh = discover();
       if (!fresh.empty()) {
         join(fresh, state_exists ? std::string{} : resume_file);

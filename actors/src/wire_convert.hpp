@@ -7,15 +7,19 @@
 
 namespace flexsp::actors::detail {
 
+inline void to_wire(const std::vector<device_id>& devices, capnp::List<wire::schema::Device>::Builder out) {
+  for (unsigned i = 0; i < devices.size(); ++i) {
+    out[i].setKind(devices[i].kind);
+    out[i].setIndex(devices[i].index);
+    out[i].setDescription(devices[i].description);
+  }
+}
+
 inline void to_wire(const node_record& r, wire::schema::NodeInfo::Builder b) {
   b.setId(r.id);
   b.setAddress(r.address);
   b.setAlive(r.state == node_state::alive);
-  auto devs = b.initDevices(static_cast<unsigned>(r.devices.size()));
-  for (unsigned i = 0; i < r.devices.size(); ++i) {
-    devs[i].setKind(r.devices[i].kind);
-    devs[i].setIndex(r.devices[i].index);
-  }
+  to_wire(r.devices, b.initDevices(static_cast<unsigned>(r.devices.size())));
   b.setJoinedEpoch(r.joined_epoch);
   b.setLostEpoch(r.lost_epoch);
   b.setLostReason(r.lost_reason);
@@ -25,7 +29,7 @@ inline void to_wire(const node_record& r, wire::schema::NodeInfo::Builder b) {
 inline std::vector<device_id> from_wire(capnp::List<wire::schema::Device>::Reader list) {
   std::vector<device_id> out;
   out.reserve(list.size());
-  for (auto d : list) out.push_back({std::string{d.getKind().cStr()}, d.getIndex()});
+  for (auto d : list) out.push_back({std::string{d.getKind().cStr()}, d.getIndex(), std::string{d.getDescription().cStr()}});
   return out;
 }
 

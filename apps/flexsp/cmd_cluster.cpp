@@ -282,11 +282,21 @@ void run_node(const common_flags& f, const std::string& address_flag, const std:
   cfg.bind = {bind, 0};
   cfg.advertise_host = advertise;
   if (advertise.empty() && (bind == "0.0.0.0" || bind == "::")) cfg.advertise_host = check(local_address_towards(cfg.head));
-  // Validate the spec before forking (cuda:all needs the device count).
+  // Validate the spec before forking (cuda:all needs the device count; auto the backend).
   const auto cuda = kernels::query_cuda();
-  cfg.devices = check(actors::parse_devices(devices_spec, static_cast<int>(cuda.devices.size())));
-  if (const auto backend = kernels::select_device_backend(kernels::backend_request::automatic))
-    log::get("device")->info("node devices {}: compute backend {}", devices_spec, backend->reason);
+  const auto backend = kernels::select_device_backend(kernels::backend_request::automatic);
+  const bool cuda_usable = backend && backend->kind == kernels::backend_kind::cuda;
+  const int cuda_count = devices_spec == "auto" && !cuda_usable ? 0 : static_cast<int>(cuda.devices.size());
+  cfg.devices = check(actors::parse_devices(devices_spec, cuda_count));
+  for (auto& d : cfg.devices)
+    for (const auto& g : cuda.devices)
+      if (d.kind == "cuda" && g.index == static_cast<int>(d.index))
+        d.description = fmt::format("{} (sm_{}{}, {:.1f} GiB)", g.name, g.compute_capability_major,
+                                    g.compute_capability_minor, static_cast<double>(g.memory_bytes) / (1u << 30));
+  std::string listed;
+  for (const auto& d : cfg.devices) listed += (listed.empty() ? "" : " ") + d.to_string();
+  log::get("device")->info("node devices {} ({}); {}", listed, devices_spec,
+                           backend ? backend->reason : backend.error().message());
 
   daemon_result d;
   if (!f.block) {
@@ -352,11 +362,18 @@ nlohmann::json status_json(const actors::cluster_status& s, const std::string& a
   auto& nodes = j["nodes"] = nlohmann::json::array();
   for (const auto& n : s.nodes) {
     nlohmann::json devs = nlohmann::json::array();
-    for (const auto& d : n.devices) devs.push_back(d.to_string());
+    nlohmann::json details = nlohmann::json::array();
+    for (const auto& d : n.devices) {
+      devs.push_back(d.to_string());
+      nlohmann::json dj{{"device", d.to_string()}, {"backend", d.kind}};
+      if (!d.description.empty()) dj["description"] = d.description;
+      details.push_back(std::move(dj));
+    }
     nlohmann::json e{{"id", n.id},
                      {"address", n.address},
                      {"state", std::string{actors::to_string(n.state)}},
                      {"devices", devs},
+                     {"device_details", details},
                      {"pid", n.pid},
                      {"joined_epoch", n.joined_epoch}};
     if (n.state == actors::node_state::dead) {
@@ -459,7 +476,7 @@ void add_cluster_commands(CLI::App& root) {
     bool head = false;
     std::uint16_t port = kDefaultPort;
     std::string address;
-    std::string devices = "cpu:1";
+    std::string devices = "auto";
     std::string bind = "127.0.0.1";
     std::string advertise;
     common_flags common;
@@ -468,7 +485,9 @@ void add_cluster_commands(CLI::App& root) {
   start->add_flag("--head", so->head, "start the head process (registry, membership, failure detector, KV store)");
   start->add_option("--port", so->port, "head port (0: any free port; the address is printed)")->capture_default_str();
   start->add_option("--address", so->address, "HOST:PORT of the head to join (node mode)");
-  start->add_option("--devices", so->devices, "node devices: cpu:N, cuda:all, cuda:0,1 (joined with +)")
+  start->add_option("--devices", so->devices,
+                    "node devices: cpu:N, cuda:all, cuda:0,1 (joined with +), or auto (every GPU when the CUDA "
+                    "backend is usable, else cpu:1)")
       ->capture_default_str();
   start->add_option("--bind", so->bind, "address to listen on (default loopback; 0.0.0.0 for every interface)")
       ->capture_default_str();
@@ -516,7 +535,8 @@ void add_cluster_commands(CLI::App& root) {
                 static_cast<long long>(s.failure_timeout.count()));
     for (const auto& n : s.nodes) {
       std::string devs;
-      for (const auto& d : n.devices) devs += (devs.empty() ? "" : " ") + d.to_string();
+      for (const auto& d : n.devices)
+        devs += (devs.empty() ? "" : " ") + d.to_string() + (d.description.empty() ? "" : " [" + d.description + "]");
       std::printf("  node %-4llu %-5s %-22s pid %-7u %s%s\n", static_cast<unsigned long long>(n.id),
                   std::string{actors::to_string(n.state)}.c_str(), n.address.c_str(), n.pid, devs.c_str(),
                   n.state == actors::node_state::dead

@@ -1,4 +1,5 @@
-// `flexsp train`: head, node(s) and one job in this process, CPU devices, sensible defaults.
+// `flexsp train`: head, node(s) and one job in this process (CPU devices by default, GPUs on
+// request), sensible defaults.
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -14,6 +15,7 @@
 #include "flexsp/actors/embedded.hpp"
 #include "flexsp/actors/job_spec.hpp"
 #include "flexsp/core/log.hpp"
+#include "flexsp/kernels/device_backend.hpp"
 
 namespace flexsp::app {
 
@@ -43,21 +45,24 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   // The job's own progress lines say what happens; service logs only when asked for.
   if (cmd.get_parent()->get_option("--log-level")->count() == 0 && std::getenv("FLEXSP_LOG") == nullptr)
     (void)log::configure("warn");
-  auto devs = actors::parse_devices(f.devices, 0);
+  const auto backend = kernels::select_device_backend(kernels::backend_request::automatic);
+  const bool cuda_usable = backend && backend->kind == kernels::backend_kind::cuda;
+  auto devs = actors::parse_devices(f.devices, cuda_usable ? backend->gpu_count : 0);
   if (!devs) {
-    fmt::print(stderr, "flexsp train: --devices: {}\n", devs.error().message());
+    fmt::print(stderr, "flexsp train: --devices: {}{}\n", devs.error().message(),
+               cuda_usable || f.devices.find("cuda") == std::string::npos
+                   ? std::string{}
+                   : fmt::format(" ({})", backend ? backend->reason : backend.error().message()));
     return 2;
   }
-  for (const auto& d : *devs)
-    if (d.kind != "cpu") {
-      fmt::print(stderr, "flexsp train: --devices: only cpu devices run in embedded mode (got {})\n", d.to_string());
-      return 2;
-    }
   const int total = static_cast<int>(devs->size());
   if (f.nodes < 1 || f.nodes > total || total % f.nodes != 0) {
     fmt::print(stderr, "flexsp train: --nodes {} must divide the {} devices\n", f.nodes, total);
     return 2;
   }
+  std::string kinds;
+  for (const auto& d : *devs)
+    if (kinds.find(d.kind) == std::string::npos) kinds += (kinds.empty() ? "" : "+") + d.kind;
   nlohmann::json spec_json = nlohmann::json::object();
   if (!f.config.empty()) {
     std::ifstream in{f.config};
@@ -101,13 +106,18 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     }
   }
   const auto t0 = std::chrono::steady_clock::now();
-  fmt::print("flexsp train: {} CPU devices on {} node(s); GPT {} layers, d_model {}, {} heads, max_seq {}; {} steps of {} "
+  fmt::print("flexsp train: {} {} devices on {} node(s); GPT {} layers, d_model {}, {} heads, max_seq {}; {} steps of {} "
              "sequences ({}), strategy {}\n",
-             total, f.nodes, spec->model.layers, spec->model.d_model, spec->model.heads, spec->model.max_seq,
+             total, kinds, f.nodes, spec->model.layers, spec->model.d_model, spec->model.heads, spec->model.max_seq,
              spec->steps, spec->batch_size, spec->data_path.empty() ? "synthetic " + spec->synthetic + " lengths" : spec->data_path,
              spec->strategy);
   std::fflush(stdout);
-  auto cluster = actors::embedded_cluster::start(f.nodes, total / f.nodes);
+  auto cluster = actors::embedded_cluster::start(0, 0);
+  for (int n = 0; cluster && n < f.nodes; ++n) {
+    const auto per = static_cast<std::ptrdiff_t>(total / f.nodes);
+    if (auto added = (*cluster)->add_node({devs->begin() + n * per, devs->begin() + (n + 1) * per}); !added)
+      cluster = unexpected<error>{added.error()};
+  }
   if (!cluster) {
     fmt::print(stderr, "flexsp train: cannot start the embedded cluster: {}\n", cluster.error().to_string());
     return 1;
@@ -176,8 +186,11 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
 
 void add_train_command(CLI::App& root) {
   auto f = std::make_shared<train_flags>();
-  auto* cmd = root.add_subcommand("train", "train a small GPT on CPU devices in this process (head, node and job)");
-  cmd->add_option("--devices", f->devices, "CPU devices, e.g. cpu:8")->capture_default_str();
+  auto* cmd = root.add_subcommand("train", "train a small GPT in this process (head, node and job) on CPU devices or GPUs");
+  cmd->add_option("--devices", f->devices,
+                  "devices: cpu:N, cuda:all, cuda:0,1, or auto (every GPU when the CUDA backend is usable, else "
+                  "cpu:1); a job trains on one kind")
+      ->capture_default_str();
   cmd->add_option("--nodes", f->nodes, "split the devices over this many embedded nodes")->capture_default_str();
   cmd->add_option("--steps", f->steps, "training steps")->capture_default_str();
   cmd->add_option("--batch-size", f->batch_size, "sequences per global batch")->capture_default_str();

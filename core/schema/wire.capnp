@@ -33,8 +33,9 @@ struct Reject {
 }
 
 struct Device {
-  kind @0 :Text;                  # "cpu" or "cuda"
+  kind @0 :Text;                  # "cpu" or "cuda": the compute backend the device runs
   index @1 :UInt32;
+  description @2 :Text;           # e.g. "NVIDIA H200 (sm_90, 139.8 GiB)"; empty for cpu
 }
 
 struct RegisterNode {

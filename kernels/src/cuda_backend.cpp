@@ -73,6 +73,11 @@ expected<std::shared_ptr<communicator>> nccl_communicator_cache::get(std::span<c
   auto lock = table_.lock();
   auto key = std::make_pair(epoch, sorted);
   if (auto cached = table_.find(key); cached && !cached->poisoned()) return cached;
+  if (sorted.size() == 1) {  // a group of one needs no NCCL communicator
+    std::shared_ptr<communicator> local{make_local_communicator()};
+    table_.insert(std::move(key), local);
+    return local;
+  }
   std::string name = fmt::format("nccl/e{}/d", epoch);
   for (std::size_t i = 0; i < sorted.size(); ++i) name += fmt::format("{}{}", i ? "-" : "", sorted[i]);
   FLEXSP_TRY_ASSIGN(auto comm, make_nccl_communicator(store_, name, static_cast<int>(me - sorted.begin()),

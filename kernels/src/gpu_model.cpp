@@ -322,4 +322,10 @@ expected<void> gpt_replica::download_grads(std::span<float> out) const {
   return s_->dev->copy_to_host(out.data(), grads(), out.size_bytes());
 }
 
+expected<void> gpt_replica::upload_grads(std::span<const float> in) {
+  if (static_cast<std::int64_t>(in.size()) != s_->count())
+    return make_error(errc::invalid_argument, "upload_grads: {} floats for {} parameters", in.size(), s_->count());
+  return s_->dev->copy_to_device(grads(), in.data(), in.size_bytes());
+}
+
 }  // namespace flexsp::kernels::gpu

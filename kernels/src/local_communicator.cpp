@@ -39,6 +39,7 @@ public:
   expected<void> barrier() override { return usable(); }
   void abort() noexcept override { aborted_ = true; }
   bool poisoned() const noexcept override { return aborted_; }
+  bool reduces_device_buffers() const noexcept override { return true; }
 
 private:
   expected<void> usable() const {

@@ -195,6 +195,7 @@ TEST_F(ClusterProcesses, StatusShowsEveryNodeWithItsDevices) {
     EXPECT_TRUE(n.contains("id") && n.contains("address"));
   }
   EXPECT_EQ(j["nodes"][0]["devices"], nlohmann::json::array({"cpu:0", "cpu:1"}));
+  EXPECT_EQ(j["nodes"][0]["device_details"][1]["backend"], "cpu");
   auto text = run("status");
   EXPECT_EQ(text.exit_code, 0);
   EXPECT_NE(text.output.find("2 alive"), std::string::npos) << text.output;

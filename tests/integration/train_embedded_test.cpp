@@ -1,10 +1,14 @@
 // Training jobs in an embedded cluster (head, node and job in this process; messages still cross
 // loopback sockets): the plan changes speed, never the math.
+#include <algorithm>
+#include <mutex>
 #include <random>
+#include <thread>
 
 #include <gtest/gtest.h>
 
 #include "flexsp/actors/embedded.hpp"
+#include "flexsp/kernels/device_backend.hpp"
 #include "flexsp/kernels/model.hpp"
 
 namespace flexsp::actors {
@@ -93,6 +97,73 @@ TEST(TrainEmbedded, ACancelledJobStopsAndReportsIt) {
   const auto st = job->wait();
   EXPECT_EQ(st.state, job_state::cancelled);
   EXPECT_LT(st.steps_done, 100u);
+}
+
+TEST(TrainEmbedded, AJobTrainsOnOneKindOfDevice) {
+  auto cluster = embedded_cluster::start(1, 2);
+  ASSERT_TRUE(cluster) << cluster.error().to_string();
+  // A second node offers a GPU device; a cpu job leaves it alone (it never opens its GPU).
+  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{"cuda", 0}}));
+  auto spec = tiny("flexsp", {});
+  spec.checkpoint_dir.clear();
+  spec.checkpoint_every = 0;
+  spec.backend = "cpu";
+  std::vector<std::uint32_t> devices;
+  std::vector<std::string> logs;
+  auto job = (*cluster)->jobs().submit(
+      spec, [&devices](const step_metrics& m) { devices.push_back(m.devices); },
+      [&logs](const std::string& line) { logs.push_back(line); });
+  ASSERT_TRUE(job) << job.error().to_string();
+  const auto st = (*job)->wait();
+  ASSERT_EQ(st.state, job_state::succeeded) << st.error;
+  ASSERT_EQ(devices.size(), 2u);
+  EXPECT_EQ(devices[0], 2u) << "only the two CPU devices train";
+  EXPECT_TRUE(std::any_of(logs.begin(), logs.end(), [](const std::string& l) {
+    return l.find("training on cpu devices with gloo collectives") != std::string::npos;
+  })) << fmt::format("{}", fmt::join(logs, "\n"));
+}
+
+TEST(TrainEmbedded, ACudaDeviceWithoutAUsableGpuIsRefusedWithTheReason) {
+  if (kernels::select_device_backend(kernels::backend_request::cuda))
+    GTEST_SKIP() << "a GPU is usable here; tests/gpu trains on it";
+  auto cluster = embedded_cluster::start(0, 0);
+  ASSERT_TRUE(cluster) << cluster.error().to_string();
+  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{"cuda", 0}}));
+  auto spec = tiny("flexsp", {});
+  spec.checkpoint_dir.clear();
+  spec.checkpoint_every = 0;
+  std::mutex mutex;
+  std::vector<std::string> logs;
+  auto made = (*cluster)->jobs().submit(spec, {}, [&](const std::string& line) {
+    std::lock_guard lock{mutex};
+    logs.push_back(line);
+  });
+  ASSERT_TRUE(made) << made.error().to_string();
+  auto job = *made;
+  // Once the device is refused nothing else can come: stop the job waiting for devices.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{30};
+  for (;;) {
+    {
+      std::lock_guard lock{mutex};
+      if (std::any_of(logs.begin(), logs.end(),
+                      [](const std::string& l) { return l.find("could not join") != std::string::npos; })) {
+        job->cancel();
+        break;
+      }
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the cuda device was neither used nor refused";
+    std::this_thread::sleep_for(std::chrono::milliseconds{20});
+  }
+  const auto st = job->wait();
+  EXPECT_EQ(st.state, job_state::cancelled);
+  std::lock_guard lock{mutex};
+  const auto refusal = std::find_if(logs.begin(), logs.end(),
+                                    [](const std::string& l) { return l.find("could not join") != std::string::npos; });
+  ASSERT_NE(refusal, logs.end());
+  EXPECT_NE(refusal->find("cuda:0: cannot open the GPU"), std::string::npos) << *refusal;
+  EXPECT_TRUE(std::any_of(logs.begin(), logs.end(), [](const std::string& l) {
+    return l.find("training on cuda devices with nccl collectives") != std::string::npos;
+  }));
 }
 
 }  // namespace

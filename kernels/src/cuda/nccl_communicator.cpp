@@ -148,6 +148,7 @@ public:
   }
 
   bool poisoned() const noexcept override { return poisoned_.load(); }
+  bool reduces_device_buffers() const noexcept override { return true; }
 
 private:
   void abort_locked() noexcept {

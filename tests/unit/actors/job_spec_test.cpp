@@ -19,6 +19,23 @@ TEST(JobSpec, OnlyStepsIsRequiredAndEverythingElseHasADefault) {
   EXPECT_EQ(s->synthetic, "wikipedia");
   EXPECT_GT(s->batch_size, 0u);
   EXPECT_EQ(s->model.d_model % s->model.heads, 0u);
+  EXPECT_EQ(s->backend, "auto");
+  EXPECT_EQ(s->collectives, "auto");
+}
+
+TEST(JobSpec, ReadsTheBackendAndTheCollectiveLibrary) {
+  auto s = parse_job_spec(R"({"steps": 2, "backend": "cuda", "collectives": "gloo"})");
+  ASSERT_TRUE(s) << s.error().to_string();
+  EXPECT_EQ(s->backend, "cuda");
+  EXPECT_EQ(s->collectives, "gloo");
+  auto again = parse_job_spec(job_spec_to_json(*s));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->backend, "cuda");
+  EXPECT_EQ(again->collectives, "gloo");
+  EXPECT_NE(error_of(R"({"steps": 3, "backend": "tpu"})").find("backend"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "collectives": "mpi"})").find("collectives"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "backend": "cpu", "collectives": "nccl"})").find("collectives"),
+            std::string::npos);
 }
 
 TEST(JobSpec, ReadsEveryDocumentedKey) {

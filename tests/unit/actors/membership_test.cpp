@@ -89,6 +89,22 @@ TEST(DeviceSpec, ParsesCpuCountsCudaListsAndAll) {
   EXPECT_EQ(mixed->size(), 2u);
 }
 
+TEST(DeviceSpec, AutoIsEveryGpuOrOneCpu) {
+  auto gpus = parse_devices("auto", 3);
+  ASSERT_TRUE(gpus);
+  ASSERT_EQ(gpus->size(), 3u);
+  EXPECT_EQ((*gpus)[2].to_string(), "cuda:2");
+  auto cpu = parse_devices("auto", 0);
+  ASSERT_TRUE(cpu);
+  ASSERT_EQ(cpu->size(), 1u);
+  EXPECT_EQ((*cpu)[0].kind, "cpu");
+}
+
+TEST(DeviceSpec, TheDescriptionIsNotPartOfTheIdentity) {
+  EXPECT_EQ((device_id{"cuda", 1, "NVIDIA H200"}), (device_id{"cuda", 1}));
+  EXPECT_NE((device_id{"cuda", 1}), (device_id{"cpu", 1}));
+}
+
 TEST(DeviceSpec, NamesWhatIsWrong) {
   for (const char* bad : {"", "gpu:1", "cpu:0", "cpu:x", "cuda:all", "cuda:5", "cuda:", "cpu:2+cpu:1", "cpu"}) {
     auto r = parse_devices(bad, bad == std::string_view{"cuda:5"} ? 2 : 0);

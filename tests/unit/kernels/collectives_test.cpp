@@ -8,6 +8,8 @@
 
 #include "flexsp/kernels/collectives.hpp"
 #include "flexsp/kernels/gloo_communicator.hpp"
+#include "flexsp/kernels/gpu.hpp"
+#include "flexsp/kernels/nccl_collectives.hpp"
 #include "flexsp/kernels/rendezvous_store.hpp"
 
 namespace flexsp::kernels {
@@ -180,6 +182,63 @@ TEST(CommunicatorCache, CachesGroupsOfDifferentSizesPerDeviceSet) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(failures, 0);
+}
+
+}  // namespace
+}  // namespace flexsp::kernels
+
+namespace flexsp::kernels {
+namespace {
+
+TEST(NcclCommunicatorCache, AGroupOfOneIsLocalAndNeedsNoGpu) {
+  memory_store store;
+  nccl_communicator_cache cache{store, 3, 0, nccl_options{}};
+  const std::vector<int> me{3}, others{1, 2};
+  auto a = cache.get(me, 1);
+  ASSERT_TRUE(a) << a.error().to_string();
+  EXPECT_EQ((*a)->size(), 1);
+  EXPECT_TRUE((*a)->reduces_device_buffers());
+  auto again = cache.get(me, 1);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(a->get(), again->get());
+  EXPECT_EQ(cache.get(others, 1).error().kind(), errc::invalid_argument);
+  const std::vector<int> twice{3, 3};
+  EXPECT_EQ(cache.get(twice, 1).error().kind(), errc::invalid_argument);
+  auto next = cache.get(me, 2);
+  ASSERT_TRUE(next);
+  EXPECT_NE(next->get(), a->get());
+  cache.evict_before(2);
+  EXPECT_EQ(cache.size(), 1u);
+  EXPECT_TRUE((*a)->poisoned());
+  cache.abort_all();
+  EXPECT_EQ(cache.size(), 0u);
+}
+
+TEST(NcclCommunicatorCache, ALargerGroupWithoutNcclOrAGpuFailsSayingWhy) {
+  if (query_nccl().available && gpu::open_device(0)) GTEST_SKIP() << "NCCL and a GPU are here: tests/gpu covers it";
+  memory_store store;
+  nccl_communicator_cache cache{store, 0, 0, nccl_options{.timeout = std::chrono::milliseconds{200}}};
+  const std::vector<int> pair{0, 1};
+  auto r = cache.get(pair, 1);
+  ASSERT_FALSE(r);
+  EXPECT_FALSE(r.error().message().empty());
+  EXPECT_EQ(cache.size(), 0u);
+}
+
+TEST(GroupCache, GlooAndNcclCachesShareOneInterface) {
+  memory_store store;
+  std::vector<std::unique_ptr<group_cache>> caches;
+  caches.push_back(std::make_unique<communicator_cache>(store, 5, gloo_options{}));
+  caches.push_back(std::make_unique<nccl_communicator_cache>(store, 5, 0, nccl_options{}));
+  const std::vector<int> me{5};
+  for (auto& c : caches) {
+    auto g = c->get(me, 7);
+    ASSERT_TRUE(g) << g.error().to_string();
+    std::vector<float> x{1, 2};
+    EXPECT_TRUE((*g)->all_reduce_sum(x));
+    EXPECT_EQ(x[1], 2.0f);
+    EXPECT_EQ(c->size(), 1u);
+  }
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 #pragma once
 /// \file
-/// The device actor: one per device of a node. Until the compute path is wired in it is a
-/// placeholder with real behaviour: it answers pings with its device and node, and counts the
-/// notes it receives, checking each sender's sequence numbers for order (the cross-process
-/// ordering guarantee is tested through it).
+/// The device actor: one per device of a node (`cpu:N` computes on the CPU, `cuda:N` on GPU N).
+/// Training messages go to its `device_trainer`. It also answers pings with its device and node,
+/// and counts the notes it receives, checking each sender's sequence numbers for order (the
+/// cross-process ordering guarantee is tested through it).
 
 #include <cstdint>
 #include <map>

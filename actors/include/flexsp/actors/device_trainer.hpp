@@ -1,8 +1,10 @@
 #pragma once
 /// \file
 /// The training half of a device actor: for each job it takes part in, a full model replica and
-/// its optimizer state (`replica_state`, the one type a future ZeRO sharding replaces), the
-/// job's communicator cache, and a worker thread that runs steps.
+/// its optimizer state (`replica`, on the CPU or on this device's GPU; the one type a future
+/// ZeRO sharding replaces), the job's communicator cache (Gloo, or NCCL on GPUs), and a worker
+/// thread that runs steps. A `cuda:N` device opens GPU N on its first job and keeps it; a job
+/// that cannot get it (no GPU, out of memory) is refused with the reason.
 ///
 /// Message handlers run on the actor host's loop thread and only queue work, so a step that
 /// computes for seconds never delays heartbeats or other actors. The exception is `abort`:
@@ -21,10 +23,15 @@
 #include <string>
 #include <thread>
 
+#include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/remote.hpp"
 #include "flexsp/actors/training_messages.hpp"
 #include "flexsp/core/error.hpp"
 #include "flexsp/core/net/transport.hpp"
+
+namespace flexsp::kernels::gpu {
+class device;
+}
 
 namespace flexsp::actors {
 
@@ -36,7 +43,7 @@ struct device_context {
   net::endpoint head;
   net::transport_config transport;
   std::weak_ptr<actor_host> host;
-  std::string device_name;  ///< "cpu:3"
+  device_id device;  ///< cpu:3 runs on the CPU, cuda:0 on GPU 0
 };
 
 class device_trainer {
@@ -63,6 +70,7 @@ private:
   void post(std::function<void()> work);
   void run_worker();
   expected<cluster_client*> client();
+  expected<std::shared_ptr<kernels::gpu::device>> gpu();
   std::shared_ptr<job> find(const std::string& id);
 
   device_context context_;
@@ -72,6 +80,8 @@ private:
   bool stopping_ = false;
   std::map<std::string, std::shared_ptr<job>> jobs_;  // guarded by mutex_
   std::unique_ptr<cluster_client> client_;            // worker thread only
+  std::shared_ptr<kernels::gpu::device> gpu_;         // worker thread only; opened by the first job
+  std::string name_;                                  // "cuda:0", for logs
   std::uint64_t committed_ = 0;
   std::thread worker_;
 };

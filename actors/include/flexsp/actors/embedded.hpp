@@ -77,8 +77,11 @@ public:
 
   head_runtime& head() { return *head_; }
   job_manager& jobs() { return head_->jobs(); }
-  /// Adds a node (returns its position in nodes()).
+  /// Adds a node with `devices` CPU devices (returns its position in nodes()).
   expected<std::size_t> add_node(int devices);
+  /// Adds a node with these devices (cpu:N and cuda:N; a CUDA device opens its GPU when it
+  /// first joins a job).
+  expected<std::size_t> add_node(std::vector<device_id> devices);
   /// Stops node `i` (its connections close: the head sees it leave at once).
   void stop_node(std::size_t i);
   std::size_t node_count() const { return nodes_.size(); }

@@ -41,6 +41,13 @@ struct job_spec {
   std::uint32_t collective_timeout_ms = 10000;
   double planner_time_limit_ms = 200;
   std::uint32_t min_devices = 1;
+  /// Which devices the job trains on: "cpu", "cuda", or "auto" (cuda when the cluster offers a
+  /// CUDA device when the job starts, cpu otherwise). A job uses one kind: replicas must stay
+  /// bitwise equal, and CPU and GPU kernels round differently.
+  std::string backend = "auto";
+  /// Collective library: "gloo" (TCP, any device), "nccl" (CUDA devices), or "auto" (nccl on
+  /// cuda, gloo on cpu).
+  std::string collectives = "auto";
 
   /// Learning rate of `step` (0-based): linear warmup to optimizer.lr over `warmup` steps.
   float lr_at(std::uint64_t step) const;

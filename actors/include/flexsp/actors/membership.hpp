@@ -23,14 +23,16 @@ namespace flexsp::actors {
 
 /// One device a node offers: `cpu:3`, `cuda:0`.
 struct device_id {
-  std::string kind;  ///< "cpu" or "cuda"
+  std::string kind;  ///< "cpu" or "cuda": the compute backend the device runs
   std::uint32_t index = 0;
+  std::string description{};  ///< what the hardware is ("NVIDIA H200 (sm_90, 139.8 GiB)"); not part of identity
   std::string to_string() const { return kind + ":" + std::to_string(index); }
-  friend bool operator==(const device_id&, const device_id&) = default;
+  friend bool operator==(const device_id& a, const device_id& b) { return a.kind == b.kind && a.index == b.index; }
 };
 
 /// Parses a device spec: `cpu:N` (N devices cpu:0..N-1), `cuda:all` (`cuda_count` devices),
-/// `cuda:0,1` (listed indices), or several joined with `+` (`cpu:2+cuda:0`).
+/// `cuda:0,1` (listed indices), several joined with `+` (`cpu:2+cuda:0`), or `auto`
+/// (`cuda:all` when cuda_count > 0, else `cpu:1`).
 /// errc::invalid_argument names the bad part; `cuda:all` with no GPU is an error.
 expected<std::vector<device_id>> parse_devices(std::string_view spec, int cuda_count);
 

@@ -50,6 +50,7 @@ struct join_job {
   std::string resume_from;
   std::string collective_host = "127.0.0.1";
   std::uint64_t tag = 0;
+  std::string collectives = "gloo";  ///< "gloo" (TCP, any device) or "nccl" (CUDA devices)
 };
 
 struct device_state {
@@ -176,6 +177,7 @@ struct wire_codec<join_job> {
     b.setResumeFrom(m.resume_from);
     b.setCollectiveHost(m.collective_host);
     b.setTag(m.tag);
+    b.setCollectives(m.collectives);
   }
   static join_job decode(schema::Reader r) {
     join_job m;
@@ -192,6 +194,7 @@ struct wire_codec<join_job> {
     m.resume_from = r.getResumeFrom().cStr();
     m.collective_host = r.getCollectiveHost().cStr();
     m.tag = r.getTag();
+    m.collectives = r.getCollectives().cStr();
     return m;
   }
 };

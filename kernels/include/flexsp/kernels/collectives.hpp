@@ -64,10 +64,32 @@ public:
 
   /// True after abort() or after a failed collective.
   virtual bool poisoned() const noexcept = 0;
+
+  /// True when all_reduce_sum and broadcast take GPU device buffers in place (NCCL, and the
+  /// group of one, where both are no-ops). Otherwise every buffer must be host memory.
+  virtual bool reduces_device_buffers() const noexcept { return false; }
 };
 
 /// The group of one: collectives are local copies. Never fails except on size mismatch.
 std::unique_ptr<communicator> make_local_communicator();
+
+/// The communicators of one device for the groups a job forms, created on first use and cached
+/// by (membership epoch, device set): the interface of the Gloo and NCCL caches, so a device
+/// actor holds either. Ranks follow ascending global device id. Thread-safe.
+class group_cache {
+public:
+  virtual ~group_cache() = default;
+  /// The communicator of the group `devices` (global ids, any order, no duplicates, must hold
+  /// this device) in `epoch`. errc::invalid_argument when this device is not a member.
+  [[nodiscard]] virtual expected<std::shared_ptr<communicator>> get(std::span<const int> devices,
+                                                                    std::uint64_t epoch) = 0;
+  /// Aborts and forgets every cached communicator (on membership change / peer loss).
+  virtual void abort_all() = 0;
+  /// Forgets communicators of epochs older than `epoch` (aborting them).
+  virtual void evict_before(std::uint64_t epoch) = 0;
+  /// Number of cached groups.
+  virtual std::size_t size() const = 0;
+};
 
 /// The communicators of one device keyed by (epoch, ascending device set): the bookkeeping the
 /// Gloo and NCCL group caches share. Thread-safe; `lock()` lets a cache create a missing

@@ -62,21 +62,19 @@ expected<std::unique_ptr<communicator>> make_gloo_communicator(rendezvous_store&
 /// Rendezvous keys live under "flexsp/group/<epoch>/<ascending device ids, comma-separated>/".
 /// A group that failed is not rebuilt in the same epoch (its keys are spent). Thread-safe;
 /// creation is serialised per cache.
-class communicator_cache {
+class communicator_cache final : public group_cache {
 public:
   communicator_cache(rendezvous_store& store, int my_device, gloo_options options);
 
   /// The communicator of the group made of `devices` (global device ids, any order, no
   /// duplicates, must contain my_device) in membership `epoch`. Ranks follow ascending device
   /// id. errc::invalid_argument when my_device is not a member.
-  expected<std::shared_ptr<communicator>> get(std::span<const int> devices, std::uint64_t epoch = 0);
+  expected<std::shared_ptr<communicator>> get(std::span<const int> devices, std::uint64_t epoch) override;
+  expected<std::shared_ptr<communicator>> get(std::span<const int> devices) { return get(devices, 0); }
 
-  /// Aborts and forgets every cached communicator (on membership change).
-  void abort_all();
-  /// Forgets communicators of epochs older than `epoch` (aborting them).
-  void evict_before(std::uint64_t epoch);
-  /// Number of cached groups.
-  std::size_t size() const;
+  void abort_all() override;
+  void evict_before(std::uint64_t epoch) override;
+  std::size_t size() const override;
 
   /// This device's rank in the group `devices` (ascending id order), or -1.
   static int rank_in(std::span<const int> devices, int device);

@@ -67,6 +67,8 @@ public:
   expected<void> download_params(std::span<float> out) const;
   expected<void> download_grads(std::span<float> out) const;
   expected<void> download_moments(std::span<float> first, std::span<float> second) const;
+  /// Replaces the gradients from the host (after an all-reduce over host buffers).
+  expected<void> upload_grads(std::span<const float> in);
   /// Replaces parameters and moments from the host (a checkpoint or a host replica's state).
   expected<void> upload_state(std::span<const float> params, std::span<const float> first,
                               std::span<const float> second, std::int64_t steps);

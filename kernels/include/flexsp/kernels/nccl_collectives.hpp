@@ -60,20 +60,19 @@ expected<std::unique_ptr<communicator>> make_nccl_communicator(rendezvous_store&
                                                                int size, int cuda_device, const nccl_options& options);
 
 /// NCCL communicators of one device, created on first use and cached by (membership epoch,
-/// device set). Ranks follow ascending global device id. Thread-safe.
-class nccl_communicator_cache {
+/// device set); a group of one is a local communicator. Ranks follow ascending global device
+/// id. Thread-safe.
+class nccl_communicator_cache final : public group_cache {
 public:
   /// `my_device` is this device's global id in the cluster; `cuda_device` its local GPU index.
   nccl_communicator_cache(rendezvous_store& store, int my_device, int cuda_device, nccl_options options);
 
   /// The communicator of the group `devices` (global ids, any order, no duplicates) in `epoch`.
   /// errc::invalid_argument when my_device is not a member or ids repeat.
-  expected<std::shared_ptr<communicator>> get(std::span<const int> devices, std::uint64_t epoch);
-  /// Aborts and forgets every cached communicator (on membership change / peer loss).
-  void abort_all();
-  /// Forgets communicators of epochs older than `epoch` (aborting them).
-  void evict_before(std::uint64_t epoch);
-  std::size_t size() const;
+  expected<std::shared_ptr<communicator>> get(std::span<const int> devices, std::uint64_t epoch) override;
+  void abort_all() override;
+  void evict_before(std::uint64_t epoch) override;
+  std::size_t size() const override;
 
 private:
   rendezvous_store& store_;
