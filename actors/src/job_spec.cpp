@@ -108,6 +108,7 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (s.collective_timeout_ms < 100) return bad("collective_timeout_ms", "must be at least 100");
   if (!(s.planner_time_limit_ms > 0)) return bad("planner_time_limit_ms", "must be positive");
   if (s.min_devices < 1) return bad("min_devices", "must be at least 1");
+  if (!(s.milp_min_gap >= 0 && s.milp_min_gap <= 1)) return bad("milp_min_gap", "must be in [0, 1]");
   if (s.backend != "auto" && s.backend != "cpu" && s.backend != "cuda")
     return bad("backend", fmt::format("'{}' is not one of auto, cpu, cuda", s.backend));
   if (s.collectives != "auto" && s.collectives != "gloo" && s.collectives != "nccl")
@@ -126,7 +127,7 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   if (!j.is_object()) return make_error(errc::invalid_argument, "job spec must be a JSON object");
   FLEXSP_TRY(check_keys(j, "", {"name", "model", "data", "batch_size", "steps", "strategy", "seed", "optimizer",
                                 "checkpoint", "calibrate", "collective_timeout_ms", "planner_time_limit_ms",
-                                "min_devices", "backend", "collectives"}));
+                                "min_devices", "backend", "collectives", "milp", "milp_min_gap"}));
   job_spec s;
   if (!j.contains("steps")) return make_error(errc::invalid_argument, "steps: is required");
   FLEXSP_TRY(read_string(j, "name", "", s.name));
@@ -136,9 +137,14 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   FLEXSP_TRY(read_uint(j, "seed", "", s.seed));
   FLEXSP_TRY(read_uint(j, "collective_timeout_ms", "", s.collective_timeout_ms));
   FLEXSP_TRY(read_number(j, "planner_time_limit_ms", "", s.planner_time_limit_ms));
+  FLEXSP_TRY(read_number(j, "milp_min_gap", "", s.milp_min_gap));
   FLEXSP_TRY(read_uint(j, "min_devices", "", s.min_devices));
   FLEXSP_TRY(read_string(j, "backend", "", s.backend));
   FLEXSP_TRY(read_string(j, "collectives", "", s.collectives));
+  if (j.contains("milp")) {
+    if (!j["milp"].is_boolean()) return make_error(errc::invalid_argument, "milp: must be true or false");
+    s.milp = j["milp"].get<bool>();
+  }
   if (j.contains("calibrate")) {
     if (!j["calibrate"].is_boolean()) return make_error(errc::invalid_argument, "calibrate: must be true or false");
     s.calibrate = j["calibrate"].get<bool>();
@@ -205,6 +211,8 @@ std::string job_spec_to_json(const job_spec& s) {
   j["min_devices"] = s.min_devices;
   j["backend"] = s.backend;
   j["collectives"] = s.collectives;
+  j["milp"] = s.milp;
+  j["milp_min_gap"] = s.milp_min_gap;
   return j.dump();
 }
 

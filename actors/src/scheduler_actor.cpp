@@ -37,6 +37,7 @@ std::string step_metrics::to_json() const {
   nlohmann::json j{{"step", step},         {"epoch", epoch},           {"devices", devices},
                    {"loss", loss},         {"tokens", tokens},         {"sequences", sequences},
                    {"plan", plan},         {"strategy", strategy},     {"solve_ms", solve_ms},
+                   {"milp_solves", milp_solves}, {"milp_gap", milp_gap},
                    {"predicted_ms", predicted_ms}, {"step_ms", step_ms}, {"compute_ms", compute_ms},
                    {"comm_ms", comm_ms},   {"overhead_ms", overhead_ms}, {"group_error", group_error},
                    {"retried", retried},   {"recovery_ms", recovery_ms}, {"committed_at_ms", committed_at_ms}};
@@ -341,6 +342,8 @@ struct scheduler_actor::runner {
       scheduler::planner_options o;
       o.strategy = strategy_for(c.devices);
       o.time_limit_ms = spec.planner_time_limit_ms;
+      o.use_milp = spec.milp;
+      o.milp_min_gap = spec.milp_min_gap;
       auto made = scheduler::planner::create(p, c, o);
       if (!made) throw job_end{job_state::failed, "planner: " + made.error().to_string()};
       planner.emplace(std::move(*made));
@@ -625,6 +628,8 @@ struct scheduler_actor::runner {
         m.plan.push_back(std::move(degrees));
       }
       m.solve_ms = solve_ms;
+      m.milp_solves = p.milp_solves;
+      m.milp_gap = p.milp_gap;
       m.predicted_ms = p.predicted_ms;
       m.step_ms = ms_between(t0, t_end) + exposed_plan_ms;
       double worst_device = 0;

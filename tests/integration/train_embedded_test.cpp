@@ -99,6 +99,27 @@ TEST(TrainEmbedded, ACancelledJobStopsAndReportsIt) {
   EXPECT_LT(st.steps_done, 100u);
 }
 
+TEST(TrainEmbedded, TheSchedulerSolvesTheCbcMilpForStepsItCannotProveOptimal) {
+  auto cluster = embedded_cluster::start(1, 4);
+  ASSERT_TRUE(cluster) << cluster.error().to_string();
+  auto spec = tiny("flexsp", {});
+  spec.checkpoint_dir.clear();
+  spec.checkpoint_every = 0;
+  spec.steps = 4;
+  spec.milp_min_gap = 0;  // CBC on every micro-batch the layout search did not prove optimal
+  int solves = 0;
+  std::size_t steps = 0;
+  auto job = (*cluster)->jobs().submit(spec, [&](const step_metrics& m) {
+    solves += m.milp_solves;
+    ++steps;
+  });
+  ASSERT_TRUE(job) << job.error().to_string();
+  const auto st = (*job)->wait();
+  ASSERT_EQ(st.state, job_state::succeeded) << st.error;
+  EXPECT_EQ(steps, 4u);
+  EXPECT_GT(solves, 0) << "no step's plan went through CBC";
+}
+
 TEST(TrainEmbedded, AJobTrainsOnOneKindOfDevice) {
   auto cluster = embedded_cluster::start(1, 2);
   ASSERT_TRUE(cluster) << cluster.error().to_string();

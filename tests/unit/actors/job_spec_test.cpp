@@ -33,6 +33,13 @@ TEST(JobSpec, ReadsTheBackendAndTheCollectiveLibrary) {
   EXPECT_EQ(again->backend, "cuda");
   EXPECT_EQ(again->collectives, "gloo");
   EXPECT_NE(error_of(R"({"steps": 3, "backend": "tpu"})").find("backend"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "milp": 1})").find("milp"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "milp_min_gap": 2})").find("milp_min_gap"), std::string::npos);
+  auto m = parse_job_spec(R"({"steps": 2, "milp": false, "milp_min_gap": 0})");
+  ASSERT_TRUE(m) << m.error().to_string();
+  EXPECT_FALSE(m->milp);
+  EXPECT_EQ(m->milp_min_gap, 0.0);
+  EXPECT_FALSE(parse_job_spec(job_spec_to_json(*m))->milp);
   EXPECT_NE(error_of(R"({"steps": 3, "collectives": "mpi"})").find("collectives"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "backend": "cpu", "collectives": "nccl"})").find("collectives"),
             std::string::npos);

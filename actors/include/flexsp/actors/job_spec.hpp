@@ -40,6 +40,12 @@ struct job_spec {
   bool calibrate = true;
   std::uint32_t collective_timeout_ms = 10000;
   double planner_time_limit_ms = 200;
+  /// Every step, micro-batches whose layout-search plan is not proven within `milp_min_gap` of
+  /// its lower bound get the CBC MILP (warm-started from that plan, within
+  /// planner_time_limit_ms; the better plan is kept). 0: CBC on every unproven micro-batch.
+  /// milp false: the layout search alone.
+  bool milp = true;
+  double milp_min_gap = 0.05;
   std::uint32_t min_devices = 1;
   /// Which devices the job trains on: "cpu", "cuda", or "auto" (cuda when the cluster offers a
   /// CUDA device when the job starts, cpu otherwise). A job uses one kind: replicas must stay

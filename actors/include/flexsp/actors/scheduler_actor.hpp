@@ -52,6 +52,8 @@ struct step_metrics {
   std::vector<std::vector<int>> plan; ///< per micro-batch, the degrees of its groups
   std::string strategy;
   double solve_ms = 0;                ///< planner time for this batch
+  int milp_solves = 0;                ///< CBC solves in this batch's plan
+  double milp_gap = 0;                ///< largest gap CBC reported against its own bound
   double predicted_ms = 0;            ///< the cost model's step time
   double step_ms = 0;                 ///< plan sent -> commit sent, committed attempt
   double compute_ms = 0;              ///< max over devices of forward/backward time
