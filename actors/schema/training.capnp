@@ -43,7 +43,7 @@ struct JoinJob {
 # message queued before the request.
 struct DeviceState {
   device @0 :UInt32;
-  checksum @1 :UInt64;            # FNV-1a of parameters and optimizer moments
+  checksum @1 :UInt64;            # kernels::fingerprint of parameters and optimizer moments
   optimizerSteps @2 :UInt64;
   parameters @3 :UInt64;
   jobId @4 :Text;

@@ -18,16 +18,6 @@ namespace flexsp::actors {
 
 using Clock = std::chrono::steady_clock;
 
-std::uint64_t fnv1a(std::span<const float> data, std::uint64_t seed) noexcept {
-  std::uint64_t h = seed;
-  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-  for (std::size_t i = 0; i < data.size_bytes(); ++i) {
-    h ^= p[i];
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
 namespace {
 
 double ms_since(Clock::time_point t) {

@@ -2,7 +2,7 @@
 
 #include <vector>
 
-#include "flexsp/actors/device_trainer.hpp"
+#include "flexsp/kernels/ops.hpp"
 #include "flexsp/kernels/gpu_model.hpp"
 
 namespace flexsp::actors {
@@ -35,9 +35,9 @@ public:
   std::uint64_t parameters() const noexcept override { return model_.params().size(); }
   std::int64_t optimizer_steps() const noexcept override { return optimizer_.steps(); }
   expected<std::uint64_t> checksum() override {
-    auto h = fnv1a(model_.params());
-    h = fnv1a(optimizer_.first_moments(), h);
-    return fnv1a(optimizer_.second_moments(), h);
+    const std::uint64_t n = model_.params().size();
+    return kernels::fingerprint(model_.params(), 0) + kernels::fingerprint(optimizer_.first_moments(), n) +
+           kernels::fingerprint(optimizer_.second_moments(), 2 * n);
   }
   expected<void> zero_grads() override {
     model_.zero_grads();
@@ -74,7 +74,8 @@ private:
 };
 
 /// The state lives on the GPU; `host_` and `host_opt_` are staging copies in the same layout,
-/// refreshed for checksums, checkpoints and collectives that need host buffers.
+/// refreshed for checkpoints and for collectives that need host buffers. Checksums are
+/// computed on the GPU.
 class gpu_replica final : public replica {
 public:
   gpu_replica(std::shared_ptr<kernels::gpu::device> dev, kernels::gpt_model host, kernels::gpu::gpt_replica r,
@@ -85,12 +86,7 @@ public:
   std::string_view backend() const noexcept override { return "cuda"; }
   std::uint64_t parameters() const noexcept override { return host_.params().size(); }
   std::int64_t optimizer_steps() const noexcept override { return gpu_.steps(); }
-  expected<std::uint64_t> checksum() override {
-    FLEXSP_TRY(download());
-    auto h = fnv1a(host_.params());
-    h = fnv1a(host_opt_.first_moments(), h);
-    return fnv1a(host_opt_.second_moments(), h);
-  }
+  expected<std::uint64_t> checksum() override { return gpu_.fingerprint(); }
   expected<void> zero_grads() override { return gpu_.zero_grads(); }
   expected<double> forward_backward(kernels::communicator& group, const kernels::ulysses_layout& layout,
                                     const kernels::local_inputs& inputs, float loss_scale) override {

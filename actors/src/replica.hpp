@@ -29,7 +29,8 @@ public:
   virtual std::string_view backend() const noexcept = 0;
   virtual std::uint64_t parameters() const noexcept = 0;
   virtual std::int64_t optimizer_steps() const noexcept = 0;
-  /// FNV-1a over parameters, first and second moments (the same bytes on both backends).
+  /// kernels::fingerprint of parameters, first and second moments as one sequence (computed
+  /// where the state lives; the same value for the same bits on either backend).
   virtual expected<std::uint64_t> checksum() = 0;
 
   virtual expected<void> zero_grads() = 0;

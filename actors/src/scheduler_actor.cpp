@@ -56,6 +56,11 @@ struct job_end {
   job_state state;
   std::string message;
 };
+/// Thrown when every replica holding the state was lost and the job went back to its latest
+/// checkpoint: the step loop continues from `step`.
+struct rewound {
+  std::uint64_t step;
+};
 }  // namespace
 
 struct scheduler_actor::runner {
@@ -282,7 +287,30 @@ struct scheduler_actor::runner {
     }
     bool any = false;
     for (const auto& [_, d] : devices) any = any || d.synced;
-    if (!any) throw job_end{job_state::failed, "every device holding the model state was lost"};
+    if (!any) rewind_to_checkpoint();
+  }
+
+  /// Every device holding the model state is gone: the devices there are now load the latest
+  /// checkpoint and the job re-runs the steps after it (throws `rewound`); without a checkpoint
+  /// the job fails.
+  void rewind_to_checkpoint() {
+    resume_file.clear();
+    load_resume_point();
+    if (resume_file.empty())
+      throw job_end{job_state::failed, "every device holding the model state was lost and there is no checkpoint"};
+    std::vector<std::uint32_t> all;
+    for (const auto& [i, _] : devices) all.push_back(i);
+    join(all, resume_file);
+    if (devices.empty()) throw job_end{job_state::failed, "no device could load checkpoint " + resume_file};
+    for (auto& [_, d] : devices) d.synced = true;
+    prepared.reset();
+    {
+      std::lock_guard lock{self.mutex_};
+      self.status_.steps_done = start_step;
+    }
+    log(fmt::format("every device holding the model state was lost; {} devices restarted from {} (step {})",
+                    devices.size(), resume_file, start_step));
+    throw rewound{start_step};
   }
 
   std::vector<std::uint32_t> world() const {
@@ -800,7 +828,12 @@ struct scheduler_actor::runner {
     profile = initial_profile();
     if (spec.calibrate && start_step < spec.steps) calibrate();
     for (std::uint64_t step = start_step; step < spec.steps; ++step) {
-      run_step(step);
+      try {
+        run_step(step);
+      } catch (const rewound& r) {
+        step = r.step - 1;  // ++step resumes at r.step (wraps from 0 back to 0)
+        continue;
+      }
       const auto done = step + 1;
       if (!spec.checkpoint_dir.empty() &&
           ((spec.checkpoint_every > 0 && done % spec.checkpoint_every == 0) || done == spec.steps))

@@ -322,6 +322,14 @@ expected<void> gpt_replica::download_grads(std::span<float> out) const {
   return s_->dev->copy_to_host(out.data(), grads(), out.size_bytes());
 }
 
+expected<std::uint64_t> gpt_replica::fingerprint() const {
+  const auto n = static_cast<std::uint64_t>(s_->count());
+  FLEXSP_TRY_ASSIGN(const auto a, s_->dev->fingerprint(params(), s_->count(), 0));
+  FLEXSP_TRY_ASSIGN(const auto b, s_->dev->fingerprint(first_moments(), s_->count(), n));
+  FLEXSP_TRY_ASSIGN(const auto c, s_->dev->fingerprint(second_moments(), s_->count(), 2 * n));
+  return a + b + c;
+}
+
 expected<void> gpt_replica::upload_grads(std::span<const float> in) {
   if (static_cast<std::int64_t>(in.size()) != s_->count())
     return make_error(errc::invalid_argument, "upload_grads: {} floats for {} parameters", in.size(), s_->count());

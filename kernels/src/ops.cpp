@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include <cblas.h>
 
 #include "flexsp/core/check.hpp"
+#include "fingerprint_mix.hpp"
 #include "vector_math.hpp"
 
 namespace flexsp::kernels {
@@ -236,6 +238,16 @@ double clip_grad_norm(std::span<float> grads, double max_norm) {
     for (float& g : grads) g *= f;
   }
   return norm;
+}
+
+std::uint64_t fingerprint(std::span<const float> data, std::uint64_t first_position) noexcept {
+  std::uint64_t sum = 0;
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &data[i], sizeof bits);
+    sum += detail::fingerprint_term(bits, first_position + i);
+  }
+  return sum;
 }
 
 }  // namespace flexsp::kernels

@@ -275,6 +275,22 @@ TEST_F(GpuKernels, AdamwAndSumOfSquaresMatchTheCpu) {
   EXPECT_NEAR(std::sqrt(*ss), norm, 1e-5 * norm);
 }
 
+TEST_F(GpuKernels, FingerprintEqualsTheHostOneBitForBit) {
+  const std::size_t n = 300'001;  // several blocks and a partial one
+  auto x = random_vector(n, 91);
+  auto* gx = upload(x);
+  for (std::uint64_t first : {std::uint64_t{0}, std::uint64_t{12345}}) {
+    auto h = dev_->fingerprint(gx, static_cast<std::int64_t>(n), first);
+    ASSERT_TRUE(h) << h.error().to_string();
+    EXPECT_EQ(*h, fingerprint(x, first));
+  }
+  auto part = dev_->fingerprint(gx + 1000, 5000, 1000);
+  ASSERT_TRUE(part);
+  EXPECT_EQ(*part, fingerprint(std::span<const float>{x}.subspan(1000, 5000), 1000));
+  EXPECT_EQ(dev_->fingerprint(gx, 0, 0).value(), 0u);
+  EXPECT_FALSE(dev_->fingerprint(nullptr, 3, 0));
+}
+
 // ---- attention -----------------------------------------------------------------------
 
 struct attention_case {

@@ -48,8 +48,9 @@ inline std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
-/// A cluster of real processes: head + nodes via the launch script, 100 ms heartbeats and a
-/// 500 ms failure timeout. Stops every process it started when destroyed.
+/// A cluster of real processes: head + nodes via the launch script, 200 ms heartbeats and a 2 s
+/// failure timeout (a killed node is seen at once by its closed connection; the timeout only
+/// has to survive a loaded test machine). Stops every process it started when destroyed.
 class process_cluster {
 public:
   explicit process_cluster(std::string tag) {
@@ -70,7 +71,7 @@ public:
   /// Starts a head and `nodes` nodes of `devices` (e.g. "cpu:2"); false on failure.
   bool launch(int nodes, const std::string& devices) {
     auto r = shell(fmt::format("{} {}/scripts/launch_cluster.sh --nodes {} --devices {} --port 0 --heartbeat-interval "
-                               "100ms --failure-timeout 500ms --timeout 60",
+                               "200ms --failure-timeout 2s --timeout 60",
                                env(), FLEXSP_SOURCE_DIR, nodes, devices));
     if (r.exit_code != 0) {
       ADD_FAILURE() << r.output;

@@ -120,6 +120,73 @@ TEST(TrainEmbedded, TheSchedulerSolvesTheCbcMilpForStepsItCannotProveOptimal) {
   EXPECT_GT(solves, 0) << "no step's plan went through CBC";
 }
 
+TEST(TrainEmbedded, LosingEveryReplicaRestartsFromTheLatestCheckpoint) {
+  std::random_device rd;
+  const auto dir = fs::temp_directory_path() / fmt::format("flexsp-rewind-{:x}", rd());
+  auto cluster = embedded_cluster::start(1, 2);
+  ASSERT_TRUE(cluster) << cluster.error().to_string();
+  auto spec = tiny("flexsp", dir);
+  spec.steps = 8;
+  spec.checkpoint_every = 3;
+  std::mutex mutex;
+  std::vector<std::uint64_t> steps;
+  std::vector<std::string> logs;
+  auto job = (*cluster)->jobs().submit(
+      spec,
+      [&](const step_metrics& m) {
+        std::lock_guard lock{mutex};
+        steps.push_back(m.step);
+      },
+      [&](const std::string& line) {
+        std::lock_guard lock{mutex};
+        logs.push_back(line);
+      });
+  ASSERT_TRUE(job) << job.error().to_string();
+  // After step 5 (a checkpoint at 3), the only node goes away with both replicas; a new one comes.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{60};
+  for (;;) {
+    {
+      std::lock_guard lock{mutex};
+      if (steps.size() >= 5) break;
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline);
+    std::this_thread::sleep_for(std::chrono::milliseconds{5});
+  }
+  (*cluster)->stop_node(0);
+  ASSERT_TRUE((*cluster)->add_node(2));
+  const auto st = (*job)->wait();
+  ASSERT_EQ(st.state, job_state::succeeded) << st.error << "\n" << fmt::format("{}", fmt::join(logs, "\n"));
+  EXPECT_EQ(st.steps_done, 8u);
+  std::lock_guard lock{mutex};
+  EXPECT_TRUE(std::any_of(logs.begin(), logs.end(), [](const std::string& l) {
+    return l.find("restarted from") != std::string::npos;
+  })) << fmt::format("{}", fmt::join(logs, "\n"));
+  // Steps after the checkpoint ran twice; every step ran; the last is 7.
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(steps.back(), 7u);
+  for (std::uint64_t s = 0; s < 8; ++s) EXPECT_NE(std::find(steps.begin(), steps.end(), s), steps.end()) << s;
+  EXPECT_GT(steps.size(), 8u) << "some steps after the checkpoint were re-run";
+
+  // The same job without the loss ends with the same parameters: the rewind lost nothing.
+  auto clean = tiny("flexsp", dir / "clean");
+  clean.steps = 8;
+  clean.checkpoint_every = 3;
+  const auto again = run_job(**cluster, clean);
+  ASSERT_EQ(again.status.state, job_state::succeeded) << again.status.error;
+  const kernels::gpt_config cfg{.layers = 2, .d_model = 32, .heads = 4, .vocab = 256, .max_positions = 256};
+  auto ma = kernels::gpt_model::create(cfg, 0).value();
+  auto mb = kernels::gpt_model::create(cfg, 0).value();
+  kernels::adamw_optimizer oa{ma, {}}, ob{mb, {}};
+  ASSERT_TRUE(kernels::load_checkpoint(dir / "step-000008.ckpt", ma, oa));
+  ASSERT_TRUE(kernels::load_checkpoint(dir / "clean" / "step-000008.ckpt", mb, ob));
+  double max_diff = 0;
+  for (std::size_t i = 0; i < ma.params().size(); ++i)
+    max_diff = std::max(max_diff, static_cast<double>(std::abs(ma.params()[i] - mb.params()[i])));
+  EXPECT_LT(max_diff, 1e-5) << "parameters after the rewind differ from an undisturbed run";
+  EXPECT_EQ(oa.steps(), ob.steps());
+  fs::remove_all(dir);
+}
+
 TEST(TrainEmbedded, AJobTrainsOnOneKindOfDevice) {
   auto cluster = embedded_cluster::start(1, 2);
   ASSERT_TRUE(cluster) << cluster.error().to_string();

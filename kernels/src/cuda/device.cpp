@@ -416,6 +416,21 @@ public:
     return s;
   }
 
+  expected<std::uint64_t> fingerprint(const float* x, std::int64_t count, std::uint64_t first_position) override {
+    FLEXSP_TRY(need_count(count, "count", "fingerprint"));
+    if (count == 0) return std::uint64_t{0};
+    FLEXSP_TRY(need(x != nullptr, "null pointer", "fingerprint"));
+    FLEXSP_TRY(current());
+    static_assert(sizeof(unsigned long long) == sizeof(double));
+    auto* out = reinterpret_cast<unsigned long long*>(scalar_.data());
+    FLEXSP_CUDA_CHECK(::cudaMemsetAsync(out, 0, sizeof *out, stream_.get()));
+    FLEXSP_CUDA_CHECK(launch_fingerprint(x, sz(count), first_position, out, stream_.get()));
+    unsigned long long h = 0;
+    FLEXSP_CUDA_CHECK(::cudaMemcpyAsync(&h, out, sizeof h, cudaMemcpyDeviceToHost, stream_.get()));
+    FLEXSP_CUDA_CHECK(::cudaStreamSynchronize(stream_.get()));
+    return static_cast<std::uint64_t>(h);
+  }
+
   // ---- attention ----
   expected<void> can_implement(const gpu::attention_forward_args& a) const override {
     FLEXSP_TRY(check_attention_common(a, "attention forward"));

@@ -56,6 +56,9 @@ cudaError_t launch_adamw(float* param, const float* grad, float* m, float* v, st
                          cudaStream_t stream);
 /// *out (preset to 0) += sum of x[i]^2 in double.
 cudaError_t launch_sum_squares(const float* x, std::size_t n, double* out, cudaStream_t stream);
+/// Adds kernels::fingerprint(x[0, n), first) to *out (device; zero it first).
+cudaError_t launch_fingerprint(const float* x, std::size_t n, std::uint64_t first, unsigned long long* out,
+                               cudaStream_t stream);
 
 cudaError_t launch_to_bf16(const float* x, std::uint16_t* y, std::size_t n, cudaStream_t stream);
 cudaError_t launch_from_bf16(const std::uint16_t* x, float* y, std::size_t n, cudaStream_t stream);

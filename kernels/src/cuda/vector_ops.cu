@@ -4,6 +4,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "fingerprint_mix.hpp"
 #include "launch.hpp"
 
 namespace flexsp::kernels::cuda {
@@ -270,6 +271,15 @@ __global__ void sum_squares_kernel(const float* __restrict__ x, std::size_t n, d
   if (threadIdx.x == 0) atomicAdd(out, s);
 }
 
+__global__ void fingerprint_kernel(const float* __restrict__ x, std::size_t n, std::uint64_t first,
+                                   unsigned long long* out) {
+  __shared__ unsigned long long scratch[32];
+  unsigned long long s = 0;
+  FLEXSP_GRID_STRIDE(i, n) s += detail::fingerprint_term(__float_as_uint(x[i]), first + i);
+  s = block_sum(s, scratch);  // integer sums: the same value in any order
+  if (threadIdx.x == 0) atomicAdd(out, s);
+}
+
 __global__ void to_bf16_kernel(const float* __restrict__ x, std::uint16_t* __restrict__ y, std::size_t n) {
   FLEXSP_GRID_STRIDE(i, n) {
     const std::uint32_t bits = __float_as_uint(x[i]);
@@ -388,6 +398,13 @@ cudaError_t launch_adamw(float* param, const float* grad, float* m, float* v, st
 cudaError_t launch_sum_squares(const float* x, std::size_t n, double* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   sum_squares_kernel<<<std::min(blocks_for(n), 1024u), kThreads, 0, stream>>>(x, n, out);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_fingerprint(const float* x, std::size_t n, std::uint64_t first, unsigned long long* out,
+                               cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  fingerprint_kernel<<<std::min(blocks_for(n), 1024u), kThreads, 0, stream>>>(x, n, first, out);
   return cudaGetLastError();
 }
 

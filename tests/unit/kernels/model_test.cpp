@@ -1,6 +1,7 @@
 #include "flexsp/kernels/model.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -15,6 +16,33 @@ namespace flexsp::kernels {
 namespace {
 
 const gpt_config kSmall{.layers = 2, .d_model = 24, .heads = 3, .vocab = 256, .max_positions = 256};
+
+TEST(Fingerprint, SeesEveryBitAndComposesOverConcatenation) {
+  std::vector<float> a(1000);
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = std::sin(static_cast<float>(i));
+  const auto h = fingerprint(a);
+  // Any single flipped bit anywhere changes it.
+  for (std::size_t i : {std::size_t{0}, std::size_t{499}, std::size_t{999}})
+    for (int bit : {0, 17, 31}) {
+      auto b = a;
+      std::uint32_t u;
+      std::memcpy(&u, &b[i], 4);
+      u ^= 1u << bit;
+      std::memcpy(&b[i], &u, 4);
+      EXPECT_NE(fingerprint(b), h) << i << " " << bit;
+    }
+  // Swapping two different elements changes it (positions are salted in).
+  auto swapped = a;
+  std::swap(swapped[3], swapped[700]);
+  EXPECT_NE(fingerprint(swapped), h);
+  // +0 and -0 compare equal as floats but are different bits.
+  std::vector<float> zeros{0.0f}, negative{-0.0f};
+  EXPECT_NE(fingerprint(zeros), fingerprint(negative));
+  // Parts with continued positions sum to the whole.
+  const std::span<const float> s{a};
+  EXPECT_EQ(fingerprint(s.first(300)) + fingerprint(s.subspan(300), 300), h);
+  EXPECT_EQ(fingerprint(std::span<const float>{}), 0u);
+}
 
 TEST(GptConfig, NamesTheBadField) {
   gpt_config c = kSmall;

@@ -86,7 +86,5 @@ private:
   std::thread worker_;
 };
 
-/// FNV-1a 64 over the bytes of `data`, continuing from `seed`.
-std::uint64_t fnv1a(std::span<const float> data, std::uint64_t seed = 14695981039346656037ull) noexcept;
 
 }  // namespace flexsp::actors

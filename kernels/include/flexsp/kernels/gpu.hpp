@@ -231,6 +231,9 @@ public:
                                       std::int64_t step, const adamw_params& p) = 0;
   /// Sum of squares in double (waits): the squared L2 norm for gradient clipping.
   virtual expected<double> sum_squares(const float* x, std::int64_t count) = 0;
+  /// kernels::fingerprint of x[0, count) at positions first_position... (waits): the same value
+  /// as on the host, computed without copying the data off the GPU.
+  virtual expected<std::uint64_t> fingerprint(const float* x, std::int64_t count, std::uint64_t first_position) = 0;
 
   // ---- attention (launcher convention) ---------------------------------------------------
   virtual expected<void> can_implement(const attention_forward_args& args) const = 0;

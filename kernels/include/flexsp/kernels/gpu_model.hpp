@@ -62,6 +62,9 @@ public:
   std::int64_t steps() const noexcept;
   void set_steps(std::int64_t steps) noexcept;
 
+  /// kernels::fingerprint of parameters, first and second moments as one sequence, computed on
+  /// the GPU: equal to the same fingerprint of a host replica holding the same bits.
+  expected<std::uint64_t> fingerprint() const;
   /// Copies parameters / gradients / moments to the host ([parameter_count] floats each);
   /// errc::invalid_argument for another size.
   expected<void> download_params(std::span<float> out) const;

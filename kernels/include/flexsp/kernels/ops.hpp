@@ -122,4 +122,12 @@ double l2_norm(std::span<const float> values);
 /// max_norm <= 0). Returns the norm before clipping.
 double clip_grad_norm(std::span<float> grads, double max_norm);
 
+/// Bit-exact fingerprint of `data` as elements `first_position`, first_position + 1, ... of a
+/// longer sequence: the sum mod 2^64 of one splitmix64-mixed term per element (its bits salted
+/// with its position). The fingerprint of a concatenation is the sum of its parts' (continue the
+/// positions), and the sum can be formed in any order, so a GPU computes the same value in
+/// parallel (gpu::device::fingerprint). Changing any one element always changes it. Used to
+/// check that replicas are bitwise equal without moving their state.
+std::uint64_t fingerprint(std::span<const float> data, std::uint64_t first_position = 0) noexcept;
+
 }  // namespace flexsp::kernels
