@@ -534,7 +534,10 @@ struct scheduler_actor::runner {
     bool need_sync = false;
     for (const auto& [_, d] : devices) need_sync = need_sync || !d.synced;
     if (!need_sync || calibrate_only) h.sync_source = -1;
-    if (need_sync && h.sync_source < 0) throw job_end{job_state::failed, "every device holding the model state was lost"};
+    if (need_sync && h.sync_source < 0) {
+      if (calibrate_only) throw job_end{job_state::failed, "every device holding the model state was lost"};
+      rewind_to_checkpoint();  // throws
+    }
     auto parts = slice_plan(p, w, b, h);
     if (!parts) throw job_end{job_state::failed, "plan slicing: " + parts.error().to_string()};
     tracker.start(step, h.attempt, {w.begin(), w.end()});
