@@ -5,8 +5,9 @@
 #     On a machine with the project's dependencies (no GPU needed): configures a CUDA build in
 #     build-gpu/ (or $FLEXSP_GPU_BUILD_DIR), builds the GPU tests and the GPU benchmark, and makes
 #     a self-contained folder (default gpu-bundle/, < 64 MiB) holding them, every shared library
-#     they load that a bare GPU machine lacks (glibc too, used only when the host's is older),
-#     the PyTorch reference script and this script.
+#     they load that a bare GPU machine lacks (glibc too, used only when the host's is older;
+#     packed as lib.tar.gz, OpenBLAS alone is 36 MB), the PyTorch reference script and this
+#     script.
 #
 #   gpu-bundle/gpu_check.sh run [RESULTS_FILE]      (or scripts/gpu_check.sh run)
 #     On a GPU machine with the CUDA driver and Python + PyTorch but none of the Debian
@@ -73,8 +74,10 @@ build() {
     echo "archs: sm_80 sm_90; cudart linked statically (needs a driver for this CUDA version)"
     echo "runtime libraries taken from the GPU machine: libcuda (driver), libcublas(Lt) 12 or 13, libnccl >= 2.18"
   } > "$bundle/MANIFEST"
-  local size; size=$(du -sb "$bundle" | awk '{ print $1 }')
   ls -la "$bundle/bin" "$bundle/lib"
+  tar -C "$bundle" -czf "$bundle/lib.tar.gz" lib
+  rm -rf "$bundle/lib"
+  local size; size=$(du -sb "$bundle" | awk '{ print $1 }')
   echo "bundle: $bundle, $((size / 1024 / 1024)) MiB ($size bytes)"
   (( size < max_bundle_bytes )) || die "bundle is $size bytes, over the 64 MiB limit"
 }
@@ -120,14 +123,20 @@ run() {
   fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/   GPU: /' | tee -a "$results"
 
-  local libpath="$bundle/lib:$(gpu_library_path)"
+  # The libraries travel packed; unpack them next to the results (or in a temporary folder).
+  local libdir="$bundle/lib"
+  if [[ ! -d "$libdir" ]]; then
+    libdir="$(mktemp -d "${TMPDIR:-/tmp}/flexsp-gpu-lib.XXXXXX")/lib"
+    tar -C "$(dirname "$libdir")" -xzf "$bundle/lib.tar.gz" || die "cannot unpack $bundle/lib.tar.gz"
+  fi
+  local libpath="$libdir:$(gpu_library_path)"
   local launcher=()
   local need have
   need="$(awk '/^glibc:/ { print $2 }' "$bundle/MANIFEST")"
   have="$(ldd --version 2>/dev/null | head -1 | awk '{ print $NF }')"
   if [[ -n "$need" && -n "$have" ]] && version_lt "$have" "$need"; then
     log "   host glibc $have < $need: running through the bundled loader"
-    launcher=("$bundle/lib/glibc/ld-linux-x86-64.so.2" --library-path "$libpath:$bundle/lib/glibc")
+    launcher=("$libdir/glibc/ld-linux-x86-64.so.2" --library-path "$libpath:$libdir/glibc")
   fi
   export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 

@@ -99,20 +99,28 @@ struct attention_shape {
   std::int64_t heads, head_dim;
 };
 
-void bench_attention(gpu::device& dev, const attention_shape& sh, int reps) {
+void bench_attention(gpu::device& dev, const attention_shape& sh, int reps, gpu::dtype type) {
   std::vector<std::int64_t> cu{0};
   for (auto l : sh.lengths) cu.push_back(cu.back() + l);
   const std::int64_t N = cu.back(), H = sh.heads, Dh = sh.head_dim;
   const auto elems = static_cast<std::size_t>(N * H * Dh);
-  auto q = upload(dev, random_vector(elems, 1)), k = upload(dev, random_vector(elems, 2)),
-       v = upload(dev, random_vector(elems, 3)), dout = upload(dev, random_vector(elems, 4));
-  auto out = must(dev.allocate(elems * 4), "out"), lse = must(dev.allocate(static_cast<std::size_t>(N * H) * 4), "lse");
-  auto dq = must(dev.allocate(elems * 4), "dq"), dk = must(dev.allocate(elems * 4), "dk"),
-       dv = must(dev.allocate(elems * 4), "dv");
-  gpu::attention_forward_args fa{cu, H, Dh, q.as<float>(), k.as<float>(), v.as<float>(), out.as<float>(),
-                                 lse.as<float>()};
-  gpu::attention_backward_args ba{cu, H, Dh, q.as<float>(), k.as<float>(), v.as<float>(), out.as<float>(),
-                                  lse.as<float>(), dout.as<float>(), dq.as<float>(), dk.as<float>(), dv.as<float>()};
+  const bool bf16 = type == gpu::dtype::bf16;
+  const std::size_t esz = bf16 ? 2 : 4;
+  // Inputs in the element type: fp32 draws, rounded to bf16 on the device for the bf16 runs.
+  auto input = [&](std::uint64_t seed) {
+    auto f32 = upload(dev, random_vector(elems, seed));
+    if (!bf16) return f32;
+    auto b = must(dev.allocate(elems * 2), "bf16 input");
+    must(dev.to_bf16(f32.as<float>(), b.as<std::uint16_t>(), static_cast<std::int64_t>(elems)), "to_bf16");
+    return b;
+  };
+  auto q = input(1), k = input(2), v = input(3), dout = input(4);
+  auto out = must(dev.allocate(elems * esz), "out"), lse = must(dev.allocate(static_cast<std::size_t>(N * H) * 4), "lse");
+  auto dq = must(dev.allocate(elems * esz), "dq"), dk = must(dev.allocate(elems * esz), "dk"),
+       dv = must(dev.allocate(elems * esz), "dv");
+  gpu::attention_forward_args fa{cu, H, Dh, q.get(), k.get(), v.get(), out.get(), lse.as<float>(), type};
+  gpu::attention_backward_args ba{cu,       H,        Dh,       q.get(),         k.get(), v.get(), out.get(),
+                                  lse.as<float>(), dout.get(), dq.get(), dk.get(), dv.get(), type};
   must(dev.can_implement(fa), "attention forward");
   must(dev.can_implement(ba), "attention backward");
   auto fws = must(dev.allocate(dev.workspace_size(fa)), "workspace");
@@ -121,9 +129,16 @@ void bench_attention(gpu::device& dev, const attention_shape& sh, int reps) {
   const double bwd_ms = median_ms(dev, reps, [&] { return dev.run(ba, bws.get()); });
   const double ff = attention::forward_flops(cu, H, Dh), bf = attention::backward_flops(cu, H, Dh);
 
-  // Check head 0 of every sequence against the CPU kernel.
+  // Check head 0 of every sequence against the CPU kernel (on the same, possibly rounded, inputs).
   auto head0 = [&](const gpu::buffer& b) {
-    const auto all = download(dev, b.get(), elems);
+    std::vector<float> all;
+    if (bf16) {
+      auto f32 = must(dev.allocate(elems * 4), "fp32 copy");
+      must(dev.from_bf16(b.as<std::uint16_t>(), f32.as<float>(), static_cast<std::int64_t>(elems)), "from_bf16");
+      all = download(dev, f32.get(), elems);
+    } else {
+      all = download(dev, b.get(), elems);
+    }
     std::vector<float> h(static_cast<std::size_t>(N * Dh));
     for (std::int64_t t = 0; t < N; ++t)
       std::copy_n(all.begin() + t * H * Dh, Dh, h.begin() + t * Dh);
@@ -138,16 +153,21 @@ void bench_attention(gpu::device& dev, const attention_shape& sh, int reps) {
                                rdq.data(), rdk.data(), rdv.data()};
   ws.resize(static_cast<std::size_t>(attention::workspace_size(cba)));
   attention::run(cba, ws);
-  const int wrong = count_wrong(head0(out), ro, 2e-5f, 1e-4f) + count_wrong(head0(dq), rdq, 1e-4f, 1e-3f) +
-                    count_wrong(head0(dk), rdk, 1e-4f, 1e-3f) + count_wrong(head0(dv), rdv, 1e-4f, 1e-3f);
+  // bf16 stores round to 2^-8 relative; gradients also see the rounded O in delta.
+  const float out_atol = bf16 ? 1e-2f : 2e-5f, out_rtol = bf16 ? 8e-3f : 1e-4f;
+  const float grad_atol = bf16 ? 3e-2f : 1e-4f, grad_rtol = bf16 ? 3e-2f : 1e-3f;
+  const int wrong = count_wrong(head0(out), ro, out_atol, out_rtol) + count_wrong(head0(dq), rdq, grad_atol, grad_rtol) +
+                    count_wrong(head0(dk), rdk, grad_atol, grad_rtol) + count_wrong(head0(dv), rdv, grad_atol, grad_rtol);
   g_wrong += wrong;
-  std::printf("attention %-14s %3zu seqs %6lld tokens H=%lld Dh=%lld | fwd %8.3f ms %6.2f TFLOP/s | bwd %8.3f ms %6.2f "
-              "TFLOP/s | #wrong %d\n",
-              sh.name, sh.lengths.size(), static_cast<long long>(N), static_cast<long long>(H),
+  const char* dt = bf16 ? "bf16" : "f32";
+  std::printf("attention %-14s %-4s %3zu seqs %6lld tokens H=%lld Dh=%lld | fwd %8.3f ms %6.2f TFLOP/s | bwd %8.3f ms "
+              "%6.2f TFLOP/s | #wrong %d\n",
+              sh.name, dt, sh.lengths.size(), static_cast<long long>(N), static_cast<long long>(H),
               static_cast<long long>(Dh), fwd_ms, ff / fwd_ms / 1e9, bwd_ms, bf / bwd_ms / 1e9, wrong);
   g_json << "{\"kind\":\"attention\",\"name\":\"" << sh.name << "\",\"lengths\":[" << join(sh.lengths)
          << "],\"heads\":" << H << ",\"head_dim\":" << Dh << ",\"fwd_ms\":" << fwd_ms << ",\"bwd_ms\":" << bwd_ms
-         << ",\"fwd_flops\":" << ff << ",\"bwd_flops\":" << bf << ",\"dtype\":\"f32\",\"wrong\":" << wrong << "}\n";
+         << ",\"fwd_flops\":" << ff << ",\"bwd_flops\":" << bf << ",\"dtype\":\"" << dt << "\",\"wrong\":" << wrong
+         << "}\n";
 }
 
 // ---- GEMM ------------------------------------------------------------------------------
@@ -282,7 +302,8 @@ int main(int argc, char** argv) {
       {"single-16k", {16384}, 16, 64},
       {"short-512x64", std::vector<std::int64_t>(64, 512), 16, 64},
   };
-  for (const auto& s : shapes) bench_attention(**dev, s, reps);
+  for (const auto type : {gpu::dtype::f32, gpu::dtype::bf16})
+    for (const auto& s : shapes) bench_attention(**dev, s, reps, type);
 
   const std::vector<gemm_shape> gemms{
       {"qkv 16k x 1024", 16384, 3072, 1024},

@@ -2,6 +2,7 @@
 // sizes. Label `gpu`; each test skips (with the reason) when the build or machine has no GPU.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -350,6 +351,86 @@ TEST_F(GpuKernels, VarlenCausalAttentionForwardAndBackwardMatchTheCpu) {
     EXPECT_TRUE(all_close(download(gdq, dq.size()), dq, 1e-4f, 1e-3f)) << where;
     EXPECT_TRUE(all_close(download(gdk, dk.size()), dk, 1e-4f, 1e-3f)) << where;
     EXPECT_TRUE(all_close(download(gdv, dv.size()), dv, 1e-4f, 1e-3f)) << where;
+  }
+}
+
+// Host bf16 (round to nearest even) and back, for the reference of the bf16 kernels.
+std::vector<std::uint16_t> to_bf16_host(const std::vector<float>& x) {
+  std::vector<std::uint16_t> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &x[i], 4);
+    out[i] = static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  }
+  return out;
+}
+std::vector<float> from_bf16_host(const std::vector<std::uint16_t>& x) {
+  std::vector<float> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const std::uint32_t bits = static_cast<std::uint32_t>(x[i]) << 16;
+    std::memcpy(&out[i], &bits, 4);
+  }
+  return out;
+}
+// Largest |got - want| over the largest |want|.
+double rel_to_max(const std::vector<float>& got, const std::vector<float>& want) {
+  double diff = 0, scale = 1e-30;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::abs(got[i] - want[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(want[i])));
+  }
+  return diff / scale;
+}
+
+TEST_F(GpuKernels, Bf16AttentionMatchesTheCpuOnTheSameRoundedInputs) {
+  const std::vector<attention_case> cases{
+      {{1, 17, 64, 65, 0, 130, 7}, 3, 32},
+      {{33, 97}, 2, 24},
+      {{129, 1}, 2, 128},
+  };
+  for (const auto& tc : cases) {
+    const auto cu = prefix_sums(tc.lengths);
+    const std::int64_t N = cu.back(), H = tc.heads, Dh = tc.head_dim;
+    const std::size_t E = static_cast<std::size_t>(N * H * Dh);
+    const auto qb = to_bf16_host(random_vector(E, 95)), kb = to_bf16_host(random_vector(E, 96)),
+               vb = to_bf16_host(random_vector(E, 97)), gb = to_bf16_host(random_vector(E, 98));
+    const auto q = from_bf16_host(qb), k = from_bf16_host(kb), v = from_bf16_host(vb), dout = from_bf16_host(gb);
+    std::vector<float> out(E), lse(N * H), dq(E), dk(E), dv(E);
+    attention::forward_args fa{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data()};
+    std::vector<float> ws(attention::workspace_size(fa));
+    attention::run(fa, ws);
+    attention::backward_args ba{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(),
+                                dq.data(), dk.data(), dv.data()};
+    std::vector<float> bws(attention::workspace_size(ba));
+    attention::run(ba, bws);
+
+    auto* gq = upload(qb);
+    auto* gk = upload(kb);
+    auto* gv = upload(vb);
+    auto* gout = upload(std::vector<std::uint16_t>(E));
+    auto* glse = upload(std::vector<float>(lse.size()));
+    auto* gdq = upload(std::vector<std::uint16_t>(E, 0x4000));  // overwritten, whatever it held
+    auto* gdk = upload(std::vector<std::uint16_t>(E, 0x4000));
+    auto* gdv = upload(std::vector<std::uint16_t>(E, 0x4000));
+    gpu::attention_forward_args gfa{cu, H, Dh, gq, gk, gv, gout, glse, gpu::dtype::bf16};
+    ASSERT_OK(dev_->can_implement(gfa));
+    auto fws = dev_->allocate(dev_->workspace_size(gfa));
+    ASSERT_TRUE(fws);
+    ASSERT_OK(dev_->run(gfa, fws->get()));
+    gpu::attention_backward_args gba{cu,          H,   Dh,  gq,  gk,  gv, gout, glse, upload(gb), gdq, gdk, gdv,
+                                     gpu::dtype::bf16};
+    ASSERT_OK(dev_->can_implement(gba));
+    auto bws_dev = dev_->allocate(dev_->workspace_size(gba));
+    ASSERT_TRUE(bws_dev);
+    ASSERT_OK(dev_->run(gba, bws_dev->get()));
+    const std::string where = "heads " + std::to_string(H) + " head_dim " + std::to_string(Dh);
+    // Outputs are rounded to bf16 (relative step 2^-8); lse stays fp32.
+    EXPECT_TRUE(all_close(from_bf16_host(download(gout, E)), out, 1e-2f, 8e-3f)) << where;
+    EXPECT_TRUE(all_close(download(glse, lse.size()), lse, 2e-5f, 1e-5f)) << where;
+    // Gradients: bf16 rounding of the stored results and of O inside delta = rowsum(O * dO).
+    EXPECT_LT(rel_to_max(from_bf16_host(download(gdq, E)), dq), 2e-2) << where;
+    EXPECT_LT(rel_to_max(from_bf16_host(download(gdk, E)), dk), 2e-2) << where;
+    EXPECT_LT(rel_to_max(from_bf16_host(download(gdv, E)), dv), 1e-2) << where;
   }
 }
 

@@ -1,6 +1,8 @@
-// Causal attention over packed variable-length sequences, fp32, flash-attention style: each
-// block owns one tile of rows, streams the tiles of the other operand through shared memory and
-// never materialises an L x L matrix. Same results as the CPU kernel in attention.cpp.
+// Causal attention over packed variable-length sequences, flash-attention style: each block
+// owns one tile of rows, streams the tiles of the other operand through shared memory and never
+// materialises an L x L matrix. Same results as the CPU kernel in attention.cpp. Q, K, V, O and
+// their gradients are fp32 or bf16 (element type T); tiles, scores and accumulators are fp32,
+// and so are lse, delta and the dQ accumulator.
 //
 // Thread layout: 256 threads as 16 x 16 (ty, tx). A thread owns rows ty + 16*i (i < R) of its
 // block's tile and, for the [tile, head_dim] accumulators, columns tx + 16*j (j < 8), so
@@ -8,6 +10,7 @@
 // sit in one half-warp, so row reductions are four shuffles.
 #include <cstdint>
 
+#include "element.cuh"
 #include "launch.hpp"
 
 namespace flexsp::kernels::cuda {
@@ -26,18 +29,19 @@ __device__ __forceinline__ float half_warp_sum(float v) {
 
 // Copies rows [row0, row0 + rows) of one head into a padded shared tile of `tile` rows; rows
 // past the sequence are zero.
-__device__ __forceinline__ void load_tile(float* dst, const float* __restrict__ src, std::int64_t first_token,
+template <class T>
+__device__ __forceinline__ void load_tile(float* dst, const T* __restrict__ src, std::int64_t first_token,
                                           int rows, int tile, std::int64_t ld, int head_offset, int dh) {
   const int dp = dh + 1;
   for (int idx = threadIdx.x; idx < tile * dh; idx += blockDim.x) {
     const int r = idx / dh, e = idx - r * dh;
-    dst[r * dp + e] = r < rows ? src[(first_token + r) * ld + head_offset + e] : 0.0f;
+    dst[r * dp + e] = r < rows ? load_f32(src[(first_token + r) * ld + head_offset + e]) : 0.0f;
   }
 }
 
-template <int R>
+template <int R, class Elem>
 __global__ void __launch_bounds__(256) attention_forward_kernel(
-    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ out,
+    const Elem* __restrict__ q, const Elem* __restrict__ k, const Elem* __restrict__ v, Elem* __restrict__ out,
     float* __restrict__ lse, const std::int64_t* __restrict__ cu_seqlens, const std::int32_t* __restrict__ items,
     int heads, int dh, float scale) {
   constexpr int T = 16 * R;
@@ -141,30 +145,31 @@ __global__ void __launch_bounds__(256) attention_forward_kernel(
 #pragma unroll
     for (int j = 0; j < kCols; ++j) {
       const int e = tx + 16 * j;
-      if (e < dh) out[t * ld + h * dh + e] = acc[i][j] * inv;
+      if (e < dh) out[t * ld + h * dh + e] = store_as<Elem>(acc[i][j] * inv);
     }
     if (tx == 0) lse[t * heads + h] = row_max[i] + logf(row_sum[i]);
   }
 }
 
-__global__ void row_dot_kernel(const float* __restrict__ out, const float* __restrict__ dout,
-                               float* __restrict__ delta, std::int64_t rows, int dh) {
+template <class T>
+__global__ void row_dot_kernel(const T* __restrict__ out, const T* __restrict__ dout, float* __restrict__ delta,
+                               std::int64_t rows, int dh) {
   const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
   float s = 0.0f;
-  for (int e = lane; e < dh; e += 32) s += out[row * dh + e] * dout[row * dh + e];
+  for (int e = lane; e < dh; e += 32) s += load_f32(out[row * dh + e]) * load_f32(dout[row * dh + e]);
   for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
   if (lane == 0) delta[row] = s;
 }
 
 // One block per (key tile, head): dK and dV of the tile stay in registers while the query
 // tiles at or after it stream through; dQ is accumulated in global memory with atomics.
-template <int R>
+template <int R, class Elem>
 __global__ void __launch_bounds__(256) attention_backward_kernel(
-    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-    const float* __restrict__ lse, const float* __restrict__ delta, const float* __restrict__ dout,
-    float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv, const std::int64_t* __restrict__ cu_seqlens,
+    const Elem* __restrict__ q, const Elem* __restrict__ k, const Elem* __restrict__ v,
+    const float* __restrict__ lse, const float* __restrict__ delta, const Elem* __restrict__ dout,
+    float* __restrict__ dq, Elem* __restrict__ dk, Elem* __restrict__ dv, const std::int64_t* __restrict__ cu_seqlens,
     const std::int32_t* __restrict__ items, int heads, int dh, float scale) {
   constexpr int T = 16 * R;
   extern __shared__ float smem[];
@@ -297,8 +302,8 @@ __global__ void __launch_bounds__(256) attention_backward_kernel(
     for (int j = 0; j < kCols; ++j) {
       const int e = tx + 16 * j;
       if (e < dh) {
-        dk[t * ld + h * dh + e] = scale * dk_acc[i][j];
-        dv[t * ld + h * dh + e] = dv_acc[i][j];
+        dk[t * ld + h * dh + e] = store_as<Elem>(scale * dk_acc[i][j]);
+        dv[t * ld + h * dh + e] = store_as<Elem>(dv_acc[i][j]);
       }
     }
   }
@@ -321,12 +326,14 @@ std::size_t attention_backward_smem(int head_dim) {
   return sizeof(float) * (4 * T * static_cast<std::size_t>(head_dim + 1) + 2 * T * (T + 1) + 2 * T);
 }
 
-cudaError_t launch_attention_forward(const float* q, const float* k, const float* v, float* out, float* lse,
-                                     const std::int64_t* cu_seqlens, const std::int32_t* items, int item_count,
-                                     int heads, int head_dim, cudaStream_t stream) {
+namespace {
+
+template <class T>
+cudaError_t attention_forward(const T* q, const T* k, const T* v, T* out, float* lse, const std::int64_t* cu_seqlens,
+                              const std::int32_t* items, int item_count, int heads, int head_dim, cudaStream_t stream) {
   if (item_count == 0 || heads == 0) return cudaSuccess;
   const auto smem = attention_forward_smem(head_dim);
-  auto kernel = attention_forward_kernel<kForwardR>;
+  auto kernel = attention_forward_kernel<kForwardR, T>;
   if (const auto rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       rc != cudaSuccess)
     return rc;
@@ -336,21 +343,22 @@ cudaError_t launch_attention_forward(const float* q, const float* k, const float
   return cudaGetLastError();
 }
 
-cudaError_t launch_attention_row_dot(const float* out, const float* dout, float* delta, std::int64_t tokens, int heads,
-                                     int head_dim, cudaStream_t stream) {
+template <class T>
+cudaError_t attention_row_dot(const T* out, const T* dout, float* delta, std::int64_t tokens, int heads, int head_dim,
+                              cudaStream_t stream) {
   const std::int64_t rows = tokens * heads;
   if (rows == 0) return cudaSuccess;
-  row_dot_kernel<<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(out, dout, delta, rows, head_dim);
+  row_dot_kernel<T><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(out, dout, delta, rows, head_dim);
   return cudaGetLastError();
 }
 
-cudaError_t launch_attention_backward(const float* q, const float* k, const float* v, const float* lse,
-                                      const float* delta, const float* dout, float* dq, float* dk, float* dv,
-                                      const std::int64_t* cu_seqlens, const std::int32_t* items, int item_count,
-                                      int heads, int head_dim, cudaStream_t stream) {
+template <class T>
+cudaError_t attention_backward(const T* q, const T* k, const T* v, const float* lse, const float* delta,
+                               const T* dout, float* dq, T* dk, T* dv, const std::int64_t* cu_seqlens,
+                               const std::int32_t* items, int item_count, int heads, int head_dim, cudaStream_t stream) {
   if (item_count == 0 || heads == 0) return cudaSuccess;
   const auto smem = attention_backward_smem(head_dim);
-  auto kernel = attention_backward_kernel<kBackwardR>;
+  auto kernel = attention_backward_kernel<kBackwardR, T>;
   if (const auto rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       rc != cudaSuccess)
     return rc;
@@ -358,6 +366,45 @@ cudaError_t launch_attention_backward(const float* q, const float* k, const floa
   kernel<<<dim3(static_cast<unsigned>(item_count), static_cast<unsigned>(heads)), 256, smem, stream>>>(
       q, k, v, lse, delta, dout, dq, dk, dv, cu_seqlens, items, heads, head_dim, scale);
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_attention_forward(const float* q, const float* k, const float* v, float* out, float* lse,
+                                     const std::int64_t* cu_seqlens, const std::int32_t* items, int item_count,
+                                     int heads, int head_dim, cudaStream_t stream) {
+  return attention_forward(q, k, v, out, lse, cu_seqlens, items, item_count, heads, head_dim, stream);
+}
+cudaError_t launch_attention_forward(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
+                                     std::uint16_t* out, float* lse, const std::int64_t* cu_seqlens,
+                                     const std::int32_t* items, int item_count, int heads, int head_dim,
+                                     cudaStream_t stream) {
+  return attention_forward(q, k, v, out, lse, cu_seqlens, items, item_count, heads, head_dim, stream);
+}
+
+cudaError_t launch_attention_row_dot(const float* out, const float* dout, float* delta, std::int64_t tokens, int heads,
+                                     int head_dim, cudaStream_t stream) {
+  return attention_row_dot(out, dout, delta, tokens, heads, head_dim, stream);
+}
+cudaError_t launch_attention_row_dot(const std::uint16_t* out, const std::uint16_t* dout, float* delta,
+                                     std::int64_t tokens, int heads, int head_dim, cudaStream_t stream) {
+  return attention_row_dot(out, dout, delta, tokens, heads, head_dim, stream);
+}
+
+cudaError_t launch_attention_backward(const float* q, const float* k, const float* v, const float* lse,
+                                      const float* delta, const float* dout, float* dq, float* dk, float* dv,
+                                      const std::int64_t* cu_seqlens, const std::int32_t* items, int item_count,
+                                      int heads, int head_dim, cudaStream_t stream) {
+  return attention_backward(q, k, v, lse, delta, dout, dq, dk, dv, cu_seqlens, items, item_count, heads, head_dim,
+                            stream);
+}
+cudaError_t launch_attention_backward(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
+                                      const float* lse, const float* delta, const std::uint16_t* dout, float* dq,
+                                      std::uint16_t* dk, std::uint16_t* dv, const std::int64_t* cu_seqlens,
+                                      const std::int32_t* items, int item_count, int heads, int head_dim,
+                                      cudaStream_t stream) {
+  return attention_backward(q, k, v, lse, delta, dout, dq, dk, dv, cu_seqlens, items, item_count, heads, head_dim,
+                            stream);
 }
 
 }  // namespace flexsp::kernels::cuda

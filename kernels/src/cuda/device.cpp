@@ -44,6 +44,9 @@ expected<void> check_attention_common(const Args& a, std::string_view op) {
       return make_error(errc::invalid_argument, "{}: sequence {} has {} tokens (at most {})", op, i - 1,
                         a.cu_seqlens[i] - a.cu_seqlens[i - 1], INT32_MAX / 2);
   }
+  if (a.type != gpu::dtype::f32 && a.type != gpu::dtype::bf16)
+    return make_error(errc::invalid_argument, "{}: element type {} is neither f32 nor bf16", op,
+                      static_cast<int>(a.type));
   if (a.heads < 0 || a.heads > 65535)
     return make_error(errc::invalid_argument, "{}: heads = {} (0..65535)", op, a.heads);
   if (a.head_dim <= 0 || a.head_dim > gpu::kMaxAttentionHeadDim)
@@ -458,9 +461,11 @@ public:
   }
   std::size_t workspace_size(const gpu::attention_backward_args& a) const override {
     const auto tokens = a.cu_seqlens.empty() ? 0 : sz(a.cu_seqlens.back());
+    const auto rows = tokens * sz(std::max<std::int64_t>(a.heads, 0));
     return align256(a.cu_seqlens.size() * sizeof(std::int64_t)) +
            align256(2 * tile_count(a.cu_seqlens, kAttentionBackwardTile) * sizeof(std::int32_t)) +
-           align256(tokens * sz(std::max<std::int64_t>(a.heads, 0)) * sizeof(float));
+           align256(rows * sizeof(float)) +
+           (a.type == gpu::dtype::bf16 ? align256(rows * sz(std::max<std::int64_t>(a.head_dim, 0)) * sizeof(float)) : 0);
   }
 
   expected<void> run(const gpu::attention_forward_args& a, void* workspace) override {
@@ -475,9 +480,18 @@ public:
                                                   align256(a.cu_seqlens.size() * sizeof(std::int64_t)));
     FLEXSP_TRY(upload(cu, a.cu_seqlens.data(), a.cu_seqlens.size_bytes()));
     FLEXSP_TRY(upload(items, schedule.data(), schedule.size() * sizeof(std::int32_t)));
-    FLEXSP_CUDA_CHECK(launch_attention_forward(a.q, a.k, a.v, a.out, a.lse, cu, items,
-                                               static_cast<int>(schedule.size() / 2), static_cast<int>(a.heads),
-                                               static_cast<int>(a.head_dim), stream_.get()));
+    const int count = static_cast<int>(schedule.size() / 2), heads = static_cast<int>(a.heads),
+              dh = static_cast<int>(a.head_dim);
+    if (a.type == gpu::dtype::bf16) {
+      using bf = std::uint16_t;
+      FLEXSP_CUDA_CHECK(launch_attention_forward(static_cast<const bf*>(a.q), static_cast<const bf*>(a.k),
+                                                 static_cast<const bf*>(a.v), static_cast<bf*>(a.out), a.lse, cu,
+                                                 items, count, heads, dh, stream_.get()));
+    } else {
+      FLEXSP_CUDA_CHECK(launch_attention_forward(static_cast<const float*>(a.q), static_cast<const float*>(a.k),
+                                                 static_cast<const float*>(a.v), static_cast<float*>(a.out), a.lse,
+                                                 cu, items, count, heads, dh, stream_.get()));
+    }
     return {};
   }
 
@@ -494,15 +508,34 @@ public:
     auto* items = reinterpret_cast<std::int32_t*>(base);
     base += align256(schedule.size() * sizeof(std::int32_t));
     auto* delta = reinterpret_cast<float*>(base);
+    base += align256(sz(tokens * a.heads) * sizeof(float));
     FLEXSP_TRY(upload(cu, a.cu_seqlens.data(), a.cu_seqlens.size_bytes()));
     FLEXSP_TRY(upload(items, schedule.data(), schedule.size() * sizeof(std::int32_t)));
     const auto elems = sz(tokens * a.heads * a.head_dim);
+    const int count = static_cast<int>(schedule.size() / 2), heads = static_cast<int>(a.heads),
+              dh = static_cast<int>(a.head_dim);
+    if (a.type == gpu::dtype::bf16) {
+      // dQ accumulates in fp32 (atomics) in the workspace, then is rounded into a.dq.
+      using bf = std::uint16_t;
+      auto* dq32 = reinterpret_cast<float*>(base);
+      FLEXSP_CUDA_CHECK(::cudaMemsetAsync(dq32, 0, elems * sizeof(float), stream_.get()));
+      FLEXSP_CUDA_CHECK(launch_attention_row_dot(static_cast<const bf*>(a.out), static_cast<const bf*>(a.dout), delta,
+                                                 tokens, heads, dh, stream_.get()));
+      FLEXSP_CUDA_CHECK(launch_attention_backward(static_cast<const bf*>(a.q), static_cast<const bf*>(a.k),
+                                                  static_cast<const bf*>(a.v), a.lse, delta,
+                                                  static_cast<const bf*>(a.dout), dq32, static_cast<bf*>(a.dk),
+                                                  static_cast<bf*>(a.dv), cu, items, count, heads, dh, stream_.get()));
+      FLEXSP_CUDA_CHECK(launch_to_bf16(dq32, static_cast<bf*>(a.dq), elems, stream_.get()));
+      return {};
+    }
     FLEXSP_CUDA_CHECK(::cudaMemsetAsync(a.dq, 0, elems * sizeof(float), stream_.get()));
-    FLEXSP_CUDA_CHECK(launch_attention_row_dot(a.out, a.dout, delta, tokens, static_cast<int>(a.heads),
-                                               static_cast<int>(a.head_dim), stream_.get()));
-    FLEXSP_CUDA_CHECK(launch_attention_backward(a.q, a.k, a.v, a.lse, delta, a.dout, a.dq, a.dk, a.dv, cu, items,
-                                                static_cast<int>(schedule.size() / 2), static_cast<int>(a.heads),
-                                                static_cast<int>(a.head_dim), stream_.get()));
+    FLEXSP_CUDA_CHECK(launch_attention_row_dot(static_cast<const float*>(a.out), static_cast<const float*>(a.dout),
+                                               delta, tokens, heads, dh, stream_.get()));
+    FLEXSP_CUDA_CHECK(launch_attention_backward(static_cast<const float*>(a.q), static_cast<const float*>(a.k),
+                                                static_cast<const float*>(a.v), a.lse, delta,
+                                                static_cast<const float*>(a.dout), static_cast<float*>(a.dq),
+                                                static_cast<float*>(a.dk), static_cast<float*>(a.dv), cu, items, count,
+                                                heads, dh, stream_.get()));
     return {};
   }
 

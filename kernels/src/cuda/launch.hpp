@@ -92,4 +92,18 @@ cudaError_t launch_attention_backward(const float* q, const float* k, const floa
                                       const std::int64_t* cu_seqlens, const std::int32_t* items, int item_count,
                                       int heads, int head_dim, cudaStream_t stream);
 
+// The same three on bf16 Q, K, V, O, dO, dK, dV (std::uint16_t bits; fp32 arithmetic inside).
+// lse and delta stay fp32, and dq is an fp32 accumulator (zero on entry) the caller rounds.
+cudaError_t launch_attention_forward(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
+                                     std::uint16_t* out, float* lse, const std::int64_t* cu_seqlens,
+                                     const std::int32_t* items, int item_count, int heads, int head_dim,
+                                     cudaStream_t stream);
+cudaError_t launch_attention_row_dot(const std::uint16_t* out, const std::uint16_t* dout, float* delta,
+                                     std::int64_t tokens, int heads, int head_dim, cudaStream_t stream);
+cudaError_t launch_attention_backward(const std::uint16_t* q, const std::uint16_t* k, const std::uint16_t* v,
+                                      const float* lse, const float* delta, const std::uint16_t* dout, float* dq,
+                                      std::uint16_t* dk, std::uint16_t* dv, const std::int64_t* cu_seqlens,
+                                      const std::int32_t* items, int item_count, int heads, int head_dim,
+                                      cudaStream_t stream);
+
 }  // namespace flexsp::kernels::cuda

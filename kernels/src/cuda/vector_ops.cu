@@ -4,6 +4,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "element.cuh"
 #include "fingerprint_mix.hpp"
 #include "launch.hpp"
 
@@ -281,18 +282,10 @@ __global__ void fingerprint_kernel(const float* __restrict__ x, std::size_t n, s
 }
 
 __global__ void to_bf16_kernel(const float* __restrict__ x, std::uint16_t* __restrict__ y, std::size_t n) {
-  FLEXSP_GRID_STRIDE(i, n) {
-    const std::uint32_t bits = __float_as_uint(x[i]);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) {
-      y[i] = static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // quiet NaN
-    } else {
-      const std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);  // to nearest, ties to even
-      y[i] = static_cast<std::uint16_t>((bits + rounding) >> 16);
-    }
-  }
+  FLEXSP_GRID_STRIDE(i, n) y[i] = round_to_bf16(x[i]);
 }
 __global__ void from_bf16_kernel(const std::uint16_t* __restrict__ x, float* __restrict__ y, std::size_t n) {
-  FLEXSP_GRID_STRIDE(i, n) y[i] = __uint_as_float(static_cast<std::uint32_t>(x[i]) << 16);
+  FLEXSP_GRID_STRIDE(i, n) y[i] = load_f32(x[i]);
 }
 
 unsigned row_blocks(std::int64_t n) { return static_cast<unsigned>(std::clamp<std::int64_t>(n, 1, 65535)); }

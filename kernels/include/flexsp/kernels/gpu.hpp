@@ -100,33 +100,37 @@ struct gemm_args {
 
 /// Causal attention over packed variable-length sequences, forward. Same layout and results
 /// as attention::forward_args: Q, K, V, O are [tokens, heads, head_dim] (row stride
-/// heads*head_dim), sequence s covers tokens [cu_seqlens[s], cu_seqlens[s+1]). cu_seqlens is a
-/// *host* array; the launcher copies it (and its tile schedule) into the workspace.
+/// heads*head_dim) of element type `type` (f32, or bf16 as std::uint16_t bits), sequence s
+/// covers tokens [cu_seqlens[s], cu_seqlens[s+1]). cu_seqlens is a *host* array; the launcher
+/// copies it (and its tile schedule) into the workspace. Arithmetic is fp32 for either type;
+/// lse is always fp32.
 struct attention_forward_args {
   std::span<const std::int64_t> cu_seqlens;  // [sequences + 1] host
   std::int64_t heads = 0;
   std::int64_t head_dim = 0;  ///< 1..kMaxAttentionHeadDim
-  const float* q = nullptr;   // [tokens, heads, head_dim]
-  const float* k = nullptr;   // [tokens, heads, head_dim]
-  const float* v = nullptr;   // [tokens, heads, head_dim]
-  float* out = nullptr;       // [tokens, heads, head_dim]
+  const void* q = nullptr;    // [tokens, heads, head_dim] of `type`
+  const void* k = nullptr;    // [tokens, heads, head_dim]
+  const void* v = nullptr;    // [tokens, heads, head_dim]
+  void* out = nullptr;        // [tokens, heads, head_dim]
   float* lse = nullptr;       // [tokens, heads]
+  dtype type = dtype::f32;
 };
 
-/// Backward of attention_forward_args: dq, dk, dv overwritten.
+/// Backward of attention_forward_args: dq, dk, dv (element type `type`) overwritten.
 struct attention_backward_args {
   std::span<const std::int64_t> cu_seqlens;  // [sequences + 1] host
   std::int64_t heads = 0;
   std::int64_t head_dim = 0;
-  const float* q = nullptr;
-  const float* k = nullptr;
-  const float* v = nullptr;
-  const float* out = nullptr;   // [tokens, heads, head_dim]
-  const float* lse = nullptr;   // [tokens, heads]
-  const float* dout = nullptr;  // [tokens, heads, head_dim]
-  float* dq = nullptr;          // [tokens, heads, head_dim]
-  float* dk = nullptr;          // [tokens, heads, head_dim]
-  float* dv = nullptr;          // [tokens, heads, head_dim]
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* out = nullptr;   // [tokens, heads, head_dim]
+  const float* lse = nullptr;  // [tokens, heads]
+  const void* dout = nullptr;  // [tokens, heads, head_dim]
+  void* dq = nullptr;          // [tokens, heads, head_dim]
+  void* dk = nullptr;          // [tokens, heads, head_dim]
+  void* dv = nullptr;          // [tokens, heads, head_dim]
+  dtype type = dtype::f32;
 };
 
 /// Largest head_dim the attention kernels take (register tiles are sized for it).
@@ -238,7 +242,8 @@ public:
   // ---- attention (launcher convention) ---------------------------------------------------
   virtual expected<void> can_implement(const attention_forward_args& args) const = 0;
   virtual expected<void> can_implement(const attention_backward_args& args) const = 0;
-  /// Workspace in bytes (device memory): the sequence table and tile schedule.
+  /// Workspace in bytes (device memory): the sequence table and tile schedule (backward: also
+  /// delta, and for bf16 the fp32 dQ accumulator).
   virtual std::size_t workspace_size(const attention_forward_args& args) const = 0;
   virtual std::size_t workspace_size(const attention_backward_args& args) const = 0;
   /// Queues the pass; `workspace` holds at least workspace_size(args) bytes of device memory.
