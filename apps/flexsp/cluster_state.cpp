@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "flexsp/actors/job_client.hpp"
 #include "flexsp/core/check.hpp"
 #include "flexsp/core/net/transport.hpp"
 
@@ -109,6 +110,14 @@ expected<std::string> resolve_address(const std::string& address) {
   if (auto cur = current_cluster()) return (*cur)["address"].get<std::string>();
   return make_error(errc::invalid_argument,
                     "no cluster address: pass --address HOST:PORT, set FLEXSP_ADDRESS, or start a head on this machine");
+}
+
+expected<std::shared_ptr<actors::job_client>> connect_job_client(const std::string& address,
+                                                                 const std::string& secret_file) {
+  FLEXSP_TRY_ASSIGN(const std::string resolved, resolve_address(address));
+  net::transport_config t;
+  FLEXSP_TRY_ASSIGN(t.secret, resolve_secret(secret_file, resolved));
+  return actors::job_client::connect(resolved, t);
 }
 
 }  // namespace flexsp::app

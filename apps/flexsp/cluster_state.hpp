@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,6 +13,10 @@
 #include <nlohmann/json.hpp>
 
 #include "flexsp/core/error.hpp"
+
+namespace flexsp::actors {
+class job_client;
+}
 
 namespace flexsp::app {
 
@@ -35,5 +40,9 @@ expected<std::vector<std::uint8_t>> resolve_secret(const std::string& secret_fil
 
 /// The head address: the flag, FLEXSP_ADDRESS, then the current cluster's.
 expected<std::string> resolve_address(const std::string& address);
+
+/// A job API client of the cluster at `address` (resolved as above) with its secret.
+expected<std::shared_ptr<actors::job_client>> connect_job_client(const std::string& address,
+                                                                 const std::string& secret_file);
 
 }  // namespace flexsp::app

@@ -28,17 +28,17 @@ struct job_flags {
 };
 
 expected<std::shared_ptr<actors::job_client>> connect(const job_flags& f) {
-  FLEXSP_TRY_ASSIGN(const std::string address, resolve_address(f.address));
-  net::transport_config t;
-  FLEXSP_TRY_ASSIGN(t.secret, resolve_secret(f.secret_file, address));
-  return actors::job_client::connect(address, t);
+  return connect_job_client(f.address, f.secret_file);
 }
 
 nlohmann::json info_json(const actors::job_info& i) {
-  return {{"id", i.id},           {"name", i.name},         {"state", i.state},
-          {"steps_done", i.steps_done}, {"steps_total", i.steps_total}, {"devices", i.devices},
-          {"first_loss", i.first_loss}, {"last_loss", i.last_loss},   {"resumed_from", i.resumed_from},
-          {"error", i.error}};
+  nlohmann::json j{{"id", i.id},           {"name", i.name},         {"state", i.state},
+                   {"steps_done", i.steps_done}, {"steps_total", i.steps_total}, {"devices", i.devices},
+                   {"first_loss", i.first_loss}, {"last_loss", i.last_loss},   {"resumed_from", i.resumed_from},
+                   {"error", i.error}};
+  // The profile the job fitted from its own timings (what `flexsp profile` writes).
+  if (!i.calibration.empty()) j["calibration"] = nlohmann::json::parse(i.calibration, nullptr, false);
+  return j;
 }
 
 int fail(const std::string& what, const error& e) {

@@ -12,10 +12,10 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "embedded_setup.hpp"
 #include "flexsp/actors/embedded.hpp"
 #include "flexsp/actors/job_spec.hpp"
 #include "flexsp/core/log.hpp"
-#include "flexsp/kernels/device_backend.hpp"
 
 namespace flexsp::app {
 
@@ -46,42 +46,12 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   // The job's own progress lines say what happens; service logs only when asked for.
   if (cmd.get_parent()->get_option("--log-level")->count() == 0 && std::getenv("FLEXSP_LOG") == nullptr)
     (void)log::configure("warn");
-  const auto backend = kernels::select_device_backend(kernels::backend_request::automatic);
-  const bool cuda_usable = backend && backend->kind == kernels::backend_kind::cuda;
-  auto devs = actors::parse_devices(f.devices, cuda_usable ? backend->gpu_count : 0);
-  if (!devs) {
-    fmt::print(stderr, "flexsp train: --devices: {}{}\n", devs.error().message(),
-               cuda_usable || f.devices.find("cuda") == std::string::npos
-                   ? std::string{}
-                   : fmt::format(" ({})", backend ? backend->reason : backend.error().message()));
+  auto parsed = read_spec_json(f.config);
+  if (!parsed) {
+    fmt::print(stderr, "flexsp train: {}\n", parsed.error().message());
     return 2;
   }
-  const int total = static_cast<int>(devs->size());
-  if (f.nodes < 1 || f.nodes > total || total % f.nodes != 0) {
-    fmt::print(stderr, "flexsp train: --nodes {} must divide the {} devices\n", f.nodes, total);
-    return 2;
-  }
-  std::string kinds;
-  for (const auto& d : *devs)
-    if (kinds.find(d.kind) == std::string::npos) kinds += (kinds.empty() ? "" : "+") + d.kind;
-  nlohmann::json spec_json = nlohmann::json::object();
-  if (!f.config.empty()) {
-    std::ifstream in{f.config};
-    if (!in) {
-      fmt::print(stderr, "flexsp train: --config: cannot read {}\n", f.config);
-      return 2;
-    }
-    try {
-      in >> spec_json;
-    } catch (const nlohmann::json::exception& e) {
-      fmt::print(stderr, "flexsp train: --config {}: not valid JSON: {}\n", f.config, e.what());
-      return 2;
-    }
-    if (!spec_json.is_object()) {
-      fmt::print(stderr, "flexsp train: --config {}: must hold a JSON object\n", f.config);
-      return 2;
-    }
-  }
+  auto spec_json = std::move(*parsed);
   auto set = [&](const char* flag, const char* key, auto value) {
     if (cmd.count(flag) > 0 || !spec_json.contains(key)) spec_json[key] = value;
   };
@@ -108,22 +78,18 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     }
   }
   const auto t0 = std::chrono::steady_clock::now();
+  auto run = start_embedded(f.devices, f.nodes);
+  if (!run) {
+    fmt::print(stderr, "flexsp train: {}\n", run.error().message());
+    return exit_status(run.error());
+  }
+  auto& cluster = run->cluster;
   fmt::print("flexsp train: {} {} devices on {} node(s); GPT {} layers, d_model {}, {} heads, max_seq {}; {} steps of {} "
              "sequences ({}), strategy {}\n",
-             total, kinds, f.nodes, spec->model.layers, spec->model.d_model, spec->model.heads, spec->model.max_seq,
+             run->devices, run->kinds, f.nodes, spec->model.layers, spec->model.d_model, spec->model.heads, spec->model.max_seq,
              spec->steps, spec->batch_size, spec->data_path.empty() ? "synthetic " + spec->synthetic + " lengths" : spec->data_path,
              spec->strategy);
   std::fflush(stdout);
-  auto cluster = actors::embedded_cluster::start(0, 0);
-  for (int n = 0; cluster && n < f.nodes; ++n) {
-    const auto per = static_cast<std::ptrdiff_t>(total / f.nodes);
-    if (auto added = (*cluster)->add_node({devs->begin() + n * per, devs->begin() + (n + 1) * per}); !added)
-      cluster = unexpected<error>{added.error()};
-  }
-  if (!cluster) {
-    fmt::print(stderr, "flexsp train: cannot start the embedded cluster: {}\n", cluster.error().to_string());
-    return 1;
-  }
   std::uint64_t milp_solves = 0;
   double sum_step = 0, sum_solve = 0, sum_overhead = 0, sum_err = 0, sum_pred = 0;
   std::uint64_t tokens = 0, steps = 0, retried = 0;
@@ -154,7 +120,7 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     fmt::print("  [job] {}\n", line);
     std::fflush(stdout);
   };
-  auto job = (*cluster)->jobs().submit(*spec, on_metrics, on_log);
+  auto job = cluster->jobs().submit(*spec, on_metrics, on_log);
   if (!job) {
     fmt::print(stderr, "flexsp train: {}\n", job.error().to_string());
     return 1;

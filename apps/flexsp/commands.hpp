@@ -19,4 +19,7 @@ void add_train_command(CLI::App& root);
 /// `flexsp job submit|status|logs|stop|list`: the job API of a running cluster.
 void add_job_commands(CLI::App& root);
 
+/// `flexsp profile`: cost-model constants measured on real devices, as a planner profile.
+void add_profile_command(CLI::App& root);
+
 }  // namespace flexsp::app

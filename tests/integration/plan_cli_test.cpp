@@ -2,10 +2,12 @@
 #include <array>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace {
 
@@ -99,6 +101,34 @@ TEST(PlanReplayCli, MissingDatasetFailsWithItsName) {
   auto r = flexsp("plan-replay --dataset /nonexistent/data.txt.gz --iterations 1");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_TRUE(contains(r.output, "/nonexistent/data.txt.gz")) << r.output;
+}
+
+TEST(ProfileCli, MeasuresAProfileThatThePlannerReads) {
+  const std::string out = ::testing::TempDir() + "flexsp-profile-" + std::to_string(::getpid()) + ".json";
+  auto r = flexsp("profile --devices cpu:2 --out " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "alpha1")) << r.output;
+  std::ifstream in{out};
+  ASSERT_TRUE(in.good()) << out;
+  const std::string text{std::istreambuf_iterator<char>{in}, {}};
+  EXPECT_TRUE(contains(text, "\"beta1\"")) << text;
+  // The file is a profile `flexsp plan` plans with.
+  auto plan = flexsp("plan --synthetic wikipedia --batch-size 16 --devices 2 --devices-per-node 2 --profile " + out);
+  EXPECT_EQ(plan.exit_code, 0) << plan.output;
+  EXPECT_TRUE(contains(plan.output, "predicted step")) << plan.output;
+  std::remove(out.c_str());
+}
+
+TEST(ProfileCli, BadFlagsFailNamingThem) {
+  auto devices = flexsp("profile --devices gpu:2");
+  EXPECT_EQ(devices.exit_code, 2) << devices.output;
+  EXPECT_TRUE(contains(devices.output, "--devices")) << devices.output;
+  auto config = flexsp("profile --config /nonexistent/job.json");
+  EXPECT_EQ(config.exit_code, 2) << config.output;
+  EXPECT_TRUE(contains(config.output, "/nonexistent/job.json")) << config.output;
+  auto both = flexsp("profile --address 127.0.0.1:1 --devices cpu:2");
+  EXPECT_NE(both.exit_code, 0) << both.output;
+  EXPECT_TRUE(contains(both.output, "--address")) << both.output;
 }
 
 }  // namespace
