@@ -140,42 +140,35 @@ run() {
   fi
   export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-  local status=0 rc
+  local status=0
+  # step TITLE SECONDS COMMAND...: runs one part under its time limit, output into the results.
+  step() {
+    local title="$1" limit="$2" rc; shift 2
+    set +e
+    timeout "$limit" "$@" 2>&1 | tee -a "$results"
+    rc=${PIPESTATUS[0]}
+    set -e
+    (( rc == 0 )) || { log "$title FAILED (exit $rc)"; status=1; }
+  }
   log ""
   log "== GPU tests (every kernel forward and backward against the CPU reference; NCCL one-rank)"
-  set +e
-  timeout 90 "${launcher[@]}" "$bundle/bin/flexsp_kernels_gpu_tests" --gtest_color=no 2>&1 | tee -a "$results"
-  rc=${PIPESTATUS[0]}
-  set -e
-  (( rc == 0 )) || { log "GPU tests FAILED (exit $rc)"; status=1; }
-  # With a GPU present a skipped GPU test means the GPU path is unusable (driver too old for
-  # the bundled runtime, cuBLAS or NCCL not found): that is a failure of the check.
+  step "GPU tests" 90 "${launcher[@]}" "$bundle/bin/flexsp_kernels_gpu_tests" --gtest_color=no
   log ""
   log "== Training on the GPU (a job on cuda:0 through the device actor, against the same job on the CPU)"
-  set +e
-  timeout 60 "${launcher[@]}" "$bundle/bin/flexsp_training_gpu_tests" --gtest_color=no 2>&1 | tee -a "$results"
-  rc=${PIPESTATUS[0]}
-  set -e
-  (( rc == 0 )) || { log "GPU training tests FAILED (exit $rc)"; status=1; }
+  step "GPU training tests" 60 "${launcher[@]}" "$bundle/bin/flexsp_training_gpu_tests" --gtest_color=no
+  # With a GPU present a skipped GPU test means the GPU path is unusable (driver too old for
+  # the bundled runtime, cuBLAS or NCCL not found): that is a failure of the check.
   if grep -q "SKIPPED \]" "$results"; then log "GPU tests SKIPPED on a GPU machine (reasons above)"; status=1; fi
 
   log ""
   log "== GPU benchmark"
-  set +e
-  timeout 220 "${launcher[@]}" "$bundle/bin/flexsp_bench_gpu" --json "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
-  rc=${PIPESTATUS[0]}
-  set -e
-  (( rc == 0 )) || { log "GPU benchmark FAILED (exit $rc)"; status=1; }
+  step "GPU benchmark" 220 "${launcher[@]}" "$bundle/bin/flexsp_bench_gpu" --json "$bundle/gpu_bench.jsonl"
 
   log ""
   log "== PyTorch on the same shapes"
   if [[ -s "$bundle/gpu_bench.jsonl" ]] && command -v python3 >/dev/null; then
-    set +e
     # PyTorch loads its own CUDA libraries; keep ours out of its way.
-    env -u LD_LIBRARY_PATH timeout 90 python3 "$bundle/torch_reference.py" "$bundle/gpu_bench.jsonl" 2>&1 | tee -a "$results"
-    rc=${PIPESTATUS[0]}
-    set -e
-    (( rc == 0 )) || { log "PyTorch reference FAILED (exit $rc)"; status=1; }
+    step "PyTorch reference" 90 env -u LD_LIBRARY_PATH python3 "$bundle/torch_reference.py" "$bundle/gpu_bench.jsonl"
   else
     log "skipped: no benchmark results or no python3"
   fi

@@ -305,6 +305,26 @@ std::vector<std::int64_t> prefix_sums(const std::vector<std::int64_t>& lengths) 
   return cu;
 }
 
+// The CPU kernels' forward and backward: the reference of the GPU attention tests.
+struct attention_reference {
+  std::vector<float> out, lse, dq, dk, dv;
+};
+attention_reference cpu_attention(const std::vector<std::int64_t>& cu, std::int64_t H, std::int64_t Dh,
+                                  const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                  const std::vector<float>& dout) {
+  const auto E = q.size();
+  attention_reference r{std::vector<float>(E), std::vector<float>(static_cast<std::size_t>(cu.back() * H)),
+                        std::vector<float>(E), std::vector<float>(E), std::vector<float>(E)};
+  attention::forward_args fa{cu, H, Dh, q.data(), k.data(), v.data(), r.out.data(), r.lse.data()};
+  std::vector<float> ws(attention::workspace_size(fa));
+  attention::run(fa, ws);
+  attention::backward_args ba{cu, H, Dh, q.data(), k.data(), v.data(), r.out.data(), r.lse.data(), dout.data(),
+                              r.dq.data(), r.dk.data(), r.dv.data()};
+  ws.resize(attention::workspace_size(ba));
+  attention::run(ba, ws);
+  return r;
+}
+
 TEST_F(GpuKernels, VarlenCausalAttentionForwardAndBackwardMatchTheCpu) {
   const std::vector<attention_case> cases{
       {{1, 17, 64, 65, 0, 130, 7, 200}, 3, 32},  // tile edges, an empty sequence, one-token sequence
@@ -318,14 +338,7 @@ TEST_F(GpuKernels, VarlenCausalAttentionForwardAndBackwardMatchTheCpu) {
     const std::int64_t N = cu.back(), H = tc.heads, Dh = tc.head_dim;
     const auto q = random_vector(N * H * Dh, 91), k = random_vector(N * H * Dh, 92), v = random_vector(N * H * Dh, 93);
     const auto dout = random_vector(N * H * Dh, 94);
-    std::vector<float> out(N * H * Dh), lse(N * H), dq(out.size()), dk(out.size()), dv(out.size());
-    attention::forward_args fa{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data()};
-    std::vector<float> ws(attention::workspace_size(fa));
-    attention::run(fa, ws);
-    attention::backward_args ba{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(),
-                                dq.data(), dk.data(), dv.data()};
-    std::vector<float> bws(attention::workspace_size(ba));
-    attention::run(ba, bws);
+    const auto [out, lse, dq, dk, dv] = cpu_attention(cu, H, Dh, q, k, v, dout);
 
     auto* gq = upload(q);
     auto* gk = upload(k);
@@ -395,14 +408,7 @@ TEST_F(GpuKernels, Bf16AttentionMatchesTheCpuOnTheSameRoundedInputs) {
     const auto qb = to_bf16_host(random_vector(E, 95)), kb = to_bf16_host(random_vector(E, 96)),
                vb = to_bf16_host(random_vector(E, 97)), gb = to_bf16_host(random_vector(E, 98));
     const auto q = from_bf16_host(qb), k = from_bf16_host(kb), v = from_bf16_host(vb), dout = from_bf16_host(gb);
-    std::vector<float> out(E), lse(N * H), dq(E), dk(E), dv(E);
-    attention::forward_args fa{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data()};
-    std::vector<float> ws(attention::workspace_size(fa));
-    attention::run(fa, ws);
-    attention::backward_args ba{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(),
-                                dq.data(), dk.data(), dv.data()};
-    std::vector<float> bws(attention::workspace_size(ba));
-    attention::run(ba, bws);
+    const auto [out, lse, dq, dk, dv] = cpu_attention(cu, H, Dh, q, k, v, dout);
 
     auto* gq = upload(qb);
     auto* gk = upload(kb);

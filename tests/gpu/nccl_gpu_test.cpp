@@ -91,28 +91,8 @@ TEST_F(NcclOneRank, RejectsInconsistentCountsWithoutPoisoning) {
   EXPECT_FALSE(comm_->poisoned());
 }
 
-TEST(NcclCache, CachesByEpochAndDeviceSetAndRefusesNonMembers) {
-  auto dev = gpu::open_device(0);
-  if (!dev) GTEST_SKIP() << "no GPU to test on: " << dev.error().to_string();
-  if (const auto s = query_nccl(); !s.available) GTEST_SKIP() << "NCCL unavailable: " << s.reason;
-  memory_store store;
-  nccl_communicator_cache cache{store, 3, 0, nccl_options{}};
-  const std::vector<int> me{3}, others{1, 2};
-  auto a = cache.get(me, 1);
-  ASSERT_TRUE(a) << a.error().to_string();
-  auto again = cache.get(me, 1);
-  ASSERT_TRUE(again);
-  EXPECT_EQ(a->get(), again->get());
-  EXPECT_EQ(cache.get(others, 1).error().kind(), errc::invalid_argument);
-  auto next = cache.get(me, 2);
-  ASSERT_TRUE(next);
-  EXPECT_NE(next->get(), a->get());
-  cache.evict_before(2);
-  EXPECT_EQ(cache.size(), 1u);
-  EXPECT_TRUE((*a)->poisoned());
-  cache.abort_all();
-  EXPECT_EQ(cache.size(), 0u);
-}
+// The cache's bookkeeping (groups of one are local, no GPU needed) is a unit test:
+// tests/unit/kernels/collectives_test.cpp.
 
 TEST(NcclFactory, MakesAGroupOfOneOrSaysWhyItCannot) {
   memory_store store;
