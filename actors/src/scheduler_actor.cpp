@@ -304,6 +304,7 @@ struct scheduler_actor::runner {
     if (devices.empty()) throw job_end{job_state::failed, "no device could load checkpoint " + resume_file};
     for (auto& [_, d] : devices) d.synced = true;
     prepared.reset();
+    comm_world.clear();  // fresh communicators: the rejoined devices start without any
     {
       std::lock_guard lock{self.mutex_};
       self.status_.steps_done = start_step;
