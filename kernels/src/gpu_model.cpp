@@ -14,7 +14,8 @@ enum layer_slot : std::size_t { x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_h, att_h
                                 ln2_rstd, fc, act, kLayerSlots };
 // Buffers of one step that are not per layer.
 enum step_slot : std::size_t { tokens, positions, targets, x, lnf, lnf_mean, lnf_rstd, logits, dlogits, dlnf, dx, dact,
-                               dfc, dln, dtmp, datt, datt_h, dqkv_h, dqkv, attn_fwd_ws, attn_bwd_ws, kStepSlots };
+                               dfc, dln, dtmp, datt, datt_h, dqkv_h, dqkv, attn_fwd_ws, attn_bwd_ws, xsend, xrecv,
+                               kStepSlots };
 }  // namespace
 
 struct gpt_replica::state {
@@ -83,15 +84,23 @@ expected<double> gpt_replica::forward_backward(const local_inputs& in, std::span
 }
 
 namespace {
-// Host round trip of a Ulysses all-to-all: device src -> host -> layout op -> host -> device dst.
-template <class Op>
-expected<void> staged(device& dev, const float* src, std::size_t src_count, float* dst, std::size_t dst_count,
-                      std::vector<float>& host_src, std::vector<float>& host_dst, Op&& op) {
-  host_src.resize(src_count);
-  host_dst.resize(dst_count);
-  FLEXSP_TRY(dev.copy_to_host(host_src.data(), src, src_count * sizeof(float)));
-  FLEXSP_TRY(op(std::span<const float>{host_src}, std::span<float>{host_dst}));
-  return dev.copy_to_device(dst, host_dst.data(), dst_count * sizeof(float));
+// One Ulysses head exchange of device tensors: pack on the GPU, all-to-all-v, unpack on the GPU.
+// A group that takes device buffers (NCCL) exchanges them in place; otherwise (Gloo) only the
+// packed send and receive buffers travel through host memory.
+expected<void> exchange(device& dev, communicator& group, const ulysses_layout::exchange_plan& plan, const float* src,
+                        float* dst, float* send, float* recv, std::vector<float>& host) {
+  FLEXSP_TRY(dev.copy_blocks(send, src, plan.pack));
+  const auto st = sz(plan.send_total), rt = sz(plan.recv_total);
+  if (group.exchanges_device_buffers()) {
+    FLEXSP_TRY(dev.synchronize());  // the collective runs on its own stream
+    FLEXSP_TRY(group.all_to_all_v({send, st}, plan.send_counts, {recv, rt}, plan.recv_counts));
+  } else {
+    host.resize(st + rt);
+    FLEXSP_TRY(dev.copy_to_host(host.data(), send, st * sizeof(float)));
+    FLEXSP_TRY(group.all_to_all_v({host.data(), st}, plan.send_counts, {host.data() + st, rt}, plan.recv_counts));
+    FLEXSP_TRY(dev.copy_to_device(recv, host.data() + st, rt * sizeof(float)));
+  }
+  return dev.copy_blocks(dst, recv, plan.unpack);
 }
 }  // namespace
 
@@ -119,7 +128,24 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
   // A rank without tokens still takes part in every all-to-all of its group.
   const std::size_t nd = sz(n * D);
   const std::size_t Nh = sz(N * hm * Dh);  // one component of the head layout [N, hm, Dh]
-  std::vector<float> host_src, host_dst, scratch;
+  std::vector<float> host;  // packed exchange buffers, when the group needs host memory
+  // The four head exchanges of a layer (forward scatter of Q/K/V and gather of the output,
+  // backward scatter of dO and gather of dQ/dK/dV) and their device buffers.
+  ulysses_layout::exchange_plan qkv_in, att_out, datt_in, dqkv_out;
+  float *send = nullptr, *recv = nullptr;
+  if (!single) {
+    qkv_in = layout.scatter_plan(3, Dh);
+    att_out = layout.gather_plan(1, Dh);
+    datt_in = layout.scatter_plan(1, Dh);
+    dqkv_out = layout.gather_plan(3, Dh);
+    std::int64_t most_send = 0, most_recv = 0;
+    for (const auto* p : {&qkv_in, &att_out, &datt_in, &dqkv_out}) {
+      most_send = std::max(most_send, p->send_total);
+      most_recv = std::max(most_recv, p->recv_total);
+    }
+    FLEXSP_TRY_ASSIGN(send, S.scratch(xsend, sz(most_send)));
+    FLEXSP_TRY_ASSIGN(recv, S.scratch(xrecv, sz(most_recv)));
+  }
 
   FLEXSP_TRY_ASSIGN(auto* tok, S.scratch<std::int32_t>(tokens, sz(n)));
   FLEXSP_TRY_ASSIGN(auto* pos, S.scratch<std::int32_t>(positions, sz(n)));
@@ -171,9 +197,7 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
         FLEXSP_TRY(dev.copy_rows(k.qkv_h + part * n * D, sz(D) * sizeof(float), k.qkv + part * D,
                                  sz(3 * D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
     } else {  // [n, 3, H, Dh] -> [3, N, hm, Dh]
-      FLEXSP_TRY(staged(dev, k.qkv, 3 * nd, k.qkv_h, 3 * Nh, host_src, host_dst, [&](auto src, auto dst) {
-        return layout.scatter_heads(group, src, dst, 3, Dh, scratch);
-      }));
+      FLEXSP_TRY(exchange(dev, group, qkv_in, k.qkv, k.qkv_h, send, recv, host));
     }
     fa.q = k.qkv_h;
     fa.k = k.qkv_h + Nh;
@@ -182,9 +206,7 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     fa.lse = k.lse;
     FLEXSP_TRY(dev.run(fa, fws));
     if (!single)  // [N, hm, Dh] -> [n, H, Dh]
-      FLEXSP_TRY(staged(dev, k.att_h, Nh, k.att, nd, host_src, host_dst, [&](auto src, auto dst) {
-        return layout.gather_heads(group, src, dst, 1, Dh, scratch);
-      }));
+      FLEXSP_TRY(exchange(dev, group, att_out, k.att_h, k.att, send, recv, host));
     FLEXSP_TRY(dev.linear_forward(k.att, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D));
     FLEXSP_TRY(dev.residual_forward(k.x_mid, k.x_in, k.x_mid, static_cast<std::int64_t>(nd)));
     FLEXSP_TRY(dev.layernorm_forward(k.x_mid, S.param(p + 6), S.param(p + 7), k.ln2, k.ln2_mean, k.ln2_rstd, n, D));
@@ -237,9 +259,7 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_mid
     FLEXSP_TRY(dev.linear_backward(dx_p, k.att, S.param(p + 4), datt_p, S.grad(p + 4), S.grad(p + 5), n, D, D));
     if (!single)
-      FLEXSP_TRY(staged(dev, datt_p, nd, datt_h_p, Nh, host_src, host_dst, [&](auto src, auto dst) {
-        return layout.scatter_heads(group, src, dst, 1, Dh, scratch);
-      }));
+      FLEXSP_TRY(exchange(dev, group, datt_in, datt_p, datt_h_p, send, recv, host));
     ba.q = k.qkv_h;
     ba.k = k.qkv_h + Nh;
     ba.v = k.qkv_h + 2 * Nh;
@@ -255,9 +275,7 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
         FLEXSP_TRY(dev.copy_rows(dqkv_p + part * D, sz(3 * D) * sizeof(float), dqkv_h_p + part * n * D,
                                  sz(D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
     } else {  // [3, N, hm, Dh] -> [n, 3, H, Dh]
-      FLEXSP_TRY(staged(dev, dqkv_h_p, 3 * Nh, dqkv_p, 3 * nd, host_src, host_dst, [&](auto src, auto dst) {
-        return layout.gather_heads(group, src, dst, 3, Dh, scratch);
-      }));
+      FLEXSP_TRY(exchange(dev, group, dqkv_out, dqkv_h_p, dqkv_p, send, recv, host));
     }
     FLEXSP_TRY(dev.linear_backward(dqkv_p, k.ln1, S.param(p + 2), dln_p, S.grad(p + 2), S.grad(p + 3), n, D, 3 * D));
     FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_in, S.param(p), k.ln1_mean, k.ln1_rstd, dtmp_p, S.grad(p),

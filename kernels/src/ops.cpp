@@ -240,6 +240,12 @@ double clip_grad_norm(std::span<float> grads, double max_norm) {
   return norm;
 }
 
+void copy_blocks(std::span<const row_block> blocks, const float* src, float* dst) noexcept {
+  for (const auto& b : blocks)
+    for (std::int64_t i = 0; i < b.rows; ++i)
+      std::copy_n(src + b.src_offset + i * b.src_pitch, b.row_len, dst + b.dst_offset + i * b.dst_pitch);
+}
+
 std::uint64_t fingerprint(std::span<const float> data, std::uint64_t first_position) noexcept {
   std::uint64_t sum = 0;
   for (std::size_t i = 0; i < data.size(); ++i) {

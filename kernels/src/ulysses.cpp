@@ -80,87 +80,87 @@ std::vector<std::int64_t> ulysses_layout::local_to_global() const {
   return idx;
 }
 
-// Wire layout of one all-to-all block between a token-holder t and a head-holder h:
-// [tokens of t in t's local order, C, heads of h, head_dim]. Both exchanges use it, in
-// opposite directions.
+ulysses_layout::exchange_plan ulysses_layout::scatter_plan(std::int64_t C, std::int64_t Dh) const {
+  exchange_plan plan;
+  const auto counts = head_exchange_counts(*this, C, Dh);
+  plan.send_counts = counts.tokens_side;
+  plan.recv_counts = counts.heads_side;
+  plan.send_total = counts.tokens_total;
+  plan.recv_total = counts.heads_total;
+  const std::int64_t H = heads_, n_me = local_tokens(), N = total_tokens(), hm = head_share(rank_).size;
+  // Pack: for each head holder r, rows (token, component) of my tokens, r's heads.
+  std::int64_t out = 0;
+  for (int r = 0; r < degree_; ++r) {
+    const auto hs = head_share(r);
+    if (n_me * C > 0 && hs.size > 0)
+      plan.pack.push_back({hs.begin * Dh, out, H * Dh, hs.size * Dh, n_me * C, hs.size * Dh});
+    out += n_me * C * hs.size * Dh;
+  }
+  // Unpack: each token holder r's share of each sequence is a run of consecutive tokens; its
+  // component c lands at [c, token, my heads].
+  std::int64_t in = 0;
+  for (int r = 0; r < degree_; ++r)
+    for (std::size_t s = 0; s < lengths_.size(); ++s) {
+      const auto sh = token_share(s, r);
+      if (sh.size == 0) continue;
+      const std::int64_t g0 = cu_seqlens_[s] + sh.begin;
+      if (hm > 0)
+        for (std::int64_t c = 0; c < C; ++c)
+          plan.unpack.push_back({in + c * hm * Dh, (c * N + g0) * hm * Dh, C * hm * Dh, hm * Dh, sh.size, hm * Dh});
+      in += sh.size * C * hm * Dh;
+    }
+  return plan;
+}
+
+ulysses_layout::exchange_plan ulysses_layout::gather_plan(std::int64_t C, std::int64_t Dh) const {
+  // The exact reverse of scatter_plan: its unpack packs and its pack unpacks.
+  exchange_plan plan = scatter_plan(C, Dh);
+  std::swap(plan.pack, plan.unpack);
+  std::swap(plan.send_counts, plan.recv_counts);
+  std::swap(plan.send_total, plan.recv_total);
+  for (auto* list : {&plan.pack, &plan.unpack})
+    for (auto& b : *list) {
+      std::swap(b.src_offset, b.dst_offset);
+      std::swap(b.src_pitch, b.dst_pitch);
+    }
+  return plan;
+}
+
+namespace {
+
+// Runs one exchange on host buffers: pack, all-to-all-v, unpack.
+expected<void> exchange_on_host(communicator& group, const ulysses_layout::exchange_plan& plan,
+                                std::span<const float> src, std::span<float> dst, std::vector<float>& scratch) {
+  scratch.resize(static_cast<std::size_t>(plan.send_total + plan.recv_total));
+  float* send = scratch.data();
+  float* recv = scratch.data() + plan.send_total;
+  copy_blocks(plan.pack, src.data(), send);
+  FLEXSP_TRY(group.all_to_all_v({send, static_cast<std::size_t>(plan.send_total)}, plan.send_counts,
+                                {recv, static_cast<std::size_t>(plan.recv_total)}, plan.recv_counts));
+  copy_blocks(plan.unpack, recv, dst.data());
+  return {};
+}
+
+}  // namespace
+
 expected<void> ulysses_layout::scatter_heads(communicator& group, std::span<const float> src, std::span<float> dst,
                                              std::int64_t C, std::int64_t Dh, std::vector<float>& scratch) const {
   FLEXSP_EXPECTS(group.size() == degree_ && group.rank() == rank_, "group {}/{} vs layout {}/{}", group.rank(),
                  group.size(), rank_, degree_);
-  const std::int64_t H = heads_, n_me = local_tokens(), N = total_tokens();
-  const auto my_heads = head_share(rank_);
-  FLEXSP_EXPECTS(static_cast<std::int64_t>(src.size()) == n_me * C * H * Dh &&
-                     static_cast<std::int64_t>(dst.size()) == C * N * my_heads.size * Dh,
+  FLEXSP_EXPECTS(static_cast<std::int64_t>(src.size()) == local_tokens() * C * heads_ * Dh &&
+                     static_cast<std::int64_t>(dst.size()) == C * total_tokens() * head_share(rank_).size * Dh,
                  "scatter_heads: src {} dst {}", src.size(), dst.size());
-  const auto counts = head_exchange_counts(*this, C, Dh);
-  const auto& send_counts = counts.tokens_side;
-  const auto& recv_counts = counts.heads_side;
-  const std::int64_t send_total = counts.tokens_total, recv_total = counts.heads_total;
-  scratch.resize(static_cast<std::size_t>(send_total + recv_total));
-  float* send = scratch.data();
-  float* recv = scratch.data() + send_total;
-  float* out = send;
-  for (int r = 0; r < degree_; ++r) {
-    const auto hs = head_share(r);
-    for (std::int64_t t = 0; t < n_me; ++t)
-      for (std::int64_t c = 0; c < C; ++c) {
-        const float* from = src.data() + ((t * C + c) * H + hs.begin) * Dh;
-        out = std::copy(from, from + hs.size * Dh, out);
-      }
-  }
-  FLEXSP_TRY(group.all_to_all_v({send, static_cast<std::size_t>(send_total)}, send_counts,
-                                {recv, static_cast<std::size_t>(recv_total)}, recv_counts));
-  const std::int64_t hm = my_heads.size;
-  const float* in = recv;
-  for (int r = 0; r < degree_; ++r)
-    for_each_local_token(*this, r, [&](std::size_t s, std::int64_t p) {
-      const std::int64_t g = cu_seqlens_[s] + p;
-      for (std::int64_t c = 0; c < C; ++c) {
-        std::copy(in, in + hm * Dh, dst.data() + (c * N + g) * hm * Dh);
-        in += hm * Dh;
-      }
-    });
-  return {};
+  return exchange_on_host(group, scatter_plan(C, Dh), src, dst, scratch);
 }
 
 expected<void> ulysses_layout::gather_heads(communicator& group, std::span<const float> src, std::span<float> dst,
                                             std::int64_t C, std::int64_t Dh, std::vector<float>& scratch) const {
   FLEXSP_EXPECTS(group.size() == degree_ && group.rank() == rank_, "group {}/{} vs layout {}/{}", group.rank(),
                  group.size(), rank_, degree_);
-  const std::int64_t H = heads_, n_me = local_tokens(), N = total_tokens();
-  const auto my_heads = head_share(rank_);
-  const std::int64_t hm = my_heads.size;
-  FLEXSP_EXPECTS(static_cast<std::int64_t>(src.size()) == C * N * hm * Dh &&
-                     static_cast<std::int64_t>(dst.size()) == n_me * C * H * Dh,
+  FLEXSP_EXPECTS(static_cast<std::int64_t>(src.size()) == C * total_tokens() * head_share(rank_).size * Dh &&
+                     static_cast<std::int64_t>(dst.size()) == local_tokens() * C * heads_ * Dh,
                  "gather_heads: src {} dst {}", src.size(), dst.size());
-  const auto counts = head_exchange_counts(*this, C, Dh);
-  const auto& send_counts = counts.heads_side;
-  const auto& recv_counts = counts.tokens_side;
-  const std::int64_t send_total = counts.heads_total, recv_total = counts.tokens_total;
-  scratch.resize(static_cast<std::size_t>(send_total + recv_total));
-  float* send = scratch.data();
-  float* recv = scratch.data() + send_total;
-  float* out = send;
-  for (int r = 0; r < degree_; ++r)
-    for_each_local_token(*this, r, [&](std::size_t s, std::int64_t p) {
-      const std::int64_t g = cu_seqlens_[s] + p;
-      for (std::int64_t c = 0; c < C; ++c) {
-        const float* from = src.data() + (c * N + g) * hm * Dh;
-        out = std::copy(from, from + hm * Dh, out);
-      }
-    });
-  FLEXSP_TRY(group.all_to_all_v({send, static_cast<std::size_t>(send_total)}, send_counts,
-                                {recv, static_cast<std::size_t>(recv_total)}, recv_counts));
-  const float* in = recv;
-  for (int r = 0; r < degree_; ++r) {
-    const auto hs = head_share(r);
-    for (std::int64_t t = 0; t < n_me; ++t)
-      for (std::int64_t c = 0; c < C; ++c) {
-        std::copy(in, in + hs.size * Dh, dst.data() + ((t * C + c) * H + hs.begin) * Dh);
-        in += hs.size * Dh;
-      }
-  }
-  return {};
+  return exchange_on_host(group, gather_plan(C, Dh), src, dst, scratch);
 }
 
 expected<local_inputs> shard_inputs(const ulysses_layout& layout, std::span<const std::vector<std::int32_t>> sequences) {

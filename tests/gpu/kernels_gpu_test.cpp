@@ -276,6 +276,23 @@ TEST_F(GpuKernels, AdamwAndSumOfSquaresMatchTheCpu) {
   EXPECT_NEAR(std::sqrt(*ss), norm, 1e-5 * norm);
 }
 
+TEST_F(GpuKernels, CopyBlocksMatchesTheHostAndChecksItsBlocks) {
+  const auto src = random_vector(10'000, 93);
+  const std::vector<row_block> blocks{{0, 0, 40, 12, 100, 12},   // strided rows into a dense block
+                                      {7, 1200, 1, 1, 1, 3000},  // one long row
+                                      {9000, 5000, 3, 5, 300, 2}, {0, 9999, 0, 0, 0, 0}};  // empty block
+  std::vector<float> want(10'000, 0.0f);
+  copy_blocks(blocks, src.data(), want.data());
+  auto* gs = upload(src);
+  auto* gd = upload(std::vector<float>(10'000, 0.0f));
+  ASSERT_OK(dev_->copy_blocks(gd, gs, blocks));
+  EXPECT_EQ(download(gd, want.size()), want);
+  const std::vector<row_block> negative{{0, 0, 1, 1, -1, 1}}, narrow{{0, 0, 1, 4, 2, 3}};
+  EXPECT_EQ(dev_->copy_blocks(gd, gs, negative).error().kind(), errc::invalid_argument);
+  EXPECT_EQ(dev_->copy_blocks(gd, gs, narrow).error().kind(), errc::invalid_argument);
+  EXPECT_EQ(dev_->copy_blocks(nullptr, gs, blocks).error().kind(), errc::invalid_argument);
+}
+
 TEST_F(GpuKernels, FingerprintEqualsTheHostOneBitForBit) {
   const std::size_t n = 300'001;  // several blocks and a partial one
   auto x = random_vector(n, 91);

@@ -146,6 +146,31 @@ public:
                                           stream_.get()));
     return {};
   }
+  expected<void> copy_blocks(float* dst, const float* src, std::span<const row_block> blocks) override {
+    static_assert(sizeof(row_block) == sizeof(copy_block) && alignof(row_block) == alignof(copy_block));
+    bool any = false;
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      const auto& b = blocks[i];
+      if (b.src_offset < 0 || b.dst_offset < 0 || b.src_pitch < 0 || b.dst_pitch < 0 || b.rows < 0 || b.row_len < 0)
+        return make_error(errc::invalid_argument, "copy_blocks: block {} has a negative field", i);
+      if (b.rows > 1 && (b.src_pitch < b.row_len || b.dst_pitch < b.row_len))
+        return make_error(errc::invalid_argument, "copy_blocks: block {} has a pitch smaller than its rows", i);
+      any = any || b.rows * b.row_len > 0;
+    }
+    if (!any) return {};
+    FLEXSP_TRY(need(dst != nullptr && src != nullptr, "null pointer", "copy_blocks"));
+    if (blocks.size() > static_cast<std::size_t>(INT32_MAX))
+      return make_error(errc::invalid_argument, "copy_blocks: {} blocks", blocks.size());
+    FLEXSP_TRY(current());
+    if (blocks_.size() < blocks.size()) {
+      blocks_ = device_buffer<copy_block>{};
+      FLEXSP_TRY_ASSIGN(blocks_, device_buffer<copy_block>::allocate(std::max<std::size_t>(blocks.size(), 256)));
+    }
+    FLEXSP_CUDA_CHECK(::cudaMemcpyAsync(blocks_.data(), blocks.data(), blocks.size_bytes(), cudaMemcpyHostToDevice,
+                                        stream_.get()));
+    FLEXSP_CUDA_CHECK(launch_copy_blocks(src, dst, blocks_.data(), static_cast<int>(blocks.size()), stream_.get()));
+    return {};
+  }
   expected<void> fill_zero(void* dst, std::size_t bytes) override {
     if (bytes == 0) return {};
     FLEXSP_TRY(need(dst != nullptr, "null pointer", "fill_zero"));
@@ -558,6 +583,7 @@ private:
   cublasHandle_t handle_;
   device_buffer<std::int32_t> flag_;   // first bad id index of embedding / cross-entropy
   device_buffer<double> scalar_;       // loss sum, sum of squares
+  device_buffer<copy_block> blocks_;   // descriptors of copy_blocks, grown on demand
 };
 
 }  // namespace

@@ -60,6 +60,13 @@ cudaError_t launch_sum_squares(const float* x, std::size_t n, double* out, cudaS
 cudaError_t launch_fingerprint(const float* x, std::size_t n, std::uint64_t first, unsigned long long* out,
                                cudaStream_t stream);
 
+/// One strided copy, laid out as kernels::row_block (offsets and pitches in floats).
+struct copy_block {
+  std::int64_t src_offset, dst_offset, src_pitch, dst_pitch, rows, row_len;
+};
+/// Runs the `count` blocks of the device array `blocks` from src to dst.
+cudaError_t launch_copy_blocks(const float* src, float* dst, const copy_block* blocks, int count, cudaStream_t stream);
+
 cudaError_t launch_to_bf16(const float* x, std::uint16_t* y, std::size_t n, cudaStream_t stream);
 cudaError_t launch_from_bf16(const std::uint16_t* x, float* y, std::size_t n, cudaStream_t stream);
 

@@ -149,6 +149,7 @@ public:
 
   bool poisoned() const noexcept override { return poisoned_.load(); }
   bool reduces_device_buffers() const noexcept override { return true; }
+  bool exchanges_device_buffers() const noexcept override { return true; }
 
 private:
   void abort_locked() noexcept {

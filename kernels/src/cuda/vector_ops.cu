@@ -281,6 +281,19 @@ __global__ void fingerprint_kernel(const float* __restrict__ x, std::size_t n, s
   if (threadIdx.x == 0) atomicAdd(out, s);
 }
 
+// One thread block per copy block (grid-stride over them), its threads over the elements.
+__global__ void copy_blocks_kernel(const float* __restrict__ src, float* __restrict__ dst,
+                                   const copy_block* __restrict__ blocks, int count) {
+  for (int b = blockIdx.x; b < count; b += gridDim.x) {
+    const copy_block k = blocks[b];
+    const std::int64_t total = k.rows * k.row_len;
+    for (std::int64_t i = threadIdx.x; i < total; i += blockDim.x) {
+      const std::int64_t r = i / k.row_len, e = i - r * k.row_len;
+      dst[k.dst_offset + r * k.dst_pitch + e] = src[k.src_offset + r * k.src_pitch + e];
+    }
+  }
+}
+
 __global__ void to_bf16_kernel(const float* __restrict__ x, std::uint16_t* __restrict__ y, std::size_t n) {
   FLEXSP_GRID_STRIDE(i, n) y[i] = round_to_bf16(x[i]);
 }
@@ -398,6 +411,12 @@ cudaError_t launch_fingerprint(const float* x, std::size_t n, std::uint64_t firs
                                cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   fingerprint_kernel<<<std::min(blocks_for(n), 1024u), kThreads, 0, stream>>>(x, n, first, out);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_copy_blocks(const float* src, float* dst, const copy_block* blocks, int count, cudaStream_t stream) {
+  if (count <= 0) return cudaSuccess;
+  copy_blocks_kernel<<<static_cast<unsigned>(std::min(count, 65535)), kThreads, 0, stream>>>(src, dst, blocks, count);
   return cudaGetLastError();
 }
 

@@ -61,6 +61,65 @@ float code(std::int64_t g, std::int64_t c, std::int64_t h, std::int64_t e) {
   return static_cast<float>(g * 1000 + c * 100 + h * 10 + e);
 }
 
+// Every rank's exchange plan run in one process, the all-to-all done by hand: the scatter puts
+// each element where direct indexing says, and the gather brings every rank's input back.
+TEST(UlyssesExchangePlan, ScatterLandsEveryElementAndGatherUndoesIt) {
+  const std::vector<std::int64_t> lengths{1, 5, 100, 7, 0, 33};
+  const int d = 3;
+  const std::int64_t H = 5, Dh = 4, C = 3;  // 5 heads over 3 ranks: 2, 2, 1
+  std::vector<ulysses_layout> L;
+  for (int r = 0; r < d; ++r) L.push_back(ulysses_layout::make(lengths, d, r, H).value());
+  const std::int64_t N = L[0].total_tokens();
+  auto all_to_all = [&](const std::vector<std::vector<float>>& send, const auto& plans) {
+    std::vector<std::vector<float>> recv(d);
+    for (int h = 0; h < d; ++h)
+      for (int t = 0; t < d; ++t) {
+        std::int64_t off = 0;
+        for (int k = 0; k < h; ++k) off += plans[t].send_counts[k];
+        const auto& blk = send[t];
+        recv[h].insert(recv[h].end(), blk.begin() + off, blk.begin() + off + plans[t].send_counts[h]);
+      }
+    return recv;
+  };
+  std::vector<ulysses_layout::exchange_plan> sp, gp;
+  std::vector<std::vector<float>> src(d), send(d), mid(d), back(d);
+  for (int r = 0; r < d; ++r) {
+    sp.push_back(L[r].scatter_plan(C, Dh));
+    gp.push_back(L[r].gather_plan(C, Dh));
+    src[r].resize(static_cast<std::size_t>(L[r].local_tokens() * C * H * Dh));
+    std::iota(src[r].begin(), src[r].end(), static_cast<float>(r * 1'000'000));
+    send[r].resize(static_cast<std::size_t>(sp[r].send_total));
+    copy_blocks(sp[r].pack, src[r].data(), send[r].data());
+  }
+  auto recv = all_to_all(send, sp);
+  for (int r = 0; r < d; ++r) {
+    ASSERT_EQ(static_cast<std::int64_t>(recv[r].size()), sp[r].recv_total);
+    const auto hs = L[r].head_share(r);
+    mid[r].assign(static_cast<std::size_t>(C * N * hs.size * Dh), -1.0f);
+    copy_blocks(sp[r].unpack, recv[r].data(), mid[r].data());
+    for (int t = 0; t < d; ++t) {
+      const auto global = L[t].local_to_global();
+      for (std::size_t tl = 0; tl < global.size(); ++tl)
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t j = 0; j < hs.size * Dh; ++j)
+            ASSERT_EQ(mid[r][static_cast<std::size_t>((c * N + global[tl]) * hs.size * Dh + j)],
+                      src[t][static_cast<std::size_t>((static_cast<std::int64_t>(tl) * C + c) * H * Dh +
+                                                      hs.begin * Dh + j)])
+                << "rank " << r << " from " << t << " token " << tl << " component " << c;
+    }
+  }
+  for (int r = 0; r < d; ++r) {
+    send[r].assign(static_cast<std::size_t>(gp[r].send_total), 0.0f);
+    copy_blocks(gp[r].pack, mid[r].data(), send[r].data());
+  }
+  recv = all_to_all(send, gp);
+  for (int r = 0; r < d; ++r) {
+    back[r].assign(src[r].size(), -1.0f);
+    copy_blocks(gp[r].unpack, recv[r].data(), back[r].data());
+    EXPECT_EQ(back[r], src[r]) << "rank " << r;
+  }
+}
+
 TEST(UlyssesExchange, ScatterHeadsThenGatherHeadsRoundTripsOverGlooThreads) {
   const std::vector<std::int64_t> lengths{1, 5, 7};
   const std::int64_t H = 5, Dh = 2, C = 3;

@@ -68,6 +68,8 @@ public:
   /// True when all_reduce_sum and broadcast take GPU device buffers in place (NCCL, and the
   /// group of one, where both are no-ops). Otherwise every buffer must be host memory.
   virtual bool reduces_device_buffers() const noexcept { return false; }
+  /// True when all_to_all_v takes GPU device buffers in place (NCCL).
+  virtual bool exchanges_device_buffers() const noexcept { return false; }
 };
 
 /// The group of one: collectives are local copies. Never fails except on size mismatch.

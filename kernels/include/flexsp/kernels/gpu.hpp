@@ -163,6 +163,9 @@ public:
   virtual expected<void> copy_rows(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
                                    std::size_t row_bytes, std::size_t rows) = 0;
   virtual expected<void> fill_zero(void* dst, std::size_t bytes) = 0;
+  /// Device -> device strided copies (kernels::row_block, in floats), one launch, queued: the
+  /// packing around the Ulysses all-to-alls (ulysses_layout::exchange_plan).
+  virtual expected<void> copy_blocks(float* dst, const float* src, std::span<const row_block> blocks) = 0;
   /// Waits for everything queued; reports asynchronous kernel errors.
   virtual expected<void> synchronize() = 0;
   /// Milliseconds the GPU spent on the work `body` queues (CUDA events around it; waits).

@@ -7,9 +7,9 @@
 /// all-reduce over an NCCL communicator works on `grads()` in place.
 ///
 /// In a group of one the head layout change around attention is a device copy. In larger
-/// groups the all-to-alls go through ulysses_layout on host copies of the activations (any
-/// communicator works: Gloo, or NCCL staging host buffers itself).
-/// TODO(perf): pack the all-to-all blocks on the device and hand device buffers to NCCL.
+/// groups each all-to-all follows ulysses_layout's exchange plan: the GPU packs the send buffer
+/// and unpacks the receive buffer (device::copy_blocks); an NCCL group exchanges the device
+/// buffers in place, any other communicator (Gloo) the packed buffers through host memory.
 ///
 /// Numerics match gpt_model::forward_backward and adamw_optimizer::step up to fp32 rounding
 /// (summation order differs), which tests/gpu checks.

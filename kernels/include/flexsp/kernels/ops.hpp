@@ -122,6 +122,18 @@ double l2_norm(std::span<const float> values);
 /// max_norm <= 0). Returns the norm before clipping.
 double clip_grad_norm(std::span<float> grads, double max_norm);
 
+/// One strided copy of `rows` rows of `row_len` floats: row i goes from src[src_offset + i *
+/// src_pitch] to dst[dst_offset + i * dst_pitch] (offsets and pitches in floats). Lists of them
+/// describe the packing around the Ulysses all-to-alls, on the host and on the GPU alike.
+struct row_block {
+  std::int64_t src_offset = 0, dst_offset = 0;
+  std::int64_t src_pitch = 0, dst_pitch = 0;
+  std::int64_t rows = 0, row_len = 0;
+};
+
+/// Runs `blocks` from `src` to `dst` (host memory; the blocks must stay inside both).
+void copy_blocks(std::span<const row_block> blocks, const float* src, float* dst) noexcept;
+
 /// Bit-exact fingerprint of `data` as elements `first_position`, first_position + 1, ... of a
 /// longer sequence: the sum mod 2^64 of one splitmix64-mixed term per element (its bits salted
 /// with its position). The fingerprint of a concatenation is the sum of its parts' (continue the

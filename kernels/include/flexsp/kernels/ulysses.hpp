@@ -19,6 +19,7 @@
 
 #include "flexsp/core/error.hpp"
 #include "flexsp/kernels/collectives.hpp"
+#include "flexsp/kernels/ops.hpp"
 
 namespace flexsp::kernels {
 
@@ -57,6 +58,20 @@ public:
   std::vector<std::int32_t> local_positions() const;
   /// For each of this rank's local tokens, its index in the group's packed token order.
   std::vector<std::int64_t> local_to_global() const;
+
+  /// How one head exchange moves data, as copies any memory can run (host: kernels::copy_blocks,
+  /// GPU: gpu::device::copy_blocks): `pack` fills the send buffer from the source tensor, the
+  /// all-to-all-v moves send_counts / recv_counts floats per rank, `unpack` fills the destination
+  /// tensor from the receive buffer. Wire layout of the block between a token holder t and a
+  /// head holder h, both directions: [tokens of t in t's local order, C, heads of h, head_dim].
+  struct exchange_plan {
+    std::vector<row_block> pack, unpack;
+    std::vector<std::int64_t> send_counts, recv_counts;
+    std::int64_t send_total = 0, recv_total = 0;
+  };
+  /// The plan of scatter_heads / gather_heads for `components` x `head_dim`.
+  exchange_plan scatter_plan(std::int64_t components, std::int64_t head_dim) const;
+  exchange_plan gather_plan(std::int64_t components, std::int64_t head_dim) const;
 
   /// [local_tokens, C, heads, head_dim] -> [C, total_tokens, my heads, head_dim]. Collective:
   /// every rank of `group` calls it. `scratch` is resized as needed.
