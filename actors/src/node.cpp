@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "flexsp/actors/device_actor.hpp"
 #include "flexsp/core/log.hpp"
+#include "flexsp/kernels/ops.hpp"
 #include "wire_convert.hpp"
 
 namespace flexsp::actors {
@@ -29,6 +31,7 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
   std::shared_ptr<net::connection> conn;
   std::atomic<std::uint64_t> node_id{0};
   std::uint64_t previous_id = 0;
+  int cpu_devices = 0;  // counted in kernels::add_cpu_devices while the node lives
   std::uint64_t sequence = 0;
   std::uint64_t heartbeat_timer = 0;
   std::chrono::milliseconds interval{500};
@@ -209,6 +212,10 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
     retry(why);
   }
 
+  ~impl() {
+    if (cpu_devices > 0) kernels::add_cpu_devices(-cpu_devices);
+  }
+
   void shutdown() {
     if (stopped && !conn) {
       host->stop();
@@ -233,6 +240,11 @@ expected<std::unique_ptr<node_service>> node_service::start(net::event_loop& loo
   hc.advertise_host = config.advertise_host;
   hc.transport = config.transport;
   FLEXSP_TRY_ASSIGN(i->host, actor_host::start(loop, hc));
+  i->cpu_devices = static_cast<int>(
+      std::count_if(config.devices.begin(), config.devices.end(), [](const device_id& d) { return d.kind == "cpu"; }));
+  if (i->cpu_devices > 0)
+    log::get("device")->info("{} cpu devices here; CPU GEMM threads per device: {}", i->cpu_devices,
+                             kernels::add_cpu_devices(i->cpu_devices));
   for (const auto& d : config.devices) {
     auto actor = std::make_shared<device_actor>(d, 0);
     actor->attach_trainer(std::make_shared<device_trainer>(device_context{config.head, config.transport, i->host, d}));

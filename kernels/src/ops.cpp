@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include <cblas.h>
 
@@ -238,6 +241,26 @@ double clip_grad_norm(std::span<float> grads, double max_norm) {
     for (float& g : grads) g *= f;
   }
   return norm;
+}
+
+int cpu_math_threads() noexcept { return openblas_get_num_threads(); }
+
+int add_cpu_devices(int devices) noexcept {
+  static std::mutex mutex;
+  static int total = 0;
+  std::lock_guard lock{mutex};
+  total = std::max(0, total + devices);
+  int threads = 0;
+  if (const char* fixed = std::getenv("FLEXSP_CPU_THREADS"); fixed != nullptr && std::atoi(fixed) > 0) {
+    threads = std::atoi(fixed);
+  } else if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr) {
+    return openblas_get_num_threads();  // the user chose; leave OpenBLAS as it is
+  } else {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads = std::max(1, cores / std::max(1, total));
+  }
+  openblas_set_num_threads(threads);
+  return openblas_get_num_threads();
 }
 
 void copy_blocks(std::span<const row_block> blocks, const float* src, float* dst) noexcept {

@@ -1,6 +1,7 @@
 #include "flexsp/kernels/model.hpp"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -42,6 +43,17 @@ TEST(Fingerprint, SeesEveryBitAndComposesOverConcatenation) {
   const std::span<const float> s{a};
   EXPECT_EQ(fingerprint(s.first(300)) + fingerprint(s.subspan(300), 300), h);
   EXPECT_EQ(fingerprint(std::span<const float>{}), 0u);
+}
+
+TEST(CpuMathThreads, CpuDevicesShareTheCores) {
+  if (std::getenv("FLEXSP_CPU_THREADS") || std::getenv("OPENBLAS_NUM_THREADS"))
+    GTEST_SKIP() << "the thread count is fixed by the environment";
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_EQ(add_cpu_devices(4 * cores), 1) << "more devices than cores: one GEMM thread each";
+  EXPECT_EQ(cpu_math_threads(), 1);
+  EXPECT_EQ(add_cpu_devices(-4 * cores), cores) << "no devices left: every core";
+  EXPECT_EQ(add_cpu_devices(1), cores);
+  EXPECT_EQ(add_cpu_devices(-1), cores);
 }
 
 TEST(GptConfig, NamesTheBadField) {

@@ -122,6 +122,15 @@ double l2_norm(std::span<const float> values);
 /// max_norm <= 0). Returns the norm before clipping.
 double clip_grad_norm(std::span<float> grads, double max_norm);
 
+/// Threads the CPU GEMM (OpenBLAS) may use in this process.
+int cpu_math_threads() noexcept;
+/// Records `devices` more CPU devices in this process (negative: fewer) and shares the cores
+/// among them: GEMM threads become max(1, cores / CPU devices), so devices that compute at the
+/// same time do not oversubscribe the machine (OpenBLAS threads spin while they wait). A thread
+/// count fixed by FLEXSP_CPU_THREADS (or OpenBLAS's own OPENBLAS_NUM_THREADS) wins. Returns
+/// the threads now in use. Thread-safe.
+int add_cpu_devices(int devices) noexcept;
+
 /// One strided copy of `rows` rows of `row_len` floats: row i goes from src[src_offset + i *
 /// src_pitch] to dst[dst_offset + i * dst_pitch] (offsets and pitches in floats). Lists of them
 /// describe the packing around the Ulysses all-to-alls, on the host and on the GPU alike.
