@@ -157,6 +157,22 @@ struct CancelJob {
 # Ask: every job. Reply: JobList.
 struct ListJobs {}
 
+# Ask: send JobUpdate tells about a job to the actor (subscriberHost, subscriberActor) from now
+# on. Reply: JobInfo (without metrics).
+struct WatchJob {
+  id @0 :Text;
+  subscriberHost @1 :Text;
+  subscriberActor @2 :UInt64;
+}
+
+# Tell (head -> watcher): a committed step's metrics line, or the job's end.
+struct JobUpdate {
+  id @0 :Text;
+  index @1 :UInt64;               # position of the metrics line; at the end, the number of lines
+  metrics @2 :Text;               # JSON line; empty at the end
+  state @3 :Text;                 # empty, or the final state at the end
+}
+
 struct JobInfo {
   id @0 :Text;
   name @1 :Text;

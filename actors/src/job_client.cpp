@@ -1,7 +1,11 @@
 #include "flexsp/actors/job_client.hpp"
 
+#include <condition_variable>
 #include <cstdlib>
+#include <deque>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -9,15 +13,48 @@
 
 namespace flexsp::actors {
 
+/// Receives the job_update tells the head pushes (on the client's loop thread) for `wait`.
+class job_client::update_sink {
+public:
+  void handle(job_update m) {
+    {
+      std::lock_guard lock{mutex_};
+      updates_[m.id].push_back(std::move(m));
+    }
+    arrived_.notify_all();
+  }
+  std::vector<job_update> take(const std::string& id, std::chrono::milliseconds timeout) {
+    std::unique_lock lock{mutex_};
+    arrived_.wait_for(lock, timeout, [&]() { return !updates_[id].empty(); });
+    auto& q = updates_[id];
+    std::vector<job_update> out{std::make_move_iterator(q.begin()), std::make_move_iterator(q.end())};
+    q.clear();
+    return out;
+  }
+
+private:
+  std::mutex mutex_;
+  std::condition_variable arrived_;
+  std::map<std::string, std::deque<job_update>> updates_;
+};
+
 expected<std::shared_ptr<job_client>> job_client::connect(const std::string& address, net::transport_config transport) {
   FLEXSP_TRY_ASSIGN(auto head, net::endpoint::parse(address));
   std::shared_ptr<job_client> c{new job_client{}};
   c->loop_ = std::make_unique<net::event_loop>();
   c->loop_->start();
   actor_host_config hc;
-  hc.bind = net::endpoint{"127.0.0.1", 0};
   hc.transport = transport;
+  // The head pushes job updates to this host: listen where it can reach us.
+  if (net::is_loopback(head.host)) {
+    hc.bind = net::endpoint{"127.0.0.1", 0};
+  } else {
+    hc.bind = net::endpoint{"0.0.0.0", 0};
+    FLEXSP_TRY_ASSIGN(hc.advertise_host, net::local_address_towards(head));
+  }
   FLEXSP_TRY_ASSIGN(c->host_, actor_host::start(*c->loop_, hc));
+  c->sink_ = std::make_shared<update_sink>();
+  c->sink_id_ = c->host_->spawn<update_sink, job_update>(c->sink_);
   FLEXSP_TRY_ASSIGN(auto client, cluster_client::connect(head, transport));
   auto where = client->lookup("jobs");
   if (!where)
@@ -72,6 +109,15 @@ expected<void> job_client::cancel(const std::string& id) {
   return {};
 }
 
+expected<void> job_client::watch(const std::string& id) {
+  FLEXSP_TRY(jobs_.ask<job_info>(watch_job{id, host_->address(), sink_id_}, request_timeout));
+  return {};
+}
+
+std::vector<job_update> job_client::take_updates(const std::string& id, std::chrono::milliseconds timeout) {
+  return sink_->take(id, timeout);
+}
+
 expected<std::vector<job_info>> job_client::list() {
   FLEXSP_TRY_ASSIGN(auto l, jobs_.ask<job_list>(list_jobs{}, request_timeout));
   return l.jobs;
@@ -82,14 +128,38 @@ expected<job_info> job_handle::status(bool with_logs) const { return client_->qu
 expected<void> job_handle::cancel() const { return client_->cancel(id_); }
 
 expected<job_info> job_handle::wait(metrics_fn on_metrics) {
-  for (;;) {
+  // Pushed updates deliver steps as they commit; a query fills any gap, finds the end and is
+  // the fallback when the head cannot push (an older head, or no route back to this client).
+  const bool pushed = static_cast<bool>(client_->watch(id_));
+  auto catch_up = [&]() -> expected<job_info> {
     FLEXSP_TRY_ASSIGN(auto info, client_->query(id_, delivered_, false));
     for (const auto& m : info.metrics) {
       if (on_metrics) on_metrics(m);
       ++delivered_;
     }
+    return info;
+  };
+  for (;;) {
+    FLEXSP_TRY_ASSIGN(auto info, catch_up());
     if (info.terminal()) return info;
-    std::this_thread::sleep_for(client_->poll_interval);
+    if (!pushed) {
+      std::this_thread::sleep_for(client_->poll_interval);
+      continue;
+    }
+    // Deliver pushed lines while they come in order; anything else goes back to a query.
+    for (;;) {
+      const auto updates = client_->take_updates(id_, client_->poll_interval);
+      bool query = updates.empty();
+      for (const auto& u : updates) {
+        if (!u.state.empty() || u.index > delivered_) {
+          query = true;  // the end, or a gap
+        } else if (u.index == delivered_) {
+          if (on_metrics) on_metrics(u.metrics);
+          ++delivered_;
+        }
+      }
+      if (query) break;
+    }
   }
 }
 

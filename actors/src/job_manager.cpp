@@ -46,6 +46,11 @@ public:
     job->cancel();
     return info_of(*job, ~std::uint64_t{0}, false);
   }
+  expected<job_info> handle(watch_job m) {
+    FLEXSP_TRY_ASSIGN(auto job, manager_.find(m.id));
+    job->watch({m.subscriber_host, m.subscriber_actor});
+    return info_of(*job, ~std::uint64_t{0}, false);
+  }
   job_list handle(list_jobs) {
     job_list out;
     for (const auto& s : manager_.list()) {
@@ -105,7 +110,7 @@ void job_manager::shutdown() {
 
 expected<std::uint64_t> job_manager::serve(cluster_client& head_client) {
   auto actor = std::make_shared<jobs_actor>(*this);
-  const auto id = config_.host->spawn<jobs_actor, submit_job, query_job, cancel_job, list_jobs>(actor);
+  const auto id = config_.host->spawn<jobs_actor, submit_job, query_job, cancel_job, list_jobs, watch_job>(actor);
   {
     std::lock_guard lock{mutex_};
     served_actor_ = id;

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -698,14 +699,17 @@ struct scheduler_actor::runner {
       m.committed_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                               std::chrono::system_clock::now().time_since_epoch())
                               .count();
+      job_update update{self.id_, 0, m.to_json(), {}};
       {
         std::lock_guard lock{self.mutex_};
-        self.metrics_.push_back(m.to_json());
+        update.index = self.metrics_.size();
+        self.metrics_.push_back(update.metrics);
         if (self.status_.steps_done == self.status_.resumed_from) self.status_.first_loss = m.loss;
         self.status_.last_loss = m.loss;
         self.status_.steps_done = step + 1;
         self.status_.devices = m.devices;
       }
+      self.notify_watchers(update);
       if (self.on_metrics_) self.on_metrics_(m);
       refit();
       return;
@@ -885,14 +889,46 @@ std::shared_ptr<scheduler_actor> scheduler_actor::start(std::string job_id, job_
     else if (final_state == job_state::cancelled) r.log("cancelled");
     else r.log(fmt::format("finished {} steps", s->spec_.steps));
     s->config_.host->remove(s->actor_id_);
+    job_update end{s->id_, 0, {}, std::string{to_string(final_state)}};
     {
       std::lock_guard lock{s->mutex_};
       s->status_.state = final_state;
       s->status_.error = message;
+      end.index = s->metrics_.size();
     }
     s->changed_.notify_all();
+    s->notify_watchers(end);
   }};
   return s;
+}
+
+void scheduler_actor::watch(remote_address subscriber) {
+  std::optional<job_update> ended;
+  {
+    std::lock_guard lock{mutex_};
+    if (status_.state == job_state::succeeded || status_.state == job_state::failed ||
+        status_.state == job_state::cancelled)
+      ended = job_update{id_, metrics_.size(), {}, std::string{to_string(status_.state)}};
+    else
+      watchers_.push_back(subscriber);
+  }
+  if (ended) (void)config_.host->ref(subscriber).tell(*ended);
+}
+
+void scheduler_actor::notify_watchers(const job_update& update) {
+  std::vector<remote_address> to;
+  {
+    std::lock_guard lock{mutex_};
+    to = watchers_;
+  }
+  std::vector<remote_address> gone;
+  for (const auto& w : to)
+    if (!config_.host->ref(w).tell(update)) gone.push_back(w);
+  if (gone.empty()) return;
+  std::lock_guard lock{mutex_};
+  std::erase_if(watchers_, [&](const remote_address& w) {
+    return std::find(gone.begin(), gone.end(), w) != gone.end();
+  });
 }
 
 scheduler_actor::~scheduler_actor() {

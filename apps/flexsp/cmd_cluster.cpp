@@ -251,27 +251,6 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
 // ------------------------------------------------------------------------------------------
 // start --address (node)
 
-// The local address this machine uses to reach `to` (a connected UDP socket sends nothing).
-expected<std::string> local_address_towards(const net::endpoint& to) {
-  addrinfo hints{};
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_DGRAM;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(to.host.c_str(), std::to_string(to.port).c_str(), &hints, &res) != 0 || !res)
-    return make_error(errc::invalid_argument, "cannot resolve {}", to.host);
-  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-  const int rc = fd < 0 ? -1 : ::connect(fd, res->ai_addr, res->ai_addrlen);
-  ::freeaddrinfo(res);
-  sockaddr_in local{};
-  socklen_t len = sizeof local;
-  const bool ok = rc == 0 && ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0;
-  if (fd >= 0) ::close(fd);
-  if (!ok) return make_error(errc::io, "cannot find a local address that reaches {}", to.to_string());
-  char buf[INET_ADDRSTRLEN];
-  ::inet_ntop(AF_INET, &local.sin_addr, buf, sizeof buf);
-  return std::string{buf};
-}
-
 void run_node(const common_flags& f, const std::string& address_flag, const std::string& devices_spec,
               const std::string& bind, const std::string& advertise) {
   const auto dir = check(state_dir());
@@ -281,7 +260,7 @@ void run_node(const common_flags& f, const std::string& address_flag, const std:
   cfg.transport.secret = check(resolve_secret(f.secret_file, address));
   cfg.bind = {bind, 0};
   cfg.advertise_host = advertise;
-  if (advertise.empty() && (bind == "0.0.0.0" || bind == "::")) cfg.advertise_host = check(local_address_towards(cfg.head));
+  if (advertise.empty() && (bind == "0.0.0.0" || bind == "::")) cfg.advertise_host = check(net::local_address_towards(cfg.head));
   // Validate the spec before forking (cuda:all needs the device count; auto the backend).
   const auto cuda = kernels::query_cuda();
   const auto backend = kernels::select_device_backend(kernels::backend_request::automatic);

@@ -6,8 +6,10 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "flexsp/actors/embedded.hpp"
+#include "flexsp/actors/job_client.hpp"
 #include "flexsp/kernels/device_backend.hpp"
 #include "flexsp/kernels/model.hpp"
 
@@ -185,6 +187,32 @@ TEST(TrainEmbedded, LosingEveryReplicaRestartsFromTheLatestCheckpoint) {
   EXPECT_LT(max_diff, 1e-5) << "parameters after the rewind differ from an undisturbed run";
   EXPECT_EQ(oa.steps(), ob.steps());
   fs::remove_all(dir);
+}
+
+TEST(JobClient, StepsArePushedAsTheyCommitAndTheEndAtOnce) {
+  auto cluster = embedded_cluster::start(1, 2);
+  ASSERT_TRUE(cluster) << cluster.error().to_string();
+  auto& head = (*cluster)->head();
+  auto client = job_client::connect(head.endpoint().to_string(), head.transport());
+  ASSERT_TRUE(client) << client.error().to_string();
+  // Queries only every 30 s: a wait that ends in time was woken by pushed updates.
+  (*client)->poll_interval = std::chrono::seconds{30};
+  auto spec = tiny("flexsp", {});
+  spec.checkpoint_dir.clear();
+  spec.checkpoint_every = 0;
+  spec.steps = 6;
+  auto job = (*client)->submit(spec);
+  ASSERT_TRUE(job) << job.error().to_string();
+  std::vector<std::uint64_t> steps;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto final = job->wait([&](const std::string& line) {
+    steps.push_back(nlohmann::json::parse(line).at("step").get<std::uint64_t>());
+  });
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(final) << final.error().to_string();
+  EXPECT_EQ(final->state, "succeeded") << final->error;
+  EXPECT_EQ(steps, (std::vector<std::uint64_t>{0, 1, 2, 3, 4, 5})) << "every step once, in order";
+  EXPECT_LT(waited, std::chrono::seconds{20}) << "the end was not pushed";
 }
 
 TEST(TrainEmbedded, AJobTrainsOnOneKindOfDevice) {

@@ -1,5 +1,10 @@
 #include "flexsp/core/net/transport.hpp"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <array>
 #include <atomic>
 #include <deque>
@@ -723,5 +728,28 @@ expected<std::shared_ptr<connection>> connect_blocking(event_loop& loop, const e
           [promise](expected<std::shared_ptr<connection>> c) { promise->set_value(std::move(c)); });
   return future.get();
 }
+
+// A connected UDP socket sends nothing; getsockname tells which local address routes to `to`.
+expected<std::string> local_address_towards(const endpoint& to) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(to.host.c_str(), std::to_string(to.port).c_str(), &hints, &res) != 0 || !res)
+    return make_error(errc::invalid_argument, "cannot resolve {}", to.host);
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  const int rc = fd < 0 ? -1 : ::connect(fd, res->ai_addr, res->ai_addrlen);
+  ::freeaddrinfo(res);
+  sockaddr_in local{};
+  socklen_t len = sizeof local;
+  const bool ok = rc == 0 && ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0;
+  if (fd >= 0) ::close(fd);
+  if (!ok) return make_error(errc::io, "cannot find a local address that reaches {}", to.to_string());
+  char buf[INET_ADDRSTRLEN];
+  ::inet_ntop(AF_INET, &local.sin_addr, buf, sizeof buf);
+  return std::string{buf};
+}
+
+bool is_loopback(const std::string& host) noexcept { return host == "localhost" || host.rfind("127.", 0) == 0; }
 
 }  // namespace flexsp::net

@@ -7,9 +7,10 @@
 /// auto job = client->submit(spec).value();
 /// auto final = job.wait([](const std::string& metrics_json) { std::puts(metrics_json.c_str()); });
 /// ```
-/// It talks to the head's "jobs" actor over an authenticated actor channel. Metrics are
-/// streamed by polling (every `poll_interval`); each committed step is delivered exactly once
-/// and in order. Thread-safe.
+/// It talks to the head's "jobs" actor over an authenticated actor channel. `wait` subscribes to
+/// the job: the head pushes each committed step's metrics and the job's end as they happen; a
+/// query every `poll_interval` without news (and after any gap) is the safety net. Each
+/// committed step is delivered exactly once and in order. Thread-safe.
 
 #include <chrono>
 #include <functional>
@@ -64,14 +65,23 @@ public:
   expected<void> cancel(const std::string& id);
   expected<std::vector<job_info>> list();
 
-  std::chrono::milliseconds poll_interval{200};
+  /// Asks the head to push job_update tells about `id` to this client.
+  expected<void> watch(const std::string& id);
+  /// Waits up to `timeout` for pushed updates of job `id` and takes them (empty on timeout).
+  std::vector<job_update> take_updates(const std::string& id, std::chrono::milliseconds timeout);
+
+  std::chrono::milliseconds poll_interval{1000};
   std::chrono::milliseconds request_timeout{10'000};
+
+  class update_sink;
 
 private:
   job_client() = default;
   std::unique_ptr<net::event_loop> loop_;
   std::shared_ptr<actor_host> host_;
   remote_ref jobs_;
+  std::shared_ptr<update_sink> sink_;
+  std::uint64_t sink_id_ = 0;
 };
 
 }  // namespace flexsp::actors

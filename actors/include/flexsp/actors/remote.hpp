@@ -76,6 +76,7 @@ struct remote_address {
   std::string host;  ///< "ip:port" of its actor_host
   std::uint64_t actor_id = 0;
   std::string to_string() const { return host + "/" + std::to_string(actor_id); }
+  friend bool operator==(const remote_address&, const remote_address&) = default;
 };
 
 class actor_host;

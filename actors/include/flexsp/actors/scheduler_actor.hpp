@@ -123,6 +123,9 @@ public:
   job_status wait();
   job_status status() const;
   const std::string& id() const { return id_; }
+  /// From now on, tells `subscriber` a job_update for every committed step and one at the end
+  /// (at once when the job already ended). Thread-safe.
+  void watch(remote_address subscriber);
   /// Metrics lines (JSON) of committed steps from `from` on, and log lines.
   std::vector<std::string> metrics_since(std::size_t from) const;
   std::vector<std::string> logs() const;
@@ -132,6 +135,8 @@ public:
 private:
   scheduler_actor(std::string id, job_spec spec, scheduler_config config, metrics_fn m, log_fn l);
   void push(std::function<void(runner&)> event);
+  /// Tells every watcher `update`; forgets watchers that can no longer be reached.
+  void notify_watchers(const job_update& update);
 
   std::string id_;
   job_spec spec_;
@@ -147,6 +152,7 @@ private:
   job_status status_;
   std::vector<std::string> metrics_;
   std::vector<std::string> logs_;
+  std::vector<remote_address> watchers_;
   std::thread thread_;
 
   friend struct runner;

@@ -377,6 +377,19 @@ struct cancel_job {
   std::string id;
 };
 struct list_jobs {};
+/// Ask: push job_update tells about job `id` to the actor (subscriber_host, subscriber_actor).
+struct watch_job {
+  std::string id;
+  std::string subscriber_host;
+  std::uint64_t subscriber_actor = 0;
+};
+/// Tell: metrics line `index` of a job (metrics set), or its end (state set, index = lines).
+struct job_update {
+  std::string id;
+  std::uint64_t index = 0;
+  std::string metrics;
+  std::string state;
+};
 
 /// A job as the API reports it.
 struct job_info {
@@ -415,6 +428,31 @@ struct wire_codec<query_job> {
     b.setWithLogs(m.with_logs);
   }
   static query_job decode(schema::Reader r) { return {r.getId().cStr(), r.getMetricsFrom(), r.getWithLogs()}; }
+};
+template <>
+struct wire_codec<watch_job> {
+  using schema = schema::WatchJob;
+  static void encode(const watch_job& m, schema::Builder b) {
+    b.setId(m.id);
+    b.setSubscriberHost(m.subscriber_host);
+    b.setSubscriberActor(m.subscriber_actor);
+  }
+  static watch_job decode(schema::Reader r) {
+    return {r.getId().cStr(), r.getSubscriberHost().cStr(), r.getSubscriberActor()};
+  }
+};
+template <>
+struct wire_codec<job_update> {
+  using schema = schema::JobUpdate;
+  static void encode(const job_update& m, schema::Builder b) {
+    b.setId(m.id);
+    b.setIndex(m.index);
+    b.setMetrics(m.metrics);
+    b.setState(m.state);
+  }
+  static job_update decode(schema::Reader r) {
+    return {r.getId().cStr(), r.getIndex(), r.getMetrics().cStr(), r.getState().cStr()};
+  }
 };
 template <>
 struct wire_codec<cancel_job> {

@@ -164,4 +164,9 @@ void connect(event_loop& loop, const endpoint& to, wire::schema::Role role, tran
 expected<std::shared_ptr<connection>> connect_blocking(event_loop& loop, const endpoint& to, wire::schema::Role role,
                                                        transport_config config);
 
+/// The local IPv4 address this machine uses to reach `to` (what to advertise to a peer there).
+expected<std::string> local_address_towards(const endpoint& to);
+/// True for 127.0.0.0/8 and "localhost".
+bool is_loopback(const std::string& host) noexcept;
+
 }  // namespace flexsp::net
