@@ -210,21 +210,14 @@ void device_trainer::handle(join_job m) {
       }
       return j;
     }();
-    if (made) {
-      auto& st = *(*made)->state;
-      if (auto sum = st.checksum()) {
-        reply.checksum = *sum;
-      } else {
-        made = unexpected<error>{sum.error()};
-      }
-    }
-    if (!made) {
+    if (made)
+      reply = state_of(**made, m.tag, [](replica&) { return expected<void>{}; });
+    else
       reply.error = made.error().to_string();
+    if (!reply.error.empty()) {
       log::get("device")->warn("{}: cannot join job {}: {}", name_, m.job_id, reply.error);
     } else {
       auto& st = *(*made)->state;
-      reply.optimizer_steps = static_cast<std::uint64_t>(st.optimizer_steps());
-      reply.parameters = st.parameters();
       std::lock_guard lock{mutex_};
       if (auto old = jobs_.find(m.job_id); old != jobs_.end()) old->second->abort_communicators();
       jobs_[m.job_id] = *made;
