@@ -114,6 +114,17 @@ TEST(GlooCommunicator, AllReduceAllGatherBroadcastAndBarrierAgree) {
   });
 }
 
+TEST(GlooCommunicator, AllReduceSumsExactlyForEveryGroupSize) {
+  for (int n = 2; n <= 7; ++n)
+    run_group(n, "sizes" + std::to_string(n), [n](communicator& c, int r) {
+      std::vector<float> v(1000);
+      for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(r * 1000 + static_cast<int>(i));
+      ASSERT_TRUE(c.all_reduce_sum(v)) << n;
+      for (std::size_t i = 0; i < v.size(); i += 97)
+        EXPECT_EQ(v[i], static_cast<float>(1000 * n * (n - 1) / 2 + n * static_cast<int>(i))) << "size " << n;
+    });
+}
+
 // Rank 1 stays connected but idle until rank 0 is done, so rank 0 sees a silent peer.
 void wait_for(const std::atomic<bool>& flag) {
   const auto start = std::chrono::steady_clock::now();
