@@ -6,12 +6,8 @@
 //   cluster-<port>.secret  a generated shared secret (mode 0600)
 //   procs/<pid>.json       one record per running head/node started here (for `stop`)
 //   logs/<role>-<pid>.log  output of background processes
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>

@@ -73,8 +73,7 @@ expected<std::string> measure(const profile_flags& f, const actors::job_spec& sp
 }
 
 int run_profile(const profile_flags& f, const CLI::App& cmd) {
-  const bool default_logs =
-      cmd.get_parent()->get_option("--log-level")->count() == 0 && std::getenv("FLEXSP_LOG") == nullptr;
+  const bool default_logs = default_log_levels(cmd);
   if (default_logs) (void)log::configure("warn");
   auto spec = calibration_spec(f);
   if (!spec) {

@@ -44,7 +44,7 @@ extern "C" void on_interrupt(int) {
 
 int run_train(const train_flags& f, const CLI::App& cmd) {
   // The job's own progress lines say what happens; service logs only when asked for.
-  if (cmd.get_parent()->get_option("--log-level")->count() == 0 && std::getenv("FLEXSP_LOG") == nullptr)
+  if (default_log_levels(cmd))
     (void)log::configure("warn");
   auto parsed = read_spec_json(f.config);
   if (!parsed) {
@@ -131,7 +131,7 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   const auto final = (*job)->wait();
   g_running = nullptr;
   // Tearing the embedded cluster down closes every connection; that is not news.
-  if (cmd.get_parent()->get_option("--log-level")->count() == 0 && std::getenv("FLEXSP_LOG") == nullptr)
+  if (default_log_levels(cmd))
     (void)log::configure("error");
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double n = static_cast<double>(std::max<std::uint64_t>(1, steps));

@@ -1,5 +1,6 @@
 #include "embedded_setup.hpp"
 
+#include <cstdlib>
 #include <fstream>
 
 #include "flexsp/actors/membership.hpp"
@@ -30,6 +31,10 @@ expected<embedded_run> start_embedded(const std::string& devices, int nodes) {
       return make_error(added.error().kind(), "cannot start an embedded node: {}", added.error().message());
   run.cluster = std::move(*cluster);
   return run;
+}
+
+bool default_log_levels(const CLI::App& cmd) {
+  return cmd.get_parent()->get_option("--log-level")->count() == 0 && std::getenv("FLEXSP_LOG") == nullptr;
 }
 
 expected<nlohmann::json> read_spec_json(const std::string& path) {

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "flexsp/actors/embedded.hpp"
@@ -25,6 +26,10 @@ expected<embedded_run> start_embedded(const std::string& devices, int nodes);
 /// The JSON object in the --config file `path`, or an empty object when `path` is empty.
 /// errc::invalid_argument with a message naming the file when it is unreadable or not an object.
 expected<nlohmann::json> read_spec_json(const std::string& path);
+
+/// True when the user set no log level (--log-level, FLEXSP_LOG): commands that print their own
+/// progress then quiet the service logs. `cmd` is the subcommand.
+bool default_log_levels(const CLI::App& cmd);
 
 /// Exit status for a failed command: 2 for a usage error, 1 otherwise.
 inline int exit_status(const error& e) { return e.kind() == errc::invalid_argument ? 2 : 1; }
