@@ -64,8 +64,10 @@ inline void check(expected<void> r) {
 // ------------------------------------------------------------------------------------------
 // running a service until a signal, optionally in the background
 
-// Blocks the stop signals in this thread (and in the threads it starts).
+// Blocks the stop signals in this thread (and in the threads it starts). A service also ignores
+// SIGPIPE: a write to a peer that died must fail that one write, not end the process.
 sigset_t block_stop_signals() {
+  ::signal(SIGPIPE, SIG_IGN);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);

@@ -1,6 +1,8 @@
 // Gloo headers stay in this file: nothing else in the project sees them.
 #include "flexsp/kernels/gloo_communicator.hpp"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -328,7 +330,25 @@ private:
 
 }  // namespace
 
+namespace {
+
+/// Gloo's TCP transport writes with writev(), which raises SIGPIPE when the peer has died; the
+/// default action would kill this process without a word, taking every device on it along. A
+/// dead peer must only fail the collective (EPIPE), so SIGPIPE is ignored unless the program
+/// installed its own handler.
+void ignore_default_sigpipe() {
+  struct sigaction current{};
+  if (::sigaction(SIGPIPE, nullptr, &current) != 0 || current.sa_handler != SIG_DFL) return;
+  struct sigaction ignore{};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  ::sigaction(SIGPIPE, &ignore, nullptr);
+}
+
+}  // namespace
+
 expected<std::shared_ptr<gloo_device>> make_gloo_device(const gloo_options& options) {
+  ignore_default_sigpipe();
   try {
     gloo::transport::tcp::attr attr;
     attr.hostname = options.hostname;

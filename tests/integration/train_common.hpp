@@ -60,8 +60,23 @@ public:
   }
   ~process_cluster() {
     stop();
+    // A failed test (or FLEXSP_TEST_DUMP_LOGS=1) shows what the head and the nodes logged.
+    if (::testing::Test::HasFailure() || std::getenv("FLEXSP_TEST_DUMP_LOGS")) dump_logs();
     std::error_code ec;
     fs::remove_all(state_, ec);
+  }
+
+  /// Prints the last lines of every process log under the state directory.
+  void dump_logs() const {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(state_ / "logs", ec)) {
+      const auto text = read_text(e.path());
+      std::size_t from = text.size(), lines = 0;
+      while (from > 0 && lines < 60)
+        if (text[--from] == '\n') ++lines;
+      std::fprintf(stderr, "---- %s (last %zu lines)\n%s\n", e.path().filename().c_str(), lines,
+                   text.substr(from).c_str());
+    }
   }
 
   std::string env() const {

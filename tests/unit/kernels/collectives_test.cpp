@@ -4,6 +4,9 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "flexsp/kernels/collectives.hpp"
@@ -163,6 +166,41 @@ TEST(GlooCommunicator, AbortUnblocksAWaitingCollectiveInAnotherThread) {
     EXPECT_EQ(err->kind(), errc::cancelled);
     EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
   }, 20s);
+}
+
+// Gloo writes to its peers with writev(): without this, a peer that dies mid-collective would
+// kill the surviving process with SIGPIPE instead of failing the collective.
+TEST(GlooCommunicator, AProcessUsingGlooSurvivesWritingToAClosedConnection) {
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::signal(SIGPIPE, SIG_DFL);
+    if (!make_gloo_device({})) ::_exit(3);
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) ::_exit(4);
+    ::close(fds[1]);
+    const char byte = 1;
+    const auto n = ::write(fds[0], &byte, 1);
+    ::_exit(n < 0 && errno == EPIPE ? 0 : 5);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_FALSE(WIFSIGNALED(status)) << "killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// A handler the program installed is its own business: the Gloo device leaves it in place.
+TEST(GlooCommunicator, KeepsASigpipeHandlerTheProgramInstalled) {
+  static std::atomic<int> caught{0};
+  struct sigaction mine{}, before{};
+  mine.sa_handler = [](int) { caught = 1; };
+  sigemptyset(&mine.sa_mask);
+  ASSERT_EQ(::sigaction(SIGPIPE, &mine, &before), 0);
+  ASSERT_TRUE(make_gloo_device({}));
+  struct sigaction now{};
+  ::sigaction(SIGPIPE, nullptr, &now);
+  EXPECT_EQ(now.sa_handler, mine.sa_handler);
+  ::sigaction(SIGPIPE, &before, nullptr);
 }
 
 TEST(CommunicatorCache, CachesGroupsOfDifferentSizesPerDeviceSet) {
