@@ -1,20 +1,44 @@
 // A host-memory stand-in for the parts of the CUDA runtime flexsp calls: "device" memory is
-// host memory, streams and events are synchronous, there is one device. Linked instead of
-// libcudart_static by run.sh.
+// host memory, kernels and copies run at once; FLEXSP_EMU_GPUS devices (default 1). A stream is
+// busy only while NCCL work issued on it runs (fake_nccl.cpp's flexsp_emu_stream_busy). Linked
+// instead of libcudart_static by run.sh.
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 #include <chrono>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <atomic>
 #include <map>
 #include <mutex>
 static std::map<const char*, size_t> g_dev;  // allocations made by cudaMalloc: start -> bytes
 static std::mutex g_m;
+static int device_count() {
+  const char* v = std::getenv("FLEXSP_EMU_GPUS");
+  const int n = v ? std::atoi(v) : 1;
+  return n > 0 ? n : 1;
+}
+// Whether fake NCCL work on `s` is still running (0 when the fake NCCL is not loaded).
+static bool stream_busy(cudaStream_t s) {
+  using busy_fn = int (*)(const void*);
+  static std::atomic<busy_fn> fn{nullptr};
+  if (!fn.load())
+    if (void* h = ::dlopen("libnccl.so.2", RTLD_NOW | RTLD_NOLOAD))
+      fn = reinterpret_cast<busy_fn>(::dlsym(h, "flexsp_emu_stream_busy"));
+  auto f = fn.load();
+  return f != nullptr && f(s) != 0;
+}
+static void wait_stream(cudaStream_t s) {
+  while (stream_busy(s)) std::this_thread::sleep_for(std::chrono::microseconds{20});
+}
 extern "C" {
 cudaError_t cudaDriverGetVersion(int* v) { *v = 13000; return cudaSuccess; }
 cudaError_t cudaRuntimeGetVersion(int* v) { *v = 13000; return cudaSuccess; }
-cudaError_t cudaGetDeviceCount(int* c) { *c = 1; return cudaSuccess; }
-cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+cudaError_t cudaGetDeviceCount(int* c) { *c = device_count(); return cudaSuccess; }
+cudaError_t cudaSetDevice(int d) {
+  return d >= 0 && d < device_count() ? cudaSuccess : cudaErrorInvalidDevice;
+}
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
   std::memset(p, 0, sizeof *p); std::strcpy(p->name, "Emulated GPU"); p->major = 9; p->minor = 0;
   p->totalGlobalMem = 1ull << 34; p->sharedMemPerBlockOptin = 227 * 1024; return cudaSuccess; }
@@ -36,7 +60,7 @@ cudaError_t cudaFree(void* p) {
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { std::memmove(d, s, n); return cudaSuccess; }
-cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) { std::memmove(d, s, n); return cudaSuccess; }
+cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t st) { wait_stream(st); std::memmove(d, s, n); return cudaSuccess; }
 cudaError_t cudaMemcpy2DAsync(void* d, size_t dp, const void* s, size_t sp, size_t w, size_t h, cudaMemcpyKind, cudaStream_t) {
   for (size_t r = 0; r < h; ++r) std::memcpy(static_cast<char*>(d) + r * dp, static_cast<const char*>(s) + r * sp, w); return cudaSuccess; }
 cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) { std::memset(d, v, n); return cudaSuccess; }
@@ -51,8 +75,8 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* a, const void* p) {
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { *s = reinterpret_cast<cudaStream_t>(new int); return cudaSuccess; }
 cudaError_t cudaStreamDestroy(cudaStream_t s) { delete reinterpret_cast<int*>(s); return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) { wait_stream(s); return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t s) { return stream_busy(s) ? cudaErrorNotReady : cudaSuccess; }
 struct ev { std::chrono::steady_clock::time_point t; };
 cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = reinterpret_cast<cudaEvent_t>(new ev); return cudaSuccess; }
 cudaError_t cudaEventDestroy(cudaEvent_t e) { delete reinterpret_cast<ev*>(e); return cudaSuccess; }

@@ -4,14 +4,15 @@
 #   tools/cuda_emulation/run.sh [--build-dir DIR] [kernels|training|all] [-- GTEST_ARGS...]
 #
 # The CUDA kernels (kernels/src/cuda/*.cu) are turned into C++ by cu2cpp.py and compiled against
-# emu_kernel.hpp (one std::thread per CUDA thread); the CUDA runtime and cuBLAS are replaced by
-# host-memory stand-ins (fake_cudart.cpp, fake_cublas.cpp over OpenBLAS). The host side of the
+# emu_kernel.hpp (one std::thread per CUDA thread); the CUDA runtime, cuBLAS and NCCL are replaced
+# by host-memory stand-ins (fake_cudart.cpp; fake_cublas.cpp over OpenBLAS; fake_nccl.cpp, ranks
+# as threads of one process). The host side of the
 # CUDA backend (kernels/src/cuda/*.cpp) is the real one, taken from a CUDA-on build (default
 # build/, as scripts/test.sh makes it). Then:
 #   kernels   the GPU kernel tests (tests/gpu/kernels_gpu_test.cpp and friends) against the CPU
-#             reference, NCCL tests left out (NCCL cannot be emulated); a few minutes.
-#   training  training_check.cpp: jobs on emulated cuda:0 device actors against the same jobs on
-#             CPU devices; about a minute.
+#             reference, and the NCCL tests on 4 emulated GPUs (fake_nccl.cpp); a few minutes.
+#   training  training_check.cpp: jobs on emulated GPU device actors, with Gloo and with NCCL
+#             collectives, against the same jobs on CPU devices; about a minute.
 # Exit status 0 when everything run passed. Results say nothing about speed.
 set -euo pipefail
 
@@ -27,7 +28,7 @@ while (($#)); do
     --build-dir) build="$(cd "$2" && pwd)"; shift 2 ;;
     kernels|training|all) what="$1"; shift ;;
     --) shift; gtest=("$@"); break ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -55,6 +56,7 @@ for cu in "$root"/kernels/src/cuda/*.cu; do
 done
 "${cxx[@]}" -isystem "$cuda_include" -c "$here/fake_cudart.cpp" -o "$out/fake_cudart.o"
 "${cxx[@]}" -shared -fPIC -isystem "$cuda_include" "$here/fake_cublas.cpp" -o "$out/libcublas.so.13" -lopenblas
+"${cxx[@]}" -shared -fPIC -isystem "$cuda_include" "$here/fake_nccl.cpp" -o "$out/libnccl.so.2" -pthread
 host_objects=("$build"/kernels/CMakeFiles/flexsp_kernels_cuda.dir/src/cuda/*.cpp.o)
 replacement="${host_objects[*]} ${emu_objects[*]} $out/fake_cudart.o"
 
@@ -73,9 +75,8 @@ status=0
 export LD_LIBRARY_PATH="$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [[ "$what" == kernels || "$what" == all ]]; then
   relink tests/flexsp_kernels_gpu_tests "$out/kernels_gpu_tests"
-  echo "== GPU kernel tests under emulation (NCCL tests left out)"
-  filter="-Nccl*"
-  "$out/kernels_gpu_tests" --gtest_filter="$filter" "${gtest[@]}" || status=1
+  echo "== GPU kernel tests under emulation (4 GPUs for the NCCL groups)"
+  FLEXSP_EMU_GPUS=4 "$out/kernels_gpu_tests" "${gtest[@]}" || status=1
 fi
 if [[ "$what" == training || "$what" == all ]]; then
   test_object="tests/CMakeFiles/flexsp_training_gpu_tests.dir/gpu/training_gpu_test.cpp.o"
@@ -84,7 +85,7 @@ if [[ "$what" == training || "$what" == all ]]; then
   (cd "$build" && eval "$compile")
   relink tests/flexsp_training_gpu_tests "$out/training_check" "$test_object" "$out/training_check.o"
   echo "== training on emulated GPU device actors"
-  "$out/training_check" || status=1
+  FLEXSP_EMU_GPUS=4 "$out/training_check" || status=1
 fi
 echo "== cuda emulation: $([[ $status == 0 ]] && echo PASSED || echo FAILED)"
 exit $status

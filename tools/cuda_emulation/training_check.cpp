@@ -1,10 +1,11 @@
 // Training through GPU device actors under the CPU emulation: an embedded cluster trains a tiny
-// GPT on `cuda:0` devices and on `cpu` devices with the same seed, data and plans, and the losses
-// must agree. Covers the GPU replica (checksums computed on the device, host-staged all-reduce
-// and Ulysses exchanges over Gloo, state broadcast to a device that joins mid-run, checkpoint
-// download) end to end. Exit status 0 when every check passed.
+// GPT on `cuda:N` devices and on `cpu` devices with the same seed, data and plans, and the losses
+// must agree. Covers the GPU replica (checksums computed on the device, the all-reduce and the
+// Ulysses exchanges over Gloo through the host and over NCCL in device memory, state broadcast
+// to devices that join mid-run, checkpoint download) end to end. Exit status 0 when every check
+// passed.
 //
-// Usage: training_check [DEVICES]   (DEVICES per kind, default 2)
+// Usage: training_check [DEVICES]   (DEVICES per kind, default 2; FLEXSP_EMU_GPUS >= DEVICES)
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -19,7 +20,8 @@ using namespace flexsp::actors;
 
 namespace {
 
-job_spec tiny(const std::string& backend, const std::string& strategy, const std::string& dir) {
+job_spec tiny(const std::string& backend, const std::string& collectives, const std::string& strategy,
+              const std::string& dir) {
   job_spec s;
   s.name = "emu-" + backend;
   s.steps = 3;
@@ -29,7 +31,7 @@ job_spec tiny(const std::string& backend, const std::string& strategy, const std
   s.calibrate = false;
   s.milp = false;
   s.backend = backend;
-  s.collectives = "gloo";  // NCCL cannot be emulated
+  s.collectives = collectives;
   s.strategy = strategy;
   s.checkpoint_dir = dir;
   return s;
@@ -65,27 +67,34 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(dir);
   int failures = 0;
   for (const std::string strategy : {"flexsp", "static:2"}) {
-    auto cluster = embedded_cluster::start(0, 0).value();
-    std::vector<device_id> cpus;
-    for (int i = 0; i < n; ++i) cpus.push_back({"cpu", static_cast<std::uint32_t>(i)});
-    (void)cluster->add_node(cpus);
-    // One GPU node now; the others join after the first step and get the state by broadcast.
-    (void)cluster->add_node(std::vector<device_id>{{"cuda", 0}});
-    const auto cpu = run(*cluster, tiny("cpu", strategy, (dir / ("cpu-" + strategy)).string()));
-    const auto gpu = run(*cluster, tiny("cuda", strategy, (dir / ("cuda-" + strategy)).string()),
-                         [&](std::uint64_t step) {
-                           if (step == 0)
-                             for (int i = 1; i < n; ++i) (void)cluster->add_node(std::vector<device_id>{{"cuda", 0}});
-                         });
-    bool ok = cpu.status.state == job_state::succeeded && gpu.status.state == job_state::succeeded &&
-              cpu.losses.size() == 3 && gpu.losses.size() == 3;
-    for (std::size_t i = 0; ok && i < 3; ++i) ok = std::abs(cpu.losses[i] - gpu.losses[i]) <= 1e-4 * cpu.losses[i];
-    std::printf("%s: %s  cpu %s, cuda %s; losses", strategy.c_str(), ok ? "ok" : "FAILED",
-                std::string{to_string(cpu.status.state)}.c_str(), std::string{to_string(gpu.status.state)}.c_str());
-    for (std::size_t i = 0; i < std::max(cpu.losses.size(), gpu.losses.size()); ++i)
-      std::printf("  %.6f/%.6f", i < cpu.losses.size() ? cpu.losses[i] : NAN, i < gpu.losses.size() ? gpu.losses[i] : NAN);
-    std::printf("%s%s\n", gpu.status.error.empty() ? "" : "  error: ", gpu.status.error.c_str());
-    failures += ok ? 0 : 1;
+    for (const std::string collectives : {"gloo", "nccl"}) {
+      auto cluster = embedded_cluster::start(0, 0).value();
+      std::vector<device_id> cpus;
+      for (int i = 0; i < n; ++i) cpus.push_back({"cpu", static_cast<std::uint32_t>(i)});
+      (void)cluster->add_node(cpus);
+      // One GPU node now; the others join after the first step and get the state by broadcast.
+      (void)cluster->add_node(std::vector<device_id>{{"cuda", 0}});
+      const auto tag = strategy + "-" + collectives;
+      const auto cpu = run(*cluster, tiny("cpu", "gloo", strategy, (dir / ("cpu-" + tag)).string()));
+      const auto gpu = run(*cluster, tiny("cuda", collectives, strategy, (dir / ("cuda-" + tag)).string()),
+                           [&](std::uint64_t step) {
+                             if (step == 0)
+                               for (int i = 1; i < n; ++i)
+                                 (void)cluster->add_node(
+                                     std::vector<device_id>{{"cuda", static_cast<std::uint32_t>(i)}});
+                           });
+      bool ok = cpu.status.state == job_state::succeeded && gpu.status.state == job_state::succeeded &&
+                cpu.losses.size() == 3 && gpu.losses.size() == 3;
+      for (std::size_t i = 0; ok && i < 3; ++i) ok = std::abs(cpu.losses[i] - gpu.losses[i]) <= 1e-4 * cpu.losses[i];
+      std::printf("%s, cuda with %s: %s  cpu %s, cuda %s; losses", strategy.c_str(), collectives.c_str(),
+                  ok ? "ok" : "FAILED", std::string{to_string(cpu.status.state)}.c_str(),
+                  std::string{to_string(gpu.status.state)}.c_str());
+      for (std::size_t i = 0; i < std::max(cpu.losses.size(), gpu.losses.size()); ++i)
+        std::printf("  %.6f/%.6f", i < cpu.losses.size() ? cpu.losses[i] : NAN,
+                    i < gpu.losses.size() ? gpu.losses[i] : NAN);
+      std::printf("%s%s\n", gpu.status.error.empty() ? "" : "  error: ", gpu.status.error.c_str());
+      failures += ok ? 0 : 1;
+    }
   }
   std::filesystem::remove_all(dir);
   std::printf("%s\n", failures == 0 ? "training under emulation: PASSED" : "training under emulation: FAILED");

@@ -212,6 +212,9 @@ private:
         return make_error(errc::timeout, "{}: peers did not take part within {} ms", name, timeout_.count());
       std::this_thread::sleep_for(std::chrono::microseconds{20});
     }
+    // An error NCCL reported while the work ran (a peer's connection closed) makes its output
+    // garbage even though the stream finished.
+    FLEXSP_TRY(wait_ready(*api_, comm_, deadline, &abort_requested_, name));
     if (stage_out) {
       FLEXSP_CUDA_CHECK(::cudaMemcpyAsync(out.data(), dst, out.size_bytes(), cudaMemcpyDeviceToHost, stream_.get()));
       FLEXSP_CUDA_CHECK(::cudaStreamSynchronize(stream_.get()));
