@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 
@@ -201,7 +202,12 @@ void device_trainer::handle(join_job m) {
                                                                     kernels::nccl_options{.timeout = timeout});
         };
       } else if (m.collectives == "gloo" || m.collectives.empty()) {
-        const kernels::gloo_options gloo{.hostname = m.collective_host, .timeout = timeout};
+        // Groups whose devices all live in this process exchange through memory, unless
+        // FLEXSP_IN_PROCESS_COLLECTIVES=0 sends them over Gloo's TCP too.
+        const char* in_process = std::getenv("FLEXSP_IN_PROCESS_COLLECTIVES");
+        const kernels::gloo_options gloo{.hostname = m.collective_host,
+                                         .timeout = timeout,
+                                         .in_process = in_process == nullptr || std::string_view{in_process} != "0"};
         j->make_cache = [raw, me, gloo]() -> std::shared_ptr<kernels::group_cache> {
           return std::make_shared<kernels::communicator_cache>(*raw->store, me, gloo);
         };

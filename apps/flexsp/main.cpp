@@ -16,9 +16,11 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_spec,
                  "log levels: a default and per-logger overrides, e.g. 'info' or 'warn,net=debug' "
                  "(also FLEXSP_LOG)");
-  app.footer("Environment:\n  FLEXSP_LOG           log level spec, as --log-level (the flag wins)\n"
-             "  FLEXSP_CPU_THREADS   GEMM threads of each CPU device (default: cores / CPU devices of the "
-             "process)\n\n"
+  app.footer("Environment:\n  FLEXSP_LOG                     log level spec, as --log-level (the flag wins)\n"
+             "  FLEXSP_CPU_THREADS             GEMM threads of each CPU device (default: cores / CPU devices of the "
+             "process)\n"
+             "  FLEXSP_IN_PROCESS_COLLECTIVES  0: groups of devices in one process use Gloo's TCP too "
+             "(default 1: through memory)\n\n"
              "Run 'flexsp <command> --help' for a command's options.");
 
   flexsp::app::add_info_command(app);

@@ -26,6 +26,7 @@
 #include <fmt/ranges.h>
 
 #include "flexsp/core/log.hpp"
+#include "flexsp/kernels/process_communicator.hpp"
 
 namespace flexsp::kernels {
 
@@ -277,6 +278,7 @@ public:
   }
 
   bool poisoned() const noexcept override { return st_->poisoned; }
+  const char* transport() const noexcept override { return "gloo"; }
 
 private:
   std::uint32_t next_tag() noexcept { return tag_++; }
@@ -383,6 +385,25 @@ expected<std::unique_ptr<communicator>> make_gloo_communicator(rendezvous_store&
   return std::unique_ptr<communicator>{std::make_unique<gloo_communicator>(std::move(st), options.timeout)};
 }
 
+namespace {
+
+/// Whether every member of the group `name` runs in this process: each rank publishes its
+/// process token and compares the others' with its own (so all ranks reach the same answer).
+expected<bool> members_share_this_process(rendezvous_store& store, const std::string& name, int rank, int size,
+                                          std::chrono::milliseconds timeout) {
+  const auto& mine = process_token();
+  FLEXSP_TRY(store.set(fmt::format("{}/process/{}", name, rank), std::span<const char>{mine.data(), mine.size()}));
+  bool all = true;
+  for (int p = 0; p < size; ++p) {
+    if (p == rank) continue;
+    FLEXSP_TRY_ASSIGN(auto theirs, store.get(fmt::format("{}/process/{}", name, p), timeout));
+    all = all && std::string_view{theirs.data(), theirs.size()} == mine;
+  }
+  return all;
+}
+
+}  // namespace
+
 communicator_cache::communicator_cache(rendezvous_store& store, int my_device, gloo_options options)
     : store_{store}, my_device_{my_device}, options_{std::move(options)} {}
 
@@ -413,13 +434,21 @@ expected<std::shared_ptr<communicator>> communicator_cache::get(std::span<const 
   if (sorted.size() == 1) {
     comm = make_local_communicator();
   } else {
-    if (!device_) {
-      FLEXSP_TRY_ASSIGN(device_, make_gloo_device(options_));
-    }
     const auto name = fmt::format("flexsp/group/{}/{}", epoch, fmt::join(sorted, ","));
-    FLEXSP_TRY_ASSIGN(auto made, make_gloo_communicator(store_, name, rank, static_cast<int>(sorted.size()), options_,
-                                                        device_));
-    comm = std::move(made);
+    const int size = static_cast<int>(sorted.size());
+    bool local = false;
+    if (options_.in_process) {
+      FLEXSP_TRY_ASSIGN(local, members_share_this_process(store_, name, rank, size, options_.timeout));
+    }
+    if (local) {
+      FLEXSP_TRY_ASSIGN(comm, make_process_communicator(name, rank, size, options_.timeout));
+    } else {
+      if (!device_) {
+        FLEXSP_TRY_ASSIGN(device_, make_gloo_device(options_));
+      }
+      FLEXSP_TRY_ASSIGN(auto made, make_gloo_communicator(store_, name, rank, size, options_, device_));
+      comm = std::move(made);
+    }
   }
   table_.insert(std::move(key), comm);
   return comm;

@@ -40,6 +40,7 @@ public:
   void abort() noexcept override { aborted_ = true; }
   bool poisoned() const noexcept override { return aborted_; }
   bool reduces_device_buffers() const noexcept override { return true; }
+  const char* transport() const noexcept override { return "local"; }
 
 private:
   expected<void> usable() const {

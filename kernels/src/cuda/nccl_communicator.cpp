@@ -150,6 +150,7 @@ public:
   bool poisoned() const noexcept override { return poisoned_.load(); }
   bool reduces_device_buffers() const noexcept override { return true; }
   bool exchanges_device_buffers() const noexcept override { return true; }
+  const char* transport() const noexcept override { return "nccl"; }
 
 private:
   void abort_locked() noexcept {

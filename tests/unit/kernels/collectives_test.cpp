@@ -1,6 +1,7 @@
 #include <atomic>
 #include <filesystem>
 #include <numeric>
+#include <random>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include "flexsp/kernels/gloo_communicator.hpp"
 #include "flexsp/kernels/gpu.hpp"
 #include "flexsp/kernels/nccl_collectives.hpp"
+#include "flexsp/kernels/process_communicator.hpp"
 #include "flexsp/kernels/rendezvous_store.hpp"
 
 namespace flexsp::kernels {
@@ -65,23 +67,38 @@ TEST(LocalCommunicator, CopiesAndFailsAfterAbort) {
   EXPECT_EQ(c->barrier().error().kind(), errc::cancelled);
 }
 
+// A group of `size` ranks, one thread each, over Gloo (TCP) or through memory.
 template <class Fn>
-void run_group(int size, const std::string& key, Fn fn, std::chrono::milliseconds timeout = 20s) {
+void run_group(const std::string& transport, int size, const std::string& key, Fn fn,
+               std::chrono::milliseconds timeout = 20s) {
   memory_store store;
   std::vector<std::thread> threads;
   for (int r = 0; r < size; ++r) {
     threads.emplace_back([&, r] {
       gloo_options opt;
       opt.timeout = timeout;
-      auto comm = make_gloo_communicator(store, key, r, size, opt);
+      auto comm = transport == "gloo" ? make_gloo_communicator(store, key, r, size, opt)
+                                      : make_process_communicator(key, r, size, timeout);
       ASSERT_TRUE(comm) << comm.error().to_string();
+      EXPECT_EQ((*comm)->transport(), transport);
       fn(**comm, r);
     });
   }
   for (auto& t : threads) t.join();
 }
 
-TEST(GlooCommunicator, AllToAllVMovesUnevenAndZeroCounts) {
+// The same contract over TCP and through memory.
+class Communicator : public ::testing::TestWithParam<std::string> {
+protected:
+  template <class Fn>
+  void run_group(int size, const std::string& key, Fn fn, std::chrono::milliseconds timeout = 20s) {
+    kernels::run_group(GetParam(), size, GetParam() + "/" + key, fn, timeout);
+  }
+};
+INSTANTIATE_TEST_SUITE_P(Transports, Communicator, ::testing::Values("gloo", "memory"),
+                         [](const auto& info) { return info.param; });
+
+TEST_P(Communicator, AllToAllVMovesUnevenAndZeroCounts) {
   const int n = 3;
   // Rank s sends (s + 2*d) % 3 floats to rank d, valued s*100 + d*10 + i: some counts are 0.
   auto count = [](int s, int d) { return static_cast<std::int64_t>((s + 2 * d) % 3); };
@@ -101,7 +118,7 @@ TEST(GlooCommunicator, AllToAllVMovesUnevenAndZeroCounts) {
   });
 }
 
-TEST(GlooCommunicator, AllReduceAllGatherBroadcastAndBarrierAgree) {
+TEST_P(Communicator, AllReduceAllGatherBroadcastAndBarrierAgree) {
   run_group(3, "mixed", [](communicator& c, int r) {
     std::vector<float> v{static_cast<float>(r), 1.0f};
     ASSERT_TRUE(c.all_reduce_sum(v));
@@ -117,7 +134,7 @@ TEST(GlooCommunicator, AllReduceAllGatherBroadcastAndBarrierAgree) {
   });
 }
 
-TEST(GlooCommunicator, AllReduceSumsExactlyForEveryGroupSize) {
+TEST_P(Communicator, AllReduceSumsExactlyForEveryGroupSize) {
   for (int n = 2; n <= 7; ++n)
     run_group(n, "sizes" + std::to_string(n), [n](communicator& c, int r) {
       std::vector<float> v(1000);
@@ -134,7 +151,7 @@ void wait_for(const std::atomic<bool>& flag) {
   while (!flag && std::chrono::steady_clock::now() - start < 30s) std::this_thread::yield();
 }
 
-TEST(GlooCommunicator, TimesOutWhenAPeerNeverJoinsTheCollective) {
+TEST_P(Communicator, TimesOutWhenAPeerNeverJoinsTheCollective) {
   std::atomic<bool> finished{false};
   run_group(2, "timeout", [&](communicator& c, int r) {
     if (r == 1) return wait_for(finished);
@@ -147,7 +164,7 @@ TEST(GlooCommunicator, TimesOutWhenAPeerNeverJoinsTheCollective) {
   }, 300ms);
 }
 
-TEST(GlooCommunicator, AbortUnblocksAWaitingCollectiveInAnotherThread) {
+TEST_P(Communicator, AbortUnblocksAWaitingCollectiveInAnotherThread) {
   std::atomic<bool> finished{false};
   run_group(2, "abort", [&](communicator& c, int r) {
     EXPECT_TRUE(c.barrier());
@@ -166,6 +183,97 @@ TEST(GlooCommunicator, AbortUnblocksAWaitingCollectiveInAnotherThread) {
     EXPECT_EQ(err->kind(), errc::cancelled);
     EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
   }, 20s);
+}
+
+TEST_P(Communicator, ARankThatAbortsFailsItsPeersInsteadOfLettingThemWait) {
+  run_group(3, "peer-abort", [](communicator& c, int r) {
+    EXPECT_TRUE(c.barrier());
+    if (r == 2) {
+      c.abort();
+      return;
+    }
+    std::vector<float> v(16, 1.0f);
+    const auto start = std::chrono::steady_clock::now();
+    auto res = c.all_reduce_sum(v);  // the 20 s timeout is far away
+    ASSERT_FALSE(res);
+    EXPECT_EQ(res.error().kind(), errc::disconnected) << res.error().to_string();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  });
+}
+
+TEST(ProcessCommunicator, AllReduceGivesEveryRankTheSameBitsSummedInRankOrder) {
+  const int n = 5;
+  std::vector<std::vector<float>> inputs(n), outputs(n);
+  std::mt19937 rng{7};
+  std::uniform_real_distribution<float> u{-1.0f, 1.0f};
+  for (auto& in : inputs) {
+    in.resize(1003);
+    for (auto& x : in) x = u(rng) * 1e3f;
+  }
+  run_group("memory", n, "bits", [&](communicator& c, int r) {
+    outputs[r] = inputs[r];
+    ASSERT_TRUE(c.all_reduce_sum(outputs[r]));
+  });
+  for (std::size_t i = 0; i < inputs[0].size(); ++i) {
+    float expected = inputs[0][i];
+    for (int p = 1; p < n; ++p) expected += inputs[p][i];
+    for (int r = 0; r < n; ++r) ASSERT_EQ(outputs[r][i], expected) << "rank " << r << " element " << i;
+  }
+}
+
+TEST(ProcessCommunicator, AMemberThatIsDestroyedFailsThePeersWaitingForIt) {
+  memory_store store;
+  std::unique_ptr<communicator> peer;
+  std::thread joiner{[&] { peer = make_process_communicator("gone", 1, 2, 5s).value(); }};
+  auto me = make_process_communicator("gone", 0, 2, 5s);
+  joiner.join();
+  ASSERT_TRUE(me);
+  std::thread killer{[&] {
+    std::this_thread::sleep_for(100ms);
+    peer.reset();
+  }};
+  auto res = (*me)->barrier();
+  killer.join();
+  ASSERT_FALSE(res);
+  EXPECT_EQ(res.error().kind(), errc::disconnected) << res.error().to_string();
+  EXPECT_TRUE((*me)->poisoned());
+}
+
+TEST(ProcessCommunicator, JoiningChecksRankAndSizeAndGivesUpTogether) {
+  EXPECT_EQ(make_process_communicator("bad", 2, 2, 1s).error().kind(), errc::invalid_argument);
+  EXPECT_EQ(make_process_communicator("bad", 0, 0, 1s).error().kind(), errc::invalid_argument);
+  // Ranks 0 and 1 of 3 join, rank 2 never does: rank 0 gives up after its 200 ms, and rank 1,
+  // which would wait 5 s, learns at once that the group is gone.
+  const auto start = std::chrono::steady_clock::now();
+  expected<std::unique_ptr<communicator>> patient = make_error(errc::failed, "not run");
+  std::thread other{[&] { patient = make_process_communicator("incomplete", 1, 3, 5s); }};
+  auto impatient = make_process_communicator("incomplete", 0, 3, 200ms);
+  other.join();
+  ASSERT_FALSE(impatient);
+  EXPECT_EQ(impatient.error().kind(), errc::timeout);
+  ASSERT_FALSE(patient);
+  EXPECT_EQ(patient.error().kind(), errc::disconnected) << patient.error().to_string();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+  auto one = make_process_communicator("one", 0, 1, 1s);
+  ASSERT_TRUE(one);
+  std::vector<float> v{3.0f};
+  EXPECT_TRUE((*one)->all_reduce_sum(v));
+  EXPECT_EQ(v[0], 3.0f);
+}
+
+TEST(ProcessCommunicator, MismatchedSizesFailEveryRankWithInvalidArgument) {
+  run_group("memory", 2, "sizes", [](communicator& c, int r) {
+    std::vector<float> v(r == 0 ? 4 : 5, 1.0f);
+    auto res = c.all_reduce_sum(v);
+    ASSERT_FALSE(res);
+    EXPECT_TRUE(res.error().kind() == errc::invalid_argument || res.error().kind() == errc::disconnected)
+        << res.error().to_string();
+  });
+}
+
+TEST(ProcessCommunicator, ATokenNamesThisProcess) {
+  EXPECT_EQ(process_token(), process_token());
+  EXPECT_NE(process_token().find(std::to_string(::getpid())), std::string::npos);
 }
 
 // Gloo writes to its peers with writev(): without this, a peer that dies mid-collective would
@@ -203,21 +311,29 @@ TEST(GlooCommunicator, KeepsASigpipeHandlerTheProgramInstalled) {
   ::sigaction(SIGPIPE, &before, nullptr);
 }
 
-TEST(CommunicatorCache, CachesGroupsOfDifferentSizesPerDeviceSet) {
+// Devices in one process: groups go through memory, or over Gloo when that is turned off.
+class CommunicatorCache : public ::testing::TestWithParam<bool> {};
+INSTANTIATE_TEST_SUITE_P(InProcess, CommunicatorCache, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Memory" : "Gloo"; });
+
+TEST_P(CommunicatorCache, CachesGroupsOfDifferentSizesPerDeviceSet) {
   memory_store store;
   const int devices = 3;
+  const bool in_process = GetParam();
   std::vector<std::thread> threads;
   std::atomic<int> failures{0};
   for (int dev = 0; dev < devices; ++dev) {
     threads.emplace_back([&, dev] {
-      communicator_cache cache{store, dev, gloo_options{.hostname = "127.0.0.1", .timeout = 20s}};
+      communicator_cache cache{store, dev, gloo_options{.hostname = "127.0.0.1", .timeout = 20s, .in_process = in_process}};
       const std::vector<int> world{2, 0, 1};
       auto w = cache.get(world);
       if (!w || (*w)->size() != 3 || (*w)->rank() != dev) ++failures;
+      if (w && std::string_view{(*w)->transport()} != (in_process ? "memory" : "gloo")) ++failures;
       // Devices 0 and 1 form a pair; device 2 is alone (a local communicator).
       std::vector<int> mine = dev < 2 ? std::vector<int>{0, 1} : std::vector<int>{2};
       auto g = cache.get(mine);
       if (!g || (*g)->size() != static_cast<int>(mine.size())) ++failures;
+      if (g && dev == 2 && std::string_view{(*g)->transport()} != "local") ++failures;
       auto again = cache.get(mine);
       if (!again || again->get() != g->get()) ++failures;
       std::vector<float> v{1.0f};

@@ -1,9 +1,10 @@
 #pragma once
 /// \file
 /// The collective-communication interface everything above the kernels uses (Ulysses
-/// all-to-alls, gradient all-reduce, parameter broadcast), with two implementations:
-/// a size-1 `local` communicator (no transport; the single-device path) and a Gloo one over
-/// TCP (gloo_communicator.hpp). Collective calls are blocking and must be issued by every
+/// all-to-alls, gradient all-reduce, parameter broadcast), with four implementations:
+/// a size-1 `local` communicator (no transport; the single-device path), an in-process one
+/// for ranks that are threads of one process (process_communicator.hpp), a Gloo one over TCP
+/// (gloo_communicator.hpp) and an NCCL one for GPUs (nccl_collectives.hpp). Collective calls are blocking and must be issued by every
 /// member of the group in the same order, from one thread at a time (only `abort()` may be
 /// called concurrently, from any thread).
 ///
@@ -70,6 +71,9 @@ public:
   virtual bool reduces_device_buffers() const noexcept { return false; }
   /// True when all_to_all_v takes GPU device buffers in place (NCCL).
   virtual bool exchanges_device_buffers() const noexcept { return false; }
+  /// How the ranks exchange data: "local" (a group of one), "memory" (threads of one
+  /// process), "gloo" (TCP) or "nccl".
+  virtual const char* transport() const noexcept = 0;
 };
 
 /// The group of one: collectives are local copies. Never fails except on size mismatch.

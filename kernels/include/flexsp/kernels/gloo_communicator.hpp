@@ -42,6 +42,9 @@ struct gloo_options {
   std::string hostname = "127.0.0.1";
   /// Deadline for rendezvous and for every collective (Gloo's context timeout).
   std::chrono::milliseconds timeout{30'000};
+  /// communicator_cache: a group whose members all run in this process exchanges through
+  /// memory (process_communicator.hpp) instead of TCP.
+  bool in_process = true;
 };
 
 /// Opaque shared TCP device (one listening socket and event loop); share one per process.
@@ -58,7 +61,9 @@ expected<std::unique_ptr<communicator>> make_gloo_communicator(rendezvous_store&
                                                                std::shared_ptr<gloo_device> device = nullptr);
 
 /// SP-group communicators of one device, created on first use and cached by (epoch, device
-/// set). Many groups of different sizes coexist; a group of one is a local communicator.
+/// set). Many groups of different sizes coexist; a group of one is a local communicator, a group
+/// whose members are all in this process an in-process one (unless options.in_process is off:
+/// the members compare process tokens through the store), any other group a Gloo one.
 /// Rendezvous keys live under "flexsp/group/<epoch>/<ascending device ids, comma-separated>/".
 /// A group that failed is not rebuilt in the same epoch (its keys are spent). Thread-safe;
 /// creation is serialised per cache.
