@@ -12,6 +12,7 @@ struct ModelShape {
   heads @2 :UInt32;
   vocab @3 :UInt32;
   maxSeq @4 :UInt32;
+  attention @5 :Text;             # "fp32" or "bf16" (empty: fp32)
 }
 
 struct OptimizerSettings {

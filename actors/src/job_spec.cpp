@@ -87,6 +87,10 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (s.data_path.empty() && s.model.vocab < 256)
     return bad("model.vocab", "must be at least 256 for byte-level text data");
   if (s.model.max_seq < 8 || s.model.max_seq > 1'000'000) return bad("model.max_seq", "must be in 8..1000000");
+  if (s.model.attention != "fp32" && s.model.attention != "bf16")
+    return bad("model.attention", fmt::format("'{}' is not one of fp32, bf16", s.model.attention));
+  if (s.model.attention == "bf16" && s.backend == "cpu")
+    return bad("model.attention", "bf16 attention runs on CUDA devices; use backend cuda (or auto)");
   if (s.batch_size < 1 || s.batch_size > 1'000'000) return bad("batch_size", "must be in 1..1000000");
   if (s.data_path.empty()) {
     const auto kinds = scheduler::synthetic_kinds();
@@ -152,12 +156,13 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   const json* o = nullptr;
   FLEXSP_TRY(read_object(j, "model", o));
   if (o) {
-    FLEXSP_TRY(check_keys(*o, "model.", {"layers", "d_model", "heads", "vocab", "max_seq"}));
+    FLEXSP_TRY(check_keys(*o, "model.", {"layers", "d_model", "heads", "vocab", "max_seq", "attention"}));
     FLEXSP_TRY(read_uint(*o, "layers", "model.", s.model.layers));
     FLEXSP_TRY(read_uint(*o, "d_model", "model.", s.model.d_model));
     FLEXSP_TRY(read_uint(*o, "heads", "model.", s.model.heads));
     FLEXSP_TRY(read_uint(*o, "vocab", "model.", s.model.vocab));
     FLEXSP_TRY(read_uint(*o, "max_seq", "model.", s.model.max_seq));
+    FLEXSP_TRY(read_string(*o, "attention", "model.", s.model.attention));
   }
   FLEXSP_TRY(read_object(j, "data", o));
   if (o) {
@@ -196,7 +201,7 @@ std::string job_spec_to_json(const job_spec& s) {
   j["strategy"] = s.strategy;
   j["seed"] = s.seed;
   j["model"] = {{"layers", s.model.layers}, {"d_model", s.model.d_model}, {"heads", s.model.heads},
-                {"vocab", s.model.vocab}, {"max_seq", s.model.max_seq}};
+                {"vocab", s.model.vocab}, {"max_seq", s.model.max_seq}, {"attention", s.model.attention}};
   if (s.data_path.empty())
     j["data"] = {{"synthetic", s.synthetic}};
   else

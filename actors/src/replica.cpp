@@ -157,6 +157,9 @@ private:
 
 expected<std::unique_ptr<replica>> make_cpu_replica(const model_shape& shape, std::uint64_t seed,
                                                     const optimizer_settings& opt) {
+  if (shape.attention != "fp32")
+    return make_error(errc::invalid_argument, "{} attention runs on CUDA devices only; this one is a CPU device",
+                      shape.attention);
   FLEXSP_TRY_ASSIGN(auto model, kernels::gpt_model::create(config_of(shape), seed));
   return std::unique_ptr<replica>{std::make_unique<cpu_replica>(std::move(model), opt)};
 }
@@ -167,6 +170,10 @@ expected<std::unique_ptr<replica>> make_gpu_replica(std::shared_ptr<kernels::gpu
   if (!device) return make_error(errc::invalid_argument, "no GPU device to place the replica on");
   FLEXSP_TRY_ASSIGN(auto model, kernels::gpt_model::create(config_of(shape), seed));
   FLEXSP_TRY_ASSIGN(auto on_gpu, kernels::gpu::gpt_replica::create(*device, model));
+  if (shape.attention == "bf16")
+    on_gpu.set_attention_type(kernels::gpu::dtype::bf16);
+  else if (shape.attention != "fp32")
+    return make_error(errc::invalid_argument, "unknown attention element type '{}' (fp32 or bf16)", shape.attention);
   return std::unique_ptr<replica>{
       std::make_unique<gpu_replica>(std::move(device), std::move(model), std::move(on_gpu), opt)};
 }

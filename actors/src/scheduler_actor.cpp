@@ -187,7 +187,9 @@ struct scheduler_actor::runner {
     bool any_cuda = false;
     for (const auto& [_, devs] : pending_nodes)
       for (const auto& d : devs) any_cuda = any_cuda || d.kind == "cuda";
-    backend = spec.backend != "auto" ? spec.backend : (any_cuda || spec.collectives == "nccl") ? "cuda" : "cpu";
+    // NCCL collectives and bf16 attention exist on CUDA devices only.
+    const bool needs_cuda = spec.collectives == "nccl" || spec.model.attention == "bf16";
+    backend = spec.backend != "auto" ? spec.backend : (any_cuda || needs_cuda) ? "cuda" : "cpu";
     collectives = spec.collectives != "auto" ? spec.collectives : backend == "cuda" ? "nccl" : "gloo";
     log(fmt::format("training on {} devices with {} collectives", backend, collectives));
   }

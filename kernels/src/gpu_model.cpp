@@ -11,11 +11,11 @@ std::size_t sz(std::int64_t v) { return static_cast<std::size_t>(v); }
 
 // Per-layer activations kept for the backward pass (one slot each, see slot_of).
 enum layer_slot : std::size_t { x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_h, att_h, lse, att, x_mid, ln2, ln2_mean,
-                                ln2_rstd, fc, act, kLayerSlots };
+                                ln2_rstd, fc, act, qkv_b, att_b, kLayerSlots };
 // Buffers of one step that are not per layer.
 enum step_slot : std::size_t { tokens, positions, targets, x, lnf, lnf_mean, lnf_rstd, logits, dlogits, dlnf, dx, dact,
                                dfc, dln, dtmp, datt, datt_h, dqkv_h, dqkv, attn_fwd_ws, attn_bwd_ws, xsend, xrecv,
-                               kStepSlots };
+                               datt_b, dqkv_b, kStepSlots };
 }  // namespace
 
 struct gpt_replica::state {
@@ -24,6 +24,7 @@ struct gpt_replica::state {
   std::vector<parameter_info> table;
   buffer params, grads, m, v;
   std::int64_t step = 0;
+  dtype attention = dtype::f32;
   // Scratch reused across steps, grown when a step needs more.
   std::vector<buffer> slots;
 
@@ -52,6 +53,8 @@ gpt_replica& gpt_replica::operator=(gpt_replica&&) noexcept = default;
 gpt_replica::~gpt_replica() = default;
 
 const gpt_config& gpt_replica::config() const noexcept { return s_->config; }
+dtype gpt_replica::attention_type() const noexcept { return s_->attention; }
+void gpt_replica::set_attention_type(dtype type) noexcept { s_->attention = type; }
 float* gpt_replica::params() const noexcept { return s_->params.as<float>(); }
 float* gpt_replica::grads() const noexcept { return s_->grads.as<float>(); }
 
@@ -159,11 +162,16 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
   FLEXSP_TRY_ASSIGN(float* xs, S.scratch(x, nd));
   FLEXSP_TRY(dev.embedding_forward(tok, pos, wte, S.param(1), xs, n, D, V, c.max_positions));
 
+  // bf16 attention: Q, K, V and the output are cast around the kernels and kept in bf16 for
+  // the backward pass; the exchanges and every other op stay fp32.
+  const bool bf16 = S.attention == dtype::bf16;
   attention_forward_args fa{cu, hm, Dh};
+  fa.type = S.attention;
   FLEXSP_TRY_ASSIGN(void* fws, S.scratch<char>(attn_fwd_ws, dev.workspace_size(fa)));
   struct layer_ptrs {
     float *x_in, *ln1, *ln1_mean, *ln1_rstd, *qkv, *qkv_h, *att_h, *lse, *att, *x_mid, *ln2, *ln2_mean, *ln2_rstd, *fc,
         *act;
+    std::uint16_t *qkv_b = nullptr, *att_b = nullptr;  // bf16 attention only
   };
   std::vector<layer_ptrs> cache(sz(L));
   for (std::int64_t l = 0; l < L; ++l) {
@@ -188,6 +196,10 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     FLEXSP_TRY_ASSIGN(k.ln2_rstd, get(ln2_rstd, sz(n)));
     FLEXSP_TRY_ASSIGN(k.fc, get(fc, 4 * nd));
     FLEXSP_TRY_ASSIGN(k.act, get(act, 4 * nd));
+    if (bf16) {
+      FLEXSP_TRY_ASSIGN(k.qkv_b, S.scratch<std::uint16_t>(S.layer_slot_of(l, qkv_b), 3 * Nh));
+      FLEXSP_TRY_ASSIGN(k.att_b, S.scratch<std::uint16_t>(S.layer_slot_of(l, att_b), Nh));
+    }
     const std::size_t p = 2 + sz(l) * 12;  // ln1.g ln1.b w_qkv b_qkv w_o b_o ln2.g ln2.b w_fc b_fc w_proj b_proj
     FLEXSP_TRY(dev.copy_on_device(k.x_in, xs, nd * sizeof(float)));
     FLEXSP_TRY(dev.layernorm_forward(k.x_in, S.param(p), S.param(p + 1), k.ln1, k.ln1_mean, k.ln1_rstd, n, D));
@@ -199,12 +211,22 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     } else {  // [n, 3, H, Dh] -> [3, N, hm, Dh]
       FLEXSP_TRY(exchange(dev, group, qkv_in, k.qkv, k.qkv_h, send, recv, host));
     }
-    fa.q = k.qkv_h;
-    fa.k = k.qkv_h + Nh;
-    fa.v = k.qkv_h + 2 * Nh;
-    fa.out = k.att_h;
     fa.lse = k.lse;
-    FLEXSP_TRY(dev.run(fa, fws));
+    if (bf16) {
+      FLEXSP_TRY(dev.to_bf16(k.qkv_h, k.qkv_b, static_cast<std::int64_t>(3 * Nh)));
+      fa.q = k.qkv_b;
+      fa.k = k.qkv_b + Nh;
+      fa.v = k.qkv_b + 2 * Nh;
+      fa.out = k.att_b;
+      FLEXSP_TRY(dev.run(fa, fws));
+      FLEXSP_TRY(dev.from_bf16(k.att_b, k.att_h, static_cast<std::int64_t>(Nh)));
+    } else {
+      fa.q = k.qkv_h;
+      fa.k = k.qkv_h + Nh;
+      fa.v = k.qkv_h + 2 * Nh;
+      fa.out = k.att_h;
+      FLEXSP_TRY(dev.run(fa, fws));
+    }
     if (!single)  // [N, hm, Dh] -> [n, H, Dh]
       FLEXSP_TRY(exchange(dev, group, att_out, k.att_h, k.att, send, recv, host));
     FLEXSP_TRY(dev.linear_forward(k.att, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D));
@@ -246,7 +268,13 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
   FLEXSP_TRY(dev.layernorm_backward(dlnf_p, xs, S.param(last - 2), lnf_m, lnf_r, dx_p, S.grad(last - 2),
                                     S.grad(last - 1), n, D));
   attention_backward_args ba{cu, hm, Dh};
+  ba.type = S.attention;
   FLEXSP_TRY_ASSIGN(void* bws, S.scratch<char>(attn_bwd_ws, dev.workspace_size(ba)));
+  std::uint16_t *datt_b_p = nullptr, *dqkv_b_p = nullptr;
+  if (bf16) {
+    FLEXSP_TRY_ASSIGN(datt_b_p, S.scratch<std::uint16_t>(datt_b, Nh));
+    FLEXSP_TRY_ASSIGN(dqkv_b_p, S.scratch<std::uint16_t>(dqkv_b, 3 * Nh));
+  }
   const auto count = static_cast<std::int64_t>(nd);
   for (std::int64_t l = L - 1; l >= 0; --l) {
     const auto& k = cache[sz(l)];
@@ -260,16 +288,30 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     FLEXSP_TRY(dev.linear_backward(dx_p, k.att, S.param(p + 4), datt_p, S.grad(p + 4), S.grad(p + 5), n, D, D));
     if (!single)
       FLEXSP_TRY(exchange(dev, group, datt_in, datt_p, datt_h_p, send, recv, host));
-    ba.q = k.qkv_h;
-    ba.k = k.qkv_h + Nh;
-    ba.v = k.qkv_h + 2 * Nh;
-    ba.out = k.att_h;
     ba.lse = k.lse;
-    ba.dout = datt_h_p;
-    ba.dq = dqkv_h_p;
-    ba.dk = dqkv_h_p + Nh;
-    ba.dv = dqkv_h_p + 2 * Nh;
-    FLEXSP_TRY(dev.run(ba, bws));
+    if (bf16) {
+      FLEXSP_TRY(dev.to_bf16(datt_h_p, datt_b_p, static_cast<std::int64_t>(Nh)));
+      ba.q = k.qkv_b;
+      ba.k = k.qkv_b + Nh;
+      ba.v = k.qkv_b + 2 * Nh;
+      ba.out = k.att_b;
+      ba.dout = datt_b_p;
+      ba.dq = dqkv_b_p;
+      ba.dk = dqkv_b_p + Nh;
+      ba.dv = dqkv_b_p + 2 * Nh;
+      FLEXSP_TRY(dev.run(ba, bws));
+      FLEXSP_TRY(dev.from_bf16(dqkv_b_p, dqkv_h_p, static_cast<std::int64_t>(3 * Nh)));
+    } else {
+      ba.q = k.qkv_h;
+      ba.k = k.qkv_h + Nh;
+      ba.v = k.qkv_h + 2 * Nh;
+      ba.out = k.att_h;
+      ba.dout = datt_h_p;
+      ba.dq = dqkv_h_p;
+      ba.dk = dqkv_h_p + Nh;
+      ba.dv = dqkv_h_p + 2 * Nh;
+      FLEXSP_TRY(dev.run(ba, bws));
+    }
     if (single) {  // [3, n, D] -> [n, 3, D]
       for (std::int64_t part = 0; part < 3; ++part)
         FLEXSP_TRY(dev.copy_rows(dqkv_p + part * D, sz(3 * D) * sizeof(float), dqkv_h_p + part * n * D,

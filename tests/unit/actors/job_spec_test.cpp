@@ -45,6 +45,21 @@ TEST(JobSpec, ReadsTheBackendAndTheCollectiveLibrary) {
             std::string::npos);
 }
 
+TEST(JobSpec, ReadsTheAttentionElementTypeAndKeepsBf16OffCpuDevices) {
+  auto d = parse_job_spec(R"({"steps": 2})");
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->model.attention, "fp32");
+  auto s = parse_job_spec(R"({"steps": 2, "model": {"attention": "bf16"}})");
+  ASSERT_TRUE(s) << s.error().to_string();
+  EXPECT_EQ(s->model.attention, "bf16");
+  auto again = parse_job_spec(job_spec_to_json(*s));
+  ASSERT_TRUE(again) << again.error().to_string();
+  EXPECT_EQ(again->model.attention, "bf16");
+  EXPECT_NE(error_of(R"({"steps": 2, "model": {"attention": "fp16"}})").find("model.attention"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 2, "backend": "cpu", "model": {"attention": "bf16"}})").find("CUDA"),
+            std::string::npos);
+}
+
 TEST(JobSpec, ReadsEveryDocumentedKey) {
   auto s = parse_job_spec(R"({"name": "demo", "steps": 30, "batch_size": 16, "strategy": "static:2", "seed": 9,
     "model": {"layers": 3, "d_model": 96, "heads": 6, "vocab": 256, "max_seq": 512},

@@ -26,6 +26,9 @@ struct model_shape {
   std::uint32_t heads = 4;
   std::uint32_t vocab = 256;
   std::uint32_t max_seq = 1024;
+  /// Element type of attention's Q, K, V and output: "fp32", or "bf16" (CUDA devices; fp32
+  /// arithmetic on bf16 storage, everything else stays fp32).
+  std::string attention = "fp32";
 };
 
 /// AdamW settings and gradient clipping.
@@ -163,6 +166,7 @@ struct wire_codec<join_job> {
     s.setHeads(m.model.heads);
     s.setVocab(m.model.vocab);
     s.setMaxSeq(m.model.max_seq);
+    s.setAttention(m.model.attention);
     b.setSeed(m.seed);
     auto o = b.initOptimizer();
     o.setLr(m.optimizer.lr);
@@ -184,7 +188,8 @@ struct wire_codec<join_job> {
     m.job_id = r.getJobId().cStr();
     m.device = r.getDevice();
     auto s = r.getModel();
-    m.model = {s.getLayers(), s.getDModel(), s.getHeads(), s.getVocab(), s.getMaxSeq()};
+    m.model = {s.getLayers(), s.getDModel(), s.getHeads(), s.getVocab(), s.getMaxSeq(), s.getAttention().cStr()};
+    if (m.model.attention.empty()) m.model.attention = "fp32";
     m.seed = r.getSeed();
     auto o = r.getOptimizer();
     m.optimizer = {o.getLr(), o.getWeightDecay(), o.getBeta1(), o.getBeta2(), o.getEps(), o.getMaxGradNorm()};

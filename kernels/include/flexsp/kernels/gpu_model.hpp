@@ -12,7 +12,8 @@
 /// buffers in place, any other communicator (Gloo) the packed buffers through host memory.
 ///
 /// Numerics match gpt_model::forward_backward and adamw_optimizer::step up to fp32 rounding
-/// (summation order differs), which tests/gpu checks.
+/// (summation order differs), which tests/gpu checks; with bf16 attention, up to bf16 rounding
+/// of Q, K, V, the attention output and their gradients.
 
 #include <cstdint>
 #include <memory>
@@ -37,6 +38,12 @@ public:
   ~gpt_replica();
 
   const gpt_config& config() const noexcept;
+  /// Element type of attention's Q, K, V and output (and their gradients): f32 (the default,
+  /// matching gpt_model up to rounding) or bf16 (mixed precision: cast around the attention
+  /// kernels, fp32 arithmetic inside; every other op, the parameters and the optimizer stay
+  /// fp32).
+  dtype attention_type() const noexcept;
+  void set_attention_type(dtype type) noexcept;
   /// Device pointers to the flat buffers ([parameter_count] floats each).
   float* params() const noexcept;
   float* grads() const noexcept;
