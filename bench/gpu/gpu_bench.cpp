@@ -227,9 +227,11 @@ void bench_gemm(gpu::device& dev, const gemm_shape& sh, int reps, bool check) {
 // ---- training step ---------------------------------------------------------------------
 
 void bench_step(gpu::device& dev, const char* name, const gpt_config& cfg, const std::vector<std::int64_t>& lengths,
-                int steps, bool check_loss_on_cpu) {
+                int steps, bool check_loss_on_cpu, gpu::dtype attention = gpu::dtype::f32) {
   auto model = must(gpt_model::create(cfg, 1), "model");
   auto replica = must(gpu::gpt_replica::create(dev, model), "replica");
+  replica.set_attention_type(attention);
+  const double loss_tolerance = attention == gpu::dtype::bf16 ? 1e-2 : 1e-4;  // bf16 Q/K/V/O
   const auto tokens = std::accumulate(lengths.begin(), lengths.end(), std::int64_t{0});
   auto layout = must(ulysses_layout::make(lengths, 1, 0, cfg.heads), "layout");
   const float scale = 1.0f / static_cast<float>(tokens);
@@ -243,7 +245,7 @@ void bench_step(gpu::device& dev, const char* name, const gpt_config& cfg, const
       auto comm = make_local_communicator();
       auto ref = must(model.forward_backward(*comm, layout, in, scale, false), "cpu forward");
       auto loss = must(replica.forward_backward(in, lengths, scale), "gpu forward");
-      if (std::abs(loss - ref.loss_sum) > 1e-4 * std::abs(ref.loss_sum)) ++wrong;
+      if (std::abs(loss - ref.loss_sum) > loss_tolerance * std::abs(ref.loss_sum)) ++wrong;
       must(replica.zero_grads(), "zero");
     }
     double loss = 0;
@@ -261,13 +263,14 @@ void bench_step(gpu::device& dev, const char* name, const gpt_config& cfg, const
   // A fresh model predicts about uniformly: the first loss is near ln(vocab); training lowers it.
   if (!std::isfinite(last_loss) || std::abs(first_loss - std::log(static_cast<double>(cfg.vocab))) > 0.3) ++wrong;
   g_wrong += wrong;
-  std::printf("train step %-10s %lld layers d=%lld H=%lld V=%lld %lld params | %zu seqs %lld tokens | %8.2f ms/step "
-              "%9.0f tokens/s | loss %.3f -> %.3f | #wrong %d\n",
-              name, static_cast<long long>(cfg.layers), static_cast<long long>(cfg.d_model),
+  const char* att = attention == gpu::dtype::bf16 ? "bf16" : "fp32";
+  std::printf("train step %-10s attn %s %lld layers d=%lld H=%lld V=%lld %lld params | %zu seqs %lld tokens | "
+              "%8.2f ms/step %9.0f tokens/s | loss %.3f -> %.3f | #wrong %d\n",
+              name, att, static_cast<long long>(cfg.layers), static_cast<long long>(cfg.d_model),
               static_cast<long long>(cfg.heads), static_cast<long long>(cfg.vocab),
               static_cast<long long>(cfg.parameter_count()), lengths.size(), static_cast<long long>(tokens), med,
               static_cast<double>(tokens) / med * 1e3, first_loss, last_loss, wrong);
-  g_json << "{\"kind\":\"train_step\",\"name\":\"" << name << "\",\"tokens\":" << tokens << ",\"ms\":" << med
+  g_json << "{\"kind\":\"train_step\",\"name\":\"" << name << "\",\"attention\":\"" << att << "\",\"tokens\":" << tokens << ",\"ms\":" << med
          << ",\"params\":" << cfg.parameter_count() << ",\"wrong\":" << wrong << "}\n";
 }
 
@@ -316,8 +319,13 @@ int main(int argc, char** argv) {
 
   bench_step(**dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
              {4096, 1500, 900, 600, 400, 300, 200, 100}, quick ? 2 : 5, true);
+  bench_step(**dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
+             {4096, 1500, 900, 600, 400, 300, 200, 100}, quick ? 2 : 5, true, gpu::dtype::bf16);
   bench_step(**dev, "gpt-small", {.layers = 12, .d_model = 768, .heads = 12, .vocab = 256, .max_positions = 8192},
              {8192, 3001, 2048, 1024, 700, 513, 300, 200, 120, 80, 33, 20, 7, 1}, quick ? 2 : 4, false);
+  bench_step(**dev, "gpt-small", {.layers = 12, .d_model = 768, .heads = 12, .vocab = 256, .max_positions = 8192},
+             {8192, 3001, 2048, 1024, 700, 513, 300, 200, 120, 80, 33, 20, 7, 1}, quick ? 2 : 4, false,
+             gpu::dtype::bf16);
 
   std::printf("total #wrong %d\n", g_wrong);
   return g_wrong == 0 ? 0 : 1;
