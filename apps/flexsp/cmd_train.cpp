@@ -34,6 +34,7 @@ struct train_flags {
   std::uint32_t checkpoint_every = 0;
   bool no_calibrate = false;
   bool no_milp = false;
+  std::string attention;
 };
 
 std::atomic<actors::scheduler_actor*> g_running{nullptr};
@@ -62,6 +63,10 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   if (!spec_json.contains("name")) spec_json["name"] = "train";
   if (f.no_calibrate) spec_json["calibrate"] = false;
   if (f.no_milp) spec_json["milp"] = false;
+  if (!f.attention.empty()) {
+    if (!spec_json.contains("model") || !spec_json["model"].is_object()) spec_json["model"] = nlohmann::json::object();
+    spec_json["model"]["attention"] = f.attention;
+  }
   if (!f.checkpoint_dir.empty())
     spec_json["checkpoint"] = {{"dir", f.checkpoint_dir}, {"every", f.checkpoint_every}};
   auto spec = actors::parse_job_spec(spec_json.dump());
@@ -84,6 +89,13 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     return exit_status(run.error());
   }
   auto& cluster = run->cluster;
+  // Nothing else joins this cluster: a job whose devices are missing would only wait and fail.
+  if (spec->model.attention == "bf16" && run->kinds.find("cuda") == std::string::npos) {
+    fmt::print(stderr, "flexsp train: bf16 attention runs on CUDA devices; --devices gave {} {} devices\n",
+               run->devices, run->kinds);
+    if (default_log_levels(cmd)) (void)log::configure("error");  // the teardown is not news
+    return 2;
+  }
   fmt::print("flexsp train: {} {} devices on {} node(s); GPT {} layers, d_model {}, {} heads, max_seq {}; {} steps of {} "
              "sequences ({}), strategy {}\n",
              run->devices, run->kinds, f.nodes, spec->model.layers, spec->model.d_model, spec->model.heads, spec->model.max_seq,
@@ -176,6 +188,9 @@ void add_train_command(CLI::App& root) {
   cmd->add_flag("--no-milp", f->no_milp,
                "plan with the layout search alone (by default CBC polishes micro-batches the search did not "
                "prove within 5% of optimal; --config can set milp_min_gap)");
+  cmd->add_option("--attention", f->attention,
+                  "attention element type: fp32 (default) or bf16 (mixed precision, CUDA devices only)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   cmd->callback([f, cmd]() {
     const int rc = run_train(*f, *cmd);
     if (rc != 0) std::exit(rc);

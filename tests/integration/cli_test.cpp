@@ -50,4 +50,13 @@ TEST(Cli, InfoReportsTheCudaBackendAsJson) {
   EXPECT_NE(r.output.find("\"cpu_devices\""), std::string::npos) << r.output;
 }
 
+TEST(Cli, TrainRefusesBf16AttentionOnCpuDevicesAtOnce) {
+  auto r = run("train --devices cpu:2 --steps 1 --attention bf16");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("bf16 attention runs on CUDA devices"), std::string::npos) << r.output;
+  auto bad = run("train --attention fp16");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--attention"), std::string::npos) << bad.output;
+}
+
 }  // namespace
