@@ -450,6 +450,8 @@ expected<std::shared_ptr<communicator>> communicator_cache::get(std::span<const 
       comm = std::move(made);
     }
   }
+  log::get("kernels")->debug("device {}: group {} of epoch {} over {}", my_device_, fmt::join(sorted, ","), epoch,
+                             comm->transport());
   table_.insert(std::move(key), comm);
   return comm;
 }
