@@ -13,6 +13,7 @@ struct ModelShape {
   vocab @3 :UInt32;
   maxSeq @4 :UInt32;
   attention @5 :Text;             # "fp32" or "bf16" (empty: fp32)
+  matmul @6 :Text;                # "fp32" or "tf32" (empty: fp32)
 }
 
 struct OptimizerSettings {

@@ -91,6 +91,10 @@ expected<void> validate_job_spec(const job_spec& s) {
     return bad("model.attention", fmt::format("'{}' is not one of fp32, bf16", s.model.attention));
   if (s.model.attention == "bf16" && s.backend == "cpu")
     return bad("model.attention", "bf16 attention runs on CUDA devices; use backend cuda (or auto)");
+  if (s.model.matmul != "fp32" && s.model.matmul != "tf32")
+    return bad("model.matmul", fmt::format("'{}' is not one of fp32, tf32", s.model.matmul));
+  if (s.model.matmul == "tf32" && s.backend == "cpu")
+    return bad("model.matmul", "tf32 GEMMs run on CUDA devices; use backend cuda (or auto)");
   if (s.batch_size < 1 || s.batch_size > 1'000'000) return bad("batch_size", "must be in 1..1000000");
   if (s.data_path.empty()) {
     const auto kinds = scheduler::synthetic_kinds();
@@ -156,13 +160,14 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   const json* o = nullptr;
   FLEXSP_TRY(read_object(j, "model", o));
   if (o) {
-    FLEXSP_TRY(check_keys(*o, "model.", {"layers", "d_model", "heads", "vocab", "max_seq", "attention"}));
+    FLEXSP_TRY(check_keys(*o, "model.", {"layers", "d_model", "heads", "vocab", "max_seq", "attention", "matmul"}));
     FLEXSP_TRY(read_uint(*o, "layers", "model.", s.model.layers));
     FLEXSP_TRY(read_uint(*o, "d_model", "model.", s.model.d_model));
     FLEXSP_TRY(read_uint(*o, "heads", "model.", s.model.heads));
     FLEXSP_TRY(read_uint(*o, "vocab", "model.", s.model.vocab));
     FLEXSP_TRY(read_uint(*o, "max_seq", "model.", s.model.max_seq));
     FLEXSP_TRY(read_string(*o, "attention", "model.", s.model.attention));
+    FLEXSP_TRY(read_string(*o, "matmul", "model.", s.model.matmul));
   }
   FLEXSP_TRY(read_object(j, "data", o));
   if (o) {
@@ -201,7 +206,8 @@ std::string job_spec_to_json(const job_spec& s) {
   j["strategy"] = s.strategy;
   j["seed"] = s.seed;
   j["model"] = {{"layers", s.model.layers}, {"d_model", s.model.d_model}, {"heads", s.model.heads},
-                {"vocab", s.model.vocab}, {"max_seq", s.model.max_seq}, {"attention", s.model.attention}};
+                {"vocab", s.model.vocab}, {"max_seq", s.model.max_seq}, {"attention", s.model.attention},
+                {"matmul", s.model.matmul}};
   if (s.data_path.empty())
     j["data"] = {{"synthetic", s.synthetic}};
   else

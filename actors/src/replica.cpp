@@ -160,6 +160,9 @@ expected<std::unique_ptr<replica>> make_cpu_replica(const model_shape& shape, st
   if (shape.attention != "fp32")
     return make_error(errc::invalid_argument, "{} attention runs on CUDA devices only; this one is a CPU device",
                       shape.attention);
+  if (shape.matmul != "fp32")
+    return make_error(errc::invalid_argument, "{} GEMMs run on CUDA devices only; this one is a CPU device",
+                      shape.matmul);
   FLEXSP_TRY_ASSIGN(auto model, kernels::gpt_model::create(config_of(shape), seed));
   return std::unique_ptr<replica>{std::make_unique<cpu_replica>(std::move(model), opt)};
 }
@@ -174,6 +177,10 @@ expected<std::unique_ptr<replica>> make_gpu_replica(std::shared_ptr<kernels::gpu
     on_gpu.set_attention_type(kernels::gpu::dtype::bf16);
   else if (shape.attention != "fp32")
     return make_error(errc::invalid_argument, "unknown attention element type '{}' (fp32 or bf16)", shape.attention);
+  if (shape.matmul == "tf32")
+    on_gpu.set_gemm_math(kernels::gpu::gemm_math::tf32);
+  else if (shape.matmul != "fp32")
+    return make_error(errc::invalid_argument, "unknown GEMM arithmetic '{}' (fp32 or tf32)", shape.matmul);
   return std::unique_ptr<replica>{
       std::make_unique<gpu_replica>(std::move(device), std::move(model), std::move(on_gpu), opt)};
 }

@@ -187,8 +187,9 @@ struct scheduler_actor::runner {
     bool any_cuda = false;
     for (const auto& [_, devs] : pending_nodes)
       for (const auto& d : devs) any_cuda = any_cuda || d.kind == "cuda";
-    // NCCL collectives and bf16 attention exist on CUDA devices only.
-    const bool needs_cuda = spec.collectives == "nccl" || spec.model.attention == "bf16";
+    // NCCL collectives, bf16 attention and tf32 GEMMs exist on CUDA devices only.
+    const bool needs_cuda =
+        spec.collectives == "nccl" || spec.model.attention == "bf16" || spec.model.matmul == "tf32";
     backend = spec.backend != "auto" ? spec.backend : (any_cuda || needs_cuda) ? "cuda" : "cpu";
     collectives = spec.collectives != "auto" ? spec.collectives : backend == "cuda" ? "nccl" : "gloo";
     log(fmt::format("training on {} devices with {} collectives", backend, collectives));

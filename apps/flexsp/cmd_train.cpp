@@ -35,6 +35,7 @@ struct train_flags {
   bool no_calibrate = false;
   bool no_milp = false;
   std::string attention;
+  std::string matmul;
 };
 
 std::atomic<actors::scheduler_actor*> g_running{nullptr};
@@ -63,9 +64,10 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   if (!spec_json.contains("name")) spec_json["name"] = "train";
   if (f.no_calibrate) spec_json["calibrate"] = false;
   if (f.no_milp) spec_json["milp"] = false;
-  if (!f.attention.empty()) {
+  for (const auto& [key, value] : {std::pair{"attention", &f.attention}, std::pair{"matmul", &f.matmul}}) {
+    if (value->empty()) continue;
     if (!spec_json.contains("model") || !spec_json["model"].is_object()) spec_json["model"] = nlohmann::json::object();
-    spec_json["model"]["attention"] = f.attention;
+    spec_json["model"][key] = *value;
   }
   if (!f.checkpoint_dir.empty())
     spec_json["checkpoint"] = {{"dir", f.checkpoint_dir}, {"every", f.checkpoint_every}};
@@ -90,9 +92,10 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   }
   auto& cluster = run->cluster;
   // Nothing else joins this cluster: a job whose devices are missing would only wait and fail.
-  if (spec->model.attention == "bf16" && run->kinds.find("cuda") == std::string::npos) {
-    fmt::print(stderr, "flexsp train: bf16 attention runs on CUDA devices; --devices gave {} {} devices\n",
-               run->devices, run->kinds);
+  const bool needs_cuda = spec->model.attention == "bf16" || spec->model.matmul == "tf32";
+  if (needs_cuda && run->kinds.find("cuda") == std::string::npos) {
+    fmt::print(stderr, "flexsp train: {} on CUDA devices only; --devices gave {} {} devices\n",
+               spec->model.attention == "bf16" ? "bf16 attention runs" : "tf32 GEMMs run", run->devices, run->kinds);
     if (default_log_levels(cmd)) (void)log::configure("error");  // the teardown is not news
     return 2;
   }
@@ -191,6 +194,9 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--attention", f->attention,
                   "attention element type: fp32 (default) or bf16 (mixed precision, CUDA devices only)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--matmul", f->matmul,
+                  "GEMM arithmetic: fp32 (default) or tf32 (tensor cores on fp32 data, CUDA devices only)")
+      ->check(CLI::IsMember({"fp32", "tf32"}));
   cmd->callback([f, cmd]() {
     const int rc = run_train(*f, *cmd);
     if (rc != 0) std::exit(rc);

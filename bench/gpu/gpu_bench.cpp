@@ -227,11 +227,14 @@ void bench_gemm(gpu::device& dev, const gemm_shape& sh, int reps, bool check) {
 // ---- training step ---------------------------------------------------------------------
 
 void bench_step(gpu::device& dev, const char* name, const gpt_config& cfg, const std::vector<std::int64_t>& lengths,
-                int steps, bool check_loss_on_cpu, gpu::dtype attention = gpu::dtype::f32) {
+                int steps, bool check_loss_on_cpu, gpu::dtype attention = gpu::dtype::f32,
+                gpu::gemm_math math = gpu::gemm_math::fp32) {
   auto model = must(gpt_model::create(cfg, 1), "model");
   auto replica = must(gpu::gpt_replica::create(dev, model), "replica");
   replica.set_attention_type(attention);
-  const double loss_tolerance = attention == gpu::dtype::bf16 ? 1e-2 : 1e-4;  // bf16 Q/K/V/O
+  replica.set_gemm_math(math);
+  const bool mixed = attention == gpu::dtype::bf16 || math == gpu::gemm_math::tf32;
+  const double loss_tolerance = mixed ? 1e-2 : 1e-4;  // bf16 Q/K/V/O, tf32 GEMM inputs
   const auto tokens = std::accumulate(lengths.begin(), lengths.end(), std::int64_t{0});
   auto layout = must(ulysses_layout::make(lengths, 1, 0, cfg.heads), "layout");
   const float scale = 1.0f / static_cast<float>(tokens);
@@ -264,13 +267,14 @@ void bench_step(gpu::device& dev, const char* name, const gpt_config& cfg, const
   if (!std::isfinite(last_loss) || std::abs(first_loss - std::log(static_cast<double>(cfg.vocab))) > 0.3) ++wrong;
   g_wrong += wrong;
   const char* att = attention == gpu::dtype::bf16 ? "bf16" : "fp32";
-  std::printf("train step %-10s attn %s %lld layers d=%lld H=%lld V=%lld %lld params | %zu seqs %lld tokens | "
+  const char* mm = math == gpu::gemm_math::tf32 ? "tf32" : "fp32";
+  std::printf("train step %-10s attn %s gemm %s %lld layers d=%lld H=%lld V=%lld %lld params | %zu seqs %lld tokens | "
               "%8.2f ms/step %9.0f tokens/s | loss %.3f -> %.3f | #wrong %d\n",
-              name, att, static_cast<long long>(cfg.layers), static_cast<long long>(cfg.d_model),
+              name, att, mm, static_cast<long long>(cfg.layers), static_cast<long long>(cfg.d_model),
               static_cast<long long>(cfg.heads), static_cast<long long>(cfg.vocab),
               static_cast<long long>(cfg.parameter_count()), lengths.size(), static_cast<long long>(tokens), med,
               static_cast<double>(tokens) / med * 1e3, first_loss, last_loss, wrong);
-  g_json << "{\"kind\":\"train_step\",\"name\":\"" << name << "\",\"attention\":\"" << att << "\",\"tokens\":" << tokens << ",\"ms\":" << med
+  g_json << "{\"kind\":\"train_step\",\"name\":\"" << name << "\",\"attention\":\"" << att << "\",\"matmul\":\"" << mm << "\",\"tokens\":" << tokens << ",\"ms\":" << med
          << ",\"params\":" << cfg.parameter_count() << ",\"wrong\":" << wrong << "}\n";
 }
 
@@ -321,11 +325,13 @@ int main(int argc, char** argv) {
              {4096, 1500, 900, 600, 400, 300, 200, 100}, quick ? 2 : 5, true);
   bench_step(**dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
              {4096, 1500, 900, 600, 400, 300, 200, 100}, quick ? 2 : 5, true, gpu::dtype::bf16);
+  bench_step(**dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
+             {4096, 1500, 900, 600, 400, 300, 200, 100}, quick ? 2 : 5, true, gpu::dtype::bf16, gpu::gemm_math::tf32);
   bench_step(**dev, "gpt-small", {.layers = 12, .d_model = 768, .heads = 12, .vocab = 256, .max_positions = 8192},
              {8192, 3001, 2048, 1024, 700, 513, 300, 200, 120, 80, 33, 20, 7, 1}, quick ? 2 : 4, false);
   bench_step(**dev, "gpt-small", {.layers = 12, .d_model = 768, .heads = 12, .vocab = 256, .max_positions = 8192},
              {8192, 3001, 2048, 1024, 700, 513, 300, 200, 120, 80, 33, 20, 7, 1}, quick ? 2 : 4, false,
-             gpu::dtype::bf16);
+             gpu::dtype::bf16, gpu::gemm_math::tf32);
 
   std::printf("total #wrong %d\n", g_wrong);
   return g_wrong == 0 ? 0 : 1;

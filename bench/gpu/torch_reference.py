@@ -118,7 +118,7 @@ def main():
     for r in (x for x in ours if x["kind"] == "train_step"):
         print(f"\ntrain step {r['name']}: {r['ms']:.2f} ms for {r['tokens']} tokens = "
               f"{r['tokens'] / r['ms'] * 1e3:.0f} tokens/s ({r['params']} parameters, fp32, "
-              f"attention {r.get('attention', 'fp32')})   #wrong {r['wrong']}")
+              f"attention {r.get('attention', 'fp32')}, GEMMs {r.get('matmul', 'fp32')})   #wrong {r['wrong']}")
     return 0
 
 

@@ -25,6 +25,7 @@ struct gpt_replica::state {
   buffer params, grads, m, v;
   std::int64_t step = 0;
   dtype attention = dtype::f32;
+  gemm_math math = gemm_math::fp32;
   // Scratch reused across steps, grown when a step needs more.
   std::vector<buffer> slots;
 
@@ -55,6 +56,8 @@ gpt_replica::~gpt_replica() = default;
 const gpt_config& gpt_replica::config() const noexcept { return s_->config; }
 dtype gpt_replica::attention_type() const noexcept { return s_->attention; }
 void gpt_replica::set_attention_type(dtype type) noexcept { s_->attention = type; }
+gemm_math gpt_replica::gemm_arithmetic() const noexcept { return s_->math; }
+void gpt_replica::set_gemm_math(gemm_math math) noexcept { s_->math = math; }
 float* gpt_replica::params() const noexcept { return s_->params.as<float>(); }
 float* gpt_replica::grads() const noexcept { return s_->grads.as<float>(); }
 
@@ -165,6 +168,7 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
   // bf16 attention: Q, K, V and the output are cast around the kernels and kept in bf16 for
   // the backward pass; the exchanges and every other op stay fp32.
   const bool bf16 = S.attention == dtype::bf16;
+  const gemm_math math = S.math;
   attention_forward_args fa{cu, hm, Dh};
   fa.type = S.attention;
   FLEXSP_TRY_ASSIGN(void* fws, S.scratch<char>(attn_fwd_ws, dev.workspace_size(fa)));
@@ -203,7 +207,7 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     const std::size_t p = 2 + sz(l) * 12;  // ln1.g ln1.b w_qkv b_qkv w_o b_o ln2.g ln2.b w_fc b_fc w_proj b_proj
     FLEXSP_TRY(dev.copy_on_device(k.x_in, xs, nd * sizeof(float)));
     FLEXSP_TRY(dev.layernorm_forward(k.x_in, S.param(p), S.param(p + 1), k.ln1, k.ln1_mean, k.ln1_rstd, n, D));
-    FLEXSP_TRY(dev.linear_forward(k.ln1, S.param(p + 2), S.param(p + 3), k.qkv, n, D, 3 * D));
+    FLEXSP_TRY(dev.linear_forward(k.ln1, S.param(p + 2), S.param(p + 3), k.qkv, n, D, 3 * D, math));
     if (single) {  // [n, 3, D] -> [3, n, D]: the head layout of a group of one
       for (std::int64_t part = 0; part < 3; ++part)
         FLEXSP_TRY(dev.copy_rows(k.qkv_h + part * n * D, sz(D) * sizeof(float), k.qkv + part * D,
@@ -229,12 +233,12 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     }
     if (!single)  // [N, hm, Dh] -> [n, H, Dh]
       FLEXSP_TRY(exchange(dev, group, att_out, k.att_h, k.att, send, recv, host));
-    FLEXSP_TRY(dev.linear_forward(k.att, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D));
+    FLEXSP_TRY(dev.linear_forward(k.att, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D, math));
     FLEXSP_TRY(dev.residual_forward(k.x_mid, k.x_in, k.x_mid, static_cast<std::int64_t>(nd)));
     FLEXSP_TRY(dev.layernorm_forward(k.x_mid, S.param(p + 6), S.param(p + 7), k.ln2, k.ln2_mean, k.ln2_rstd, n, D));
-    FLEXSP_TRY(dev.linear_forward(k.ln2, S.param(p + 8), S.param(p + 9), k.fc, n, D, 4 * D));
+    FLEXSP_TRY(dev.linear_forward(k.ln2, S.param(p + 8), S.param(p + 9), k.fc, n, D, 4 * D, math));
     FLEXSP_TRY(dev.gelu_forward(k.fc, k.act, static_cast<std::int64_t>(4 * nd)));
-    FLEXSP_TRY(dev.linear_forward(k.act, S.param(p + 10), S.param(p + 11), xs, n, 4 * D, D));
+    FLEXSP_TRY(dev.linear_forward(k.act, S.param(p + 10), S.param(p + 11), xs, n, 4 * D, D, math));
     FLEXSP_TRY(dev.residual_forward(xs, k.x_mid, xs, static_cast<std::int64_t>(nd)));
   }
   FLEXSP_TRY_ASSIGN(float* lnf_out, S.scratch(lnf, nd));
@@ -243,7 +247,7 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
   FLEXSP_TRY(dev.layernorm_forward(xs, S.param(last - 2), S.param(last - 1), lnf_out, lnf_m, lnf_r, n, D));
   FLEXSP_TRY_ASSIGN(float* lg, S.scratch(logits, sz(n * V)));
   FLEXSP_TRY(dev.gemm({.trans_b = true, .m = n, .n = V, .k = D, .a = lnf_out, .lda = D, .b = wte, .ldb = D,
-                       .c = lg, .ldc = V}));
+                       .c = lg, .ldc = V, .math = math}));
   FLEXSP_TRY_ASSIGN(float* dlg, S.scratch(dlogits, sz(n * V)));
   FLEXSP_TRY_ASSIGN(const double loss_sum, dev.cross_entropy(lg, tgt, dlg, n, V, loss_scale));
 
@@ -262,9 +266,10 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     FLEXSP_TRY_ASSIGN(datt_h_p, S.scratch(datt_h, Nh));
   }
   FLEXSP_TRY_ASSIGN(float* dqkv_p, S.scratch(dqkv, 3 * nd));
-  FLEXSP_TRY(dev.gemm({.m = n, .n = D, .k = V, .a = dlg, .lda = V, .b = wte, .ldb = D, .c = dlnf_p, .ldc = D}));
+  FLEXSP_TRY(dev.gemm({.m = n, .n = D, .k = V, .a = dlg, .lda = V, .b = wte, .ldb = D, .c = dlnf_p, .ldc = D,
+                       .math = math}));
   FLEXSP_TRY(dev.gemm({.trans_a = true, .m = V, .n = D, .k = n, .a = dlg, .lda = V, .b = lnf_out, .ldb = D,
-                       .beta = 1.0f, .c = dwte, .ldc = D}));
+                       .beta = 1.0f, .c = dwte, .ldc = D, .math = math}));
   FLEXSP_TRY(dev.layernorm_backward(dlnf_p, xs, S.param(last - 2), lnf_m, lnf_r, dx_p, S.grad(last - 2),
                                     S.grad(last - 1), n, D));
   attention_backward_args ba{cu, hm, Dh};
@@ -279,13 +284,16 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
   for (std::int64_t l = L - 1; l >= 0; --l) {
     const auto& k = cache[sz(l)];
     const std::size_t p = 2 + sz(l) * 12;
-    FLEXSP_TRY(dev.linear_backward(dx_p, k.act, S.param(p + 10), dact_p, S.grad(p + 10), S.grad(p + 11), n, 4 * D, D));
+    FLEXSP_TRY(dev.linear_backward(dx_p, k.act, S.param(p + 10), dact_p, S.grad(p + 10), S.grad(p + 11), n, 4 * D, D,
+                                   math));
     FLEXSP_TRY(dev.gelu_backward(dact_p, k.fc, dfc_p, 4 * count));
-    FLEXSP_TRY(dev.linear_backward(dfc_p, k.ln2, S.param(p + 8), dln_p, S.grad(p + 8), S.grad(p + 9), n, D, 4 * D));
+    FLEXSP_TRY(dev.linear_backward(dfc_p, k.ln2, S.param(p + 8), dln_p, S.grad(p + 8), S.grad(p + 9), n, D, 4 * D,
+                                   math));
     FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_mid, S.param(p + 6), k.ln2_mean, k.ln2_rstd, dtmp_p, S.grad(p + 6),
                                       S.grad(p + 7), n, D));
     FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_mid
-    FLEXSP_TRY(dev.linear_backward(dx_p, k.att, S.param(p + 4), datt_p, S.grad(p + 4), S.grad(p + 5), n, D, D));
+    FLEXSP_TRY(
+        dev.linear_backward(dx_p, k.att, S.param(p + 4), datt_p, S.grad(p + 4), S.grad(p + 5), n, D, D, math));
     if (!single)
       FLEXSP_TRY(exchange(dev, group, datt_in, datt_p, datt_h_p, send, recv, host));
     ba.lse = k.lse;
@@ -319,7 +327,8 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     } else {  // [3, N, hm, Dh] -> [n, 3, H, Dh]
       FLEXSP_TRY(exchange(dev, group, dqkv_out, dqkv_h_p, dqkv_p, send, recv, host));
     }
-    FLEXSP_TRY(dev.linear_backward(dqkv_p, k.ln1, S.param(p + 2), dln_p, S.grad(p + 2), S.grad(p + 3), n, D, 3 * D));
+    FLEXSP_TRY(dev.linear_backward(dqkv_p, k.ln1, S.param(p + 2), dln_p, S.grad(p + 2), S.grad(p + 3), n, D, 3 * D,
+                                   math));
     FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_in, S.param(p), k.ln1_mean, k.ln1_rstd, dtmp_p, S.grad(p),
                                       S.grad(p + 1), n, D));
     FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_in

@@ -93,6 +93,23 @@ TEST(TrainingGpu, Bf16AttentionTrainsCloseToTheFp32Job) {
   EXPECT_LT(bf16.losses.back(), bf16.losses.front());
 }
 
+TEST(TrainingGpu, Tf32GemmsTrainCloseToTheFp32Job) {
+  if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << "no usable GPU: " << why;
+  auto cluster = embedded_cluster::start(0, 0);
+  ASSERT_TRUE(cluster) << cluster.error().to_string();
+  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{"cuda", 0}}));
+  const auto fp32 = run_job(**cluster, small_job("cuda", "auto"));
+  auto spec = small_job("cuda", "auto");
+  spec.model.matmul = "tf32";
+  const auto tf32 = run_job(**cluster, spec);
+  ASSERT_EQ(fp32.status.state, job_state::succeeded) << fp32.status.error;
+  ASSERT_EQ(tf32.status.state, job_state::succeeded) << tf32.status.error;
+  ASSERT_EQ(tf32.losses.size(), 4u);
+  for (std::size_t i = 0; i < 4; ++i)
+    EXPECT_NEAR(tf32.losses[i], fp32.losses[i], 1e-2 * std::abs(fp32.losses[i])) << "step " << i;
+  EXPECT_LT(tf32.losses.back(), tf32.losses.front());
+}
+
 TEST(TrainingGpu, GlooCollectivesAlsoCarryAGpuJob) {
   if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << "no usable GPU: " << why;
   auto cluster = embedded_cluster::start(0, 0);

@@ -50,10 +50,13 @@ TEST(Cli, InfoReportsTheCudaBackendAsJson) {
   EXPECT_NE(r.output.find("\"cpu_devices\""), std::string::npos) << r.output;
 }
 
-TEST(Cli, TrainRefusesBf16AttentionOnCpuDevicesAtOnce) {
+TEST(Cli, TrainRefusesGpuOnlyPrecisionsOnCpuDevicesAtOnce) {
   auto r = run("train --devices cpu:2 --steps 1 --attention bf16");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("bf16 attention runs on CUDA devices"), std::string::npos) << r.output;
+  auto tf32 = run("train --devices cpu:2 --steps 1 --matmul tf32");
+  EXPECT_EQ(tf32.exit_code, 2) << tf32.output;
+  EXPECT_NE(tf32.output.find("tf32 GEMMs run on CUDA devices"), std::string::npos) << tf32.output;
   auto bad = run("train --attention fp16");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("--attention"), std::string::npos) << bad.output;

@@ -2,8 +2,8 @@
 // GPT on `cuda:N` devices and on `cpu` devices with the same seed, data and plans, and the losses
 // must agree. Covers the GPU replica (checksums computed on the device, the all-reduce and the
 // Ulysses exchanges over Gloo through the host and over NCCL in device memory, state broadcast
-// to devices that join mid-run, checkpoint download) end to end, and bf16 attention against
-// fp32. Exit status 0 when every check passed.
+// to devices that join mid-run, checkpoint download) end to end, and bf16 attention (with fp32
+// and tf32 GEMMs) against fp32. Exit status 0 when every check passed.
 //
 // Usage: training_check [DEVICES]   (DEVICES per kind, default 2; FLEXSP_EMU_GPUS >= DEVICES)
 #include <cmath>
@@ -97,23 +97,28 @@ int main(int argc, char** argv) {
     }
   }
   {
-    // Mixed precision: bf16 attention against the fp32 job, on the same emulated GPU.
+    // Mixed precision against the fp32 job on the same emulated GPU: bf16 attention, and bf16
+    // attention with tf32 GEMMs (computed in fp32 by the emulated cuBLAS).
     auto cluster = embedded_cluster::start(0, 0).value();
     (void)cluster->add_node(std::vector<device_id>{{"cuda", 0}});
     const auto fp32 = run(*cluster, tiny("cuda", "gloo", "flexsp", (dir / "fp32").string()));
-    auto spec = tiny("cuda", "gloo", "flexsp", (dir / "bf16").string());
-    spec.model.attention = "bf16";
-    const auto bf16 = run(*cluster, spec);
-    bool ok = fp32.status.state == job_state::succeeded && bf16.status.state == job_state::succeeded &&
-              fp32.losses.size() == 3 && bf16.losses.size() == 3 && bf16.losses[0] != fp32.losses[0];
-    for (std::size_t i = 0; ok && i < 3; ++i) ok = std::abs(fp32.losses[i] - bf16.losses[i]) <= 1e-2 * fp32.losses[i];
-    std::printf("bf16 attention: %s  fp32 %s, bf16 %s; losses", ok ? "ok" : "FAILED",
-                std::string{to_string(fp32.status.state)}.c_str(), std::string{to_string(bf16.status.state)}.c_str());
-    for (std::size_t i = 0; i < std::max(fp32.losses.size(), bf16.losses.size()); ++i)
-      std::printf("  %.6f/%.6f", i < fp32.losses.size() ? fp32.losses[i] : NAN,
-                  i < bf16.losses.size() ? bf16.losses[i] : NAN);
-    std::printf("%s%s\n", bf16.status.error.empty() ? "" : "  error: ", bf16.status.error.c_str());
-    failures += ok ? 0 : 1;
+    for (const std::string matmul : {"fp32", "tf32"}) {
+      auto spec = tiny("cuda", "gloo", "flexsp", (dir / ("bf16-" + matmul)).string());
+      spec.model.attention = "bf16";
+      spec.model.matmul = matmul;
+      const auto mixed = run(*cluster, spec);
+      bool ok = fp32.status.state == job_state::succeeded && mixed.status.state == job_state::succeeded &&
+                fp32.losses.size() == 3 && mixed.losses.size() == 3 && mixed.losses[0] != fp32.losses[0];
+      for (std::size_t i = 0; ok && i < 3; ++i)
+        ok = std::abs(fp32.losses[i] - mixed.losses[i]) <= 1e-2 * fp32.losses[i];
+      std::printf("bf16 attention, %s GEMMs: %s  fp32 %s, mixed %s; losses", matmul.c_str(), ok ? "ok" : "FAILED",
+                  std::string{to_string(fp32.status.state)}.c_str(), std::string{to_string(mixed.status.state)}.c_str());
+      for (std::size_t i = 0; i < std::max(fp32.losses.size(), mixed.losses.size()); ++i)
+        std::printf("  %.6f/%.6f", i < fp32.losses.size() ? fp32.losses[i] : NAN,
+                    i < mixed.losses.size() ? mixed.losses[i] : NAN);
+      std::printf("%s%s\n", mixed.status.error.empty() ? "" : "  error: ", mixed.status.error.c_str());
+      failures += ok ? 0 : 1;
+    }
   }
   std::filesystem::remove_all(dir);
   std::printf("%s\n", failures == 0 ? "training under emulation: PASSED" : "training under emulation: FAILED");

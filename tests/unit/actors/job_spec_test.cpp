@@ -60,6 +60,17 @@ TEST(JobSpec, ReadsTheAttentionElementTypeAndKeepsBf16OffCpuDevices) {
             std::string::npos);
 }
 
+TEST(JobSpec, ReadsTheGemmArithmeticAndKeepsTf32OffCpuDevices) {
+  EXPECT_EQ(parse_job_spec(R"({"steps": 2})")->model.matmul, "fp32");
+  auto s = parse_job_spec(R"({"steps": 2, "model": {"matmul": "tf32"}})");
+  ASSERT_TRUE(s) << s.error().to_string();
+  EXPECT_EQ(s->model.matmul, "tf32");
+  EXPECT_EQ(parse_job_spec(job_spec_to_json(*s))->model.matmul, "tf32");
+  EXPECT_NE(error_of(R"({"steps": 2, "model": {"matmul": "bf16"}})").find("model.matmul"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 2, "backend": "cpu", "model": {"matmul": "tf32"}})").find("CUDA"),
+            std::string::npos);
+}
+
 TEST(JobSpec, ReadsEveryDocumentedKey) {
   auto s = parse_job_spec(R"({"name": "demo", "steps": 30, "batch_size": 16, "strategy": "static:2", "seed": 9,
     "model": {"layers": 3, "d_model": 96, "heads": 6, "vocab": 256, "max_seq": 512},

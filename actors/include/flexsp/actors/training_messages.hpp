@@ -29,6 +29,9 @@ struct model_shape {
   /// Element type of attention's Q, K, V and output: "fp32", or "bf16" (CUDA devices; fp32
   /// arithmetic on bf16 storage, everything else stays fp32).
   std::string attention = "fp32";
+  /// Arithmetic of the GEMMs: "fp32", or "tf32" (CUDA devices: tensor cores on fp32 data, 10
+  /// bits of mantissa in the products, fp32 accumulation).
+  std::string matmul = "fp32";
 };
 
 /// AdamW settings and gradient clipping.
@@ -167,6 +170,7 @@ struct wire_codec<join_job> {
     s.setVocab(m.model.vocab);
     s.setMaxSeq(m.model.max_seq);
     s.setAttention(m.model.attention);
+    s.setMatmul(m.model.matmul);
     b.setSeed(m.seed);
     auto o = b.initOptimizer();
     o.setLr(m.optimizer.lr);
@@ -188,8 +192,10 @@ struct wire_codec<join_job> {
     m.job_id = r.getJobId().cStr();
     m.device = r.getDevice();
     auto s = r.getModel();
-    m.model = {s.getLayers(), s.getDModel(), s.getHeads(), s.getVocab(), s.getMaxSeq(), s.getAttention().cStr()};
+    m.model = {s.getLayers(),          s.getDModel(), s.getHeads(), s.getVocab(), s.getMaxSeq(),
+               s.getAttention().cStr(), s.getMatmul().cStr()};
     if (m.model.attention.empty()) m.model.attention = "fp32";
+    if (m.model.matmul.empty()) m.model.matmul = "fp32";
     m.seed = r.getSeed();
     auto o = r.getOptimizer();
     m.optimizer = {o.getLr(), o.getWeightDecay(), o.getBeta1(), o.getBeta2(), o.getEps(), o.getMaxGradNorm()};

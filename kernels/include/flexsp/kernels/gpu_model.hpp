@@ -13,7 +13,8 @@
 ///
 /// Numerics match gpt_model::forward_backward and adamw_optimizer::step up to fp32 rounding
 /// (summation order differs), which tests/gpu checks; with bf16 attention, up to bf16 rounding
-/// of Q, K, V, the attention output and their gradients.
+/// of Q, K, V, the attention output and their gradients; with tf32 GEMMs, up to tf32 rounding
+/// of the GEMM inputs.
 
 #include <cstdint>
 #include <memory>
@@ -44,6 +45,10 @@ public:
   /// fp32).
   dtype attention_type() const noexcept;
   void set_attention_type(dtype type) noexcept;
+  /// Arithmetic of every GEMM (linear layers and the tied output projection): fp32 (the
+  /// default) or tf32 (tensor cores on fp32 data).
+  gemm_math gemm_arithmetic() const noexcept;
+  void set_gemm_math(gemm_math math) noexcept;
   /// Device pointers to the flat buffers ([parameter_count] floats each).
   float* params() const noexcept;
   float* grads() const noexcept;
