@@ -157,27 +157,12 @@ public:
 
   expected<void> all_to_all_v(std::span<const float> send, std::span<const std::int64_t> send_counts,
                               std::span<float> recv, std::span<const std::int64_t> recv_counts) override {
-    const auto n = static_cast<std::size_t>(size_);
-    if (send_counts.size() != n || recv_counts.size() != n)
-      return make_error(errc::invalid_argument, "all_to_all_v: {} send counts and {} recv counts for {} ranks",
-                        send_counts.size(), recv_counts.size(), size_);
-    std::int64_t total_send = 0, total_recv = 0;
-    for (auto c : send_counts) {
-      if (c < 0) return make_error(errc::invalid_argument, "all_to_all_v: negative send count {}", c);
-      total_send += c;
-    }
-    for (auto c : recv_counts) {
-      if (c < 0) return make_error(errc::invalid_argument, "all_to_all_v: negative recv count {}", c);
-      total_recv += c;
-    }
-    if (total_send > static_cast<std::int64_t>(send.size()) || total_recv > static_cast<std::int64_t>(recv.size()))
-      return make_error(errc::invalid_argument, "all_to_all_v: counts need {}/{} floats, buffers hold {}/{}",
-                        total_send, total_recv, send.size(), recv.size());
+    FLEXSP_TRY_ASSIGN(const auto totals, check_all_to_all_v(size_, send, send_counts, recv, recv_counts));
     FLEXSP_TRY(usable("all_to_all_v"));
     // Gloo rejects empty buffers: staging always holds at least one element.
-    float* in = staging(st_->in, static_cast<std::size_t>(total_send));
-    float* out = staging(st_->out, static_cast<std::size_t>(total_recv));
-    std::copy_n(send.begin(), total_send, in);
+    float* in = staging(st_->in, static_cast<std::size_t>(totals.send));
+    float* out = staging(st_->out, static_cast<std::size_t>(totals.recv));
+    std::copy_n(send.begin(), totals.send, in);
     std::vector<std::int64_t> sc(send_counts.begin(), send_counts.end()), rc(recv_counts.begin(), recv_counts.end());
     const auto tag = next_tag();
     FLEXSP_TRY(submit([ctx = st_->ctx, in, out, sc, rc, tag, t = timeout_] {
@@ -188,7 +173,7 @@ public:
       opts.setTimeout(t);
       gloo::alltoallv(opts);
     }, "all_to_all_v"));
-    std::copy_n(out, total_recv, recv.begin());
+    std::copy_n(out, totals.recv, recv.begin());
     return {};
   }
 

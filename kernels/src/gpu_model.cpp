@@ -90,6 +90,17 @@ expected<double> gpt_replica::forward_backward(const local_inputs& in, std::span
 }
 
 namespace {
+// Three consecutive [N, hm, Dh] blocks of one buffer: Q, K, V or their gradients.
+struct three_blocks {
+  void* q;
+  void* k;
+  void* v;
+};
+template <class T>
+three_blocks split3(T* first, std::size_t block) {
+  return {first, first + block, first + 2 * block};
+}
+
 // One Ulysses head exchange of device tensors: pack on the GPU, all-to-all-v, unpack on the GPU.
 // A group that takes device buffers (NCCL) exchanges them in place; otherwise (Gloo) only the
 // packed send and receive buffers travel through host memory.
@@ -216,21 +227,14 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
       FLEXSP_TRY(exchange(dev, group, qkv_in, k.qkv, k.qkv_h, send, recv, host));
     }
     fa.lse = k.lse;
-    if (bf16) {
-      FLEXSP_TRY(dev.to_bf16(k.qkv_h, k.qkv_b, static_cast<std::int64_t>(3 * Nh)));
-      fa.q = k.qkv_b;
-      fa.k = k.qkv_b + Nh;
-      fa.v = k.qkv_b + 2 * Nh;
-      fa.out = k.att_b;
-      FLEXSP_TRY(dev.run(fa, fws));
-      FLEXSP_TRY(dev.from_bf16(k.att_b, k.att_h, static_cast<std::int64_t>(Nh)));
-    } else {
-      fa.q = k.qkv_h;
-      fa.k = k.qkv_h + Nh;
-      fa.v = k.qkv_h + 2 * Nh;
-      fa.out = k.att_h;
-      FLEXSP_TRY(dev.run(fa, fws));
-    }
+    if (bf16) FLEXSP_TRY(dev.to_bf16(k.qkv_h, k.qkv_b, static_cast<std::int64_t>(3 * Nh)));
+    const auto in = bf16 ? split3(k.qkv_b, Nh) : split3(k.qkv_h, Nh);
+    fa.q = in.q;
+    fa.k = in.k;
+    fa.v = in.v;
+    fa.out = bf16 ? static_cast<void*>(k.att_b) : k.att_h;
+    FLEXSP_TRY(dev.run(fa, fws));
+    if (bf16) FLEXSP_TRY(dev.from_bf16(k.att_b, k.att_h, static_cast<std::int64_t>(Nh)));
     if (!single)  // [N, hm, Dh] -> [n, H, Dh]
       FLEXSP_TRY(exchange(dev, group, att_out, k.att_h, k.att, send, recv, host));
     FLEXSP_TRY(dev.linear_forward(k.att, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D, math));
@@ -297,29 +301,19 @@ expected<double> gpt_replica::forward_backward(communicator& group, const ulysse
     if (!single)
       FLEXSP_TRY(exchange(dev, group, datt_in, datt_p, datt_h_p, send, recv, host));
     ba.lse = k.lse;
-    if (bf16) {
-      FLEXSP_TRY(dev.to_bf16(datt_h_p, datt_b_p, static_cast<std::int64_t>(Nh)));
-      ba.q = k.qkv_b;
-      ba.k = k.qkv_b + Nh;
-      ba.v = k.qkv_b + 2 * Nh;
-      ba.out = k.att_b;
-      ba.dout = datt_b_p;
-      ba.dq = dqkv_b_p;
-      ba.dk = dqkv_b_p + Nh;
-      ba.dv = dqkv_b_p + 2 * Nh;
-      FLEXSP_TRY(dev.run(ba, bws));
-      FLEXSP_TRY(dev.from_bf16(dqkv_b_p, dqkv_h_p, static_cast<std::int64_t>(3 * Nh)));
-    } else {
-      ba.q = k.qkv_h;
-      ba.k = k.qkv_h + Nh;
-      ba.v = k.qkv_h + 2 * Nh;
-      ba.out = k.att_h;
-      ba.dout = datt_h_p;
-      ba.dq = dqkv_h_p;
-      ba.dk = dqkv_h_p + Nh;
-      ba.dv = dqkv_h_p + 2 * Nh;
-      FLEXSP_TRY(dev.run(ba, bws));
-    }
+    if (bf16) FLEXSP_TRY(dev.to_bf16(datt_h_p, datt_b_p, static_cast<std::int64_t>(Nh)));
+    const auto in = bf16 ? split3(k.qkv_b, Nh) : split3(k.qkv_h, Nh);
+    const auto grad = bf16 ? split3(dqkv_b_p, Nh) : split3(dqkv_h_p, Nh);
+    ba.q = in.q;
+    ba.k = in.k;
+    ba.v = in.v;
+    ba.out = bf16 ? static_cast<void*>(k.att_b) : k.att_h;
+    ba.dout = bf16 ? static_cast<void*>(datt_b_p) : datt_h_p;
+    ba.dq = grad.q;
+    ba.dk = grad.k;
+    ba.dv = grad.v;
+    FLEXSP_TRY(dev.run(ba, bws));
+    if (bf16) FLEXSP_TRY(dev.from_bf16(dqkv_b_p, dqkv_h_p, static_cast<std::int64_t>(3 * Nh)));
     if (single) {  // [3, n, D] -> [n, 3, D]
       for (std::int64_t part = 0; part < 3; ++part)
         FLEXSP_TRY(dev.copy_rows(dqkv_p + part * D, sz(3 * D) * sizeof(float), dqkv_h_p + part * n * D,

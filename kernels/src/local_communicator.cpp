@@ -54,6 +54,26 @@ private:
 
 std::unique_ptr<communicator> make_local_communicator() { return std::make_unique<local_communicator>(); }
 
+expected<exchange_totals> check_all_to_all_v(int size, std::span<const float> send,
+                                             std::span<const std::int64_t> send_counts, std::span<const float> recv,
+                                             std::span<const std::int64_t> recv_counts) {
+  const auto n = static_cast<std::size_t>(size);
+  if (send_counts.size() != n || recv_counts.size() != n)
+    return make_error(errc::invalid_argument, "all_to_all_v: {} send and {} recv counts for a group of {}",
+                      send_counts.size(), recv_counts.size(), size);
+  exchange_totals t;
+  for (std::size_t p = 0; p < n; ++p) {
+    if (send_counts[p] < 0 || recv_counts[p] < 0)
+      return make_error(errc::invalid_argument, "all_to_all_v: negative count for rank {}", p);
+    t.send += send_counts[p];
+    t.recv += recv_counts[p];
+  }
+  if (static_cast<std::size_t>(t.send) > send.size() || static_cast<std::size_t>(t.recv) > recv.size())
+    return make_error(errc::invalid_argument, "all_to_all_v: counts need {} send / {} recv floats, buffers hold {} / {}",
+                      t.send, t.recv, send.size(), recv.size());
+  return t;
+}
+
 std::shared_ptr<communicator> communicator_table::find(const key& k) const {
   auto it = groups_.find(k);
   return it == groups_.end() ? nullptr : it->second;

@@ -78,18 +78,8 @@ public:
   expected<void> all_to_all_v(std::span<const float> send, std::span<const std::int64_t> send_counts,
                               std::span<float> recv, std::span<const std::int64_t> recv_counts) override {
     const auto n = sz(g_->size);
-    if (send_counts.size() != n || recv_counts.size() != n)
-      return make_error(errc::invalid_argument, "all_to_all_v: {} send and {} recv counts for a group of {}",
-                        send_counts.size(), recv_counts.size(), n);
-    for (std::size_t p = 0; p < n; ++p)
-      if (send_counts[p] < 0 || recv_counts[p] < 0)
-        return make_error(errc::invalid_argument, "all_to_all_v: negative count for rank {}", p);
-    const auto send_total = std::accumulate(send_counts.begin(), send_counts.end(), std::int64_t{0});
-    const auto recv_total = std::accumulate(recv_counts.begin(), recv_counts.end(), std::int64_t{0});
-    if (sz(send_total) > send.size() || sz(recv_total) > recv.size())
-      return make_error(errc::invalid_argument, "all_to_all_v: counts need {} send / {} recv floats, buffers hold {} / {}",
-                        send_total, recv_total, send.size(), recv.size());
-    return run("all_to_all_v", send.data(), sz(send_total), send_counts.data(), false, [&](slot& s) -> expected<void> {
+    FLEXSP_TRY_ASSIGN(const auto totals, check_all_to_all_v(g_->size, send, send_counts, recv, recv_counts));
+    return run("all_to_all_v", send.data(), sz(totals.send), send_counts.data(), false, [&](slot& s) -> expected<void> {
       for (std::size_t p = 0; p < n; ++p)
         if (s.counts[p][rank_] != recv_counts[p])
           return make_error(errc::invalid_argument, "all_to_all_v: rank {} sends {} floats to rank {}, which expects {}",

@@ -77,18 +77,8 @@ public:
 
   expected<void> all_to_all_v(std::span<const float> send, std::span<const std::int64_t> send_counts,
                               std::span<float> recv, std::span<const std::int64_t> recv_counts) override {
-    if (send_counts.size() != sz(size_) || recv_counts.size() != sz(size_))
-      return make_error(errc::invalid_argument, "all_to_all_v: {} send and {} recv counts for a group of {}",
-                        send_counts.size(), recv_counts.size(), size_);
-    for (int p = 0; p < size_; ++p)
-      if (send_counts[sz(p)] < 0 || recv_counts[sz(p)] < 0)
-        return make_error(errc::invalid_argument, "all_to_all_v: negative count for rank {}", p);
-    const auto send_total = std::accumulate(send_counts.begin(), send_counts.end(), std::int64_t{0});
-    const auto recv_total = std::accumulate(recv_counts.begin(), recv_counts.end(), std::int64_t{0});
-    if (sz(send_total) > send.size() || sz(recv_total) > recv.size())
-      return make_error(errc::invalid_argument, "all_to_all_v: counts need {} send / {} recv floats, buffers hold {} / {}",
-                        send_total, recv_total, send.size(), recv.size());
-    return collective(send.first(sz(send_total)), recv.first(sz(recv_total)), "all_to_all_v",
+    FLEXSP_TRY_ASSIGN(const auto totals, check_all_to_all_v(size_, send, send_counts, recv, recv_counts));
+    return collective(send.first(sz(totals.send)), recv.first(sz(totals.recv)), "all_to_all_v",
                       [&](const float* s, float* r) -> expected<void> {
                         FLEXSP_NCCL_CHECK(api_->group_start());
                         std::int64_t so = 0, ro = 0;

@@ -79,6 +79,19 @@ public:
 /// The group of one: collectives are local copies. Never fails except on size mismatch.
 std::unique_ptr<communicator> make_local_communicator();
 
+/// Floats an all_to_all_v call sends and receives in all.
+struct exchange_totals {
+  std::int64_t send = 0;
+  std::int64_t recv = 0;
+};
+
+/// The argument checks every all_to_all_v implementation makes for a group of `size`: one count
+/// per rank each way, none negative, buffers that hold the totals. errc::invalid_argument
+/// saying what is wrong.
+expected<exchange_totals> check_all_to_all_v(int size, std::span<const float> send,
+                                             std::span<const std::int64_t> send_counts, std::span<const float> recv,
+                                             std::span<const std::int64_t> recv_counts);
+
 /// The communicators of one device for the groups a job forms, created on first use and cached
 /// by (membership epoch, device set): the interface of the Gloo and NCCL caches, so a device
 /// actor holds either. Ranks follow ascending global device id. Thread-safe.
