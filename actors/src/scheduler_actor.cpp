@@ -639,8 +639,14 @@ struct scheduler_actor::runner {
         log(fmt::format("step {} attempt {} aborted ({}); re-planning the same batch", step, attempt,
                         world_changed ? "membership changed" : failure_reason));
         if (retried > 20) throw job_end{job_state::failed, fmt::format("step {} failed 20 times: {}", step, failure_reason)};
-        // A failed collective usually means a lost node: give the head a moment to report it.
-        if (!world_changed) pump(300ms);
+        // A failed collective or an unreachable device usually means a lost node: give the head
+        // up to 300 ms to report it (other events that arrive meanwhile do not cut the wait
+        // short), rather than spending the retries on a world that is about to change.
+        if (!world_changed) {
+          const auto until = Clock::now() + 300ms;
+          while (!world_changed && Clock::now() < until)
+            pump(std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()));
+        }
         continue;
       }
       // Commit: every device reported the same checksum.
