@@ -157,12 +157,8 @@ private:
 
 expected<std::unique_ptr<replica>> make_cpu_replica(const model_shape& shape, std::uint64_t seed,
                                                     const optimizer_settings& opt) {
-  if (shape.attention != "fp32")
-    return make_error(errc::invalid_argument, "{} attention runs on CUDA devices only; this one is a CPU device",
-                      shape.attention);
-  if (shape.matmul != "fp32")
-    return make_error(errc::invalid_argument, "{} GEMMs run on CUDA devices only; this one is a CPU device",
-                      shape.matmul);
+  if (const auto why = shape.cuda_only_reason(); !why.empty())
+    return make_error(errc::invalid_argument, "{}; this one is a CPU device", why);
   FLEXSP_TRY_ASSIGN(auto model, kernels::gpt_model::create(config_of(shape), seed));
   return std::unique_ptr<replica>{std::make_unique<cpu_replica>(std::move(model), opt)};
 }

@@ -188,8 +188,7 @@ struct scheduler_actor::runner {
     for (const auto& [_, devs] : pending_nodes)
       for (const auto& d : devs) any_cuda = any_cuda || d.kind == "cuda";
     // NCCL collectives, bf16 attention and tf32 GEMMs exist on CUDA devices only.
-    const bool needs_cuda =
-        spec.collectives == "nccl" || spec.model.attention == "bf16" || spec.model.matmul == "tf32";
+    const bool needs_cuda = spec.collectives == "nccl" || !spec.model.cuda_only_reason().empty();
     backend = spec.backend != "auto" ? spec.backend : (any_cuda || needs_cuda) ? "cuda" : "cpu";
     collectives = spec.collectives != "auto" ? spec.collectives : backend == "cuda" ? "nccl" : "gloo";
     log(fmt::format("training on {} devices with {} collectives", backend, collectives));

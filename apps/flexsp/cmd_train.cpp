@@ -92,10 +92,8 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   }
   auto& cluster = run->cluster;
   // Nothing else joins this cluster: a job whose devices are missing would only wait and fail.
-  const bool needs_cuda = spec->model.attention == "bf16" || spec->model.matmul == "tf32";
-  if (needs_cuda && run->kinds.find("cuda") == std::string::npos) {
-    fmt::print(stderr, "flexsp train: {} on CUDA devices only; --devices gave {} {} devices\n",
-               spec->model.attention == "bf16" ? "bf16 attention runs" : "tf32 GEMMs run", run->devices, run->kinds);
+  if (const auto why = spec->model.cuda_only_reason(); !why.empty() && run->kinds.find("cuda") == std::string::npos) {
+    fmt::print(stderr, "flexsp train: {}; --devices gave {} {} devices\n", why, run->devices, run->kinds);
     if (default_log_levels(cmd)) (void)log::configure("error");  // the teardown is not news
     return 2;
   }

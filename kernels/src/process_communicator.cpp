@@ -95,7 +95,6 @@ public:
   }
 
   expected<void> all_reduce_sum(std::span<float> data) override {
-    bool sized = false;
     FLEXSP_TRY(run("all_reduce_sum", data.data(), data.size(), nullptr, true, [&](slot& s) -> expected<void> {
       FLEXSP_TRY(same_sizes(s, data.size(), "all_reduce_sum"));
       // Each rank sums its chunk over every rank, in rank order, into the shared sums.
@@ -107,12 +106,11 @@ public:
         for (std::size_t p = 1; p < n; ++p) sum += s.data[p][i];
         sums[i] = sum;
       }
-      sized = true;
       return {};
     }));
     // Every chunk is summed (run waited for all readers); the sums stay until this rank arrives
     // at its next collective.
-    if (sized) std::copy_n(g_->sums.begin(), data.size(), data.begin());
+    std::copy_n(g_->sums.begin(), data.size(), data.begin());
     return {};
   }
 

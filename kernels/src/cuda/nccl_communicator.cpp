@@ -3,7 +3,6 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
-#include <numeric>
 #include <thread>
 
 #include "cuda_check.hpp"

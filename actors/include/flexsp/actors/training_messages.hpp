@@ -32,6 +32,14 @@ struct model_shape {
   /// Arithmetic of the GEMMs: "fp32", or "tf32" (CUDA devices: tensor cores on fp32 data, 10
   /// bits of mantissa in the products, fp32 accumulation).
   std::string matmul = "fp32";
+
+  /// Why only CUDA devices can train this shape ("bf16 attention runs on CUDA devices only"),
+  /// or empty when any device can.
+  std::string cuda_only_reason() const {
+    if (attention == "bf16") return "bf16 attention runs on CUDA devices only";
+    if (matmul == "tf32") return "tf32 GEMMs run on CUDA devices only";
+    return {};
+  }
 };
 
 /// AdamW settings and gradient clipping.
