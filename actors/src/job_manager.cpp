@@ -7,7 +7,7 @@ namespace flexsp::actors {
 
 namespace {
 
-job_info info_of(const scheduler_actor& job, std::uint64_t metrics_from, bool with_logs) {
+job_info info_of(const scheduled_job& job, std::uint64_t metrics_from, bool with_logs) {
   const auto s = job.status();
   job_info i;
   i.id = s.id;
@@ -65,24 +65,36 @@ private:
 
 }  // namespace
 
-job_manager::~job_manager() { shutdown(); }
+job_manager::job_manager(scheduler_config config) : config_{std::move(config)} {
+  if (!config_.system) {
+    core::actor_system_config c;
+    c.workers = 2;  // scheduler actors only queue and decide; planning runs on the blocking pool
+    own_system_ = std::make_unique<core::actor_system>(c);
+    config_.system = own_system_.get();
+  }
+}
 
-expected<std::shared_ptr<scheduler_actor>> job_manager::submit(const job_spec& spec, scheduler_actor::metrics_fn on_metrics,
-                                                               scheduler_actor::log_fn on_log) {
+job_manager::~job_manager() {
+  shutdown();
+  own_system_.reset();
+}
+
+expected<std::shared_ptr<scheduled_job>> job_manager::submit(const job_spec& spec, scheduled_job::metrics_fn on_metrics,
+                                                               scheduled_job::log_fn on_log) {
   FLEXSP_TRY(validate_job_spec(spec));
   std::string id;
   {
     std::lock_guard lock{mutex_};
     id = fmt::format("{}-{}", spec.name, next_++);
   }
-  auto job = scheduler_actor::start(id, spec, config_, std::move(on_metrics), std::move(on_log));
+  auto job = scheduled_job::start(id, spec, config_, std::move(on_metrics), std::move(on_log));
   std::lock_guard lock{mutex_};
   jobs_[id] = job;
   log::get("scheduler")->info("job {} submitted ({} steps, strategy {})", id, spec.steps, spec.strategy);
   return job;
 }
 
-expected<std::shared_ptr<scheduler_actor>> job_manager::find(const std::string& id) const {
+expected<std::shared_ptr<scheduled_job>> job_manager::find(const std::string& id) const {
   std::lock_guard lock{mutex_};
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return make_error(errc::not_found, "no job '{}'", id);
@@ -97,7 +109,7 @@ std::vector<job_status> job_manager::list() const {
 }
 
 void job_manager::shutdown() {
-  std::map<std::string, std::shared_ptr<scheduler_actor>> jobs;
+  std::map<std::string, std::shared_ptr<scheduled_job>> jobs;
   {
     std::lock_guard lock{mutex_};
     jobs = jobs_;

@@ -122,6 +122,12 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (s.collectives != "auto" && s.collectives != "gloo" && s.collectives != "nccl")
     return bad("collectives", fmt::format("'{}' is not one of auto, gloo, nccl", s.collectives));
   if (s.collectives == "nccl" && s.backend == "cpu") return bad("collectives", "nccl needs backend cuda (or auto)");
+  if (s.fault.max_retries > 10000) return bad("fault.max_retries", "must be at most 10000");
+  if (s.fault.membership_grace_ms > 600'000) return bad("fault.membership_grace_ms", "must be at most 600000");
+  if (s.fault.device_timeout_ms != 0 && s.fault.device_timeout_ms < 100)
+    return bad("fault.device_timeout_ms", "must be 0 (default) or at least 100");
+  if (s.fault.join_timeout_ms < 100) return bad("fault.join_timeout_ms", "must be at least 100");
+  if (s.fault.checkpoint_timeout_ms < 100) return bad("fault.checkpoint_timeout_ms", "must be at least 100");
   return {};
 }
 
@@ -135,7 +141,7 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   if (!j.is_object()) return make_error(errc::invalid_argument, "job spec must be a JSON object");
   FLEXSP_TRY(check_keys(j, "", {"name", "model", "data", "batch_size", "steps", "strategy", "seed", "optimizer",
                                 "checkpoint", "calibrate", "collective_timeout_ms", "planner_time_limit_ms",
-                                "min_devices", "backend", "collectives", "milp", "milp_min_gap"}));
+                                "min_devices", "backend", "collectives", "milp", "milp_min_gap", "fault"}));
   job_spec s;
   if (!j.contains("steps")) return make_error(errc::invalid_argument, "steps: is required");
   FLEXSP_TRY(read_string(j, "name", "", s.name));
@@ -194,6 +200,17 @@ expected<job_spec> parse_job_spec(std::string_view text) {
     FLEXSP_TRY(read_string(*o, "dir", "checkpoint.", s.checkpoint_dir));
     FLEXSP_TRY(read_uint(*o, "every", "checkpoint.", s.checkpoint_every));
   }
+  FLEXSP_TRY(read_object(j, "fault", o));
+  if (o) {
+    FLEXSP_TRY(check_keys(*o, "fault.", {"max_retries", "membership_grace_ms", "device_timeout_ms", "join_timeout_ms",
+                                         "device_wait_ms", "checkpoint_timeout_ms"}));
+    FLEXSP_TRY(read_uint(*o, "max_retries", "fault.", s.fault.max_retries));
+    FLEXSP_TRY(read_uint(*o, "membership_grace_ms", "fault.", s.fault.membership_grace_ms));
+    FLEXSP_TRY(read_uint(*o, "device_timeout_ms", "fault.", s.fault.device_timeout_ms));
+    FLEXSP_TRY(read_uint(*o, "join_timeout_ms", "fault.", s.fault.join_timeout_ms));
+    FLEXSP_TRY(read_uint(*o, "device_wait_ms", "fault.", s.fault.device_wait_ms));
+    FLEXSP_TRY(read_uint(*o, "checkpoint_timeout_ms", "fault.", s.fault.checkpoint_timeout_ms));
+  }
   FLEXSP_TRY(validate_job_spec(s));
   return s;
 }
@@ -224,6 +241,9 @@ std::string job_spec_to_json(const job_spec& s) {
   j["collectives"] = s.collectives;
   j["milp"] = s.milp;
   j["milp_min_gap"] = s.milp_min_gap;
+  j["fault"] = {{"max_retries", s.fault.max_retries},         {"membership_grace_ms", s.fault.membership_grace_ms},
+                {"device_timeout_ms", s.fault.device_timeout_ms}, {"join_timeout_ms", s.fault.join_timeout_ms},
+                {"device_wait_ms", s.fault.device_wait_ms},   {"checkpoint_timeout_ms", s.fault.checkpoint_timeout_ms}};
   return j.dump();
 }
 

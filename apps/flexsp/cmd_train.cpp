@@ -38,7 +38,7 @@ struct train_flags {
   std::string matmul;
 };
 
-std::atomic<actors::scheduler_actor*> g_running{nullptr};
+std::atomic<actors::scheduled_job*> g_running{nullptr};
 
 extern "C" void on_interrupt(int) {
   if (auto* j = g_running.load()) j->cancel();

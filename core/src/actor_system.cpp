@@ -21,6 +21,9 @@ std::string_view to_string(dead_letter_reason r) noexcept {
 expected<void> actor_system_config::validate() const {
   if (throughput == 0) return make_error(errc::invalid_argument, "actor_system_config.throughput must be >= 1");
   if (workers > 4096) return make_error(errc::invalid_argument, "actor_system_config.workers = {} is too large", workers);
+  if (blocking_workers == 0 || blocking_workers > 4096)
+    return make_error(errc::invalid_argument, "actor_system_config.blocking_workers = {} must be in 1..4096",
+                      blocking_workers);
   return {};
 }
 
@@ -47,7 +50,8 @@ detail::intrusive_ptr<abstract_actor> actor_system::spawn_impl(std::unique_ptr<a
                                                               std::function<std::unique_ptr<actor_base>()> factory,
                                                               spawn_options options) {
   const std::uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);
-  auto cell = detail::make_intrusive<detail::local_actor>(*this, id, std::move(options.name), std::move(instance),
+  auto cell = detail::make_intrusive<detail::local_actor>(*this, scheduler_for(options.blocking), id,
+                                                          std::move(options.name), std::move(instance),
                                                           std::move(factory), options.restart,
                                                           options.mailbox.value_or(config_.default_mailbox));
   bool late = false;
@@ -102,6 +106,10 @@ void actor_system::shutdown() {
   }
   timers_->stop();
   scheduler_->stop();
+  {
+    std::lock_guard lock{blocking_mutex_};
+    if (blocking_) blocking_->stop();
+  }
   if (auto n = dead_letters_.load(); n != 0)
     log::get("core")->debug("actor system stopped; {} dead letters in total", n);
 }
@@ -109,6 +117,13 @@ void actor_system::shutdown() {
 detail::manual_scheduler& actor_system::manual() {
   FLEXSP_EXPECTS(config_.mode == execution_mode::manual, "step()/run() need execution_mode::manual");
   return static_cast<detail::manual_scheduler&>(*scheduler_);
+}
+
+detail::scheduler& actor_system::scheduler_for(bool blocking) {
+  if (!blocking || config_.mode == execution_mode::manual) return *scheduler_;
+  std::lock_guard lock{blocking_mutex_};
+  if (!blocking_) blocking_ = std::make_unique<detail::thread_pool>(config_.blocking_workers, config_.throughput, true);
+  return *blocking_;
 }
 
 bool actor_system::step() { return manual().step(); }

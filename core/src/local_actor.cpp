@@ -62,10 +62,11 @@ bool is_control(const message& m) noexcept {
 
 }  // namespace
 
-local_actor::local_actor(actor_system& sys, std::uint64_t id, std::string name, std::unique_ptr<actor_base> instance,
+local_actor::local_actor(actor_system& sys, scheduler& sched, std::uint64_t id, std::string name, std::unique_ptr<actor_base> instance,
                          factory make, restart_policy restart, mailbox_config mailbox)
     : abstract_actor{id, std::move(name)},
       sys_{sys},
+      sched_{sched},
       mailbox_config_{mailbox},
       instance_{std::move(instance)},
       factory_{std::move(make)},
@@ -80,7 +81,7 @@ void local_actor::start() {
   auto r = mailbox_.push(new start_message{});
   FLEXSP_ASSERT(r == push_result::unblocked);
   add_ref();
-  sys_.scheduler().schedule(this);
+  sched_.schedule(this);
 }
 
 void local_actor::terminate_unstarted(exit_reason reason) { terminate(reason); }
@@ -100,7 +101,7 @@ expected<void> local_actor::enqueue(message_ptr m) {
       return {};
     case push_result::unblocked:
       add_ref();
-      sys_.scheduler().schedule(this);
+      sched_.schedule(this);
       return {};
     case push_result::closed:
       break;

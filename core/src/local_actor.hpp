@@ -16,6 +16,7 @@
 #include "flexsp/core/actor_ref.hpp"
 #include "flexsp/core/actor_system.hpp"
 #include "flexsp/core/mailbox.hpp"
+#include "scheduler.hpp"
 
 namespace flexsp::core::detail {
 
@@ -23,7 +24,7 @@ class local_actor final : public abstract_actor {
 public:
   using factory = std::function<std::unique_ptr<actor_base>()>;
 
-  local_actor(actor_system& sys, std::uint64_t id, std::string name, std::unique_ptr<actor_base> instance,
+  local_actor(actor_system& sys, scheduler& sched, std::uint64_t id, std::string name, std::unique_ptr<actor_base> instance,
               factory make, restart_policy restart, mailbox_config mailbox);
   ~local_actor() override;
 
@@ -76,6 +77,7 @@ private:
   };
 
   actor_system& sys_;
+  scheduler& sched_;  // the system's workers or its blocking pool
   mailbox_queue mailbox_;
   mailbox_config mailbox_config_;
   std::atomic<std::size_t> queued_user_{0};

@@ -99,4 +99,29 @@ profile apply_fit(profile base, const fit_result& fit) {
   return base;
 }
 
+calibration_probe make_calibration_probe(int devices, std::int64_t max_seq) {
+  calibration_probe c;
+  auto len = [&](std::int64_t div) { return std::max<std::int64_t>(8, max_seq / div); };
+  const std::vector<std::vector<std::int64_t>> sets{{len(2)}, {len(8)}, {len(16), len(16), len(16), len(16)}};
+  c.probe.strategy = "calibration";
+  c.probe.devices = devices;
+  for (int d = 1; d <= devices; d *= 2) {
+    for (const auto& set : sets) {
+      micro_batch mb;
+      for (int g = 0; g < devices / d; ++g) {
+        sp_group grp;
+        grp.degree = d;
+        for (int k = 0; k < d; ++k) grp.devices.push_back(g * d + k);
+        for (auto l : set) {
+          grp.sequences.push_back(static_cast<int>(c.lengths.size()));
+          c.lengths.push_back(l);
+        }
+        mb.groups.push_back(std::move(grp));
+      }
+      c.probe.micro_batches.push_back(std::move(mb));
+    }
+  }
+  return c;
+}
+
 }  // namespace flexsp::scheduler

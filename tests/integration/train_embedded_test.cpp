@@ -90,7 +90,7 @@ TEST(TrainEmbedded, ACancelledJobStopsAndReportsIt) {
   spec.checkpoint_dir.clear();
   spec.checkpoint_every = 0;
   spec.steps = 10000;
-  std::shared_ptr<scheduler_actor> job;
+  std::shared_ptr<scheduled_job> job;
   auto made = (*cluster)->jobs().submit(spec, [&job](const step_metrics& m) {
     if (m.step == 2 && job) job->cancel();
   });

@@ -18,15 +18,16 @@ namespace flexsp::actors {
 
 class job_manager {
 public:
-  /// `config.host` is the head's actor host; jobs connect to `config.head`.
-  explicit job_manager(scheduler_config config) : config_{std::move(config)} {}
+  /// `config.host` is the head's actor host; jobs connect to `config.head`. Without
+  /// `config.system` the manager runs the jobs' actors on an actor system of its own.
+  explicit job_manager(scheduler_config config);
   ~job_manager();
 
   /// Starts a job; returns its id ("<name>-<n>").
-  expected<std::shared_ptr<scheduler_actor>> submit(const job_spec& spec, scheduler_actor::metrics_fn on_metrics = {},
-                                                    scheduler_actor::log_fn on_log = {});
+  expected<std::shared_ptr<scheduled_job>> submit(const job_spec& spec, scheduled_job::metrics_fn on_metrics = {},
+                                                    scheduled_job::log_fn on_log = {});
   /// errc::not_found for an unknown id.
-  expected<std::shared_ptr<scheduler_actor>> find(const std::string& id) const;
+  expected<std::shared_ptr<scheduled_job>> find(const std::string& id) const;
   std::vector<job_status> list() const;
   /// Cancels every job and waits for them.
   void shutdown();
@@ -36,9 +37,10 @@ public:
   expected<std::uint64_t> serve(class cluster_client& head_client);
 
 private:
+  std::unique_ptr<core::actor_system> own_system_;
   scheduler_config config_;
   mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<scheduler_actor>> jobs_;
+  std::map<std::string, std::shared_ptr<scheduled_job>> jobs_;
   std::uint64_t next_ = 1;
   std::uint64_t served_actor_ = 0;
 };

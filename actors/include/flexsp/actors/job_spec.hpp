@@ -11,7 +11,8 @@
 /// ```
 /// Every key but `steps` has a default. Extra keys: `calibrate` (bool, default true: a short
 /// profiling phase fits the planner's cost model to the devices), `collective_timeout_ms`
-/// (default 10000), `planner_time_limit_ms` (default 200), `min_devices` (default 1).
+/// (default 10000), `planner_time_limit_ms` (default 200), `min_devices` (default 1), `fault`
+/// (retry budget, grace period and timeouts; see `fault_settings`).
 /// Parsing rejects unknown keys and wrong types; `validate` checks ranges. Every message names
 /// the field (`model.d_model: must be divisible by model.heads (4)`).
 
@@ -23,6 +24,29 @@
 #include "flexsp/core/error.hpp"
 
 namespace flexsp::actors {
+
+/// How the job rides out failures (`"fault": {...}` in the spec). Every field has a default.
+struct fault_settings {
+  /// Aborted attempts one step may have before the job fails.
+  std::uint32_t max_retries = 20;
+  /// After an attempt failed with no membership change, how long to wait for the head to
+  /// report a lost node before re-running (a failed collective usually means a node died).
+  std::uint32_t membership_grace_ms = 300;
+  /// An attempt fails when no device reported for this long; 0 = 3 x collective_timeout_ms
+  /// + 10 s.
+  std::uint32_t device_timeout_ms = 0;
+  /// How long a device may take to answer `join_job` (loading a checkpoint included).
+  std::uint32_t join_timeout_ms = 30000;
+  /// How long to wait for `min_devices` devices at the start and after losing all of them.
+  std::uint32_t device_wait_ms = 60000;
+  /// How long the device writing a checkpoint may take.
+  std::uint32_t checkpoint_timeout_ms = 60000;
+
+  /// `device_timeout_ms` with its default resolved.
+  std::uint32_t device_timeout(std::uint32_t collective_timeout_ms) const {
+    return device_timeout_ms ? device_timeout_ms : 3 * collective_timeout_ms + 10000;
+  }
+};
 
 struct job_spec {
   std::string name = "job";
@@ -54,6 +78,7 @@ struct job_spec {
   /// Collective library: "gloo" (TCP, any device), "nccl" (CUDA devices), or "auto" (nccl on
   /// cuda, gloo on cpu).
   std::string collectives = "auto";
+  fault_settings fault;
 
   /// Learning rate of `step` (0-based): linear warmup to optimizer.lr over `warmup` steps.
   float lr_at(std::uint64_t step) const;

@@ -63,6 +63,9 @@ enum class scheduling_policy : std::uint8_t {
 struct actor_system_config {
   /// Worker threads; 0 = std::thread::hardware_concurrency(). Ignored in manual mode.
   std::size_t workers = 0;
+  /// Threads of the pool that runs actors spawned with `spawn_options::blocking`; the pool
+  /// starts with the first such actor (>= 1). Ignored in manual mode.
+  std::size_t blocking_workers = 4;
   /// Messages an actor may handle per turn before its worker moves on (>= 1).
   std::size_t throughput = 128;
   execution_mode mode = execution_mode::threads;
@@ -91,6 +94,11 @@ struct spawn_options {
   restart_policy restart{};
   /// Mailbox bounds; defaults to actor_system_config::default_mailbox.
   std::optional<mailbox_config> mailbox{};
+  /// Runs the actor on the system's blocking pool (`blocking_workers` threads) instead of the
+  /// workers: for actors whose handlers block (a training step, a CBC solve, file or network
+  /// I/O), so that they never hold the threads every other actor runs on. Same semantics
+  /// otherwise; in manual mode there is no difference.
+  bool blocking = false;
 };
 
 /// Why a message ended in the dead-letter log.
@@ -203,12 +211,15 @@ private:
   void count_restart() noexcept { restarts_.fetch_add(1, std::memory_order_relaxed); }
   void count_blocked_send() noexcept { blocked_sends_.fetch_add(1, std::memory_order_relaxed); }
   detail::manual_scheduler& manual();
+  detail::scheduler& scheduler_for(bool blocking);
 
   actor_system_config config_;
   std::size_t workers_ = 0;
   std::shared_ptr<clock> clock_;
   std::unique_ptr<timer_service> timers_;
   std::unique_ptr<detail::scheduler> scheduler_;
+  std::mutex blocking_mutex_;
+  std::unique_ptr<detail::scheduler> blocking_;  // started by the first blocking spawn
 
   std::atomic<std::uint64_t> next_id_{1};
   std::atomic<std::uint64_t> spawned_{0}, terminated_{0}, restarts_{0}, dead_letters_{0}, blocked_sends_{0};

@@ -4,11 +4,13 @@
 /// beta1 and the all-to-all bandwidth of every degree seen, so the runtime can replace published
 /// constants with its own devices' figures.
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <vector>
 
 #include "flexsp/core/error.hpp"
+#include "flexsp/scheduler/plan.hpp"
 #include "flexsp/scheduler/profile.hpp"
 
 namespace flexsp::scheduler {
@@ -37,5 +39,30 @@ expected<fit_result> fit_profile(const std::vector<fit_sample>& samples, const p
 
 /// `base` with the fitted constants written in (other fields unchanged).
 profile apply_fit(profile base, const fit_result& fit);
+
+/// Timing probes that separate alpha1, alpha2, beta1 and the bandwidths: for every power-of-two
+/// degree d <= devices, three micro-batches of devices/d groups (one long sequence, one
+/// shorter, four short), lengths scaled to `max_seq`. `lengths` indexes the plan's sequences.
+struct calibration_probe {
+  plan probe;
+  std::vector<std::int64_t> lengths;
+};
+calibration_probe make_calibration_probe(int devices, std::int64_t max_seq);
+
+/// The samples of a probe run: per group, its degree, lengths and the slowest member's time.
+/// `measured(device, micro_batch)` gives a device's forward/backward ms in a micro-batch.
+template <class Measured>
+std::vector<fit_sample> probe_samples(const calibration_probe& c, Measured&& measured) {
+  std::vector<fit_sample> out;
+  for (std::size_t m = 0; m < c.probe.micro_batches.size(); ++m)
+    for (const auto& g : c.probe.micro_batches[m].groups) {
+      fit_sample s;
+      s.degree = g.degree;
+      for (int d : g.devices) s.time_ms = std::max(s.time_ms, static_cast<double>(measured(d, m)));
+      for (int q : g.sequences) s.lengths.push_back(c.lengths[static_cast<std::size_t>(q)]);
+      out.push_back(std::move(s));
+    }
+  return out;
+}
 
 }  // namespace flexsp::scheduler

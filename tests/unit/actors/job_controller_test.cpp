@@ -1,0 +1,643 @@
+// The job controller driven by hand: a scripted cluster answers its commands, a manual clock
+// moves time, and each test plays one fault scenario. No threads, sockets or sleeps.
+#include "flexsp/actors/job_controller.hpp"
+
+#include <deque>
+#include <functional>
+
+#include <gtest/gtest.h>
+
+#include "flexsp/scheduler/planner.hpp"
+
+namespace flexsp::actors {
+namespace {
+
+using namespace std::chrono_literals;
+
+job_spec small_spec(std::uint64_t steps) {
+  job_spec s;
+  s.name = "t";
+  s.steps = steps;
+  s.batch_size = 8;
+  s.model.layers = 1;
+  s.model.d_model = 16;
+  s.model.heads = 2;
+  s.model.max_seq = 256;
+  s.calibrate = false;
+  s.milp = false;
+  s.warmup = 0;
+  return s;
+}
+
+/// A scripted cluster around one controller. Devices answer joins, saves and queries at once;
+/// step plans are answered with `grad_ready` when `auto_reply` is set (checksum 1000 + step),
+/// otherwise they wait in `plans` for the test.
+class scripted_cluster {
+public:
+  explicit scripted_cluster(job_spec spec) : spec_{std::move(spec)} {
+    auto d = batch_source::create(spec_);
+    EXPECT_TRUE(d) << d.error().to_string();
+    data_ = std::move(*d);
+    controller_.emplace(controller_config{"job-1", {"head:1", 7}}, spec_, *data_, clock_);
+  }
+
+  // ---- the cluster ---------------------------------------------------------------------------
+  node_record node(std::uint64_t id, int devices) {
+    node_record n;
+    n.id = id;
+    n.address = fmt::format("node{}:1", id);
+    for (int i = 0; i < devices; ++i) n.devices.push_back(device_id{"cpu", static_cast<std::uint32_t>(i)});
+    return n;
+  }
+  void start(std::vector<std::pair<std::uint64_t, int>> nodes, std::optional<checkpoint_point> resume = {}) {
+    job_started s;
+    s.epoch = nodes.size();
+    epoch_ = s.epoch;
+    for (auto [id, k] : nodes) s.nodes.push_back(node(id, k));
+    s.resume = std::move(resume);
+    feed(s);
+  }
+  void join_node(std::uint64_t id, int devices) {
+    membership_event e;
+    e.kind = membership_event::kind_t::joined;
+    e.epoch = ++epoch_;
+    e.node = node(id, devices);
+    feed(e);
+  }
+  void lose_node(std::uint64_t id) {
+    dead_nodes_.insert(id);
+    membership_event e;
+    e.kind = membership_event::kind_t::lost;
+    e.epoch = ++epoch_;
+    e.node = node(id, 0);
+    e.node.lost_reason = "test";
+    feed(e);
+  }
+  /// Moves time forward, firing due timers in deadline order.
+  void advance(core::duration d) {
+    const auto until = clock_.now() + d;
+    for (;;) {
+      auto next = std::min_element(timers_.begin(), timers_.end(),
+                                   [](const auto& a, const auto& b) { return a.second < b.second; });
+      if (next == timers_.end() || next->second > until) break;
+      clock_.advance(next->second - clock_.now());
+      const auto id = next->first;
+      timers_.erase(next);
+      feed(timer_fired{id});
+    }
+    clock_.advance(until - clock_.now());
+  }
+
+  // ---- device replies ------------------------------------------------------------------------
+  grad_ready ready(std::uint32_t device, const step_plan& p, std::uint64_t checksum) {
+    grad_ready r;
+    r.job_id = "job-1";
+    r.step = p.step;
+    r.attempt = p.attempt;
+    r.device = device;
+    r.checksum = checksum;
+    r.loss_sum = 5.0 * static_cast<double>(p.global_tokens);
+    r.compute_ms = 10;
+    r.comm_ms = 1;
+    return r;
+  }
+  /// Answers every waiting step plan with grad_ready.
+  void reply_all() {
+    auto plans = std::move(plans_);
+    plans_.clear();
+    for (const auto& [d, p] : plans) feed(ready(d, p, 1000 + p.step));
+  }
+  step_failed failure(std::uint32_t device, const step_plan& p) {
+    return step_failed{"job-1", p.step, p.attempt, device, "collective failed: connection reset"};
+  }
+
+  // ---- feeding ---------------------------------------------------------------------------------
+  template <class E>
+  void feed(const E& e) {
+    controller_->on(e);
+    run();
+  }
+  void run() {
+    for (;;) {
+      auto cmds = controller_->take_commands();
+      if (cmds.empty() && replies_.empty()) return;
+      for (auto& c : cmds) carry_out(c);
+      while (!replies_.empty()) {
+        auto r = std::move(replies_.front());
+        replies_.pop_front();
+        r();
+      }
+    }
+  }
+
+  void carry_out(job_command& c) {
+    commands.push_back(c);
+    std::visit(
+        [&](auto& m) {
+          using T = std::decay_t<decltype(m)>;
+          if constexpr (std::is_same_v<T, send_to_device>) deliver(m);
+          else if constexpr (std::is_same_v<T, lookup_devices>) {
+            devices_found f{m.node, {}};
+            for (std::size_t i = 0; i < m.devices.size(); ++i)
+              f.devices.emplace_back(m.devices[i], remote_address{fmt::format("node{}:1", m.node), 100 * m.node + i});
+            later([this, f]() { controller_->on(f); });
+          } else if constexpr (std::is_same_v<T, request_plan>) {
+            ++plan_requests;
+            scheduler::planner_options o;
+            o.strategy = m.strategy;
+            o.use_milp = false;
+            auto pl = scheduler::planner::create(m.profile, scheduler::cluster{m.devices, m.devices_per_node}, o);
+            ASSERT_TRUE(pl) << pl.error().to_string();
+            plan_ready r{m.request, pl->make_plan(m.lengths)};
+            if (hold_plans) held_plans.push_back(std::move(r));
+            else later([this, r]() { controller_->on(r); });
+          } else if constexpr (std::is_same_v<T, write_index>) {
+            index_written w{m.point.step, index_error};
+            later([this, w]() { controller_->on(w); });
+          } else if constexpr (std::is_same_v<T, start_timer>) {
+            timers_[m.id] = clock_.now() + m.delay;
+          } else if constexpr (std::is_same_v<T, publish_metrics>) {
+            metrics.push_back(m.metrics);
+          } else if constexpr (std::is_same_v<T, log_line>) {
+            logs.push_back(m.text);
+          } else if constexpr (std::is_same_v<T, job_finished>) {
+            finished = m;
+          }
+        },
+        c);
+  }
+
+  void deliver(const send_to_device& s) {
+    const auto node = s.address.actor_id / 100;
+    if (dead_nodes_.count(node)) {
+      later([this, d = s.device]() { controller_->on(send_failed{d, "peer is down"}); });
+      return;
+    }
+    std::visit(
+        [&](const auto& m) {
+          using T = std::decay_t<decltype(m)>;
+          if constexpr (std::is_same_v<T, join_job>) {
+            joins.push_back(m);
+            if (silent_joins.count(s.device)) return;
+            device_state st;
+            st.device = s.device;
+            st.job_id = m.job_id;
+            st.tag = m.tag;
+            later([this, st]() { controller_->on(st); });
+          } else if constexpr (std::is_same_v<T, step_plan>) {
+            sent_plans.push_back({s.device, m});
+            if (auto_reply && !silent.count(s.device)) {
+              later([this, d = s.device, m]() { controller_->on(ready(d, m, 1000 + m.step)); });
+            } else {
+              plans_[s.device] = m;
+            }
+          } else if constexpr (std::is_same_v<T, commit_step>) {
+            commits.push_back({s.device, m});
+          } else if constexpr (std::is_same_v<T, abort_attempts>) {
+            aborts.push_back({s.device, m});
+          } else if constexpr (std::is_same_v<T, save_state>) {
+            saves.push_back(m);
+            device_state st;
+            st.job_id = m.job_id;
+            st.tag = m.tag;
+            st.checksum = 77;
+            later([this, st]() { controller_->on(st); });
+          } else if constexpr (std::is_same_v<T, query_state>) {
+            device_state st;
+            st.device = s.device;
+            st.job_id = m.job_id;
+            st.tag = m.tag;
+            st.checksum = diverged_final.count(s.device) ? 2 : 1;
+            later([this, st]() { controller_->on(st); });
+          } else if constexpr (std::is_same_v<T, leave_job>) {
+            leaves.push_back(s.device);
+          }
+        },
+        s.message);
+  }
+
+  void later(std::function<void()> f) { replies_.push_back(std::move(f)); }
+
+  /// Commits of `step` (one per device per committed attempt).
+  std::size_t commits_of(std::uint64_t step) const {
+    std::size_t n = 0;
+    for (const auto& [_, c] : commits) n += c.step == step;
+    return n;
+  }
+  /// Distinct attempts whose plans were sent for `step`.
+  std::set<std::uint64_t> attempts_of(std::uint64_t step) const {
+    std::set<std::uint64_t> a;
+    for (const auto& [_, p] : sent_plans)
+      if (p.step == step) a.insert(p.attempt);
+    return a;
+  }
+  bool logged(std::string_view text) const {
+    return std::any_of(logs.begin(), logs.end(), [&](const std::string& l) { return l.find(text) != std::string::npos; });
+  }
+
+  job_controller& controller() { return *controller_; }
+  std::map<std::uint32_t, step_plan>& waiting_plans() { return plans_; }
+
+  // What happened.
+  std::vector<job_command> commands;
+  std::vector<join_job> joins;
+  std::vector<std::pair<std::uint32_t, step_plan>> sent_plans;
+  std::vector<std::pair<std::uint32_t, commit_step>> commits;
+  std::vector<std::pair<std::uint32_t, abort_attempts>> aborts;
+  std::vector<save_state> saves;
+  std::vector<std::uint32_t> leaves;
+  std::vector<step_metrics> metrics;
+  std::vector<std::string> logs;
+  std::optional<job_finished> finished;
+  int plan_requests = 0;
+
+  // Knobs.
+  bool auto_reply = true;
+  bool hold_plans = false;
+  std::vector<plan_ready> held_plans;
+  std::set<std::uint32_t> silent;         // devices that never answer step plans
+  std::set<std::uint32_t> silent_joins;   // devices that never answer join_job
+  std::set<std::uint32_t> diverged_final; // devices whose final checksum differs
+  std::string index_error;
+
+private:
+  job_spec spec_;
+  core::manual_clock clock_;
+  std::unique_ptr<batch_source> data_;
+  std::optional<job_controller> controller_;
+  std::map<std::uint32_t, step_plan> plans_;
+  std::deque<std::function<void()>> replies_;
+  std::map<std::uint64_t, core::time_point> timers_;
+  std::set<std::uint64_t> dead_nodes_;
+  std::uint64_t epoch_ = 0;
+};
+
+TEST(JobController, AFaultFreeJobCommitsEveryStepOnceAndLeavesTheDevices) {
+  scripted_cluster c{small_spec(5)};
+  c.start({{1, 2}, {2, 2}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  ASSERT_EQ(c.metrics.size(), 5u);
+  for (std::uint64_t s = 0; s < 5; ++s) {
+    EXPECT_EQ(c.metrics[s].step, s);
+    EXPECT_EQ(c.metrics[s].devices, 4u);
+    EXPECT_EQ(c.metrics[s].retried, 0u);
+    EXPECT_EQ(c.commits_of(s), 4u) << "step " << s;
+    EXPECT_EQ(c.attempts_of(s).size(), 1u);
+  }
+  EXPECT_EQ(c.joins.size(), 4u);
+  EXPECT_EQ(c.leaves.size(), 4u);
+  EXPECT_TRUE(c.aborts.empty());
+  EXPECT_EQ(c.controller().status().steps_done, 5u);
+  EXPECT_EQ(c.controller().status().final_checksum, 1u);
+}
+
+TEST(JobController, TheNextBatchIsPlannedWhileTheStepRuns) {
+  scripted_cluster c{small_spec(4)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  // Step 0 is out; the plan of step 1 was asked for before any device answered.
+  EXPECT_EQ(c.attempts_of(0).size(), 1u);
+  EXPECT_EQ(c.plan_requests, 2);
+  c.reply_all();
+  EXPECT_EQ(c.plan_requests, 3) << "step 1 used the plan made while step 0 ran";
+  EXPECT_EQ(c.metrics.at(0).overhead_ms, 0.0);
+}
+
+TEST(JobController, ANodeLostMidStepReRunsTheSameBatchOnTheSurvivors) {
+  scripted_cluster c{small_spec(4)};
+  c.auto_reply = false;
+  c.start({{1, 2}, {2, 2}});
+  c.reply_all();  // step 0
+  c.reply_all();  // step 1
+  ASSERT_EQ(c.metrics.size(), 2u);
+  // Step 2: devices 0 and 1 report, then node 2 (devices 2, 3) dies.
+  auto& waiting = c.waiting_plans();
+  ASSERT_EQ(waiting.size(), 4u);
+  const auto tokens = waiting.at(0).global_tokens;
+  c.feed(c.ready(0, waiting.at(0), 1002));
+  c.feed(c.ready(1, waiting.at(1), 1002));
+  waiting.clear();
+  c.lose_node(2);
+  // Aborted everywhere left, re-planned for two devices, same batch.
+  ASSERT_FALSE(c.aborts.empty());
+  ASSERT_EQ(c.waiting_plans().size(), 2u);
+  EXPECT_EQ(c.waiting_plans().at(0).step, 2u);
+  EXPECT_EQ(c.waiting_plans().at(0).world, (std::vector<std::uint32_t>{0, 1}));
+  EXPECT_EQ(c.waiting_plans().at(0).global_tokens, tokens);
+  c.reply_all();
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  EXPECT_EQ(c.commits_of(2), 2u) << "committed once, by the survivors";
+  EXPECT_EQ(c.metrics.at(2).retried, 1u);
+  EXPECT_EQ(c.metrics.at(2).devices, 2u);
+  EXPECT_EQ(c.metrics.size(), 4u);
+}
+
+TEST(JobController, AStepFailedBeforeTheMembershipEventWaitsForItInsteadOfBurningRetries) {
+  auto spec = small_spec(3);
+  spec.fault.max_retries = 3;
+  scripted_cluster c{spec};
+  c.auto_reply = false;
+  c.start({{1, 2}, {2, 2}});
+  c.reply_all();  // step 0
+  auto waiting = c.waiting_plans();
+  c.waiting_plans().clear();
+  // A survivor's collective fails first (the head has not noticed the dead node yet).
+  c.feed(c.failure(0, waiting.at(0)));
+  const auto attempts = c.attempts_of(1).size();
+  EXPECT_EQ(attempts, 1u) << "no new attempt during the grace period";
+  c.advance(100ms);  // still inside the 300 ms grace
+  EXPECT_EQ(c.attempts_of(1).size(), 1u);
+  c.lose_node(2);  // the membership event ends the wait at once
+  EXPECT_EQ(c.attempts_of(1).size(), 2u);
+  EXPECT_EQ(c.waiting_plans().at(0).world, (std::vector<std::uint32_t>{0, 1}));
+  c.reply_all();
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  EXPECT_EQ(c.metrics.at(1).retried, 1u);
+}
+
+TEST(JobController, AFailureWithNoMembershipChangeIsRetriedAfterTheGracePeriod) {
+  scripted_cluster c{small_spec(2)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  auto waiting = c.waiting_plans();
+  c.waiting_plans().clear();
+  c.feed(c.failure(1, waiting.at(1)));
+  c.advance(299ms);
+  EXPECT_EQ(c.attempts_of(0).size(), 1u);
+  c.advance(1ms);
+  EXPECT_EQ(c.attempts_of(0).size(), 2u) << "the same devices run the batch again";
+  c.reply_all();
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+  EXPECT_GT(c.metrics.at(0).recovery_ms, 0.0);
+}
+
+TEST(JobController, AGradReadyFromAnOlderAttemptArrivingLateIsIgnored) {
+  auto spec = small_spec(1);
+  spec.fault.membership_grace_ms = 0;
+  scripted_cluster c{spec};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  auto first = c.waiting_plans();
+  c.waiting_plans().clear();
+  c.feed(c.failure(0, first.at(0)));  // attempt 1 aborted, attempt 2 sent
+  ASSERT_EQ(c.attempts_of(0).size(), 2u);
+  auto second = c.waiting_plans();
+  c.waiting_plans().clear();
+  // Device 1's report of attempt 1 arrives after attempt 2 started, with another checksum.
+  c.feed(c.ready(1, first.at(1), 999));
+  c.feed(c.ready(0, second.at(0), 1000));
+  EXPECT_TRUE(c.commits.empty()) << "one report of the live attempt is not enough";
+  c.feed(c.ready(1, second.at(1), 1000));
+  ASSERT_EQ(c.commits.size(), 2u);
+  EXPECT_EQ(c.commits[0].second.attempt, second.at(0).attempt);
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+}
+
+TEST(JobController, MismatchedReplicaChecksumsFailTheJobWithoutCommitting) {
+  scripted_cluster c{small_spec(3)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  auto w = c.waiting_plans();
+  c.feed(c.ready(0, w.at(0), 1000));
+  c.feed(c.ready(1, w.at(1), 4242));
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::failed);
+  EXPECT_NE(c.finished->message.find("replicas diverged at step 0"), std::string::npos) << c.finished->message;
+  EXPECT_TRUE(c.commits.empty());
+  EXPECT_EQ(c.leaves.size(), 2u);
+}
+
+TEST(JobController, ADeviceSilentPastItsTimeoutAbortsTheAttempt) {
+  auto spec = small_spec(1);
+  spec.fault.device_timeout_ms = 5000;
+  spec.fault.membership_grace_ms = 0;
+  scripted_cluster c{spec};
+  c.silent.insert(1);
+  c.start({{1, 2}});
+  c.advance(4000ms);
+  EXPECT_EQ(c.attempts_of(0).size(), 1u);
+  c.silent.clear();
+  c.advance(1000ms);
+  EXPECT_TRUE(c.logged("no report from 1 devices within 5000 ms")) << ::testing::PrintToString(c.logs);
+  EXPECT_EQ(c.attempts_of(0).size(), 2u);
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+}
+
+TEST(JobController, ReportsKeepASlowAttemptAlive) {
+  auto spec = small_spec(1);
+  spec.fault.device_timeout_ms = 5000;
+  scripted_cluster c{spec};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  auto w = c.waiting_plans();
+  c.advance(4000ms);
+  c.feed(c.ready(0, w.at(0), 1000));
+  c.advance(4000ms);  // 8 s after dispatch, 4 s after the last report
+  EXPECT_EQ(c.attempts_of(0).size(), 1u);
+  c.feed(c.ready(1, w.at(1), 1000));
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+}
+
+TEST(JobController, LosingEveryReplicaRewindsToTheLatestCheckpoint) {
+  auto spec = small_spec(5);
+  spec.checkpoint_dir = "/ckpt";
+  spec.checkpoint_every = 2;
+  scripted_cluster c{spec};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  for (int s = 0; s < 3; ++s) c.reply_all();  // steps 0..2; a checkpoint after step 2
+  ASSERT_EQ(c.saves.size(), 1u);
+  EXPECT_EQ(c.saves[0].path, "/ckpt/step-000002.ckpt");
+  c.waiting_plans().clear();
+  c.lose_node(1);  // every device holding the state, mid step 3
+  EXPECT_TRUE(c.logged("no devices left"));
+  c.join_node(3, 2);
+  // The new devices load the checkpoint and the job re-runs from step 2.
+  ASSERT_FALSE(c.joins.empty());
+  EXPECT_EQ(c.joins.back().resume_from, "/ckpt/step-000002.ckpt");
+  ASSERT_FALSE(c.waiting_plans().empty());
+  EXPECT_EQ(c.waiting_plans().begin()->second.step, 2u);
+  EXPECT_EQ(c.waiting_plans().begin()->second.sync_source, -1) << "every device loaded the same state";
+  for (int s = 0; s < 3; ++s) c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  EXPECT_TRUE(c.logged("restarted from /ckpt/step-000002.ckpt (step 2)"));
+  EXPECT_EQ(c.controller().status().steps_done, 5u);
+}
+
+TEST(JobController, LosingEveryReplicaWithoutACheckpointFailsTheJobWithTheReason) {
+  scripted_cluster c{small_spec(5)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  c.reply_all();
+  c.waiting_plans().clear();
+  c.lose_node(1);
+  c.join_node(2, 2);
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::failed);
+  EXPECT_EQ(c.finished->message, "every device holding the model state was lost and there is no checkpoint");
+}
+
+TEST(JobController, ADeviceJoinsAtTheNextStepBoundaryAndGetsTheStateFromALiveReplica) {
+  scripted_cluster c{small_spec(3)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  EXPECT_EQ(c.joins.size(), 2u);
+  c.join_node(2, 2);  // mid step 0
+  EXPECT_EQ(c.joins.size(), 2u) << "no join while a step runs";
+  c.reply_all();  // step 0 commits on devices 0, 1
+  EXPECT_EQ(c.commits_of(0), 2u);
+  EXPECT_EQ(c.joins.size(), 4u);
+  EXPECT_EQ(c.joins[2].resume_from, "") << "joiners get the state from a replica, not a checkpoint";
+  ASSERT_EQ(c.waiting_plans().size(), 4u);
+  const auto& p = c.waiting_plans().at(2);
+  EXPECT_EQ(p.step, 1u);
+  EXPECT_EQ(p.world, (std::vector<std::uint32_t>{0, 1, 2, 3}));
+  EXPECT_EQ(p.sync_source, 0);
+  c.reply_all();
+  const auto& p2 = c.waiting_plans().at(2);
+  EXPECT_EQ(p2.sync_source, -1) << "synced after their first step";
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+  EXPECT_EQ(c.metrics.back().devices, 4u);
+}
+
+TEST(JobController, CancelMidStepAbortsTheAttemptAndReleasesTheDevices) {
+  scripted_cluster c{small_spec(10)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  c.reply_all();
+  c.feed(cancel_requested{});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::cancelled);
+  EXPECT_EQ(c.aborts.size(), 2u);
+  EXPECT_EQ(c.leaves.size(), 2u);
+  EXPECT_EQ(c.commits_of(1), 0u);
+  EXPECT_EQ(c.controller().status().steps_done, 1u);
+}
+
+TEST(JobController, ExhaustingTheRetryBudgetFailsTheJobNamingTheLastReason) {
+  auto spec = small_spec(2);
+  spec.fault.max_retries = 2;
+  spec.fault.membership_grace_ms = 0;
+  scripted_cluster c{spec};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  for (int i = 0; i < 3; ++i) {
+    auto w = c.waiting_plans();
+    c.waiting_plans().clear();
+    c.feed(c.failure(0, w.at(0)));
+  }
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::failed);
+  EXPECT_EQ(c.finished->message, "step 0 failed 3 times: device 0: collective failed: connection reset");
+  EXPECT_EQ(c.attempts_of(0).size(), 3u);
+}
+
+TEST(JobController, TooFewDevicesFailsAfterTheDeviceWait) {
+  auto spec = small_spec(2);
+  spec.min_devices = 4;
+  spec.fault.device_wait_ms = 2000;
+  scripted_cluster c{spec};
+  c.start({{1, 2}});
+  c.advance(1900ms);
+  EXPECT_FALSE(c.finished);
+  c.advance(200ms);
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->message, "only 2 of the 4 cpu devices the job needs are available");
+}
+
+TEST(JobController, AJobWaitsForMinDevicesAndStartsWhenANodeJoins) {
+  auto spec = small_spec(1);
+  spec.min_devices = 4;
+  scripted_cluster c{spec};
+  c.start({{1, 2}});
+  EXPECT_TRUE(c.sent_plans.empty());
+  c.join_node(2, 2);
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+  EXPECT_EQ(c.metrics.at(0).devices, 4u);
+}
+
+TEST(JobController, ADeviceThatDoesNotAnswerItsJoinIsLeftOut) {
+  auto spec = small_spec(1);
+  spec.fault.join_timeout_ms = 1000;
+  scripted_cluster c{spec};
+  c.silent_joins.insert(1);
+  c.start({{1, 2}});
+  EXPECT_TRUE(c.sent_plans.empty());
+  c.advance(1000ms);
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+  EXPECT_EQ(c.metrics.at(0).devices, 1u);
+  EXPECT_TRUE(c.logged("could not join: no answer"));
+}
+
+TEST(JobController, ReplicasThatDifferAtTheEndFailTheJob) {
+  scripted_cluster c{small_spec(1)};
+  c.diverged_final.insert(1);
+  c.start({{1, 2}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::failed);
+  EXPECT_EQ(c.finished->message, "replicas differ after the last step (device 1)");
+}
+
+TEST(JobController, CalibrationRunsAWarmUpAndATimedProbeBeforeTheFirstStep) {
+  auto spec = small_spec(1);
+  spec.calibrate = true;
+  scripted_cluster c{spec};
+  c.start({{1, 2}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+  std::size_t probes = 0;
+  for (const auto& [_, p] : c.sent_plans) probes += p.calibrate;
+  EXPECT_EQ(probes, 4u) << "two probe attempts on two devices";
+  EXPECT_TRUE(c.commits_of(~std::uint64_t{0}) == 0) << "probes are never committed";
+}
+
+TEST(JobController, ACheckpointIsIndexedOnlyAfterTheDeviceWroteIt) {
+  auto spec = small_spec(2);
+  spec.checkpoint_dir = "/ckpt";
+  spec.checkpoint_every = 1;
+  scripted_cluster c{spec};
+  c.index_error = "disk full";
+  c.start({{1, 1}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+  EXPECT_EQ(c.saves.size(), 2u);
+  EXPECT_TRUE(c.logged("checkpoint index write failed: disk full"));
+}
+
+TEST(JobController, APlanForAWorldThatChangedIsNotUsed) {
+  scripted_cluster c{small_spec(2)};
+  c.hold_plans = true;
+  c.start({{1, 2}, {2, 2}});
+  ASSERT_EQ(c.held_plans.size(), 1u);
+  c.lose_node(2);
+  // The step is planned again for two devices at once; the plan for four arrives late.
+  ASSERT_EQ(c.held_plans.size(), 2u);
+  auto held = std::move(c.held_plans);
+  c.held_plans.clear();
+  c.hold_plans = false;
+  c.feed(held[0]);
+  EXPECT_TRUE(c.sent_plans.empty()) << "the plan for the old world is not used";
+  c.feed(held[1]);
+  ASSERT_FALSE(c.sent_plans.empty());
+  EXPECT_EQ(c.sent_plans.front().second.world, (std::vector<std::uint32_t>{0, 1}));
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+}
+
+}  // namespace
+}  // namespace flexsp::actors
