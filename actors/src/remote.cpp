@@ -4,11 +4,95 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "flexsp/core/detail/watchers.hpp"
 #include "flexsp/core/log.hpp"
+#include "flexsp/core/timer.hpp"
 
 namespace flexsp::actors {
 
 using Clock = std::chrono::steady_clock;
+
+namespace {
+
+/// Timers for proxies' ask deadlines; shared so that a proxy outliving its host keeps them.
+struct proxy_clock {
+  core::steady_clock_source clock;
+  core::timer_service timers{clock};
+};
+
+/// A control block standing for an actor in another process (see remote.hpp).
+class remote_proxy final : public core::abstract_actor {
+public:
+  remote_proxy(std::uint64_t id, std::weak_ptr<actor_host> host, remote_address where,
+               const actor_host::proxy_table& table, std::shared_ptr<proxy_clock> clock)
+      : abstract_actor{id, "remote:" + where.to_string()},
+        host_{std::move(host)},
+        where_{std::move(where)},
+        table_{table},
+        clock_{std::move(clock)} {}
+
+  expected<void> enqueue(core::message_ptr m) override {
+    if (watchers_.fired()) return fail(std::move(m), error{errc::disconnected, fmt::format("{} is down", name())});
+    auto host = host_.lock();
+    if (!host) return fail(std::move(m), error{errc::cancelled, "actor host is stopped"});
+    const actor_host::proxy_entry* entry = nullptr;
+    for (const auto& [vt, e] : table_)
+      if (vt == m->vtable) entry = &e;
+    if (!entry) {
+      if (m->is_system) return {};  // exit notices of linked local actors: nothing to forward
+      return fail(std::move(m), error{errc::unimplemented, fmt::format("{} cannot be sent to another process (no wire codec)",
+                                                                       m->vtable->type_name)});
+    }
+    const core::message& msg = *m;
+    auto encode = [entry, &msg](capnp::AnyPointer::Builder b) { entry->encode(msg, b); };
+    if (!entry->take_reply) return host->send(where_, entry->type_id, encode);
+    auto done = entry->take_reply(*m);
+    // The ask's own deadline completes it; this one only bounds the host's bookkeeping.
+    host->request(where_, entry->type_id, encode, std::chrono::minutes{10}, std::move(done));
+    return {};
+  }
+  void stop(core::stop_mode) override {}
+  void kill() override {}
+  bool alive() const noexcept override { return !watchers_.fired(); }
+  void attach(core::detail::intrusive_ptr<core::abstract_actor> watcher, core::watch_kind kind) override {
+    watchers_.add(*this, std::move(watcher), kind);
+    watch_remote();
+  }
+  void attach(std::function<void(const core::down_msg&)> callback) override {
+    watchers_.add(*this, std::move(callback));
+    watch_remote();
+  }
+  void detach(const core::abstract_actor* watcher, core::watch_kind kind) override { watchers_.remove(watcher, kind); }
+  core::timer_service& timers() const noexcept override { return clock_->timers; }
+
+  /// The remote actor terminated or became unreachable.
+  void down(core::exit_reason reason, std::string what) { watchers_.fire(*this, reason, std::move(what)); }
+  const remote_address& where() const noexcept { return where_; }
+  const actor_host::proxy_table* table() const noexcept { return &table_; }
+
+private:
+  expected<void> fail(core::message_ptr m, error why) {
+    if (m->vtable->fail) m->vtable->fail(*m, why);
+    return unexpected<error>{std::move(why)};
+  }
+  void watch_remote();
+
+  std::weak_ptr<actor_host> host_;
+  remote_address where_;
+  const actor_host::proxy_table& table_;
+  std::shared_ptr<proxy_clock> clock_;
+  core::detail::watcher_list watchers_;
+  std::atomic<bool> watching_{false};
+};
+
+core::exit_reason parse_exit_reason(std::string_view s) {
+  for (auto r : {core::exit_reason::normal, core::exit_reason::exception, core::exit_reason::killed,
+                 core::exit_reason::linked, core::exit_reason::shutdown, core::exit_reason::unreachable})
+    if (core::to_string(r) == s) return r;
+  return core::exit_reason::unreachable;
+}
+
+}  // namespace
 
 struct actor_host::impl {
   struct peer {
@@ -33,11 +117,19 @@ struct actor_host::impl {
   std::string address;
   std::unique_ptr<net::listener> listener;
 
+  std::shared_ptr<proxy_clock> clock = std::make_shared<proxy_clock>();
+
   std::mutex mutex;  // guards everything below
   struct actor_entry {
     std::shared_ptr<dispatch_fn> sync;
     std::shared_ptr<async_dispatch_fn> async;
+    core::any_ref target;                                    // runtime actors: for monitors
+    std::vector<std::weak_ptr<net::connection>> monitors;   // peers watching it
   };
+  // Proxies by address (and class), and those whose remote actor is monitored.
+  std::map<std::pair<std::string, std::uint64_t>, std::vector<core::detail::intrusive_ptr<remote_proxy>>> proxies;
+  std::map<std::pair<std::string, std::uint64_t>, std::vector<core::detail::intrusive_ptr<remote_proxy>>> watched;
+  std::uint64_t next_proxy = 1;
   std::unordered_map<std::uint64_t, actor_entry> actors;
   std::uint64_t next_actor = 1;
   std::map<std::string, peer> peers;
@@ -100,6 +192,7 @@ struct actor_host::impl {
   void on_connected(const std::string& host, expected<std::shared_ptr<net::connection>> c) {
     std::shared_ptr<net::connection> conn;
     std::vector<reply_fn> failed;
+    std::vector<core::detail::intrusive_ptr<remote_proxy>> gone;
     error failure{errc::disconnected, ""};
     {
       std::lock_guard lock{mutex};
@@ -123,14 +216,92 @@ struct actor_host::impl {
         p.retry_after = Clock::now() + p.backoff.next();
         failure = error{errc::disconnected, fmt::format("cannot reach {}: {}", host, p.reason)};
         failed = take_asks_locked(host, nullptr);
+        gone = take_watched_locked(host);
       }
     }
+    for (auto& px : gone) px->down(core::exit_reason::unreachable, failure.message());
     if (conn) {
       attach(conn, host);
     } else {
       if (!failed.empty()) log::get("net")->info("{}; failing {} pending asks", failure.message(), failed.size());
       for (auto& f : failed) f(unexpected<error>{failure}, 0);
     }
+  }
+
+  // Takes the monitored proxies of `host` out (mutex held); they are down, and so leave the cache.
+  std::vector<core::detail::intrusive_ptr<remote_proxy>> take_watched_locked(const std::string& host) {
+    std::vector<core::detail::intrusive_ptr<remote_proxy>> out;
+    for (auto it = watched.begin(); it != watched.end();) {
+      if (it->first.first == host) {
+        for (auto& p : it->second) out.push_back(std::move(p));
+        it = watched.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = proxies.begin(); it != proxies.end();) {
+      if (it->first.first == host) {
+        for (auto& p : it->second) out.push_back(p);
+        it = proxies.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return out;
+  }
+
+  // Sends a down notice for actor `target` of this host on `conn`.
+  static void send_down(net::connection& conn, std::uint64_t target, core::exit_reason reason, const std::string& what) {
+    capnp::MallocMessageBuilder msg{128};
+    auto a = wire::start_envelope(msg).getBody().initActor();
+    a.setTarget(target);
+    a.setControl(wire::schema::ActorControl::DOWN);
+    a.setErrorKind(std::string{core::to_string(reason)});
+    a.setErrorMessage(what);
+    conn.send(msg);
+  }
+
+  // A peer asks to monitor one of our actors.
+  void on_monitor(net::connection& c, std::uint64_t target) {
+    core::any_ref ref;
+    bool known = false;
+    std::weak_ptr<net::connection> weak = c.shared_from_this();
+    {
+      std::lock_guard lock{mutex};
+      auto it = actors.find(target);
+      if (it != actors.end()) {
+        known = true;
+        it->second.monitors.push_back(weak);
+        ref = it->second.target;
+      }
+    }
+    if (!known) {
+      send_down(c, target, core::exit_reason::normal, fmt::format("no actor {} in {}", target, address));
+      return;
+    }
+    if (ref.valid())
+      ref.get()->attach([weak, target](const core::down_msg& d) {
+        if (auto conn = weak.lock()) send_down(*conn, target, d.reason, d.what);
+      });
+  }
+
+  // A peer reports that an actor we monitor terminated.
+  void on_down(const std::string& host, wire::schema::ActorMessage::Reader a) {
+    std::vector<core::detail::intrusive_ptr<remote_proxy>> gone;
+    const auto key = std::make_pair(host, a.getTarget());
+    {
+      std::lock_guard lock{mutex};
+      if (auto it = watched.find(key); it != watched.end()) {
+        gone = std::move(it->second);
+        watched.erase(it);
+      }
+      if (auto it = proxies.find(key); it != proxies.end()) {
+        for (auto& p : it->second) gone.push_back(p);
+        proxies.erase(it);
+      }
+    }
+    const auto reason = parse_exit_reason(a.getErrorKind().cStr());
+    for (auto& p : gone) p->down(reason, a.getErrorMessage().cStr());
   }
 
   // Collects pending asks to fail (mutex held). conn == nullptr: all asks to `host`.
@@ -151,8 +322,8 @@ struct actor_host::impl {
   void attach(const std::shared_ptr<net::connection>& conn, const std::string& outbound_host) {
     auto owner_ref = owner;
     conn->start(
-        [owner_ref](net::connection& c, wire::envelope_reader env) {
-          if (auto o = owner_ref.lock()) o->impl_->on_message(c, env);
+        [owner_ref, outbound_host](net::connection& c, wire::envelope_reader env) {
+          if (auto o = owner_ref.lock()) o->impl_->on_message(c, outbound_host, env);
         },
         [owner_ref, outbound_host](net::connection& c, const error& why) {
           if (auto o = owner_ref.lock()) o->impl_->on_closed(c, outbound_host, why);
@@ -161,6 +332,7 @@ struct actor_host::impl {
 
   void on_closed(net::connection& c, const std::string& outbound_host, const error& why) {
     std::vector<reply_fn> failed;
+    std::vector<core::detail::intrusive_ptr<remote_proxy>> gone;
     {
       std::lock_guard lock{mutex};
       std::erase_if(inbound, [&c](const auto& p) { return p.get() == &c; });
@@ -175,7 +347,10 @@ struct actor_host::impl {
         }
       }
       failed = take_asks_locked(outbound_host, &c);
+      gone = take_watched_locked(outbound_host);
     }
+    for (auto& px : gone)
+      px->down(core::exit_reason::unreachable, fmt::format("connection to {} lost: {}", outbound_host, why.message()));
     if (!failed.empty())
       log::get("net")->info("connection to {} closed ({}); failing {} pending asks", outbound_host, why.message(),
                             failed.size());
@@ -183,12 +358,20 @@ struct actor_host::impl {
     for (auto& f : failed) f(unexpected<error>{e}, 0);
   }
 
-  void on_message(net::connection& c, wire::envelope_reader env) {
+  void on_message(net::connection& c, const std::string& outbound_host, wire::envelope_reader env) {
     if (env.getBody().which() != wire::body_kind::ACTOR) {
       c.close(error{errc::protocol, "unexpected " + wire::body_name(env.getBody().which()) + " on an actor channel"});
       return;
     }
     auto a = env.getBody().getActor();
+    switch (a.getControl()) {
+      case wire::schema::ActorControl::NONE: break;
+      case wire::schema::ActorControl::MONITOR: on_monitor(c, a.getTarget()); return;
+      case wire::schema::ActorControl::DOWN:
+        if (!outbound_host.empty()) on_down(outbound_host, a);
+        return;
+      default: c.close(error{errc::protocol, "unknown actor control notice"}); return;
+    }
     if (a.getIsReply()) {
       on_reply(a);
       return;
@@ -325,15 +508,50 @@ net::event_loop& actor_host::loop() noexcept { return impl_->loop; }
 std::uint64_t actor_host::add_actor(dispatch_fn fn) {
   std::lock_guard lock{impl_->mutex};
   const auto id = impl_->next_actor++;
-  impl_->actors.emplace(id, impl::actor_entry{std::make_shared<dispatch_fn>(std::move(fn)), nullptr});
+  impl_->actors.emplace(id, impl::actor_entry{std::make_shared<dispatch_fn>(std::move(fn)), nullptr, {}, {}});
   return id;
 }
 
-std::uint64_t actor_host::add_async_actor(async_dispatch_fn fn) {
+std::uint64_t actor_host::add_async_actor(async_dispatch_fn fn, core::any_ref target) {
   std::lock_guard lock{impl_->mutex};
   const auto id = impl_->next_actor++;
-  impl_->actors.emplace(id, impl::actor_entry{nullptr, std::make_shared<async_dispatch_fn>(std::move(fn))});
+  impl_->actors.emplace(id, impl::actor_entry{nullptr, std::make_shared<async_dispatch_fn>(std::move(fn)),
+                                              std::move(target), {}});
   return id;
+}
+
+core::detail::intrusive_ptr<core::abstract_actor> actor_host::make_proxy(const remote_address& where,
+                                                                         const proxy_table& table) {
+  std::lock_guard lock{impl_->mutex};
+  auto& list = impl_->proxies[{where.host, where.actor_id}];
+  for (auto& p : list)
+    if (p->table() == &table && p->alive()) return p;
+  auto p = core::detail::make_intrusive<remote_proxy>((std::uint64_t{1} << 63) | impl_->next_proxy++, weak_from_this(),
+                                                      where, table, impl_->clock);
+  list.push_back(p);
+  return p;
+}
+
+void actor_host::watch(const remote_address& where, core::abstract_actor& proxy) {
+  auto* p = static_cast<remote_proxy*>(&proxy);
+  auto msg = std::make_unique<capnp::MallocMessageBuilder>(64);
+  {
+    auto a = wire::start_envelope(*msg).getBody().initActor();
+    a.setTarget(where.actor_id);
+    a.setControl(wire::schema::ActorControl::MONITOR);
+  }
+  error failure{errc::disconnected, ""};
+  {
+    std::lock_guard lock{impl_->mutex};
+    auto conn = impl_->route(where.host, msg);
+    if (conn) {
+      impl_->watched[{where.host, where.actor_id}].push_back(core::detail::intrusive_ptr<remote_proxy>{p});
+      if (*conn) (*conn)->send(*msg);
+      return;
+    }
+    failure = conn.error();
+  }
+  p->down(core::exit_reason::unreachable, failure.message());
 }
 
 namespace detail {
@@ -341,8 +559,16 @@ void log_failed_tell(const error& e) { log::get("net")->warn("remote tell failed
 }  // namespace detail
 
 void actor_host::remove(std::uint64_t actor_id) {
-  std::lock_guard lock{impl_->mutex};
-  impl_->actors.erase(actor_id);
+  std::vector<std::weak_ptr<net::connection>> monitors;
+  {
+    std::lock_guard lock{impl_->mutex};
+    auto it = impl_->actors.find(actor_id);
+    if (it == impl_->actors.end()) return;
+    monitors = std::move(it->second.monitors);
+    impl_->actors.erase(it);
+  }
+  for (auto& w : monitors)
+    if (auto c = w.lock()) impl::send_down(*c, actor_id, core::exit_reason::normal, "no longer published");
 }
 
 expected<void> actor_host::send(const remote_address& to, std::uint64_t type_id, const encode_fn& encode) {
@@ -395,6 +621,7 @@ void actor_host::request(const remote_address& to, std::uint64_t type_id, const 
 void actor_host::mark_dead(const std::string& host, std::string reason) {
   std::vector<reply_fn> failed;
   std::shared_ptr<net::connection> conn;
+  std::vector<core::detail::intrusive_ptr<remote_proxy>> gone;
   {
     std::lock_guard lock{impl_->mutex};
     auto& p = impl_->peers[host];
@@ -403,9 +630,11 @@ void actor_host::mark_dead(const std::string& host, std::string reason) {
     conn = std::move(p.conn);
     p.queued.clear();
     failed = impl_->take_asks_locked(host, nullptr);
+    gone = impl_->take_watched_locked(host);
   }
   if (conn) conn->abort(error{errc::disconnected, reason});
   const error e{errc::disconnected, fmt::format("{} left the cluster: {}", host, reason)};
+  for (auto& p : gone) p->down(core::exit_reason::unreachable, e.message());
   for (auto& f : failed) f(unexpected<error>{e}, 0);
 }
 
@@ -421,10 +650,17 @@ void actor_host::mark_alive(const std::string& host) {
 void actor_host::stop() {
   std::vector<reply_fn> failed;
   std::vector<std::shared_ptr<net::connection>> conns;
+  std::vector<core::detail::intrusive_ptr<remote_proxy>> gone;
   {
     std::lock_guard lock{impl_->mutex};
     if (impl_->stopped) return;
     impl_->stopped = true;
+    for (auto& [_, list] : impl_->watched)
+      for (auto& p : list) gone.push_back(std::move(p));
+    impl_->watched.clear();
+    for (auto& [_, list] : impl_->proxies)
+      for (auto& p : list) gone.push_back(std::move(p));
+    impl_->proxies.clear();
     for (auto& [host, p] : impl_->peers)
       if (p.conn) conns.push_back(p.conn);
     for (auto& c : impl_->inbound) conns.push_back(c);
@@ -437,6 +673,13 @@ void actor_host::stop() {
   if (impl_->listener) impl_->listener->close();
   for (auto& c : conns) c->close(error{errc::cancelled, "actor host stopped"});
   for (auto& f : failed) f(make_error(errc::cancelled, "actor host stopped"), 0);
+  for (auto& p : gone) p->down(core::exit_reason::unreachable, "actor host stopped");
+}
+
+void remote_proxy::watch_remote() {
+  if (watching_.exchange(true)) return;
+  if (auto h = host_.lock()) h->watch(where_, *this);
+  else down(core::exit_reason::unreachable, "actor host is stopped");
 }
 
 }  // namespace flexsp::actors

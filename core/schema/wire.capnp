@@ -138,8 +138,15 @@ struct ActorMessage {
   isReply @2 :Bool;
   typeId @3 :UInt64;
   payload @4 :AnyPointer;
-  errorKind @5 :Text;             # set on a failed reply
+  errorKind @5 :Text;             # set on a failed reply; for `down`, the exit reason
   errorMessage @6 :Text;
+  control @7 :ActorControl;       # runtime notices between hosts instead of a payload
+}
+
+enum ActorControl {
+  none @0;
+  monitor @1;                     # watch `target`: answer `down` once when it terminates
+  down @2;                        # `target` terminated (errorKind: exit reason, errorMessage: what)
 }
 
 struct Envelope {

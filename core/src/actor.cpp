@@ -13,6 +13,7 @@ std::string_view to_string(exit_reason r) noexcept {
     case exit_reason::killed: return "killed";
     case exit_reason::linked: return "linked";
     case exit_reason::shutdown: return "shutdown";
+    case exit_reason::unreachable: return "unreachable";
   }
   return "unknown";
 }

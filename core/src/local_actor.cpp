@@ -34,26 +34,10 @@ struct wake_message final : message {
   static void invoke(actor_base&, message&) {}
 };
 
-struct down_notice final : message {
-  explicit down_notice(down_msg d);
-  static constexpr std::string_view payload_name() noexcept { return type_name<down_msg>(); }
-  static void invoke(actor_base& self, message& m) { self.on_down(static_cast<down_notice&>(m).payload); }
-  down_msg payload;
-};
-
-struct exit_notice final : message {
-  explicit exit_notice(exit_msg e);
-  static constexpr std::string_view payload_name() noexcept { return type_name<exit_msg>(); }
-  static void invoke(actor_base& self, message& m) { self.on_exit(static_cast<exit_notice&>(m).payload); }
-  exit_msg payload;
-};
-
 // Out of line: the vtable needs the complete message class.
 start_message::start_message() : message{&vtable_for<start_message>::value, true} {}
 stop_message::stop_message() : message{&vtable_for<stop_message>::value, true} {}
 wake_message::wake_message() : message{&vtable_for<wake_message>::value, true} {}
-down_notice::down_notice(down_msg d) : message{&vtable_for<down_notice>::value, true}, payload{std::move(d)} {}
-exit_notice::exit_notice(exit_msg e) : message{&vtable_for<exit_notice>::value, true}, payload{std::move(e)} {}
 
 bool is_control(const message& m) noexcept {
   return m.vtable == &vtable_for<start_message>::value || m.vtable == &vtable_for<stop_message>::value ||
@@ -276,67 +260,20 @@ void local_actor::terminate(exit_reason reason) {
     (void)reject(std::move(m), why, dead_letter_reason::actor_terminated);
   }
 
-  std::vector<watcher> watchers;
-  {
-    std::lock_guard lock{watch_mutex_};
-    final_reason_ = reason;
-    final_what_ = reason == exit_reason::exception ? failure_what_ : std::string{};
-    alive_.store(false, std::memory_order_release);
-    watchers.swap(watchers_);
-  }
+  const std::string what = reason == exit_reason::exception ? failure_what_ : std::string{};
+  alive_.store(false, std::memory_order_release);
   {
     std::lock_guard lock{space_mutex_};
     space_cv_.notify_all();
   }
-  for (auto& w : watchers) {
-    if (w.callback) {
-      try {
-        w.callback(down_msg{any_ref{intrusive_ptr<abstract_actor>{this}}, reason, final_what_});
-      } catch (...) {
-        log::get("core")->error("down callback for actor {} #{} threw: {}", name(), id(),
-                                describe_handler_exception("down callback").message());
-      }
-    } else if (w.kind == watch_kind::monitor) {
-      (void)w.actor->enqueue(
-          message_ptr{new down_notice{down_msg{any_ref{intrusive_ptr<abstract_actor>{this}}, reason, final_what_}}});
-    } else {
-      (void)w.actor->enqueue(message_ptr{new exit_notice{exit_msg{any_ref{intrusive_ptr<abstract_actor>{this}}, reason}}});
-    }
-  }
+  watchers_.fire(*this, reason, what);
   sys_.actor_terminated(*this);
 }
 
-void local_actor::attach(intrusive_ptr<abstract_actor> w, watch_kind kind) {
-  {
-    std::lock_guard lock{watch_mutex_};
-    if (alive()) {
-      watchers_.push_back(watcher{std::move(w), kind, {}});
-      return;
-    }
-  }
-  if (kind == watch_kind::monitor)
-    (void)w->enqueue(
-        message_ptr{new down_notice{down_msg{any_ref{intrusive_ptr<abstract_actor>{this}}, final_reason_, final_what_}}});
-  else
-    (void)w->enqueue(message_ptr{new exit_notice{exit_msg{any_ref{intrusive_ptr<abstract_actor>{this}}, final_reason_}}});
-}
+void local_actor::attach(intrusive_ptr<abstract_actor> w, watch_kind kind) { watchers_.add(*this, std::move(w), kind); }
 
-void local_actor::attach(std::function<void(const down_msg&)> callback) {
-  {
-    std::lock_guard lock{watch_mutex_};
-    if (alive()) {
-      watchers_.push_back(watcher{{}, watch_kind::monitor, std::move(callback)});
-      return;
-    }
-  }
-  callback(down_msg{any_ref{intrusive_ptr<abstract_actor>{this}}, final_reason_, final_what_});
-}
+void local_actor::attach(std::function<void(const down_msg&)> callback) { watchers_.add(*this, std::move(callback)); }
 
-void local_actor::detach(const abstract_actor* w, watch_kind kind) {
-  std::lock_guard lock{watch_mutex_};
-  auto it = std::find_if(watchers_.begin(), watchers_.end(),
-                         [w, kind](const watcher& x) { return x.actor.get() == w && x.kind == kind; });
-  if (it != watchers_.end()) watchers_.erase(it);
-}
+void local_actor::detach(const abstract_actor* w, watch_kind kind) { watchers_.remove(w, kind); }
 
 }  // namespace flexsp::core::detail

@@ -15,6 +15,7 @@
 #include "flexsp/core/actor.hpp"
 #include "flexsp/core/actor_ref.hpp"
 #include "flexsp/core/actor_system.hpp"
+#include "flexsp/core/detail/watchers.hpp"
 #include "flexsp/core/mailbox.hpp"
 #include "scheduler.hpp"
 
@@ -70,12 +71,6 @@ private:
   expected<void> reject(message_ptr m, error why, dead_letter_reason reason);
   void notify_watchers(exit_reason reason, const std::string& what);
 
-  struct watcher {
-    intrusive_ptr<abstract_actor> actor;
-    watch_kind kind = watch_kind::monitor;
-    std::function<void(const down_msg&)> callback;
-  };
-
   actor_system& sys_;
   scheduler& sched_;  // the system's workers or its blocking pool
   mailbox_queue mailbox_;
@@ -101,10 +96,7 @@ private:
   std::string failure_what_;
   std::vector<timer_handle> timers_;
 
-  std::mutex watch_mutex_;
-  exit_reason final_reason_ = exit_reason::normal;
-  std::string final_what_;
-  std::vector<watcher> watchers_;
+  watcher_list watchers_;
 };
 
 }  // namespace flexsp::core::detail

@@ -1,5 +1,6 @@
 // Head, nodes, client and remote actors in one process over loopback, with short timings.
 #include <atomic>
+#include <future>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -58,8 +59,15 @@ struct wire_codec<fail_query> {
 }  // namespace flexsp::actors
 
 namespace {
+/// Carries a pointer: it cannot leave the process (no wire codec).
+struct local_only {
+  std::shared_ptr<int> value;
+};
 class adder : public flexsp::core::actor<adder> {
 public:
+  using interface = flexsp::core::interface<flexsp::actors::add_msg, flexsp::actors::total_query,
+                                            flexsp::actors::fail_query, local_only>;
+  void handle(local_only) {}
   void handle(flexsp::actors::add_msg m) {
     if (m.n != count_ + 1) ++out_of_order_;
     ++count_;
@@ -98,6 +106,10 @@ bool eventually(F cond) {
   }
   return cond();
 }
+
+// The interface is the contract: a type outside it does not compile, local or remote.
+static_assert(core::handles<adder, add_msg>);
+static_assert(!core::handles<adder, ping>);
 
 struct ClusterServices : ::testing::Test {
   net::event_loop head_loop;
@@ -341,6 +353,170 @@ TEST(RemoteRuntimeActors, TypedRemoteRefsHaveTheLocalApiAndKeepOrder) {
   (*server)->stop();
   client_loop.stop();
   server_loop.stop();
+}
+
+/// Two actor hosts over loopback; the server publishes an adder of its actor system.
+struct RemoteActors : ::testing::Test {
+  core::actor_system system{core::actor_system_config{.workers = 2}};
+  net::event_loop server_loop, client_loop;
+  std::shared_ptr<actor_host> server, client;
+  core::actor_ref<adder> local;
+  remote_address where;
+
+  void SetUp() override {
+    server_loop.start();
+    client_loop.start();
+    actor_host_config hc;
+    hc.transport = transport();
+    auto s = actor_host::start(server_loop, hc);
+    auto c = actor_host::start(client_loop, hc);
+    ASSERT_TRUE(s && c);
+    server = *s;
+    client = *c;
+    local = system.spawn<adder>();
+    where = {server->address(), server->publish(local)};
+  }
+  void TearDown() override {
+    client->stop();
+    server->stop();
+    client_loop.stop();
+    server_loop.stop();
+  }
+};
+
+/// Collects one down notice.
+struct down_catcher {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::optional<core::down_msg> down;
+  std::function<void(const core::down_msg&)> callback() {
+    return [this](const core::down_msg& d) {
+      std::lock_guard lock{mutex};
+      down = d;
+      cv.notify_all();
+    };
+  }
+  std::optional<core::down_msg> wait(std::chrono::milliseconds within = 10s) {
+    std::unique_lock lock{mutex};
+    cv.wait_for(lock, within, [this]() { return down.has_value(); });
+    return down;
+  }
+};
+
+TEST_F(RemoteActors, AProxyIsTheSameHandleAsALocalReference) {
+  core::actor_ref<adder> remote = client->proxy<adder>(where);
+  EXPECT_EQ(client->proxy<adder>(where), remote) << "one proxy per remote actor";
+  constexpr std::uint64_t kCount = 3000;
+  for (std::uint64_t i = 1; i <= kCount; ++i) remote.tell(add_msg{i});
+  auto total = remote.ask(total_query{}, 5s).get();
+  ASSERT_TRUE(total) << total.error().to_string();
+  EXPECT_EQ(total->count, kCount);
+  EXPECT_EQ(total->out_of_order, 0u);
+  auto refused = remote.ask(fail_query{7}, 5s).get();
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().kind(), errc::invalid_argument);
+  auto not_wire = remote.try_tell(local_only{});
+  ASSERT_FALSE(not_wire);
+  EXPECT_EQ(not_wire.error().kind(), errc::unimplemented) << not_wire.error().to_string();
+}
+
+class asker : public core::actor<asker> {
+public:
+  struct go {};
+  asker(core::actor_ref<adder> target, std::promise<expected<total_msg>>* out) : target_{std::move(target)}, out_{out} {}
+  void handle(go) {
+    request(target_, total_query{}, 5s, [this](expected<total_msg> r) { out_->set_value(std::move(r)); });
+  }
+
+private:
+  core::actor_ref<adder> target_;
+  std::promise<expected<total_msg>>* out_;
+};
+
+TEST_F(RemoteActors, AnActorsRequestThroughAProxyAnswersAsOneOfItsMessages) {
+  local.tell(add_msg{1});
+  std::promise<expected<total_msg>> result;
+  auto a = system.spawn<asker>(client->proxy<adder>(where), &result);
+  a.tell(asker::go{});
+  auto fut = result.get_future();
+  ASSERT_EQ(fut.wait_for(10s), std::future_status::ready);
+  auto r = fut.get();
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(r->sum, 1u);
+}
+
+TEST_F(RemoteActors, AMonitorOnAProxyFiresWithTheReasonWhenTheRemoteActorStops) {
+  auto remote = client->proxy<adder>(where);
+  down_catcher caught;
+  system.monitor(remote, caught.callback());
+  ASSERT_TRUE(remote.ask(total_query{}, 5s).get());  // the monitor request went out first
+  local.kill();
+  auto d = caught.wait();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->reason, core::exit_reason::killed);
+  EXPECT_EQ(d->source, remote);
+  EXPECT_FALSE(remote.alive());
+  auto after = remote.try_tell(add_msg{1});
+  ASSERT_FALSE(after);
+  EXPECT_EQ(after.error().kind(), errc::disconnected);
+}
+
+TEST_F(RemoteActors, AMonitorOnAProxyFiresWhenTheConnectionIsLost) {
+  auto remote = client->proxy<adder>(where);
+  down_catcher caught;
+  system.monitor(remote, caught.callback());
+  ASSERT_TRUE(remote.ask(total_query{}, 5s).get());
+  server->stop();
+  auto d = caught.wait();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->reason, core::exit_reason::unreachable);
+  EXPECT_NE(d->what.find("lost"), std::string::npos) << d->what;
+  EXPECT_TRUE(local.alive()) << "the actor itself is fine; only its process cannot be reached";
+}
+
+TEST_F(RemoteActors, AMonitorOnAProxyFiresWhenItsHostIsDeclaredDead) {
+  auto remote = client->proxy<adder>(where);
+  down_catcher caught;
+  system.monitor(remote, caught.callback());
+  client->mark_dead(where.host, "node 3 lost: no heartbeat");
+  auto d = caught.wait();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->reason, core::exit_reason::unreachable);
+  EXPECT_NE(d->what.find("no heartbeat"), std::string::npos) << d->what;
+}
+
+TEST_F(RemoteActors, MonitoringAnActorTheHostDoesNotPublishFiresAtOnce) {
+  auto remote = client->proxy<adder>({where.host, 4242});
+  down_catcher caught;
+  system.monitor(remote, caught.callback());
+  auto d = caught.wait();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->reason, core::exit_reason::normal);
+  EXPECT_NE(d->what.find("no actor 4242"), std::string::npos) << d->what;
+}
+
+class watcher : public core::actor<watcher> {
+public:
+  struct watch {
+    core::actor_ref<adder> target;
+  };
+  explicit watcher(std::promise<core::down_msg>* out) : out_{out} {}
+  void handle(watch w) { monitor(w.target); }
+  void on_down(const core::down_msg& d) override { out_->set_value(d); }
+
+private:
+  std::promise<core::down_msg>* out_;
+};
+
+TEST_F(RemoteActors, AnActorMonitoringAProxyGetsItsDownNoticeAsAMessage) {
+  std::promise<core::down_msg> down;
+  auto w = system.spawn<watcher>(&down);
+  w.tell(watcher::watch{client->proxy<adder>(where)});
+  ASSERT_TRUE(client->proxy<adder>(where).ask(total_query{}, 5s).get());
+  server->remove(where.actor_id);
+  auto fut = down.get_future();
+  ASSERT_EQ(fut.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(fut.get().reason, core::exit_reason::normal);
 }
 
 }  // namespace

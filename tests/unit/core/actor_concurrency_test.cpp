@@ -49,6 +49,38 @@ private:
   std::uint64_t violations_ = 0;
 };
 
+struct block_until_released {
+  std::shared_ptr<std::latch> entered;
+  std::shared_ptr<std::latch> release;
+};
+class blocker : public actor<blocker> {
+public:
+  void handle(const block_until_released& m) {
+    m.entered->count_down();
+    m.release->wait();
+  }
+};
+struct question {};
+class answerer : public actor<answerer> {
+public:
+  int handle(question) { return 7; }
+};
+
+TEST(ActorThreads, ABlockingActorNeverHoldsTheWorkersOtherActorsRunOn) {
+  actor_system sys{actor_system_config{.workers = 1}};
+  spawn_options o;
+  o.blocking = true;
+  auto b = sys.spawn<blocker>(o);
+  auto a = sys.spawn<answerer>();
+  auto entered = std::make_shared<std::latch>(1), release = std::make_shared<std::latch>(1);
+  b.tell(block_until_released{entered, release});
+  entered->wait();  // the blocker now holds a thread of the blocking pool
+  auto r = a.ask(question{}, 30s).get();
+  release->count_down();
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_EQ(*r, 7);
+}
+
 TEST(ActorThreads, MessagesFromEachSenderArriveInSendOrderUnderManyConcurrentSenders) {
   constexpr std::uint32_t kThreads = 8, kPerThread = kUnderTsan ? 5'000 : 25'000;
   actor_system sys{actor_system_config{.workers = 2}};

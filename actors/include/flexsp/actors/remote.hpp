@@ -16,7 +16,18 @@
 ///   static ping decode(schema::Ping::Reader r) { return {r.getSequence()}; }
 /// };
 /// ```
-/// Two kinds of actors can be reached remotely:
+/// Actors of the runtime with a declared interface (`using interface = core::interface<...>`)
+/// are location transparent: `actor_host::publish(ref)` makes one reachable, and
+/// `actor_host::proxy<A>(address)` gives a `core::actor_ref<A>` to one in another process, the
+/// same handle type as a local reference: `tell`, `ask`, `actor::request`, `monitor` and `link`
+/// work on it. A monitor on a proxy gets its down notice once: with the remote actor's own exit
+/// reason when it terminates (or `normal` when its host stops publishing it), or with
+/// `exit_reason::unreachable` when the connection to its process is lost or the process is
+/// marked dead (`mark_dead`, e.g. after the head reported its node lost). A proxy that went
+/// down stays down (sends fail with errc::disconnected); ask `proxy` again for a fresh one.
+/// `stop` and `kill` on a proxy do nothing: the remote actor's own process decides.
+///
+/// Older forms, still in use:
 /// - actors of the local runtime (`core::actor_system`), made reachable with
 ///   `actor_host::publish<A, Msgs...>(actor_ref<A>)`; their handlers run on the runtime's
 ///   workers, and an inbound ask becomes a runtime ask whose reply travels back when it is ready;
@@ -49,6 +60,7 @@
 #include <capnp/message.h>
 #include <kj/exception.h>
 
+#include "flexsp/core/actor.hpp"
 #include "flexsp/core/actor_ref.hpp"
 #include "flexsp/core/ask.hpp"
 #include "flexsp/core/check.hpp"
@@ -182,8 +194,21 @@ public:
   /// Makes a runtime actor reachable: inbound tells become `ref.try_tell`, inbound asks become
   /// `ref.ask` with `ask_timeout`, answered when the runtime completes them. Returns the id.
   template <class A, wire_message... Msgs>
+    requires(sizeof...(Msgs) > 0)
   std::uint64_t publish(core::actor_ref<A> ref, core::duration ask_timeout = std::chrono::seconds{30});
-  /// Removes an actor; later messages to it fail with errc::not_found.
+  /// Makes a runtime actor with a declared interface reachable: the interface's message types
+  /// that have a wire codec can be sent to it from other processes, and it can be monitored.
+  template <class A>
+    requires core::has_interface<A>
+  std::uint64_t publish(core::actor_ref<A> ref, core::duration ask_timeout = std::chrono::seconds{30});
+  /// A reference to actor `where` (published in another process), of class A: the same handle
+  /// type as a local reference (see the file comment). Proxies are cached per address and class
+  /// while they are up.
+  template <class A>
+    requires core::has_interface<A>
+  core::actor_ref<A> proxy(const remote_address& where);
+  /// Removes an actor; later messages to it fail with errc::not_found and its remote monitors
+  /// get a down notice (reason `normal`).
   void remove(std::uint64_t actor_id);
 
   remote_ref ref(remote_address address) { return remote_ref{shared_from_this(), std::move(address)}; }
@@ -210,10 +235,24 @@ public:
                std::chrono::milliseconds timeout, reply_fn done);
 
   struct impl;
+  /// One message type a proxy can carry (see detail::proxy_table_for).
+  struct proxy_entry {
+    std::uint64_t type_id = 0;
+    /// Encodes the payload of a message whose vtable this entry was made for.
+    void (*encode)(const core::message& m, capnp::AnyPointer::Builder b) = nullptr;
+    /// For asks: takes the reply slot out of the message; the result completes it from a wire reply.
+    reply_fn (*take_reply)(core::message& m) = nullptr;
+  };
+  using proxy_table = std::vector<std::pair<const core::message_vtable*, proxy_entry>>;
 
 private:
   std::uint64_t add_actor(dispatch_fn fn);
-  std::uint64_t add_async_actor(async_dispatch_fn fn);
+  std::uint64_t add_async_actor(async_dispatch_fn fn, core::any_ref target = {});
+  core::detail::intrusive_ptr<core::abstract_actor> make_proxy(const remote_address& where, const proxy_table& table);
+
+public:
+  /// Proxies only: asks `where`'s host for a down notice for `proxy`.
+  void watch(const remote_address& where, core::abstract_actor& proxy);
   explicit actor_host(std::unique_ptr<impl> i);
   std::unique_ptr<impl> impl_;
 };
@@ -376,14 +415,93 @@ bool forward_one(const core::actor_ref<A>& ref, core::duration timeout, std::uin
 }  // namespace detail
 
 template <class A, wire_message... Msgs>
+  requires(sizeof...(Msgs) > 0)
 std::uint64_t actor_host::publish(core::actor_ref<A> ref, core::duration ask_timeout) {
-  return add_async_actor([ref = std::move(ref), ask_timeout](std::uint64_t type_id, capnp::AnyPointer::Reader payload,
-                                                             reply_sink* sink) -> expected<void> {
-    expected<void> result;
-    const bool handled = (detail::forward_one<A, Msgs>(ref, ask_timeout, type_id, payload, sink, result) || ...);
-    if (!handled) return make_error(errc::protocol, "actor does not handle message type {:#018x}", type_id);
-    return result;
-  });
+  core::any_ref target = ref;
+  return add_async_actor(
+      [ref = std::move(ref), ask_timeout](std::uint64_t type_id, capnp::AnyPointer::Reader payload,
+                                          reply_sink* sink) -> expected<void> {
+        expected<void> result;
+        const bool handled = (detail::forward_one<A, Msgs>(ref, ask_timeout, type_id, payload, sink, result) || ...);
+        if (!handled) return make_error(errc::protocol, "actor does not handle message type {:#018x}", type_id);
+        return result;
+      },
+      std::move(target));
+}
+
+namespace detail {
+template <class A, class M>
+bool forward_if_wire(const core::actor_ref<A>& ref, core::duration timeout, std::uint64_t type_id,
+                     capnp::AnyPointer::Reader payload, actor_host::reply_sink* sink, expected<void>& result) {
+  if constexpr (wire_message<M>)
+    return forward_one<A, M>(ref, timeout, type_id, payload, sink, result);
+  else
+    return false;
+}
+
+template <class A, class M>
+void add_proxy_entries(actor_host::proxy_table& t) {
+  if constexpr (wire_message<M>) {
+    using tell_t = core::detail::tell_message<A, M>;
+    actor_host::proxy_entry tell;
+    tell.type_id = wire_type_id<M>();
+    tell.encode = [](const core::message& m, capnp::AnyPointer::Builder b) {
+      wire_codec<M>::encode(static_cast<const tell_t&>(m).payload, b.initAs<typename wire_codec<M>::schema>());
+    };
+    t.emplace_back(&core::detail::vtable_for<tell_t>::value, tell);
+    using R = core::reply_t<A, M>;
+    if constexpr (std::is_void_v<R> || wire_message<R>) {
+      using ask_t = core::detail::ask_message<A, M>;
+      actor_host::proxy_entry ask;
+      ask.type_id = wire_type_id<M>();
+      ask.encode = [](const core::message& m, capnp::AnyPointer::Builder b) {
+        wire_codec<M>::encode(static_cast<const ask_t&>(m).payload, b.initAs<typename wire_codec<M>::schema>());
+      };
+      ask.take_reply = [](core::message& m) -> actor_host::reply_fn {
+        auto state = std::move(static_cast<ask_t&>(m).reply);
+        return [state](expected<capnp::AnyPointer::Reader> r, std::uint64_t type) {
+          complete_from_wire(*state, std::move(r), type);
+        };
+      };
+      t.emplace_back(&core::detail::vtable_for<ask_t>::value, ask);
+    }
+  }
+}
+
+/// The messages of A's interface that a proxy can carry, keyed by message vtable: tells and
+/// asks of each wire message type (the vtable tells them apart).
+template <class A, class... Ms>
+const actor_host::proxy_table& proxy_table_of(core::interface<Ms...>*) {
+  static const actor_host::proxy_table table = [] {
+    actor_host::proxy_table t;
+    (add_proxy_entries<A, Ms>(t), ...);
+    return t;
+  }();
+  return table;
+}
+}  // namespace detail
+
+template <class A>
+  requires core::has_interface<A>
+std::uint64_t actor_host::publish(core::actor_ref<A> ref, core::duration ask_timeout) {
+  core::any_ref target = ref;
+  return add_async_actor(
+      [ref = std::move(ref), ask_timeout](std::uint64_t type_id, capnp::AnyPointer::Reader payload,
+                                          reply_sink* sink) -> expected<void> {
+        expected<void> result;
+        const bool handled = [&]<class... Ms>(core::interface<Ms...>*) {
+          return (detail::forward_if_wire<A, Ms>(ref, ask_timeout, type_id, payload, sink, result) || ...);
+        }(static_cast<typename A::interface*>(nullptr));
+        if (!handled) return make_error(errc::protocol, "actor does not handle message type {:#018x}", type_id);
+        return result;
+      },
+      std::move(target));
+}
+
+template <class A>
+  requires core::has_interface<A>
+core::actor_ref<A> actor_host::proxy(const remote_address& where) {
+  return core::actor_ref<A>{make_proxy(where, detail::proxy_table_of<A>(static_cast<typename A::interface*>(nullptr)))};
 }
 
 template <class R, wire_message M>

@@ -42,6 +42,9 @@ enum class exit_reason : std::uint8_t {
   killed,     ///< `kill()`: stopped after its current message, the mailbox discarded.
   linked,     ///< A linked actor terminated abnormally.
   shutdown,   ///< The actor system shut down.
+  /// A remote actor's process cannot be reached: the connection to it was lost, or its node
+  /// was declared dead. `down_msg::what` says which.
+  unreachable,
 };
 std::string_view to_string(exit_reason r) noexcept;
 
@@ -143,9 +146,29 @@ struct exit_msg {
   exit_reason reason;
 };
 
-/// True when actor class A has a `handle` overload accepting an rvalue M.
+/// The messages an actor class accepts, declared once in the class:
+/// `using interface = flexsp::core::interface<join_job, step_plan, commit_step>;`. References
+/// to an actor with an interface accept exactly those types (each also needs a `handle`
+/// overload); the ones with a wire codec can be sent from other processes (remote.hpp).
+template <class... Ms>
+struct interface {};
+
+namespace detail {
+template <class M, class I>
+inline constexpr bool in_interface_v = false;
+template <class M, class... Ms>
+inline constexpr bool in_interface_v<M, interface<Ms...>> = (std::is_same_v<M, Ms> || ...);
+}  // namespace detail
+
+/// True when actor class A declares its interface.
+template <class A>
+concept has_interface = requires { typename A::interface; };
+
+/// True when actor class A can handle an rvalue M: a `handle` overload accepts it and, when A
+/// declares an interface, M is in it.
 template <class A, class M>
-concept handles = requires(A& a, M&& m) { a.handle(std::move(m)); };
+concept handles = requires(A& a, M&& m) { a.handle(std::move(m)); } &&
+                  (!has_interface<A> || detail::in_interface_v<M, typename A::interface>);
 
 namespace detail {
 template <class R>

@@ -1,0 +1,45 @@
+#pragma once
+/// \file
+/// The actors and callbacks watching one actor, for control blocks (local actors and remote
+/// proxies alike): registration, and one delivery of the down or exit notice each when the
+/// watched actor terminates. Thread-safe.
+
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "flexsp/core/actor_ref.hpp"
+
+namespace flexsp::core::detail {
+
+class watcher_list {
+public:
+  /// Registers `watcher`; when the watched actor already terminated, sends the notice at once.
+  void add(abstract_actor& watched, intrusive_ptr<abstract_actor> watcher, watch_kind kind);
+  /// Registers a callback (run once with the down notice; at once when already terminated).
+  void add(abstract_actor& watched, std::function<void(const down_msg&)> callback);
+  /// Removes one registration of `watcher` of `kind`, if any.
+  void remove(const abstract_actor* watcher, watch_kind kind);
+  /// The watched actor terminated: every watcher gets its notice, once. Later calls do nothing
+  /// and return false.
+  bool fire(abstract_actor& watched, exit_reason reason, std::string what);
+  bool fired() const;
+  bool empty() const;
+
+private:
+  struct entry {
+    intrusive_ptr<abstract_actor> actor;
+    watch_kind kind = watch_kind::monitor;
+    std::function<void(const down_msg&)> callback;
+  };
+  static void deliver(abstract_actor& watched, entry& e, exit_reason reason, const std::string& what);
+
+  mutable std::mutex mutex_;
+  bool fired_ = false;
+  exit_reason reason_ = exit_reason::normal;
+  std::string what_;
+  std::vector<entry> entries_;
+};
+
+}  // namespace flexsp::core::detail
