@@ -32,6 +32,9 @@ int main(int argc, char** argv) {
   spec.model.d_model = 32;
   spec.model.max_seq = 256;
   spec.optimizer.lr = 0.01f;
+  // Layout-search plans only (no CBC): each next plan is ready when a step commits, so the kill
+  // below lands while a step is in flight and that step is re-planned.
+  spec.milp = false;
   auto job = (*client)->submit(spec);
   if (!job) {
     std::fprintf(stderr, "submit: %s\n", job.error().to_string().c_str());
