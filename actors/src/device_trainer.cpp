@@ -4,10 +4,12 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <optional>
 
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/kv_rendezvous.hpp"
+#include "flexsp/actors/scheduler_actor.hpp"
 #include "flexsp/core/log.hpp"
 #include "flexsp/kernels/gloo_communicator.hpp"
 #include "flexsp/kernels/gpu.hpp"
@@ -25,7 +27,19 @@ double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
+/// One piece of blocking work.
+struct work_item {
+  std::function<void()> run;
+};
+
 }  // namespace
+
+/// Runs the work it is sent, one item at a time (spawned blocking).
+class work_queue : public core::actor<work_queue> {
+public:
+  using interface = core::interface<work_item>;
+  void handle(work_item w) { w.run(); }
+};
 
 struct device_trainer::job {
   join_job setup;
@@ -40,21 +54,22 @@ struct device_trainer::job {
   std::mutex cache_mutex;
   std::shared_ptr<kernels::group_cache> cache;
   std::uint64_t cache_epoch = ~std::uint64_t{0};
-  // An address, not a remote_ref: a job may outlive its actor host (an abort thread holds it),
-  // and a remote_ref would keep the host alive past its event loop.
-  remote_address scheduler;
-  std::weak_ptr<actor_host> host;
+  core::actor_ref<scheduler_actor> scheduler;  // a proxy; it does not keep the actor host alive
+  core::actor_ref<work_queue> retirer;
   bool ready = false;
   std::uint64_t ready_step = 0;
   std::uint64_t ready_attempt = 0;
 
   bool aborted(std::uint64_t attempt) const { return attempt < min_attempt.load(); }
 
-  static void retire(std::shared_ptr<kernels::group_cache> c) {
-    if (c) std::thread{[c = std::move(c)]() mutable {
+  void retire(std::shared_ptr<kernels::group_cache> c) {
+    if (!c) return;
+    auto item = work_item{[c]() mutable {
       c->abort_all();
       c.reset();
-    }}.detach();
+    }};
+    if (retirer.valid() && retirer.try_tell(std::move(item))) return;
+    c->abort_all();  // the retirer is gone (the device is stopping): tear down here
   }
   /// The cache of `epoch`, replacing (and retiring) an older one.
   std::shared_ptr<kernels::group_cache> cache_for(std::uint64_t epoch) {
@@ -76,8 +91,9 @@ struct device_trainer::job {
   }
 
   template <class M>
-  void reply(const M& m) const {
-    if (auto h = host.lock()) (void)h->ref(scheduler).tell(m);
+  void reply(M m) const {
+    if (auto r = scheduler.try_tell(std::move(m)); !r)
+      log::get("device")->warn("device {} cannot answer job {}: {}", setup.device, setup.job_id, r.error().message());
   }
 };
 
@@ -105,46 +121,35 @@ device_state state_of(device_trainer::job& j, std::uint64_t tag, Action&& action
 
 device_trainer::device_trainer(device_context context)
     : context_{std::move(context)}, name_{context_.device.to_string()} {
-  worker_ = std::thread{[this]() { run_worker(); }};
+  FLEXSP_EXPECTS(context_.system != nullptr, "a device trainer needs an actor system");
+  core::spawn_options o;
+  o.blocking = true;
+  o.name = "trainer:" + name_;
+  worker_ = context_.system->spawn<work_queue>(o);
+  o.name = "retirer:" + name_;
+  retirer_ = context_.system->spawn<work_queue>(o);
 }
 
 device_trainer::~device_trainer() {
   {
     std::lock_guard lock{mutex_};
-    stopping_ = true;
     for (auto& [_, j] : jobs_) {
       j->min_attempt = ~std::uint64_t{0};
       j->abort_communicators();
     }
   }
-  wake_.notify_all();
-  if (worker_.joinable()) worker_.join();
-}
-
-void device_trainer::post(std::function<void()> work) {
-  {
-    std::lock_guard lock{mutex_};
-    if (stopping_) return;
-    queue_.push_back(std::move(work));
+  // Queued work is dropped; the item running now returns once its collectives are aborted.
+  std::vector<std::shared_ptr<std::promise<void>>> stopped;
+  for (auto* a : {&worker_, &retirer_}) {
+    auto done = std::make_shared<std::promise<void>>();
+    context_.system->monitor(*a, [done](const core::down_msg&) { done->set_value(); });
+    a->stop(core::stop_mode::discard);
+    stopped.push_back(done);
   }
-  wake_.notify_one();
+  for (auto& p : stopped) p->get_future().wait();
 }
 
-void device_trainer::run_worker() {
-  for (;;) {
-    std::function<void()> work;
-    {
-      std::unique_lock lock{mutex_};
-      wake_.wait(lock, [this]() { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
-      work = std::move(queue_.front());
-      queue_.pop_front();
-    }
-    work();
-  }
-}
-
-std::uint64_t device_trainer::committed_steps() const { return committed_; }
+void device_trainer::post(std::function<void()> work) { worker_.tell(work_item{std::move(work)}); }
 
 std::shared_ptr<device_trainer::job> device_trainer::find(const std::string& id) {
   std::lock_guard lock{mutex_};
@@ -172,13 +177,13 @@ void device_trainer::handle(join_job m) {
     auto host = context_.host.lock();
     if (!host) return;
     device_state reply{m.device, 0, 0, 0, m.job_id, m.tag, {}};
-    auto scheduler = host->ref({m.scheduler_host, m.scheduler_actor});
+    auto scheduler = host->proxy<scheduler_actor>({m.scheduler_host, m.scheduler_actor});
     auto made = [&]() -> expected<std::shared_ptr<job>> {
       FLEXSP_TRY_ASSIGN(auto* c, client());
       auto j = std::make_shared<job>();
       j->setup = m;
-      j->scheduler = scheduler.address();
-      j->host = context_.host;
+      j->scheduler = scheduler;
+      j->retirer = retirer_;
       const bool on_gpu = context_.device.kind == "cuda";
       if (on_gpu) {
         FLEXSP_TRY_ASSIGN(auto dev, gpu());
@@ -230,7 +235,8 @@ void device_trainer::handle(join_job m) {
       log::get("device")->debug("{}: joined job {} as device {} ({} replica, {} collectives)", name_, m.job_id,
                                 m.device, st.backend(), m.collectives.empty() ? "gloo" : m.collectives);
     }
-    (void)scheduler.tell(reply);
+    if (auto r = scheduler.try_tell(std::move(reply)); !r)
+      log::get("device")->warn("{}: cannot answer job {}: {}", name_, m.job_id, r.error().message());
   });
 }
 
@@ -337,7 +343,6 @@ void device_trainer::handle(commit_step m) {
       j->reply(step_failed{m.job_id, m.step, m.attempt, j->setup.device, r.error().to_string()});
       return;
     }
-    ++committed_;
   });
 }
 

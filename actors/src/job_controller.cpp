@@ -427,6 +427,39 @@ void job_controller::on(const cancel_requested&) {
   finish(job_state::cancelled, "cancelled");
 }
 
+void job_controller::on(const device_down& e) {
+  if (phase_ == phase::done) return;
+  const device* dev = devices_.count(e.device) ? &devices_[e.device] : joiners_.count(e.device) ? &joiners_[e.device] : nullptr;
+  if (!dev) return;
+  const bool member = devices_.count(e.device) > 0;
+  const auto node = dev->node;
+  const auto name = dev->name;
+  log(fmt::format("device {} ({}) unreachable: {}", e.device, name, e.reason));
+  drop_device(e.device);
+  if (!lost_nodes_.count(node)) {
+    // Its node may be fine (a connection can break without a process dying): find the device
+    // again; a dead node's loss reaches us through membership meanwhile.
+    const auto colon = name.find(':');
+    device_id id{name.substr(0, colon), static_cast<std::uint32_t>(std::stoul(name.substr(colon + 1)))};
+    auto& wanted = pending_nodes_[node];
+    if (std::find(wanted.begin(), wanted.end(), id) == wanted.end()) wanted.push_back(id);
+    request_lookups();
+  }
+  if (member) {
+    if ((phase_ == phase::running || phase_ == phase::calibrating) && current_) {
+      attempt_failed(fmt::format("device {} unreachable: {}", e.device, e.reason), true);
+      return;
+    }
+    if (phase_ == phase::grace) {
+      grace_timer_ = 0;
+      phase_ = phase::planning;
+      step_boundary();
+      return;
+    }
+  }
+  advance();
+}
+
 // ---- devices ---------------------------------------------------------------------------------
 
 void job_controller::resolve_backend() {

@@ -23,11 +23,20 @@ expected<void> node_config::validate() const {
 
 struct node_service::impl : std::enable_shared_from_this<impl> {
   impl(net::event_loop& l, node_config c) : loop{l}, config{std::move(c)}, backoff{config.reconnect} {}
+  impl(const impl&) = delete;
+  impl& operator=(const impl&) = delete;
 
+  // Runs the device actors and their trainers' blocking workers; destroyed last.
+  std::unique_ptr<core::actor_system> system;
   net::event_loop& loop;
   node_config config;
   std::shared_ptr<actor_host> host;
-  std::vector<std::pair<std::shared_ptr<device_actor>, std::uint64_t>> devices;
+  struct device_entry {
+    device_id device;
+    core::actor_ref<device_actor> ref;
+    std::uint64_t actor_id = 0;  // in `host`
+  };
+  std::vector<device_entry> devices;
   std::shared_ptr<net::connection> conn;
   std::atomic<std::uint64_t> node_id{0};
   std::uint64_t previous_id = 0;
@@ -158,13 +167,13 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
     else
       log::get("actors")->info("node: registered as node {} at epoch {} ({} devices, actors at {})", reg.node_id,
                                reg.epoch, devices.size(), host->address());
-    for (auto& [actor, id] : devices) {
-      actor->set_node_id(reg.node_id);
+    for (auto& d : devices) {
+      d.ref.tell(set_node_id{reg.node_id});
       capnp::MallocMessageBuilder msg{128};
       auto n = wire::start_envelope(msg, 2).getBody().initNameRegister();
-      n.setName(fmt::format("device/{}/{}", reg.node_id, actor_device(*actor)));
+      n.setName(fmt::format("device/{}/{}", reg.node_id, d.device.to_string()));
       n.setAddress(host->address());
-      n.setActorId(id);
+      n.setActorId(d.actor_id);
       conn->send(msg);
     }
     capnp::MallocMessageBuilder sub{64};
@@ -172,12 +181,6 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
     conn->send(sub);
     arm_heartbeat();
     if (on_registered) on_registered(reg);
-  }
-
-  std::string actor_device(const device_actor& a) const {
-    for (std::size_t i = 0; i < devices.size(); ++i)
-      if (devices[i].first.get() == &a) return config.devices[i].to_string();
-    return "?";
   }
 
   void arm_heartbeat() {
@@ -213,6 +216,9 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
   }
 
   ~impl() {
+    if (host) host->stop();
+    devices.clear();
+    if (system) system->shutdown();  // the device actors and their trainers stop here
     if (cpu_devices > 0) kernels::add_cpu_devices(-cpu_devices);
   }
 
@@ -245,11 +251,21 @@ expected<std::unique_ptr<node_service>> node_service::start(net::event_loop& loo
   if (i->cpu_devices > 0)
     log::get("device")->info("{} cpu devices here; CPU GEMM threads per device: {}", i->cpu_devices,
                              kernels::add_cpu_devices(i->cpu_devices));
+  // Each device's trainer runs steps and tears down communicators on blocking actors: two
+  // threads of the blocking pool per device, so that every device of an SP group can be in a
+  // collective at once.
+  core::actor_system_config sc;
+  sc.workers = 2;
+  sc.blocking_workers = 2 * config.devices.size() + 2;
+  i->system = std::make_unique<core::actor_system>(sc);
   for (const auto& d : config.devices) {
-    auto actor = std::make_shared<device_actor>(d, 0);
-    actor->attach_trainer(std::make_shared<device_trainer>(device_context{config.head, config.transport, i->host, d}));
-    const auto id = device_actor::spawn(*i->host, actor);
-    i->devices.emplace_back(std::move(actor), id);
+    auto trainer =
+        std::make_shared<device_trainer>(device_context{config.head, config.transport, i->host, d, i->system.get()});
+    core::spawn_options o;
+    o.name = "device:" + d.to_string();
+    auto ref = i->system->spawn<device_actor>(o, d, std::uint64_t{0}, std::move(trainer));
+    const auto id = i->host->publish(ref);
+    i->devices.push_back({d, std::move(ref), id});
   }
   loop.post([i]() { i->connect(); });
   return std::unique_ptr<node_service>{new node_service{std::move(i)}};

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "flexsp/actors/client.hpp"
+#include "flexsp/actors/device_actor.hpp"
 #include "flexsp/actors/data_source.hpp"
 #include "flexsp/core/actor.hpp"
 #include "flexsp/core/log.hpp"
@@ -23,71 +24,15 @@ struct overloaded : F... {
 template <class... F>
 overloaded(F...) -> overloaded<F...>;
 
-/// The scheduler actor's first message: where devices reach it.
-struct begin_job {
-  remote_address self;
-};
-/// The worker connected, subscribed and loaded the data.
-struct job_ready {
-  job_started started;
-  std::shared_ptr<const batch_source> data;
-};
-struct job_start_failed {
-  std::string reason;
-};
 /// To the worker: connect to the head (answer job_ready or job_start_failed).
 struct connect_job {};
 
 }  // namespace
 
-class job_worker;
-
-/// See the file comment of scheduler_actor.hpp.
-class scheduler_actor : public core::actor<scheduler_actor> {
-public:
-  explicit scheduler_actor(std::shared_ptr<scheduled_job> handle) : handle_{std::move(handle)} {}
-
-  void handle(begin_job m);
-  void handle(job_ready m);
-  void handle(job_start_failed m);
-  void handle(cancel_requested m);
-  // From devices (through the actor host), the head (membership) and the worker: all go to
-  // the controller.
-  void handle(grad_ready m) { feed(m); }
-  void handle(step_failed m) { feed(m); }
-  void handle(device_state m) { feed(m); }
-  void handle(membership_event m) { feed(m); }
-  void handle(devices_found m) { feed(m); }
-  void handle(devices_missing m) { feed(m); }
-  void handle(plan_ready m) { feed(m); }
-  void handle(index_written m) { feed(m); }
-  void handle(timer_fired m) { feed(m); }
-
-  void on_stop(core::exit_reason reason) override;
-
-private:
-  template <class E>
-  void feed(const E& e) {
-    if (!controller_) return;
-    controller_->on(e);
-    drain();
-  }
-  void drain();
-  void end(job_state state, const std::string& message);
-
-  std::shared_ptr<scheduled_job> handle_;
-  std::uint64_t published_ = 0;
-  core::actor_ref<job_worker> worker_;
-  std::shared_ptr<const batch_source> data_;
-  std::optional<job_controller> controller_;
-  remote_address self_address_;
-  bool cancel_pending_ = false;
-  bool ended_ = false;
-};
-
 /// The job's blocking work (see scheduler_actor.hpp). One per job, on the blocking pool.
 class job_worker : public core::actor<job_worker> {
 public:
+  using interface = core::interface<connect_job, lookup_devices, request_plan, write_index>;
   job_worker(core::actor_ref<scheduler_actor> owner, std::string job_id, job_spec spec, scheduler_config config)
       : owner_{std::move(owner)}, job_id_{std::move(job_id)}, spec_{std::move(spec)}, config_{std::move(config)} {}
 
@@ -165,12 +110,34 @@ private:
 
 // ---- scheduler_actor -------------------------------------------------------------------------
 
+scheduler_actor::scheduler_actor(std::shared_ptr<scheduled_job> job) : job_{std::move(job)} {}
+scheduler_actor::~scheduler_actor() = default;
+
+core::actor_ref<device_actor> scheduler_actor::device_ref(std::uint32_t device, const remote_address& where) {
+  auto it = devices_.find(device);
+  if (it != devices_.end() && it->second.alive()) return it->second;
+  auto ref = job_->config_.host->proxy<device_actor>(where);
+  monitor(ref);
+  devices_[device] = ref;
+  return ref;
+}
+
+void scheduler_actor::on_down(const core::down_msg& m) {
+  for (auto it = devices_.begin(); it != devices_.end(); ++it)
+    if (it->second == m.source) {
+      const auto device = it->first;
+      devices_.erase(it);
+      feed(device_down{device, m.what.empty() ? std::string{core::to_string(m.reason)} : m.what});
+      return;
+    }
+}
+
 void scheduler_actor::handle(begin_job m) {
   published_ = m.self.actor_id;
   core::spawn_options o;
-  o.name = "job-worker:" + handle_->id();
+  o.name = "job-worker:" + job_->id();
   o.blocking = true;
-  worker_ = system().spawn<job_worker>(o, self(), handle_->id(), handle_->spec_, handle_->config_);
+  worker_ = system().spawn<job_worker>(o, self(), job_->id(), job_->spec_, job_->config_);
   self_address_ = m.self;
   worker_.tell(connect_job{});
 }
@@ -178,7 +145,7 @@ void scheduler_actor::handle(begin_job m) {
 void scheduler_actor::handle(job_ready m) {
   if (ended_) return;
   data_ = std::move(m.data);
-  controller_.emplace(controller_config{handle_->id(), self_address_}, handle_->spec_, *data_, system().time_source());
+  controller_.emplace(controller_config{job_->id(), self_address_}, job_->spec_, *data_, system().time_source());
   if (cancel_pending_) {
     end(job_state::cancelled, "cancelled");
     return;
@@ -188,8 +155,8 @@ void scheduler_actor::handle(job_ready m) {
 
 void scheduler_actor::handle(job_start_failed m) {
   if (ended_) return;
-  handle_->add_log("failed: " + m.reason);
-  log::get("scheduler")->info("job {}: failed: {}", handle_->id(), m.reason);
+  job_->add_log("failed: " + m.reason);
+  log::get("scheduler")->info("job {}: failed: {}", job_->id(), m.reason);
   end(job_state::failed, m.reason);
 }
 
@@ -212,8 +179,8 @@ void scheduler_actor::drain() {
     for (auto& c : commands) {
       std::visit(overloaded{
                      [&](send_to_device& s) {
-                       auto ref = handle_->config_.host->ref(s.address);
-                       auto r = std::visit([&](const auto& msg) { return ref.tell(msg); }, s.message);
+                       auto ref = device_ref(s.device, s.address);
+                       auto r = std::visit([&](auto& msg) { return ref.try_tell(std::move(msg)); }, s.message);
                        if (!r) failed.push_back(send_failed{s.device, r.error().message()});
                      },
                      [&](lookup_devices& l) { worker_.tell(std::move(l)); },
@@ -224,12 +191,12 @@ void scheduler_actor::drain() {
                        m.metrics.committed_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                                        std::chrono::system_clock::now().time_since_epoch())
                                                        .count();
-                       handle_->update(controller_->status());
-                       handle_->add_metrics(m.metrics);
+                       job_->update(controller_->status());
+                       job_->add_metrics(m.metrics);
                      },
                      [&](log_line& l) {
-                       log::get("scheduler")->info("job {}: {}", handle_->id(), l.text);
-                       handle_->add_log(l.text);
+                       log::get("scheduler")->info("job {}: {}", job_->id(), l.text);
+                       job_->add_log(l.text);
                      },
                      [&](job_finished& f) { finished = std::move(f); },
                  },
@@ -241,16 +208,16 @@ void scheduler_actor::drain() {
     }
     for (const auto& f : failed) controller_->on(f);
   }
-  handle_->update(controller_->status());
+  job_->update(controller_->status());
 }
 
 void scheduler_actor::end(job_state state, const std::string& message) {
   if (ended_) return;
   ended_ = true;
-  if (controller_) handle_->update(controller_->status());
+  if (controller_) job_->update(controller_->status());
   if (worker_.valid()) worker_.stop(core::stop_mode::discard);
-  if (published_) handle_->config_.host->remove(published_);
-  handle_->finish(state, message);
+  if (published_) job_->config_.host->remove(published_);
+  job_->finish(state, message);
   quit();
 }
 
@@ -259,8 +226,8 @@ void scheduler_actor::on_stop(core::exit_reason reason) {
   // Stopped from outside (the actor system shut down): the job ends here.
   ended_ = true;
   if (worker_.valid()) worker_.stop(core::stop_mode::discard);
-  if (published_) handle_->config_.host->remove(published_);
-  handle_->finish(job_state::cancelled, fmt::format("the scheduler actor stopped ({})", core::to_string(reason)));
+  if (published_) job_->config_.host->remove(published_);
+  job_->finish(job_state::cancelled, fmt::format("the scheduler actor stopped ({})", core::to_string(reason)));
 }
 
 // ---- scheduled_job ------------------------------------------------------------------------------

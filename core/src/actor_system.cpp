@@ -122,7 +122,8 @@ detail::manual_scheduler& actor_system::manual() {
 detail::scheduler& actor_system::scheduler_for(bool blocking) {
   if (!blocking || config_.mode == execution_mode::manual) return *scheduler_;
   std::lock_guard lock{blocking_mutex_};
-  if (!blocking_) blocking_ = std::make_unique<detail::thread_pool>(config_.blocking_workers, config_.throughput, true);
+  if (!blocking_) blocking_ = std::make_unique<detail::thread_pool>(config_.blocking_workers, config_.throughput, /*sharing=*/true,
+                                                     /*blocking=*/true);
   return *blocking_;
 }
 

@@ -26,8 +26,8 @@ constexpr std::uint32_t kFairnessInterval = 61;
 thread_local thread_pool* thread_pool::tl_pool_ = nullptr;
 thread_local thread_pool::worker* thread_pool::tl_worker_ = nullptr;
 
-thread_pool::thread_pool(std::size_t workers, std::size_t throughput, bool sharing)
-    : throughput_{throughput}, sharing_{sharing} {
+thread_pool::thread_pool(std::size_t workers, std::size_t throughput, bool sharing, bool blocking)
+    : throughput_{throughput}, sharing_{sharing}, blocking_{blocking} {
   workers_.reserve(workers);
   for (std::size_t i = 0; i < workers; ++i) {
     workers_.push_back(std::make_unique<worker>());
@@ -127,7 +127,9 @@ void thread_pool::notify() {
   // Read-modify-writes, not loads: each reads the latest value and synchronises with the
   // searcher's decrement / the sleeper's increment, so a worker that goes to sleep after we
   // read these counters sees the work we queued before (no lost wake-up, no fence needed).
-  if (searching_.fetch_add(0, std::memory_order_acq_rel) != 0 || sleeping_.fetch_add(0, std::memory_order_acq_rel) == 0)
+  // A blocking pool never relies on a searcher: the work it finds may hold it for seconds.
+  if ((!blocking_ && searching_.fetch_add(0, std::memory_order_acq_rel) != 0) ||
+      sleeping_.fetch_add(0, std::memory_order_acq_rel) == 0)
     return;
   {
     std::lock_guard lock{park_mutex_};
@@ -181,6 +183,8 @@ void thread_pool::run(worker& w) {
       park();
       continue;
     }
+    // About to block in a handler: whatever else is queued goes to another worker.
+    if (blocking_ && any_queued()) notify();
     run_actor(w, a);
   }
   tl_pool_ = nullptr;

@@ -30,7 +30,10 @@ public:
 class thread_pool final : public scheduler {
 public:
   /// `sharing`: every ready actor goes through the one global queue (no local queues, no slot).
-  thread_pool(std::size_t workers, std::size_t throughput, bool sharing = false);
+  /// `blocking`: handlers may block for long (the blocking pool): every queued actor wakes a
+  /// sleeping worker at once instead of waiting for a searching worker, which may be about to
+  /// run a handler that does not return for seconds.
+  thread_pool(std::size_t workers, std::size_t throughput, bool sharing = false, bool blocking = false);
   ~thread_pool() override;
   void schedule(local_actor* a) override;
   void stop() override;
@@ -60,6 +63,7 @@ private:
 
   std::size_t throughput_;
   bool sharing_;
+  bool blocking_;
   std::vector<std::unique_ptr<worker>> workers_;
   std::mutex global_mutex_;
   std::deque<local_actor*> global_;

@@ -639,5 +639,44 @@ TEST(JobController, APlanForAWorldThatChangedIsNotUsed) {
   EXPECT_EQ(c.finished->state, job_state::succeeded);
 }
 
+TEST(JobController, AnUnreachableDeviceLeavesAtOnceAndRejoinsWhileItsNodeIsAMember) {
+  scripted_cluster c{small_spec(3)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  c.reply_all();  // step 0
+  c.waiting_plans().clear();
+  // Device 1's connection breaks mid step 1; the head still counts its node alive.
+  c.feed(device_down{1, "connection to node1:1 lost"});
+  EXPECT_TRUE(c.logged("device 1 (cpu:1) unreachable"));
+  // Step 1 is re-run; its device was found again meanwhile and rejoins under a new index,
+  // taking the state from the live replica.
+  ASSERT_EQ(c.joins.size(), 3u);
+  EXPECT_EQ(c.joins.back().device, 2u);
+  ASSERT_EQ(c.waiting_plans().size(), 2u);
+  EXPECT_EQ(c.waiting_plans().at(2).step, 1u);
+  EXPECT_EQ(c.waiting_plans().at(2).world, (std::vector<std::uint32_t>{0, 2}));
+  EXPECT_EQ(c.waiting_plans().at(2).sync_source, 0);
+  c.reply_all();
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  EXPECT_EQ(c.metrics.at(1).retried, 1u);
+  EXPECT_EQ(c.metrics.at(2).devices, 2u);
+}
+
+TEST(JobController, AnUnreachableDeviceOfALostNodeIsNotLookedUpAgain) {
+  scripted_cluster c{small_spec(2)};
+  c.auto_reply = false;
+  c.start({{1, 1}, {2, 1}});
+  c.waiting_plans().clear();
+  c.lose_node(2);
+  c.feed(device_down{1, "connection lost"});
+  c.reply_all();
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded);
+  EXPECT_EQ(c.joins.size(), 2u);
+}
+
 }  // namespace
 }  // namespace flexsp::actors

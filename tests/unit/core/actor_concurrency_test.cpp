@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <latch>
 #include <memory>
 #include <thread>
@@ -79,6 +81,60 @@ TEST(ActorThreads, ABlockingActorNeverHoldsTheWorkersOtherActorsRunOn) {
   release->count_down();
   ASSERT_TRUE(r) << r.error().to_string();
   EXPECT_EQ(*r, 7);
+}
+
+/// N parties that each block in a handler until all N are in theirs (as the ranks of a
+/// collective do), or a deadline passes.
+struct rendezvous_state {
+  std::mutex mutex;
+  std::condition_variable cv;
+  int arrived = 0;
+  int met = 0;
+};
+struct meet {
+  std::shared_ptr<rendezvous_state> state;
+  int parties;
+};
+class party : public actor<party> {
+public:
+  void handle(const meet& m) {
+    std::unique_lock lock{m.state->mutex};
+    ++m.state->arrived;
+    m.state->cv.notify_all();
+    if (m.state->cv.wait_for(lock, 5s, [&] { return m.state->arrived >= m.parties; })) ++m.state->met;
+    m.state->cv.notify_all();
+  }
+};
+
+/// Hands each meeting on to its blocking party, as a device actor hands steps to its worker.
+class forwarder : public actor<forwarder> {
+public:
+  explicit forwarder(actor_ref<party> to) : to_{std::move(to)} {}
+  void handle(const meet& m) { to_.tell(m); }
+
+private:
+  actor_ref<party> to_;
+};
+
+TEST(ActorThreads, BlockingActorsThatMustAllRunAtOnceNeverWaitForABusyWorker) {
+  constexpr int kParties = 8;
+  actor_system sys{actor_system_config{.workers = 2, .blocking_workers = kParties + 2}};
+  spawn_options o;
+  o.blocking = true;
+  std::vector<actor_ref<forwarder>> parties;
+  for (int i = 0; i < kParties; ++i) parties.push_back(sys.spawn<forwarder>(sys.spawn<party>(o)));
+  // Short work on the blocking pool keeps some of its workers searching when a round starts.
+  auto busy = sys.spawn<answerer>(o);
+  for (int round = 0; round < 300; ++round) {
+    auto st = std::make_shared<rendezvous_state>();
+    for (int i = 0; i < 20; ++i) (void)busy.ask(question{}, 30s);
+    for (int i = 0; i < 20; ++i) busy.tell(question{});
+    for (auto& p : parties) p.tell(meet{st, kParties});
+    std::unique_lock lock{st->mutex};
+    st->cv.wait_for(lock, 30s, [&] { return st->arrived == kParties && st->met == kParties; });
+    ASSERT_EQ(st->met, kParties) << "round " << round << ": a blocking actor waited for a busy worker while "
+                                 << "others were idle (" << st->arrived << " ran in the end)";
+  }
 }
 
 TEST(ActorThreads, MessagesFromEachSenderArriveInSendOrderUnderManyConcurrentSenders) {

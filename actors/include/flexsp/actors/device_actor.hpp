@@ -13,6 +13,7 @@
 #include "flexsp/actors/remote.hpp"
 #include "flexsp/actors/device.capnp.h"
 #include "flexsp/actors/device_trainer.hpp"
+#include "flexsp/core/actor.hpp"
 
 namespace flexsp::actors {
 
@@ -86,10 +87,22 @@ struct wire_codec<device_stats> {
   }
 };
 
-/// The placeholder device actor. Its handlers run on its host's loop thread.
-class device_actor {
+/// Sets the node id a device reports (the node learns it when it registers).
+struct set_node_id {
+  std::uint64_t node_id = 0;
+};
+
+/// The device actor, an actor of its node's actor system published on the node's actor host.
+/// Training messages go to its trainer: `abort_attempts` takes effect at once, the rest queue
+/// for the trainer's worker (a blocking actor), so a step that computes for seconds never
+/// delays this actor.
+class device_actor : public core::actor<device_actor> {
 public:
-  device_actor(device_id device, std::uint64_t node_id) : device_{std::move(device)}, node_id_{node_id} {}
+  using interface = core::interface<ping, note, get_stats, join_job, step_plan, commit_step, abort_attempts, save_state,
+                                    query_state, leave_job, set_node_id>;
+
+  device_actor(device_id device, std::uint64_t node_id, std::shared_ptr<device_trainer> trainer)
+      : device_{std::move(device)}, node_id_{node_id}, trainer_{std::move(trainer)} {}
 
   pong handle(ping m) { return {m.sequence, device_.to_string(), node_id_, ++pings_}; }
   void handle(note m) {
@@ -100,30 +113,15 @@ public:
     last_sequence_ = m.sequence;
   }
   device_stats handle(get_stats) { return {notes_, out_of_order_, last_sequence_, pings_}; }
+  void handle(set_node_id m) { node_id_ = m.node_id; }
 
-  // Training messages go to the device's trainer (device_trainer.hpp); without one they are dropped.
-  void handle(join_job m) { if (trainer_) trainer_->handle(std::move(m)); }
-  void handle(step_plan m) { if (trainer_) trainer_->handle(std::move(m)); }
-  void handle(commit_step m) { if (trainer_) trainer_->handle(std::move(m)); }
-  void handle(abort_attempts m) { if (trainer_) trainer_->handle(std::move(m)); }
-  void handle(save_state m) { if (trainer_) trainer_->handle(std::move(m)); }
-  void handle(query_state m) { if (trainer_) trainer_->handle(std::move(m)); }
-  void handle(leave_job m) { if (trainer_) trainer_->handle(std::move(m)); }
-
-  /// Spawns one into `host`; returns its id there.
-  static std::uint64_t spawn(actor_host& host, device_id device, std::uint64_t node_id) {
-    return spawn(host, std::make_shared<device_actor>(std::move(device), node_id));
-  }
-  /// Makes `actor` reachable in `host` with every message type it handles.
-  static std::uint64_t spawn(actor_host& host, std::shared_ptr<device_actor> actor) {
-    return host.spawn<device_actor, ping, note, get_stats, join_job, step_plan, commit_step, abort_attempts, save_state,
-                      query_state, leave_job>(std::move(actor));
-  }
-
-  /// Gives the device its trainer (the node does, once its actor host runs).
-  void attach_trainer(std::shared_ptr<device_trainer> t) { trainer_ = std::move(t); }
-
-  void set_node_id(std::uint64_t id) { node_id_ = id; }
+  void handle(join_job m) { trainer_->handle(std::move(m)); }
+  void handle(step_plan m) { trainer_->handle(std::move(m)); }
+  void handle(commit_step m) { trainer_->handle(std::move(m)); }
+  void handle(abort_attempts m) { trainer_->handle(std::move(m)); }
+  void handle(save_state m) { trainer_->handle(std::move(m)); }
+  void handle(query_state m) { trainer_->handle(std::move(m)); }
+  void handle(leave_job m) { trainer_->handle(std::move(m)); }
 
 private:
   device_id device_;

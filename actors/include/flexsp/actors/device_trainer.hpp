@@ -6,26 +6,27 @@
 /// thread that runs steps. A `cuda:N` device opens GPU N on its first job and keeps it; a job
 /// that cannot get it (no GPU, out of memory) is refused with the reason.
 ///
-/// Message handlers run on the actor host's loop thread and only queue work, so a step that
-/// computes for seconds never delays heartbeats or other actors. The exception is `abort`:
-/// it takes effect at once (communicators of the job are aborted, so a collective blocked on a
-/// dead peer returns), then every queued plan of an aborted attempt is skipped.
+/// The device actor calls the handlers; they only queue work for the trainer's worker, a
+/// blocking actor of the node's actor system, so a step that computes for seconds never delays
+/// the device actor or anything else. The exception is `abort`: it takes effect at once
+/// (communicators of the job are aborted, so a collective blocked on a dead peer returns), then
+/// every queued plan of an aborted attempt is skipped. Aborted communicators are torn down by a
+/// second blocking actor (tearing down may wait for a rendezvous in progress).
 ///
-/// Replies (`grad_ready`, `step_failed`, `device_state`) are tells to the job's scheduler actor.
+/// Replies (`grad_ready`, `step_failed`, `device_state`) are tells to the job's scheduler actor,
+/// through a proxy of it.
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 
 #include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/remote.hpp"
 #include "flexsp/actors/training_messages.hpp"
+#include "flexsp/core/actor_system.hpp"
 #include "flexsp/core/error.hpp"
 #include "flexsp/core/net/transport.hpp"
 
@@ -44,7 +45,10 @@ struct device_context {
   net::transport_config transport;
   std::weak_ptr<actor_host> host;
   device_id device;  ///< cpu:3 runs on the CPU, cuda:0 on GPU 0
+  core::actor_system* system = nullptr;  ///< runs the trainer's blocking workers
 };
+
+class work_queue;
 
 class device_trainer {
 public:
@@ -61,29 +65,22 @@ public:
   void handle(query_state m);
   void handle(leave_job m);
 
-  /// Steps committed on this device over all jobs (for tests).
-  std::uint64_t committed_steps() const;
-
   struct job;
 
 private:
   void post(std::function<void()> work);
-  void run_worker();
   expected<cluster_client*> client();
   expected<std::shared_ptr<kernels::gpu::device>> gpu();
   std::shared_ptr<job> find(const std::string& id);
 
   device_context context_;
   std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::function<void()>> queue_;
-  bool stopping_ = false;
   std::map<std::string, std::shared_ptr<job>> jobs_;  // guarded by mutex_
-  std::unique_ptr<cluster_client> client_;            // worker thread only
-  std::shared_ptr<kernels::gpu::device> gpu_;         // worker thread only; opened by the first job
+  std::unique_ptr<cluster_client> client_;            // worker only
+  std::shared_ptr<kernels::gpu::device> gpu_;         // worker only; opened by the first job
   std::string name_;                                  // "cuda:0", for logs
-  std::uint64_t committed_ = 0;
-  std::thread worker_;
+  core::actor_ref<work_queue> worker_;                // runs steps, joins, saves
+  core::actor_ref<work_queue> retirer_;               // tears down aborted communicators
 };
 
 

@@ -152,6 +152,13 @@ struct send_failed {
   std::string reason;
 };
 struct cancel_requested {};
+/// A device's actor cannot be reached any more (its connection was lost or its process is
+/// gone): it leaves the job at once; while its node is a member it is looked up again and
+/// rejoins at a later step boundary.
+struct device_down {
+  std::uint32_t device = 0;
+  std::string reason;
+};
 
 // ---- commands --------------------------------------------------------------------------------
 
@@ -232,6 +239,7 @@ public:
   void on(const step_failed& e);
   void on(const device_state& e);
   void on(const cancel_requested& e);
+  void on(const device_down& e);
 
   /// Commands produced since the last call, in order.
   std::vector<job_command> take_commands();

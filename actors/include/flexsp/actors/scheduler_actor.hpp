@@ -16,15 +16,19 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "flexsp/actors/data_source.hpp"
 #include "flexsp/actors/job_controller.hpp"
 #include "flexsp/actors/job_spec.hpp"
 #include "flexsp/actors/remote.hpp"
 #include "flexsp/actors/training_messages.hpp"
+#include "flexsp/core/actor.hpp"
 #include "flexsp/core/actor_system.hpp"
 #include "flexsp/core/net/transport.hpp"
 
@@ -39,6 +43,22 @@ struct scheduler_config {
 };
 
 class scheduler_actor;
+class job_worker;
+class device_actor;
+
+/// The scheduler actor's first message: where devices reach it.
+struct begin_job {
+  remote_address self;
+};
+/// From the worker: it connected, subscribed and loaded the data.
+struct job_ready {
+  job_started started;
+  std::shared_ptr<const batch_source> data;
+};
+/// From the worker: the job cannot start.
+struct job_start_failed {
+  std::string reason;
+};
 
 /// A submitted job as its callers see it. Thread-safe.
 class scheduled_job {
@@ -87,6 +107,58 @@ private:
   std::vector<std::string> logs_;
   std::vector<remote_address> watchers_;
   core::actor_ref<scheduler_actor> actor_;  // reset when the job ends
+};
+
+/// The job's scheduler actor (see the file comment). Devices reach it through a proxy
+/// (`actor_host::proxy<scheduler_actor>`), with the three replies of the step protocol.
+class scheduler_actor : public core::actor<scheduler_actor> {
+public:
+  using interface = core::interface<grad_ready, step_failed, device_state,  // from devices
+                                    begin_job, job_ready, job_start_failed, cancel_requested, membership_event,
+                                    devices_found, devices_missing, plan_ready, index_written, timer_fired>;
+
+  explicit scheduler_actor(std::shared_ptr<scheduled_job> job);
+  ~scheduler_actor() override;
+
+  void handle(begin_job m);
+  void handle(job_ready m);
+  void handle(job_start_failed m);
+  void handle(cancel_requested m);
+  void handle(grad_ready m) { feed(m); }
+  void handle(step_failed m) { feed(m); }
+  void handle(device_state m) { feed(m); }
+  void handle(membership_event m) { feed(m); }
+  void handle(devices_found m) { feed(m); }
+  void handle(devices_missing m) { feed(m); }
+  void handle(plan_ready m) { feed(m); }
+  void handle(index_written m) { feed(m); }
+  void handle(timer_fired m) { feed(m); }
+
+  /// A device's proxy went down: its process is gone or cannot be reached.
+  void on_down(const core::down_msg& m) override;
+  void on_stop(core::exit_reason reason) override;
+
+private:
+  template <class E>
+  void feed(const E& e) {
+    if (!controller_) return;
+    controller_->on(e);
+    drain();
+  }
+  void drain();
+  void end(job_state state, const std::string& message);
+  core::actor_ref<device_actor> device_ref(std::uint32_t device, const remote_address& where);
+
+  std::shared_ptr<scheduled_job> job_;
+  std::uint64_t published_ = 0;
+  core::actor_ref<job_worker> worker_;
+  std::shared_ptr<const batch_source> data_;
+  std::optional<job_controller> controller_;
+  remote_address self_address_;
+  /// Proxies of the job's devices (monitored: a proxy that goes down is a device lost).
+  std::map<std::uint32_t, core::actor_ref<device_actor>> devices_;
+  bool cancel_pending_ = false;
+  bool ended_ = false;
 };
 
 }  // namespace flexsp::actors
