@@ -2,7 +2,7 @@
 # real processes on loopback (label integration).
 flexsp_add_test(cluster_services_tests
   SOURCES integration/cluster_services_test.cpp
-  DEPS flexsp::actors
+  DEPS flexsp::actors flexsp_test_probe
   LABELS integration
   TIMEOUT 120)
 

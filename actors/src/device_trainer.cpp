@@ -149,6 +149,13 @@ device_trainer::~device_trainer() {
   for (auto& p : stopped) p->get_future().wait();
 }
 
+std::vector<std::string> device_trainer::jobs() const {
+  std::lock_guard lock{mutex_};
+  std::vector<std::string> out;
+  for (const auto& [id, _] : jobs_) out.push_back(id);
+  return out;
+}
+
 void device_trainer::post(std::function<void()> work) { worker_.tell(work_item{std::move(work)}); }
 
 std::shared_ptr<device_trainer::job> device_trainer::find(const std::string& id) {

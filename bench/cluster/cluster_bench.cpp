@@ -27,11 +27,11 @@
 #include <vector>
 
 #include "flexsp/actors/client.hpp"
-#include "flexsp/actors/device_actor.hpp"
 #include "flexsp/actors/head.hpp"
 #include "flexsp/core/actor.hpp"
 #include "flexsp/core/actor_system.hpp"
 #include "flexsp/core/log.hpp"
+#include "probe_messages.hpp"
 #ifdef FLEXSP_BENCH_HAVE_CAF
 #include "caf_remote.hpp"
 #endif
@@ -51,29 +51,13 @@ net::transport_config transport() {
   return t;
 }
 
-// The device actor's test protocol on the runtime (handlers on the actor system's workers).
-class runtime_device : public core::actor<runtime_device> {
-public:
-  using interface = core::interface<ping, note, get_stats>;
-  pong handle(ping m) { return {m.sequence, "cpu:0", 1, ++pings_}; }
-  void handle(note m) {
-    if (m.sequence != last_ + 1) ++out_of_order_;
-    last_ = m.sequence;
-    ++notes_;
-  }
-  device_stats handle(get_stats) { return {notes_, out_of_order_, last_, pings_}; }
-
-private:
-  std::uint64_t pings_ = 0, notes_ = 0, out_of_order_ = 0, last_ = 0;
-};
-
 [[noreturn]] void serve_ours(int report_fd) {
   net::event_loop loop;
   core::actor_system system{core::actor_system_config{.workers = 1}};
   actor_host_config hc;
   hc.transport = transport();
   auto host = actor_host::start(loop, hc);
-  const std::uint64_t runtime_id = host ? (*host)->publish(system.spawn<runtime_device>()) : 0;
+  const std::uint64_t runtime_id = host ? (*host)->publish(system.spawn<testing::probe_actor>()) : 0;
   const std::string line = (host ? (*host)->address() : std::string{"-"}) + " " + std::to_string(runtime_id) + "\n";
   (void)!::write(report_fd, line.data(), line.size());
   ::close(report_fd);
@@ -124,8 +108,8 @@ result ours_client(const std::string& report, std::uint64_t round_trips, std::ui
     r.wrong = round_trips + messages;
     return r;
   }
-  core::actor_ref<runtime_device> typed = (*host)->proxy<runtime_device>({address, runtime_id});
-  auto ask_ping = [&](std::uint64_t i) -> expected<pong> { return typed.ask(ping{i}, 5s).get(); };
+  core::actor_ref<testing::probe_actor> typed = (*host)->proxy<testing::probe_actor>({address, runtime_id});
+  auto ask_ping = [&](std::uint64_t i) -> expected<testing::pong> { return typed.ask(testing::ping{i}, 5s).get(); };
   for (std::uint64_t i = 0; i < 200; ++i) (void)ask_ping(i);  // warm-up
   auto t0 = Clock::now();
   for (std::uint64_t i = 0; i < round_trips; ++i) {
@@ -136,8 +120,8 @@ result ours_client(const std::string& report, std::uint64_t round_trips, std::ui
   r.blocking = static_cast<double>(round_trips) / std::chrono::duration<double>(t1 - t0).count();
 
   t0 = Clock::now();
-  for (std::uint64_t i = 1; i <= messages; ++i) r.wrong += !typed.try_tell(note{i, 77});
-  auto stats = typed.ask(get_stats{}, 60s).get();
+  for (std::uint64_t i = 1; i <= messages; ++i) r.wrong += !typed.try_tell(testing::note{i, 77});
+  auto stats = typed.ask(testing::get_stats{}, 60s).get();
   t1 = Clock::now();
   r.pipelined = static_cast<double>(messages) / std::chrono::duration<double>(t1 - t0).count();
   if (!stats || stats->notes < messages)

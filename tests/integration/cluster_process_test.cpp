@@ -26,6 +26,7 @@
 
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/device_actor.hpp"
+#include "flexsp/core/actor_system.hpp"
 
 namespace {
 
@@ -326,7 +327,7 @@ TEST_F(ClusterProcesses, MalformedFramesCloseOnlyTheirConnectionWhileTheHeadKeep
   EXPECT_NE(log.find("not a flexsp frame"), std::string::npos) << log;
 }
 
-TEST_F(ClusterProcesses, DeviceActorsInOtherProcessesAnswerAsksAndKeepTellOrder) {
+TEST_F(ClusterProcesses, DeviceActorsInOtherProcessesAnswerThroughProxies) {
   const pid_t a = start_node("cpu:2");
   const pid_t b = start_node("cpu:1");
   auto c = client();
@@ -343,39 +344,44 @@ TEST_F(ClusterProcesses, DeviceActorsInOtherProcessesAnswerAsksAndKeepTellOrder)
     ASSERT_NE(rec, nullptr);
     expected<remote_address> where = make_error(errc::not_found, "");
     ASSERT_TRUE(eventually([&]() { return (where = c->lookup(fmt::format("device/{}/cpu:0", rec->id))).has_value(); }));
-    auto ref = (*host)->ref(*where);
-    auto p = ref.ask<pong>(ping{5}, 2000ms);
-    ASSERT_TRUE(p) << p.error().to_string();
-    EXPECT_EQ(p->device, "cpu:0");
-    EXPECT_EQ(p->node_id, rec->id);
-    for (std::uint64_t i = 1; i <= 5000; ++i) ASSERT_TRUE(ref.tell(note{i, 1}));
-    auto st = ref.ask<device_stats>(get_stats{}, 5000ms);
-    ASSERT_TRUE(st) << st.error().to_string();
-    EXPECT_EQ(st->notes, 5000u);
-    EXPECT_EQ(st->out_of_order, 0u);
+    core::actor_ref<device_actor> ref = (*host)->proxy<device_actor>(*where);
+    // Many asks in flight at once, each answered once.
+    std::vector<core::pending<device_info>> asks;
+    for (int i = 0; i < 500; ++i) asks.push_back(ref.ask(describe_device{}, 10s));
+    for (auto& p : asks) {
+      auto info = p.get();
+      ASSERT_TRUE(info) << info.error().to_string();
+      EXPECT_EQ(info->device, "cpu:0");
+      EXPECT_EQ(info->node_id, rec->id);
+    }
   }
 
-  // A hung peer: the ask times out cleanly. A dead peer: asks fail without waiting.
+  // A hung peer: the ask times out cleanly. A dead peer: asks fail without waiting, and a
+  // monitor on the proxy fires.
   const auto* rec = find_pid(*s, b, node_state::alive);
   auto where = c->lookup(fmt::format("device/{}/cpu:0", rec->id));
   ASSERT_TRUE(where);
-  auto ref = (*host)->ref(*where);
+  auto ref = (*host)->proxy<device_actor>(*where);
   ASSERT_EQ(::kill(b, SIGSTOP), 0);
   ASSERT_TRUE(eventually([b]() { return proc_state(b) == 'T'; })) << "SIGSTOP takes effect asynchronously";
-  auto hung = ref.ask<pong>(ping{1}, 300ms);
+  auto hung = ref.ask(describe_device{}, 300ms).get();
   ASSERT_FALSE(hung);
   EXPECT_EQ(hung.error().kind(), errc::timeout) << hung.error().to_string();
-  std::promise<expected<pong>> pending;
-  auto pending_result = pending.get_future();
-  ref.ask<pong>(ping{2}, 60000ms, [&pending](expected<pong> r) { pending.set_value(std::move(r)); });
+  std::promise<core::down_msg> down;
+  core::actor_system system{core::actor_system_config{.workers = 1}};
+  system.monitor(ref, [&down](const core::down_msg& d) { down.set_value(d); });
+  auto pending = ref.ask(describe_device{}, 60000ms);
   const auto t0 = Clock::now();
   ASSERT_EQ(::kill(b, SIGKILL), 0);
-  ASSERT_EQ(pending_result.wait_for(10s), std::future_status::ready);
-  auto dead = pending_result.get();
+  ASSERT_TRUE(eventually([&]() { return pending.ready(); }));
+  auto dead = pending.get();
   ASSERT_FALSE(dead);
   EXPECT_EQ(dead.error().kind(), errc::disconnected) << dead.error().to_string();
   EXPECT_LT(Clock::now() - t0, 5s);
-  auto after = ref.ask<pong>(ping{3}, 60000ms);
+  auto d = down.get_future();
+  ASSERT_EQ(d.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(d.get().reason, core::exit_reason::unreachable);
+  auto after = ref.ask(describe_device{}, 60000ms).get();
   ASSERT_FALSE(after);
   EXPECT_EQ(after.error().kind(), errc::disconnected);
   (*host)->stop();

@@ -9,12 +9,13 @@
 
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/device_actor.hpp"
+#include "probe_messages.hpp"
 #include "flexsp/actors/head.hpp"
 #include "flexsp/actors/node.hpp"
 #include "flexsp/core/actor.hpp"
 #include "flexsp/core/actor_system.hpp"
 
-// A runtime actor reached from another host. Its messages reuse the device schema's structs.
+// A runtime actor reached from another host. Its messages reuse the probe schema's structs.
 namespace flexsp::actors {
 struct add_msg {
   std::uint64_t n = 0;
@@ -30,19 +31,19 @@ struct fail_query {
 };
 template <>
 struct wire_codec<add_msg> {
-  using schema = schema::Note;
+  using schema = testing::schema::Note;
   static void encode(const add_msg& m, schema::Builder b) { b.setSequence(m.n); }
   static add_msg decode(schema::Reader r) { return {r.getSequence()}; }
 };
 template <>
 struct wire_codec<total_query> {
-  using schema = schema::GetStats;
+  using schema = testing::schema::GetStats;
   static void encode(const total_query&, schema::Builder) {}
   static total_query decode(schema::Reader) { return {}; }
 };
 template <>
 struct wire_codec<total_msg> {
-  using schema = schema::Stats;
+  using schema = testing::schema::Stats;
   static void encode(const total_msg& m, schema::Builder b) {
     b.setNotes(m.count);
     b.setLastSequence(m.sum);
@@ -52,7 +53,7 @@ struct wire_codec<total_msg> {
 };
 template <>
 struct wire_codec<fail_query> {
-  using schema = schema::Ping;
+  using schema = testing::schema::Ping;
   static void encode(const fail_query& m, schema::Builder b) { b.setSequence(m.code); }
   static fail_query decode(schema::Reader r) { return {r.getSequence()}; }
 };
@@ -109,7 +110,7 @@ bool eventually(F cond) {
 
 // The interface is the contract: a type outside it does not compile, local or remote.
 static_assert(core::handles<adder, add_msg>);
-static_assert(!core::handles<adder, ping>);
+static_assert(!core::handles<adder, flexsp::testing::ping>);
 
 struct ClusterServices : ::testing::Test {
   net::event_loop head_loop;
@@ -227,21 +228,14 @@ TEST_F(ClusterServices, DeviceActorsAreFoundByNameAndAnswerAcrossHosts) {
   hc.transport = transport();
   auto host = actor_host::start(loop, hc);
   ASSERT_TRUE(host);
-  auto ref = (*host)->ref(*where);
-  auto p = ref.ask<pong>(ping{41}, 2000ms);
-  ASSERT_TRUE(p) << p.error().to_string();
-  EXPECT_EQ(p->sequence, 41u);
-  EXPECT_EQ(p->device, "cpu:1");
-  EXPECT_EQ(p->node_id, n->node->node_id());
+  auto ref = (*host)->proxy<device_actor>(*where);
+  auto info = ref.ask(describe_device{}, 2000ms).get();
+  ASSERT_TRUE(info) << info.error().to_string();
+  EXPECT_EQ(info->device, "cpu:1");
+  EXPECT_EQ(info->node_id, n->node->node_id());
+  EXPECT_TRUE(info->jobs.empty());
 
-  for (std::uint64_t i = 1; i <= 2000; ++i) ASSERT_TRUE(ref.tell(note{i, 9}));
-  auto stats = ref.ask<device_stats>(get_stats{}, 5000ms);
-  ASSERT_TRUE(stats) << stats.error().to_string();
-  EXPECT_EQ(stats->notes, 2000u);
-  EXPECT_EQ(stats->out_of_order, 0u);
-  EXPECT_EQ(stats->last_sequence, 2000u);
-
-  auto unknown = (*host)->ref({where->host, 999}).ask<pong>(ping{1}, 2000ms);
+  auto unknown = (*host)->proxy<device_actor>({where->host, 999}).ask(describe_device{}, 2000ms).get();
   ASSERT_FALSE(unknown);
   EXPECT_EQ(unknown.error().kind(), errc::not_found);
   (*host)->stop();
@@ -257,14 +251,11 @@ TEST_F(ClusterServices, AskToAStoppedNodeFailsFastInsteadOfTimingOut) {
   hc.transport = transport();
   auto host = actor_host::start(loop, hc);
   ASSERT_TRUE(host);
-  auto ref = (*host)->ref({n->node->actor_address(), 1});
-  ASSERT_TRUE(ref.ask<pong>(ping{1}, 2000ms));
+  auto ref = (*host)->proxy<device_actor>({n->node->actor_address(), 1});
+  ASSERT_TRUE(ref.ask(describe_device{}, 2000ms).get());
   n.reset();  // closes the node's actor host and its connections
   const auto t0 = std::chrono::steady_clock::now();
-  expected<pong> r = make_error(errc::failed, "");
-  // The first ask may race the close; within a few tries the peer is known down.
-  for (int i = 0; i < 3 && (r = ref.ask<pong>(ping{2}, 30000ms)); ++i) {
-  }
+  auto r = ref.ask(describe_device{}, 30000ms).get();
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().kind(), errc::disconnected) << r.error().to_string();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
@@ -321,9 +312,9 @@ TEST(RemoteRuntimeActors, TypedRemoteRefsHaveTheLocalApiAndKeepOrder) {
   auto server = actor_host::start(server_loop, hc);
   auto client = actor_host::start(client_loop, hc);
   ASSERT_TRUE(server && client);
-  const auto id = (*server)->publish<adder, add_msg, total_query, fail_query>(local);
+  const auto id = (*server)->publish(local);
 
-  remote_actor_ref<adder> remote{(*client)->ref({(*server)->address(), id})};
+  core::actor_ref<adder> remote = (*client)->proxy<adder>({(*server)->address(), id});
   constexpr std::uint64_t kCount = 3000;
   for (std::uint64_t i = 1; i <= kCount; ++i) remote.tell(add_msg{i});
   // The same call shape as a local actor_ref: ask(msg, timeout).get().

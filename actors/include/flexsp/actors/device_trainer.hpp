@@ -22,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/remote.hpp"
@@ -65,6 +66,9 @@ public:
   void handle(query_state m);
   void handle(leave_job m);
 
+  /// Ids of the jobs this device holds a replica for.
+  std::vector<std::string> jobs() const;
+
   struct job;
 
 private:
@@ -74,7 +78,7 @@ private:
   std::shared_ptr<job> find(const std::string& id);
 
   device_context context_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<job>> jobs_;  // guarded by mutex_
   std::unique_ptr<cluster_client> client_;            // worker only
   std::shared_ptr<kernels::gpu::device> gpu_;         // worker only; opened by the first job
