@@ -13,30 +13,33 @@
 
 namespace flexsp::actors {
 
-/// Receives the job_update tells the head pushes (on the client's loop thread) for `wait`.
-class job_client::update_sink {
-public:
-  void handle(job_update m) {
-    {
-      std::lock_guard lock{mutex_};
-      updates_[m.id].push_back(std::move(m));
-    }
-    arrived_.notify_all();
-  }
+struct job_update_box {
+  std::mutex mutex;
+  std::condition_variable arrived;
+  std::map<std::string, std::deque<job_update>> updates;
+
   std::vector<job_update> take(const std::string& id, std::chrono::milliseconds timeout) {
-    std::unique_lock lock{mutex_};
-    arrived_.wait_for(lock, timeout, [&]() { return !updates_[id].empty(); });
-    auto& q = updates_[id];
+    std::unique_lock lock{mutex};
+    arrived.wait_for(lock, timeout, [&]() { return !updates[id].empty(); });
+    auto& q = updates[id];
     std::vector<job_update> out{std::make_move_iterator(q.begin()), std::make_move_iterator(q.end())};
     q.clear();
     return out;
   }
-
-private:
-  std::mutex mutex_;
-  std::condition_variable arrived_;
-  std::map<std::string, std::deque<job_update>> updates_;
 };
+
+void update_sink::handle(job_update m) {
+  {
+    std::lock_guard lock{box_->mutex};
+    box_->updates[m.id].push_back(std::move(m));
+  }
+  box_->arrived.notify_all();
+}
+
+template <class M>
+auto job_client::ask_jobs(M m) const {
+  return jobs_.ask(std::move(m), request_timeout).get();
+}
 
 expected<std::shared_ptr<job_client>> job_client::connect(const std::string& address, net::transport_config transport) {
   FLEXSP_TRY_ASSIGN(auto head, net::endpoint::parse(address));
@@ -53,13 +56,15 @@ expected<std::shared_ptr<job_client>> job_client::connect(const std::string& add
     FLEXSP_TRY_ASSIGN(hc.advertise_host, net::local_address_towards(head));
   }
   FLEXSP_TRY_ASSIGN(c->host_, actor_host::start(*c->loop_, hc));
-  c->sink_ = std::make_shared<update_sink>();
-  c->sink_id_ = c->host_->spawn<update_sink, job_update>(c->sink_);
+  c->system_ = std::make_unique<core::actor_system>(core::actor_system_config{.workers = 1});
+  c->updates_ = std::make_shared<job_update_box>();
+  c->sink_ = c->system_->spawn<update_sink>(c->updates_);
+  c->sink_id_ = c->host_->publish(c->sink_);
   FLEXSP_TRY_ASSIGN(auto client, cluster_client::connect(head, transport));
   auto where = client->lookup("jobs");
   if (!where)
     return make_error(where.error().kind(), "the head at {} serves no job API: {}", address, where.error().message());
-  c->jobs_ = c->host_->ref(*where);
+  c->jobs_ = c->host_->proxy<jobs_actor>(*where);
   return c;
 }
 
@@ -82,6 +87,7 @@ expected<std::shared_ptr<job_client>> job_client::connect(const std::string& add
 
 job_client::~job_client() {
   if (host_) host_->stop();
+  if (system_) system_->shutdown();
   if (loop_) loop_->stop();
 }
 
@@ -91,7 +97,7 @@ expected<job_handle> job_client::submit(const job_spec& spec) {
 }
 
 expected<job_handle> job_client::submit_json(const std::string& spec_json) {
-  FLEXSP_TRY_ASSIGN(auto info, jobs_.ask<job_info>(submit_job{spec_json}, request_timeout));
+  FLEXSP_TRY_ASSIGN(auto info, ask_jobs(submit_job{spec_json}));
   return job_handle{shared_from_this(), info.id};
 }
 
@@ -101,25 +107,25 @@ expected<job_handle> job_client::attach(const std::string& id) {
 }
 
 expected<job_info> job_client::query(const std::string& id, std::uint64_t metrics_from, bool with_logs) {
-  return jobs_.ask<job_info>(query_job{id, metrics_from, with_logs}, request_timeout);
+  return ask_jobs(query_job{id, metrics_from, with_logs});
 }
 
 expected<void> job_client::cancel(const std::string& id) {
-  FLEXSP_TRY(jobs_.ask<job_info>(cancel_job{id}, request_timeout));
+  FLEXSP_TRY(ask_jobs(cancel_job{id}));
   return {};
 }
 
 expected<void> job_client::watch(const std::string& id) {
-  FLEXSP_TRY(jobs_.ask<job_info>(watch_job{id, host_->address(), sink_id_}, request_timeout));
+  FLEXSP_TRY(ask_jobs(watch_job{id, host_->address(), sink_id_}));
   return {};
 }
 
 std::vector<job_update> job_client::take_updates(const std::string& id, std::chrono::milliseconds timeout) {
-  return sink_->take(id, timeout);
+  return updates_->take(id, timeout);
 }
 
 expected<std::vector<job_info>> job_client::list() {
-  FLEXSP_TRY_ASSIGN(auto l, jobs_.ask<job_list>(list_jobs{}, request_timeout));
+  FLEXSP_TRY_ASSIGN(auto l, ask_jobs(list_jobs{}));
   return l.jobs;
 }
 

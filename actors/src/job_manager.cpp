@@ -27,43 +27,34 @@ job_info info_of(const scheduled_job& job, std::uint64_t metrics_from, bool with
   return i;
 }
 
-/// The remote face of the job manager (actor "jobs" on the head's actor host).
-class jobs_actor {
-public:
-  explicit jobs_actor(job_manager& m) : manager_{m} {}
-
-  expected<job_info> handle(submit_job m) {
-    FLEXSP_TRY_ASSIGN(auto spec, parse_job_spec(m.spec));
-    FLEXSP_TRY_ASSIGN(auto job, manager_.submit(spec));
-    return info_of(*job, 0, false);
-  }
-  expected<job_info> handle(query_job m) {
-    FLEXSP_TRY_ASSIGN(auto job, manager_.find(m.id));
-    return info_of(*job, m.metrics_from, m.with_logs);
-  }
-  expected<job_info> handle(cancel_job m) {
-    FLEXSP_TRY_ASSIGN(auto job, manager_.find(m.id));
-    job->cancel();
-    return info_of(*job, ~std::uint64_t{0}, false);
-  }
-  expected<job_info> handle(watch_job m) {
-    FLEXSP_TRY_ASSIGN(auto job, manager_.find(m.id));
-    job->watch({m.subscriber_host, m.subscriber_actor});
-    return info_of(*job, ~std::uint64_t{0}, false);
-  }
-  job_list handle(list_jobs) {
-    job_list out;
-    for (const auto& s : manager_.list()) {
-      if (auto j = manager_.find(s.id)) out.jobs.push_back(info_of(**j, ~std::uint64_t{0}, false));
-    }
-    return out;
-  }
-
-private:
-  job_manager& manager_;
-};
-
 }  // namespace
+
+expected<job_info> jobs_actor::handle(submit_job m) {
+  FLEXSP_TRY_ASSIGN(auto spec, parse_job_spec(m.spec));
+  FLEXSP_TRY_ASSIGN(auto job, manager_.submit(spec));
+  return info_of(*job, 0, false);
+}
+expected<job_info> jobs_actor::handle(query_job m) {
+  FLEXSP_TRY_ASSIGN(auto job, manager_.find(m.id));
+  return info_of(*job, m.metrics_from, m.with_logs);
+}
+expected<job_info> jobs_actor::handle(cancel_job m) {
+  FLEXSP_TRY_ASSIGN(auto job, manager_.find(m.id));
+  job->cancel();
+  return info_of(*job, ~std::uint64_t{0}, false);
+}
+expected<job_info> jobs_actor::handle(watch_job m) {
+  FLEXSP_TRY_ASSIGN(auto job, manager_.find(m.id));
+  job->watch({m.subscriber_host, m.subscriber_actor});
+  return info_of(*job, ~std::uint64_t{0}, false);
+}
+job_list jobs_actor::handle(list_jobs) {
+  job_list out;
+  for (const auto& s : manager_.list()) {
+    if (auto j = manager_.find(s.id)) out.jobs.push_back(info_of(**j, ~std::uint64_t{0}, false));
+  }
+  return out;
+}
 
 job_manager::job_manager(scheduler_config config) : config_{std::move(config)} {
   if (!config_.system) {
@@ -115,17 +106,22 @@ void job_manager::shutdown() {
     jobs = jobs_;
     if (served_actor_) config_.host->remove(served_actor_);
     served_actor_ = 0;
+    if (served_.valid()) served_.stop();
+    served_ = {};
   }
   for (auto& [_, j] : jobs) j->cancel();
   for (auto& [_, j] : jobs) (void)j->wait();
 }
 
 expected<std::uint64_t> job_manager::serve(cluster_client& head_client) {
-  auto actor = std::make_shared<jobs_actor>(*this);
-  const auto id = config_.host->spawn<jobs_actor, submit_job, query_job, cancel_job, list_jobs, watch_job>(actor);
+  core::spawn_options o;
+  o.name = "jobs";
+  auto ref = config_.system->spawn<jobs_actor>(o, *this);
+  const auto id = config_.host->publish(ref);
   {
     std::lock_guard lock{mutex_};
     served_actor_ = id;
+    served_ = ref;
   }
   FLEXSP_TRY(head_client.register_name("jobs", remote_address{config_.host->address(), id}));
   return id;

@@ -121,7 +121,6 @@ struct actor_host::impl {
 
   std::mutex mutex;  // guards everything below
   struct actor_entry {
-    std::shared_ptr<dispatch_fn> sync;
     std::shared_ptr<async_dispatch_fn> async;
     core::any_ref target;                                    // runtime actors: for monitors
     std::vector<std::weak_ptr<net::connection>> monitors;   // peers watching it
@@ -382,41 +381,15 @@ struct actor_host::impl {
       auto it = actors.find(a.getTarget());
       if (it != actors.end()) entry = it->second;
     }
-    const std::shared_ptr<dispatch_fn>& fn = entry.sync;
-    const std::uint64_t rid = a.getRequestId();
-    if (entry.async) {
-      on_async(c, a, *entry.async);
+    if (!entry.async) {
+      if (a.getRequestId() != 0)
+        send_reply(c, a.getRequestId(),
+                   make_error(errc::not_found, "no actor {} in {}", a.getTarget(), address), 0, {});
+      else
+        log::get("actors")->debug("dropped tell to actor {}: no such actor in {}", a.getTarget(), address);
       return;
     }
-    capnp::MallocMessageBuilder reply_msg{128};
-    auto reply = wire::start_envelope(reply_msg).getBody().initActor();
-    reply.setIsReply(true);
-    reply.setRequestId(rid);
-    expected<void> result;
-    if (!fn) {
-      result = make_error(errc::not_found, "no actor {} in {}", a.getTarget(), address);
-    } else {
-      auto payload = reply.getPayload();
-      std::uint64_t reply_type = 0;
-      try {
-        result = (*fn)(a.getTypeId(), a.getPayload(), rid ? &payload : nullptr, &reply_type);
-      } catch (const kj::Exception&) {
-        throw;  // malformed message: the transport closes the connection
-      } catch (const std::exception& e) {
-        result = make_error(errc::failed, "handler of actor {} threw: {}", a.getTarget(), e.what());
-      }
-      reply.setTypeId(reply_type);
-    }
-    if (rid == 0) {
-      if (!result) log::get("actors")->debug("dropped tell to actor {}: {}", a.getTarget(), result.error().message());
-      return;
-    }
-    if (!result) {
-      reply.getPayload().clear();
-      reply.setErrorKind(std::string{to_string(result.error().kind())});
-      reply.setErrorMessage(result.error().message());
-    }
-    c.send(reply_msg);
+    on_async(c, a, *entry.async);
   }
 
   static void send_reply(net::connection& c, std::uint64_t rid, const expected<void>& status, std::uint64_t type_id,
@@ -505,18 +478,10 @@ actor_host::~actor_host() { stop(); }
 const std::string& actor_host::address() const noexcept { return impl_->address; }
 net::event_loop& actor_host::loop() noexcept { return impl_->loop; }
 
-std::uint64_t actor_host::add_actor(dispatch_fn fn) {
-  std::lock_guard lock{impl_->mutex};
-  const auto id = impl_->next_actor++;
-  impl_->actors.emplace(id, impl::actor_entry{std::make_shared<dispatch_fn>(std::move(fn)), nullptr, {}, {}});
-  return id;
-}
-
 std::uint64_t actor_host::add_async_actor(async_dispatch_fn fn, core::any_ref target) {
   std::lock_guard lock{impl_->mutex};
   const auto id = impl_->next_actor++;
-  impl_->actors.emplace(id, impl::actor_entry{nullptr, std::make_shared<async_dispatch_fn>(std::move(fn)),
-                                              std::move(target), {}});
+  impl_->actors.emplace(id, impl::actor_entry{std::make_shared<async_dispatch_fn>(std::move(fn)), std::move(target), {}});
   return id;
 }
 
@@ -553,10 +518,6 @@ void actor_host::watch(const remote_address& where, core::abstract_actor& proxy)
   }
   p->down(core::exit_reason::unreachable, failure.message());
 }
-
-namespace detail {
-void log_failed_tell(const error& e) { log::get("net")->warn("remote tell failed: {}", e.message()); }
-}  // namespace detail
 
 void actor_host::remove(std::uint64_t actor_id) {
   std::vector<std::weak_ptr<net::connection>> monitors;

@@ -6,6 +6,7 @@
 
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/device_actor.hpp"
+#include "flexsp/actors/job_client.hpp"
 #include "flexsp/actors/data_source.hpp"
 #include "flexsp/core/actor.hpp"
 #include "flexsp/core/log.hpp"
@@ -253,7 +254,7 @@ std::shared_ptr<scheduled_job> scheduled_job::start(std::string job_id, job_spec
     std::lock_guard lock{h->mutex_};
     h->actor_ = ref;
   }
-  const auto id = h->config_.host->publish<scheduler_actor, grad_ready, step_failed, device_state>(ref);
+  const auto id = h->config_.host->publish(ref);
   ref.tell(begin_job{remote_address{h->config_.host->address(), id}});
   return h;
 }
@@ -322,31 +323,30 @@ void scheduled_job::finish(job_state state, const std::string& message) {
 }
 
 void scheduled_job::watch(remote_address subscriber) {
+  auto sink = config_.host->proxy<update_sink>(subscriber);
   std::optional<job_update> ended;
   {
     std::lock_guard lock{mutex_};
     if (status_.terminal())
       ended = job_update{id_, metrics_.size(), {}, std::string{to_string(status_.state)}};
     else
-      watchers_.push_back(subscriber);
+      watchers_.push_back(sink);
   }
-  if (ended) (void)config_.host->ref(subscriber).tell(*ended);
+  if (ended) (void)sink.try_tell(*ended);
 }
 
 void scheduled_job::notify_watchers(const job_update& update) {
-  std::vector<remote_address> to;
+  std::vector<core::actor_ref<update_sink>> to;
   {
     std::lock_guard lock{mutex_};
     to = watchers_;
   }
-  std::vector<remote_address> gone;
+  std::vector<core::actor_ref<update_sink>> gone;
   for (const auto& w : to)
-    if (!config_.host->ref(w).tell(update)) gone.push_back(w);
+    if (!w.try_tell(update)) gone.push_back(w);
   if (gone.empty()) return;
   std::lock_guard lock{mutex_};
-  std::erase_if(watchers_, [&](const remote_address& w) {
-    return std::find(gone.begin(), gone.end(), w) != gone.end();
-  });
+  std::erase_if(watchers_, [&](const auto& w) { return std::find(gone.begin(), gone.end(), w) != gone.end(); });
 }
 
 std::vector<std::string> scheduled_job::metrics_since(std::size_t from) const {

@@ -18,15 +18,31 @@
 #include <string>
 #include <vector>
 
+#include "flexsp/actors/job_manager.hpp"
 #include "flexsp/actors/job_spec.hpp"
 #include "flexsp/actors/remote.hpp"
 #include "flexsp/actors/training_messages.hpp"
+#include "flexsp/core/actor_system.hpp"
 #include "flexsp/core/error.hpp"
 #include "flexsp/core/net/transport.hpp"
 
 namespace flexsp::actors {
 
 class job_client;
+/// Updates pushed for each job, waiting to be taken (job_client.cpp).
+struct job_update_box;
+
+/// Receives the job_update tells the head pushes for `job_handle::wait` (published on the
+/// client's actor host; the head reaches it through a proxy).
+class update_sink : public core::actor<update_sink> {
+public:
+  using interface = core::interface<job_update>;
+  explicit update_sink(std::shared_ptr<job_update_box> box) : box_{std::move(box)} {}
+  void handle(job_update m);
+
+private:
+  std::shared_ptr<job_update_box> box_;
+};
 
 /// A submitted job.
 class job_handle {
@@ -73,14 +89,17 @@ public:
   std::chrono::milliseconds poll_interval{1000};
   std::chrono::milliseconds request_timeout{10'000};
 
-  class update_sink;
-
 private:
   job_client() = default;
+  template <class M>
+  auto ask_jobs(M m) const;
+
   std::unique_ptr<net::event_loop> loop_;
+  std::unique_ptr<core::actor_system> system_;  // runs the update sink
   std::shared_ptr<actor_host> host_;
-  remote_ref jobs_;
-  std::shared_ptr<update_sink> sink_;
+  core::actor_ref<jobs_actor> jobs_;            // a proxy of the head's "jobs" actor
+  std::shared_ptr<job_update_box> updates_;
+  core::actor_ref<update_sink> sink_;
   std::uint64_t sink_id_ = 0;
 };
 

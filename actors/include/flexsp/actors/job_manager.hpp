@@ -16,6 +16,25 @@
 
 namespace flexsp::actors {
 
+class job_manager;
+
+/// The remote face of the job manager: actor "jobs", published on the head's actor host. Job
+/// clients reach it through a proxy (job_client.hpp).
+class jobs_actor : public core::actor<jobs_actor> {
+public:
+  using interface = core::interface<submit_job, query_job, cancel_job, list_jobs, watch_job>;
+  explicit jobs_actor(job_manager& m) : manager_{m} {}
+
+  expected<job_info> handle(submit_job m);
+  expected<job_info> handle(query_job m);
+  expected<job_info> handle(cancel_job m);
+  expected<job_info> handle(watch_job m);
+  job_list handle(list_jobs);
+
+private:
+  job_manager& manager_;
+};
+
 class job_manager {
 public:
   /// `config.host` is the head's actor host; jobs connect to `config.head`. Without
@@ -43,6 +62,7 @@ private:
   std::map<std::string, std::shared_ptr<scheduled_job>> jobs_;
   std::uint64_t next_ = 1;
   std::uint64_t served_actor_ = 0;
+  core::actor_ref<jobs_actor> served_;
 };
 
 }  // namespace flexsp::actors

@@ -1,51 +1,36 @@
 #pragma once
 /// \file
-/// Actors reachable from other processes, and references to them.
+/// Actors across processes: the actor host and remote proxies.
 ///
 /// An `actor_host` is a process's endpoint for actor messages: it listens for authenticated
-/// peer channels, runs the local actors spawned into it (on its event loop), and keeps one
-/// outgoing connection per peer process. A `remote_ref` names an actor in any process
-/// (`host address`, actor id) and offers `tell` and `ask` like a local reference.
-///
-/// Message types cross processes through `wire_codec<T>`, which maps a C++ type to a Cap'n
-/// Proto struct (its type id tags the payload):
-/// ```
-/// template <> struct wire_codec<ping> {
-///   using schema = schema::Ping;
-///   static void encode(const ping& m, schema::Ping::Builder b) { b.setSequence(m.sequence); }
-///   static ping decode(schema::Ping::Reader r) { return {r.getSequence()}; }
-/// };
-/// ```
-/// Actors of the runtime with a declared interface (`using interface = core::interface<...>`)
+/// peer channels and keeps one outgoing connection per peer process. Actors of the runtime
+/// (`core::actor_system`) with a declared interface (`using interface = core::interface<...>`)
 /// are location transparent: `actor_host::publish(ref)` makes one reachable, and
 /// `actor_host::proxy<A>(address)` gives a `core::actor_ref<A>` to one in another process, the
 /// same handle type as a local reference: `tell`, `ask`, `actor::request`, `monitor` and `link`
-/// work on it. A monitor on a proxy gets its down notice once: with the remote actor's own exit
-/// reason when it terminates (or `normal` when its host stops publishing it), or with
-/// `exit_reason::unreachable` when the connection to its process is lost or the process is
-/// marked dead (`mark_dead`, e.g. after the head reported its node lost). A proxy that went
-/// down stays down (sends fail with errc::disconnected); ask `proxy` again for a fresh one.
-/// `stop` and `kill` on a proxy do nothing: the remote actor's own process decides.
-///
-/// Older forms, still in use:
-/// - actors of the local runtime (`core::actor_system`), made reachable with
-///   `actor_host::publish<A, Msgs...>(actor_ref<A>)`; their handlers run on the runtime's
-///   workers, and an inbound ask becomes a runtime ask whose reply travels back when it is ready;
-/// - host-local actors (`actor_host::spawn`), whose handlers run on the host's I/O thread (for
-///   small services such as the placeholder device actor).
-/// `remote_actor_ref<A>` has the API of `core::actor_ref<A>` (`tell`, `try_tell`, `ask` returning
-/// `core::pending<R>`, with M checked against A's handlers at compile time); the untyped
-/// `remote_ref` names the reply type explicitly.
-///
+/// work on it, and only the interface's types compile. Message types cross processes through
+/// `wire_codec<T>`, which maps a C++ type to a Cap'n Proto struct (its type id tags the payload):
+/// ```
+/// template <> struct wire_codec<describe_device> {
+///   using schema = schema::DescribeDevice;
+///   static void encode(const describe_device&, schema::Builder) {}
+///   static describe_device decode(schema::Reader) { return {}; }
+/// };
+/// ```
 /// Guarantees:
 /// - Messages from one host to one actor arrive in the order they were sent (one TCP
 ///   connection per host pair, FIFO queues).
 /// - An `ask` completes exactly once: with the reply, with errc::timeout after its deadline,
 ///   or with errc::disconnected as soon as the connection to the peer breaks.
+/// - A monitor on a proxy gets its down notice once: with the remote actor's own exit reason
+///   when it terminates (or `normal` when its host stops publishing it), or with
+///   `exit_reason::unreachable` when the connection to its process is lost or the process is
+///   marked dead (`mark_dead`, e.g. after the head reported its node lost). A proxy that went
+///   down stays down (sends fail with errc::disconnected); ask `proxy` again for a fresh one.
+///   `stop` and `kill` on a proxy do nothing: the remote actor's own process decides.
 /// - After a broken connection the host reconnects on the next send, waiting an exponential
-///   backoff between attempts; sends inside the backoff window, and to hosts marked dead
-///   (`mark_dead`, e.g. after the head reported the node lost), fail at once with
-///   errc::disconnected instead of queueing.
+///   backoff between attempts; sends inside the backoff window, and to hosts marked dead, fail at
+///   once with errc::disconnected instead of queueing.
 
 #include <chrono>
 #include <cstdint>
@@ -93,74 +78,6 @@ struct remote_address {
 
 class actor_host;
 
-/// A reference to an actor in any process. Cheap to copy; thread-safe.
-class remote_ref {
-public:
-  remote_ref() = default;
-  remote_ref(std::shared_ptr<actor_host> host, remote_address address) : host_{std::move(host)}, address_{std::move(address)} {}
-
-  const remote_address& address() const noexcept { return address_; }
-  bool valid() const noexcept { return host_ != nullptr; }
-
-  /// Sends `m` without waiting. errc::disconnected at once when the peer is known to be down.
-  template <wire_message M>
-  expected<void> tell(const M& m) const;
-
-  /// Sends `m` and runs `done` once with the reply or the error (on the host's loop thread,
-  /// or on the caller's thread when the send fails at once).
-  template <wire_message R, wire_message M>
-  void ask(const M& m, std::chrono::milliseconds timeout, std::function<void(expected<R>)> done) const;
-
-  /// Blocking ask. Must not be called on the host's loop thread.
-  template <wire_message R, wire_message M>
-  expected<R> ask(const M& m, std::chrono::milliseconds timeout) const;
-
-  /// Sends an ask whose result completes `state` (R may be void: the reply carries no payload).
-  template <class R, wire_message M>
-  void ask_into(const M& m, core::duration timeout, const core::detail::intrusive_ptr<core::ask_state<R>>& state) const;
-
-private:
-  std::shared_ptr<actor_host> host_;
-  remote_address address_;
-};
-
-/// A reference to a remote actor of class A, with the API of `core::actor_ref<A>`.
-template <class A>
-class remote_actor_ref {
-public:
-  remote_actor_ref() = default;
-  explicit remote_actor_ref(remote_ref untyped) : ref_{std::move(untyped)} {}
-
-  const remote_address& address() const noexcept { return ref_.address(); }
-  bool valid() const noexcept { return ref_.valid(); }
-
-  /// Fire-and-forget; a failed send is logged on the "net" logger.
-  template <class M>
-    requires core::handles<A, std::decay_t<M>> && wire_message<std::decay_t<M>>
-  void tell(M&& msg) const;
-
-  /// Like tell, but reports failure (errc::disconnected when the peer is known down).
-  template <class M>
-    requires core::handles<A, std::decay_t<M>> && wire_message<std::decay_t<M>>
-  expected<void> try_tell(M&& msg) const {
-    return ref_.tell(static_cast<const std::decay_t<M>&>(msg));
-  }
-
-  /// Request/response: the reply, or errc::timeout after `timeout`, errc::disconnected as soon
-  /// as the peer's connection breaks, or the remote handler's error.
-  template <class M>
-    requires core::handles<A, std::decay_t<M>> && wire_message<std::decay_t<M>>
-  auto ask(M&& msg, core::duration timeout) const {
-    using R = core::reply_t<A, std::decay_t<M>>;
-    auto state = core::detail::make_intrusive<core::ask_state<R>>();
-    ref_.ask_into<R>(static_cast<const std::decay_t<M>&>(msg), timeout, state);
-    return core::pending<R>{std::move(state)};
-  }
-
-private:
-  remote_ref ref_;
-};
-
 /// Settings of an actor host.
 struct actor_host_config {
   /// Where to accept peer channels (port 0: any free port).
@@ -174,11 +91,6 @@ struct actor_host_config {
 /// A process's actor endpoint. Create with `start`; all methods are thread-safe.
 class actor_host : public std::enable_shared_from_this<actor_host> {
 public:
-  /// Called on the loop thread with one inbound message; returns the reply to send for an ask
-  /// (or an error). `reply` is null for a tell.
-  using dispatch_fn = std::function<expected<void>(std::uint64_t type_id, capnp::AnyPointer::Reader payload,
-                                                   capnp::AnyPointer::Builder* reply, std::uint64_t* reply_type)>;
-
   static expected<std::shared_ptr<actor_host>> start(net::event_loop& loop, actor_host_config config);
   ~actor_host();
 
@@ -186,16 +98,6 @@ public:
   const std::string& address() const noexcept;
   net::event_loop& loop() noexcept;
 
-  /// Makes `actor` reachable; it receives the message types `Msgs...` through its `handle`
-  /// overloads (returning void for tells, R or expected<R> for asks). Handlers run on the
-  /// loop thread. Returns the actor's id in this host.
-  template <class Actor, wire_message... Msgs>
-  std::uint64_t spawn(std::shared_ptr<Actor> actor);
-  /// Makes a runtime actor reachable: inbound tells become `ref.try_tell`, inbound asks become
-  /// `ref.ask` with `ask_timeout`, answered when the runtime completes them. Returns the id.
-  template <class A, wire_message... Msgs>
-    requires(sizeof...(Msgs) > 0)
-  std::uint64_t publish(core::actor_ref<A> ref, core::duration ask_timeout = std::chrono::seconds{30});
   /// Makes a runtime actor with a declared interface reachable: the interface's message types
   /// that have a wire codec can be sent to it from other processes, and it can be monitored.
   template <class A>
@@ -211,9 +113,6 @@ public:
   /// get a down notice (reason `normal`).
   void remove(std::uint64_t actor_id);
 
-  remote_ref ref(remote_address address) { return remote_ref{shared_from_this(), std::move(address)}; }
-  remote_ref local_ref(std::uint64_t actor_id) { return ref({address(), actor_id}); }
-
   /// Fails every later send to `host` at once (and pending asks now) with `reason`.
   void mark_dead(const std::string& host, std::string reason);
   /// Undoes `mark_dead` (the host rejoined): the next send connects again.
@@ -221,7 +120,7 @@ public:
   /// Closes the listener and every connection; pending asks fail with errc::cancelled.
   void stop();
 
-  // -- used by remote_ref ----------------------------------------------------------------------
+  // -- used by proxies -------------------------------------------------------------------------
   using encode_fn = std::function<void(capnp::AnyPointer::Builder)>;
   using reply_fn = std::function<void(expected<capnp::AnyPointer::Reader>, std::uint64_t type_id)>;
   /// Answers one inbound ask, later and from any thread; call once. `encode` may be null
@@ -235,7 +134,7 @@ public:
                std::chrono::milliseconds timeout, reply_fn done);
 
   struct impl;
-  /// One message type a proxy can carry (see detail::proxy_table_for).
+  /// One message type a proxy can carry (see detail::proxy_table_of).
   struct proxy_entry {
     std::uint64_t type_id = 0;
     /// Encodes the payload of a message whose vtable this entry was made for.
@@ -245,109 +144,18 @@ public:
   };
   using proxy_table = std::vector<std::pair<const core::message_vtable*, proxy_entry>>;
 
+  /// Asks `where`'s host for a down notice for `proxy` (a proxy's first monitor or link).
+  void watch(const remote_address& where, core::abstract_actor& proxy);
+
 private:
-  std::uint64_t add_actor(dispatch_fn fn);
   std::uint64_t add_async_actor(async_dispatch_fn fn, core::any_ref target = {});
   core::detail::intrusive_ptr<core::abstract_actor> make_proxy(const remote_address& where, const proxy_table& table);
-
-public:
-  /// Proxies only: asks `where`'s host for a down notice for `proxy`.
-  void watch(const remote_address& where, core::abstract_actor& proxy);
   explicit actor_host(std::unique_ptr<impl> i);
   std::unique_ptr<impl> impl_;
 };
 
 // ---------------------------------------------------------------------------------------------
 // implementation of the templates
-
-namespace detail {
-/// Logs a tell that could not be sent (remote_actor_ref::tell has no result to report it in).
-void log_failed_tell(const error& e);
-
-template <class R>
-struct unwrap_reply {
-  using type = R;
-};
-template <class T>
-struct unwrap_reply<expected<T>> {
-  using type = T;
-};
-
-template <class Actor, class M>
-bool dispatch_one(Actor& actor, std::uint64_t type_id, capnp::AnyPointer::Reader payload,
-                  capnp::AnyPointer::Builder* reply, std::uint64_t* reply_type, expected<void>& result) {
-  using codec = wire_codec<M>;
-  if (type_id != wire_type_id<M>()) return false;
-  M m = codec::decode(payload.getAs<typename codec::schema>());
-  using ret = decltype(actor.handle(std::move(m)));
-  if constexpr (std::is_void_v<ret>) {
-    actor.handle(std::move(m));
-  } else {
-    using R = typename unwrap_reply<ret>::type;
-    auto r = actor.handle(std::move(m));
-    if constexpr (!std::is_same_v<ret, R>) {
-      if (!r) {
-        result = unexpected<error>{r.error()};
-        return true;
-      }
-    }
-    if (reply) {
-      const R& value = [&]() -> const R& {
-        if constexpr (std::is_same_v<ret, R>) return r; else return *r;
-      }();
-      wire_codec<R>::encode(value, reply->initAs<typename wire_codec<R>::schema>());
-      *reply_type = wire_type_id<R>();
-    }
-  }
-  return true;
-}
-}  // namespace detail
-
-template <class Actor, wire_message... Msgs>
-std::uint64_t actor_host::spawn(std::shared_ptr<Actor> actor) {
-  return add_actor([actor](std::uint64_t type_id, capnp::AnyPointer::Reader payload, capnp::AnyPointer::Builder* reply,
-                           std::uint64_t* reply_type) -> expected<void> {
-    expected<void> result;
-    const bool handled = (detail::dispatch_one<Actor, Msgs>(*actor, type_id, payload, reply, reply_type, result) || ...);
-    if (!handled) return make_error(errc::protocol, "actor does not handle message type {:#018x}", type_id);
-    return result;
-  });
-}
-
-template <wire_message M>
-expected<void> remote_ref::tell(const M& m) const {
-  FLEXSP_EXPECTS(valid(), "tell on an empty remote_ref");
-  return host_->send(address_, wire_type_id<M>(), [&m](capnp::AnyPointer::Builder b) {
-    wire_codec<M>::encode(m, b.initAs<typename wire_codec<M>::schema>());
-  });
-}
-
-template <wire_message R, wire_message M>
-void remote_ref::ask(const M& m, std::chrono::milliseconds timeout, std::function<void(expected<R>)> done) const {
-  FLEXSP_EXPECTS(valid(), "ask on an empty remote_ref");
-  host_->request(
-      address_, wire_type_id<M>(),
-      [&m](capnp::AnyPointer::Builder b) { wire_codec<M>::encode(m, b.initAs<typename wire_codec<M>::schema>()); },
-      timeout,
-      [done = std::move(done)](expected<capnp::AnyPointer::Reader> r, std::uint64_t type_id) {
-        if (!r) {
-          done(unexpected<error>{std::move(r).error()});
-          return;
-        }
-        if (type_id != wire_type_id<R>()) {
-          done(make_error(errc::protocol, "reply has type {:#018x}, expected {:#018x}", type_id, wire_type_id<R>()));
-          return;
-        }
-        std::optional<R> value;
-        try {
-          value.emplace(wire_codec<R>::decode(r->getAs<typename wire_codec<R>::schema>()));
-        } catch (const kj::Exception& e) {
-          done(make_error(errc::protocol, "malformed reply: {}", e.getDescription().cStr()));
-          return;
-        }
-        done(std::move(*value));
-      });
-}
 
 namespace detail {
 // Decodes a reply payload into R (or void) and completes `state`.
@@ -413,21 +221,6 @@ bool forward_one(const core::actor_ref<A>& ref, core::duration timeout, std::uin
   return true;
 }
 }  // namespace detail
-
-template <class A, wire_message... Msgs>
-  requires(sizeof...(Msgs) > 0)
-std::uint64_t actor_host::publish(core::actor_ref<A> ref, core::duration ask_timeout) {
-  core::any_ref target = ref;
-  return add_async_actor(
-      [ref = std::move(ref), ask_timeout](std::uint64_t type_id, capnp::AnyPointer::Reader payload,
-                                          reply_sink* sink) -> expected<void> {
-        expected<void> result;
-        const bool handled = (detail::forward_one<A, Msgs>(ref, ask_timeout, type_id, payload, sink, result) || ...);
-        if (!handled) return make_error(errc::protocol, "actor does not handle message type {:#018x}", type_id);
-        return result;
-      },
-      std::move(target));
-}
 
 namespace detail {
 template <class A, class M>
@@ -502,36 +295,6 @@ template <class A>
   requires core::has_interface<A>
 core::actor_ref<A> actor_host::proxy(const remote_address& where) {
   return core::actor_ref<A>{make_proxy(where, detail::proxy_table_of<A>(static_cast<typename A::interface*>(nullptr)))};
-}
-
-template <class R, wire_message M>
-void remote_ref::ask_into(const M& m, core::duration timeout,
-                          const core::detail::intrusive_ptr<core::ask_state<R>>& state) const {
-  FLEXSP_EXPECTS(valid(), "ask on an empty remote_ref");
-  const auto ms = timeout == core::duration::max()
-                      ? std::chrono::milliseconds{std::chrono::hours{24 * 365}}
-                      : std::chrono::ceil<std::chrono::milliseconds>(timeout);
-  host_->request(
-      address_, wire_type_id<M>(),
-      [&m](capnp::AnyPointer::Builder b) { wire_codec<M>::encode(m, b.initAs<typename wire_codec<M>::schema>()); }, ms,
-      [state](expected<capnp::AnyPointer::Reader> r, std::uint64_t type_id) {
-        detail::complete_from_wire(*state, std::move(r), type_id);
-      });
-}
-
-template <class A>
-template <class M>
-  requires core::handles<A, std::decay_t<M>> && wire_message<std::decay_t<M>>
-void remote_actor_ref<A>::tell(M&& msg) const {
-  if (auto r = try_tell(std::forward<M>(msg)); !r) detail::log_failed_tell(r.error());
-}
-
-template <wire_message R, wire_message M>
-expected<R> remote_ref::ask(const M& m, std::chrono::milliseconds timeout) const {
-  auto promise = std::make_shared<std::promise<expected<R>>>();
-  auto future = promise->get_future();
-  ask<R>(m, timeout, [promise](expected<R> r) { promise->set_value(std::move(r)); });
-  return future.get();
 }
 
 }  // namespace flexsp::actors

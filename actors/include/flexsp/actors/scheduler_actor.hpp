@@ -45,6 +45,7 @@ struct scheduler_config {
 class scheduler_actor;
 class job_worker;
 class device_actor;
+class update_sink;
 
 /// The scheduler actor's first message: where devices reach it.
 struct begin_job {
@@ -105,7 +106,7 @@ private:
   job_status status_;
   std::vector<std::string> metrics_;
   std::vector<std::string> logs_;
-  std::vector<remote_address> watchers_;
+  std::vector<core::actor_ref<update_sink>> watchers_;  // proxies of job clients' sinks
   core::actor_ref<scheduler_actor> actor_;  // reset when the job ends
 };
 
