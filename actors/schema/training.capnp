@@ -7,22 +7,22 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("flexsp::actors::schema");
 
 struct ModelShape {
-  layers @0 :UInt32;
-  dModel @1 :UInt32;
-  heads @2 :UInt32;
-  vocab @3 :UInt32;
-  maxSeq @4 :UInt32;
-  attention @5 :Text;             # "fp32" or "bf16" (empty: fp32)
-  matmul @6 :Text;                # "fp32" or "tf32" (empty: fp32)
+  layers @0 :UInt32 = 2;
+  dModel @1 :UInt32 = 64;
+  heads @2 :UInt32 = 4;
+  vocab @3 :UInt32 = 256;
+  maxSeq @4 :UInt32 = 1024;
+  attention @5 :Text = "fp32";    # "fp32", or "bf16" (CUDA devices: fp32 arithmetic on bf16 Q, K, V and output)
+  matmul @6 :Text = "fp32";       # "fp32", or "tf32" (CUDA devices: tensor cores, fp32 accumulation)
 }
 
 struct OptimizerSettings {
-  lr @0 :Float32;
-  weightDecay @1 :Float32;
-  beta1 @2 :Float32;
-  beta2 @3 :Float32;
-  eps @4 :Float32;
-  maxGradNorm @5 :Float32;
+  lr @0 :Float32 = 0.003;
+  weightDecay @1 :Float32 = 0.0;
+  beta1 @2 :Float32 = 0.9;
+  beta2 @3 :Float32 = 0.95;
+  eps @4 :Float32 = 1e-8;
+  maxGradNorm @5 :Float32 = 1.0;
 }
 
 # Tell: join job `jobId` as job device `device`. The device answers with a DeviceState tell.
@@ -34,11 +34,11 @@ struct JoinJob {
   optimizer @4 :OptimizerSettings;
   schedulerHost @5 :Text;         # where GradReady / StepFailed go
   schedulerActor @6 :UInt64;
-  collectiveTimeoutMs @7 :UInt32;
+  collectiveTimeoutMs @7 :UInt32 = 10000;
   resumeFrom @8 :Text;            # checkpoint file to load; empty: fresh parameters
-  collectiveHost @9 :Text;        # interface the collectives listen on
+  collectiveHost @9 :Text = "127.0.0.1";  # interface the collectives listen on
   tag @10 :UInt64;                # echoed in the DeviceState reply
-  collectives @11 :Text;          # "gloo" (TCP, any device) or "nccl" (CUDA devices)
+  collectives @11 :Text = "gloo"; # "gloo" (TCP, any device) or "nccl" (CUDA devices)
 }
 
 # Tell (device -> scheduler): the answer to JoinJob, SaveState and QueryState, sent after every
@@ -70,7 +70,7 @@ struct StepPlan {
   attempt @3 :UInt64;             # rises on every re-plan; keys the communicators
   world @4 :List(UInt32);         # every device of this attempt, ascending
   globalTokens @5 :UInt64;        # loss normaliser: tokens of the whole batch
-  syncSource @6 :Int64;           # >= 0: broadcast replica state from that device first
+  syncSource @6 :Int64 = -1;      # >= 0: broadcast replica state from that device first
   microBatches @7 :List(DeviceMicroBatch);
   calibrate @8 :Bool;             # timing probe: no gradient all-reduce, never committed
   commEpoch @9 :UInt64;           # keys the communicators; rises when an attempt is aborted or the world changes
@@ -106,7 +106,7 @@ struct StepFailed {
 }
 
 # Tell: apply the gradients of `step` with learning rate `lr`.
-struct Commit {
+struct CommitStep {
   jobId @0 :Text;
   step @1 :UInt64;
   attempt @2 :UInt64;
@@ -114,7 +114,7 @@ struct Commit {
 }
 
 # Tell: abort every attempt below `attempt` (communicators aborted, gradients dropped).
-struct Abort {
+struct AbortAttempts {
   jobId @0 :Text;
   attempt @1 :UInt64;
 }

@@ -147,7 +147,7 @@ expected<job_info> job_handle::wait(metrics_fn on_metrics) {
   };
   for (;;) {
     FLEXSP_TRY_ASSIGN(auto info, catch_up());
-    if (info.terminal()) return info;
+    if (terminal(info)) return info;
     if (!pushed) {
       std::this_thread::sleep_for(client_->poll_interval);
       continue;

@@ -468,7 +468,7 @@ void job_controller::resolve_backend() {
   for (const auto& [_, devs] : pending_nodes_)
     for (const auto& d : devs) any_cuda = any_cuda || d.kind == "cuda";
   // NCCL collectives, bf16 attention and tf32 GEMMs exist on CUDA devices only.
-  const bool needs_cuda = spec_.collectives == "nccl" || !spec_.model.cuda_only_reason().empty();
+  const bool needs_cuda = spec_.collectives == "nccl" || !cuda_only_reason(spec_.model).empty();
   backend_ = spec_.backend != "auto" ? spec_.backend : (any_cuda || needs_cuda) ? "cuda" : "cpu";
   collectives_ = spec_.collectives != "auto" ? spec_.collectives : backend_ == "cuda" ? "nccl" : "gloo";
   log(fmt::format("training on {} devices with {} collectives", backend_, collectives_));

@@ -157,7 +157,7 @@ private:
 
 expected<std::unique_ptr<replica>> make_cpu_replica(const model_shape& shape, std::uint64_t seed,
                                                     const optimizer_settings& opt) {
-  if (const auto why = shape.cuda_only_reason(); !why.empty())
+  if (const auto why = cuda_only_reason(shape); !why.empty())
     return make_error(errc::invalid_argument, "{}; this one is a CPU device", why);
   FLEXSP_TRY_ASSIGN(auto model, kernels::gpt_model::create(config_of(shape), seed));
   return std::unique_ptr<replica>{std::make_unique<cpu_replica>(std::move(model), opt)};

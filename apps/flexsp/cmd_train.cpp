@@ -92,7 +92,7 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   }
   auto& cluster = run->cluster;
   // Nothing else joins this cluster: a job whose devices are missing would only wait and fail.
-  if (const auto why = spec->model.cuda_only_reason(); !why.empty() && run->kinds.find("cuda") == std::string::npos) {
+  if (const auto why = actors::cuda_only_reason(spec->model); !why.empty() && run->kinds.find("cuda") == std::string::npos) {
     fmt::print(stderr, "flexsp train: {}; --devices gave {} {} devices\n", why, run->devices, run->kinds);
     if (default_log_levels(cmd)) (void)log::configure("error");  // the teardown is not news
     return 2;

@@ -43,7 +43,7 @@ struct wire_codec<total_query> {
 };
 template <>
 struct wire_codec<total_msg> {
-  using schema = testing::schema::Stats;
+  using schema = testing::schema::ProbeStats;
   static void encode(const total_msg& m, schema::Builder b) {
     b.setNotes(m.count);
     b.setLastSequence(m.sum);

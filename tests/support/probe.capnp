@@ -21,7 +21,7 @@ struct Note {
 
 struct GetStats {}
 
-struct Stats {
+struct ProbeStats {
   notes @0 :UInt64;
   outOfOrder @1 :UInt64;
   lastSequence @2 :UInt64;

@@ -1,8 +1,8 @@
 #pragma once
 /// \file
 /// The device actor: one per device of a node (`cpu:N` computes on the CPU, `cuda:N` on GPU N).
-/// Training messages go to its `device_trainer`; `describe_device` says what it is and which
-/// jobs it holds (`flexsp status`, tests).
+/// Training messages go to its `device_trainer`; `describe_device` (device.capnp) says what it
+/// is and which jobs it holds.
 
 #include <cstdint>
 #include <vector>
@@ -10,43 +10,11 @@
 
 #include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/remote.hpp"
-#include "flexsp/actors/device.capnp.h"
+#include "flexsp/actors/device.msg.hpp"
 #include "flexsp/actors/device_trainer.hpp"
 #include "flexsp/core/actor.hpp"
 
 namespace flexsp::actors {
-
-/// Ask: what the device is and which jobs it holds. Reply: `device_info`.
-struct describe_device {};
-struct device_info {
-  std::string device;       ///< "cpu:0"
-  std::uint64_t node_id = 0;
-  std::string description;  ///< the hardware; empty for CPU devices
-  std::vector<std::string> jobs;
-};
-
-template <>
-struct wire_codec<describe_device> {
-  using schema = schema::DescribeDevice;
-  static void encode(const describe_device&, schema::Builder) {}
-  static describe_device decode(schema::Reader) { return {}; }
-};
-template <>
-struct wire_codec<device_info> {
-  using schema = schema::DeviceInfo;
-  static void encode(const device_info& m, schema::Builder b) {
-    b.setDevice(m.device);
-    b.setNodeId(m.node_id);
-    b.setDescription(m.description);
-    auto jobs = b.initJobs(static_cast<unsigned>(m.jobs.size()));
-    for (unsigned i = 0; i < m.jobs.size(); ++i) jobs.set(i, m.jobs[i]);
-  }
-  static device_info decode(schema::Reader r) {
-    device_info m{r.getDevice().cStr(), r.getNodeId(), r.getDescription().cStr(), {}};
-    for (auto j : r.getJobs()) m.jobs.emplace_back(j.cStr());
-    return m;
-  }
-};
 
 /// Sets the node id a device reports (the node learns it when it registers).
 struct set_node_id {

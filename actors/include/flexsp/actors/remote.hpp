@@ -45,6 +45,7 @@
 #include <capnp/message.h>
 #include <kj/exception.h>
 
+#include "flexsp/actors/wire_codec.hpp"
 #include "flexsp/core/actor.hpp"
 #include "flexsp/core/actor_ref.hpp"
 #include "flexsp/core/ask.hpp"
@@ -53,20 +54,6 @@
 #include "flexsp/core/net/transport.hpp"
 
 namespace flexsp::actors {
-
-/// Maps a C++ message type to its Cap'n Proto struct. Specialise per type (see file doc).
-template <class T>
-struct wire_codec;
-
-/// A type with a `wire_codec`.
-template <class T>
-concept wire_message = requires { typename wire_codec<T>::schema; };
-
-/// Cap'n Proto type id of T's wire struct; tags payloads.
-template <wire_message T>
-std::uint64_t wire_type_id() {
-  return capnp::typeId<typename wire_codec<T>::schema>();
-}
 
 /// Where an actor lives.
 struct remote_address {
