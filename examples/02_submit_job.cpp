@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "wait: %s\n", final.error().to_string().c_str());
     return 1;
   }
-  const bool ok = final->state == "succeeded" && in_order && next == spec->steps && final->last_loss < final->first_loss - 1.0;
-  std::printf("%s: loss %.3f -> %.3f\n%s\n", final->state.c_str(), final->first_loss, final->last_loss, ok ? "OK" : "FAILED");
+  const bool ok = final->state == flexsp::actors::job_state::succeeded && in_order && next == spec->steps && final->last_loss < final->first_loss - 1.0;
+  std::printf("%s: loss %.3f -> %.3f\n%s\n", std::string{flexsp::actors::to_string(final->state)}.c_str(), final->first_loss, final->last_loss, ok ? "OK" : "FAILED");
   return ok ? 0 : 1;
 }

@@ -61,9 +61,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "wait: %s\n", final.error().to_string().c_str());
     return 1;
   }
-  const bool ok = final->state == "succeeded" && in_order && next == spec.steps && killed &&
+  const bool ok = final->state == job_state::succeeded && in_order && next == spec.steps && killed &&
                   devices_after < devices_before && retried >= 1 && final->last_loss < final->first_loss - 1.0;
-  std::printf("%s: %d -> %d devices, loss %.3f -> %.3f\n%s\n", final->state.c_str(), devices_before, devices_after,
+  std::printf("%s: %d -> %d devices, loss %.3f -> %.3f\n%s\n", std::string{to_string(final->state)}.c_str(), devices_before, devices_after,
               final->first_loss, final->last_loss, ok ? "OK" : "FAILED");
   return ok ? 0 : 1;
 }

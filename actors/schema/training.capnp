@@ -6,14 +6,43 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("flexsp::actors::schema");
 
+# Closed value sets: enums here, generated as C++ enum classes with to_string / parse_*.
+enum AttentionPrecision {
+  fp32 @0;
+  bf16 @1;                        # CUDA devices: fp32 arithmetic on bf16 Q, K, V and output
+}
+
+enum MatmulPrecision {
+  fp32 @0;
+  tf32 @1;                        # CUDA devices: tensor cores on fp32 data, fp32 accumulation
+}
+
+enum CollectiveLibrary {
+  gloo @0;                        # TCP, any device (groups inside one process copy through memory)
+  nccl @1;                        # CUDA devices
+}
+
+enum DeviceKind {
+  cpu @0;
+  cuda @1;
+}
+
+enum JobState {
+  pending @0;
+  running @1;
+  succeeded @2;
+  failed @3;
+  cancelled @4;
+}
+
 struct ModelShape {
   layers @0 :UInt32 = 2;
   dModel @1 :UInt32 = 64;
   heads @2 :UInt32 = 4;
   vocab @3 :UInt32 = 256;
   maxSeq @4 :UInt32 = 1024;
-  attention @5 :Text = "fp32";    # "fp32", or "bf16" (CUDA devices: fp32 arithmetic on bf16 Q, K, V and output)
-  matmul @6 :Text = "fp32";       # "fp32", or "tf32" (CUDA devices: tensor cores, fp32 accumulation)
+  attention @5 :AttentionPrecision = fp32;
+  matmul @6 :MatmulPrecision = fp32;
 }
 
 struct OptimizerSettings {
@@ -38,7 +67,7 @@ struct JoinJob {
   resumeFrom @8 :Text;            # checkpoint file to load; empty: fresh parameters
   collectiveHost @9 :Text = "127.0.0.1";  # interface the collectives listen on
   tag @10 :UInt64;                # echoed in the DeviceState reply
-  collectives @11 :Text = "gloo"; # "gloo" (TCP, any device) or "nccl" (CUDA devices)
+  collectives @11 :CollectiveLibrary = gloo;
 }
 
 # Tell (device -> scheduler): the answer to JoinJob, SaveState and QueryState, sent after every
@@ -172,13 +201,13 @@ struct JobUpdate {
   id @0 :Text;
   index @1 :UInt64;               # position of the metrics line; at the end, the number of lines
   metrics @2 :Text;               # JSON line; empty at the end
-  state @3 :Text;                 # empty, or the final state at the end
+  state @3 :JobState = running;   # running, or the final state at the end
 }
 
 struct JobInfo {
   id @0 :Text;
   name @1 :Text;
-  state @2 :Text;                 # pending, running, succeeded, failed, cancelled
+  state @2 :JobState;
   stepsDone @3 :UInt64;
   stepsTotal @4 :UInt64;
   error @5 :Text;

@@ -204,7 +204,7 @@ void device_trainer::handle(join_job m) {
                                                        [raw]() { return raw->aborted(raw->current_attempt.load()); });
       const int me = static_cast<int>(m.device);
       const auto timeout = std::chrono::milliseconds{m.collective_timeout_ms};
-      if (m.collectives == "nccl") {
+      if (m.collectives == collective_library::nccl) {
         if (!on_gpu) return make_error(errc::invalid_argument, "{}: NCCL collectives need a CUDA device", name_);
         if (const auto nccl = kernels::query_nccl(); !nccl.available)
           return make_error(errc::unimplemented, "{}: NCCL collectives requested but unavailable: {}", name_, nccl.reason);
@@ -213,7 +213,7 @@ void device_trainer::handle(join_job m) {
           return std::make_shared<kernels::nccl_communicator_cache>(*raw->store, me, cuda,
                                                                     kernels::nccl_options{.timeout = timeout});
         };
-      } else if (m.collectives == "gloo" || m.collectives.empty()) {
+      } else {
         // Groups whose devices all live in this process exchange through memory, unless
         // FLEXSP_IN_PROCESS_COLLECTIVES=0 sends them over Gloo's TCP too.
         const char* in_process = std::getenv("FLEXSP_IN_PROCESS_COLLECTIVES");
@@ -223,8 +223,6 @@ void device_trainer::handle(join_job m) {
         j->make_cache = [raw, me, gloo]() -> std::shared_ptr<kernels::group_cache> {
           return std::make_shared<kernels::communicator_cache>(*raw->store, me, gloo);
         };
-      } else {
-        return make_error(errc::invalid_argument, "unknown collectives '{}' (gloo or nccl)", m.collectives);
       }
       return j;
     }();
@@ -240,7 +238,7 @@ void device_trainer::handle(join_job m) {
       if (auto old = jobs_.find(m.job_id); old != jobs_.end()) old->second->abort_communicators();
       jobs_[m.job_id] = *made;
       log::get("device")->debug("{}: joined job {} as device {} ({} replica, {} collectives)", name_, m.job_id,
-                                m.device, st.backend(), m.collectives.empty() ? "gloo" : m.collectives);
+                                m.device, st.backend(), to_string(m.collectives));
     }
     if (auto r = scheduler.try_tell(std::move(reply)); !r)
       log::get("device")->warn("{}: cannot answer job {}: {}", name_, m.job_id, r.error().message());

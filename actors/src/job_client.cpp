@@ -157,7 +157,7 @@ expected<job_info> job_handle::wait(metrics_fn on_metrics) {
       const auto updates = client_->take_updates(id_, client_->poll_interval);
       bool query = updates.empty();
       for (const auto& u : updates) {
-        if (!u.state.empty() || u.index > delivered_) {
+        if (is_terminal(u.state) || u.index > delivered_) {
           query = true;  // the end, or a gap
         } else if (u.index == delivered_) {
           if (on_metrics) on_metrics(u.metrics);

@@ -12,17 +12,6 @@ namespace flexsp::actors {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-std::string_view to_string(job_state s) noexcept {
-  switch (s) {
-    case job_state::pending: return "pending";
-    case job_state::running: return "running";
-    case job_state::succeeded: return "succeeded";
-    case job_state::failed: return "failed";
-    case job_state::cancelled: return "cancelled";
-  }
-  return "?";
-}
-
 std::string step_metrics::to_json() const {
   nlohmann::json j{{"step", step},         {"epoch", epoch},           {"devices", devices},
                    {"loss", loss},         {"tokens", tokens},         {"sequences", sequences},
@@ -463,15 +452,17 @@ void job_controller::on(const device_down& e) {
 // ---- devices ---------------------------------------------------------------------------------
 
 void job_controller::resolve_backend() {
-  if (!backend_.empty() || pending_nodes_.empty()) return;
+  if (backend_ || pending_nodes_.empty()) return;
   bool any_cuda = false;
   for (const auto& [_, devs] : pending_nodes_)
-    for (const auto& d : devs) any_cuda = any_cuda || d.kind == "cuda";
+    for (const auto& d : devs) any_cuda = any_cuda || d.kind == to_string(device_kind::cuda);
   // NCCL collectives, bf16 attention and tf32 GEMMs exist on CUDA devices only.
-  const bool needs_cuda = spec_.collectives == "nccl" || !cuda_only_reason(spec_.model).empty();
-  backend_ = spec_.backend != "auto" ? spec_.backend : (any_cuda || needs_cuda) ? "cuda" : "cpu";
-  collectives_ = spec_.collectives != "auto" ? spec_.collectives : backend_ == "cuda" ? "nccl" : "gloo";
-  log(fmt::format("training on {} devices with {} collectives", backend_, collectives_));
+  const bool needs_cuda = spec_.collectives == collective_library::nccl || !cuda_only_reason(spec_.model).empty();
+  backend_ = spec_.backend ? *spec_.backend : (any_cuda || needs_cuda) ? device_kind::cuda : device_kind::cpu;
+  collectives_ = spec_.collectives ? *spec_.collectives
+                 : backend_ == device_kind::cuda ? collective_library::nccl
+                                                  : collective_library::gloo;
+  log(fmt::format("training on {} devices with {} collectives", to_string(*backend_), to_string(collectives_)));
 }
 
 void job_controller::request_lookups() {
@@ -484,7 +475,7 @@ void job_controller::request_lookups() {
     }
     lookup_devices l{node, {}};
     for (const auto& d : it->second)
-      if (d.kind == backend_) l.devices.push_back(d.to_string());
+      if (backend_ && d.kind == to_string(*backend_)) l.devices.push_back(d.to_string());
     if (l.devices.empty()) {  // nothing of the job's kind on this node
       it = pending_nodes_.erase(it);
       continue;
@@ -563,7 +554,7 @@ void job_controller::advance() {
       }
       if (clock_.now() >= gather_deadline_)
         fail(fmt::format("only {} of the {} {} devices the job needs are available", devices_.size(), spec_.min_devices,
-                         backend_.empty() ? std::string{"cpu or cuda"} : backend_));
+                         backend_ ? std::string{to_string(*backend_)} : std::string{"cpu or cuda"}));
       return;
     }
     case phase::planning:

@@ -12,7 +12,7 @@ job_info info_of(const scheduled_job& job, std::uint64_t metrics_from, bool with
   job_info i;
   i.id = s.id;
   i.name = s.name;
-  i.state = std::string{to_string(s.state)};
+  i.state = s.state;
   i.steps_done = s.steps_done;
   i.steps_total = s.steps_total;
   i.error = s.error;

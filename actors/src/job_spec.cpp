@@ -58,6 +58,26 @@ expected<void> read_string(const json& obj, const char* key, const std::string& 
   return {};
 }
 
+/// A string naming one value of a closed set (`parse` maps it); with `allow_auto`, "auto"
+/// leaves `out` empty.
+template <class E, class Out>
+expected<void> read_choice(const json& obj, const char* key, const std::string& where, bool (*parse)(std::string_view, E&),
+                           bool allow_auto, const char* choices, Out& out) {
+  std::string text;
+  if (!obj.contains(key)) return {};
+  FLEXSP_TRY(read_string(obj, key, where, text));
+  if constexpr (std::is_same_v<Out, std::optional<E>>) {
+    if (allow_auto && text == "auto") {
+      out.reset();
+      return {};
+    }
+  }
+  E v{};
+  if (!parse(text, v)) return make_error(errc::invalid_argument, "{}{}: '{}' is not one of {}", where, key, text, choices);
+  out = v;
+  return {};
+}
+
 expected<void> read_object(const json& obj, const char* key, const json*& out) {
   out = nullptr;
   if (!obj.contains(key)) return {};
@@ -87,13 +107,9 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (s.data_path.empty() && s.model.vocab < 256)
     return bad("model.vocab", "must be at least 256 for byte-level text data");
   if (s.model.max_seq < 8 || s.model.max_seq > 1'000'000) return bad("model.max_seq", "must be in 8..1000000");
-  if (s.model.attention != "fp32" && s.model.attention != "bf16")
-    return bad("model.attention", fmt::format("'{}' is not one of fp32, bf16", s.model.attention));
-  if (s.model.attention == "bf16" && s.backend == "cpu")
+  if (s.model.attention == attention_precision::bf16 && s.backend == device_kind::cpu)
     return bad("model.attention", "bf16 attention runs on CUDA devices; use backend cuda (or auto)");
-  if (s.model.matmul != "fp32" && s.model.matmul != "tf32")
-    return bad("model.matmul", fmt::format("'{}' is not one of fp32, tf32", s.model.matmul));
-  if (s.model.matmul == "tf32" && s.backend == "cpu")
+  if (s.model.matmul == matmul_precision::tf32 && s.backend == device_kind::cpu)
     return bad("model.matmul", "tf32 GEMMs run on CUDA devices; use backend cuda (or auto)");
   if (s.batch_size < 1 || s.batch_size > 1'000'000) return bad("batch_size", "must be in 1..1000000");
   if (s.data_path.empty()) {
@@ -117,11 +133,8 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (!(s.planner_time_limit_ms > 0)) return bad("planner_time_limit_ms", "must be positive");
   if (s.min_devices < 1) return bad("min_devices", "must be at least 1");
   if (!(s.milp_min_gap >= 0 && s.milp_min_gap <= 1)) return bad("milp_min_gap", "must be in [0, 1]");
-  if (s.backend != "auto" && s.backend != "cpu" && s.backend != "cuda")
-    return bad("backend", fmt::format("'{}' is not one of auto, cpu, cuda", s.backend));
-  if (s.collectives != "auto" && s.collectives != "gloo" && s.collectives != "nccl")
-    return bad("collectives", fmt::format("'{}' is not one of auto, gloo, nccl", s.collectives));
-  if (s.collectives == "nccl" && s.backend == "cpu") return bad("collectives", "nccl needs backend cuda (or auto)");
+  if (s.collectives == collective_library::nccl && s.backend == device_kind::cpu)
+    return bad("collectives", "nccl needs backend cuda (or auto)");
   if (s.fault.max_retries > 10000) return bad("fault.max_retries", "must be at most 10000");
   if (s.fault.membership_grace_ms > 600'000) return bad("fault.membership_grace_ms", "must be at most 600000");
   if (s.fault.device_timeout_ms != 0 && s.fault.device_timeout_ms < 100)
@@ -153,8 +166,8 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   FLEXSP_TRY(read_number(j, "planner_time_limit_ms", "", s.planner_time_limit_ms));
   FLEXSP_TRY(read_number(j, "milp_min_gap", "", s.milp_min_gap));
   FLEXSP_TRY(read_uint(j, "min_devices", "", s.min_devices));
-  FLEXSP_TRY(read_string(j, "backend", "", s.backend));
-  FLEXSP_TRY(read_string(j, "collectives", "", s.collectives));
+  FLEXSP_TRY(read_choice(j, "backend", "", parse_device_kind, true, "auto, cpu, cuda", s.backend));
+  FLEXSP_TRY(read_choice(j, "collectives", "", parse_collective_library, true, "auto, gloo, nccl", s.collectives));
   if (j.contains("milp")) {
     if (!j["milp"].is_boolean()) return make_error(errc::invalid_argument, "milp: must be true or false");
     s.milp = j["milp"].get<bool>();
@@ -172,8 +185,8 @@ expected<job_spec> parse_job_spec(std::string_view text) {
     FLEXSP_TRY(read_uint(*o, "heads", "model.", s.model.heads));
     FLEXSP_TRY(read_uint(*o, "vocab", "model.", s.model.vocab));
     FLEXSP_TRY(read_uint(*o, "max_seq", "model.", s.model.max_seq));
-    FLEXSP_TRY(read_string(*o, "attention", "model.", s.model.attention));
-    FLEXSP_TRY(read_string(*o, "matmul", "model.", s.model.matmul));
+    FLEXSP_TRY(read_choice(*o, "attention", "model.", parse_attention_precision, false, "fp32, bf16", s.model.attention));
+    FLEXSP_TRY(read_choice(*o, "matmul", "model.", parse_matmul_precision, false, "fp32, tf32", s.model.matmul));
   }
   FLEXSP_TRY(read_object(j, "data", o));
   if (o) {
@@ -223,8 +236,8 @@ std::string job_spec_to_json(const job_spec& s) {
   j["strategy"] = s.strategy;
   j["seed"] = s.seed;
   j["model"] = {{"layers", s.model.layers}, {"d_model", s.model.d_model}, {"heads", s.model.heads},
-                {"vocab", s.model.vocab}, {"max_seq", s.model.max_seq}, {"attention", s.model.attention},
-                {"matmul", s.model.matmul}};
+                {"vocab", s.model.vocab}, {"max_seq", s.model.max_seq}, {"attention", to_string(s.model.attention)},
+                {"matmul", to_string(s.model.matmul)}};
   if (s.data_path.empty())
     j["data"] = {{"synthetic", s.synthetic}};
   else
@@ -237,8 +250,8 @@ std::string job_spec_to_json(const job_spec& s) {
   j["collective_timeout_ms"] = s.collective_timeout_ms;
   j["planner_time_limit_ms"] = s.planner_time_limit_ms;
   j["min_devices"] = s.min_devices;
-  j["backend"] = s.backend;
-  j["collectives"] = s.collectives;
+  j["backend"] = s.backend ? std::string{to_string(*s.backend)} : "auto";
+  j["collectives"] = s.collectives ? std::string{to_string(*s.collectives)} : "auto";
   j["milp"] = s.milp;
   j["milp_min_gap"] = s.milp_min_gap;
   j["fault"] = {{"max_retries", s.fault.max_retries},         {"membership_grace_ms", s.fault.membership_grace_ms},

@@ -169,14 +169,8 @@ expected<std::unique_ptr<replica>> make_gpu_replica(std::shared_ptr<kernels::gpu
   if (!device) return make_error(errc::invalid_argument, "no GPU device to place the replica on");
   FLEXSP_TRY_ASSIGN(auto model, kernels::gpt_model::create(config_of(shape), seed));
   FLEXSP_TRY_ASSIGN(auto on_gpu, kernels::gpu::gpt_replica::create(*device, model));
-  if (shape.attention == "bf16")
-    on_gpu.set_attention_type(kernels::gpu::dtype::bf16);
-  else if (shape.attention != "fp32")
-    return make_error(errc::invalid_argument, "unknown attention element type '{}' (fp32 or bf16)", shape.attention);
-  if (shape.matmul == "tf32")
-    on_gpu.set_gemm_math(kernels::gpu::gemm_math::tf32);
-  else if (shape.matmul != "fp32")
-    return make_error(errc::invalid_argument, "unknown GEMM arithmetic '{}' (fp32 or tf32)", shape.matmul);
+  if (shape.attention == attention_precision::bf16) on_gpu.set_attention_type(kernels::gpu::dtype::bf16);
+  if (shape.matmul == matmul_precision::tf32) on_gpu.set_gemm_math(kernels::gpu::gemm_math::tf32);
   return std::unique_ptr<replica>{
       std::make_unique<gpu_replica>(std::move(device), std::move(model), std::move(on_gpu), opt)};
 }

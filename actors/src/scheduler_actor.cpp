@@ -298,7 +298,7 @@ void scheduled_job::add_log(const std::string& line) {
 }
 
 void scheduled_job::add_metrics(const step_metrics& m) {
-  job_update update{id_, 0, m.to_json(), {}};
+  job_update update{id_, 0, m.to_json(), job_state::running};
   {
     std::lock_guard lock{mutex_};
     update.index = metrics_.size();
@@ -309,7 +309,7 @@ void scheduled_job::add_metrics(const step_metrics& m) {
 }
 
 void scheduled_job::finish(job_state state, const std::string& message) {
-  job_update end{id_, 0, {}, std::string{to_string(state)}};
+  job_update end{id_, 0, {}, state};
   {
     std::lock_guard lock{mutex_};
     if (status_.terminal()) return;
@@ -328,7 +328,7 @@ void scheduled_job::watch(remote_address subscriber) {
   {
     std::lock_guard lock{mutex_};
     if (status_.terminal())
-      ended = job_update{id_, metrics_.size(), {}, std::string{to_string(status_.state)}};
+      ended = job_update{id_, metrics_.size(), {}, status_.state};
     else
       watchers_.push_back(sink);
   }

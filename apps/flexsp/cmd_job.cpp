@@ -32,7 +32,7 @@ expected<std::shared_ptr<actors::job_client>> connect(const job_flags& f) {
 }
 
 nlohmann::json info_json(const actors::job_info& i) {
-  nlohmann::json j{{"id", i.id},           {"name", i.name},         {"state", i.state},
+  nlohmann::json j{{"id", i.id},           {"name", i.name},         {"state", std::string{actors::to_string(i.state)}},
                    {"steps_done", i.steps_done}, {"steps_total", i.steps_total}, {"devices", i.devices},
                    {"first_loss", i.first_loss}, {"last_loss", i.last_loss},   {"resumed_from", i.resumed_from},
                    {"error", i.error}};
@@ -96,9 +96,9 @@ void add_job_commands(CLI::App& root) {
       std::fflush(stdout);
     });
     if (!final) std::exit(fail("submit", final.error()));
-    fmt::print("job {} {}: {} of {} steps, loss {:.3f} -> {:.3f}{}\n", final->id, final->state, final->steps_done,
+    fmt::print("job {} {}: {} of {} steps, loss {:.3f} -> {:.3f}{}\n", final->id, actors::to_string(final->state), final->steps_done,
                final->steps_total, final->first_loss, final->last_loss, final->error.empty() ? "" : "; " + final->error);
-    if (final->state != "succeeded") std::exit(1);
+    if (final->state != actors::job_state::succeeded) std::exit(1);
   });
 
   auto sid = std::make_shared<std::string>();

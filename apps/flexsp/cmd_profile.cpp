@@ -53,7 +53,8 @@ expected<std::string> measure(const profile_flags& f, const actors::job_spec& sp
     fmt::print(stderr, "flexsp profile: job {} submitted to {}; timing probes on the cluster's devices\n", job.id(),
                f.address);
     FLEXSP_TRY_ASSIGN(const auto final, job.wait());
-    if (final.state != "succeeded") return make_error(errc::failed, "job {} {}: {}", final.id, final.state, final.error);
+    if (final.state != actors::job_state::succeeded)
+      return make_error(errc::failed, "job {} {}: {}", final.id, actors::to_string(final.state), final.error);
     if (final.calibration.empty()) return make_error(errc::failed, "job {} fitted no profile", final.id);
     return final.calibration;
   }

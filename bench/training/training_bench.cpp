@@ -155,7 +155,7 @@ recovery_trial recovery(int signal_to_send) {
         }
       });
       out.wrong += next != spec.steps;
-      out.state = final ? final->state : final.error().to_string();
+      out.state = final ? std::string{actors::to_string(final->state)} : final.error().to_string();
     }
   }
   if (!nodes.empty()) ::kill(nodes.back(), SIGKILL);

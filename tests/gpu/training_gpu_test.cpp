@@ -28,8 +28,9 @@ job_spec small_job(const std::string& backend, const std::string& collectives) {
   s.model.max_seq = 512;
   s.optimizer.lr = 0.01f;
   s.calibrate = false;
-  s.backend = backend;
-  s.collectives = collectives;
+  // "auto" (or anything else) leaves the choice to the scheduler.
+  if (device_kind k; parse_device_kind(backend, k)) s.backend = k;
+  if (collective_library c; parse_collective_library(collectives, c)) s.collectives = c;
   return s;
 }
 
@@ -98,12 +99,12 @@ void expect_close_to_fp32(const std::function<void(job_spec&)>& precision, bool 
 // bf16 keeps 8 bits of mantissa for Q, K, V and the output: the losses move by well under 1%.
 TEST(TrainingGpu, Bf16AttentionTrainsCloseToTheFp32Job) {
   if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << "no usable GPU: " << why;
-  expect_close_to_fp32([](job_spec& s) { s.model.attention = "bf16"; }, true);
+  expect_close_to_fp32([](job_spec& s) { s.model.attention = attention_precision::bf16; }, true);
 }
 
 TEST(TrainingGpu, Tf32GemmsTrainCloseToTheFp32Job) {
   if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << "no usable GPU: " << why;
-  expect_close_to_fp32([](job_spec& s) { s.model.matmul = "tf32"; }, false);
+  expect_close_to_fp32([](job_spec& s) { s.model.matmul = matmul_precision::tf32; }, false);
 }
 
 TEST(TrainingGpu, GlooCollectivesAlsoCarryAGpuJob) {

@@ -33,7 +33,7 @@ TEST(TrainCluster, KillNineOfOneNodeMidRunFinishesEveryStepOnTheSurvivors) {
     }
   });
   ASSERT_TRUE(final) << final.error().to_string();
-  EXPECT_EQ(final->state, "succeeded") << final->error;
+  EXPECT_EQ(final->state, actors::job_state::succeeded) << final->error;
   ASSERT_EQ(steps.size(), 30u);
   for (std::size_t i = 0; i < steps.size(); ++i) EXPECT_EQ(steps[i].step, i) << "every step committed exactly once, in order";
   EXPECT_EQ(steps.front().devices, 6u);
@@ -62,7 +62,7 @@ TEST(TrainCluster, ANodeStartedMidRunIsUsedFromALaterStep) {
     }
   });
   ASSERT_TRUE(final) << final.error().to_string();
-  EXPECT_EQ(final->state, "succeeded") << final->error;
+  EXPECT_EQ(final->state, actors::job_state::succeeded) << final->error;
   ASSERT_EQ(steps.size(), 24u);
   for (std::size_t i = 0; i < steps.size(); ++i) EXPECT_EQ(steps[i].step, i);
   EXPECT_EQ(steps.front().devices, 4u);

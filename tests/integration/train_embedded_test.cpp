@@ -210,7 +210,7 @@ TEST(JobClient, StepsArePushedAsTheyCommitAndTheEndAtOnce) {
   });
   const auto waited = std::chrono::steady_clock::now() - t0;
   ASSERT_TRUE(final) << final.error().to_string();
-  EXPECT_EQ(final->state, "succeeded") << final->error;
+  EXPECT_EQ(final->state, actors::job_state::succeeded) << final->error;
   EXPECT_EQ(steps, (std::vector<std::uint64_t>{0, 1, 2, 3, 4, 5})) << "every step once, in order";
   EXPECT_LT(waited, std::chrono::seconds{20}) << "the end was not pushed";
 }
@@ -223,7 +223,7 @@ TEST(TrainEmbedded, AJobTrainsOnOneKindOfDevice) {
   auto spec = tiny("flexsp", {});
   spec.checkpoint_dir.clear();
   spec.checkpoint_every = 0;
-  spec.backend = "cpu";
+  spec.backend = device_kind::cpu;
   std::vector<std::uint32_t> devices;
   std::vector<std::string> logs;
   auto job = (*cluster)->jobs().submit(

@@ -30,8 +30,9 @@ job_spec tiny(const std::string& backend, const std::string& collectives, const 
   s.optimizer.lr = 0.01f;
   s.calibrate = false;
   s.milp = false;
-  s.backend = backend;
-  s.collectives = collectives;
+  // "auto" (or anything else) leaves the choice to the scheduler.
+  if (device_kind k; parse_device_kind(backend, k)) s.backend = k;
+  if (collective_library c; parse_collective_library(collectives, c)) s.collectives = c;
   s.strategy = strategy;
   s.checkpoint_dir = dir;
   return s;
@@ -104,8 +105,8 @@ int main(int argc, char** argv) {
     const auto fp32 = run(*cluster, tiny("cuda", "gloo", "flexsp", (dir / "fp32").string()));
     for (const std::string matmul : {"fp32", "tf32"}) {
       auto spec = tiny("cuda", "gloo", "flexsp", (dir / ("bf16-" + matmul)).string());
-      spec.model.attention = "bf16";
-      spec.model.matmul = matmul;
+      spec.model.attention = attention_precision::bf16;
+      (void)parse_matmul_precision(matmul, spec.model.matmul);
       const auto mixed = run(*cluster, spec);
       bool ok = fp32.status.state == job_state::succeeded && mixed.status.state == job_state::succeeded &&
                 fp32.losses.size() == 3 && mixed.losses.size() == 3 && mixed.losses[0] != fp32.losses[0];

@@ -19,19 +19,19 @@ TEST(JobSpec, OnlyStepsIsRequiredAndEverythingElseHasADefault) {
   EXPECT_EQ(s->synthetic, "wikipedia");
   EXPECT_GT(s->batch_size, 0u);
   EXPECT_EQ(s->model.d_model % s->model.heads, 0u);
-  EXPECT_EQ(s->backend, "auto");
-  EXPECT_EQ(s->collectives, "auto");
+  EXPECT_EQ(s->backend, std::nullopt) << "auto";
+  EXPECT_EQ(s->collectives, std::nullopt) << "auto";
 }
 
 TEST(JobSpec, ReadsTheBackendAndTheCollectiveLibrary) {
   auto s = parse_job_spec(R"({"steps": 2, "backend": "cuda", "collectives": "gloo"})");
   ASSERT_TRUE(s) << s.error().to_string();
-  EXPECT_EQ(s->backend, "cuda");
-  EXPECT_EQ(s->collectives, "gloo");
+  EXPECT_EQ(s->backend, device_kind::cuda);
+  EXPECT_EQ(s->collectives, collective_library::gloo);
   auto again = parse_job_spec(job_spec_to_json(*s));
   ASSERT_TRUE(again);
-  EXPECT_EQ(again->backend, "cuda");
-  EXPECT_EQ(again->collectives, "gloo");
+  EXPECT_EQ(again->backend, device_kind::cuda);
+  EXPECT_EQ(again->collectives, collective_library::gloo);
   EXPECT_NE(error_of(R"({"steps": 3, "backend": "tpu"})").find("backend"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "milp": 1})").find("milp"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "milp_min_gap": 2})").find("milp_min_gap"), std::string::npos);
@@ -48,24 +48,24 @@ TEST(JobSpec, ReadsTheBackendAndTheCollectiveLibrary) {
 TEST(JobSpec, ReadsTheAttentionElementTypeAndKeepsBf16OffCpuDevices) {
   auto d = parse_job_spec(R"({"steps": 2})");
   ASSERT_TRUE(d);
-  EXPECT_EQ(d->model.attention, "fp32");
+  EXPECT_EQ(d->model.attention, attention_precision::fp32);
   auto s = parse_job_spec(R"({"steps": 2, "model": {"attention": "bf16"}})");
   ASSERT_TRUE(s) << s.error().to_string();
-  EXPECT_EQ(s->model.attention, "bf16");
+  EXPECT_EQ(s->model.attention, attention_precision::bf16);
   auto again = parse_job_spec(job_spec_to_json(*s));
   ASSERT_TRUE(again) << again.error().to_string();
-  EXPECT_EQ(again->model.attention, "bf16");
+  EXPECT_EQ(again->model.attention, attention_precision::bf16);
   EXPECT_NE(error_of(R"({"steps": 2, "model": {"attention": "fp16"}})").find("model.attention"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 2, "backend": "cpu", "model": {"attention": "bf16"}})").find("CUDA"),
             std::string::npos);
 }
 
 TEST(JobSpec, ReadsTheGemmArithmeticAndKeepsTf32OffCpuDevices) {
-  EXPECT_EQ(parse_job_spec(R"({"steps": 2})")->model.matmul, "fp32");
+  EXPECT_EQ(parse_job_spec(R"({"steps": 2})")->model.matmul, matmul_precision::fp32);
   auto s = parse_job_spec(R"({"steps": 2, "model": {"matmul": "tf32"}})");
   ASSERT_TRUE(s) << s.error().to_string();
-  EXPECT_EQ(s->model.matmul, "tf32");
-  EXPECT_EQ(parse_job_spec(job_spec_to_json(*s))->model.matmul, "tf32");
+  EXPECT_EQ(s->model.matmul, matmul_precision::tf32);
+  EXPECT_EQ(parse_job_spec(job_spec_to_json(*s))->model.matmul, matmul_precision::tf32);
   EXPECT_NE(error_of(R"({"steps": 2, "model": {"matmul": "bf16"}})").find("model.matmul"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 2, "backend": "cpu", "model": {"matmul": "tf32"}})").find("CUDA"),
             std::string::npos);

@@ -81,9 +81,6 @@ struct step_metrics {
   std::string to_json() const;
 };
 
-enum class job_state : std::uint8_t { pending, running, succeeded, failed, cancelled };
-std::string_view to_string(job_state s) noexcept;
-
 struct job_status {
   std::string id;
   std::string name;
@@ -97,7 +94,7 @@ struct job_status {
   std::string error;
   std::string calibration;        ///< the fitted profile, JSON ("" when not calibrated)
   std::uint64_t final_checksum = 0;
-  bool terminal() const { return state == job_state::succeeded || state == job_state::failed || state == job_state::cancelled; }
+  bool terminal() const { return is_terminal(state); }
 };
 
 /// A checkpoint the job can resume from (one line of `<dir>/latest.json`).
@@ -344,8 +341,8 @@ private:
   std::set<std::uint64_t> looking_up_;               // lookups in flight
   std::set<std::uint64_t> lost_nodes_;
   std::uint32_t next_device_ = 0;
-  std::string backend_;      ///< "cpu" / "cuda"; empty until the first devices are offered
-  std::string collectives_;  ///< "gloo" / "nccl"
+  std::optional<device_kind> backend_;  ///< decided when the first devices are offered
+  collective_library collectives_ = collective_library::gloo;
   std::uint64_t epoch_ = 0;
 
   std::map<std::uint64_t, std::uint32_t> joins_;     // join tag -> device

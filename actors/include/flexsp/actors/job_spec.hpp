@@ -17,6 +17,7 @@
 /// the field (`model.d_model: must be divisible by model.heads (4)`).
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -71,13 +72,13 @@ struct job_spec {
   bool milp = true;
   double milp_min_gap = 0.05;
   std::uint32_t min_devices = 1;
-  /// Which devices the job trains on: "cpu", "cuda", or "auto" (cuda when the cluster offers a
-  /// CUDA device when the job starts, cpu otherwise). A job uses one kind: replicas must stay
-  /// bitwise equal, and CPU and GPU kernels round differently.
-  std::string backend = "auto";
-  /// Collective library: "gloo" (TCP, any device), "nccl" (CUDA devices), or "auto" (nccl on
-  /// cuda, gloo on cpu).
-  std::string collectives = "auto";
+  /// Which devices the job trains on: cpu, cuda, or none for "auto" (cuda when the cluster
+  /// offers a CUDA device when the job starts, cpu otherwise). A job uses one kind: replicas
+  /// must stay bitwise equal, and CPU and GPU kernels round differently.
+  std::optional<device_kind> backend;
+  /// Collective library: gloo (TCP, any device), nccl (CUDA devices), or none for "auto" (nccl
+  /// on cuda, gloo on cpu).
+  std::optional<collective_library> collectives;
   fault_settings fault;
 
   /// Learning rate of `step` (0-based): linear warmup to optimizer.lr over `warmup` steps.

@@ -21,14 +21,15 @@ namespace flexsp::actors {
 /// Why only CUDA devices can train this shape ("bf16 attention runs on CUDA devices only"), or
 /// empty when any device can.
 inline std::string cuda_only_reason(const model_shape& m) {
-  if (m.attention == "bf16") return "bf16 attention runs on CUDA devices only";
-  if (m.matmul == "tf32") return "tf32 GEMMs run on CUDA devices only";
+  if (m.attention == attention_precision::bf16) return "bf16 attention runs on CUDA devices only";
+  if (m.matmul == matmul_precision::tf32) return "tf32 GEMMs run on CUDA devices only";
   return {};
 }
 
-/// True once the job has ended (succeeded, failed or cancelled).
-inline bool terminal(const job_info& j) {
-  return j.state == "succeeded" || j.state == "failed" || j.state == "cancelled";
+/// True for the states a job ends in (succeeded, failed, cancelled).
+inline bool is_terminal(job_state s) {
+  return s == job_state::succeeded || s == job_state::failed || s == job_state::cancelled;
 }
+inline bool terminal(const job_info& j) { return is_terminal(j.state); }
 
 }  // namespace flexsp::actors
