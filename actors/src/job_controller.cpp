@@ -432,7 +432,8 @@ void job_controller::on(const device_down& e) {
     device_id id{name.substr(0, colon), static_cast<std::uint32_t>(std::stoul(name.substr(colon + 1)))};
     auto& wanted = pending_nodes_[node];
     if (std::find(wanted.begin(), wanted.end(), id) == wanted.end()) wanted.push_back(id);
-    request_lookups();
+    // Looked up on the next tick, not now: when its process died, the head's loss report
+    // (a closed connection is seen at once) usually comes first and saves a futile join.
   }
   if (member) {
     if ((phase_ == phase::running || phase_ == phase::calibrating) && current_) {

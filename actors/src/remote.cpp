@@ -227,7 +227,9 @@ struct actor_host::impl {
     }
   }
 
-  // Takes the monitored proxies of `host` out (mutex held); they are down, and so leave the cache.
+  // Takes the monitored proxies of `host` out (mutex held): they go down, and so leave the cache.
+  // Proxies nobody monitors stay up: their next send reconnects (after the backoff), as a
+  // broken connection need not mean a dead process.
   std::vector<core::detail::intrusive_ptr<remote_proxy>> take_watched_locked(const std::string& host) {
     std::vector<core::detail::intrusive_ptr<remote_proxy>> out;
     for (auto it = watched.begin(); it != watched.end();) {
@@ -238,13 +240,11 @@ struct actor_host::impl {
         ++it;
       }
     }
-    for (auto it = proxies.begin(); it != proxies.end();) {
-      if (it->first.first == host) {
-        for (auto& p : it->second) out.push_back(p);
-        it = proxies.erase(it);
-      } else {
-        ++it;
-      }
+    for (auto& p : out) {
+      auto c = proxies.find({p->where().host, p->where().actor_id});
+      if (c == proxies.end()) continue;
+      std::erase(c->second, p);
+      if (c->second.empty()) proxies.erase(c);
     }
     return out;
   }

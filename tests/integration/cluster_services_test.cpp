@@ -510,4 +510,17 @@ TEST_F(RemoteActors, AnActorMonitoringAProxyGetsItsDownNoticeAsAMessage) {
   EXPECT_EQ(fut.get().reason, core::exit_reason::normal);
 }
 
+TEST_F(RemoteActors, AProxyNobodyMonitorsOutlivesALostConnectionAndReconnects) {
+  auto remote = client->proxy<adder>(where);
+  ASSERT_TRUE(remote.ask(total_query{}, 5s).get());
+  client->mark_dead(where.host, "a partition");  // the connection is cut, sends fail at once
+  auto cut = remote.ask(total_query{}, 5s).get();
+  ASSERT_FALSE(cut);
+  EXPECT_EQ(cut.error().kind(), errc::disconnected);
+  EXPECT_TRUE(remote.alive()) << "nobody monitors it: it does not go down";
+  client->mark_alive(where.host);
+  auto again = remote.ask(total_query{}, 5s).get();
+  ASSERT_TRUE(again) << again.error().to_string();
+}
+
 }  // namespace

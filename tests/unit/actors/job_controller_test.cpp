@@ -648,19 +648,22 @@ TEST(JobController, AnUnreachableDeviceLeavesAtOnceAndRejoinsWhileItsNodeIsAMemb
   // Device 1's connection breaks mid step 1; the head still counts its node alive.
   c.feed(device_down{1, "connection to node1:1 lost"});
   EXPECT_TRUE(c.logged("device 1 (cpu:1) unreachable"));
-  // Step 1 is re-run; its device was found again meanwhile and rejoins under a new index,
-  // taking the state from the live replica.
+  ASSERT_EQ(c.waiting_plans().size(), 1u) << "step 1 re-runs at once on the device left";
+  EXPECT_EQ(c.waiting_plans().at(0).world, (std::vector<std::uint32_t>{0}));
+  c.advance(100ms);  // the next lookup tick finds the device again
+  c.reply_all();     // step 1 commits on device 0
+  // It rejoins at the step boundary under a new index, taking the state from the live replica.
   ASSERT_EQ(c.joins.size(), 3u);
   EXPECT_EQ(c.joins.back().device, 2u);
   ASSERT_EQ(c.waiting_plans().size(), 2u);
-  EXPECT_EQ(c.waiting_plans().at(2).step, 1u);
+  EXPECT_EQ(c.waiting_plans().at(2).step, 2u);
   EXPECT_EQ(c.waiting_plans().at(2).world, (std::vector<std::uint32_t>{0, 2}));
   EXPECT_EQ(c.waiting_plans().at(2).sync_source, 0);
-  c.reply_all();
   c.reply_all();
   ASSERT_TRUE(c.finished);
   EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
   EXPECT_EQ(c.metrics.at(1).retried, 1u);
+  EXPECT_EQ(c.metrics.at(1).devices, 1u);
   EXPECT_EQ(c.metrics.at(2).devices, 2u);
 }
 

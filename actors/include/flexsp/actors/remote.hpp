@@ -26,7 +26,8 @@
 ///   when it terminates (or `normal` when its host stops publishing it), or with
 ///   `exit_reason::unreachable` when the connection to its process is lost or the process is
 ///   marked dead (`mark_dead`, e.g. after the head reported its node lost). A proxy that went
-///   down stays down (sends fail with errc::disconnected); ask `proxy` again for a fresh one.
+///   down stays down (sends fail with errc::disconnected); ask `proxy` again for a fresh one. A
+///   proxy nobody monitors does not go down with a lost connection: its next send reconnects.
 ///   `stop` and `kill` on a proxy do nothing: the remote actor's own process decides.
 /// - After a broken connection the host reconnects on the next send, waiting an exponential
 ///   backoff between attempts; sends inside the backoff window, and to hosts marked dead, fail at
