@@ -208,6 +208,8 @@ struct actor_host::impl {
         // Queued messages leave before any later send: both happen under this lock.
         for (auto& m : p.queued) conn->send(*m);
         p.queued.clear();
+        for (auto& [_, a] : asks)
+          if (a.host == host && a.conn == nullptr) a.conn = conn.get();
       } else {
         p.queued.clear();
         p.state = peer::state_t::down;
@@ -307,7 +309,9 @@ struct actor_host::impl {
   std::vector<reply_fn> take_asks_locked(const std::string& host, const net::connection* conn) {
     std::vector<reply_fn> out;
     for (auto it = asks.begin(); it != asks.end();) {
-      if (it->second.host == host && (conn == nullptr || it->second.conn == conn || it->second.conn == nullptr)) {
+      // A closed connection fails only the asks sent on it: asks queued for a newer connection
+      // attempt (conn still null) wait for that attempt.
+      if (it->second.host == host && (conn == nullptr || it->second.conn == conn)) {
         if (it->second.timer) loop.cancel(it->second.timer);
         out.push_back(std::move(it->second.done));
         it = asks.erase(it);
