@@ -191,7 +191,7 @@ void device_trainer::handle(join_job m) {
       j->setup = m;
       j->scheduler = scheduler;
       j->retirer = retirer_;
-      const bool on_gpu = context_.device.kind == "cuda";
+      const bool on_gpu = context_.device.kind == device_kind::cuda;
       if (on_gpu) {
         FLEXSP_TRY_ASSIGN(auto dev, gpu());
         FLEXSP_TRY_ASSIGN(j->state, make_gpu_replica(std::move(dev), m.model, m.seed, m.optimizer));

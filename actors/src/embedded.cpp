@@ -80,7 +80,7 @@ expected<std::unique_ptr<embedded_cluster>> embedded_cluster::start(int nodes, i
 
 expected<std::size_t> embedded_cluster::add_node(int devices) {
   std::vector<device_id> cpus;
-  for (int d = 0; d < devices; ++d) cpus.push_back(device_id{"cpu", static_cast<std::uint32_t>(d)});
+  for (int d = 0; d < devices; ++d) cpus.push_back(device_id{device_kind::cpu, static_cast<std::uint32_t>(d)});
   return add_node(std::move(cpus));
 }
 

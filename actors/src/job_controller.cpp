@@ -429,7 +429,8 @@ void job_controller::on(const device_down& e) {
     // Its node may be fine (a connection can break without a process dying): find the device
     // again; a dead node's loss reaches us through membership meanwhile.
     const auto colon = name.find(':');
-    device_id id{name.substr(0, colon), static_cast<std::uint32_t>(std::stoul(name.substr(colon + 1)))};
+    device_id id{device_kind::cpu, static_cast<std::uint32_t>(std::stoul(name.substr(colon + 1)))};
+    (void)parse_device_kind(name.substr(0, colon), id.kind);
     auto& wanted = pending_nodes_[node];
     if (std::find(wanted.begin(), wanted.end(), id) == wanted.end()) wanted.push_back(id);
     // Looked up on the next tick, not now: when its process died, the head's loss report
@@ -456,7 +457,7 @@ void job_controller::resolve_backend() {
   if (backend_ || pending_nodes_.empty()) return;
   bool any_cuda = false;
   for (const auto& [_, devs] : pending_nodes_)
-    for (const auto& d : devs) any_cuda = any_cuda || d.kind == to_string(device_kind::cuda);
+    for (const auto& d : devs) any_cuda = any_cuda || d.kind == device_kind::cuda;
   // NCCL collectives, bf16 attention and tf32 GEMMs exist on CUDA devices only.
   const bool needs_cuda = spec_.collectives == collective_library::nccl || !cuda_only_reason(spec_.model).empty();
   backend_ = spec_.backend ? *spec_.backend : (any_cuda || needs_cuda) ? device_kind::cuda : device_kind::cpu;
@@ -476,7 +477,7 @@ void job_controller::request_lookups() {
     }
     lookup_devices l{node, {}};
     for (const auto& d : it->second)
-      if (backend_ && d.kind == to_string(*backend_)) l.devices.push_back(d.to_string());
+      if (d.kind == backend_) l.devices.push_back(d.to_string());
     if (l.devices.empty()) {  // nothing of the job's kind on this node
       it = pending_nodes_.erase(it);
       continue;

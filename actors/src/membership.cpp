@@ -25,12 +25,12 @@ expected<std::vector<device_id>> parse_devices(std::string_view spec, int cuda_c
       auto n = parse_uint(rest);
       if (!n || *n == 0 || *n > 4096)
         return make_error(errc::invalid_argument, "device spec '{}': cpu count must be a number in 1..4096", part);
-      for (std::uint32_t i = 0; i < *n; ++i) out.push_back({"cpu", i});
+      for (std::uint32_t i = 0; i < *n; ++i) out.push_back({device_kind::cpu, i});
     } else if (kind == "cuda") {
       if (rest == "all") {
         if (cuda_count <= 0)
           return make_error(errc::invalid_argument, "device spec '{}': no CUDA device is available here", part);
-        for (int i = 0; i < cuda_count; ++i) out.push_back({"cuda", static_cast<std::uint32_t>(i)});
+        for (int i = 0; i < cuda_count; ++i) out.push_back({device_kind::cuda, static_cast<std::uint32_t>(i)});
       } else {
         std::string_view list = rest;
         if (list.empty()) return make_error(errc::invalid_argument, "device spec '{}': no CUDA index given", part);
@@ -43,7 +43,7 @@ expected<std::vector<device_id>> parse_devices(std::string_view spec, int cuda_c
           if (cuda_count >= 0 && *idx >= static_cast<std::uint64_t>(cuda_count))
             return make_error(errc::invalid_argument, "device spec '{}': cuda:{} does not exist ({} CUDA devices here)",
                               part, *idx, cuda_count);
-          out.push_back({"cuda", static_cast<std::uint32_t>(*idx)});
+          out.push_back({device_kind::cuda, static_cast<std::uint32_t>(*idx)});
           list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
         }
       }

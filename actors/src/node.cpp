@@ -247,7 +247,7 @@ expected<std::unique_ptr<node_service>> node_service::start(net::event_loop& loo
   hc.transport = config.transport;
   FLEXSP_TRY_ASSIGN(i->host, actor_host::start(loop, hc));
   i->cpu_devices = static_cast<int>(
-      std::count_if(config.devices.begin(), config.devices.end(), [](const device_id& d) { return d.kind == "cpu"; }));
+      std::count_if(config.devices.begin(), config.devices.end(), [](const device_id& d) { return d.kind == device_kind::cpu; }));
   if (i->cpu_devices > 0)
     log::get("device")->info("{} cpu devices here; CPU GEMM threads per device: {}", i->cpu_devices,
                              kernels::add_cpu_devices(i->cpu_devices));

@@ -9,7 +9,7 @@ namespace flexsp::actors::detail {
 
 inline void to_wire(const std::vector<device_id>& devices, capnp::List<wire::schema::Device>::Builder out) {
   for (unsigned i = 0; i < devices.size(); ++i) {
-    out[i].setKind(devices[i].kind);
+    out[i].setKind(std::string{to_string(devices[i].kind)});
     out[i].setIndex(devices[i].index);
     out[i].setDescription(devices[i].description);
   }
@@ -29,7 +29,11 @@ inline void to_wire(const node_record& r, wire::schema::NodeInfo::Builder b) {
 inline std::vector<device_id> from_wire(capnp::List<wire::schema::Device>::Reader list) {
   std::vector<device_id> out;
   out.reserve(list.size());
-  for (auto d : list) out.push_back({std::string{d.getKind().cStr()}, d.getIndex(), std::string{d.getDescription().cStr()}});
+  for (auto d : list) {
+    device_kind kind{};
+    if (!parse_device_kind(d.getKind().cStr(), kind)) continue;  // a kind this build cannot use
+    out.push_back({kind, d.getIndex(), std::string{d.getDescription().cStr()}});
+  }
   return out;
 }
 

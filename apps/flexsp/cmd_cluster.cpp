@@ -267,7 +267,7 @@ void run_node(const common_flags& f, const std::string& address_flag, const std:
   cfg.devices = check(actors::parse_devices(devices_spec, cuda_count));
   for (auto& d : cfg.devices)
     for (const auto& g : cuda.devices)
-      if (d.kind == "cuda" && g.index == static_cast<int>(d.index))
+      if (d.kind == actors::device_kind::cuda && g.index == static_cast<int>(d.index))
         d.description = fmt::format("{} (sm_{}{}, {:.1f} GiB)", g.name, g.compute_capability_major,
                                     g.compute_capability_minor, static_cast<double>(g.memory_bytes) / (1u << 30));
   std::string listed;
@@ -342,7 +342,7 @@ nlohmann::json status_json(const actors::cluster_status& s, const std::string& a
     nlohmann::json details = nlohmann::json::array();
     for (const auto& d : n.devices) {
       devs.push_back(d.to_string());
-      nlohmann::json dj{{"device", d.to_string()}, {"backend", d.kind}};
+      nlohmann::json dj{{"device", d.to_string()}, {"backend", std::string{actors::to_string(d.kind)}}};
       if (!d.description.empty()) dj["description"] = d.description;
       details.push_back(std::move(dj));
     }

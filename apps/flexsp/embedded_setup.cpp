@@ -22,7 +22,8 @@ expected<embedded_run> start_embedded(const std::string& devices, int nodes) {
   if (nodes < 1 || nodes > run.devices || run.devices % nodes != 0)
     return make_error(errc::invalid_argument, "--nodes {} must divide the {} devices", nodes, run.devices);
   for (const auto& d : *devs)
-    if (run.kinds.find(d.kind) == std::string::npos) run.kinds += (run.kinds.empty() ? "" : "+") + d.kind;
+    if (const std::string kind{actors::to_string(d.kind)}; run.kinds.find(kind) == std::string::npos)
+      run.kinds += (run.kinds.empty() ? "" : "+") + kind;
   auto cluster = actors::embedded_cluster::start(0, 0);
   if (!cluster) return make_error(cluster.error().kind(), "cannot start the embedded cluster: {}", cluster.error().message());
   const auto per = static_cast<std::ptrdiff_t>(run.devices / nodes);

@@ -59,7 +59,7 @@ TEST(TrainingGpu, AJobOnAGpuDeviceMatchesTheSameJobOnTheCpu) {
   if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << "no usable GPU: " << why;
   auto cluster = embedded_cluster::start(0, 0);
   ASSERT_TRUE(cluster) << cluster.error().to_string();
-  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{"cpu", 0}, {"cuda", 0}}));
+  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{device_kind::cpu, 0}, {device_kind::cuda, 0}}));
 
   const auto cpu = run_job(**cluster, small_job("cpu", "auto"));
   const auto gpu = run_job(**cluster, small_job("cuda", "auto"));
@@ -80,7 +80,7 @@ TEST(TrainingGpu, AJobOnAGpuDeviceMatchesTheSameJobOnTheCpu) {
 void expect_close_to_fp32(const std::function<void(job_spec&)>& precision, bool must_differ) {
   auto cluster = embedded_cluster::start(0, 0);
   ASSERT_TRUE(cluster) << cluster.error().to_string();
-  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{"cuda", 0}}));
+  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{device_kind::cuda, 0}}));
   const auto fp32 = run_job(**cluster, small_job("cuda", "auto"));
   auto spec = small_job("cuda", "auto");
   precision(spec);
@@ -111,7 +111,7 @@ TEST(TrainingGpu, GlooCollectivesAlsoCarryAGpuJob) {
   if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << "no usable GPU: " << why;
   auto cluster = embedded_cluster::start(0, 0);
   ASSERT_TRUE(cluster) << cluster.error().to_string();
-  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{"cuda", 0}}));
+  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{device_kind::cuda, 0}}));
   auto spec = small_job("cuda", "gloo");
   std::random_device rd;
   const auto dir = fs::temp_directory_path() / fmt::format("flexsp-gpu-ckpt-{:x}", rd());

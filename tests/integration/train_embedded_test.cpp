@@ -219,7 +219,7 @@ TEST(TrainEmbedded, AJobTrainsOnOneKindOfDevice) {
   auto cluster = embedded_cluster::start(1, 2);
   ASSERT_TRUE(cluster) << cluster.error().to_string();
   // A second node offers a GPU device; a cpu job leaves it alone (it never opens its GPU).
-  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{"cuda", 0}}));
+  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{device_kind::cuda, 0}}));
   auto spec = tiny("flexsp", {});
   spec.checkpoint_dir.clear();
   spec.checkpoint_every = 0;
@@ -244,7 +244,7 @@ TEST(TrainEmbedded, ACudaDeviceWithoutAUsableGpuIsRefusedWithTheReason) {
     GTEST_SKIP() << "a GPU is usable here; tests/gpu trains on it";
   auto cluster = embedded_cluster::start(0, 0);
   ASSERT_TRUE(cluster) << cluster.error().to_string();
-  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{"cuda", 0}}));
+  ASSERT_TRUE((*cluster)->add_node(std::vector<device_id>{{device_kind::cuda, 0}}));
   auto spec = tiny("flexsp", {});
   spec.checkpoint_dir.clear();
   spec.checkpoint_every = 0;

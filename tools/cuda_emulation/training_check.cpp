@@ -71,10 +71,10 @@ int main(int argc, char** argv) {
     for (const std::string collectives : {"gloo", "nccl"}) {
       auto cluster = embedded_cluster::start(0, 0).value();
       std::vector<device_id> cpus;
-      for (int i = 0; i < n; ++i) cpus.push_back({"cpu", static_cast<std::uint32_t>(i)});
+      for (int i = 0; i < n; ++i) cpus.push_back({device_kind::cpu, static_cast<std::uint32_t>(i)});
       (void)cluster->add_node(cpus);
       // One GPU node now; the others join after the first step and get the state by broadcast.
-      (void)cluster->add_node(std::vector<device_id>{{"cuda", 0}});
+      (void)cluster->add_node(std::vector<device_id>{{device_kind::cuda, 0}});
       const auto tag = strategy + "-" + collectives;
       const auto cpu = run(*cluster, tiny("cpu", "gloo", strategy, (dir / ("cpu-" + tag)).string()));
       const auto gpu = run(*cluster, tiny("cuda", collectives, strategy, (dir / ("cuda-" + tag)).string()),
@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
                              if (step == 0)
                                for (int i = 1; i < n; ++i)
                                  (void)cluster->add_node(
-                                     std::vector<device_id>{{"cuda", static_cast<std::uint32_t>(i)}});
+                                     std::vector<device_id>{{device_kind::cuda, static_cast<std::uint32_t>(i)}});
                            });
       bool ok = cpu.status.state == job_state::succeeded && gpu.status.state == job_state::succeeded &&
                 cpu.losses.size() == 3 && gpu.losses.size() == 3;
@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
     // Mixed precision against the fp32 job on the same emulated GPU: bf16 attention, and bf16
     // attention with tf32 GEMMs (computed in fp32 by the emulated cuBLAS).
     auto cluster = embedded_cluster::start(0, 0).value();
-    (void)cluster->add_node(std::vector<device_id>{{"cuda", 0}});
+    (void)cluster->add_node(std::vector<device_id>{{device_kind::cuda, 0}});
     const auto fp32 = run(*cluster, tiny("cuda", "gloo", "flexsp", (dir / "fp32").string()));
     for (const std::string matmul : {"fp32", "tf32"}) {
       auto spec = tiny("cuda", "gloo", "flexsp", (dir / ("bf16-" + matmul)).string());

@@ -46,7 +46,7 @@ public:
     node_record n;
     n.id = id;
     n.address = fmt::format("node{}:1", id);
-    for (int i = 0; i < devices; ++i) n.devices.push_back(device_id{"cpu", static_cast<std::uint32_t>(i)});
+    for (int i = 0; i < devices; ++i) n.devices.push_back(device_id{device_kind::cpu, static_cast<std::uint32_t>(i)});
     return n;
   }
   void start(std::vector<std::pair<std::uint64_t, int>> nodes, std::optional<checkpoint_point> resume = {}) {

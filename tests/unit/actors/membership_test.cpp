@@ -13,8 +13,8 @@ using time_point = membership_table::time_point;
 TEST(Membership, EveryJoinAndLossRaisesTheEpochByOne) {
   membership_table t;
   const time_point t0{};
-  auto a = t.join("127.0.0.1:1", {{"cpu", 0}}, 10, t0);
-  auto b = t.join("127.0.0.1:2", {{"cpu", 0}}, 11, t0);
+  auto a = t.join("127.0.0.1:1", {{device_kind::cpu, 0}}, 10, t0);
+  auto b = t.join("127.0.0.1:2", {{device_kind::cpu, 0}}, 11, t0);
   EXPECT_EQ(a.epoch, 1u);
   EXPECT_EQ(b.epoch, 2u);
   EXPECT_NE(a.node.id, b.node.id);
@@ -97,12 +97,12 @@ TEST(DeviceSpec, AutoIsEveryGpuOrOneCpu) {
   auto cpu = parse_devices("auto", 0);
   ASSERT_TRUE(cpu);
   ASSERT_EQ(cpu->size(), 1u);
-  EXPECT_EQ((*cpu)[0].kind, "cpu");
+  EXPECT_EQ((*cpu)[0].kind, device_kind::cpu);
 }
 
 TEST(DeviceSpec, TheDescriptionIsNotPartOfTheIdentity) {
-  EXPECT_EQ((device_id{"cuda", 1, "NVIDIA H200"}), (device_id{"cuda", 1}));
-  EXPECT_NE((device_id{"cuda", 1}), (device_id{"cpu", 1}));
+  EXPECT_EQ((device_id{device_kind::cuda, 1, "NVIDIA H200"}), (device_id{device_kind::cuda, 1}));
+  EXPECT_NE((device_id{device_kind::cuda, 1}), (device_id{device_kind::cpu, 1}));
 }
 
 TEST(DeviceSpec, NamesWhatIsWrong) {

@@ -17,16 +17,17 @@
 #include <string_view>
 #include <vector>
 
+#include "flexsp/actors/training.msg.hpp"
 #include "flexsp/core/error.hpp"
 
 namespace flexsp::actors {
 
 /// One device a node offers: `cpu:3`, `cuda:0`.
 struct device_id {
-  std::string kind;  ///< "cpu" or "cuda": the compute backend the device runs
+  device_kind kind = device_kind::cpu;  ///< the compute backend the device runs
   std::uint32_t index = 0;
   std::string description{};  ///< what the hardware is ("NVIDIA H200 (sm_90, 139.8 GiB)"); not part of identity
-  std::string to_string() const { return kind + ":" + std::to_string(index); }
+  std::string to_string() const { return std::string{actors::to_string(kind)} + ":" + std::to_string(index); }
   friend bool operator==(const device_id& a, const device_id& b) { return a.kind == b.kind && a.index == b.index; }
 };
 
