@@ -27,6 +27,12 @@ enum DeviceKind {
   cuda @1;
 }
 
+enum StrategyKind {
+  flexsp @0;                      # FlexSP: SP groups of mixed degrees, planned per batch
+  batchada @1;                    # the best single degree per batch
+  staticDegree @2;                # every sequence at one degree ("static:D")
+}
+
 enum JobState {
   pending @0;
   running @1;

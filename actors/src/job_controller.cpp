@@ -592,7 +592,7 @@ void job_controller::gathering_done() {
   if (!calibrated_) {
     calibrated_ = true;
     log(fmt::format("{} devices joined (epoch {}); strategy {}, {} steps of {} sequences", devices_.size(), epoch_,
-                    spec_.strategy, spec_.steps, spec_.batch_size));
+                    spec_.strategy.to_string(), spec_.steps, spec_.batch_size));
     if (spec_.calibrate && step_ < spec_.steps) {
       start_calibration();
       return;
@@ -897,8 +897,8 @@ int job_controller::devices_per_node() const {
 }
 
 std::string job_controller::strategy_for(int n) const {
-  if (spec_.strategy.rfind("static:", 0) != 0) return spec_.strategy;
-  int d = std::stoi(spec_.strategy.substr(7));
+  if (spec_.strategy.kind != strategy_kind::static_degree) return spec_.strategy.to_string();
+  int d = static_cast<int>(spec_.strategy.degree);
   while (d > n) d /= 2;
   return fmt::format("static:{}", std::max(d, 1));
 }

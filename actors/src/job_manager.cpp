@@ -81,7 +81,7 @@ expected<std::shared_ptr<scheduled_job>> job_manager::submit(const job_spec& spe
   auto job = scheduled_job::start(id, spec, config_, std::move(on_metrics), std::move(on_log));
   std::lock_guard lock{mutex_};
   jobs_[id] = job;
-  log::get("scheduler")->info("job {} submitted ({} steps, strategy {})", id, spec.steps, spec.strategy);
+  log::get("scheduler")->info("job {} submitted ({} steps, strategy {})", id, spec.steps, spec.strategy.to_string());
   return job;
 }
 

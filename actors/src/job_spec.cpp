@@ -11,6 +11,28 @@ namespace flexsp::actors {
 
 using json = nlohmann::json;
 
+std::string job_strategy::to_string() const {
+  if (kind == strategy_kind::static_degree) return fmt::format("static:{}", degree);
+  return std::string{actors::to_string(kind)};
+}
+
+expected<job_strategy> job_strategy::parse(std::string_view text) {
+  job_strategy s;
+  if (text.rfind("static:", 0) == 0) {
+    const auto digits = text.substr(7);
+    bool ok = !digits.empty() && digits.size() <= 6;
+    for (char c : digits) ok = ok && std::isdigit(static_cast<unsigned char>(c));
+    if (ok) {
+      s.kind = strategy_kind::static_degree;
+      s.degree = static_cast<std::uint32_t>(std::stoul(std::string{digits}));
+      if (s.degree >= 1) return s;
+    }
+  } else if (text != "static_degree" && parse_strategy_kind(text, s.kind)) {
+    return s;
+  }
+  return make_error(errc::invalid_argument, "'{}' is not one of flexsp, batchada, static:D (D >= 1)", text);
+}
+
 float job_spec::lr_at(std::uint64_t step) const {
   if (warmup == 0 || step + 1 >= warmup) return optimizer.lr;
   return optimizer.lr * static_cast<float>(step + 1) / static_cast<float>(warmup);
@@ -117,12 +139,8 @@ expected<void> validate_job_spec(const job_spec& s) {
     if (std::find(kinds.begin(), kinds.end(), s.synthetic) == kinds.end())
       return bad("data.synthetic", fmt::format("unknown generator '{}' (known: {})", s.synthetic, fmt::join(kinds, ", ")));
   }
-  if (s.strategy != "flexsp" && s.strategy != "batchada") {
-    bool ok = s.strategy.rfind("static:", 0) == 0 && s.strategy.size() > 7 && s.strategy.size() <= 13;
-    for (std::size_t i = 7; ok && i < s.strategy.size(); ++i) ok = std::isdigit(static_cast<unsigned char>(s.strategy[i]));
-    if (!ok || std::stoll(s.strategy.substr(7)) < 1)
-      return bad("strategy", fmt::format("'{}' is not one of flexsp, batchada, static:D (D >= 1)", s.strategy));
-  }
+  if (s.strategy.kind == strategy_kind::static_degree && s.strategy.degree < 1)
+    return bad("strategy", "static:D needs a degree D >= 1");
   if (!(s.optimizer.lr > 0) || !std::isfinite(s.optimizer.lr) || s.optimizer.lr > 10) return bad("optimizer.lr", "must be in (0, 10]");
   if (!(s.optimizer.weight_decay >= 0) || s.optimizer.weight_decay > 10)
     return bad("optimizer.weight_decay", "must be in [0, 10]");
@@ -160,7 +178,13 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   FLEXSP_TRY(read_string(j, "name", "", s.name));
   FLEXSP_TRY(read_uint(j, "steps", "", s.steps));
   FLEXSP_TRY(read_uint(j, "batch_size", "", s.batch_size));
-  FLEXSP_TRY(read_string(j, "strategy", "", s.strategy));
+  if (j.contains("strategy")) {
+    std::string text;
+    FLEXSP_TRY(read_string(j, "strategy", "", text));
+    auto parsed = job_strategy::parse(text);
+    if (!parsed) return make_error(errc::invalid_argument, "strategy: {}", parsed.error().message());
+    s.strategy = *parsed;
+  }
   FLEXSP_TRY(read_uint(j, "seed", "", s.seed));
   FLEXSP_TRY(read_uint(j, "collective_timeout_ms", "", s.collective_timeout_ms));
   FLEXSP_TRY(read_number(j, "planner_time_limit_ms", "", s.planner_time_limit_ms));
@@ -233,7 +257,7 @@ std::string job_spec_to_json(const job_spec& s) {
   j["name"] = s.name;
   j["steps"] = s.steps;
   j["batch_size"] = s.batch_size;
-  j["strategy"] = s.strategy;
+  j["strategy"] = s.strategy.to_string();
   j["seed"] = s.seed;
   j["model"] = {{"layers", s.model.layers}, {"d_model", s.model.d_model}, {"heads", s.model.heads},
                 {"vocab", s.model.vocab}, {"max_seq", s.model.max_seq}, {"attention", to_string(s.model.attention)},

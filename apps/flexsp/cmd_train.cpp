@@ -101,7 +101,7 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
              "sequences ({}), strategy {}\n",
              run->devices, run->kinds, f.nodes, spec->model.layers, spec->model.d_model, spec->model.heads, spec->model.max_seq,
              spec->steps, spec->batch_size, spec->data_path.empty() ? "synthetic " + spec->synthetic + " lengths" : spec->data_path,
-             spec->strategy);
+             spec->strategy.to_string());
   std::fflush(stdout);
   std::uint64_t milp_solves = 0;
   double sum_step = 0, sum_solve = 0, sum_overhead = 0, sum_err = 0, sum_pred = 0;

@@ -23,7 +23,7 @@ job_spec tiny(std::string strategy, const fs::path& dir) {
   s.name = "equiv";
   s.steps = 2;
   s.batch_size = 16;
-  s.strategy = std::move(strategy);
+  s.strategy = job_strategy::parse(strategy).value();
   s.model.layers = 2;
   s.model.d_model = 32;
   s.model.heads = 4;

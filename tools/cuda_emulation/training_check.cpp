@@ -33,7 +33,7 @@ job_spec tiny(const std::string& backend, const std::string& collectives, const 
   // "auto" (or anything else) leaves the choice to the scheduler.
   if (device_kind k; parse_device_kind(backend, k)) s.backend = k;
   if (collective_library c; parse_collective_library(collectives, c)) s.collectives = c;
-  s.strategy = strategy;
+  s.strategy = job_strategy::parse(strategy).value();
   s.checkpoint_dir = dir;
   return s;
 }

@@ -15,7 +15,7 @@ TEST(JobSpec, OnlyStepsIsRequiredAndEverythingElseHasADefault) {
   auto s = parse_job_spec(R"({"steps": 7})");
   ASSERT_TRUE(s) << s.error().to_string();
   EXPECT_EQ(s->steps, 7u);
-  EXPECT_EQ(s->strategy, "flexsp");
+  EXPECT_EQ(s->strategy.kind, strategy_kind::flexsp);
   EXPECT_EQ(s->synthetic, "wikipedia");
   EXPECT_GT(s->batch_size, 0u);
   EXPECT_EQ(s->model.d_model % s->model.heads, 0u);
@@ -79,7 +79,9 @@ TEST(JobSpec, ReadsEveryDocumentedKey) {
   ASSERT_TRUE(s) << s.error().to_string();
   EXPECT_EQ(s->name, "demo");
   EXPECT_EQ(s->batch_size, 16u);
-  EXPECT_EQ(s->strategy, "static:2");
+  EXPECT_EQ(s->strategy.kind, strategy_kind::static_degree);
+  EXPECT_EQ(s->strategy.degree, 2u);
+  EXPECT_EQ(s->strategy.to_string(), "static:2");
   EXPECT_EQ(s->seed, 9u);
   EXPECT_EQ(s->model.layers, 3u);
   EXPECT_EQ(s->model.d_model, 96u);
@@ -110,6 +112,9 @@ TEST(JobSpec, RejectionsNameTheField) {
   EXPECT_NE(error_of(R"({"steps": 3, "model": {"layer": 2}})").find("model.layer"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "strategy": "static:x"})").find("strategy"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "strategy": "megatron"})").find("strategy"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "strategy": "static:0"})").find("strategy"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "strategy": "static_degree"})").find("strategy"), std::string::npos);
+  EXPECT_EQ(parse_job_spec(R"({"steps": 3, "strategy": "batchada"})")->strategy.kind, strategy_kind::batchada);
   EXPECT_NE(error_of(R"({"steps": 3, "optimizer": {"lr": -1}})").find("optimizer.lr"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "checkpoint": {"every": 5}})").find("checkpoint.dir"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "data": {"synthetic": "nope"}})").find("data.synthetic"), std::string::npos);

@@ -49,6 +49,19 @@ struct fault_settings {
   }
 };
 
+/// How a job plans its batches: `flexsp`, `batchada`, or `static:D` (every sequence at degree
+/// D, halved until it fits the devices there are).
+struct job_strategy {
+  strategy_kind kind = strategy_kind::flexsp;
+  std::uint32_t degree = 0;  ///< static_degree only (>= 1)
+
+  /// "flexsp", "batchada", "static:8".
+  std::string to_string() const;
+  /// errc::invalid_argument naming the accepted forms.
+  static expected<job_strategy> parse(std::string_view text);
+  friend bool operator==(const job_strategy&, const job_strategy&) = default;
+};
+
 struct job_spec {
   std::string name = "job";
   model_shape model;
@@ -56,7 +69,7 @@ struct job_spec {
   std::string synthetic = "wikipedia";   ///< long-tail length generator when no path is given
   std::uint32_t batch_size = 64;
   std::uint64_t steps = 0;
-  std::string strategy = "flexsp";       ///< "flexsp", "static:D" or "batchada"
+  job_strategy strategy;
   std::uint64_t seed = 1;
   optimizer_settings optimizer;
   std::uint32_t warmup = 5;              ///< linear learning-rate warmup, steps
