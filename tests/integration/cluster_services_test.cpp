@@ -523,4 +523,25 @@ TEST_F(RemoteActors, AProxyNobodyMonitorsOutlivesALostConnectionAndReconnects) {
   ASSERT_TRUE(again) << again.error().to_string();
 }
 
+class linked_to_remote : public core::actor<linked_to_remote> {
+public:
+  struct attach {
+    core::actor_ref<adder> target;
+  };
+  void handle(attach a) { link(a.target); }
+};
+
+TEST_F(RemoteActors, AnActorLinkedToAProxyTerminatesWhenTheRemoteActorFails) {
+  auto remote = client->proxy<adder>(where);
+  auto l = system.spawn<linked_to_remote>();
+  std::promise<core::down_msg> down;
+  system.monitor(l, [&down](const core::down_msg& d) { down.set_value(d); });
+  l.tell(linked_to_remote::attach{remote});
+  ASSERT_TRUE(remote.ask(total_query{}, 5s).get());  // the link's monitor request went out first
+  local.kill();
+  auto d = down.get_future();
+  ASSERT_EQ(d.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(d.get().reason, core::exit_reason::linked);
+}
+
 }  // namespace

@@ -28,6 +28,8 @@
 ///   marked dead (`mark_dead`, e.g. after the head reported its node lost). A proxy that went
 ///   down stays down (sends fail with errc::disconnected); ask `proxy` again for a fresh one. A
 ///   proxy nobody monitors does not go down with a lost connection: its next send reconnects.
+///   A link through a proxy is one-way: the local actor gets the exit notice when the remote one
+///   goes down; the remote actor is not told when the local one terminates.
 ///   `stop` and `kill` on a proxy do nothing: the remote actor's own process decides.
 /// - After a broken connection the host reconnects on the next send, waiting an exponential
 ///   backoff between attempts; sends inside the backoff window, and to hosts marked dead, fail at
