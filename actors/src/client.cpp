@@ -6,6 +6,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "cluster_wire.hpp"
 #include "wire_convert.hpp"
 
 namespace flexsp::actors {
@@ -19,7 +20,7 @@ std::size_t cluster_status::alive_count() const {
 }
 
 namespace {
-cluster_status status_from_wire(wire::schema::ClusterStatus::Reader s) {
+cluster_status status_from_wire(detail::cs::ClusterStatus::Reader s) {
   cluster_status out;
   out.epoch = s.getEpoch();
   out.head_pid = s.getHeadPid();
@@ -50,18 +51,18 @@ struct cluster_client::impl {
   std::optional<error> closed;
 
   void on_message(wire::envelope_reader env) {
-    if (env.getBody().which() == body_kind::MEMBERSHIP_EVENT) {
+    if (detail::holds<detail::cs::MembershipEvent>(env)) {
       event_handler h;
       {
         std::lock_guard lock{mutex};
         h = on_event;
       }
       if (!h) return;
-      auto e = env.getBody().getMembershipEvent();
+      auto e = detail::cluster_body<detail::cs::MembershipEvent>(env);
       membership_event ev;
       ev.epoch = e.getEpoch();
-      ev.kind = e.getKind() == wire::schema::MembershipEvent::Kind::JOINED ? membership_event::kind_t::joined
-                                                                           : membership_event::kind_t::lost;
+      ev.kind = e.getKind() == detail::cs::MembershipEvent::Kind::JOINED ? membership_event::kind_t::joined
+                                                                         : membership_event::kind_t::lost;
       ev.node = detail::from_wire(e.getNode());
       h(ev);
       return;
@@ -111,7 +112,7 @@ struct cluster_client::impl {
       };
     }
     capnp::MallocMessageBuilder msg{256};
-    fill(wire::start_envelope(msg, rid).getBody());
+    fill(msg, rid);
     conn->send(msg);
     if (future.wait_for(timeout) != std::future_status::ready) {
       std::lock_guard lock{mutex};
@@ -144,10 +145,10 @@ bool cluster_client::connected() const { return impl_->conn && impl_->conn->is_o
 
 expected<cluster_status> cluster_client::status() {
   return impl_->call<cluster_status>(
-      request_timeout, [](auto body) { body.setStatusRequest(); },
+      request_timeout, [](auto& msg, auto rid) { detail::start_cluster<detail::cs::StatusRequest>(msg, rid); },
       [](wire::envelope_reader env) -> expected<cluster_status> {
-        if (env.getBody().which() != body_kind::STATUS) return make_error(errc::protocol, "expected a status reply");
-        return status_from_wire(env.getBody().getStatus());
+        if (!detail::holds<detail::cs::Status>(env)) return make_error(errc::protocol, "expected a status reply");
+        return status_from_wire(detail::cluster_body<detail::cs::Status>(env).getStatus());
       });
 }
 
@@ -168,7 +169,7 @@ expected<std::monostate> decode_ack(wire::envelope_reader env) {
   return std::monostate{};
 }
 
-std::optional<std::string> kv_value(wire::schema::KvReply::Reader r) {
+std::optional<std::string> kv_value(detail::cs::KvReply::Reader r) {
   if (!r.getFound()) return std::nullopt;
   auto v = r.getValue();
   return std::string{reinterpret_cast<const char*>(v.begin()), v.size()};
@@ -178,8 +179,8 @@ std::optional<std::string> kv_value(wire::schema::KvReply::Reader r) {
 expected<void> cluster_client::kv_set(const std::string& key, const std::string& value) {
   return to_void(impl_->call<std::monostate>(
       request_timeout,
-      [&](auto body) {
-        auto kv = body.initKvSet();
+      [&](auto& msg, auto rid) {
+        auto kv = detail::start_cluster<detail::cs::KvSet>(msg, rid);
         kv.setKey(key);
         kv.setValue(kj::arrayPtr(reinterpret_cast<const kj::byte*>(value.data()), value.size()));
       },
@@ -188,10 +189,10 @@ expected<void> cluster_client::kv_set(const std::string& key, const std::string&
 
 expected<std::optional<std::string>> cluster_client::kv_get(const std::string& key) {
   return impl_->call<std::optional<std::string>>(
-      request_timeout, [&](auto body) { body.initKvGet().setKey(key); },
+      request_timeout, [&](auto& msg, auto rid) { detail::start_cluster<detail::cs::KvGet>(msg, rid).setKey(key); },
       [](wire::envelope_reader env) -> expected<std::optional<std::string>> {
-        if (env.getBody().which() != body_kind::KV_REPLY) return make_error(errc::protocol, "expected a kv reply");
-        return kv_value(env.getBody().getKvReply());
+        if (!detail::holds<detail::cs::KvReply>(env)) return make_error(errc::protocol, "expected a kv reply");
+        return kv_value(detail::cluster_body<detail::cs::KvReply>(env));
       });
 }
 
@@ -199,14 +200,14 @@ expected<std::string> cluster_client::kv_wait(const std::string& key, std::chron
   const auto ms = std::clamp<std::int64_t>(wait.count(), 1, 0xffffffffLL);
   return impl_->call<std::string>(
       wait + request_timeout,
-      [&](auto body) {
-        auto get = body.initKvGet();
+      [&](auto& msg, auto rid) {
+        auto get = detail::start_cluster<detail::cs::KvGet>(msg, rid);
         get.setKey(key);
         get.setWaitMs(static_cast<std::uint32_t>(ms));
       },
       [key](wire::envelope_reader env) -> expected<std::string> {
-        if (env.getBody().which() != body_kind::KV_REPLY) return make_error(errc::protocol, "expected a kv reply");
-        auto v = kv_value(env.getBody().getKvReply());
+        if (!detail::holds<detail::cs::KvReply>(env)) return make_error(errc::protocol, "expected a kv reply");
+        auto v = kv_value(detail::cluster_body<detail::cs::KvReply>(env));
         if (!v) return make_error(errc::not_found, "key '{}' is not set", key);
         return std::move(*v);
       });
@@ -215,8 +216,8 @@ expected<std::string> cluster_client::kv_wait(const std::string& key, std::chron
 expected<void> cluster_client::register_name(const std::string& name, const remote_address& where) {
   return to_void(impl_->call<std::monostate>(
       request_timeout,
-      [&](auto body) {
-        auto r = body.initNameRegister();
+      [&](auto& msg, auto rid) {
+        auto r = detail::start_cluster<detail::cs::NameRegister>(msg, rid);
         r.setName(name);
         r.setAddress(where.host);
         r.setActorId(where.actor_id);
@@ -226,10 +227,11 @@ expected<void> cluster_client::register_name(const std::string& name, const remo
 
 expected<remote_address> cluster_client::lookup(const std::string& name) {
   return impl_->call<remote_address>(
-      request_timeout, [&](auto body) { body.initNameLookup().setName(name); },
+      request_timeout,
+      [&](auto& msg, auto rid) { detail::start_cluster<detail::cs::NameLookup>(msg, rid).setName(name); },
       [name](wire::envelope_reader env) -> expected<remote_address> {
-        if (env.getBody().which() != body_kind::NAME_REPLY) return make_error(errc::protocol, "expected a name reply");
-        auto r = env.getBody().getNameReply();
+        if (!detail::holds<detail::cs::NameReply>(env)) return make_error(errc::protocol, "expected a name reply");
+        auto r = detail::cluster_body<detail::cs::NameReply>(env);
         if (!r.getFound()) return make_error(errc::not_found, "no actor is named '{}'", name);
         return remote_address{r.getAddress().cStr(), r.getActorId()};
       });
@@ -241,15 +243,16 @@ expected<cluster_status> cluster_client::subscribe(event_handler handler) {
     impl_->on_event = std::move(handler);
   }
   return impl_->call<cluster_status>(
-      request_timeout, [](auto body) { body.setSubscribe(); },
+      request_timeout, [](auto& msg, auto rid) { detail::start_cluster<detail::cs::Subscribe>(msg, rid); },
       [](wire::envelope_reader env) -> expected<cluster_status> {
-        if (env.getBody().which() != body_kind::SUBSCRIBED) return make_error(errc::protocol, "expected subscribed");
-        return status_from_wire(env.getBody().getSubscribed());
+        if (!detail::holds<detail::cs::Subscribed>(env)) return make_error(errc::protocol, "expected subscribed");
+        return status_from_wire(detail::cluster_body<detail::cs::Subscribed>(env).getStatus());
       });
 }
 
 expected<void> cluster_client::shutdown_head() {
-  return to_void(impl_->call<std::monostate>(request_timeout, [](auto body) { body.setShutdown(); }, decode_ack));
+  return to_void(impl_->call<std::monostate>(
+      request_timeout, [](auto& msg, auto rid) { wire::start_envelope(msg, rid).getBody().setShutdown(); }, decode_ack));
 }
 
 }  // namespace flexsp::actors

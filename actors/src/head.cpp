@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "flexsp/core/log.hpp"
+#include "cluster_wire.hpp"
 #include "wire_convert.hpp"
 
 namespace flexsp::actors {
@@ -110,55 +111,11 @@ struct head_service::impl : std::enable_shared_from_this<impl> {
     const auto rid = env.getRequestId();
     auto body = env.getBody();
     if (p.node_id != 0) members.heartbeat(p.node_id, Clock::now());
+    if (body.which() == body_kind::SERVICE) {
+      on_cluster_message(c, p, rid, env);
+      return;
+    }
     switch (body.which()) {
-      case body_kind::REGISTER_NODE: on_register(p, rid, body.getRegisterNode()); break;
-      case body_kind::HEARTBEAT:
-        if (p.node_id == 0 || body.getHeartbeat().getNodeId() != p.node_id) {
-          c.close(error{errc::protocol, "heartbeat from an unregistered connection"});
-          log::get("actors")->warn("head: heartbeat for node {} from unregistered connection {}",
-                                   body.getHeartbeat().getNodeId(), c.peer());
-        } else {
-          // Echo so that the node can tell a hung head from a quiet one.
-          capnp::MallocMessageBuilder msg{64};
-          auto hb = wire::start_envelope(msg).getBody().initHeartbeat();
-          hb.setNodeId(p.node_id);
-          hb.setSequence(body.getHeartbeat().getSequence());
-          c.send(msg);
-        }
-        break;
-      case body_kind::STATUS_REQUEST: {
-        capnp::MallocMessageBuilder msg;
-        fill_status(wire::start_envelope(msg, rid).getBody().initStatus());
-        c.send(msg);
-        break;
-      }
-      case body_kind::SUBSCRIBE: {
-        p.subscribed = true;
-        capnp::MallocMessageBuilder msg;
-        fill_status(wire::start_envelope(msg, rid).getBody().initSubscribed());
-        c.send(msg);
-        break;
-      }
-      case body_kind::KV_SET: on_kv_set(c, rid, body.getKvSet()); break;
-      case body_kind::KV_GET: on_kv_get(c, rid, body.getKvGet()); break;
-      case body_kind::NAME_REGISTER: {
-        auto r = body.getNameRegister();
-        names[r.getName().cStr()] = name_entry{r.getAddress().cStr(), r.getActorId()};
-        send_ack(c, rid);
-        break;
-      }
-      case body_kind::NAME_LOOKUP: {
-        capnp::MallocMessageBuilder msg{128};
-        auto reply = wire::start_envelope(msg, rid).getBody().initNameReply();
-        auto n = names.find(body.getNameLookup().getName().cStr());
-        reply.setFound(n != names.end());
-        if (n != names.end()) {
-          reply.setAddress(n->second.address);
-          reply.setActorId(n->second.actor_id);
-        }
-        c.send(msg);
-        break;
-      }
       case body_kind::SHUTDOWN:
         if (c.role() != wire::schema::Role::CLIENT) {
           send_error(c, rid, errc::invalid_argument, "only clients may shut the head down");
@@ -174,7 +131,59 @@ struct head_service::impl : std::enable_shared_from_this<impl> {
     }
   }
 
-  void on_register(peer_state& p, std::uint64_t rid, wire::schema::RegisterNode::Reader r) {
+  void on_cluster_message(net::connection& c, peer_state& p, std::uint64_t rid, wire::envelope_reader env) {
+    using namespace detail;
+    const auto type = cluster_type(env);
+    if (type == capnp::typeId<cs::RegisterNode>()) {
+      on_register(p, rid, cluster_body<cs::RegisterNode>(env));
+    } else if (type == capnp::typeId<cs::Heartbeat>()) {
+      const auto hb_in = cluster_body<cs::Heartbeat>(env);
+      if (p.node_id == 0 || hb_in.getNodeId() != p.node_id) {
+        c.close(error{errc::protocol, "heartbeat from an unregistered connection"});
+        log::get("actors")->warn("head: heartbeat for node {} from unregistered connection {}", hb_in.getNodeId(),
+                                 c.peer());
+      } else {
+        // Echo so that the node can tell a hung head from a quiet one.
+        capnp::MallocMessageBuilder msg{64};
+        auto hb = start_cluster<cs::Heartbeat>(msg);
+        hb.setNodeId(p.node_id);
+        hb.setSequence(hb_in.getSequence());
+        c.send(msg);
+      }
+    } else if (type == capnp::typeId<cs::StatusRequest>()) {
+      capnp::MallocMessageBuilder msg;
+      fill_status(start_cluster<cs::Status>(msg, rid).initStatus());
+      c.send(msg);
+    } else if (type == capnp::typeId<cs::Subscribe>()) {
+      p.subscribed = true;
+      capnp::MallocMessageBuilder msg;
+      fill_status(start_cluster<cs::Subscribed>(msg, rid).initStatus());
+      c.send(msg);
+    } else if (type == capnp::typeId<cs::KvSet>()) {
+      on_kv_set(c, rid, cluster_body<cs::KvSet>(env));
+    } else if (type == capnp::typeId<cs::KvGet>()) {
+      on_kv_get(c, rid, cluster_body<cs::KvGet>(env));
+    } else if (type == capnp::typeId<cs::NameRegister>()) {
+      auto r = cluster_body<cs::NameRegister>(env);
+      names[r.getName().cStr()] = name_entry{r.getAddress().cStr(), r.getActorId()};
+      send_ack(c, rid);
+    } else if (type == capnp::typeId<cs::NameLookup>()) {
+      capnp::MallocMessageBuilder msg{128};
+      auto reply = start_cluster<cs::NameReply>(msg, rid);
+      auto n = names.find(cluster_body<cs::NameLookup>(env).getName().cStr());
+      reply.setFound(n != names.end());
+      if (n != names.end()) {
+        reply.setAddress(n->second.address);
+        reply.setActorId(n->second.actor_id);
+      }
+      c.send(msg);
+    } else {
+      log::get("actors")->warn("head: unexpected cluster message {:#018x} from {}; closing", type, c.peer());
+      c.close(error{errc::protocol, fmt::format("unexpected cluster message {:#018x}", type)});
+    }
+  }
+
+  void on_register(peer_state& p, std::uint64_t rid, detail::cs::RegisterNode::Reader r) {
     if (p.conn->role() != wire::schema::Role::NODE) {
       send_error(*p.conn, rid, errc::invalid_argument, "only node connections may register");
       return;
@@ -203,7 +212,7 @@ struct head_service::impl : std::enable_shared_from_this<impl> {
     log::get("actors")->info("head: node {} joined from {} (actor address {}, {} devices); epoch {}", ev.node.id,
                              p.conn->peer(), ev.node.address, ev.node.devices.size(), ev.epoch);
     capnp::MallocMessageBuilder msg{128};
-    auto reg = wire::start_envelope(msg, rid).getBody().initRegistered();
+    auto reg = detail::start_cluster<detail::cs::Registered>(msg, rid);
     reg.setNodeId(ev.node.id);
     reg.setEpoch(ev.epoch);
     reg.setHeartbeatIntervalMs(static_cast<std::uint32_t>(config.detector.heartbeat_interval.count()));
@@ -220,16 +229,16 @@ struct head_service::impl : std::enable_shared_from_this<impl> {
 
   void publish(const membership_event& ev) {
     capnp::MallocMessageBuilder msg{256};
-    auto b = wire::start_envelope(msg).getBody().initMembershipEvent();
+    auto b = detail::start_cluster<detail::cs::MembershipEvent>(msg);
     b.setEpoch(ev.epoch);
-    b.setKind(ev.kind == membership_event::kind_t::joined ? wire::schema::MembershipEvent::Kind::JOINED
-                                                          : wire::schema::MembershipEvent::Kind::LOST);
+    b.setKind(ev.kind == membership_event::kind_t::joined ? detail::cs::MembershipEvent::Kind::JOINED
+                                                          : detail::cs::MembershipEvent::Kind::LOST);
     detail::to_wire(ev.node, b.initNode());
     for (auto& [_, p] : peers)
       if (p.subscribed) p.conn->send(msg);
   }
 
-  void fill_status(wire::schema::ClusterStatus::Builder s) {
+  void fill_status(detail::cs::ClusterStatus::Builder s) {
     s.setEpoch(members.epoch());
     s.setHeadPid(static_cast<std::uint32_t>(::getpid()));
     s.setHeartbeatIntervalMs(static_cast<std::uint32_t>(config.detector.heartbeat_interval.count()));
@@ -239,7 +248,7 @@ struct head_service::impl : std::enable_shared_from_this<impl> {
     for (const auto& [id, r] : members.nodes()) detail::to_wire(r, list[i++]);
   }
 
-  void on_kv_set(net::connection& c, std::uint64_t rid, wire::schema::KvSet::Reader r) {
+  void on_kv_set(net::connection& c, std::uint64_t rid, detail::cs::KvSet::Reader r) {
     const std::string key = r.getKey().cStr();
     auto v = r.getValue();
     std::string value{reinterpret_cast<const char*>(v.begin()), v.size()};
@@ -255,13 +264,13 @@ struct head_service::impl : std::enable_shared_from_this<impl> {
 
   void send_kv(net::connection& c, std::uint64_t rid, const std::string* value) {
     capnp::MallocMessageBuilder msg{128};
-    auto reply = wire::start_envelope(msg, rid).getBody().initKvReply();
+    auto reply = detail::start_cluster<detail::cs::KvReply>(msg, rid);
     reply.setFound(value != nullptr);
     if (value) reply.setValue(kj::arrayPtr(reinterpret_cast<const kj::byte*>(value->data()), value->size()));
     c.send(msg);
   }
 
-  void on_kv_get(net::connection& c, std::uint64_t rid, wire::schema::KvGet::Reader r) {
+  void on_kv_get(net::connection& c, std::uint64_t rid, detail::cs::KvGet::Reader r) {
     const std::string key = r.getKey().cStr();
     if (auto it = kv.find(key); it != kv.end()) {
       send_kv(c, rid, &it->second);
@@ -312,7 +321,7 @@ struct head_service::impl : std::enable_shared_from_this<impl> {
       if (pit != peers.end()) {
         pit->second.node_id = 0;
         capnp::MallocMessageBuilder msg{128};
-        auto rm = wire::start_envelope(msg).getBody().initRemoved();
+        auto rm = detail::start_cluster<detail::cs::Removed>(msg);
         rm.setNodeId(ev.node.id);
         rm.setEpoch(ev.epoch);
         rm.setReason(ev.node.lost_reason);

@@ -8,6 +8,7 @@
 #include "flexsp/actors/device_actor.hpp"
 #include "flexsp/core/log.hpp"
 #include "flexsp/kernels/ops.hpp"
+#include "cluster_wire.hpp"
 #include "wire_convert.hpp"
 
 namespace flexsp::actors {
@@ -106,7 +107,7 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
           if (auto self = weak.lock()) self->on_closed(cn, why);
         });
     capnp::MallocMessageBuilder msg{256};
-    auto reg = wire::start_envelope(msg, 1).getBody().initRegisterNode();
+    auto reg = detail::start_cluster<detail::cs::RegisterNode>(msg, 1);
     reg.setActorAddress(host->address());
     detail::to_wire(config.devices, reg.initDevices(static_cast<unsigned>(config.devices.size())));
     reg.setPreviousId(previous_id);
@@ -118,33 +119,11 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
   void on_message(net::connection& c, wire::envelope_reader env) {
     last_heard = Clock::now();
     auto body = env.getBody();
+    if (body.which() == body_kind::SERVICE) {
+      on_cluster_message(c, env);
+      return;
+    }
     switch (body.which()) {
-      case body_kind::REGISTERED: on_registered_msg(body.getRegistered()); break;
-      case body_kind::HEARTBEAT: break;
-      case body_kind::REMOVED: {
-        auto r = body.getRemoved();
-        log::get("actors")->warn("node: removed from the cluster as node {} at epoch {}: {}; rejoining as a new member",
-                                 r.getNodeId(), r.getEpoch(), r.getReason().cStr());
-        c.close(error{errc::cancelled, "removed by the head"});
-        break;
-      }
-      case body_kind::MEMBERSHIP_EVENT: {
-        auto e = body.getMembershipEvent();
-        const std::string address = e.getNode().getAddress().cStr();
-        if (address == host->address()) break;
-        if (e.getKind() == wire::schema::MembershipEvent::Kind::LOST)
-          host->mark_dead(address, fmt::format("node {} lost at epoch {}: {}", e.getNode().getId(), e.getEpoch(),
-                                               e.getNode().getLostReason().cStr()));
-        else
-          host->mark_alive(address);
-        break;
-      }
-      case body_kind::SUBSCRIBED: {
-        for (auto n : body.getSubscribed().getNodes())
-          if (!n.getAlive() && n.getAddress() != host->address())
-            host->mark_dead(n.getAddress().cStr(), fmt::format("node {} is not a member", n.getId()));
-        break;
-      }
       case body_kind::ACK: break;
       case body_kind::ERROR:
         log::get("actors")->warn("node: the head answered with an error: {}", body.getError().getMessage().cStr());
@@ -154,7 +133,37 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
     }
   }
 
-  void on_registered_msg(wire::schema::Registered::Reader r) {
+  void on_cluster_message(net::connection& c, wire::envelope_reader env) {
+    using namespace detail;
+    const auto type = cluster_type(env);
+    if (type == capnp::typeId<cs::Registered>()) {
+      on_registered_msg(cluster_body<cs::Registered>(env));
+    } else if (type == capnp::typeId<cs::Heartbeat>()) {
+      // the head's echo: last_heard is updated for every message
+    } else if (type == capnp::typeId<cs::Removed>()) {
+      auto r = cluster_body<cs::Removed>(env);
+      log::get("actors")->warn("node: removed from the cluster as node {} at epoch {}: {}; rejoining as a new member",
+                               r.getNodeId(), r.getEpoch(), r.getReason().cStr());
+      c.close(error{errc::cancelled, "removed by the head"});
+    } else if (type == capnp::typeId<cs::MembershipEvent>()) {
+      auto e = cluster_body<cs::MembershipEvent>(env);
+      const std::string address = e.getNode().getAddress().cStr();
+      if (address == host->address()) return;
+      if (e.getKind() == cs::MembershipEvent::Kind::LOST)
+        host->mark_dead(address, fmt::format("node {} lost at epoch {}: {}", e.getNode().getId(), e.getEpoch(),
+                                             e.getNode().getLostReason().cStr()));
+      else
+        host->mark_alive(address);
+    } else if (type == capnp::typeId<cs::Subscribed>()) {
+      for (auto n : cluster_body<cs::Subscribed>(env).getStatus().getNodes())
+        if (!n.getAlive() && n.getAddress() != host->address())
+          host->mark_dead(n.getAddress().cStr(), fmt::format("node {} is not a member", n.getId()));
+    } else {
+      log::get("actors")->warn("node: unexpected cluster message {:#018x} from the head", type);
+    }
+  }
+
+  void on_registered_msg(detail::cs::Registered::Reader r) {
     registration reg{r.getNodeId(), r.getEpoch(), r.getPreviousRemoved(), r.getPreviousRemovedReason().cStr()};
     node_id = reg.node_id;
     backoff.reset();
@@ -170,14 +179,14 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
     for (auto& d : devices) {
       d.ref.tell(set_node_id{reg.node_id});
       capnp::MallocMessageBuilder msg{128};
-      auto n = wire::start_envelope(msg, 2).getBody().initNameRegister();
+      auto n = detail::start_cluster<detail::cs::NameRegister>(msg, 2);
       n.setName(fmt::format("device/{}/{}", reg.node_id, d.device.to_string()));
       n.setAddress(host->address());
       n.setActorId(d.actor_id);
       conn->send(msg);
     }
     capnp::MallocMessageBuilder sub{64};
-    wire::start_envelope(sub, 3).getBody().setSubscribe();
+    detail::start_cluster<detail::cs::Subscribe>(sub, 3);
     conn->send(sub);
     arm_heartbeat();
     if (on_registered) on_registered(reg);
@@ -197,7 +206,7 @@ struct node_service::impl : std::enable_shared_from_this<impl> {
         return;
       }
       capnp::MallocMessageBuilder msg{64};
-      auto hb = wire::start_envelope(msg).getBody().initHeartbeat();
+      auto hb = detail::start_cluster<detail::cs::Heartbeat>(msg);
       hb.setNodeId(self->node_id);
       hb.setSequence(++self->sequence);
       self->conn->send(msg);

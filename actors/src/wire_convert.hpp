@@ -3,11 +3,11 @@
 #include <string>
 
 #include "flexsp/actors/membership.hpp"
-#include "flexsp/core/wire/wire.capnp.h"
+#include "cluster_wire.hpp"
 
 namespace flexsp::actors::detail {
 
-inline void to_wire(const std::vector<device_id>& devices, capnp::List<wire::schema::Device>::Builder out) {
+inline void to_wire(const std::vector<device_id>& devices, capnp::List<cs::Device>::Builder out) {
   for (unsigned i = 0; i < devices.size(); ++i) {
     out[i].setKind(std::string{to_string(devices[i].kind)});
     out[i].setIndex(devices[i].index);
@@ -15,7 +15,7 @@ inline void to_wire(const std::vector<device_id>& devices, capnp::List<wire::sch
   }
 }
 
-inline void to_wire(const node_record& r, wire::schema::NodeInfo::Builder b) {
+inline void to_wire(const node_record& r, cs::NodeInfo::Builder b) {
   b.setId(r.id);
   b.setAddress(r.address);
   b.setAlive(r.state == node_state::alive);
@@ -26,7 +26,7 @@ inline void to_wire(const node_record& r, wire::schema::NodeInfo::Builder b) {
   b.setPid(r.pid);
 }
 
-inline std::vector<device_id> from_wire(capnp::List<wire::schema::Device>::Reader list) {
+inline std::vector<device_id> from_wire(capnp::List<cs::Device>::Reader list) {
   std::vector<device_id> out;
   out.reserve(list.size());
   for (auto d : list) {
@@ -37,7 +37,7 @@ inline std::vector<device_id> from_wire(capnp::List<wire::schema::Device>::Reade
   return out;
 }
 
-inline node_record from_wire(wire::schema::NodeInfo::Reader r) {
+inline node_record from_wire(cs::NodeInfo::Reader r) {
   node_record n;
   n.id = r.getId();
   n.address = r.getAddress().cStr();

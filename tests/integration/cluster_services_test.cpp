@@ -7,6 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <capnp/any.h>
+#include <capnp/message.h>
+
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/device_actor.hpp"
 #include "probe_messages.hpp"
@@ -14,6 +17,7 @@
 #include "flexsp/actors/node.hpp"
 #include "flexsp/core/actor.hpp"
 #include "flexsp/core/actor_system.hpp"
+#include "flexsp/core/wire/envelope.hpp"
 
 // A runtime actor reached from another host. Its messages reuse the probe schema's structs.
 namespace flexsp::actors {
@@ -288,6 +292,27 @@ TEST_F(ClusterServices, SubscribersSeeAJoinAndALossExactlyOnce) {
   EXPECT_EQ(events[1].kind, membership_event::kind_t::lost);
   EXPECT_EQ(events[1].node.id, id);
   EXPECT_EQ(events[1].epoch, 2u);
+}
+
+TEST_F(ClusterServices, AnUnknownClusterMessageClosesOnlyItsConnection) {
+  net::event_loop loop;
+  loop.start();
+  auto conn = net::connect_blocking(loop, head_address, wire::schema::Role::CLIENT, transport());
+  ASSERT_TRUE(conn) << conn.error().to_string();
+  std::promise<error> closed;
+  (*conn)->start([](net::connection&, wire::envelope_reader) {},
+                 [&closed](net::connection&, const error& why) { closed.set_value(why); });
+  capnp::MallocMessageBuilder msg;
+  auto svc = wire::start_envelope(msg, 5).getBody().initService();
+  svc.setTypeId(0x1234567890abcdefull);  // no cluster struct has this id
+  svc.getBody().initAsAnyStruct(1, 0);
+  (*conn)->send(msg);
+  auto f = closed.get_future();
+  ASSERT_EQ(f.wait_for(10s), std::future_status::ready) << "the head closes the connection";
+  auto c = client();
+  auto s = c->status();
+  ASSERT_TRUE(s) << "the head keeps serving: " << s.error().to_string();
+  loop.stop();
 }
 
 TEST_F(ClusterServices, ANodeWithTheWrongSecretIsRejectedAndGivesUp) {

@@ -5,7 +5,7 @@
 namespace flexsp::wire {
 
 namespace {
-constexpr auto kLastKind = body_kind::SHUTDOWN;
+constexpr auto kLastKind = body_kind::SERVICE;
 }
 
 expected<envelope_reader> open_envelope(inbound_message& message) {
@@ -40,25 +40,11 @@ std::string body_name(body_kind kind) {
     case body_kind::AUTH: return "auth";
     case body_kind::WELCOME: return "welcome";
     case body_kind::REJECT: return "reject";
-    case body_kind::REGISTER_NODE: return "register_node";
-    case body_kind::REGISTERED: return "registered";
-    case body_kind::HEARTBEAT: return "heartbeat";
-    case body_kind::REMOVED: return "removed";
-    case body_kind::STATUS_REQUEST: return "status_request";
-    case body_kind::STATUS: return "status";
-    case body_kind::SUBSCRIBE: return "subscribe";
-    case body_kind::SUBSCRIBED: return "subscribed";
-    case body_kind::MEMBERSHIP_EVENT: return "membership_event";
-    case body_kind::KV_SET: return "kv_set";
-    case body_kind::KV_GET: return "kv_get";
-    case body_kind::KV_REPLY: return "kv_reply";
-    case body_kind::NAME_REGISTER: return "name_register";
-    case body_kind::NAME_LOOKUP: return "name_lookup";
-    case body_kind::NAME_REPLY: return "name_reply";
     case body_kind::ACK: return "ack";
     case body_kind::ERROR: return "error";
     case body_kind::ACTOR: return "actor";
     case body_kind::SHUTDOWN: return "shutdown";
+    case body_kind::SERVICE: return "service";
   }
   return "unknown(" + std::to_string(static_cast<unsigned>(kind)) + ")";
 }

@@ -21,11 +21,11 @@ std::vector<std::byte> to_bytes(const kj::Array<capnp::word>& words) {
   return out;
 }
 
-std::vector<std::byte> heartbeat_frame(std::uint64_t seq) {
+std::vector<std::byte> sample_frame(std::uint64_t seq) {
   capnp::MallocMessageBuilder msg;
-  auto hb = wire::start_envelope(msg, 7).getBody().initHeartbeat();
-  hb.setNodeId(3);
-  hb.setSequence(seq);
+  auto a = wire::start_envelope(msg, 7).getBody().initActor();
+  a.setTarget(3);
+  a.setTypeId(seq);
   return to_bytes(wire::encode_frame(msg));
 }
 
@@ -37,7 +37,7 @@ std::vector<std::byte> raw_table(std::initializer_list<std::uint32_t> words) {
 
 TEST(FrameDecoder, DecodesAFrameFedOneByteAtATime) {
   frame_decoder d;
-  const auto bytes = heartbeat_frame(42);
+  const auto bytes = sample_frame(42);
   for (std::size_t i = 0; i < bytes.size(); ++i) {
     EXPECT_FALSE(d.next().has_value());
     ASSERT_TRUE(d.feed(std::span{bytes}.subspan(i, 1)));
@@ -50,13 +50,13 @@ TEST(FrameDecoder, DecodesAFrameFedOneByteAtATime) {
   auto env = wire::open_envelope(msg);
   ASSERT_TRUE(env) << env.error().to_string();
   EXPECT_EQ(env->getRequestId(), 7u);
-  EXPECT_EQ(env->getBody().getHeartbeat().getSequence(), 42u);
+  EXPECT_EQ(env->getBody().getActor().getTypeId(), 42u);
 }
 
 TEST(FrameDecoder, SplitsOneChunkIntoSeveralFramesInOrder) {
   std::vector<std::byte> stream;
   for (std::uint64_t i = 0; i < 5; ++i) {
-    auto b = heartbeat_frame(i);
+    auto b = sample_frame(i);
     stream.insert(stream.end(), b.begin(), b.end());
   }
   frame_decoder d;
@@ -67,7 +67,7 @@ TEST(FrameDecoder, SplitsOneChunkIntoSeveralFramesInOrder) {
     wire::inbound_message msg{std::move(*f), frame_limits{}};
     auto env = wire::open_envelope(msg);
     ASSERT_TRUE(env);
-    EXPECT_EQ(env->getBody().getHeartbeat().getSequence(), i);
+    EXPECT_EQ(env->getBody().getActor().getTypeId(), i);
   }
   EXPECT_FALSE(d.next().has_value());
   EXPECT_EQ(d.partial_bytes(), 0u);
@@ -75,7 +75,7 @@ TEST(FrameDecoder, SplitsOneChunkIntoSeveralFramesInOrder) {
 
 TEST(FrameDecoder, KeepsATruncatedFramePendingWithoutOutput) {
   frame_decoder d;
-  const auto bytes = heartbeat_frame(1);
+  const auto bytes = sample_frame(1);
   ASSERT_TRUE(d.feed(std::span{bytes}.first(bytes.size() - 3)));
   EXPECT_FALSE(d.next().has_value());
   EXPECT_EQ(d.partial_bytes(), bytes.size() - 3);
@@ -91,7 +91,7 @@ TEST(FrameDecoder, RejectsAnOversizedFrameFromItsTableAlone) {
   EXPECT_EQ(r.error().kind(), errc::protocol);
   EXPECT_NE(r.error().message().find("exceeds the limit"), std::string::npos) << r.error().to_string();
   EXPECT_TRUE(d.failed());
-  EXPECT_FALSE(d.feed(heartbeat_frame(1))) << "a failed stream stays failed";
+  EXPECT_FALSE(d.feed(sample_frame(1))) << "a failed stream stays failed";
 }
 
 TEST(FrameDecoder, RejectsTooManySegments) {
@@ -122,9 +122,9 @@ TEST(FrameDecoder, SumsMultiSegmentTablesAgainstTheLimit) {
 
 TEST(OpenEnvelope, RejectsAMessageOfAnotherSchema) {
   capnp::MallocMessageBuilder msg;
-  auto kv = msg.initRoot<wire::schema::KvSet>();
-  kv.setKey("some key that fills the magic slot");
-  kv.setValue(kj::heapArray<kj::byte>(16).asPtr());
+  auto other = msg.initRoot<wire::schema::ErrorReply>();
+  other.setKind("some text that fills the magic slot");
+  other.setMessage("and more");
   frame_decoder d;
   ASSERT_TRUE(d.feed(to_bytes(wire::encode_frame(msg))));
   auto f = d.next();
@@ -140,7 +140,7 @@ TEST(OpenEnvelope, RejectsAnUnknownBodyTagAndAnotherVersion) {
   for (int variant = 0; variant < 2; ++variant) {
     capnp::MallocMessageBuilder msg;
     auto env = wire::start_envelope(msg);
-    env.getBody().initHeartbeat();
+    env.getBody().initActor();
     auto bytes = to_bytes(wire::encode_frame(msg));
     // Envelope data section: magic (4) version (2) discriminant (2) requestId (8), after the
     // 8-byte table and the 8-byte root pointer.
@@ -168,7 +168,7 @@ TEST(FrameDecoder, SurvivesRandomBytesAndMutatedFrames) {
   frame_limits limits;
   limits.max_frame_bytes = 1 << 16;
   limits.traversal_limit_words = 1 << 12;
-  const auto good = heartbeat_frame(9);
+  const auto good = sample_frame(9);
   int decoded = 0, rejected = 0;
   for (int iter = 0; iter < 3000; ++iter) {
     std::vector<std::byte> input;

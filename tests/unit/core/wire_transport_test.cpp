@@ -29,7 +29,7 @@ net::transport_config config_with(std::string secret) {
   return c;
 }
 
-// A server that echoes every heartbeat back with the same sequence number and records closes.
+// A server that echoes every message back with the same number and records closes.
 struct echo_server {
   net::event_loop loop;
   std::unique_ptr<net::listener> listener;
@@ -49,8 +49,8 @@ struct echo_server {
       c->start(
           [](net::connection& conn, wire::envelope_reader env) {
             capnp::MallocMessageBuilder reply;
-            auto hb = wire::start_envelope(reply, env.getRequestId()).getBody().initHeartbeat();
-            hb.setSequence(env.getBody().getHeartbeat().getSequence());
+            auto a = wire::start_envelope(reply, env.getRequestId()).getBody().initActor();
+            a.setTypeId(env.getBody().getActor().getTypeId());
             conn.send(reply);
           },
           [this](net::connection&, const error& e) {
@@ -90,7 +90,7 @@ struct echo_client {
     conn->start(
         [this](net::connection&, wire::envelope_reader env) {
           std::lock_guard lock{mutex};
-          received.push_back(env.getBody().getHeartbeat().getSequence());
+          received.push_back(env.getBody().getActor().getTypeId());
           cv.notify_all();
         },
         [this](net::connection&, const error& e) {
@@ -101,7 +101,7 @@ struct echo_client {
   }
   void send(std::uint64_t seq) {
     capnp::MallocMessageBuilder msg;
-    wire::start_envelope(msg).getBody().initHeartbeat().setSequence(seq);
+    wire::start_envelope(msg).getBody().initActor().setTypeId(seq);
     conn->send(msg);
   }
   bool wait_count(std::size_t n) {
