@@ -90,6 +90,7 @@ bool watcher_list::fire(abstract_actor& watched, exit_reason reason, std::string
     std::lock_guard lock{mutex_};
     if (fired_) return false;
     fired_ = true;
+    fired_flag_.store(true, std::memory_order_release);
     reason_ = reason;
     what_ = what;
     entries.swap(entries_);
@@ -98,10 +99,7 @@ bool watcher_list::fire(abstract_actor& watched, exit_reason reason, std::string
   return true;
 }
 
-bool watcher_list::fired() const {
-  std::lock_guard lock{mutex_};
-  return fired_;
-}
+bool watcher_list::fired() const { return fired_flag_.load(std::memory_order_acquire); }
 
 bool watcher_list::empty() const {
   std::lock_guard lock{mutex_};

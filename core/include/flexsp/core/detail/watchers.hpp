@@ -4,6 +4,7 @@
 /// proxies alike): registration, and one delivery of the down or exit notice each when the
 /// watched actor terminates. Thread-safe.
 
+#include <atomic>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -36,7 +37,8 @@ private:
   static void deliver(abstract_actor& watched, entry& e, exit_reason reason, const std::string& what);
 
   mutable std::mutex mutex_;
-  bool fired_ = false;
+  bool fired_ = false;                    // guarded by mutex_
+  std::atomic<bool> fired_flag_{false};  // the same, for lock-free reads on every send
   exit_reason reason_ = exit_reason::normal;
   std::string what_;
   std::vector<entry> entries_;
