@@ -681,5 +681,26 @@ TEST(JobController, AnUnreachableDeviceOfALostNodeIsNotLookedUpAgain) {
   EXPECT_EQ(c.joins.size(), 2u);
 }
 
+TEST(JobController, AnUnreachableMemberEndsTheGracePeriodAtOnce) {
+  scripted_cluster c{small_spec(2)};
+  c.auto_reply = false;
+  c.start({{1, 1}, {2, 1}});
+  auto w = c.waiting_plans();
+  c.waiting_plans().clear();
+  c.feed(c.failure(0, w.at(0)));  // a collective failed: wait for the head
+  EXPECT_EQ(c.attempts_of(0).size(), 1u);
+  c.feed(device_down{1, "connection to node2:1 lost"});  // the proxy saw the peer go first
+  EXPECT_EQ(c.attempts_of(0).size(), 2u) << "re-run at once, without waiting out the grace period";
+  EXPECT_EQ(c.waiting_plans().at(0).world, (std::vector<std::uint32_t>{0}));
+}
+
+TEST(JobController, ACancelBeforeTheJobStartedEndsItCancelled) {
+  scripted_cluster c{small_spec(2)};
+  c.feed(cancel_requested{});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::cancelled);
+  EXPECT_TRUE(c.sent_plans.empty());
+}
+
 }  // namespace
 }  // namespace flexsp::actors
