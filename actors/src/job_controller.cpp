@@ -96,12 +96,14 @@ std::vector<std::uint32_t> job_controller::world() const {
 
 void job_controller::log(std::string line) { emit(log_line{std::move(line)}); }
 
+job_controller::device* job_controller::find_device(std::uint32_t d) {
+  if (auto it = devices_.find(d); it != devices_.end()) return &it->second;
+  if (auto it = joiners_.find(d); it != joiners_.end()) return &it->second;
+  return nullptr;
+}
+
 void job_controller::send(std::uint32_t d, device_message m) {
-  const device* dev = nullptr;
-  if (auto it = devices_.find(d); it != devices_.end()) dev = &it->second;
-  else if (auto jt = joiners_.find(d); jt != joiners_.end()) dev = &jt->second;
-  if (!dev) return;
-  emit(send_to_device{d, dev->address, std::move(m)});
+  if (const auto* dev = find_device(d)) emit(send_to_device{d, dev->address, std::move(m)});
 }
 
 std::uint64_t job_controller::timer(core::duration delay) {
@@ -221,10 +223,12 @@ void job_controller::on(const devices_found& e) {
   looking_up_.erase(e.node);
   auto it = pending_nodes_.find(e.node);
   if (it == pending_nodes_.end() || lost_nodes_.count(e.node)) return;
+  const auto offered = std::move(it->second);
   pending_nodes_.erase(it);
   for (const auto& [name, address] : e.devices) {
-    const auto index = next_device_++;
-    joiners_.emplace(index, device{e.node, name, address, false});
+    auto id = std::find_if(offered.begin(), offered.end(), [&](const device_id& d) { return d.to_string() == name; });
+    if (id == offered.end()) continue;  // not a device this node offered
+    joiners_.emplace(next_device_++, device{e.node, *id, address, false});
   }
   advance();
 }
@@ -280,8 +284,8 @@ void job_controller::on(const timer_fired& e) {
   } else if (e.id == join_timer_) {
     join_timer_ = 0;
     for (const auto& [tag, d] : joins_) {
-      auto* dev = devices_.count(d) ? &devices_[d] : joiners_.count(d) ? &joiners_[d] : nullptr;
-      if (dev) log(fmt::format("device {} ({}) could not join: no answer", d, dev->name));
+      if (const auto* dev = find_device(d))
+        log(fmt::format("device {} ({}) could not join: no answer", d, dev->id.to_string()));
       devices_.erase(d);
       joiners_.erase(d);
     }
@@ -379,8 +383,8 @@ void job_controller::on(const device_state& e) {
     const auto d = it->second;
     joins_.erase(it);
     if (!e.error.empty()) {
-      const auto* dev = devices_.count(d) ? &devices_[d] : joiners_.count(d) ? &joiners_[d] : nullptr;
-      if (dev) log(fmt::format("device {} ({}) could not join: {}", d, dev->name, e.error));
+      if (const auto* dev = find_device(d))
+        log(fmt::format("device {} ({}) could not join: {}", d, dev->id.to_string(), e.error));
       devices_.erase(d);
       joiners_.erase(d);
     }
@@ -418,19 +422,16 @@ void job_controller::on(const cancel_requested&) {
 
 void job_controller::on(const device_down& e) {
   if (phase_ == phase::done) return;
-  const device* dev = devices_.count(e.device) ? &devices_[e.device] : joiners_.count(e.device) ? &joiners_[e.device] : nullptr;
+  const auto* dev = find_device(e.device);
   if (!dev) return;
   const bool member = devices_.count(e.device) > 0;
   const auto node = dev->node;
-  const auto name = dev->name;
-  log(fmt::format("device {} ({}) unreachable: {}", e.device, name, e.reason));
+  const auto id = dev->id;
+  log(fmt::format("device {} ({}) unreachable: {}", e.device, id.to_string(), e.reason));
   drop_device(e.device);
   if (!lost_nodes_.count(node)) {
     // Its node may be fine (a connection can break without a process dying): find the device
     // again; a dead node's loss reaches us through membership meanwhile.
-    const auto colon = name.find(':');
-    device_id id{device_kind::cpu, static_cast<std::uint32_t>(std::stoul(name.substr(colon + 1)))};
-    (void)parse_device_kind(name.substr(0, colon), id.kind);
     auto& wanted = pending_nodes_[node];
     if (std::find(wanted.begin(), wanted.end(), id) == wanted.end()) wanted.push_back(id);
     // Looked up on the next tick, not now: when its process died, the head's loss report
@@ -490,7 +491,7 @@ void job_controller::request_lookups() {
 
 void job_controller::send_joins(const std::vector<std::uint32_t>& fresh, const std::string& resume_from) {
   for (auto d : fresh) {
-    const auto* dev = devices_.count(d) ? &devices_[d] : &joiners_.at(d);
+    const auto* dev = find_device(d);
     join_job m;
     m.job_id = config_.job_id;
     m.device = d;
@@ -663,7 +664,6 @@ void job_controller::step_boundary() {
       ahead_plan_->profile_version == profile_version_) {
     needed_plan_ = std::move(ahead_plan_);
     ahead_plan_.reset();
-    needed_plan_->needed_now = true;
     plan_wait_started_ = clock_.now();
     waiting_for_plan_ = true;
     return;
@@ -743,7 +743,6 @@ void job_controller::attempt_failed(std::string reason, bool membership_changed)
   }
   ++retried_;
   if (!first_failure_) first_failure_ = clock_.now();
-  failure_reason_ = reason;
   log(fmt::format("step {} attempt {} aborted ({}); re-planning the same batch", step_, failed_attempt, reason));
   if (retried_ > spec_.fault.max_retries) {
     fail(fmt::format("step {} failed {} times: {}", step_, retried_, reason));
@@ -917,7 +916,7 @@ void job_controller::ask_plan(std::uint64_t step, const std::vector<std::uint32_
   r.time_limit_ms = spec_.planner_time_limit_ms;
   r.milp = spec_.milp;
   r.milp_min_gap = spec_.milp_min_gap;
-  (needed_now ? needed_plan_ : ahead_plan_) = outstanding_plan{r.request, w, step, profile_version_, needed_now};
+  (needed_now ? needed_plan_ : ahead_plan_) = outstanding_plan{r.request, w, step, profile_version_};
   emit(std::move(r));
 }
 

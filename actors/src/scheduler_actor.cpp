@@ -214,21 +214,21 @@ void scheduler_actor::drain() {
 
 void scheduler_actor::end(job_state state, const std::string& message) {
   if (ended_) return;
+  release(state, message);
+  quit();
+}
+
+void scheduler_actor::on_stop(core::exit_reason reason) {
+  // Stopped from outside (the actor system shut down): the job ends here.
+  if (!ended_) release(job_state::cancelled, fmt::format("the scheduler actor stopped ({})", core::to_string(reason)));
+}
+
+void scheduler_actor::release(job_state state, const std::string& message) {
   ended_ = true;
   if (controller_) job_->update(controller_->status());
   if (worker_.valid()) worker_.stop(core::stop_mode::discard);
   if (published_) job_->config_.host->remove(published_);
   job_->finish(state, message);
-  quit();
-}
-
-void scheduler_actor::on_stop(core::exit_reason reason) {
-  if (ended_) return;
-  // Stopped from outside (the actor system shut down): the job ends here.
-  ended_ = true;
-  if (worker_.valid()) worker_.stop(core::stop_mode::discard);
-  if (published_) job_->config_.host->remove(published_);
-  job_->finish(job_state::cancelled, fmt::format("the scheduler actor stopped ({})", core::to_string(reason)));
 }
 
 // ---- scheduled_job ------------------------------------------------------------------------------

@@ -44,8 +44,7 @@ void watcher_list::deliver(abstract_actor& watched, entry& e, exit_reason reason
   }
 }
 
-void watcher_list::add(abstract_actor& watched, intrusive_ptr<abstract_actor> watcher, watch_kind kind) {
-  entry e{std::move(watcher), kind, {}};
+void watcher_list::add(abstract_actor& watched, entry e) {
   exit_reason reason;
   std::string what;
   {
@@ -60,20 +59,12 @@ void watcher_list::add(abstract_actor& watched, intrusive_ptr<abstract_actor> wa
   deliver(watched, e, reason, what);
 }
 
+void watcher_list::add(abstract_actor& watched, intrusive_ptr<abstract_actor> watcher, watch_kind kind) {
+  add(watched, entry{std::move(watcher), kind, {}});
+}
+
 void watcher_list::add(abstract_actor& watched, std::function<void(const down_msg&)> callback) {
-  entry e{{}, watch_kind::monitor, std::move(callback)};
-  exit_reason reason;
-  std::string what;
-  {
-    std::lock_guard lock{mutex_};
-    if (!fired_) {
-      entries_.push_back(std::move(e));
-      return;
-    }
-    reason = reason_;
-    what = what_;
-  }
-  deliver(watched, e, reason, what);
+  add(watched, entry{{}, watch_kind::monitor, std::move(callback)});
 }
 
 void watcher_list::remove(const abstract_actor* watcher, watch_kind kind) {

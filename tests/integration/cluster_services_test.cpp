@@ -325,52 +325,6 @@ TEST_F(ClusterServices, ANodeWithTheWrongSecretIsRejectedAndGivesUp) {
   EXPECT_TRUE(s->nodes.empty());
 }
 
-TEST(RemoteRuntimeActors, TypedRemoteRefsHaveTheLocalApiAndKeepOrder) {
-  core::actor_system system{core::actor_system_config{.workers = 2}};
-  auto local = system.spawn<adder>();
-
-  net::event_loop server_loop, client_loop;
-  server_loop.start();
-  client_loop.start();
-  actor_host_config hc;
-  hc.transport = transport();
-  auto server = actor_host::start(server_loop, hc);
-  auto client = actor_host::start(client_loop, hc);
-  ASSERT_TRUE(server && client);
-  const auto id = (*server)->publish(local);
-
-  core::actor_ref<adder> remote = (*client)->proxy<adder>({(*server)->address(), id});
-  constexpr std::uint64_t kCount = 3000;
-  for (std::uint64_t i = 1; i <= kCount; ++i) remote.tell(add_msg{i});
-  // The same call shape as a local actor_ref: ask(msg, timeout).get().
-  auto total = remote.ask(total_query{}, std::chrono::seconds{5}).get();
-  ASSERT_TRUE(total) << total.error().to_string();
-  EXPECT_EQ(total->count, kCount);
-  EXPECT_EQ(total->out_of_order, 0u);
-  EXPECT_EQ(total->sum, kCount * (kCount + 1) / 2);
-  auto same_locally = local.ask(total_query{}, std::chrono::seconds{5}).get();
-  ASSERT_TRUE(same_locally);
-  EXPECT_EQ(same_locally->sum, total->sum);
-
-  auto refused = remote.ask(fail_query{7}, std::chrono::seconds{5}).get();
-  ASSERT_FALSE(refused);
-  EXPECT_EQ(refused.error().kind(), errc::invalid_argument);
-  EXPECT_NE(refused.error().message().find("refused code 7"), std::string::npos) << refused.error().to_string();
-
-  local.stop();
-  expected<total_msg> after_stop = total_msg{};
-  ASSERT_TRUE(eventually([&]() {
-    after_stop = remote.ask(total_query{}, std::chrono::seconds{5}).get();
-    return !after_stop;
-  }));
-  EXPECT_EQ(after_stop.error().kind(), errc::disconnected) << after_stop.error().to_string();
-
-  (*client)->stop();
-  (*server)->stop();
-  client_loop.stop();
-  server_loop.stop();
-}
-
 /// Two actor hosts over loopback; the server publishes an adder of its actor system.
 struct RemoteActors : ::testing::Test {
   core::actor_system system{core::actor_system_config{.workers = 2}};
@@ -418,6 +372,34 @@ struct down_catcher {
     return down;
   }
 };
+
+TEST_F(RemoteActors, TypedRemoteRefsHaveTheLocalApiAndKeepOrder) {
+  core::actor_ref<adder> remote = client->proxy<adder>(where);
+  constexpr std::uint64_t kCount = 3000;
+  for (std::uint64_t i = 1; i <= kCount; ++i) remote.tell(add_msg{i});
+  // The same call shape as a local actor_ref: ask(msg, timeout).get().
+  auto total = remote.ask(total_query{}, std::chrono::seconds{5}).get();
+  ASSERT_TRUE(total) << total.error().to_string();
+  EXPECT_EQ(total->count, kCount);
+  EXPECT_EQ(total->out_of_order, 0u);
+  EXPECT_EQ(total->sum, kCount * (kCount + 1) / 2);
+  auto same_locally = local.ask(total_query{}, std::chrono::seconds{5}).get();
+  ASSERT_TRUE(same_locally);
+  EXPECT_EQ(same_locally->sum, total->sum);
+
+  auto refused = remote.ask(fail_query{7}, std::chrono::seconds{5}).get();
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().kind(), errc::invalid_argument);
+  EXPECT_NE(refused.error().message().find("refused code 7"), std::string::npos) << refused.error().to_string();
+
+  local.stop();
+  expected<total_msg> after_stop = total_msg{};
+  ASSERT_TRUE(eventually([&]() {
+    after_stop = remote.ask(total_query{}, std::chrono::seconds{5}).get();
+    return !after_stop;
+  }));
+  EXPECT_EQ(after_stop.error().kind(), errc::disconnected) << after_stop.error().to_string();
+}
 
 TEST_F(RemoteActors, AProxyIsTheSameHandleAsALocalReference) {
   core::actor_ref<adder> remote = client->proxy<adder>(where);

@@ -50,6 +50,16 @@ std::string snake(std::string_view camel) {
   return out;
 }
 
+/// A C++ floating literal that reads back as `v` (`digits` significant digits).
+std::string float_literal(double v, int digits) {
+  std::ostringstream s;
+  s.precision(digits);
+  s << v;
+  std::string x = s.str();
+  if (x.find_first_of(".e") == std::string::npos) x += ".0";
+  return x;
+}
+
 std::string upper_first(std::string_view s) {
   std::string out{s};
   if (!out.empty()) out[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(out[0])));
@@ -102,22 +112,8 @@ struct generator {
       case capnp::schema::Type::UINT16: return " = " + std::to_string(v.getUint16());
       case capnp::schema::Type::UINT32: return " = " + std::to_string(v.getUint32());
       case capnp::schema::Type::UINT64: return " = " + std::to_string(v.getUint64());
-      case capnp::schema::Type::FLOAT32: {
-        std::ostringstream s;
-        s.precision(9);
-        s << v.getFloat32();
-        std::string x = s.str();
-        if (x.find_first_of(".e") == std::string::npos) x += ".0";
-        return " = " + x + "f";
-      }
-      case capnp::schema::Type::FLOAT64: {
-        std::ostringstream s;
-        s.precision(17);
-        s << v.getFloat64();
-        std::string x = s.str();
-        if (x.find_first_of(".e") == std::string::npos) x += ".0";
-        return " = " + x;
-      }
+      case capnp::schema::Type::FLOAT32: return " = " + float_literal(v.getFloat32(), 9) + "f";
+      case capnp::schema::Type::FLOAT64: return " = " + float_literal(v.getFloat64(), 17);
       case capnp::schema::Type::TEXT: {
         if (!slot.getHadExplicitDefault()) return "";
         std::string x = v.getText().cStr();

@@ -242,12 +242,8 @@ public:
   std::vector<job_command> take_commands();
 
   const job_status& status() const noexcept { return status_; }
-  bool finished() const noexcept { return phase_ == phase::done; }
   /// The job's device set (ascending job device indices).
   std::vector<std::uint32_t> world() const;
-  std::uint64_t step() const noexcept { return step_; }
-  /// Attempts started so far (calibration probes included).
-  std::uint64_t attempts() const noexcept { return attempt_; }
 
 private:
   enum class phase : std::uint8_t {
@@ -255,7 +251,7 @@ private:
   };
   struct device {
     std::uint64_t node = 0;
-    std::string name;
+    device_id id;  ///< cpu:3, cuda:0 on its node
     remote_address address;
     bool synced = false;  ///< holds the job's replica state
   };
@@ -270,7 +266,6 @@ private:
     std::vector<std::uint32_t> world;
     std::uint64_t step = 0;
     std::uint64_t profile_version = 0;
-    bool needed_now = false;  ///< the step waits for it (false: planned ahead)
   };
   /// The attempt in flight.
   struct attempt_state {
@@ -300,6 +295,8 @@ private:
   void request_lookups();
   void send_joins(const std::vector<std::uint32_t>& fresh, const std::string& resume_from);
   void drop_device(std::uint32_t d);
+  /// Job device `d`, a member or a joiner; null when it is neither.
+  device* find_device(std::uint32_t d);
   void lose_node(std::uint64_t node, const std::string& reason, std::uint64_t epoch);
   bool joins_pending() const { return !joins_.empty(); }
 
@@ -368,7 +365,6 @@ private:
   std::optional<attempt_state> current_;
   std::uint32_t retried_ = 0;
   std::optional<core::time_point> first_failure_;
-  std::string failure_reason_;
   std::uint64_t grace_timer_ = 0;
 
   scheduler::profile profile_;

@@ -147,7 +147,10 @@ private:
     drain();
   }
   void drain();
+  /// Ends the job and stops this actor.
   void end(job_state state, const std::string& message);
+  /// Ends the job: the worker stops, devices no longer reach this actor, the handle is told.
+  void release(job_state state, const std::string& message);
   core::actor_ref<device_actor> device_ref(std::uint32_t device, const remote_address& where);
 
   std::shared_ptr<scheduled_job> job_;

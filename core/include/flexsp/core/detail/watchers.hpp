@@ -34,6 +34,8 @@ private:
     watch_kind kind = watch_kind::monitor;
     std::function<void(const down_msg&)> callback;
   };
+  /// Registers `e`, or delivers its notice at once when the watched actor already terminated.
+  void add(abstract_actor& watched, entry e);
   static void deliver(abstract_actor& watched, entry& e, exit_reason reason, const std::string& what);
 
   mutable std::mutex mutex_;
