@@ -1,17 +1,11 @@
 #include "flexsp/actors/client.hpp"
 
-#include <algorithm>
-#include <future>
-#include <variant>
-#include <mutex>
-#include <unordered_map>
+#include <map>
 
-#include "cluster_wire.hpp"
-#include "wire_convert.hpp"
+#include "flexsp/core/actor.hpp"
+#include "flexsp/core/log.hpp"
 
 namespace flexsp::actors {
-
-using wire::body_kind;
 
 std::size_t cluster_status::alive_count() const {
   std::size_t n = 0;
@@ -19,240 +13,172 @@ std::size_t cluster_status::alive_count() const {
   return n;
 }
 
-namespace {
-cluster_status status_from_wire(detail::cs::ClusterStatus::Reader s) {
+cluster_status from_wire(const cluster_view& v) {
   cluster_status out;
-  out.epoch = s.getEpoch();
-  out.head_pid = s.getHeadPid();
-  out.heartbeat_interval = std::chrono::milliseconds{s.getHeartbeatIntervalMs()};
-  out.failure_timeout = std::chrono::milliseconds{s.getFailureTimeoutMs()};
-  for (auto n : s.getNodes()) out.nodes.push_back(detail::from_wire(n));
+  out.epoch = v.epoch;
+  out.head_pid = v.head_pid;
+  out.heartbeat_interval = std::chrono::milliseconds{v.heartbeat_interval_ms};
+  out.failure_timeout = std::chrono::milliseconds{v.failure_timeout_ms};
+  for (const auto& n : v.nodes) out.nodes.push_back(from_wire(n));
   return out;
 }
 
-error error_from_wire(wire::schema::ErrorReply::Reader e) {
-  const std::string kind = e.getKind().cStr();
-  errc k = errc::failed;
-  for (auto candidate : {errc::failed, errc::invalid_argument, errc::not_found, errc::timeout, errc::overloaded,
-                         errc::disconnected, errc::cancelled, errc::protocol, errc::io, errc::unimplemented})
-    if (to_string(candidate) == kind) k = candidate;
-  return error{k, e.getMessage().cStr()};
-}
+namespace {
+
+/// Upper bound of one membership watch; the head answers at once when membership changes.
+constexpr std::chrono::milliseconds kWatchWait{10000};
+
+/// Long-polls the cluster actor for membership changes and hands each to a handler, once, in
+/// epoch order.
+class membership_watcher : public core::actor<membership_watcher> {
+public:
+  struct poll {};
+  using interface = core::interface<poll>;
+
+  membership_watcher(core::actor_ref<cluster_actor> cluster, cluster_status initial, cluster_client::event_handler handler)
+      : cluster_{std::move(cluster)}, after_{initial.epoch}, handler_{std::move(handler)} {
+    for (const auto& n : initial.nodes) known_[n.id] = n.state == node_state::alive;
+  }
+  void on_start() override { watch(); }
+  void handle(poll) { watch(); }
+
+private:
+  void watch() {
+    request(cluster_, watch_membership{after_, static_cast<std::uint32_t>(kWatchWait.count())}, kWatchWait * 2,
+            [this](expected<membership_update> u) {
+              if (!u) {
+                (void)send_after(std::chrono::milliseconds{200}, poll{});
+                return;
+              }
+              if (u->resync) resync(u->view);
+              for (const auto& c : u->changes) {
+                if (c.epoch <= after_) continue;
+                after_ = c.epoch;
+                auto ev = membership_event{c.kind == membership_kind::joined ? membership_event::kind_t::joined
+                                                                             : membership_event::kind_t::lost,
+                                           c.epoch, from_wire(c.node)};
+                known_[ev.node.id] = ev.kind == membership_event::kind_t::joined;
+                handler_(ev);
+              }
+              watch();
+            });
+  }
+  // The head no longer remembers every change since `after_`: report the difference.
+  void resync(const cluster_view& v) {
+    for (const auto& n : v.nodes) {
+      auto it = known_.find(n.id);
+      const bool was_alive = it != known_.end() && it->second;
+      if (n.alive == was_alive) continue;
+      known_[n.id] = n.alive;
+      handler_(membership_event{n.alive ? membership_event::kind_t::joined : membership_event::kind_t::lost, v.epoch,
+                                from_wire(n)});
+    }
+    after_ = v.epoch;
+  }
+
+  core::actor_ref<cluster_actor> cluster_;
+  std::uint64_t after_;
+  cluster_client::event_handler handler_;
+  std::map<std::uint64_t, bool> known_;
+};
+
 }  // namespace
 
 struct cluster_client::impl {
-  using reply_handler = std::function<void(expected<wire::envelope_reader>)>;
-  net::event_loop loop;
-  std::shared_ptr<net::connection> conn;
+  // Only for `connect`: the client's own I/O thread and actor system.
+  std::unique_ptr<net::event_loop> loop;
+  std::unique_ptr<core::actor_system> own_system;
+  std::shared_ptr<actor_host> host;
+  core::actor_system* system = nullptr;
+  core::actor_ref<cluster_actor> cluster;
   std::mutex mutex;
-  std::unordered_map<std::uint64_t, reply_handler> pending;
-  std::uint64_t next_request = 1;
-  event_handler on_event;
-  std::optional<error> closed;
+  std::vector<core::actor_ref<membership_watcher>> watchers;
 
-  void on_message(wire::envelope_reader env) {
-    if (detail::holds<detail::cs::MembershipEvent>(env)) {
-      event_handler h;
-      {
-        std::lock_guard lock{mutex};
-        h = on_event;
-      }
-      if (!h) return;
-      auto e = detail::cluster_body<detail::cs::MembershipEvent>(env);
-      membership_event ev;
-      ev.epoch = e.getEpoch();
-      ev.kind = e.getKind() == detail::cs::MembershipEvent::Kind::JOINED ? membership_event::kind_t::joined
-                                                                         : membership_event::kind_t::lost;
-      ev.node = detail::from_wire(e.getNode());
-      h(ev);
-      return;
+  ~impl() {
+    for (auto& w : watchers) w.stop();
+    if (own_system) {
+      host->stop();
+      own_system->shutdown();
+      cluster = {};
+      host.reset();  // the host's last reference: it closes on the loop, which still runs
+      loop->stop();
     }
-    reply_handler h;
-    {
-      std::lock_guard lock{mutex};
-      auto it = pending.find(env.getRequestId());
-      if (it == pending.end()) return;
-      h = std::move(it->second);
-      pending.erase(it);
-    }
-    h(env);
-  }
-
-  void on_closed(const error& why) {
-    std::unordered_map<std::uint64_t, reply_handler> failed;
-    {
-      std::lock_guard lock{mutex};
-      closed = why;
-      failed.swap(pending);
-    }
-    const error e{errc::disconnected, fmt::format("connection to the head lost: {}", why.message())};
-    for (auto& [_, h] : failed) h(unexpected<error>{e});
-  }
-
-  // Sends a request built by `fill` and decodes the reply with `decode` on the I/O thread.
-  template <class T, class Fill, class Decode>
-  expected<T> call(std::chrono::milliseconds timeout, Fill&& fill, Decode&& decode) {
-    auto promise = std::make_shared<std::promise<expected<T>>>();
-    auto future = promise->get_future();
-    std::uint64_t rid;
-    {
-      std::lock_guard lock{mutex};
-      if (closed) return make_error(errc::disconnected, "connection to the head lost: {}", closed->message());
-      rid = next_request++;
-      pending[rid] = [promise, decode = std::forward<Decode>(decode)](expected<wire::envelope_reader> env) {
-        if (!env) {
-          promise->set_value(unexpected<error>{std::move(env).error()});
-          return;
-        }
-        if (env->getBody().which() == body_kind::ERROR) {
-          promise->set_value(unexpected<error>{error_from_wire(env->getBody().getError())});
-          return;
-        }
-        promise->set_value(decode(*env));
-      };
-    }
-    capnp::MallocMessageBuilder msg{256};
-    fill(msg, rid);
-    conn->send(msg);
-    if (future.wait_for(timeout) != std::future_status::ready) {
-      std::lock_guard lock{mutex};
-      pending.erase(rid);
-      return make_error(errc::timeout, "the head did not answer within {} ms", timeout.count());
-    }
-    return future.get();
   }
 };
 
 cluster_client::cluster_client(std::unique_ptr<impl> i) : impl_{std::move(i)} {}
-
-cluster_client::~cluster_client() {
-  if (impl_->conn) impl_->conn->close(error{errc::cancelled, "client closed"});
-  impl_->loop.stop();
-}
+cluster_client::~cluster_client() = default;
 
 expected<std::unique_ptr<cluster_client>> cluster_client::connect(const net::endpoint& head,
                                                                   net::transport_config transport) {
   auto i = std::make_unique<impl>();
-  i->loop.start();
-  FLEXSP_TRY_ASSIGN(i->conn, net::connect_blocking(i->loop, head, wire::schema::Role::CLIENT, std::move(transport)));
-  impl* raw = i.get();
-  i->conn->start([raw](net::connection&, wire::envelope_reader env) { raw->on_message(env); },
-                 [raw](net::connection&, const error& why) { raw->on_closed(why); });
-  return std::unique_ptr<cluster_client>{new cluster_client{std::move(i)}};
+  i->loop = std::make_unique<net::event_loop>();
+  i->loop->start();
+  actor_host_config hc;
+  hc.bind = net::endpoint{"127.0.0.1", 0};  // only for replies on our own connections
+  hc.transport = std::move(transport);
+  FLEXSP_TRY_ASSIGN(i->host, actor_host::start(*i->loop, hc));
+  i->own_system = std::make_unique<core::actor_system>(core::actor_system_config{.workers = 1});
+  i->system = i->own_system.get();
+  i->cluster = i->host->proxy<cluster_actor>(remote_address{head.to_string(), cluster_actor_id});
+  std::unique_ptr<cluster_client> c{new cluster_client{std::move(i)}};
+  FLEXSP_TRY(c->status());
+  return c;
 }
 
-bool cluster_client::connected() const { return impl_->conn && impl_->conn->is_open(); }
+expected<std::unique_ptr<cluster_client>> cluster_client::attach(std::shared_ptr<actor_host> host,
+                                                                 core::actor_system& system, const net::endpoint& head) {
+  auto i = std::make_unique<impl>();
+  i->system = &system;
+  i->cluster = host->proxy<cluster_actor>(remote_address{head.to_string(), cluster_actor_id});
+  i->host = std::move(host);
+  std::unique_ptr<cluster_client> c{new cluster_client{std::move(i)}};
+  FLEXSP_TRY(c->status());
+  return c;
+}
 
 expected<cluster_status> cluster_client::status() {
-  return impl_->call<cluster_status>(
-      request_timeout, [](auto& msg, auto rid) { detail::start_cluster<detail::cs::StatusRequest>(msg, rid); },
-      [](wire::envelope_reader env) -> expected<cluster_status> {
-        if (!detail::holds<detail::cs::Status>(env)) return make_error(errc::protocol, "expected a status reply");
-        return status_from_wire(detail::cluster_body<detail::cs::Status>(env).getStatus());
-      });
+  FLEXSP_TRY_ASSIGN(auto v, impl_->cluster.ask(get_cluster_view{}, request_timeout).get());
+  return from_wire(v);
 }
-
-namespace {
-expected<void> expect_ack(wire::envelope_reader env) {
-  if (env.getBody().which() != body_kind::ACK)
-    return make_error(errc::protocol, "expected an ack, got {}", wire::body_name(env.getBody().which()));
-  return {};
-}
-
-expected<void> to_void(expected<std::monostate> r) {
-  if (!r) return unexpected<error>{std::move(r).error()};
-  return {};
-}
-
-expected<std::monostate> decode_ack(wire::envelope_reader env) {
-  FLEXSP_TRY(expect_ack(env));
-  return std::monostate{};
-}
-
-std::optional<std::string> kv_value(detail::cs::KvReply::Reader r) {
-  if (!r.getFound()) return std::nullopt;
-  auto v = r.getValue();
-  return std::string{reinterpret_cast<const char*>(v.begin()), v.size()};
-}
-}  // namespace
 
 expected<void> cluster_client::kv_set(const std::string& key, const std::string& value) {
-  return to_void(impl_->call<std::monostate>(
-      request_timeout,
-      [&](auto& msg, auto rid) {
-        auto kv = detail::start_cluster<detail::cs::KvSet>(msg, rid);
-        kv.setKey(key);
-        kv.setValue(kj::arrayPtr(reinterpret_cast<const kj::byte*>(value.data()), value.size()));
-      },
-      decode_ack));
+  return impl_->cluster.ask(kv_write{key, value}, request_timeout).get();
 }
 
 expected<std::optional<std::string>> cluster_client::kv_get(const std::string& key) {
-  return impl_->call<std::optional<std::string>>(
-      request_timeout, [&](auto& msg, auto rid) { detail::start_cluster<detail::cs::KvGet>(msg, rid).setKey(key); },
-      [](wire::envelope_reader env) -> expected<std::optional<std::string>> {
-        if (!detail::holds<detail::cs::KvReply>(env)) return make_error(errc::protocol, "expected a kv reply");
-        return kv_value(detail::cluster_body<detail::cs::KvReply>(env));
-      });
+  FLEXSP_TRY_ASSIGN(auto v, impl_->cluster.ask(kv_read{key, 0}, request_timeout).get());
+  if (!v.found) return std::optional<std::string>{};
+  return std::optional<std::string>{std::move(v.value)};
 }
 
 expected<std::string> cluster_client::kv_wait(const std::string& key, std::chrono::milliseconds wait) {
-  const auto ms = std::clamp<std::int64_t>(wait.count(), 1, 0xffffffffLL);
-  return impl_->call<std::string>(
-      wait + request_timeout,
-      [&](auto& msg, auto rid) {
-        auto get = detail::start_cluster<detail::cs::KvGet>(msg, rid);
-        get.setKey(key);
-        get.setWaitMs(static_cast<std::uint32_t>(ms));
-      },
-      [key](wire::envelope_reader env) -> expected<std::string> {
-        if (!detail::holds<detail::cs::KvReply>(env)) return make_error(errc::protocol, "expected a kv reply");
-        auto v = kv_value(detail::cluster_body<detail::cs::KvReply>(env));
-        if (!v) return make_error(errc::not_found, "key '{}' is not set", key);
-        return std::move(*v);
-      });
+  const auto ms = std::clamp<std::int64_t>(wait.count(), 1, std::numeric_limits<std::uint32_t>::max());
+  FLEXSP_TRY_ASSIGN(auto v, impl_->cluster.ask(kv_read{key, static_cast<std::uint32_t>(ms)}, wait + request_timeout).get());
+  if (!v.found) return make_error(errc::timeout, "key '{}' was not set within {} ms", key, wait.count());
+  return std::move(v.value);
 }
 
 expected<void> cluster_client::register_name(const std::string& name, const remote_address& where) {
-  return to_void(impl_->call<std::monostate>(
-      request_timeout,
-      [&](auto& msg, auto rid) {
-        auto r = detail::start_cluster<detail::cs::NameRegister>(msg, rid);
-        r.setName(name);
-        r.setAddress(where.host);
-        r.setActorId(where.actor_id);
-      },
-      decode_ack));
+  return impl_->cluster.ask(name_bind{name, where.host, where.actor_id}, request_timeout).get();
 }
 
 expected<remote_address> cluster_client::lookup(const std::string& name) {
-  return impl_->call<remote_address>(
-      request_timeout,
-      [&](auto& msg, auto rid) { detail::start_cluster<detail::cs::NameLookup>(msg, rid).setName(name); },
-      [name](wire::envelope_reader env) -> expected<remote_address> {
-        if (!detail::holds<detail::cs::NameReply>(env)) return make_error(errc::protocol, "expected a name reply");
-        auto r = detail::cluster_body<detail::cs::NameReply>(env);
-        if (!r.getFound()) return make_error(errc::not_found, "no actor is named '{}'", name);
-        return remote_address{r.getAddress().cStr(), r.getActorId()};
-      });
+  FLEXSP_TRY_ASSIGN(auto e, impl_->cluster.ask(name_resolve{name}, request_timeout).get());
+  if (!e.found) return make_error(errc::not_found, "no actor named '{}'", name);
+  return remote_address{e.address, e.actor_id};
 }
 
 expected<cluster_status> cluster_client::subscribe(event_handler handler) {
-  {
-    std::lock_guard lock{impl_->mutex};
-    impl_->on_event = std::move(handler);
-  }
-  return impl_->call<cluster_status>(
-      request_timeout, [](auto& msg, auto rid) { detail::start_cluster<detail::cs::Subscribe>(msg, rid); },
-      [](wire::envelope_reader env) -> expected<cluster_status> {
-        if (!detail::holds<detail::cs::Subscribed>(env)) return make_error(errc::protocol, "expected subscribed");
-        return status_from_wire(detail::cluster_body<detail::cs::Subscribed>(env).getStatus());
-      });
+  FLEXSP_TRY_ASSIGN(auto s, status());
+  core::spawn_options o;
+  o.name = "membership-watcher";
+  auto w = impl_->system->spawn<membership_watcher>(o, impl_->cluster, s, std::move(handler));
+  std::lock_guard lock{impl_->mutex};
+  impl_->watchers.push_back(std::move(w));
+  return s;
 }
 
-expected<void> cluster_client::shutdown_head() {
-  return to_void(impl_->call<std::monostate>(
-      request_timeout, [](auto& msg, auto rid) { wire::start_envelope(msg, rid).getBody().setShutdown(); }, decode_ack));
-}
+expected<void> cluster_client::shutdown_head() { return impl_->cluster.ask(stop_head{}, request_timeout).get(); }
 
 }  // namespace flexsp::actors

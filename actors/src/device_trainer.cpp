@@ -165,8 +165,10 @@ std::shared_ptr<device_trainer::job> device_trainer::find(const std::string& id)
 }
 
 expected<cluster_client*> device_trainer::client() {
-  if (client_ && client_->connected()) return client_.get();
-  FLEXSP_TRY_ASSIGN(client_, cluster_client::connect(context_.head, context_.transport));
+  if (client_) return client_.get();  // its proxy reconnects by itself after a broken connection
+  auto host = context_.host.lock();
+  if (!host) return make_error(errc::cancelled, "{}: the node is stopping", name_);
+  FLEXSP_TRY_ASSIGN(client_, cluster_client::attach(std::move(host), *context_.system, context_.head));
   return client_.get();
 }
 

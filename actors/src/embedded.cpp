@@ -18,22 +18,16 @@ std::vector<std::uint8_t> random_secret() {
   return s;
 }
 
-expected<std::unique_ptr<job_service>> job_service::start(net::event_loop& loop, net::endpoint head,
-                                                         net::transport_config transport, std::string bind_host,
-                                                         std::string advertise_host) {
+expected<std::unique_ptr<job_service>> job_service::start(std::shared_ptr<actor_host> host, net::endpoint head,
+                                                         net::transport_config transport) {
   std::unique_ptr<job_service> j{new job_service{}};
-  actor_host_config hc;
-  hc.bind = net::endpoint{bind_host, 0};
-  hc.advertise_host = advertise_host;
-  hc.transport = transport;
-  FLEXSP_TRY_ASSIGN(j->host_, actor_host::start(loop, hc));
-  FLEXSP_TRY_ASSIGN(j->client_, cluster_client::connect(head, transport));
+  j->host_ = std::move(host);
   scheduler_config sc;
   sc.head = head;
-  sc.transport = transport;
+  sc.transport = std::move(transport);
   sc.host = j->host_;
   j->jobs_ = std::make_unique<job_manager>(sc);
-  FLEXSP_TRY(j->jobs_->serve(*j->client_));
+  FLEXSP_TRY(j->jobs_->serve());
   return j;
 }
 
@@ -41,8 +35,6 @@ job_service::~job_service() { stop(); }
 
 void job_service::stop() {
   if (jobs_) jobs_->shutdown();
-  client_.reset();
-  if (host_) host_->stop();
 }
 
 expected<std::unique_ptr<head_runtime>> head_runtime::start(net::event_loop& loop, head_config config) {
@@ -50,7 +42,7 @@ expected<std::unique_ptr<head_runtime>> head_runtime::start(net::event_loop& loo
   h->transport_ = config.transport;
   h->host_name_ = config.bind.host;
   FLEXSP_TRY_ASSIGN(h->head_, head_service::start(loop, config));
-  FLEXSP_TRY_ASSIGN(h->jobs_, job_service::start(loop, h->endpoint(), config.transport, config.bind.host));
+  FLEXSP_TRY_ASSIGN(h->jobs_, job_service::start(h->head_->host(), h->endpoint(), config.transport));
   return h;
 }
 

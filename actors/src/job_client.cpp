@@ -60,11 +60,11 @@ expected<std::shared_ptr<job_client>> job_client::connect(const std::string& add
   c->updates_ = std::make_shared<job_update_box>();
   c->sink_ = c->system_->spawn<update_sink>(c->updates_);
   c->sink_id_ = c->host_->publish(c->sink_);
-  FLEXSP_TRY_ASSIGN(auto client, cluster_client::connect(head, transport));
-  auto where = client->lookup("jobs");
-  if (!where)
-    return make_error(where.error().kind(), "the head at {} serves no job API: {}", address, where.error().message());
-  c->jobs_ = c->host_->proxy<jobs_actor>(*where);
+  c->jobs_ = c->host_->proxy<jobs_actor>(remote_address{head.to_string(), jobs_actor_id});
+  // Fail now, with the reason, when the head cannot be reached or serves no job API.
+  if (auto probe = c->jobs_.ask(list_jobs{}, c->request_timeout).get(); !probe)
+    return make_error(probe.error().kind(), "the head at {} does not answer job requests: {}", address,
+                      probe.error().message());
   return c;
 }
 

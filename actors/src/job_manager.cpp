@@ -1,6 +1,5 @@
 #include "flexsp/actors/job_manager.hpp"
 
-#include "flexsp/actors/client.hpp"
 #include "flexsp/core/log.hpp"
 
 namespace flexsp::actors {
@@ -113,18 +112,14 @@ void job_manager::shutdown() {
   for (auto& [_, j] : jobs) (void)j->wait();
 }
 
-expected<std::uint64_t> job_manager::serve(cluster_client& head_client) {
+expected<void> job_manager::serve() {
+  std::lock_guard lock{mutex_};
+  if (served_actor_ != 0) return make_error(errc::invalid_argument, "the job API is already served");
   core::spawn_options o;
   o.name = "jobs";
-  auto ref = config_.system->spawn<jobs_actor>(o, *this);
-  const auto id = config_.host->publish(ref);
-  {
-    std::lock_guard lock{mutex_};
-    served_actor_ = id;
-    served_ = ref;
-  }
-  FLEXSP_TRY(head_client.register_name("jobs", remote_address{config_.host->address(), id}));
-  return id;
+  served_ = config_.system->spawn<jobs_actor>(o, *this);
+  served_actor_ = config_.host->publish(served_, std::chrono::seconds{30}, jobs_actor_id);
+  return {};
 }
 
 }  // namespace flexsp::actors

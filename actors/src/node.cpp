@@ -3,18 +3,17 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 
 #include "flexsp/actors/device_actor.hpp"
 #include "flexsp/core/log.hpp"
 #include "flexsp/kernels/ops.hpp"
-#include "cluster_wire.hpp"
-#include "wire_convert.hpp"
 
 namespace flexsp::actors {
 
-using wire::body_kind;
-using Clock = std::chrono::steady_clock;
+namespace {
+/// Upper bound of one membership watch; the head answers sooner when membership changes.
+constexpr std::chrono::milliseconds kWatchWait{10000};
+}  // namespace
 
 expected<void> node_config::validate() const {
   if (devices.empty()) return make_error(errc::invalid_argument, "a node needs at least one device");
@@ -22,276 +21,216 @@ expected<void> node_config::validate() const {
   return transport.validate();
 }
 
-struct node_service::impl : std::enable_shared_from_this<impl> {
-  impl(net::event_loop& l, node_config c) : loop{l}, config{std::move(c)}, backoff{config.reconnect} {}
-  impl(const impl&) = delete;
-  impl& operator=(const impl&) = delete;
+// ---- node actor --------------------------------------------------------------------------------
 
-  // Runs the device actors and their trainers' blocking workers; destroyed last.
-  std::unique_ptr<core::actor_system> system;
-  net::event_loop& loop;
-  node_config config;
-  std::shared_ptr<actor_host> host;
-  struct device_entry {
-    device_id device;
-    core::actor_ref<device_actor> ref;
-    std::uint64_t actor_id = 0;  // in `host`
-  };
-  std::vector<device_entry> devices;
-  std::shared_ptr<net::connection> conn;
-  std::atomic<std::uint64_t> node_id{0};
-  std::uint64_t previous_id = 0;
-  int cpu_devices = 0;  // counted in kernels::add_cpu_devices while the node lives
-  std::uint64_t sequence = 0;
-  std::uint64_t heartbeat_timer = 0;
-  std::chrono::milliseconds interval{500};
-  std::chrono::milliseconds timeout{3000};
-  Clock::time_point last_heard{};
-  Clock::time_point unreachable_since{};
-  net::backoff backoff;
-  bool stopped = false;
-  std::function<void(const registration&)> on_registered;
-  std::function<void(const error&)> on_fatal;
+node_actor::node_actor(std::shared_ptr<shared_state> shared)
+    : shared_{std::move(shared)}, backoff_{shared_->config.reconnect} {}
 
-  void connect() {
-    if (stopped) return;
-    std::weak_ptr<impl> weak = shared_from_this();
-    net::connect(loop, config.head, wire::schema::Role::NODE, config.transport,
-                 [weak](expected<std::shared_ptr<net::connection>> c) {
-                   if (auto self = weak.lock()) self->on_connected(std::move(c));
-                 });
+void node_actor::join() {
+  if (fatal_) return;
+  const auto gen = ++generation_;
+  cluster_ = shared_->host->proxy<cluster_actor>(remote_address{shared_->config.head.to_string(), cluster_actor_id});
+  register_node m;
+  m.actor_address = shared_->host->address();
+  m.devices = to_wire(shared_->config.devices);
+  m.previous_id = previous_id_;
+  m.pid = static_cast<std::uint32_t>(::getpid());
+  m.node_actor_id = shared_->self_id;
+  const auto timeout = std::max(shared_->config.transport.handshake_timeout * 2, std::chrono::milliseconds{5000});
+  request(cluster_, std::move(m), timeout, [this, gen](expected<node_registered> r) {
+    if (gen != generation_) return;
+    if (!r) return join_failed(r.error());
+    joined(*r);
+  });
+}
+
+void node_actor::joined(const node_registered& r) {
+  registration reg{r.node_id, r.epoch, r.previous_removed, r.previous_removed_reason};
+  node_id_ = r.node_id;
+  shared_->node_id = r.node_id;
+  backoff_.reset();
+  unreachable_since_ = {};
+  interval_ = std::chrono::milliseconds{std::max<std::uint32_t>(1, r.heartbeat_interval_ms)};
+  timeout_ = std::chrono::milliseconds{std::max<std::uint32_t>(2, r.failure_timeout_ms)};
+  if (reg.previous_removed)
+    log::get("actors")->warn("node: previous membership as node {} had been ended by the head ({}); rejoined as node {} at epoch {}",
+                             previous_id_, reg.previous_reason, reg.node_id, reg.epoch);
+  else
+    log::get("actors")->info("node: registered as node {} at epoch {} ({} devices, actors at {})", reg.node_id, reg.epoch,
+                             shared_->devices.size(), shared_->host->address());
+  // A broken connection to the head ends this membership from our side at once.
+  monitor(cluster_);
+  for (auto& d : shared_->devices) {
+    d.ref.tell(set_node_id{r.node_id});
+    cluster_.tell(name_bind{fmt::format("device/{}/{}", r.node_id, d.device.to_string()), shared_->host->address(),
+                            d.actor_id});
   }
+  last_ack_ = now();
+  heartbeat_.cancel();
+  heartbeat_ = send_every(interval_, heartbeat_tick{});
+  seen_epoch_ = 0;
+  watch();
+  if (shared_->on_registered) shared_->on_registered(reg);
+}
 
-  void retry(const error& why) {
-    if (stopped) return;
-    const auto now = Clock::now();
-    if (unreachable_since == Clock::time_point{}) unreachable_since = now;
-    if (config.give_up_after.count() > 0 && now - unreachable_since > config.give_up_after) {
-      log::get("actors")->error("node: the head at {} has been unreachable for {} ms; giving up ({})",
-                                config.head.to_string(), config.give_up_after.count(), why.message());
-      stopped = true;
-      if (on_fatal) on_fatal(error{errc::disconnected, fmt::format("head {} unreachable: {}", config.head.to_string(), why.message())});
-      return;
-    }
-    const auto delay = backoff.next();
-    log::get("actors")->info("node: {}; reconnecting to {} in {} ms", why.message(), config.head.to_string(), delay.count());
-    std::weak_ptr<impl> weak = shared_from_this();
-    loop.schedule(delay, [weak]() {
-      if (auto self = weak.lock()) self->connect();
-    });
+void node_actor::join_failed(const error& e) {
+  // A refused secret will not get better by retrying.
+  if (e.kind() == errc::failed) {
+    log::get("actors")->error("node: {}", e.message());
+    fatal_ = true;
+    if (shared_->on_fatal) shared_->on_fatal(e);
+    return;
   }
+  const auto t = now();
+  if (unreachable_since_ == core::time_point{}) unreachable_since_ = t;
+  const auto give_up = shared_->config.give_up_after;
+  if (give_up.count() > 0 && t - unreachable_since_ > give_up) {
+    log::get("actors")->error("node: the head at {} has been unreachable for {} ms; giving up ({})",
+                              shared_->config.head.to_string(), give_up.count(), e.message());
+    fatal_ = true;
+    if (shared_->on_fatal)
+      shared_->on_fatal(error{errc::disconnected, fmt::format("head {} unreachable: {}", shared_->config.head.to_string(),
+                                                              e.message())});
+    return;
+  }
+  const auto delay = backoff_.next();
+  log::get("actors")->info("node: {}; registering at {} again in {} ms", e.message(), shared_->config.head.to_string(),
+                           delay.count());
+  (void)send_after(delay, join_tick{generation_});
+}
 
-  void on_connected(expected<std::shared_ptr<net::connection>> c) {
-    if (stopped) {
-      if (c) (*c)->abort(error{errc::cancelled, "node stopping"});
-      return;
-    }
-    if (!c) {
-      // A rejected secret will not get better by retrying.
-      if (c.error().kind() == errc::failed && c.error().message().find("rejected") != std::string::npos) {
-        log::get("actors")->error("node: {}", c.error().message());
-        stopped = true;
-        if (on_fatal) on_fatal(c.error());
-        return;
-      }
-      retry(c.error());
-      return;
-    }
-    conn = std::move(*c);
-    std::weak_ptr<impl> weak = shared_from_this();
-    conn->start(
-        [weak](net::connection& cn, wire::envelope_reader env) {
-          if (auto self = weak.lock()) self->on_message(cn, env);
-        },
-        [weak](net::connection& cn, const error& why) {
-          if (auto self = weak.lock()) self->on_closed(cn, why);
-        });
-    capnp::MallocMessageBuilder msg{256};
-    auto reg = detail::start_cluster<detail::cs::RegisterNode>(msg, 1);
-    reg.setActorAddress(host->address());
-    detail::to_wire(config.devices, reg.initDevices(static_cast<unsigned>(config.devices.size())));
-    reg.setPreviousId(previous_id);
-    reg.setPid(static_cast<std::uint32_t>(::getpid()));
-    conn->send(msg);
-    last_heard = Clock::now();
-  }
+void node_actor::handle(join_tick m) {
+  if (m.generation == generation_) join();
+}
 
-  void on_message(net::connection& c, wire::envelope_reader env) {
-    last_heard = Clock::now();
-    auto body = env.getBody();
-    if (body.which() == body_kind::SERVICE) {
-      on_cluster_message(c, env);
-      return;
-    }
-    switch (body.which()) {
-      case body_kind::ACK: break;
-      case body_kind::ERROR:
-        log::get("actors")->warn("node: the head answered with an error: {}", body.getError().getMessage().cStr());
-        break;
-      default:
-        log::get("actors")->warn("node: unexpected {} from the head", wire::body_name(body.which()));
-    }
-  }
+void node_actor::rejoin(const std::string& why) {
+  if (node_id_ == 0) return;  // already joining
+  log::get("actors")->warn("node: membership as node {} ended: {}; registering again", node_id_, why);
+  previous_id_ = node_id_;
+  node_id_ = 0;
+  shared_->node_id = 0;
+  heartbeat_.cancel();
+  if (cluster_.valid()) demonitor(cluster_);
+  join();
+}
 
-  void on_cluster_message(net::connection& c, wire::envelope_reader env) {
-    using namespace detail;
-    const auto type = cluster_type(env);
-    if (type == capnp::typeId<cs::Registered>()) {
-      on_registered_msg(cluster_body<cs::Registered>(env));
-    } else if (type == capnp::typeId<cs::Heartbeat>()) {
-      // the head's echo: last_heard is updated for every message
-    } else if (type == capnp::typeId<cs::Removed>()) {
-      auto r = cluster_body<cs::Removed>(env);
-      log::get("actors")->warn("node: removed from the cluster as node {} at epoch {}: {}; rejoining as a new member",
-                               r.getNodeId(), r.getEpoch(), r.getReason().cStr());
-      c.close(error{errc::cancelled, "removed by the head"});
-    } else if (type == capnp::typeId<cs::MembershipEvent>()) {
-      auto e = cluster_body<cs::MembershipEvent>(env);
-      const std::string address = e.getNode().getAddress().cStr();
-      if (address == host->address()) return;
-      if (e.getKind() == cs::MembershipEvent::Kind::LOST)
-        host->mark_dead(address, fmt::format("node {} lost at epoch {}: {}", e.getNode().getId(), e.getEpoch(),
-                                             e.getNode().getLostReason().cStr()));
-      else
-        host->mark_alive(address);
-    } else if (type == capnp::typeId<cs::Subscribed>()) {
-      for (auto n : cluster_body<cs::Subscribed>(env).getStatus().getNodes())
-        if (!n.getAlive() && n.getAddress() != host->address())
-          host->mark_dead(n.getAddress().cStr(), fmt::format("node {} is not a member", n.getId()));
-    } else {
-      log::get("actors")->warn("node: unexpected cluster message {:#018x} from the head", type);
-    }
-  }
+void node_actor::handle(const node_removed& m) {
+  if (m.node_id == node_id_ && node_id_ != 0)
+    rejoin(fmt::format("removed from the cluster at epoch {}: {}", m.epoch, m.reason));
+}
 
-  void on_registered_msg(detail::cs::Registered::Reader r) {
-    registration reg{r.getNodeId(), r.getEpoch(), r.getPreviousRemoved(), r.getPreviousRemovedReason().cStr()};
-    node_id = reg.node_id;
-    backoff.reset();
-    unreachable_since = {};
-    interval = std::chrono::milliseconds{std::max<std::uint32_t>(1, r.getHeartbeatIntervalMs())};
-    timeout = std::chrono::milliseconds{std::max<std::uint32_t>(2, r.getFailureTimeoutMs())};
-    if (reg.previous_removed)
-      log::get("actors")->warn("node: previous membership as node {} had been ended by the head ({}); rejoined as node {} at epoch {}",
-                               previous_id, reg.previous_reason, reg.node_id, reg.epoch);
-    else
-      log::get("actors")->info("node: registered as node {} at epoch {} ({} devices, actors at {})", reg.node_id,
-                               reg.epoch, devices.size(), host->address());
-    for (auto& d : devices) {
-      d.ref.tell(set_node_id{reg.node_id});
-      capnp::MallocMessageBuilder msg{128};
-      auto n = detail::start_cluster<detail::cs::NameRegister>(msg, 2);
-      n.setName(fmt::format("device/{}/{}", reg.node_id, d.device.to_string()));
-      n.setAddress(host->address());
-      n.setActorId(d.actor_id);
-      conn->send(msg);
-    }
-    capnp::MallocMessageBuilder sub{64};
-    detail::start_cluster<detail::cs::Subscribe>(sub, 3);
-    conn->send(sub);
-    arm_heartbeat();
-    if (on_registered) on_registered(reg);
-  }
+void node_actor::handle(heartbeat_tick) {
+  if (node_id_ == 0) return;
+  const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now() - last_ack_);
+  if (silent > timeout_) return rejoin(fmt::format("the head has been silent for {} ms", silent.count()));
+  const auto gen = generation_;
+  request(cluster_, node_heartbeat{node_id_, ++sequence_}, timeout_, [this, gen](expected<heartbeat_ack> r) {
+    if (gen != generation_ || node_id_ == 0 || !r) return;  // a lost answer shows as silence
+    last_ack_ = now();
+    if (!r->member) rejoin(fmt::format("the head ended it: {}", r->reason));
+  });
+}
 
-  void arm_heartbeat() {
-    if (heartbeat_timer) loop.cancel(heartbeat_timer);
-    std::weak_ptr<impl> weak = shared_from_this();
-    heartbeat_timer = loop.schedule(interval, [weak]() {
-      auto self = weak.lock();
-      if (!self || self->stopped || !self->conn || self->node_id == 0) return;
-      self->heartbeat_timer = 0;
-      const auto silent = Clock::now() - self->last_heard;
-      if (silent > self->timeout) {
-        self->conn->abort(error{errc::timeout, fmt::format("the head has been silent for {} ms",
-                                                           std::chrono::duration_cast<std::chrono::milliseconds>(silent).count())});
-        return;
-      }
-      capnp::MallocMessageBuilder msg{64};
-      auto hb = detail::start_cluster<detail::cs::Heartbeat>(msg);
-      hb.setNodeId(self->node_id);
-      hb.setSequence(++self->sequence);
-      self->conn->send(msg);
-      self->arm_heartbeat();
-    });
-  }
+void node_actor::watch() {
+  const auto gen = generation_;
+  request(cluster_, watch_membership{seen_epoch_, static_cast<std::uint32_t>(kWatchWait.count())}, kWatchWait * 2,
+          [this, gen](expected<membership_update> u) {
+            if (gen != generation_ || node_id_ == 0) return;
+            if (!u) {
+              (void)send_after(interval_, watch_tick{gen});
+              return;
+            }
+            auto& host = *shared_->host;
+            const auto& self = host.address();
+            if (u->resync) {
+              for (const auto& n : u->view.nodes) {
+                if (n.address == self) continue;
+                if (n.alive) host.mark_alive(n.address);
+                else host.mark_dead(n.address, fmt::format("node {} is not a member", n.id));
+              }
+              seen_epoch_ = u->view.epoch;
+            }
+            for (const auto& c : u->changes) {
+              seen_epoch_ = std::max(seen_epoch_, c.epoch);
+              if (c.node.address == self) continue;
+              if (c.kind == membership_kind::lost)
+                host.mark_dead(c.node.address,
+                               fmt::format("node {} lost at epoch {}: {}", c.node.id, c.epoch, c.node.lost_reason));
+              else
+                host.mark_alive(c.node.address);
+            }
+            watch();
+          });
+}
 
-  void on_closed(net::connection& c, const error& why) {
-    if (conn.get() != &c) return;
-    conn.reset();
-    if (heartbeat_timer) loop.cancel(heartbeat_timer);
-    heartbeat_timer = 0;
-    if (node_id != 0) previous_id = node_id;
-    node_id = 0;
-    retry(why);
-  }
+void node_actor::handle(watch_tick m) {
+  if (m.generation == generation_ && node_id_ != 0) watch();
+}
 
-  ~impl() {
-    if (host) host->stop();
-    devices.clear();
-    if (system) system->shutdown();  // the device actors and their trainers stop here
-    if (cpu_devices > 0) kernels::add_cpu_devices(-cpu_devices);
-  }
+void node_actor::on_down(const core::down_msg& m) {
+  if (m.source == cluster_ && node_id_ != 0)
+    rejoin(fmt::format("connection to the head lost ({})", m.what.empty() ? core::to_string(m.reason) : m.what));
+}
 
-  void shutdown() {
-    if (stopped && !conn) {
-      host->stop();
-      return;
-    }
-    stopped = true;
-    if (heartbeat_timer) loop.cancel(heartbeat_timer);
-    if (conn) conn->close(error{errc::cancelled, "node leaving"});
-    host->stop();
-  }
-};
+// ---- node service ------------------------------------------------------------------------------
 
 expected<std::unique_ptr<node_service>> node_service::start(net::event_loop& loop, node_config config,
                                                             std::function<void(const registration&)> on_registered,
                                                             std::function<void(const error&)> on_fatal) {
   FLEXSP_TRY(config.validate());
-  auto i = std::make_shared<impl>(loop, config);
-  i->on_registered = std::move(on_registered);
-  i->on_fatal = std::move(on_fatal);
+  std::unique_ptr<node_service> n{new node_service{}};
+  auto shared = std::make_shared<node_actor::shared_state>();
+  shared->config = config;
+  shared->on_registered = std::move(on_registered);
+  shared->on_fatal = std::move(on_fatal);
   actor_host_config hc;
   hc.bind = config.bind;
   hc.advertise_host = config.advertise_host;
   hc.transport = config.transport;
-  FLEXSP_TRY_ASSIGN(i->host, actor_host::start(loop, hc));
-  i->cpu_devices = static_cast<int>(
+  FLEXSP_TRY_ASSIGN(shared->host, actor_host::start(loop, hc));
+  n->cpu_devices_ = static_cast<int>(
       std::count_if(config.devices.begin(), config.devices.end(), [](const device_id& d) { return d.kind == device_kind::cpu; }));
-  if (i->cpu_devices > 0)
-    log::get("device")->info("{} cpu devices here; CPU GEMM threads per device: {}", i->cpu_devices,
-                             kernels::add_cpu_devices(i->cpu_devices));
+  if (n->cpu_devices_ > 0)
+    log::get("device")->info("{} cpu devices here; CPU GEMM threads per device: {}", n->cpu_devices_,
+                             kernels::add_cpu_devices(n->cpu_devices_));
   // Each device's trainer runs steps and tears down communicators on blocking actors: two
   // threads of the blocking pool per device, so that every device of an SP group can be in a
   // collective at once.
   core::actor_system_config sc;
   sc.workers = 2;
   sc.blocking_workers = 2 * config.devices.size() + 2;
-  i->system = std::make_unique<core::actor_system>(sc);
+  n->system_ = std::make_unique<core::actor_system>(sc);
   for (const auto& d : config.devices) {
-    auto trainer =
-        std::make_shared<device_trainer>(device_context{config.head, config.transport, i->host, d, i->system.get()});
+    auto trainer = std::make_shared<device_trainer>(
+        device_context{config.head, config.transport, shared->host, d, n->system_.get()});
     core::spawn_options o;
     o.name = "device:" + d.to_string();
-    auto ref = i->system->spawn<device_actor>(o, d, std::uint64_t{0}, std::move(trainer));
-    const auto id = i->host->publish(ref);
-    i->devices.push_back({d, std::move(ref), id});
+    auto ref = n->system_->spawn<device_actor>(o, d, std::uint64_t{0}, std::move(trainer));
+    const auto id = shared->host->publish(ref);
+    shared->devices.push_back({d, std::move(ref), id});
   }
-  loop.post([i]() { i->connect(); });
-  return std::unique_ptr<node_service>{new node_service{std::move(i)}};
+  n->shared_ = shared;
+  core::spawn_options o;
+  o.name = "node";
+  n->actor_ = n->system_->spawn<node_actor>(o, shared);
+  shared->self_id = shared->host->publish(n->actor_);
+  n->actor_.tell(node_actor::join_tick{0});  // joins once its id is known
+  return n;
 }
 
-node_service::~node_service() { stop(); }
+node_service::~node_service() {
+  stop();
+  if (system_) system_->shutdown();  // the device actors and their trainers stop here
+  if (cpu_devices_ > 0) kernels::add_cpu_devices(-cpu_devices_);
+}
 
-std::uint64_t node_service::node_id() const { return impl_->node_id.load(); }
-std::string node_service::actor_address() const { return impl_->host->address(); }
-std::shared_ptr<actor_host> node_service::host() const { return impl_->host; }
+std::uint64_t node_service::node_id() const { return shared_->node_id.load(); }
+std::string node_service::actor_address() const { return shared_->host->address(); }
+std::shared_ptr<actor_host> node_service::host() const { return shared_->host; }
 
 void node_service::stop() {
-  auto i = impl_;
-  if (i->loop.in_loop_thread())
-    i->shutdown();
-  else
-    i->loop.post([i]() { i->shutdown(); });
+  if (actor_.valid()) actor_.stop();
+  shared_->host->stop();
 }
 
 }  // namespace flexsp::actors

@@ -130,7 +130,7 @@ struct actor_host::impl {
   std::map<std::pair<std::string, std::uint64_t>, std::vector<core::detail::intrusive_ptr<remote_proxy>>> watched;
   std::uint64_t next_proxy = 1;
   std::unordered_map<std::uint64_t, actor_entry> actors;
-  std::uint64_t next_actor = 1;
+  std::uint64_t next_actor = max_well_known_id + 1;
   std::map<std::string, peer> peers;
   std::unordered_map<std::uint64_t, pending> asks;
   std::uint64_t next_request = 1;
@@ -215,7 +215,9 @@ struct actor_host::impl {
         p.state = peer::state_t::down;
         p.reason = c ? std::string{"actor host stopped"} : c.error().message();
         p.retry_after = Clock::now() + p.backoff.next();
-        failure = error{errc::disconnected, fmt::format("cannot reach {}: {}", host, p.reason)};
+        // A refused handshake (wrong secret) will not get better by retrying: it stays `failed`.
+        const auto kind = !c && c.error().kind() == errc::failed ? errc::failed : errc::disconnected;
+        failure = error{kind, fmt::format("cannot reach {}: {}", host, p.reason)};
         failed = take_asks_locked(host, nullptr);
         gone = take_watched_locked(host);
       }
@@ -482,9 +484,11 @@ actor_host::~actor_host() { stop(); }
 const std::string& actor_host::address() const noexcept { return impl_->address; }
 net::event_loop& actor_host::loop() noexcept { return impl_->loop; }
 
-std::uint64_t actor_host::add_async_actor(async_dispatch_fn fn, core::any_ref target) {
+std::uint64_t actor_host::add_async_actor(async_dispatch_fn fn, core::any_ref target, std::uint64_t well_known_id) {
   std::lock_guard lock{impl_->mutex};
-  const auto id = impl_->next_actor++;
+  FLEXSP_EXPECTS(well_known_id <= max_well_known_id, "well-known actor ids are 1 to 15");
+  FLEXSP_EXPECTS(well_known_id == 0 || !impl_->actors.contains(well_known_id), "well-known actor id already taken");
+  const auto id = well_known_id != 0 ? well_known_id : impl_->next_actor++;
   impl_->actors.emplace(id, impl::actor_entry{std::make_shared<async_dispatch_fn>(std::move(fn)), std::move(target), {}});
   return id;
 }

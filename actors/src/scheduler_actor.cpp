@@ -38,7 +38,7 @@ public:
       : owner_{std::move(owner)}, job_id_{std::move(job_id)}, spec_{std::move(spec)}, config_{std::move(config)} {}
 
   void handle(connect_job) {
-    auto c = cluster_client::connect(config_.head, config_.transport);
+    auto c = cluster_client::attach(config_.host, *config_.system, config_.head);
     if (!c) return owner_.tell(job_start_failed{"cannot reach the head: " + c.error().to_string()});
     client_ = std::move(*c);
     auto owner = owner_;

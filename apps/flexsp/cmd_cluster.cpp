@@ -221,7 +221,7 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
   }
   loop.start();
   // The job manager (scheduler actors, job API) lives in the head process.
-  auto jobs = actors::job_service::start(loop, check(net::endpoint::parse(address)), cfg.transport, bind);
+  auto jobs = actors::job_service::start((*head)->host(), check(net::endpoint::parse(address)), cfg.transport);
   if (!jobs) {
     report(d.report_fd, "error " + jobs.error().message());
     fail(jobs.error());

@@ -6,7 +6,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("flexsp::wire::schema");
 
 const envelopeMagic :UInt32 = 0x31505346;   # "FSP1" little-endian
-const protocolVersion :UInt16 = 2;   # 2: cluster messages travel as `service` bodies
+const protocolVersion :UInt16 = 3;   # 3: only handshake and actor bodies; services are actors
 
 enum Role {
   node @0;     # a node process joining the cluster (registers, heartbeats)
@@ -32,17 +32,6 @@ struct Reject {
   reason @0 :Text;
 }
 
-# A message of a service built on the transport (the head's cluster protocol), tagged with the
-# Cap'n Proto type id of its struct; core does not know these structs.
-struct ServiceMessage {
-  typeId @0 :UInt64;
-  body @1 :AnyPointer;
-}
-
-struct ErrorReply {
-  kind @0 :Text;                  # flexsp::errc name
-  message @1 :Text;
-}
 
 # One actor message between processes. `payload` is a struct of the schema identified by
 # `typeId` (its Cap'n Proto type id).
@@ -72,10 +61,6 @@ struct Envelope {
     auth @4 :Auth;
     welcome @5 :Welcome;
     reject @6 :Reject;
-    ack @7 :Void;
-    error @8 :ErrorReply;
-    actor @9 :ActorMessage;
-    shutdown @10 :Void;           # asks the receiving head or node process to exit
-    service @11 :ServiceMessage;  # a service's own protocol (the cluster's: actors/schema/cluster.capnp)
+    actor @7 :ActorMessage;
   }
 }

@@ -255,7 +255,9 @@ TEST_F(ClusterServices, AskToAStoppedNodeFailsFastInsteadOfTimingOut) {
   hc.transport = transport();
   auto host = actor_host::start(loop, hc);
   ASSERT_TRUE(host);
-  auto ref = (*host)->proxy<device_actor>({n->node->actor_address(), 1});
+  expected<remote_address> where = make_error(errc::not_found, "");
+  ASSERT_TRUE(eventually([&]() { return (where = client()->lookup(fmt::format("device/{}/cpu:0", n->node->node_id()))).has_value(); }));
+  auto ref = (*host)->proxy<device_actor>(*where);
   ASSERT_TRUE(ref.ask(describe_device{}, 2000ms).get());
   n.reset();  // closes the node's actor host and its connections
   const auto t0 = std::chrono::steady_clock::now();
@@ -294,24 +296,34 @@ TEST_F(ClusterServices, SubscribersSeeAJoinAndALossExactlyOnce) {
   EXPECT_EQ(events[1].epoch, 2u);
 }
 
-TEST_F(ClusterServices, AnUnknownClusterMessageClosesOnlyItsConnection) {
+TEST_F(ClusterServices, AMessageTheClusterActorDoesNotHandleFailsOnlyThatAsk) {
   net::event_loop loop;
   loop.start();
-  auto conn = net::connect_blocking(loop, head_address, wire::schema::Role::CLIENT, transport());
+  auto conn = net::connect_blocking(loop, head_address, wire::schema::Role::PEER, transport());
   ASSERT_TRUE(conn) << conn.error().to_string();
-  std::promise<error> closed;
-  (*conn)->start([](net::connection&, wire::envelope_reader) {},
-                 [&closed](net::connection&, const error& why) { closed.set_value(why); });
+  std::promise<std::string> reply;
+  (*conn)->start(
+      [&reply](net::connection&, wire::envelope_reader env) {
+        if (env.getBody().which() != wire::body_kind::ACTOR) return;
+        auto a = env.getBody().getActor();
+        if (a.getIsReply() && a.getRequestId() == 5) reply.set_value(a.getErrorKind().cStr());
+      },
+      [](net::connection&, const error&) {});
   capnp::MallocMessageBuilder msg;
-  auto svc = wire::start_envelope(msg, 5).getBody().initService();
-  svc.setTypeId(0x1234567890abcdefull);  // no cluster struct has this id
-  svc.getBody().initAsAnyStruct(1, 0);
+  auto a = wire::start_envelope(msg).getBody().initActor();
+  a.setTarget(cluster_actor_id);
+  a.setRequestId(5);
+  a.setTypeId(0x1234567890abcdefull);  // no message of the cluster actor has this id
+  a.getPayload().initAsAnyStruct(1, 0);
   (*conn)->send(msg);
-  auto f = closed.get_future();
-  ASSERT_EQ(f.wait_for(10s), std::future_status::ready) << "the head closes the connection";
+  auto f = reply.get_future();
+  ASSERT_EQ(f.wait_for(10s), std::future_status::ready) << "the head answers the ask with an error";
+  EXPECT_EQ(f.get(), "protocol");
+  EXPECT_TRUE((*conn)->is_open());
   auto c = client();
   auto s = c->status();
   ASSERT_TRUE(s) << "the head keeps serving: " << s.error().to_string();
+  (*conn)->close(error{errc::cancelled, "done"});
   loop.stop();
 }
 

@@ -10,8 +10,10 @@
 //   reader (nested structs and lists of them through their own codecs);
 // - per enum `Precision` an `enum class precision` with `to_string` and `parse_precision`.
 // The C++ types go into the namespace of `$Cxx.namespace` without its last `::schema` part; the
-// codecs into flexsp::actors, where wire_codec lives. Unions, groups, interfaces, AnyPointer and
-// Data fields are rejected with an error naming the field.
+// codecs into flexsp::actors, where wire_codec lives. Data fields become std::string (bytes).
+// Types imported from another schema are not generated again: that schema's `.msg.hpp` is
+// included instead. Unions, groups, interfaces and AnyPointer fields are rejected with an error
+// naming the field.
 #include <cctype>
 #include <cstdio>
 #include <fstream>
@@ -72,6 +74,24 @@ struct generator {
   std::string schema_ns;  // flexsp::actors::schema
   std::ostringstream types, codecs;
   std::set<std::uint64_t> done;
+  std::uint64_t file_id = 0;            // the schema file being generated
+  std::set<std::string> imports;        // other schemas' .msg.hpp this one needs
+
+  // The schema file that declares `s`.
+  capnp::Schema file_of(capnp::Schema s) {
+    while (!s.getProto().isFile()) s = loader.get(s.getProto().getScopeId());
+    return s;
+  }
+  // False (and the other schema's header noted) when `s` belongs to an imported file.
+  bool local(capnp::Schema s) {
+    auto f = file_of(s);
+    if (f.getProto().getId() == file_id) return true;
+    std::string path = f.getProto().getDisplayName().cStr();
+    const auto slash = path.rfind('/');
+    if (slash != std::string::npos) path = path.substr(slash + 1);
+    imports.insert(path.substr(0, path.rfind(".capnp")) + ".msg.hpp");
+    return false;
+  }
 
   std::string name_of(capnp::Schema s) { return snake(s.getShortDisplayName().cStr()); }
   std::string qualified(capnp::Schema s) { return "::" + types_ns + "::" + name_of(s); }
@@ -91,6 +111,7 @@ struct generator {
       case capnp::schema::Type::FLOAT32: return "float";
       case capnp::schema::Type::FLOAT64: return "double";
       case capnp::schema::Type::TEXT: return "std::string";
+      case capnp::schema::Type::DATA: return "std::string";
       case capnp::schema::Type::LIST: return "std::vector<" + cxx_type(t.asList().getElementType(), where) + ">";
       case capnp::schema::Type::ENUM: return qualified(t.asEnum());
       case capnp::schema::Type::STRUCT: return qualified(t.asStruct());
@@ -134,7 +155,7 @@ struct generator {
   }
 
   void gen_enum(capnp::EnumSchema e) {
-    if (!done.insert(e.getProto().getId()).second) return;
+    if (!done.insert(e.getProto().getId()).second || !local(e)) return;
     const auto name = name_of(e);
     types << "/// Schema enum " << e.getShortDisplayName().cStr() << ".\nenum class " << name << " : std::uint16_t {";
     std::string sep = " ";
@@ -159,7 +180,7 @@ struct generator {
   }
 
   void gen_struct(capnp::StructSchema s) {
-    if (!done.insert(s.getProto().getId()).second) return;
+    if (!done.insert(s.getProto().getId()).second || !local(s)) return;
     const auto display = std::string{s.getShortDisplayName().cStr()};
     if (s.getUnionFields().size() > 0) fail(display + ": unions have no C++ message form");
     // Types used by the fields first.
@@ -200,11 +221,14 @@ struct generator {
           codecs << "wire_codec<" << qualified(e.asStruct()) << ">::encode(m." << field << "[i], l[i]);\n";
         else if (e.isEnum())
           codecs << "l.set(i, static_cast<" << schema_name(e.asEnum()) << ">(m." << field << "[i]));\n";
-        else if (e.isList())
-          fail(display + "." + f.getProto().getName().cStr() + ": lists of lists have no C++ message form");
+        else if (e.isList() || e.isData())
+          fail(display + "." + f.getProto().getName().cStr() + ": lists of lists or Data have no C++ message form");
         else
           codecs << "l.set(i, m." << field << "[i]);\n";
         codecs << "    }\n";
+      } else if (t.isData()) {
+        codecs << "    b.set" << cap << "(kj::arrayPtr(reinterpret_cast<const kj::byte*>(m." << field << ".data()), m."
+               << field << ".size()));\n";
       } else {
         codecs << "    b.set" << cap << "(m." << field << ");\n";
       }
@@ -230,6 +254,9 @@ struct generator {
         codecs << ");\n    }\n";
       } else if (t.isText()) {
         codecs << "    m." << field << " = r.get" << cap << "().cStr();\n";
+      } else if (t.isData()) {
+        codecs << "    {\n      auto d = r.get" << cap << "();\n      m." << field
+               << ".assign(reinterpret_cast<const char*>(d.begin()), d.size());\n    }\n";
       } else {
         codecs << "    m." << field << " = r.get" << cap << "();\n";
       }
@@ -256,7 +283,7 @@ int main() {
     const std::string suffix = "::schema";
     if (ns.size() <= suffix.size() || ns.compare(ns.size() - suffix.size(), suffix.size(), suffix) != 0)
       fail(std::string{file.getFilename().cStr()} + ": $Cxx.namespace must end in ::schema");
-    generator g{loader, ns.substr(0, ns.size() - suffix.size()), ns, {}, {}, {}};
+    generator g{loader, ns.substr(0, ns.size() - suffix.size()), ns, {}, {}, {}, file.getId(), {}};
     for (auto nested : schema.getProto().getNestedNodes()) {
       auto s = loader.get(nested.getId());
       if (s.getProto().isStruct()) g.gen_struct(s.asStruct());
@@ -270,7 +297,9 @@ int main() {
     out << "// Generated by capnpc-flexsp from " << path << ": the schema's messages as C++ types and their\n"
         << "// wire codecs. Do not edit; change the schema.\n#pragma once\n\n"
         << "#include <cstdint>\n#include <string>\n#include <string_view>\n#include <vector>\n\n"
-        << "#include \"flexsp/actors/wire_codec.hpp\"\n#include \"" << base << ".capnp.h\"\n\n"
+        << "#include \"flexsp/actors/wire_codec.hpp\"\n#include \"" << base << ".capnp.h\"\n";
+    for (const auto& i : g.imports) out << "#include \"" << i << "\"\n";
+    out << "\n"
         << "namespace " << g.types_ns << " {\n\n"
         << g.types.str() << "}  // namespace " << g.types_ns << "\n\nnamespace flexsp::actors {\n\n"
         << g.codecs.str() << "}  // namespace flexsp::actors\n";

@@ -5,7 +5,7 @@
 namespace flexsp::wire {
 
 namespace {
-constexpr auto kLastKind = body_kind::SERVICE;
+constexpr auto kLastKind = body_kind::ACTOR;
 }
 
 expected<envelope_reader> open_envelope(inbound_message& message) {
@@ -40,11 +40,7 @@ std::string body_name(body_kind kind) {
     case body_kind::AUTH: return "auth";
     case body_kind::WELCOME: return "welcome";
     case body_kind::REJECT: return "reject";
-    case body_kind::ACK: return "ack";
-    case body_kind::ERROR: return "error";
     case body_kind::ACTOR: return "actor";
-    case body_kind::SHUTDOWN: return "shutdown";
-    case body_kind::SERVICE: return "service";
   }
   return "unknown(" + std::to_string(static_cast<unsigned>(kind)) + ")";
 }

@@ -122,9 +122,9 @@ TEST(FrameDecoder, SumsMultiSegmentTablesAgainstTheLimit) {
 
 TEST(OpenEnvelope, RejectsAMessageOfAnotherSchema) {
   capnp::MallocMessageBuilder msg;
-  auto other = msg.initRoot<wire::schema::ErrorReply>();
-  other.setKind("some text that fills the magic slot");
-  other.setMessage("and more");
+  auto other = msg.initRoot<wire::schema::ActorMessage>();
+  other.setTarget(0x0123456789abcdefull);  // fills the magic slot
+  other.setErrorMessage("and more");
   frame_decoder d;
   ASSERT_TRUE(d.feed(to_bytes(wire::encode_frame(msg))));
   auto f = d.next();

@@ -24,26 +24,23 @@ struct embedded_options {
   std::uint16_t port = 0;
 };
 
-/// The job side of a head process: an actor host for the scheduler actors, the job manager, and
-/// the "jobs" API actor registered at the head. `flexsp start --head` runs one next to its head
-/// service.
+/// The job side of a head process: the job manager, whose scheduler actors and "jobs" API actor
+/// are published on the head's actor host (the API is also registered under the name "jobs").
+/// `flexsp start --head` runs one next to its head service.
 class job_service {
 public:
-  /// `loop` must already run and the head must accept connections at `head`. The actor host
-  /// binds `bind_host` (any port) and advertises `advertise_host` (defaults to bind_host).
-  static expected<std::unique_ptr<job_service>> start(net::event_loop& loop, net::endpoint head,
-                                                      net::transport_config transport, std::string bind_host,
-                                                      std::string advertise_host = {});
+  /// `host` is the head's actor host; the head must accept connections at `head`.
+  static expected<std::unique_ptr<job_service>> start(std::shared_ptr<actor_host> host, net::endpoint head,
+                                                      net::transport_config transport);
   ~job_service();
   job_manager& jobs() { return *jobs_; }
   std::shared_ptr<actor_host> host() const { return host_; }
-  /// Cancels the jobs and closes the actor host. Idempotent.
+  /// Cancels the jobs and stops serving the API. Idempotent.
   void stop();
 
 private:
   job_service() = default;
   std::shared_ptr<actor_host> host_;
-  std::unique_ptr<cluster_client> client_;
   std::unique_ptr<job_manager> jobs_;
 };
 

@@ -1,22 +1,38 @@
 #pragma once
 /// \file
-/// The head service: node registry, membership epochs, failure detector, named-actor directory,
-/// KV store (the rendezvous service of collective groups) and membership subscriptions.
+/// The head: the cluster actor (node registry, membership epochs, failure detector, named-actor
+/// directory, KV store for the rendezvous of collective groups, membership watches) and the
+/// head service that hosts it.
 ///
-/// It runs on an `net::event_loop` and serves three kinds of authenticated connections:
-/// - nodes (`RegisterNode`, then `Heartbeat` every interval): a node that closes its connection
-///   is lost at once; one that stops sending for longer than `failure_timeout` is lost by the
-///   detector (checked every `interval / 4`, so detection takes at most timeout + interval/4
-///   + one heartbeat interval). A lost node is sent `Removed` and disconnected; if its process
-///   returns it joins again as a new member and is told that its previous membership ended.
-/// - clients (`status`, `kv_*`, `name_*`, `subscribe`, `shutdown`);
-/// - any connection may subscribe to membership events; each join or loss is pushed once.
+/// The cluster actor is an actor of the runtime like any other: the head service publishes it
+/// at its address as actor `cluster_actor_id`, and nodes, schedulers, devices and command-line
+/// clients reach it through `actor_host::proxy<cluster_actor>`. Its messages are declared in
+/// actors/schema/cluster.capnp.
+/// - A node registers (`register_node`) naming its node actor; the head monitors that actor
+///   through a proxy, so a node whose process dies or whose connection breaks is lost at once
+///   (the proxy's down notice). A node that stops heartbeating (`node_heartbeat`, every
+///   interval) for longer than the failure timeout is lost by the detector (checked every
+///   interval / 4). A lost node is told (`node_removed`, and `member = false` in its next
+///   heartbeat acknowledgement); if its process is still there it joins again as a new member
+///   and is told that its previous membership ended.
+/// - Membership changes are kept in a bounded log; `watch_membership` returns those after an
+///   epoch, waiting for the next one when there are none (a long poll), so a watcher never
+///   misses or repeats a change while the head lives.
 
 #include <chrono>
+#include <cstdint>
+#include <deque>
 #include <functional>
+#include <map>
 #include <memory>
+#include <string>
+#include <vector>
 
+#include "flexsp/actors/cluster.msg.hpp"
 #include "flexsp/actors/membership.hpp"
+#include "flexsp/actors/remote.hpp"
+#include "flexsp/core/actor.hpp"
+#include "flexsp/core/actor_system.hpp"
 #include "flexsp/core/error.hpp"
 #include "flexsp/core/net/transport.hpp"
 
@@ -35,30 +51,107 @@ struct head_config {
   net::endpoint bind{"127.0.0.1", 7400};
   failure_detector_config detector;
   net::transport_config transport;
-  /// Upper bound of one KV wait.
+  /// Upper bound of one KV or membership wait.
   std::chrono::milliseconds max_kv_wait{std::chrono::minutes{10}};
+  /// Membership changes remembered for watchers (older ones are answered with a resync).
+  std::size_t membership_log = 1024;
   expected<void> validate() const;
 };
 
-/// The running head. Create with `start`; every method is thread-safe.
+/// The actor id of the cluster actor at every head's address.
+inline constexpr std::uint64_t cluster_actor_id = 1;
+
+/// Conversions between membership records and their wire form.
+node_info to_wire(const node_record& r);
+node_record from_wire(const node_info& n);
+std::vector<node_device> to_wire(const std::vector<device_id>& devices);
+/// Skips devices of a kind this build does not know.
+std::vector<device_id> from_wire(const std::vector<node_device>& devices);
+
+class node_actor;
+
+/// The cluster actor (see the file comment). Its local messages are its own timers.
+class cluster_actor : public core::actor<cluster_actor> {
+public:
+  struct detector_tick {};
+  struct wait_expired {
+    std::uint64_t waiter = 0;
+  };
+  using interface = core::interface<register_node, node_heartbeat, get_cluster_view, watch_membership, kv_write, kv_read,
+                                    name_bind, name_resolve, stop_head, detector_tick, wait_expired>;
+
+  /// `host` makes proxies of node actors; `on_shutdown` runs (on an actor thread) when a
+  /// client sends stop_head.
+  cluster_actor(std::shared_ptr<actor_host> host, head_config config, std::function<void()> on_shutdown);
+
+  node_registered handle(const register_node& m);
+  heartbeat_ack handle(const node_heartbeat& m);
+  cluster_view handle(get_cluster_view);
+  core::deferred<membership_update> handle(const watch_membership& m);
+  void handle(kv_write m);
+  core::deferred<kv_value> handle(const kv_read& m);
+  void handle(const name_bind& m);
+  name_entry handle(const name_resolve& m);
+  void handle(stop_head);
+  void handle(detector_tick);
+  void handle(wait_expired m);
+
+  void on_start() override;
+  void on_down(const core::down_msg& m) override;
+
+private:
+  struct kv_waiter {
+    std::string key;
+    core::deferred<kv_value> reply;
+    std::chrono::milliseconds wait{0};
+    core::timer_handle timer;
+  };
+  struct watcher {
+    std::uint64_t after = 0;
+    core::deferred<membership_update> reply;
+    core::timer_handle timer;
+  };
+  void lose(std::uint64_t node, std::string reason);
+  void on_lost(const membership_event& ev);
+  void record(const membership_event& ev);
+  cluster_view view() const;
+
+  std::shared_ptr<actor_host> host_;
+  head_config config_;
+  std::function<void()> on_shutdown_;
+  membership_table members_;
+  std::map<std::uint64_t, core::actor_ref<node_actor>> node_actors_;  // by node id
+  std::deque<membership_change> log_;
+  std::map<std::string, std::string> kv_;
+  std::map<std::string, name_entry> names_;
+  std::map<std::uint64_t, kv_waiter> kv_waiters_;
+  std::map<std::uint64_t, watcher> watchers_;
+  std::uint64_t next_waiter_ = 1;
+  core::timer_handle detector_;
+};
+
+/// The running head: an actor system and an actor host at the head's address, publishing the
+/// cluster actor. Create with `start`; every method is thread-safe.
 class head_service {
 public:
-  /// Binds, listens and starts the failure detector on `loop` (which must be running or be run
-  /// by the caller afterwards). `on_shutdown` runs on the loop when a client asks the head to exit.
+  /// Binds and listens on `loop` (which must be running or be run by the caller afterwards).
+  /// `on_shutdown` runs when a client asks the head to exit.
   static expected<std::unique_ptr<head_service>> start(net::event_loop& loop, head_config config,
                                                        std::function<void()> on_shutdown = {});
   ~head_service();
 
   /// The port actually bound (differs from the config when it asked for 0).
   std::uint16_t port() const;
-  /// Closes the listener and every connection.
+  /// The head's actor host: other actors of the head process (the job API) are published here.
+  std::shared_ptr<actor_host> host() const { return host_; }
+  /// Stops publishing and closes every connection.
   void stop();
 
-  struct impl;
-
 private:
-  explicit head_service(std::shared_ptr<impl> i) : impl_{std::move(i)} {}
-  std::shared_ptr<impl> impl_;
+  head_service() = default;
+  std::unique_ptr<core::actor_system> system_;
+  std::shared_ptr<actor_host> host_;
+  core::actor_ref<cluster_actor> cluster_;
 };
 
 }  // namespace flexsp::actors

@@ -2,7 +2,8 @@
 /// \file
 /// The job manager of the head: hosts one scheduler actor per submitted job and answers the job
 /// API (`submit`, `status`, `metrics`, `logs`, `cancel`) for local callers and, through the
-/// actor named "jobs" on the head's actor host, for remote clients (job_client.hpp).
+/// jobs actor published on the head's actor host as `jobs_actor_id`, for remote clients
+/// (job_client.hpp).
 
 #include <cstdint>
 #include <map>
@@ -18,8 +19,11 @@ namespace flexsp::actors {
 
 class job_manager;
 
-/// The remote face of the job manager: actor "jobs", published on the head's actor host. Job
-/// clients reach it through a proxy (job_client.hpp).
+/// The actor id of the jobs actor at every head's address.
+inline constexpr std::uint64_t jobs_actor_id = 2;
+
+/// The remote face of the job manager, published on the head's actor host as `jobs_actor_id`.
+/// Job clients reach it through a proxy (job_client.hpp).
 class jobs_actor : public core::actor<jobs_actor> {
 public:
   using interface = core::interface<submit_job, query_job, cancel_job, list_jobs, watch_job>;
@@ -51,9 +55,8 @@ public:
   /// Cancels every job and waits for them.
   void shutdown();
 
-  /// Registers the remote job API as actor "jobs" in the head's actor host and under that name
-  /// at the head; returns the actor id.
-  expected<std::uint64_t> serve(class cluster_client& head_client);
+  /// Publishes the remote job API on the head's actor host as `jobs_actor_id`.
+  expected<void> serve();
 
 private:
   std::unique_ptr<core::actor_system> own_system_;

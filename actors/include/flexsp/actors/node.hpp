@@ -1,17 +1,21 @@
 #pragma once
 /// \file
-/// The node service: one per machine. Hosts one device actor per configured device, registers
-/// with the head, sends heartbeats, and keeps its actor host's view of dead peers current.
+/// The node service: one per machine. Hosts one device actor per configured device and the node
+/// actor, which keeps the node a member of the cluster.
 ///
-/// Lifecycle: connect and authenticate -> `RegisterNode` -> `Registered{node id, epoch,
-/// heartbeat interval, failure timeout}` -> heartbeat every interval, register the device
-/// actors' names (`device/<node id>/<device>`), subscribe to membership events. When the head
-/// removes the node (`Removed`), when the connection breaks, or when the head stays silent for
-/// longer than the failure timeout, the node reconnects with backoff and registers again as a
-/// new member, naming its previous id; the head answers whether that membership was ended and
-/// why, and the node logs it. If the head cannot be reached for `give_up_after`, `on_fatal`
-/// runs (the `flexsp` command then exits).
+/// The node actor's lifecycle: ask the head's cluster actor (head.hpp) `register_node` ->
+/// `node_registered{node id, epoch, heartbeat interval, failure timeout}` -> name the device
+/// actors (`device/<node id>/<device>`), heartbeat every interval, and watch membership so that
+/// the actor host fails sends to lost peers at once. When the head ends the membership
+/// (`node_removed`, or `member = false` in a heartbeat acknowledgement), when the connection to
+/// the head breaks (the node monitors the cluster actor's proxy), or when the head leaves
+/// heartbeats unanswered for longer than the failure timeout, the node registers again as a new
+/// member with backoff, naming its previous id; the head answers whether that membership had
+/// been ended and why, and the node logs it. If the head cannot be reached for
+/// `give_up_after`, or refuses the cluster secret, `on_fatal` runs (the `flexsp` command then
+/// exits).
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -19,8 +23,11 @@
 #include <string>
 #include <vector>
 
+#include "flexsp/actors/head.hpp"
 #include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/remote.hpp"
+#include "flexsp/core/actor.hpp"
+#include "flexsp/core/actor_system.hpp"
 #include "flexsp/core/error.hpp"
 #include "flexsp/core/net/transport.hpp"
 
@@ -48,10 +55,71 @@ struct registration {
   std::string previous_reason;
 };
 
+class device_actor;
+
+/// The node actor (see the file comment). Its local messages are its own timers.
+class node_actor : public core::actor<node_actor> {
+public:
+  struct join_tick {
+    std::uint64_t generation = 0;
+  };
+  struct heartbeat_tick {};
+  struct watch_tick {
+    std::uint64_t generation = 0;
+  };
+  using interface = core::interface<node_removed, join_tick, heartbeat_tick, watch_tick>;
+
+  /// What the node actor shares with its service.
+  struct shared_state {
+    node_config config;
+    std::shared_ptr<actor_host> host;
+    struct device_entry {
+      device_id device;
+      core::actor_ref<device_actor> ref;
+      std::uint64_t actor_id = 0;  // in `host`
+    };
+    std::vector<device_entry> devices;
+    std::uint64_t self_id = 0;  // the node actor's id in `host`
+    std::atomic<std::uint64_t> node_id{0};
+    std::function<void(const registration&)> on_registered;
+    std::function<void(const error&)> on_fatal;
+  };
+
+  explicit node_actor(std::shared_ptr<shared_state> shared);
+
+  void handle(const node_removed& m);
+  void handle(join_tick m);
+  void handle(heartbeat_tick);
+  void handle(watch_tick m);
+  void on_down(const core::down_msg& m) override;
+
+private:
+  void join();
+  void joined(const node_registered& r);
+  void join_failed(const error& e);
+  /// The membership ended or the head is unreachable: register again.
+  void rejoin(const std::string& why);
+  void watch();
+
+  std::shared_ptr<shared_state> shared_;
+  core::actor_ref<cluster_actor> cluster_;
+  net::backoff backoff_;
+  std::uint64_t generation_ = 0;  // rises with every join attempt; stale replies are dropped
+  std::uint64_t node_id_ = 0;
+  std::uint64_t previous_id_ = 0;
+  std::uint64_t sequence_ = 0;
+  std::uint64_t seen_epoch_ = 0;
+  std::chrono::milliseconds interval_{500}, timeout_{3000};
+  core::time_point last_ack_{};
+  core::time_point unreachable_since_{};
+  core::timer_handle heartbeat_;
+  bool fatal_ = false;
+};
+
 class node_service {
 public:
-  /// Starts the actor host, spawns the device actors and begins joining. `on_registered` and
-  /// `on_fatal` run on the loop thread.
+  /// Starts the actor host, spawns the device actors and the node actor, which begins joining.
+  /// `on_registered` and `on_fatal` run on an actor thread.
   static expected<std::unique_ptr<node_service>> start(net::event_loop& loop, node_config config,
                                                        std::function<void(const registration&)> on_registered = {},
                                                        std::function<void(const error&)> on_fatal = {});
@@ -62,14 +130,16 @@ public:
   /// "host:port" of this node's actor host.
   std::string actor_address() const;
   std::shared_ptr<actor_host> host() const;
-  /// Leaves: closes the head connection and the actor host.
+  /// Leaves: stops the node actor and closes the actor host (the head sees the node go at once).
   void stop();
 
-  struct impl;
-
 private:
-  explicit node_service(std::shared_ptr<impl> i) : impl_{std::move(i)} {}
-  std::shared_ptr<impl> impl_;
+  node_service() = default;
+  // Runs the node actor, the device actors and their trainers' blocking workers.
+  std::unique_ptr<core::actor_system> system_;
+  std::shared_ptr<node_actor::shared_state> shared_;
+  core::actor_ref<node_actor> actor_;
+  int cpu_devices_ = 0;  // counted in kernels::add_cpu_devices while the node lives
 };
 
 }  // namespace flexsp::actors

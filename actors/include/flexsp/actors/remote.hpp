@@ -90,9 +90,13 @@ public:
 
   /// Makes a runtime actor with a declared interface reachable: the interface's message types
   /// that have a wire codec can be sent to it from other processes, and it can be monitored.
+  /// Returns its actor id. `well_known_id` (1 to `max_well_known_id`) publishes it under that
+  /// id, which others know without a lookup (the head's cluster actor); it must be free.
   template <class A>
     requires core::has_interface<A>
-  std::uint64_t publish(core::actor_ref<A> ref, core::duration ask_timeout = std::chrono::seconds{30});
+  std::uint64_t publish(core::actor_ref<A> ref, core::duration ask_timeout = std::chrono::seconds{30},
+                        std::uint64_t well_known_id = 0);
+  static constexpr std::uint64_t max_well_known_id = 15;
   /// A reference to actor `where` (published in another process), of class A: the same handle
   /// type as a local reference (see the file comment). Proxies are cached per address and class
   /// while they are up.
@@ -138,7 +142,7 @@ public:
   void watch(const remote_address& where, core::abstract_actor& proxy);
 
 private:
-  std::uint64_t add_async_actor(async_dispatch_fn fn, core::any_ref target = {});
+  std::uint64_t add_async_actor(async_dispatch_fn fn, core::any_ref target, std::uint64_t well_known_id);
   core::detail::intrusive_ptr<core::abstract_actor> make_proxy(const remote_address& where, const proxy_table& table);
   explicit actor_host(std::unique_ptr<impl> i);
   std::unique_ptr<impl> impl_;
@@ -266,7 +270,7 @@ const actor_host::proxy_table& proxy_table_of(core::interface<Ms...>*) {
 
 template <class A>
   requires core::has_interface<A>
-std::uint64_t actor_host::publish(core::actor_ref<A> ref, core::duration ask_timeout) {
+std::uint64_t actor_host::publish(core::actor_ref<A> ref, core::duration ask_timeout, std::uint64_t well_known_id) {
   core::any_ref target = ref;
   return add_async_actor(
       [ref = std::move(ref), ask_timeout](std::uint64_t type_id, capnp::AnyPointer::Reader payload,
@@ -278,7 +282,7 @@ std::uint64_t actor_host::publish(core::actor_ref<A> ref, core::duration ask_tim
         if (!handled) return make_error(errc::protocol, "actor does not handle message type {:#018x}", type_id);
         return result;
       },
-      std::move(target));
+      std::move(target), well_known_id);
 }
 
 template <class A>
