@@ -86,6 +86,7 @@ node_registered cluster_actor::handle(const register_node& m) {
     }
   }
   auto ev = members_.join(m.actor_address, from_wire(m.devices), m.pid, now());
+  host_->mark_alive(m.actor_address);  // it may come back at the address of a lost membership
   auto node = host_->proxy<node_actor>(remote_address{m.actor_address, m.node_actor_id});
   monitor(node);
   node_actors_[ev.node.id] = std::move(node);
@@ -219,6 +220,9 @@ void cluster_actor::on_lost(const membership_event& ev) {
     (void)it->second.try_tell(node_removed{ev.node.id, ev.epoch, ev.node.lost_reason});
     node_actors_.erase(it);
   }
+  // Every proxy of this process to the node's actors goes down (their monitors fire) and
+  // later sends fail at once, until the node joins again.
+  host_->mark_dead(ev.node.address, fmt::format("node {} lost at epoch {}: {}", ev.node.id, ev.epoch, ev.node.lost_reason));
   record(ev);
 }
 

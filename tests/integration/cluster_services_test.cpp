@@ -127,6 +127,7 @@ struct ClusterServices : ::testing::Test {
     hc.bind = {"127.0.0.1", 0};
     hc.detector = {50ms, 400ms};
     hc.transport = transport();
+    hc.membership_log = 3;
     auto h = head_service::start(head_loop, hc);
     ASSERT_TRUE(h) << h.error().to_string();
     head = std::move(*h);
@@ -324,6 +325,57 @@ TEST_F(ClusterServices, AMessageTheClusterActorDoesNotHandleFailsOnlyThatAsk) {
   auto s = c->status();
   ASSERT_TRUE(s) << "the head keeps serving: " << s.error().to_string();
   (*conn)->close(error{errc::cancelled, "done"});
+  loop.stop();
+}
+
+TEST_F(ClusterServices, AMembershipWatchGetsEveryChangeAfterItsEpochOrAResyncWhenTheLogIsShorter) {
+  net::event_loop loop;
+  loop.start();
+  actor_host_config hc;
+  hc.transport = transport();
+  auto host = actor_host::start(loop, hc);
+  ASSERT_TRUE(host);
+  auto cluster = (*host)->proxy<cluster_actor>({head_address.to_string(), cluster_actor_id});
+  // Nothing after epoch 0 yet: a watch without a wait answers at once, empty.
+  auto empty = cluster.ask(watch_membership{0, 0}, 5s).get();
+  ASSERT_TRUE(empty) << empty.error().to_string();
+  EXPECT_TRUE(empty->changes.empty());
+  EXPECT_FALSE(empty->resync);
+  // A waiting watch is answered by the next change.
+  auto waiting = cluster.ask(watch_membership{0, 5000}, 10s);
+  auto a = start_node("cpu:1");
+  auto first = waiting.get();
+  ASSERT_TRUE(first) << first.error().to_string();
+  ASSERT_EQ(first->changes.size(), 1u);
+  EXPECT_EQ(first->changes[0].epoch, 1u);
+  EXPECT_EQ(first->changes[0].kind, membership_kind::joined);
+  ASSERT_TRUE(eventually([&]() { return a->node->node_id() != 0; }));
+  auto b = start_node("cpu:1");
+  auto c = start_node("cpu:1");
+  ASSERT_TRUE(eventually([&]() { return b->node->node_id() != 0 && c->node->node_id() != 0; }));
+  a.reset();  // epoch 4: lost
+  ASSERT_TRUE(eventually([&]() {
+    auto s = client()->status();
+    return s && s->epoch == 4;
+  }));
+  // The head keeps 3 changes (epochs 2-4): from epoch 1 every later change comes back, in order.
+  auto later = cluster.ask(watch_membership{1, 0}, 5s).get();
+  ASSERT_TRUE(later);
+  ASSERT_EQ(later->changes.size(), 3u);
+  EXPECT_EQ(later->changes[0].epoch, 2u);
+  EXPECT_EQ(later->changes[2].kind, membership_kind::lost);
+  // From epoch 0 the log falls short: the answer is the whole view instead.
+  auto behind = cluster.ask(watch_membership{0, 0}, 5s).get();
+  ASSERT_TRUE(behind);
+  EXPECT_TRUE(behind->resync);
+  EXPECT_EQ(behind->view.epoch, 4u);
+  EXPECT_EQ(behind->view.nodes.size(), 3u);
+  // A heartbeat for a membership that ended says so.
+  auto ack = cluster.ask(node_heartbeat{first->changes[0].node.id, 1}, 5s).get();
+  ASSERT_TRUE(ack);
+  EXPECT_FALSE(ack->member);
+  EXPECT_FALSE(ack->reason.empty());
+  (*host)->stop();
   loop.stop();
 }
 
