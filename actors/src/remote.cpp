@@ -1,5 +1,6 @@
 #include "flexsp/actors/remote.hpp"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -39,7 +40,12 @@ public:
     for (const auto& [vt, e] : table_)
       if (vt == m->vtable) entry = &e;
     if (!entry) {
-      if (m->is_system) return {};  // exit notices of linked local actors: nothing to forward
+      if (m->is_system) {
+        // A linked local actor terminated: its exit signal goes to the remote partner.
+        if (const auto* e = core::detail::exit_notice_of(*m))
+          host->relay_link(where_, id(), actor_host::link_op::exit, e->reason);
+        return {};
+      }
       return fail(std::move(m), error{errc::unimplemented, fmt::format("{} cannot be sent to another process (no wire codec)",
                                                                        m->vtable->type_name)});
     }
@@ -57,12 +63,18 @@ public:
   void attach(core::detail::intrusive_ptr<core::abstract_actor> watcher, core::watch_kind kind) override {
     watchers_.add(*this, std::move(watcher), kind);
     watch_remote();
+    if (kind == core::watch_kind::link)
+      if (auto host = host_.lock()) host->relay_link(where_, id(), actor_host::link_op::link);
   }
   void attach(std::function<void(const core::down_msg&)> callback) override {
     watchers_.add(*this, std::move(callback));
     watch_remote();
   }
-  void detach(const core::abstract_actor* watcher, core::watch_kind kind) override { watchers_.remove(watcher, kind); }
+  void detach(const core::abstract_actor* watcher, core::watch_kind kind) override {
+    watchers_.remove(watcher, kind);
+    if (kind == core::watch_kind::link)
+      if (auto host = host_.lock()) host->relay_link(where_, id(), actor_host::link_op::unlink);
+  }
   core::timer_service& timers() const noexcept override { return clock_->timers; }
 
   /// The remote actor terminated or became unreachable.
@@ -135,6 +147,12 @@ struct actor_host::impl {
   std::unordered_map<std::uint64_t, pending> asks;
   std::uint64_t next_request = 1;
   std::vector<std::shared_ptr<net::connection>> inbound;
+  struct inbound_link {
+    std::uint64_t target = 0;  // our actor
+    std::uint64_t source = 0;  // the peer's proxy standing for its linked actor
+  };
+  // Links peers made to our actors, by the connection they came on: its loss exits the targets.
+  std::unordered_map<const net::connection*, std::vector<inbound_link>> links;
   bool stopped = false;
   std::weak_ptr<actor_host> owner;
 
@@ -288,6 +306,41 @@ struct actor_host::impl {
       });
   }
 
+  // A peer links to one of our actors, unlinks, or reports that its linked actor terminated.
+  void on_link(net::connection& c, wire::schema::ActorMessage::Reader a) {
+    const inbound_link l{a.getTarget(), a.getSource()};
+    const auto op = a.getControl();
+    {
+      std::lock_guard lock{mutex};
+      auto& list = links[&c];
+      auto it = std::find_if(list.begin(), list.end(),
+                             [&l](const inbound_link& x) { return x.target == l.target && x.source == l.source; });
+      if (op == wire::schema::ActorControl::LINK) {
+        list.push_back(l);
+        return;
+      }
+      if (it != list.end()) list.erase(it);
+      if (list.empty()) links.erase(&c);
+      if (op == wire::schema::ActorControl::UNLINK) return;
+    }
+    deliver_exit(c.peer(), l, parse_exit_reason(a.getErrorKind().cStr()));
+  }
+
+  // Delivers a linked partner's exit signal to our actor `l.target` (if it is still published).
+  void deliver_exit(const std::string& peer, const inbound_link& l, core::exit_reason reason) {
+    core::any_ref target;
+    {
+      std::lock_guard lock{mutex};
+      if (auto it = actors.find(l.target); it != actors.end()) target = it->second.target;
+    }
+    if (!target.valid()) return;
+    // The partner's identity: a proxy that carries nothing (it only names the linked actor).
+    static const actor_host::proxy_table no_messages;
+    core::any_ref source{core::detail::make_intrusive<remote_proxy>((std::uint64_t{1} << 62) | l.source, owner, remote_address{peer, l.source},
+                                                                    no_messages, clock)};
+    (void)target.get()->enqueue(core::detail::make_exit_notice(core::exit_msg{std::move(source), reason}));
+  }
+
   // A peer reports that an actor we monitor terminated.
   void on_down(const std::string& host, wire::schema::ActorMessage::Reader a) {
     std::vector<core::detail::intrusive_ptr<remote_proxy>> gone;
@@ -339,9 +392,18 @@ struct actor_host::impl {
     std::vector<reply_fn> failed;
     std::vector<core::detail::intrusive_ptr<remote_proxy>> gone;
     {
-      std::lock_guard lock{mutex};
+      std::unique_lock lock{mutex};
       std::erase_if(inbound, [&c](const auto& p) { return p.get() == &c; });
-      if (outbound_host.empty()) return;
+      if (outbound_host.empty()) {
+        auto it = links.find(&c);
+        if (it == links.end()) return;
+        auto lost = std::move(it->second);
+        links.erase(it);
+        lock.unlock();
+        for (const auto& l : lost)
+          deliver_exit(c.peer(), l, core::exit_reason::unreachable);
+        return;
+      }
       auto& p = peers[outbound_host];
       if (p.conn.get() == &c) {
         p.conn.reset();
@@ -375,6 +437,9 @@ struct actor_host::impl {
       case wire::schema::ActorControl::DOWN:
         if (!outbound_host.empty()) on_down(outbound_host, a);
         return;
+      case wire::schema::ActorControl::LINK:
+      case wire::schema::ActorControl::UNLINK:
+      case wire::schema::ActorControl::EXIT: on_link(c, a); return;
       default: c.close(error{errc::protocol, "unknown actor control notice"}); return;
     }
     if (a.getIsReply()) {
@@ -525,6 +590,22 @@ void actor_host::watch(const remote_address& where, core::abstract_actor& proxy)
     failure = conn.error();
   }
   p->down(core::exit_reason::unreachable, failure.message());
+}
+
+void actor_host::relay_link(const remote_address& where, std::uint64_t source, link_op op, core::exit_reason reason) {
+  auto msg = std::make_unique<capnp::MallocMessageBuilder>(64);
+  {
+    auto a = wire::start_envelope(*msg).getBody().initActor();
+    a.setTarget(where.actor_id);
+    a.setSource(source);
+    a.setControl(op == link_op::link     ? wire::schema::ActorControl::LINK
+                 : op == link_op::unlink ? wire::schema::ActorControl::UNLINK
+                                         : wire::schema::ActorControl::EXIT);
+    if (op == link_op::exit) a.setErrorKind(std::string{core::to_string(reason)});
+  }
+  std::lock_guard lock{impl_->mutex};
+  // An unreachable partner learns of the link's end when the connection's loss reaches it.
+  if (auto conn = impl_->route(where.host, msg); conn && *conn) (*conn)->send(*msg);
 }
 
 void actor_host::remove(std::uint64_t actor_id) {

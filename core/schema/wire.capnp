@@ -44,12 +44,16 @@ struct ActorMessage {
   errorKind @5 :Text;             # set on a failed reply; for `down`, the exit reason
   errorMessage @6 :Text;
   control @7 :ActorControl;       # runtime notices between hosts instead of a payload
+  source @8 :UInt64;              # link, unlink, exit: the sender's proxy id standing for the linked actor
 }
 
 enum ActorControl {
   none @0;
   monitor @1;                     # watch `target`: answer `down` once when it terminates
   down @2;                        # `target` terminated (errorKind: exit reason, errorMessage: what)
+  link @3;                        # `source` (a proxy of the sender) links to `target`: exit `target` if this connection breaks
+  unlink @4;                      # undoes one `link` of `source`
+  exit @5;                        # the actor `source` stands for terminated (errorKind: exit reason): exit `target`
 }
 
 struct Envelope {

@@ -28,6 +28,12 @@ exit_notice::exit_notice(exit_msg e) : message{&vtable_for<exit_notice>::value, 
 
 }  // namespace
 
+message_ptr make_exit_notice(exit_msg e) { return message_ptr{new exit_notice{std::move(e)}}; }
+
+const exit_msg* exit_notice_of(const message& m) noexcept {
+  return m.vtable == &vtable_for<exit_notice>::value ? &static_cast<const exit_notice&>(m).payload : nullptr;
+}
+
 void watcher_list::deliver(abstract_actor& watched, entry& e, exit_reason reason, const std::string& what) {
   any_ref source{intrusive_ptr<abstract_actor>{&watched}};
   if (e.callback) {

@@ -616,3 +616,47 @@ TEST_F(RemoteActors, AnActorLinkedToAProxyTerminatesWhenTheRemoteActorFails) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(RemoteActors, ARemoteActorLinkedThroughAProxyExitsWhenItsPartnerTerminates) {
+  auto remote = client->proxy<adder>(where);
+  auto l = system.spawn<linked_to_remote>();
+  std::promise<core::down_msg> down;
+  system.monitor(local, [&down](const core::down_msg& d) { down.set_value(d); });
+  l.tell(linked_to_remote::attach{remote});
+  ASSERT_TRUE(remote.ask(total_query{}, 5s).get());  // the link notice went out first, on the same channel
+  l.kill();
+  auto d = down.get_future();
+  ASSERT_EQ(d.wait_for(10s), std::future_status::ready) << "the remote partner gets the exit signal";
+  EXPECT_EQ(d.get().reason, core::exit_reason::linked);
+}
+
+TEST_F(RemoteActors, ARemoteActorLinkedThroughAProxyExitsWhenTheLinkingProcessIsLost) {
+  auto remote = client->proxy<adder>(where);
+  auto l = system.spawn<linked_to_remote>();
+  std::promise<core::down_msg> down;
+  system.monitor(local, [&down](const core::down_msg& d) { down.set_value(d); });
+  l.tell(linked_to_remote::attach{remote});
+  ASSERT_TRUE(remote.ask(total_query{}, 5s).get());
+  client->stop();  // the linking process's connections close
+  auto d = down.get_future();
+  ASSERT_EQ(d.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(d.get().reason, core::exit_reason::linked);
+}
+
+TEST_F(RemoteActors, ANormalExitOfTheLinkedPartnerLeavesTheRemoteActorRunning) {
+  auto remote = client->proxy<adder>(where);
+  auto l = system.spawn<linked_to_remote>();
+  std::promise<void> gone;
+  system.monitor(l, [&gone](const core::down_msg&) { gone.set_value(); });
+  l.tell(linked_to_remote::attach{remote});
+  ASSERT_TRUE(remote.ask(total_query{}, 5s).get());
+  l.stop();  // exits normally: its exit signal (reason normal) is sent, and ignored there
+  ASSERT_EQ(gone.get_future().wait_for(10s), std::future_status::ready);
+  auto still = remote.ask(total_query{}, 5s).get();
+  ASSERT_TRUE(still) << still.error().to_string();
+  EXPECT_TRUE(local.alive());
+}
+
+}  // namespace

@@ -28,8 +28,9 @@
 ///   marked dead (`mark_dead`, e.g. after the head reported its node lost). A proxy that went
 ///   down stays down (sends fail with errc::disconnected); ask `proxy` again for a fresh one. A
 ///   proxy nobody monitors does not go down with a lost connection: its next send reconnects.
-///   A link through a proxy is one-way: the local actor gets the exit notice when the remote one
-///   goes down; the remote actor is not told when the local one terminates.
+///   A link through a proxy works both ways: the local actor gets an exit notice when the remote
+///   one goes down (reason `unreachable` when its process is lost), and the remote actor gets one
+///   when the local actor terminates or the linking process's connection breaks (`unreachable`).
 ///   `stop` and `kill` on a proxy do nothing: the remote actor's own process decides.
 /// - After a broken connection the host reconnects on the next send, waiting an exponential
 ///   backoff between attempts; sends inside the backoff window, and to hosts marked dead, fail at
@@ -140,6 +141,11 @@ public:
 
   /// Asks `where`'s host for a down notice for `proxy` (a proxy's first monitor or link).
   void watch(const remote_address& where, core::abstract_actor& proxy);
+  enum class link_op : std::uint8_t { link, unlink, exit };
+  /// Relays a link between a local actor and `where` (`source`: the proxy's id): register or
+  /// remove it there, or deliver the local actor's exit signal with `reason`.
+  void relay_link(const remote_address& where, std::uint64_t source, link_op op,
+                  core::exit_reason reason = core::exit_reason::normal);
 
 private:
   std::uint64_t add_async_actor(async_dispatch_fn fn, core::any_ref target, std::uint64_t well_known_id);

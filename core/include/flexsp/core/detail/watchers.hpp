@@ -11,8 +11,15 @@
 #include <vector>
 
 #include "flexsp/core/actor_ref.hpp"
+#include "flexsp/core/message.hpp"
 
 namespace flexsp::core::detail {
+
+/// The exit notice a linked actor receives when its partner terminates (for control blocks that
+/// relay links, such as remote proxies).
+message_ptr make_exit_notice(exit_msg e);
+/// The exit signal `m` carries, or null when `m` is not an exit notice.
+const exit_msg* exit_notice_of(const message& m) noexcept;
 
 class watcher_list {
 public:
