@@ -45,6 +45,7 @@ struct RegisterNode {
   previousId @2 :UInt64;          # id of an earlier membership of this process (0: none)
   pid @3 :UInt32;
   nodeActorId @4 :UInt64;
+  processToken @5 :Text;          # unique per process: a node in the head's own process is never lost to silence
 }
 
 struct NodeRegistered {

@@ -6,6 +6,7 @@
 
 #include "flexsp/actors/node.hpp"
 #include "flexsp/core/log.hpp"
+#include "flexsp/kernels/process_communicator.hpp"
 
 namespace flexsp::actors {
 
@@ -64,13 +65,22 @@ node_record from_wire(const node_info& n) {
 
 // ---- cluster actor -----------------------------------------------------------------------------
 
-cluster_actor::cluster_actor(std::shared_ptr<actor_host> host, head_config config, std::function<void()> on_shutdown)
-    : host_{std::move(host)}, config_{std::move(config)}, on_shutdown_{std::move(on_shutdown)} {}
-
-void cluster_actor::on_start() {
-  const auto period = std::max(std::chrono::milliseconds{1}, config_.detector.heartbeat_interval / 4);
-  detector_ = send_every(period, detector_tick{});
+namespace {
+failure_detector_settings detector_settings(const failure_detector_config& c) {
+  failure_detector_settings s;
+  s.interval = c.heartbeat_interval;
+  s.timeout = c.failure_timeout;
+  return s;
 }
+}  // namespace
+
+cluster_actor::cluster_actor(std::shared_ptr<actor_host> host, head_config config, std::function<void()> on_shutdown)
+    : host_{std::move(host)},
+      config_{std::move(config)},
+      on_shutdown_{std::move(on_shutdown)},
+      detector_{detector_settings(config_.detector)} {}
+
+void cluster_actor::on_start() { detector_timer_ = send_every(detector_.settings().tick_period, detector_tick{}); }
 
 node_registered cluster_actor::handle(const register_node& m) {
   node_registered reply;
@@ -90,8 +100,11 @@ node_registered cluster_actor::handle(const register_node& m) {
   auto node = host_->proxy<node_actor>(remote_address{m.actor_address, m.node_actor_id});
   monitor(node);
   node_actors_[ev.node.id] = std::move(node);
-  log::get("actors")->info("head: node {} joined from {} ({} devices, pid {}); epoch {}", ev.node.id, ev.node.address,
-                           ev.node.devices.size(), ev.node.pid, ev.epoch);
+  // A node in this process cannot be silent while the head runs: only its actor going down ends it.
+  const bool embedded = !m.process_token.empty() && m.process_token == kernels::process_token();
+  detector_.add(ev.node.id, now(), embedded);
+  log::get("actors")->info("head: node {} joined from {} ({} devices, pid {}{}); epoch {}", ev.node.id, ev.node.address,
+                           ev.node.devices.size(), ev.node.pid, embedded ? ", in this process" : "", ev.epoch);
   reply.node_id = ev.node.id;
   reply.epoch = ev.epoch;
   reply.heartbeat_interval_ms = static_cast<std::uint32_t>(config_.detector.heartbeat_interval.count());
@@ -101,7 +114,10 @@ node_registered cluster_actor::handle(const register_node& m) {
 }
 
 heartbeat_ack cluster_actor::handle(const node_heartbeat& m) {
-  if (members_.heartbeat(m.node_id, now())) return heartbeat_ack{true, members_.epoch(), {}};
+  if (members_.heartbeat(m.node_id, now())) {
+    detector_.heartbeat(m.node_id, now());
+    return heartbeat_ack{true, members_.epoch(), {}};
+  }
   const auto* rec = members_.find(m.node_id);
   return heartbeat_ack{false, members_.epoch(), rec ? rec->lost_reason : std::string{"not a member of this cluster"}};
 }
@@ -193,7 +209,12 @@ void cluster_actor::handle(stop_head) {
 }
 
 void cluster_actor::handle(detector_tick) {
-  for (auto& ev : members_.expire(now(), config_.detector.failure_timeout)) on_lost(ev);
+  const auto stalled = detector_.stalled_total();
+  auto lost = detector_.tick(now());
+  if (detector_.stalled_total() > stalled)
+    log::get("actors")->warn("head: this process did not run for {} ms; that time does not count as any node's silence",
+                             (detector_.stalled_total() - stalled).count());
+  for (auto& s : lost) lose(s.node, std::move(s.reason));
 }
 
 void cluster_actor::on_down(const core::down_msg& m) {
@@ -207,6 +228,7 @@ void cluster_actor::on_down(const core::down_msg& m) {
 }
 
 void cluster_actor::lose(std::uint64_t node, std::string reason) {
+  detector_.remove(node);
   if (auto ev = members_.lose(node, std::move(reason))) on_lost(*ev);
 }
 

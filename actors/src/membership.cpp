@@ -88,22 +88,6 @@ std::optional<membership_event> membership_table::lose(std::uint64_t id, std::st
   return e;
 }
 
-std::vector<membership_event> membership_table::expire(time_point now, std::chrono::milliseconds timeout) {
-  std::vector<const node_record*> late;
-  for (const auto& [id, r] : nodes_)
-    if (r.state == node_state::alive && now - r.last_seen > timeout) late.push_back(&r);
-  std::sort(late.begin(), late.end(), [](const node_record* a, const node_record* b) { return a->last_seen < b->last_seen; });
-  std::vector<std::pair<std::uint64_t, std::string>> todo;
-  for (const auto* r : late)
-    todo.emplace_back(r->id, fmt::format("no heartbeat for {} ms (timeout {} ms)",
-                                         std::chrono::duration_cast<std::chrono::milliseconds>(now - r->last_seen).count(),
-                                         timeout.count()));
-  std::vector<membership_event> out;
-  for (auto& [id, reason] : todo)
-    if (auto e = lose(id, std::move(reason))) out.push_back(std::move(*e));
-  return out;
-}
-
 const node_record* membership_table::find(std::uint64_t id) const {
   auto it = nodes_.find(id);
   return it == nodes_.end() ? nullptr : &it->second;

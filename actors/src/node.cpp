@@ -7,6 +7,7 @@
 #include "flexsp/actors/device_actor.hpp"
 #include "flexsp/core/log.hpp"
 #include "flexsp/kernels/ops.hpp"
+#include "flexsp/kernels/process_communicator.hpp"
 
 namespace flexsp::actors {
 
@@ -36,10 +37,11 @@ void node_actor::join() {
   m.previous_id = previous_id_;
   m.pid = static_cast<std::uint32_t>(::getpid());
   m.node_actor_id = shared_->self_id;
+  m.process_token = kernels::process_token();
   const auto timeout = std::max(shared_->config.transport.handshake_timeout * 2, std::chrono::milliseconds{5000});
   request(cluster_, std::move(m), timeout, [this, gen](expected<node_registered> r) {
     if (gen != generation_) return;
-    if (!r) return join_failed(r.error());
+    if (!r) return retry_later(r.error());
     joined(*r);
   });
 }
@@ -48,8 +50,6 @@ void node_actor::joined(const node_registered& r) {
   registration reg{r.node_id, r.epoch, r.previous_removed, r.previous_removed_reason};
   node_id_ = r.node_id;
   shared_->node_id = r.node_id;
-  backoff_.reset();
-  unreachable_since_ = {};
   interval_ = std::chrono::milliseconds{std::max<std::uint32_t>(1, r.heartbeat_interval_ms)};
   timeout_ = std::chrono::milliseconds{std::max<std::uint32_t>(2, r.failure_timeout_ms)};
   if (reg.previous_removed)
@@ -58,22 +58,17 @@ void node_actor::joined(const node_registered& r) {
   else
     log::get("actors")->info("node: registered as node {} at epoch {} ({} devices, actors at {})", reg.node_id, reg.epoch,
                              shared_->devices.size(), shared_->host->address());
-  // A broken connection to the head ends this membership from our side at once.
-  monitor(cluster_);
   for (auto& d : shared_->devices) {
     d.ref.tell(set_node_id{r.node_id});
     cluster_.tell(name_bind{fmt::format("device/{}/{}", r.node_id, d.device.to_string()), shared_->host->address(),
                             d.actor_id});
   }
-  last_ack_ = now();
-  heartbeat_.cancel();
-  heartbeat_ = send_every(interval_, heartbeat_tick{});
   seen_epoch_ = 0;
-  watch();
+  resume();
   if (shared_->on_registered) shared_->on_registered(reg);
 }
 
-void node_actor::join_failed(const error& e) {
+void node_actor::retry_later(const error& e) {
   // A refused secret will not get better by retrying.
   if (e.kind() == errc::failed) {
     log::get("actors")->error("node: {}", e.message());
@@ -94,13 +89,15 @@ void node_actor::join_failed(const error& e) {
     return;
   }
   const auto delay = backoff_.next();
-  log::get("actors")->info("node: {}; registering at {} again in {} ms", e.message(), shared_->config.head.to_string(),
+  log::get("actors")->info("node: {}; trying the head at {} again in {} ms", e.message(), shared_->config.head.to_string(),
                            delay.count());
   (void)send_after(delay, join_tick{generation_});
 }
 
 void node_actor::handle(join_tick m) {
-  if (m.generation == generation_) join();
+  if (m.generation != generation_ || fatal_) return;
+  if (node_id_ != 0) probe();
+  else join();
 }
 
 void node_actor::rejoin(const std::string& why) {
@@ -109,9 +106,45 @@ void node_actor::rejoin(const std::string& why) {
   previous_id_ = node_id_;
   node_id_ = 0;
   shared_->node_id = 0;
+  touching_ = false;
   heartbeat_.cancel();
   if (cluster_.valid()) demonitor(cluster_);
   join();
+}
+
+void node_actor::reconnect(const std::string& why) {
+  if (node_id_ == 0 || !touching_) return;
+  log::get("actors")->warn("node: lost touch with the head ({}); reconnecting as node {}", why, node_id_);
+  touching_ = false;
+  heartbeat_.cancel();
+  if (cluster_.valid()) demonitor(cluster_);
+  probe();
+}
+
+void node_actor::probe() {
+  // Our membership may have outlived the lost touch (the head was only slow, or the connection
+  // broke and came back): ask before registering anew.
+  const auto gen = ++generation_;
+  cluster_ = shared_->host->proxy<cluster_actor>(remote_address{shared_->config.head.to_string(), cluster_actor_id});
+  request(cluster_, node_heartbeat{node_id_, ++sequence_}, timeout_, [this, gen](expected<heartbeat_ack> r) {
+    if (gen != generation_ || node_id_ == 0) return;
+    if (!r) return retry_later(r.error());
+    if (!r->member) return rejoin(fmt::format("the head ended it: {}", r->reason));
+    log::get("actors")->info("node: back in touch with the head as node {}", node_id_);
+    resume();
+  });
+}
+
+void node_actor::resume() {
+  backoff_.reset();
+  unreachable_since_ = {};
+  touching_ = true;
+  // A broken connection to the head is noticed at once.
+  monitor(cluster_);
+  last_ack_ = last_tick_ = now();
+  heartbeat_.cancel();
+  heartbeat_ = send_every(interval_, heartbeat_tick{});
+  watch();
 }
 
 void node_actor::handle(const node_removed& m) {
@@ -120,9 +153,15 @@ void node_actor::handle(const node_removed& m) {
 }
 
 void node_actor::handle(heartbeat_tick) {
-  if (node_id_ == 0) return;
-  const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now() - last_ack_);
-  if (silent > timeout_) return rejoin(fmt::format("the head has been silent for {} ms", silent.count()));
+  if (node_id_ == 0 || !touching_) return;
+  const auto t = now();
+  if (t - last_tick_ > interval_ * 2) {
+    // This process was stalled: the head's silence meanwhile was ours.
+    last_ack_ = t;
+  }
+  last_tick_ = t;
+  const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(t - last_ack_);
+  if (silent > timeout_) return reconnect(fmt::format("the head has been silent for {} ms", silent.count()));
   const auto gen = generation_;
   request(cluster_, node_heartbeat{node_id_, ++sequence_}, timeout_, [this, gen](expected<heartbeat_ack> r) {
     if (gen != generation_ || node_id_ == 0 || !r) return;  // a lost answer shows as silence
@@ -135,7 +174,7 @@ void node_actor::watch() {
   const auto gen = generation_;
   request(cluster_, watch_membership{seen_epoch_, static_cast<std::uint32_t>(kWatchWait.count())}, kWatchWait * 2,
           [this, gen](expected<membership_update> u) {
-            if (gen != generation_ || node_id_ == 0) return;
+            if (gen != generation_ || node_id_ == 0 || !touching_) return;
             if (!u) {
               (void)send_after(interval_, watch_tick{gen});
               return;
@@ -164,12 +203,12 @@ void node_actor::watch() {
 }
 
 void node_actor::handle(watch_tick m) {
-  if (m.generation == generation_ && node_id_ != 0) watch();
+  if (m.generation == generation_ && node_id_ != 0 && touching_) watch();
 }
 
 void node_actor::on_down(const core::down_msg& m) {
   if (m.source == cluster_ && node_id_ != 0)
-    rejoin(fmt::format("connection to the head lost ({})", m.what.empty() ? core::to_string(m.reason) : m.what));
+    reconnect(fmt::format("connection to the head lost: {}", m.what.empty() ? core::to_string(m.reason) : m.what));
 }
 
 // ---- node service ------------------------------------------------------------------------------

@@ -31,25 +31,9 @@ TEST(Membership, ANodeIsLostExactlyOnce) {
   auto a = t.join("x:1", {}, 1, time_point{});
   EXPECT_TRUE(t.lose(a.node.id, "closed"));
   EXPECT_FALSE(t.lose(a.node.id, "closed again"));
-  EXPECT_TRUE(t.expire(time_point{} + 1h, 1s).empty());
   EXPECT_EQ(t.epoch(), 2u);
   EXPECT_FALSE(t.heartbeat(a.node.id, time_point{} + 2h)) << "a lost node cannot be revived by a heartbeat";
   EXPECT_FALSE(t.lose(999, "unknown"));
-}
-
-TEST(Membership, ExpiresOnlyNodesSilentLongerThanTheTimeout) {
-  membership_table t;
-  const time_point t0{};
-  auto a = t.join("x:1", {}, 1, t0);
-  auto b = t.join("x:2", {}, 2, t0);
-  EXPECT_TRUE(t.heartbeat(b.node.id, t0 + 2500ms));
-  EXPECT_TRUE(t.expire(t0 + 3000ms, 3000ms).empty()) << "exactly at the timeout is still alive";
-  auto lost = t.expire(t0 + 3001ms, 3000ms);
-  ASSERT_EQ(lost.size(), 1u);
-  EXPECT_EQ(lost[0].node.id, a.node.id);
-  EXPECT_NE(lost[0].node.lost_reason.find("no heartbeat"), std::string::npos);
-  EXPECT_EQ(t.find(b.node.id)->state, node_state::alive);
-  EXPECT_EQ(t.find(a.node.id)->lost_epoch, 3u);
 }
 
 TEST(Membership, AReturningProcessJoinsUnderANewId) {

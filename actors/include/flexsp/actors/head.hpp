@@ -11,8 +11,9 @@
 /// - A node registers (`register_node`) naming its node actor; the head monitors that actor
 ///   through a proxy, so a node whose process dies or whose connection breaks is lost at once
 ///   (the proxy's down notice). A node that stops heartbeating (`node_heartbeat`, every
-///   interval) for longer than the failure timeout is lost by the detector (checked every
-///   interval / 4). A lost node is told (`node_removed`, and `member = false` in its next
+///   interval) is lost by the failure detector (failure_detector.hpp: phi-accrual suspicion,
+///   the failure timeout as its upper bound, checked every interval / 4, blind to the head's
+///   own stalls). A node in the head's own process (embedded) is never lost to silence. A lost node is told (`node_removed`, and `member = false` in its next
 ///   heartbeat acknowledgement); if its process is still there it joins again as a new member
 ///   and is told that its previous membership ended.
 /// - Membership changes are kept in a bounded log; `watch_membership` returns those after an
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "flexsp/actors/cluster.msg.hpp"
+#include "flexsp/actors/failure_detector.hpp"
 #include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/remote.hpp"
 #include "flexsp/core/actor.hpp"
@@ -127,7 +129,8 @@ private:
   std::map<std::uint64_t, kv_waiter> kv_waiters_;
   std::map<std::uint64_t, watcher> watchers_;
   std::uint64_t next_waiter_ = 1;
-  core::timer_handle detector_;
+  failure_detector detector_;
+  core::timer_handle detector_timer_;
 };
 
 /// The running head: an actor system and an actor host at the head's address, publishing the

@@ -1,11 +1,11 @@
 #pragma once
 /// \file
-/// Cluster membership as the head keeps it: nodes, their devices, an epoch, and the failure
-/// detector's bookkeeping. Pure logic with the time passed in, so it is tested without sockets
-/// or sleeps; the head service drives it from its event loop.
+/// Cluster membership as the head keeps it: nodes, their devices, an epoch, and when each was
+/// last heard from. Pure logic with the time passed in, so it is tested without sockets or
+/// sleeps; the cluster actor drives it (and decides losses with failure_detector.hpp).
 ///
 /// The epoch starts at 0 and rises by exactly one on every join and every loss. A node is lost
-/// once (`lose` and `expire` return an event only for a node that was alive), so subscribers see
+/// once (`lose` returns an event only for a node that was alive), so subscribers see
 /// each loss exactly once. A lost node never comes back under the same id: a process that
 /// returns joins again and gets a new id.
 
@@ -72,8 +72,6 @@ public:
   bool heartbeat(std::uint64_t id, time_point now);
   /// Marks an alive node lost; epoch + 1. nullopt when unknown or already lost.
   std::optional<membership_event> lose(std::uint64_t id, std::string reason);
-  /// Loses every alive node not seen for longer than `timeout`, oldest first.
-  std::vector<membership_event> expire(time_point now, std::chrono::milliseconds timeout);
 
   const node_record* find(std::uint64_t id) const;
   std::uint64_t epoch() const noexcept { return epoch_; }

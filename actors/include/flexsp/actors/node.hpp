@@ -7,13 +7,16 @@
 /// `node_registered{node id, epoch, heartbeat interval, failure timeout}` -> name the device
 /// actors (`device/<node id>/<device>`), heartbeat every interval, and watch membership so that
 /// the actor host fails sends to lost peers at once. When the head ends the membership
-/// (`node_removed`, or `member = false` in a heartbeat acknowledgement), when the connection to
-/// the head breaks (the node monitors the cluster actor's proxy), or when the head leaves
-/// heartbeats unanswered for longer than the failure timeout, the node registers again as a new
-/// member with backoff, naming its previous id; the head answers whether that membership had
-/// been ended and why, and the node logs it. If the head cannot be reached for
-/// `give_up_after`, or refuses the cluster secret, `on_fatal` runs (the `flexsp` command then
-/// exits).
+/// (`node_removed`, or `member = false` in a heartbeat acknowledgement) the node registers again
+/// as a new member, naming its previous id; the head answers whether that membership had been
+/// ended and why, and the node logs it. When the connection to the head breaks (the node
+/// monitors the cluster actor's proxy) or the head leaves heartbeats unanswered for longer than
+/// the failure timeout, the node first asks, with backoff, whether its membership still holds
+/// (a slow head or a broken connection need not have ended it) and goes on as the same member
+/// when it does. A heartbeat tick that comes late by more than an interval means this process
+/// was stalled: the head's silence meanwhile is not held against it. If the head cannot be
+/// reached for `give_up_after`, or refuses the cluster secret, `on_fatal` runs (the `flexsp`
+/// command then exits).
 
 #include <atomic>
 #include <chrono>
@@ -96,9 +99,16 @@ public:
 private:
   void join();
   void joined(const node_registered& r);
-  void join_failed(const error& e);
-  /// The membership ended or the head is unreachable: register again.
+  /// The head could not be reached: try again after the backoff (or give up).
+  void retry_later(const error& e);
+  /// The membership ended: register again as a new member.
   void rejoin(const std::string& why);
+  /// The connection to the head broke or the head stayed silent: find out whether the
+  /// membership still holds (`probe`) before registering anew.
+  void reconnect(const std::string& why);
+  void probe();
+  /// In touch with the head as a member: heartbeat and watch membership.
+  void resume();
   void watch();
 
   std::shared_ptr<shared_state> shared_;
@@ -111,6 +121,8 @@ private:
   std::uint64_t seen_epoch_ = 0;
   std::chrono::milliseconds interval_{500}, timeout_{3000};
   core::time_point last_ack_{};
+  core::time_point last_tick_{};
+  bool touching_ = false;  // a member in touch with the head (heartbeating)
   core::time_point unreachable_since_{};
   core::timer_handle heartbeat_;
   bool fatal_ = false;
