@@ -742,6 +742,7 @@ void job_controller::attempt_failed(std::string reason, bool membership_changed)
     return;
   }
   ++retried_;
+  ++status_.aborted_attempts;
   if (!first_failure_) first_failure_ = clock_.now();
   log(fmt::format("step {} attempt {} aborted ({}); re-planning the same batch", step_, failed_attempt, reason));
   if (retried_ > spec_.fault.max_retries) {

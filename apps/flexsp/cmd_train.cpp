@@ -15,6 +15,7 @@
 #include "embedded_setup.hpp"
 #include "flexsp/actors/embedded.hpp"
 #include "flexsp/actors/job_spec.hpp"
+#include "flexsp/core/config.hpp"
 #include "flexsp/core/log.hpp"
 
 namespace flexsp::app {
@@ -36,6 +37,8 @@ struct train_flags {
   bool no_milp = false;
   std::string attention;
   std::string matmul;
+  std::string heartbeat = "200ms";
+  std::string failure_timeout = "1s";
 };
 
 std::atomic<actors::scheduled_job*> g_running{nullptr};
@@ -85,7 +88,18 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     }
   }
   const auto t0 = std::chrono::steady_clock::now();
-  auto run = start_embedded(f.devices, f.nodes);
+  actors::failure_detector_config detector;
+  auto interval = parse_duration_ms(f.heartbeat);
+  auto timeout = parse_duration_ms(f.failure_timeout);
+  if (!interval || !timeout) {
+    fmt::print(stderr, "flexsp train: {}\n",
+               !interval ? "--heartbeat-interval: " + interval.error().message()
+                         : "--failure-timeout: " + timeout.error().message());
+    return 2;
+  }
+  detector.heartbeat_interval = *interval;
+  detector.failure_timeout = *timeout;
+  auto run = start_embedded(f.devices, f.nodes, detector);
   if (!run) {
     fmt::print(stderr, "flexsp train: {}\n", run.error().message());
     return exit_status(run.error());
@@ -157,8 +171,11 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     fmt::print("  planner {:.1f} ms per batch (hidden behind the previous step), {} CBC MILP solves in all; scheduler "
                "overhead {:.1f}% of step time\n",
                sum_solve / n, milp_solves, 100 * sum_overhead / std::max(1e-9, sum_step));
-    fmt::print("  retried attempts {}; replicas identical (state checksum {:016x})\n", retried, final.final_checksum);
+    if (final.state == actors::job_state::succeeded)
+      fmt::print("  retried attempts {}; replicas identical (state checksum {:016x})\n", retried, final.final_checksum);
   }
+  if (final.state != actors::job_state::succeeded && final.aborted_attempts > 0)
+    fmt::print("  aborted attempts {} (each re-planned)\n", final.aborted_attempts);
   if (!f.metrics.empty()) fmt::print("  metrics: {}\n", f.metrics);
   if (final.state != actors::job_state::succeeded) {
     fmt::print(stderr, "flexsp train: job {}: {}\n", to_string(final.state), final.error);
@@ -185,6 +202,11 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--config", f->config, "job spec JSON (flags given on the command line win)");
   cmd->add_option("--checkpoint-dir", f->checkpoint_dir, "write checkpoints here (and resume from the latest)");
   cmd->add_option("--checkpoint-every", f->checkpoint_every, "checkpoint every K steps (0: at the end)");
+  cmd->add_option("--heartbeat-interval", f->heartbeat, "heartbeat interval of the embedded nodes")->capture_default_str();
+  cmd->add_option("--failure-timeout", f->failure_timeout,
+                  "heartbeat silence after which a node is lost (nodes in this process are lost only when their "
+                  "actors stop)")
+      ->capture_default_str();
   cmd->add_flag("--no-calibrate", f->no_calibrate, "skip the profiling phase (use default CPU constants)");
   cmd->add_flag("--no-milp", f->no_milp,
                "plan with the layout search alone (by default CBC polishes micro-batches the search did not "

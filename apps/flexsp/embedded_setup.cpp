@@ -8,7 +8,9 @@
 
 namespace flexsp::app {
 
-expected<embedded_run> start_embedded(const std::string& devices, int nodes) {
+expected<embedded_run> start_embedded(const std::string& devices, int nodes, actors::failure_detector_config detector) {
+  if (auto ok = detector.validate(); !ok)
+    return make_error(errc::invalid_argument, "--heartbeat-interval/--failure-timeout: {}", ok.error().message());
   const auto backend = kernels::select_device_backend(kernels::backend_request::automatic);
   const bool cuda_usable = backend && backend->kind == kernels::backend_kind::cuda;
   auto devs = actors::parse_devices(devices, cuda_usable ? backend->gpu_count : 0);
@@ -24,7 +26,9 @@ expected<embedded_run> start_embedded(const std::string& devices, int nodes) {
   for (const auto& d : *devs)
     if (const std::string kind{actors::to_string(d.kind)}; run.kinds.find(kind) == std::string::npos)
       run.kinds += (run.kinds.empty() ? "" : "+") + kind;
-  auto cluster = actors::embedded_cluster::start(0, 0);
+  actors::embedded_options options;
+  options.detector = detector;
+  auto cluster = actors::embedded_cluster::start(0, 0, options);
   if (!cluster) return make_error(cluster.error().kind(), "cannot start the embedded cluster: {}", cluster.error().message());
   const auto per = static_cast<std::ptrdiff_t>(run.devices / nodes);
   for (int n = 0; n < nodes; ++n)

@@ -12,6 +12,8 @@
 
 namespace flexsp::app {
 
+using actors::embedded_options;
+
 struct embedded_run {
   std::unique_ptr<actors::embedded_cluster> cluster;
   int devices = 0;
@@ -19,9 +21,11 @@ struct embedded_run {
 };
 
 /// Parses `devices` (cpu:N, cuda:all, cuda:0,1, auto; CUDA only when the backend is usable here),
-/// splits them evenly over `nodes` embedded nodes and starts the cluster. errc::invalid_argument
-/// with a message naming --devices or --nodes for bad flags; other errors when the cluster fails.
-expected<embedded_run> start_embedded(const std::string& devices, int nodes);
+/// splits them evenly over `nodes` embedded nodes and starts the cluster with `detector`'s
+/// heartbeat interval and failure timeout. errc::invalid_argument with a message naming
+/// --devices or --nodes for bad flags; other errors when the cluster fails.
+expected<embedded_run> start_embedded(const std::string& devices, int nodes,
+                                      actors::failure_detector_config detector = embedded_options{}.detector);
 
 /// The JSON object in the --config file `path`, or an empty object when `path` is empty.
 /// errc::invalid_argument with a message naming the file when it is unreadable or not an object.

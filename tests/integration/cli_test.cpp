@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 
 namespace {
 
@@ -60,6 +63,55 @@ TEST(Cli, TrainRefusesGpuOnlyPrecisionsOnCpuDevicesAtOnce) {
   auto bad = run("train --attention fp16");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("--attention"), std::string::npos) << bad.output;
+}
+
+}  // namespace
+
+namespace {
+
+// Output of a child process, read back from a file while it runs.
+std::string read_file(const std::string& path) {
+  std::string out;
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    std::array<char, 4096> buf{};
+    while (auto n = std::fread(buf.data(), 1, buf.size(), f)) out.append(buf.data(), n);
+    std::fclose(f);
+  }
+  return out;
+}
+
+TEST(Cli, EmbeddedTrainingSurvivesTheWholeProcessStoppedLongerThanTheFailureTimeout) {
+  // What a loaded machine or a paused VM does to `flexsp train`: the process does not run for
+  // 1.5 s, longer than its 1 s failure timeout. Its nodes share the head's process and the head
+  // does not count its own stall as their silence: the job goes on.
+  const std::string out_path = ::testing::TempDir() + "flexsp_train_stopped.log";
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    FILE* out = std::freopen(out_path.c_str(), "w", stdout);
+    if (out == nullptr || ::dup2(::fileno(stdout), 2) < 0) ::_exit(99);
+    ::execl(FLEXSP_CLI_PATH, FLEXSP_CLI_PATH, "train", "--devices", "cpu:2", "--steps", "16", "--batch-size", "16",
+            "--no-calibrate", "--no-milp", "--failure-timeout", "1s", "--heartbeat-interval", "200ms",
+            static_cast<char*>(nullptr));
+    ::_exit(98);
+  }
+  // Stop it once it trains (step 3 printed), for 1.5 s.
+  bool training = false;
+  for (int i = 0; i < 1200 && !training; ++i) {
+    training = read_file(out_path).find("step   3/") != std::string::npos;
+    if (!training) ::usleep(50'000);
+  }
+  ASSERT_TRUE(training) << read_file(out_path);
+  ASSERT_EQ(::kill(child, SIGSTOP), 0);
+  ::usleep(1'500'000);
+  ASSERT_EQ(::kill(child, SIGCONT), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  const auto output = read_file(out_path);
+  ASSERT_TRUE(WIFEXITED(status)) << output;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << output;
+  EXPECT_NE(output.find("succeeded after 16 of 16 steps"), std::string::npos) << output;
+  EXPECT_EQ(output.find(" lost"), std::string::npos) << output;
 }
 
 }  // namespace

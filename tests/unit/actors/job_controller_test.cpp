@@ -543,6 +543,8 @@ TEST(JobController, ExhaustingTheRetryBudgetFailsTheJobNamingTheLastReason) {
   EXPECT_EQ(c.finished->state, job_state::failed);
   EXPECT_EQ(c.finished->message, "step 0 failed 3 times: device 0: collective failed: connection reset");
   EXPECT_EQ(c.attempts_of(0).size(), 3u);
+  EXPECT_EQ(c.controller().status().aborted_attempts, 3u) << "a failed job still says how many attempts it aborted";
+  EXPECT_EQ(c.controller().status().final_checksum, 0u);
 }
 
 TEST(JobController, TooFewDevicesFailsAfterTheDeviceWait) {

@@ -93,7 +93,8 @@ struct job_status {
   double last_loss = 0;
   std::string error;
   std::string calibration;        ///< the fitted profile, JSON ("" when not calibrated)
-  std::uint64_t final_checksum = 0;
+  std::uint64_t final_checksum = 0;  ///< the replicas' state checksum, set when the job succeeded
+  std::uint64_t aborted_attempts = 0;  ///< step attempts aborted and re-planned, over the whole job
   bool terminal() const { return is_terminal(state); }
 };
 
