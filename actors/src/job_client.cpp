@@ -3,11 +3,14 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "flexsp/actors/client.hpp"
 
@@ -97,7 +100,18 @@ expected<job_handle> job_client::submit(const job_spec& spec) {
 }
 
 expected<job_handle> job_client::submit_json(const std::string& spec_json) {
-  FLEXSP_TRY_ASSIGN(auto info, ask_jobs(submit_job{spec_json}));
+  // The job runs elsewhere: a relative checkpoint directory means one relative to us.
+  std::string text = spec_json;
+  auto j = nlohmann::json::parse(spec_json, nullptr, /*allow_exceptions=*/false);
+  if (j.is_object() && j.contains("checkpoint") && j["checkpoint"].is_object() && j["checkpoint"].contains("dir") &&
+      j["checkpoint"]["dir"].is_string()) {
+    const std::filesystem::path dir = j["checkpoint"]["dir"].get<std::string>();
+    if (!dir.empty() && dir.is_relative()) {
+      j["checkpoint"]["dir"] = std::filesystem::absolute(dir).string();
+      text = j.dump();
+    }
+  }
+  FLEXSP_TRY_ASSIGN(auto info, ask_jobs(submit_job{text}));
   return job_handle{shared_from_this(), info.id};
 }
 

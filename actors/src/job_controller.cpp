@@ -118,6 +118,20 @@ double job_controller::ms_since(core::time_point t) const {
 
 void job_controller::fail(std::string reason) { finish(job_state::failed, std::move(reason)); }
 
+bool job_controller::checkpoint_failed(const std::string& why) {
+  const auto step = saving_ ? saving_->step : 0;
+  log(fmt::format("warning: checkpoint at step {} failed: {}", step, why));
+  saving_.reset();
+  save_timer_ = 0;
+  indexing_ = false;
+  ++checkpoint_failures_;
+  const auto limit = spec_.fault.max_checkpoint_failures;
+  if (limit == 0 || checkpoint_failures_ < limit) return false;
+  fail(fmt::format("{} checkpoints failed in a row (fault.max_checkpoint_failures); the last at step {}: {}",
+                   checkpoint_failures_, step, why));
+  return true;
+}
+
 void job_controller::finish(job_state state, std::string message) {
   if (phase_ == phase::done) return;
   abort_attempt();
@@ -211,11 +225,7 @@ void job_controller::drop_device(std::uint32_t d) {
   joiners_.erase(d);
   std::erase_if(joins_, [d](const auto& kv) { return kv.second == d; });
   std::erase_if(queries_, [d](const auto& kv) { return kv.second == d; });
-  if (saving_ && saver_ == d && !indexing_) {
-    log(fmt::format("checkpoint at step {} failed: the device writing it was lost", saving_->step));
-    saving_.reset();
-    save_timer_ = 0;
-  }
+  if (saving_ && saver_ == d && !indexing_) (void)checkpoint_failed("the device writing it was lost");
 }
 
 void job_controller::on(const devices_found& e) {
@@ -265,11 +275,13 @@ void job_controller::on(const plan_ready& e) {
 void job_controller::on(const index_written& e) {
   if (phase_ != phase::checkpointing || !saving_ || !indexing_ || e.step != saving_->step) return;
   if (!e.error.empty()) {
-    log(fmt::format("checkpoint index write failed: {}", e.error));
-  } else {
-    latest_checkpoint_ = *saving_;
-    log(fmt::format("checkpoint at step {} written to {}", saving_->step, saving_->file));
+    if (checkpoint_failed("its index could not be written: " + e.error)) return;
+    advance();
+    return;
   }
+  latest_checkpoint_ = *saving_;
+  checkpoint_failures_ = 0;
+  log(fmt::format("checkpoint at step {} written to {}", saving_->step, saving_->file));
   saving_.reset();
   indexing_ = false;
   advance();
@@ -307,10 +319,7 @@ void job_controller::on(const timer_fired& e) {
     phase_ = phase::planning;
     step_boundary();
   } else if (e.id == save_timer_ && saving_ && !indexing_) {
-    save_timer_ = 0;
-    log(fmt::format("checkpoint at step {} failed: no answer", saving_->step));
-    saving_.reset();
-    advance();
+    if (!checkpoint_failed("no answer")) advance();
   } else if (e.id == verify_timer_ && phase_ == phase::verifying) {
     verify_timer_ = 0;
     queries_.clear();
@@ -335,10 +344,7 @@ void job_controller::on(const send_failed& e) {
     return;
   }
   if (saving_ && saver_ == e.device && !indexing_) {
-    log(fmt::format("checkpoint at step {} failed: {}", saving_->step, e.reason));
-    saving_.reset();
-    save_timer_ = 0;
-    advance();
+    if (!checkpoint_failed(e.reason)) advance();
     return;
   }
   if (phase_ == phase::verifying) {
@@ -395,9 +401,7 @@ void job_controller::on(const device_state& e) {
   if (saving_ && !indexing_ && e.tag == save_tag_) {
     save_timer_ = 0;
     if (!e.error.empty()) {
-      log(fmt::format("checkpoint at step {} failed: {}", saving_->step, e.error));
-      saving_.reset();
-      advance();
+      if (!checkpoint_failed(e.error)) advance();
       return;
     }
     saving_->checksum = e.checksum;

@@ -1,5 +1,8 @@
 #include "flexsp/actors/job_manager.hpp"
 
+#include <filesystem>
+
+#include "flexsp/actors/client.hpp"
 #include "flexsp/core/log.hpp"
 
 namespace flexsp::actors {
@@ -30,6 +33,8 @@ job_info info_of(const scheduled_job& job, std::uint64_t metrics_from, bool with
 
 expected<job_info> jobs_actor::handle(submit_job m) {
   FLEXSP_TRY_ASSIGN(auto spec, parse_job_spec(m.spec));
+  // A remote submitter resolves relative paths against its own directory (job_client does).
+  FLEXSP_TRY(check_checkpoint_dir(spec.checkpoint_dir));
   FLEXSP_TRY_ASSIGN(auto job, manager_.submit(spec));
   return info_of(*job, 0, false);
 }
@@ -69,9 +74,22 @@ job_manager::~job_manager() {
   own_system_.reset();
 }
 
-expected<std::shared_ptr<scheduled_job>> job_manager::submit(const job_spec& spec, scheduled_job::metrics_fn on_metrics,
+expected<void> job_manager::admit(const job_spec& spec) const {
+  FLEXSP_TRY(check_checkpoint_dir(spec.checkpoint_dir));
+  auto cluster = config_.host->proxy<cluster_actor>(remote_address{config_.head.to_string(), cluster_actor_id});
+  auto view = cluster.ask(get_cluster_view{}, std::chrono::seconds{10}).get();
+  if (!view)
+    return make_error(view.error().kind(), "cannot check the job against the cluster: {}", view.error().message());
+  return check_job_fits(spec, from_wire(*view).nodes);
+}
+
+expected<std::shared_ptr<scheduled_job>> job_manager::submit(const job_spec& submitted, scheduled_job::metrics_fn on_metrics,
                                                                scheduled_job::log_fn on_log) {
-  FLEXSP_TRY(validate_job_spec(spec));
+  FLEXSP_TRY(validate_job_spec(submitted));
+  // A local caller's relative paths are relative to its directory, which is ours.
+  job_spec spec = submitted;
+  if (!spec.checkpoint_dir.empty()) spec.checkpoint_dir = std::filesystem::absolute(spec.checkpoint_dir).string();
+  FLEXSP_TRY(admit(spec));
   std::string id;
   {
     std::lock_guard lock{mutex_};
@@ -117,6 +135,7 @@ expected<void> job_manager::serve() {
   if (served_actor_ != 0) return make_error(errc::invalid_argument, "the job API is already served");
   core::spawn_options o;
   o.name = "jobs";
+  o.blocking = true;  // a submit asks the cluster actor what the cluster offers
   served_ = config_.system->spawn<jobs_actor>(o, *this);
   served_actor_ = config_.host->publish(served_, std::chrono::seconds{30}, jobs_actor_id);
   return {};

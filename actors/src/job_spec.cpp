@@ -1,6 +1,10 @@
 #include "flexsp/actors/job_spec.hpp"
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -159,6 +163,73 @@ expected<void> validate_job_spec(const job_spec& s) {
     return bad("fault.device_timeout_ms", "must be 0 (default) or at least 100");
   if (s.fault.join_timeout_ms < 100) return bad("fault.join_timeout_ms", "must be at least 100");
   if (s.fault.checkpoint_timeout_ms < 100) return bad("fault.checkpoint_timeout_ms", "must be at least 100");
+  if (s.fault.max_checkpoint_failures > 1000) return bad("fault.max_checkpoint_failures", "must be at most 1000");
+  return {};
+}
+
+expected<void> check_job_fits(const job_spec& s, const std::vector<node_record>& nodes) {
+  std::size_t cpu = 0, cuda = 0;
+  for (const auto& n : nodes) {
+    if (n.state != node_state::alive) continue;
+    for (const auto& d : n.devices) (d.kind == device_kind::cuda ? cuda : cpu) += 1;
+  }
+  const auto offers = [&]() {
+    if (cpu + cuda == 0) return std::string{"the cluster has no devices (start a node: flexsp start --address HEAD)"};
+    return fmt::format("the cluster offers {} cpu and {} cuda devices", cpu, cuda);
+  };
+  // Which kind the job trains on, and which field decides it (as the job controller resolves it).
+  std::string field = "backend";
+  device_kind kind = device_kind::cpu;
+  if (s.backend) {
+    kind = *s.backend;
+  } else if (s.collectives == collective_library::nccl) {
+    kind = device_kind::cuda;
+    field = "collectives";
+  } else if (const auto why = cuda_only_reason(s.model); !why.empty()) {
+    kind = device_kind::cuda;
+    field = s.model.attention == attention_precision::bf16 ? "model.attention" : "model.matmul";
+  } else {
+    kind = cuda > 0 ? device_kind::cuda : device_kind::cpu;
+    field = "";
+  }
+  const auto have = kind == device_kind::cuda ? cuda : cpu;
+  if (have == 0) {
+    if (field.empty()) return make_error(errc::invalid_argument, "{}", offers());
+    const std::string what = field == "backend"       ? fmt::format("no {} devices to train on", to_string(kind))
+                             : field == "collectives" ? std::string{"nccl needs cuda devices"}
+                                                      : cuda_only_reason(s.model);
+    return make_error(errc::invalid_argument, "{}: {}; {}", field, what, offers());
+  }
+  if (s.min_devices > have)
+    return make_error(errc::invalid_argument, "min_devices: {} {} devices wanted, but {}", s.min_devices, to_string(kind),
+                      offers());
+  if (s.strategy.kind == strategy_kind::static_degree && s.strategy.degree > have)
+    return make_error(errc::invalid_argument, "strategy: {} puts every sequence on {} {} devices, but {}",
+                      s.strategy.to_string(), s.strategy.degree, to_string(kind), offers());
+  return {};
+}
+
+expected<void> check_checkpoint_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (dir.empty()) return {};
+  const fs::path p{dir};
+  if (p.is_relative())
+    return make_error(errc::invalid_argument, "checkpoint.dir: '{}' is relative; give an absolute path (the job runs "
+                      "on the head and the nodes, not in the submitter's directory)", dir);
+  std::error_code ec;
+  fs::create_directories(p, ec);
+  if (ec) return make_error(errc::invalid_argument, "checkpoint.dir: cannot create {}: {}", dir, ec.message());
+  const auto probe = p / fmt::format(".flexsp-write-check-{}", ::getpid());
+  {
+    std::ofstream out{probe, std::ios::trunc};
+    out << "ok\n";
+    out.flush();
+    if (!out) {
+      fs::remove(probe, ec);
+      return make_error(errc::invalid_argument, "checkpoint.dir: cannot write files in {}", dir);
+    }
+  }
+  fs::remove(probe, ec);
   return {};
 }
 
@@ -240,13 +311,14 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   FLEXSP_TRY(read_object(j, "fault", o));
   if (o) {
     FLEXSP_TRY(check_keys(*o, "fault.", {"max_retries", "membership_grace_ms", "device_timeout_ms", "join_timeout_ms",
-                                         "device_wait_ms", "checkpoint_timeout_ms"}));
+                                         "device_wait_ms", "checkpoint_timeout_ms", "max_checkpoint_failures"}));
     FLEXSP_TRY(read_uint(*o, "max_retries", "fault.", s.fault.max_retries));
     FLEXSP_TRY(read_uint(*o, "membership_grace_ms", "fault.", s.fault.membership_grace_ms));
     FLEXSP_TRY(read_uint(*o, "device_timeout_ms", "fault.", s.fault.device_timeout_ms));
     FLEXSP_TRY(read_uint(*o, "join_timeout_ms", "fault.", s.fault.join_timeout_ms));
     FLEXSP_TRY(read_uint(*o, "device_wait_ms", "fault.", s.fault.device_wait_ms));
     FLEXSP_TRY(read_uint(*o, "checkpoint_timeout_ms", "fault.", s.fault.checkpoint_timeout_ms));
+    FLEXSP_TRY(read_uint(*o, "max_checkpoint_failures", "fault.", s.fault.max_checkpoint_failures));
   }
   FLEXSP_TRY(validate_job_spec(s));
   return s;
@@ -280,7 +352,8 @@ std::string job_spec_to_json(const job_spec& s) {
   j["milp_min_gap"] = s.milp_min_gap;
   j["fault"] = {{"max_retries", s.fault.max_retries},         {"membership_grace_ms", s.fault.membership_grace_ms},
                 {"device_timeout_ms", s.fault.device_timeout_ms}, {"join_timeout_ms", s.fault.join_timeout_ms},
-                {"device_wait_ms", s.fault.device_wait_ms},   {"checkpoint_timeout_ms", s.fault.checkpoint_timeout_ms}};
+                {"device_wait_ms", s.fault.device_wait_ms},   {"checkpoint_timeout_ms", s.fault.checkpoint_timeout_ms},
+                {"max_checkpoint_failures", s.fault.max_checkpoint_failures}};
   return j.dump();
 }
 

@@ -146,6 +146,22 @@ TEST(TrainCluster, AnInvalidSpecIsRejectedAtSubmitNamingTheField) {
                              cluster.address(), cluster.secret_file(), file.string()));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("strategy"), std::string::npos) << r.output;
+  // Specs the cluster cannot run fail at once, naming the field and what the cluster offers.
+  const auto t0 = std::chrono::steady_clock::now();
+  for (const char* spec : {R"({"steps": 3, "backend": "cuda"})", R"({"steps": 3, "collectives": "nccl"})",
+                           R"({"steps": 3, "min_devices": 4})", R"({"steps": 3, "strategy": "static:1000"})",
+                           R"({"steps": 3, "checkpoint": {"dir": "/proc/version/ckpt"}})"}) {
+    auto refused = client->submit_json(spec);
+    ASSERT_FALSE(refused) << spec;
+    EXPECT_EQ(refused.error().kind(), errc::invalid_argument) << refused.error().to_string();
+    std::string field;  // the key besides "steps"
+    const auto parsed = nlohmann::json::parse(spec);
+    for (const auto& [key, _] : parsed.items())
+      if (key != "steps") field = key;
+    ASSERT_FALSE(field.empty());
+    EXPECT_NE(refused.error().message().find(field), std::string::npos) << spec << ": " << refused.error().message();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 30s) << "refused at submit, not after the device wait";
 }
 
 }  // namespace

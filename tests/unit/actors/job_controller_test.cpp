@@ -618,7 +618,30 @@ TEST(JobController, ACheckpointIsIndexedOnlyAfterTheDeviceWroteIt) {
   ASSERT_TRUE(c.finished);
   EXPECT_EQ(c.finished->state, job_state::succeeded);
   EXPECT_EQ(c.saves.size(), 2u);
-  EXPECT_TRUE(c.logged("checkpoint index write failed: disk full"));
+  EXPECT_TRUE(c.logged("warning: checkpoint at step 1 failed: its index could not be written: disk full"));
+}
+
+TEST(JobController, CheckpointsFailingRepeatedlyFailTheJobUnlessToldOtherwise) {
+  auto spec = small_spec(6);
+  spec.checkpoint_dir = "/ckpt";
+  spec.checkpoint_every = 1;
+  {
+    scripted_cluster c{spec};
+    c.index_error = "disk full";
+    c.start({{1, 1}});
+    ASSERT_TRUE(c.finished);
+    EXPECT_EQ(c.finished->state, job_state::failed);
+    EXPECT_NE(c.finished->message.find("3 checkpoints failed in a row"), std::string::npos) << c.finished->message;
+    EXPECT_NE(c.finished->message.find("disk full"), std::string::npos) << c.finished->message;
+    EXPECT_EQ(c.saves.size(), 3u);
+  }
+  spec.fault.max_checkpoint_failures = 0;
+  scripted_cluster c{spec};
+  c.index_error = "disk full";
+  c.start({{1, 1}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << "0: checkpoint failures are warnings only";
+  EXPECT_EQ(c.saves.size(), 6u);
 }
 
 TEST(JobController, APlanForAWorldThatChangedIsNotUsed) {

@@ -139,4 +139,60 @@ TEST(JobSpec, WarmupRampsTheLearningRateLinearly) {
 }
 
 }  // namespace
+
+// ---- what the cluster offers ----------------------------------------------------------------
+
+std::vector<node_record> cluster_of(int cpus, int cudas, int lost_cpus = 0) {
+  std::vector<node_record> nodes(3);
+  for (int i = 0; i < cpus; ++i) nodes[0].devices.push_back({device_kind::cpu, static_cast<std::uint32_t>(i)});
+  for (int i = 0; i < cudas; ++i) nodes[1].devices.push_back({device_kind::cuda, static_cast<std::uint32_t>(i)});
+  for (int i = 0; i < lost_cpus; ++i) nodes[2].devices.push_back({device_kind::cpu, static_cast<std::uint32_t>(i)});
+  nodes[2].state = node_state::dead;
+  return nodes;
+}
+
+std::string fits_error(std::string_view json, const std::vector<node_record>& nodes) {
+  auto s = parse_job_spec(json);
+  EXPECT_TRUE(s) << json;
+  auto r = check_job_fits(*s, nodes);
+  EXPECT_FALSE(r) << json;
+  return r ? std::string{} : r.error().message();
+}
+
+TEST(JobFits, ACudaJobOnACpuOnlyClusterIsRefusedNamingTheFieldThatAskedForCuda) {
+  const auto cpus = cluster_of(4, 0);
+  EXPECT_EQ(fits_error(R"({"steps": 1, "backend": "cuda"})", cpus),
+            "backend: no cuda devices to train on; the cluster offers 4 cpu and 0 cuda devices");
+  EXPECT_EQ(fits_error(R"({"steps": 1, "collectives": "nccl"})", cpus).rfind("collectives: nccl needs cuda devices; the cluster offers 4 cpu", 0), 0u);
+  EXPECT_EQ(fits_error(R"({"steps": 1, "model": {"attention": "bf16"}})", cpus).rfind("model.attention:", 0), 0u);
+  EXPECT_EQ(fits_error(R"({"steps": 1, "model": {"matmul": "tf32"}})", cpus).rfind("model.matmul:", 0), 0u);
+  EXPECT_TRUE(check_job_fits(*parse_job_spec(R"({"steps": 1})"), cpus)) << "auto trains on the cpu devices";
+}
+
+TEST(JobFits, DeviceCountsAreCheckedAgainstTheDevicesOfTheJobsKindOnLiveNodes) {
+  const auto c = cluster_of(2, 1, /*lost_cpus=*/8);
+  EXPECT_EQ(fits_error(R"({"steps": 1, "backend": "cpu", "min_devices": 3})", c),
+            "min_devices: 3 cpu devices wanted, but the cluster offers 2 cpu and 1 cuda devices");
+  EXPECT_EQ(fits_error(R"({"steps": 1, "backend": "cpu", "strategy": "static:1000"})", c),
+            "strategy: static:1000 puts every sequence on 1000 cpu devices, but the cluster offers 2 cpu and 1 cuda "
+            "devices");
+  EXPECT_TRUE(check_job_fits(*parse_job_spec(R"({"steps": 1, "backend": "cpu", "strategy": "static:2"})"), c));
+  // auto picks cuda when there is a GPU: one device.
+  EXPECT_FALSE(check_job_fits(*parse_job_spec(R"({"steps": 1, "min_devices": 2})"), c));
+  EXPECT_NE(fits_error(R"({"steps": 1})", cluster_of(0, 0, 4)).find("the cluster has no devices"), std::string::npos);
+}
+
+TEST(JobFits, ACheckpointDirectoryMustBeAbsoluteAndWritable) {
+  EXPECT_TRUE(check_checkpoint_dir(""));
+  auto rel = check_checkpoint_dir("ckpt");
+  ASSERT_FALSE(rel);
+  EXPECT_EQ(rel.error().message().rfind("checkpoint.dir: 'ckpt' is relative", 0), 0u) << rel.error().message();
+  const std::string dir = ::testing::TempDir() + "flexsp_ckpt_check/sub";
+  EXPECT_TRUE(check_checkpoint_dir(dir)) << "created when missing";
+  auto under_file = check_checkpoint_dir("/proc/version/ckpt");
+  ASSERT_FALSE(under_file);
+  EXPECT_EQ(under_file.error().message().rfind("checkpoint.dir: cannot create /proc/version/ckpt", 0), 0u)
+      << under_file.error().message();
+}
+
 }  // namespace flexsp::actors

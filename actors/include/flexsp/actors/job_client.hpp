@@ -72,7 +72,9 @@ public:
   static expected<std::shared_ptr<job_client>> connect(const std::string& address);
   ~job_client();
 
-  /// Submits a spec; errc::invalid_argument naming the field when the head rejects it.
+  /// Submits a spec; errc::invalid_argument naming the field when the head rejects it (a bad
+  /// value, or a job the cluster cannot run now: see check_job_fits). A relative
+  /// `checkpoint.dir` is resolved against this process's current directory.
   expected<job_handle> submit(const job_spec& spec);
   expected<job_handle> submit_json(const std::string& spec_json);
   /// A handle on an existing job (errc::not_found when there is none).

@@ -290,6 +290,9 @@ private:
   double ms_since(core::time_point t) const;
   void fail(std::string reason);
   void finish(job_state state, std::string message);
+  /// The checkpoint being saved failed: logs it and drops it; fails the job (true) when too
+  /// many failed in a row.
+  bool checkpoint_failed(const std::string& why);
 
   // devices and membership
   void resolve_backend();
@@ -383,6 +386,7 @@ private:
   std::optional<checkpoint_point> saving_;
   std::uint32_t saver_ = 0;
   bool indexing_ = false;
+  std::uint32_t checkpoint_failures_ = 0;  // in a row
 
   std::map<std::uint64_t, std::uint32_t> queries_;   // verify tag -> device
   std::map<std::uint32_t, std::uint64_t> query_sums_;

@@ -46,7 +46,9 @@ public:
   explicit job_manager(scheduler_config config);
   ~job_manager();
 
-  /// Starts a job; returns its id ("<name>-<n>").
+  /// Starts a job; returns its id ("<name>-<n>"). A relative `checkpoint.dir` is made absolute
+  /// against the current directory. Fails at once (errc::invalid_argument naming the field) for
+  /// a spec the cluster cannot run now (check_job_fits) or an unwritable checkpoint directory.
   expected<std::shared_ptr<scheduled_job>> submit(const job_spec& spec, scheduled_job::metrics_fn on_metrics = {},
                                                     scheduled_job::log_fn on_log = {});
   /// errc::not_found for an unknown id.
@@ -59,6 +61,7 @@ public:
   expected<void> serve();
 
 private:
+  expected<void> admit(const job_spec& spec) const;
   std::unique_ptr<core::actor_system> own_system_;
   scheduler_config config_;
   mutable std::mutex mutex_;

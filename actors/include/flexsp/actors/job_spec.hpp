@@ -21,6 +21,7 @@
 #include <string>
 #include <string_view>
 
+#include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/training_messages.hpp"
 #include "flexsp/core/error.hpp"
 
@@ -42,6 +43,8 @@ struct fault_settings {
   std::uint32_t device_wait_ms = 60000;
   /// How long the device writing a checkpoint may take.
   std::uint32_t checkpoint_timeout_ms = 60000;
+  /// Checkpoints that may fail in a row before the job fails (0: never fail the job for them).
+  std::uint32_t max_checkpoint_failures = 3;
 
   /// `device_timeout_ms` with its default resolved.
   std::uint32_t device_timeout(std::uint32_t collective_timeout_ms) const {
@@ -104,6 +107,18 @@ expected<job_spec> parse_job_spec(std::string_view json_text);
 
 /// Range checks (also run by parse_job_spec).
 expected<void> validate_job_spec(const job_spec& spec);
+
+/// Checks a valid spec against what the cluster offers now (`nodes`, its members; lost ones are
+/// ignored): the device kind the job would train on (`backend`, or what `collectives` and the
+/// model's precisions need) exists, and there are enough such devices for `min_devices` and a
+/// `static:D` strategy. errc::invalid_argument naming the field and what the cluster has.
+expected<void> check_job_fits(const job_spec& spec, const std::vector<node_record>& nodes);
+
+/// Creates the checkpoint directory if needed and checks that a file can be written there.
+/// errc::invalid_argument naming `checkpoint.dir`: relative paths are refused (resolve them
+/// against the submitter's directory first), and so is a directory that cannot be created or
+/// written.
+expected<void> check_checkpoint_dir(const std::string& dir);
 
 /// The spec as JSON (parse_job_spec reads it back).
 std::string job_spec_to_json(const job_spec& spec);
