@@ -46,6 +46,8 @@ struct RegisterNode {
   pid @3 :UInt32;
   nodeActorId @4 :UInt64;
   processToken @5 :Text;          # unique per process: a node in the head's own process is never lost to silence
+  deviceActors @6 :List(UInt64);  # the device actors' ids, in the order of `devices`: named
+                                  # device/<node id>/<device> before the join is announced
 }
 
 struct NodeRegistered {

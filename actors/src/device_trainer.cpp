@@ -362,6 +362,21 @@ void device_trainer::handle(abort_attempts m) {
   if (j->current_attempt.load() < m.attempt) j->abort_communicators();
 }
 
+void device_trainer::abort_in_flight() {
+  std::vector<std::shared_ptr<job>> all;
+  {
+    std::lock_guard lock{mutex_};
+    for (const auto& [_, j] : jobs_) all.push_back(j);
+  }
+  for (auto& j : all) {
+    const auto next = j->current_attempt.load() + 1;
+    auto prev = j->min_attempt.load();
+    while (prev < next && !j->min_attempt.compare_exchange_weak(prev, next)) {
+    }
+    j->abort_communicators();
+  }
+}
+
 void device_trainer::handle(save_state m) {
   post([this, m = std::move(m)]() {
     auto j = find(m.job_id);

@@ -96,6 +96,10 @@ node_registered cluster_actor::handle(const register_node& m) {
     }
   }
   auto ev = members_.join(m.actor_address, from_wire(m.devices), m.pid, now());
+  // Name the device actors before anyone hears of the join, so a lookup after it finds them.
+  for (std::size_t i = 0; i < m.devices.size() && i < m.device_actors.size(); ++i)
+    names_[fmt::format("device/{}/{}:{}", ev.node.id, to_string(m.devices[i].kind), m.devices[i].index)] =
+        name_entry{true, m.actor_address, m.device_actors[i]};
   host_->mark_alive(m.actor_address);  // it may come back at the address of a lost membership
   auto node = host_->proxy<node_actor>(remote_address{m.actor_address, m.node_actor_id});
   monitor(node);

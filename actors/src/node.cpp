@@ -38,6 +38,7 @@ void node_actor::join() {
   m.pid = static_cast<std::uint32_t>(::getpid());
   m.node_actor_id = shared_->self_id;
   m.process_token = kernels::process_token();
+  for (const auto& d : shared_->devices) m.device_actors.push_back(d.actor_id);
   const auto timeout = std::max(shared_->config.transport.handshake_timeout * 2, std::chrono::milliseconds{5000});
   request(cluster_, std::move(m), timeout, [this, gen](expected<node_registered> r) {
     if (gen != generation_) return;
@@ -58,11 +59,7 @@ void node_actor::joined(const node_registered& r) {
   else
     log::get("actors")->info("node: registered as node {} at epoch {} ({} devices, actors at {})", reg.node_id, reg.epoch,
                              shared_->devices.size(), shared_->host->address());
-  for (auto& d : shared_->devices) {
-    d.ref.tell(set_node_id{r.node_id});
-    cluster_.tell(name_bind{fmt::format("device/{}/{}", r.node_id, d.device.to_string()), shared_->host->address(),
-                            d.actor_id});
-  }
+  for (auto& d : shared_->devices) d.ref.tell(set_node_id{r.node_id});  // the head named them at registration
   seen_epoch_ = 0;
   resume();
   if (shared_->on_registered) shared_->on_registered(reg);
@@ -103,6 +100,8 @@ void node_actor::handle(join_tick m) {
 void node_actor::rejoin(const std::string& why) {
   if (node_id_ == 0) return;  // already joining
   log::get("actors")->warn("node: membership as node {} ended: {}; registering again", node_id_, why);
+  // The jobs dropped this node's devices: what they compute now is for a world without them.
+  for (auto& d : shared_->devices) d.ref.tell(membership_ended{});
   previous_id_ = node_id_;
   node_id_ = 0;
   shared_->node_id = 0;

@@ -4,7 +4,8 @@
 //      cluster of 8 CPU devices running the default `flexsp train` job;
 //   2. recovery time from the loss of a node to the next committed step, between real processes
 //      (3 nodes x 2 CPU devices, 100 ms heartbeats, 500 ms failure timeout): kill -9 (the
-//      connection closes) and SIGSTOP (the node hangs; only heartbeats tell).
+//      connection closes) and SIGSTOP (the node hangs; only heartbeats tell); after a SIGSTOP,
+//      SIGCONT once the job recovered, and the time until the node's devices train again.
 // Correctness is reported next to speed: `#wrong` counts steps not committed exactly once.
 #include <signal.h>
 #include <sys/wait.h>
@@ -101,6 +102,7 @@ int overhead_and_cost_model(std::uint64_t steps, int devices) {
 
 struct recovery_trial {
   double ms = -1;
+  double resumed_ms = -1;  // SIGSTOP: from SIGCONT to a step committed with every device again
   std::uint64_t wrong = 0;
   std::string state;
 };
@@ -135,23 +137,35 @@ recovery_trial recovery(int signal_to_send) {
   if (client) {
     job_spec spec;
     spec.name = "recovery";
-    spec.steps = 24;
+    spec.steps = 40;
     spec.batch_size = 24;
     spec.model.d_model = 32;
     spec.model.max_seq = 256;
     auto job = (*client)->submit(spec);
-    std::int64_t sent_at = 0;
-    std::uint64_t next = 0;
+    std::int64_t sent_at = 0, continued_at = 0;
+    std::uint64_t next = 0, all_devices = 0;
     if (job) {
       auto final = job->wait([&](const std::string& line) {
         auto m = nlohmann::json::parse(line);
         out.wrong += m["step"].get<std::uint64_t>() != next++;
+        const auto devices = m["devices"].get<std::uint64_t>();
+        if (next == 1) all_devices = devices;
+        const auto committed = m["committed_at_ms"].get<std::int64_t>();
+        if (continued_at != 0 && out.resumed_ms < 0 && committed > continued_at && devices == all_devices)
+          out.resumed_ms = static_cast<double>(committed - continued_at);
         if (sent_at == 0 && next == 8 && !nodes.empty()) {
           sent_at = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
                         .count();
           ::kill(nodes.back(), signal_to_send);
-        } else if (sent_at != 0 && out.ms < 0 && m["committed_at_ms"].get<std::int64_t>() > sent_at) {
-          out.ms = static_cast<double>(m["committed_at_ms"].get<std::int64_t>() - sent_at);
+        } else if (sent_at != 0 && out.ms < 0 && committed > sent_at) {
+          out.ms = static_cast<double>(committed - sent_at);
+          if (signal_to_send == SIGSTOP) {
+            // The node was lost while stopped; let it run again: it rejoins as a new member.
+            continued_at = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+            ::kill(nodes.back(), SIGCONT);
+          }
         }
       });
       out.wrong += next != spec.steps;
@@ -162,8 +176,8 @@ recovery_trial recovery(int signal_to_send) {
   (void)shell(fmt::format("{} {}/scripts/launch_cluster.sh --stop --port {}", env, FLEXSP_SOURCE_DIR,
                           address.substr(address.rfind(':') + 1)));
   std::error_code ec;
-  if (out.ms < 0 || out.ms > 5000)
-    fmt::print(stderr, "slow or failed recovery: logs kept in {}\n", (state / "logs").string());
+  if (out.ms < 0 || out.ms > 5000 || (signal_to_send == SIGSTOP && out.resumed_ms < 0))
+    fmt::print(stderr, "slow or failed recovery or rejoin: logs kept in {}\n", (state / "logs").string());
   else
     fs::remove_all(state, ec);
   return out;
@@ -189,19 +203,25 @@ int main(int argc, char** argv) {
   int rc = overhead_and_cost_model(steps, devices);
   fmt::print("\n## recovery: 3 nodes x 2 CPU devices, heartbeat 100 ms, failure timeout 500 ms; signal sent after the "
              "8th committed step\n");
-  fmt::print("| signal | trial | ms to the next committed step | job | #wrong |\n");
+  fmt::print("| signal | trial | ms to the next committed step | SIGCONT: ms until every device trains again | job | "
+             "#wrong |\n");
   for (int sig : {SIGKILL, SIGSTOP}) {
-    std::vector<double> all;
+    std::vector<double> all, resumed;
     for (int t = 0; t < trials; ++t) {
       auto r = recovery(sig);
-      fmt::print("| {} | {} | {:.0f} | {} | {} |\n", sig == SIGKILL ? "kill -9" : "SIGSTOP", t + 1, r.ms, r.state,
-                 r.wrong);
+      fmt::print("| {} | {} | {:.0f} | {} | {} | {} |\n", sig == SIGKILL ? "kill -9" : "SIGSTOP", t + 1, r.ms,
+                 sig == SIGSTOP ? fmt::format("{:.0f}", r.resumed_ms) : std::string{"-"}, r.state, r.wrong);
       std::fflush(stdout);
       if (r.ms >= 0) all.push_back(r.ms);
+      if (r.resumed_ms >= 0) resumed.push_back(r.resumed_ms);
       if (r.wrong != 0 || r.state != "succeeded" || r.ms < 0) rc = 1;
     }
     nlohmann::json j{{"bench", "recovery"}, {"signal", sig == SIGKILL ? "kill" : "stop"}, {"mean_ms", mean(all)},
                      {"max_ms", all.empty() ? -1.0 : *std::max_element(all.begin(), all.end())}};
+    if (sig == SIGSTOP) {
+      j["resumed_mean_ms"] = mean(resumed);
+      j["resumed_trials"] = resumed.size();
+    }
     fmt::print("{}\n", j.dump());
   }
   return rc;

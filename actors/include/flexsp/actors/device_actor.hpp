@@ -20,6 +20,8 @@ namespace flexsp::actors {
 struct set_node_id {
   std::uint64_t node_id = 0;
 };
+/// From the node actor: the node's membership ended; abandon the attempt in flight.
+struct membership_ended {};
 
 /// The device actor, an actor of its node's actor system published on the node's actor host.
 /// Training messages go to its trainer: `abort_attempts` takes effect at once, the rest queue
@@ -28,13 +30,14 @@ struct set_node_id {
 class device_actor : public core::actor<device_actor> {
 public:
   using interface = core::interface<describe_device, join_job, step_plan, commit_step, abort_attempts, save_state,
-                                    query_state, leave_job, set_node_id>;
+                                    query_state, leave_job, set_node_id, membership_ended>;
 
   device_actor(device_id device, std::uint64_t node_id, std::shared_ptr<device_trainer> trainer)
       : device_{std::move(device)}, node_id_{node_id}, trainer_{std::move(trainer)} {}
 
   device_info handle(describe_device) { return {device_.to_string(), node_id_, device_.description, trainer_->jobs()}; }
   void handle(set_node_id m) { node_id_ = m.node_id; }
+  void handle(membership_ended) { trainer_->abort_in_flight(); }
 
   void handle(join_job m) { trainer_->handle(std::move(m)); }
   void handle(step_plan m) { trainer_->handle(std::move(m)); }

@@ -65,6 +65,10 @@ public:
   void handle(save_state m);
   void handle(query_state m);
   void handle(leave_job m);
+  /// The node's membership ended: whatever attempt runs now belongs to a world that no longer
+  /// includes this device. Abandons it at once (its blocked collectives return), keeping every
+  /// replica at its last committed step.
+  void abort_in_flight();
 
   /// Ids of the jobs this device holds a replica for.
   std::vector<std::string> jobs() const;

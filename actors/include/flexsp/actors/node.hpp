@@ -3,10 +3,10 @@
 /// The node service: one per machine. Hosts one device actor per configured device and the node
 /// actor, which keeps the node a member of the cluster.
 ///
-/// The node actor's lifecycle: ask the head's cluster actor (head.hpp) `register_node` ->
-/// `node_registered{node id, epoch, heartbeat interval, failure timeout}` -> name the device
-/// actors (`device/<node id>/<device>`), heartbeat every interval, and watch membership so that
-/// the actor host fails sends to lost peers at once. When the head ends the membership
+/// The node actor's lifecycle: ask the head's cluster actor (head.hpp) `register_node`, naming
+/// the device actors (the head names them `device/<node id>/<device>` before it announces the
+/// join) -> `node_registered{node id, epoch, heartbeat interval, failure timeout}` -> heartbeat
+/// every interval, and watch membership so that the actor host fails sends to lost peers at once. When the head ends the membership
 /// (`node_removed`, or `member = false` in a heartbeat acknowledgement) the node registers again
 /// as a new member, naming its previous id; the head answers whether that membership had been
 /// ended and why, and the node logs it. When the connection to the head breaks (the node
