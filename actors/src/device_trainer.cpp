@@ -221,7 +221,8 @@ void device_trainer::handle(join_job m) {
         const char* in_process = std::getenv("FLEXSP_IN_PROCESS_COLLECTIVES");
         const kernels::gloo_options gloo{.hostname = m.collective_host,
                                          .timeout = timeout,
-                                         .in_process = in_process == nullptr || std::string_view{in_process} != "0"};
+                                         .in_process = in_process == nullptr || std::string_view{in_process} != "0",
+                                         .cancelled = [raw]() { return raw->aborted(raw->current_attempt.load()); }};
         j->make_cache = [raw, me, gloo]() -> std::shared_ptr<kernels::group_cache> {
           return std::make_shared<kernels::communicator_cache>(*raw->store, me, gloo);
         };

@@ -426,7 +426,7 @@ expected<std::shared_ptr<communicator>> communicator_cache::get(std::span<const 
       FLEXSP_TRY_ASSIGN(local, members_share_this_process(store_, name, rank, size, options_.timeout));
     }
     if (local) {
-      FLEXSP_TRY_ASSIGN(comm, make_process_communicator(name, rank, size, options_.timeout));
+      FLEXSP_TRY_ASSIGN(comm, make_process_communicator(name, rank, size, options_.timeout, options_.cancelled));
     } else {
       if (!device_) {
         FLEXSP_TRY_ASSIGN(device_, make_gloo_device(options_));

@@ -248,7 +248,8 @@ private:
 }  // namespace
 
 expected<std::unique_ptr<communicator>> make_process_communicator(const std::string& group_key, int rank, int size,
-                                                                  std::chrono::milliseconds timeout) {
+                                                                  std::chrono::milliseconds timeout,
+                                                                  const std::function<bool()>& cancelled) {
   if (size < 1 || rank < 0 || rank >= size)
     return make_error(errc::invalid_argument, "group '{}': rank {} of size {}", group_key, rank, size);
   std::shared_ptr<group> g;
@@ -271,11 +272,25 @@ expected<std::unique_ptr<communicator>> make_process_communicator(const std::str
   ++g->members;
   g->changed.notify_all();
   const auto deadline = clock::now() + timeout;
-  if (!g->changed.wait_until(lock, deadline, [&] { return g->members == g->size || g->broken; })) {
+  const auto complete = [&] { return g->members == g->size || g->broken; };
+  bool gave_up = false;
+  while (!complete()) {
+    // Wait in short slices when someone may cancel the wait.
+    const auto until = cancelled ? std::min(deadline, clock::now() + std::chrono::milliseconds{20}) : deadline;
+    g->changed.wait_until(lock, until, complete);
+    if (complete()) break;
+    if (cancelled && cancelled()) {
+      gave_up = true;
+      break;
+    }
+    if (clock::now() >= deadline) break;
+  }
+  if (!complete()) {
     // Ranks that join later fail at once instead of waiting for a group that is gone.
     g->broken = true;
     g->why = fmt::format("rank {} stopped waiting for the others to join", rank);
     g->changed.notify_all();
+    if (gave_up) return make_error(errc::cancelled, "group '{}': setup cancelled (the attempt was aborted)", group_key);
     return make_error(errc::timeout, "group '{}': {} of {} ranks joined within {} ms", group_key, g->members, size,
                       timeout.count());
   }

@@ -237,6 +237,23 @@ TEST(ProcessCommunicator, AMemberThatIsDestroyedFailsThePeersWaitingForIt) {
   EXPECT_TRUE((*me)->poisoned());
 }
 
+TEST(ProcessCommunicator, AnAbortedAttemptStopsWaitingForTheOtherRanksAtOnce) {
+  // The peer never joins (its process was stopped); the attempt is aborted after 100 ms: the
+  // wait ends then, not at the 30 s timeout.
+  std::atomic<bool> aborted{false};
+  std::thread aborter{[&] {
+    std::this_thread::sleep_for(100ms);
+    aborted = true;
+  }};
+  const auto start = std::chrono::steady_clock::now();
+  auto r = make_process_communicator("aborted", 0, 2, 30s, [&] { return aborted.load(); });
+  const auto took = std::chrono::steady_clock::now() - start;
+  aborter.join();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind(), errc::cancelled) << r.error().to_string();
+  EXPECT_LT(took, 5s);
+}
+
 TEST(ProcessCommunicator, JoiningChecksRankAndSizeAndGivesUpTogether) {
   EXPECT_EQ(make_process_communicator("bad", 2, 2, 1s).error().kind(), errc::invalid_argument);
   EXPECT_EQ(make_process_communicator("bad", 0, 0, 1s).error().kind(), errc::invalid_argument);

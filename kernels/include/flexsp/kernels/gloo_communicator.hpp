@@ -23,6 +23,7 @@
 /// group blocks in rendezvous until all members arrive or the timeout passes.
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -45,6 +46,9 @@ struct gloo_options {
   /// communicator_cache: a group whose members all run in this process exchanges through
   /// memory (process_communicator.hpp) instead of TCP.
   bool in_process = true;
+  /// Polled while a group is being set up; true gives up at once (errc::cancelled): the
+  /// attempt the group was for was aborted.
+  std::function<bool()> cancelled{};
 };
 
 /// Opaque shared TCP device (one listening socket and event loop); share one per process.

@@ -14,6 +14,7 @@
 /// closes.
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -25,8 +26,11 @@ namespace flexsp::kernels {
 /// rank has joined: errc::timeout after `timeout`; errc::invalid_argument for a bad rank or
 /// size, a size that differs from the other members', or a rank already taken. The key must be
 /// unique per group incarnation (e.g. include the membership epoch).
+/// `cancelled` (optional) is polled while waiting for the other ranks: true gives up at once
+/// with errc::cancelled and breaks the group for the ranks still waiting.
 expected<std::unique_ptr<communicator>> make_process_communicator(const std::string& group_key, int rank, int size,
-                                                                  std::chrono::milliseconds timeout);
+                                                                  std::chrono::milliseconds timeout,
+                                                                  const std::function<bool()>& cancelled = {});
 
 /// A name of this process that no other process (on any host, at any time) has: ranks compare
 /// it to find out whether they share a process.
