@@ -45,6 +45,7 @@ struct device_trainer::job {
   join_job setup;
   std::atomic<std::uint64_t> min_attempt{0};
   std::atomic<std::uint64_t> current_attempt{0};
+  std::atomic<std::uint64_t> latest_attempt{0};  // the highest attempt a plan arrived for (queued or running)
   std::unique_ptr<replica> state;
   std::unique_ptr<kv_rendezvous_store> store;
   /// Makes the communicator cache of a new epoch: Gloo over TCP, or NCCL on this device's GPU.
@@ -249,6 +250,11 @@ void device_trainer::handle(join_job m) {
 }
 
 void device_trainer::handle(step_plan m) {
+  if (auto j = find(m.job_id)) {
+    auto prev = j->latest_attempt.load();
+    while (prev < m.attempt && !j->latest_attempt.compare_exchange_weak(prev, m.attempt)) {
+    }
+  }
   post([this, m = std::move(m)]() {
     auto j = find(m.job_id);
     if (!j || j->aborted(m.attempt)) return;
@@ -370,10 +376,13 @@ void device_trainer::abort_in_flight() {
     for (const auto& [_, j] : jobs_) all.push_back(j);
   }
   for (auto& j : all) {
-    const auto next = j->current_attempt.load() + 1;
+    // Every attempt planned so far, running or still queued behind the running one.
+    const auto last = std::max(j->current_attempt.load(), j->latest_attempt.load());
     auto prev = j->min_attempt.load();
-    while (prev < next && !j->min_attempt.compare_exchange_weak(prev, next)) {
+    while (prev < last + 1 && !j->min_attempt.compare_exchange_weak(prev, last + 1)) {
     }
+    log::get("device")->info("{}: the node's membership ended; abandoning attempts up to {} of job {}", name_, last,
+                             j->setup.job_id);
     j->abort_communicators();
   }
 }

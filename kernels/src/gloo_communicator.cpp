@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -60,6 +61,85 @@ public:
 private:
   rendezvous_store& store_;
   std::chrono::milliseconds timeout_;
+};
+
+/// A Gloo context whose full mesh of pairs can be given up while it connects: Gloo's own
+/// connectFullMesh waits in each pair's connect (up to the timeout, pair after pair) for peers
+/// that may have moved on. Here the pairs exist before any connect, and `cancelled` (polled
+/// while connecting) closes them, which ends the waits at once.
+class abortable_mesh final : public gloo::Context {
+public:
+  using gloo::Context::Context;
+
+  void connect(gloo::rendezvous::Store& store, const std::shared_ptr<gloo::transport::Device>& device,
+               const std::function<bool()>& cancelled) {
+    device_ = device;
+    auto transport = device->createContext(rank, size);
+    transport->setTimeout(getTimeout());
+    // This rank's address for each peer: [peer rank, length, bytes]...
+    std::vector<char> mine;
+    for (int peer = 0; peer < size; ++peer) {
+      if (peer == rank) continue;
+      const auto bytes = transport->createPair(peer)->address().bytes();
+      append(mine, static_cast<std::uint32_t>(peer));
+      append(mine, static_cast<std::uint32_t>(bytes.size()));
+      mine.insert(mine.end(), bytes.begin(), bytes.end());
+    }
+    transportContext_ = transport;
+    store.set(fmt::format("mesh/{}", rank), mine);
+    std::atomic<bool> done{false};
+    std::thread watcher;
+    if (cancelled)
+      watcher = std::thread{[&] {
+        while (!done.load()) {
+          if (cancelled()) {
+            closeConnections();
+            return;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds{20});
+        }
+      }};
+    try {
+      for (int peer = 0; peer < size; ++peer) {
+        if (peer == rank) continue;
+        const auto theirs = store.get(fmt::format("mesh/{}", peer));
+        transport->getPair(peer)->connect(address_for(theirs, peer));
+      }
+    } catch (...) {
+      done = true;
+      if (watcher.joinable()) watcher.join();
+      if (cancelled && cancelled()) throw gloo::IoException("connecting the group was cancelled (the attempt was aborted)");
+      throw;
+    }
+    done = true;
+    if (watcher.joinable()) watcher.join();
+  }
+
+private:
+  static void append(std::vector<char>& out, std::uint32_t v) {
+    const auto* p = reinterpret_cast<const char*>(&v);
+    out.insert(out.end(), p, p + sizeof v);
+  }
+  static std::uint32_t read(const std::vector<char>& in, std::size_t& at) {
+    if (at + sizeof(std::uint32_t) > in.size()) throw gloo::IoException("malformed mesh address list");
+    std::uint32_t v = 0;
+    std::memcpy(&v, in.data() + at, sizeof v);
+    at += sizeof v;
+    return v;
+  }
+  // The address rank `peer` published for this rank.
+  std::vector<char> address_for(const std::vector<char>& list, int peer) const {
+    for (std::size_t at = 0; at < list.size();) {
+      const auto for_rank = read(list, at);
+      const auto n = read(list, at);
+      if (at + n > list.size()) throw gloo::IoException("malformed mesh address list");
+      if (static_cast<int>(for_rank) == rank)
+        return std::vector<char>(list.begin() + static_cast<std::ptrdiff_t>(at),
+                                 list.begin() + static_cast<std::ptrdiff_t>(at + n));
+      at += n;
+    }
+    throw gloo::IoException(fmt::format("rank {} published no address for rank {}", peer, rank));
+  }
 };
 
 error from_gloo(const std::exception& e, std::string_view op) {
@@ -357,11 +437,11 @@ expected<std::unique_ptr<communicator>> make_gloo_communicator(rendezvous_store&
   auto st = std::make_shared<shared_state>();
   st->device = device;
   try {
-    auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, size);
+    auto ctx = std::make_shared<abortable_mesh>(rank, size);
     ctx->setTimeout(options.timeout);
     store_adapter adapter{store, options.timeout};
     gloo::rendezvous::PrefixStore prefixed{group_key, adapter};
-    ctx->connectFullMesh(prefixed, device->device);
+    ctx->connect(prefixed, device->device, options.cancelled);
     st->ctx = std::move(ctx);
   } catch (const std::exception& e) {
     return unexpected<error>{from_gloo(e, fmt::format("rendezvous of group '{}' (rank {} of {})", group_key, rank, size))};

@@ -65,9 +65,9 @@ public:
   void handle(save_state m);
   void handle(query_state m);
   void handle(leave_job m);
-  /// The node's membership ended: whatever attempt runs now belongs to a world that no longer
-  /// includes this device. Abandons it at once (its blocked collectives return), keeping every
-  /// replica at its last committed step.
+  /// The node's membership ended: every attempt planned so far (running or queued) belongs to a
+  /// world that no longer includes this device. Abandons them at once (blocked collectives and
+  /// group setups return), keeping every replica at its last committed step.
   void abort_in_flight();
 
   /// Ids of the jobs this device holds a replica for.
