@@ -74,7 +74,8 @@ void node_actor::retry_later(const error& e) {
     return;
   }
   const auto t = now();
-  if (unreachable_since_ == core::time_point{}) unreachable_since_ = t;
+  const bool first = unreachable_since_ == core::time_point{};
+  if (first) unreachable_since_ = t;
   const auto give_up = shared_->config.give_up_after;
   if (give_up.count() > 0 && t - unreachable_since_ > give_up) {
     log::get("actors")->error("node: the head at {} has been unreachable for {} ms; giving up ({})",
@@ -85,9 +86,12 @@ void node_actor::retry_later(const error& e) {
                                                               e.message())});
     return;
   }
-  const auto delay = backoff_.next();
-  log::get("actors")->info("node: {}; trying the head at {} again in {} ms", e.message(), shared_->config.head.to_string(),
-                           delay.count());
+  // A member keeps knocking every heartbeat interval (each knock is a heartbeat: once the head
+  // runs again it must hear from us within its timeout); a joiner backs off.
+  const auto delay = node_id_ != 0 ? interval_ : backoff_.next();
+  if (node_id_ == 0 || first)
+    log::get("actors")->info("node: {}; trying the head at {} again every {} ms", e.message(),
+                             shared_->config.head.to_string(), delay.count());
   (void)send_after(delay, join_tick{generation_});
 }
 

@@ -84,10 +84,11 @@ public:
   }
 
   /// Starts a head and `nodes` nodes of `devices` (e.g. "cpu:2"); false on failure.
-  bool launch(int nodes, const std::string& devices) {
+  bool launch(int nodes, const std::string& devices, const std::string& heartbeat = "200ms",
+              const std::string& failure_timeout = "2s") {
     auto r = shell(fmt::format("{} {}/scripts/launch_cluster.sh --nodes {} --devices {} --port 0 --heartbeat-interval "
-                               "200ms --failure-timeout 2s --timeout 60",
-                               env(), FLEXSP_SOURCE_DIR, nodes, devices));
+                               "{} --failure-timeout {} --timeout 60",
+                               env(), FLEXSP_SOURCE_DIR, nodes, devices, heartbeat, failure_timeout));
     if (r.exit_code != 0) {
       ADD_FAILURE() << r.output;
       return false;
@@ -136,6 +137,23 @@ public:
     auto c = actors::job_client::connect(address_, t);
     EXPECT_TRUE(c) << (c ? "" : c.error().to_string());
     return c ? *c : nullptr;
+  }
+
+  /// Pid of the head process.
+  pid_t head_pid() const {
+    auto cur = nlohmann::json::parse(read_text(state_ / "current_cluster.json"), nullptr, false);
+    return cur.is_discarded() ? 0 : cur["head_pid"].get<pid_t>();
+  }
+  /// Lines of every process log that contain `text`.
+  std::vector<std::string> log_lines(const std::string& text) const {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(state_ / "logs", ec)) {
+      std::istringstream in{read_text(e.path())};
+      for (std::string line; std::getline(in, line);)
+        if (line.find(text) != std::string::npos) out.push_back(line);
+    }
+    return out;
   }
 
   const std::string& address() const { return address_; }

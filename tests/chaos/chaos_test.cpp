@@ -1,0 +1,233 @@
+// The chaos suite: real head and node processes (scripts/launch_cluster.sh) under the faults a
+// cluster meets, with a short heartbeat (100 ms) and failure timeout (500 ms) so that faults
+// bite. Per trial it checks: the job succeeds, every step is committed exactly once and in
+// order, the losses equal those of a fault-free run of the same job (to 1e-5 relative), the
+// replicas end identical (the scheduler's final checksum), and no process is left behind.
+//
+// `ctest -L chaos` runs the short form (CI). The long form runs by hand:
+//   FLEXSP_CHAOS_TRIALS=30 FLEXSP_CHAOS_SOAK_S=600 build/tests/flexsp_chaos_tests
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <random>
+
+#include "../integration/train_common.hpp"
+
+namespace flexsp::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
+actors::job_spec chaos_job(std::uint64_t steps) {
+  auto spec = small_job(steps);
+  spec.name = "chaos";
+  spec.milp = false;  // plans are ready when a step commits: faults land inside steps
+  return spec;
+}
+
+struct run {
+  actors::job_status final;
+  std::vector<step_record> steps;
+};
+
+/// Runs `spec` on `cluster`; `on_step` sees each committed step as it arrives.
+template <class F>
+run run_job(process_cluster& cluster, const actors::job_spec& spec, F on_step) {
+  run out;
+  auto client = cluster.client();
+  EXPECT_TRUE(client);
+  if (!client) return out;
+  auto job = client->submit(spec);
+  EXPECT_TRUE(job) << job.error().to_string();
+  if (!job) return out;
+  auto final = job->wait([&](const std::string& line) {
+    out.steps.push_back(parse_step(line));
+    on_step(out.steps.back());
+  });
+  EXPECT_TRUE(final) << final.error().to_string();
+  if (final) {
+    out.final.state = final->state;
+    out.final.error = final->error;
+    out.final.final_checksum = final->final_checksum;
+  }
+  return out;
+}
+
+/// The invariants every trial must keep.
+void expect_sound(const run& r, const run& reference, std::uint64_t steps) {
+  EXPECT_EQ(r.final.state, actors::job_state::succeeded) << r.final.error;
+  ASSERT_EQ(r.steps.size(), steps) << "every step committed exactly once";
+  for (std::size_t i = 0; i < r.steps.size(); ++i) {
+    EXPECT_EQ(r.steps[i].step, i) << "in order";
+    if (i < reference.steps.size()) {
+      const double a = r.steps[i].loss, b = reference.steps[i].loss;
+      EXPECT_LE(std::abs(a - b), 1e-5 * std::max(1.0, std::abs(b))) << "step " << i << ": " << a << " vs fault-free " << b;
+    }
+  }
+  EXPECT_NE(r.final.final_checksum, 0u) << "the replicas were checked identical at the end";
+}
+
+/// The fault-free losses of `spec` (3 nodes x 2 CPU devices), measured once per spec length.
+const run& reference_run(const actors::job_spec& spec) {
+  static std::map<std::uint64_t, run> refs;
+  auto it = refs.find(spec.steps);
+  if (it == refs.end()) {
+    process_cluster cluster{"chaos-ref"};
+    EXPECT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms"));
+    it = refs.emplace(spec.steps, run_job(cluster, spec, [](const step_record&) {})).first;
+  }
+  return it->second;
+}
+
+// True when `pid` is gone (or a zombie nobody reaped: it runs nothing).
+bool gone(pid_t pid) {
+  if (pid <= 0 || ::kill(pid, 0) != 0) return true;
+  const auto stat = read_text(fmt::format("/proc/{}/stat", pid));
+  const auto paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+}
+
+/// Waits (up to 20 s) until none of `pids` runs.
+bool no_process_left(const std::vector<pid_t>& pids) {
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  for (;;) {
+    if (std::all_of(pids.begin(), pids.end(), gone)) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(50ms);
+  }
+}
+
+constexpr std::uint64_t kSteps = 24;
+
+TEST(Chaos, KillNineOfANodeAtRandomPointsIncludingCommits) {
+  const auto spec = chaos_job(kSteps);
+  const auto& ref = reference_run(spec);
+  ASSERT_EQ(ref.steps.size(), kSteps);
+  std::mt19937 rng{std::random_device{}()};
+  const int trials = env_int("FLEXSP_CHAOS_TRIALS", 2);
+  for (int t = 0; t < trials; ++t) {
+    SCOPED_TRACE(fmt::format("trial {}", t));
+    process_cluster cluster{"chaos-kill"};
+    ASSERT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms"));
+    auto pids = cluster.node_pids();
+    pids.push_back(cluster.head_pid());
+    const auto victim = cluster.node_pids().at(std::uniform_int_distribution<std::size_t>{0, 2}(rng));
+    const auto at_step = std::uniform_int_distribution<std::uint64_t>{2, kSteps - 6}(rng);
+    // 0-80 ms after a commit: inside the next step, or in its commit.
+    const auto delay = std::chrono::milliseconds{std::uniform_int_distribution<int>{0, 80}(rng)};
+    std::thread killer;
+    auto r = run_job(cluster, spec, [&](const step_record& s) {
+      if (s.step == at_step)
+        killer = std::thread{[victim, delay] {
+          std::this_thread::sleep_for(delay);
+          ::kill(victim, SIGKILL);
+        }};
+    });
+    if (killer.joinable()) killer.join();
+    expect_sound(r, ref, kSteps);
+    EXPECT_EQ(r.steps.back().devices, 4u);
+    cluster.stop();
+    EXPECT_TRUE(no_process_left(pids)) << "a head or node process outlived the cluster";
+  }
+}
+
+TEST(Chaos, TwoOfThreeNodesKilled) {
+  const auto spec = chaos_job(kSteps);
+  const auto& ref = reference_run(spec);
+  process_cluster cluster{"chaos-two"};
+  ASSERT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms"));
+  const auto nodes = cluster.node_pids();
+  auto r = run_job(cluster, spec, [&](const step_record& s) {
+    if (s.step == 5) ::kill(nodes[0], SIGKILL);
+    if (s.step == 10) ::kill(nodes[2], SIGKILL);
+  });
+  expect_sound(r, ref, kSteps);
+  EXPECT_EQ(r.steps.back().devices, 2u);
+}
+
+TEST(Chaos, ANodeStoppedPastTheTimeoutTrainsAgainAfterContinue) {
+  constexpr std::uint64_t steps = 100;  // long enough to see the node back
+  const auto spec = chaos_job(steps);
+  const auto& ref = reference_run(spec);
+  process_cluster cluster{"chaos-stop"};
+  ASSERT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms"));
+  const auto victim = cluster.node_pids().at(1);
+  std::thread stopper;
+  auto r = run_job(cluster, spec, [&](const step_record& s) {
+    if (s.step == 4)
+      stopper = std::thread{[victim] {
+        ::kill(victim, SIGSTOP);
+        std::this_thread::sleep_for(1000ms);  // twice the failure timeout: it is lost
+        ::kill(victim, SIGCONT);
+      }};
+  });
+  if (stopper.joinable()) stopper.join();
+  expect_sound(r, ref, steps);
+  EXPECT_EQ(r.steps.back().devices, 6u) << "the resumed node's devices train again";
+}
+
+TEST(Chaos, TheHeadStoppedForSecondsLosesNoNodeAndNoStep) {
+  const auto spec = chaos_job(kSteps);
+  const auto& ref = reference_run(spec);
+  for (auto pause : {1500ms, 4000ms}) {
+    SCOPED_TRACE(fmt::format("head stopped {} ms", pause.count()));
+    process_cluster cluster{"chaos-head"};
+    ASSERT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms"));
+    const auto head = cluster.head_pid();
+    std::thread stopper;
+    auto r = run_job(cluster, spec, [&](const step_record& s) {
+      if (s.step == 6)
+        stopper = std::thread{[head, pause] {
+          ::kill(head, SIGSTOP);
+          std::this_thread::sleep_for(pause);
+          ::kill(head, SIGCONT);
+        }};
+    });
+    if (stopper.joinable()) stopper.join();
+    expect_sound(r, ref, kSteps);
+    EXPECT_EQ(r.steps.back().devices, 6u);
+    EXPECT_TRUE(cluster.log_lines("] head: node").size() >= 3u);
+    EXPECT_TRUE(cluster.log_lines(" lost: ").empty()) << "no node was lost: " << cluster.log_lines(" lost: ").front();
+  }
+}
+
+TEST(Chaos, EmbeddedTrainingUnderCpuStarvation) {
+  // Busy processes at 20x the cores while `flexsp train` runs; its nodes must not be lost.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int soak_s = env_int("FLEXSP_CHAOS_SOAK_S", 0);
+  std::vector<pid_t> hogs;
+  for (int i = 0; i < 20 * cores; ++i) {
+    const pid_t p = ::fork();
+    if (p == 0) {
+      ::execl("/bin/sh", "sh", "-c", "while :; do :; done", static_cast<char*>(nullptr));
+      ::_exit(1);
+    }
+    hogs.push_back(p);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{soak_s};
+  int runs = 0;
+  do {
+    auto r = shell(fmt::format("{} train --devices cpu:4 --steps 8 --batch-size 16 --no-calibrate --no-milp 2>&1",
+                               FLEXSP_CLI_PATH));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("succeeded after 8 of 8 steps"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find(" lost"), std::string::npos) << r.output;
+    ++runs;
+  } while (std::chrono::steady_clock::now() < deadline && !::testing::Test::HasFailure());
+  for (auto p : hogs) ::kill(p, SIGKILL);
+  for (auto p : hogs) ::waitpid(p, nullptr, 0);
+  std::fprintf(stderr, "%d embedded runs under %d busy processes\n", runs, 20 * cores);
+}
+
+}  // namespace
+}  // namespace flexsp::testing
