@@ -201,19 +201,55 @@ TEST(Chaos, TheHeadStoppedForSecondsLosesNoNodeAndNoStep) {
   }
 }
 
+/// Busy processes at 20x the cores while alive.
+class cpu_hogs {
+public:
+  cpu_hogs() {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    for (int i = 0; i < 20 * cores; ++i) {
+      const pid_t p = ::fork();
+      if (p == 0) {
+        ::execl("/bin/sh", "sh", "-c", "while :; do :; done", static_cast<char*>(nullptr));
+        ::_exit(1);
+      }
+      pids_.push_back(p);
+    }
+  }
+  ~cpu_hogs() {
+    for (auto p : pids_) ::kill(p, SIGKILL);
+    for (auto p : pids_) ::waitpid(p, nullptr, 0);
+  }
+  std::size_t count() const { return pids_.size(); }
+
+private:
+  std::vector<pid_t> pids_;
+};
+
+TEST(Chaos, AClusterUnderCpuStarvationLosesNoNode) {
+  // Separate head and node processes with a 500 ms failure timeout, jobs back to back while
+  // busy processes load every core 20 times over: no node may be declared lost.
+  process_cluster cluster{"chaos-starve"};
+  ASSERT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms"));
+  const auto spec = chaos_job(10);
+  const int soak_s = env_int("FLEXSP_CHAOS_SOAK_S", 0);
+  cpu_hogs hogs;
+  const auto start = std::chrono::steady_clock::now();
+  int jobs = 0;
+  do {
+    auto r = run_job(cluster, spec, [](const step_record&) {});
+    EXPECT_EQ(r.final.state, actors::job_state::succeeded) << r.final.error;
+    ++jobs;
+  } while (std::chrono::steady_clock::now() - start < std::chrono::seconds{soak_s} && !::testing::Test::HasFailure());
+  const auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto lost = cluster.log_lines("] head: node").size() - 3;  // 3 joins; every other line is a loss
+  std::fprintf(stderr, "%d jobs in %.0f s under %zu busy processes; nodes lost: %zu\n", jobs, secs, hogs.count(), lost);
+  EXPECT_TRUE(cluster.log_lines(" lost: ").empty()) << cluster.log_lines(" lost: ").front();
+}
+
 TEST(Chaos, EmbeddedTrainingUnderCpuStarvation) {
   // Busy processes at 20x the cores while `flexsp train` runs; its nodes must not be lost.
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int soak_s = env_int("FLEXSP_CHAOS_SOAK_S", 0);
-  std::vector<pid_t> hogs;
-  for (int i = 0; i < 20 * cores; ++i) {
-    const pid_t p = ::fork();
-    if (p == 0) {
-      ::execl("/bin/sh", "sh", "-c", "while :; do :; done", static_cast<char*>(nullptr));
-      ::_exit(1);
-    }
-    hogs.push_back(p);
-  }
+  cpu_hogs hogs;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{soak_s};
   int runs = 0;
   do {
@@ -224,9 +260,7 @@ TEST(Chaos, EmbeddedTrainingUnderCpuStarvation) {
     EXPECT_EQ(r.output.find(" lost"), std::string::npos) << r.output;
     ++runs;
   } while (std::chrono::steady_clock::now() < deadline && !::testing::Test::HasFailure());
-  for (auto p : hogs) ::kill(p, SIGKILL);
-  for (auto p : hogs) ::waitpid(p, nullptr, 0);
-  std::fprintf(stderr, "%d embedded runs under %d busy processes\n", runs, 20 * cores);
+  std::fprintf(stderr, "%d embedded runs under %zu busy processes\n", runs, hogs.count());
 }
 
 }  // namespace
