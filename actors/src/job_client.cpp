@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <algorithm>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -63,6 +64,7 @@ expected<std::shared_ptr<job_client>> job_client::connect(const std::string& add
   c->updates_ = std::make_shared<job_update_box>();
   c->sink_ = c->system_->spawn<update_sink>(c->updates_);
   c->sink_id_ = c->host_->publish(c->sink_);
+  c->head_address_ = head.to_string();
   c->jobs_ = c->host_->proxy<jobs_actor>(remote_address{head.to_string(), jobs_actor_id});
   // Fail now, with the reason, when the head cannot be reached or serves no job API.
   if (auto probe = c->jobs_.ask(list_jobs{}, c->request_timeout).get(); !probe)
@@ -150,14 +152,36 @@ expected<void> job_handle::cancel() const { return client_->cancel(id_); }
 expected<job_info> job_handle::wait(metrics_fn on_metrics) {
   // Pushed updates deliver steps as they commit; a query fills any gap, finds the end and is
   // the fallback when the head cannot push (an older head, or no route back to this client).
-  const bool pushed = static_cast<bool>(client_->watch(id_));
+  bool pushed = static_cast<bool>(client_->watch(id_));
+  std::chrono::steady_clock::time_point unreachable_since{};
   auto catch_up = [&]() -> expected<job_info> {
-    FLEXSP_TRY_ASSIGN(auto info, client_->query(id_, delivered_, false));
-    for (const auto& m : info.metrics) {
-      if (on_metrics) on_metrics(m);
-      ++delivered_;
+    for (;;) {
+      auto info = client_->query(id_, delivered_, false);
+      if (info) {
+        if (unreachable_since != std::chrono::steady_clock::time_point{}) {
+          unreachable_since = {};
+          pushed = static_cast<bool>(client_->watch(id_));  // the head may have lost our watch
+        }
+        for (const auto& m : info->metrics) {
+          if (on_metrics) on_metrics(m);
+          ++delivered_;
+        }
+        return info;
+      }
+      const auto kind = info.error().kind();
+      if (kind != errc::disconnected && kind != errc::timeout) return info;
+      // The head is unreachable: keep knocking (the next request reconnects) for a while.
+      const auto now = std::chrono::steady_clock::now();
+      if (unreachable_since == std::chrono::steady_clock::time_point{}) unreachable_since = now;
+      if (now - unreachable_since > client_->head_wait)
+        return make_error(errc::disconnected,
+                          "the head at {} is gone: unreachable for {} s while waiting for job {} ({}); the job's "
+                          "state is unknown",
+                          client_->head_address(),
+                          std::chrono::duration_cast<std::chrono::seconds>(client_->head_wait).count(), id_,
+                          info.error().message());
+      std::this_thread::sleep_for(std::min(client_->poll_interval, std::chrono::milliseconds{500}));
     }
-    return info;
   };
   for (;;) {
     FLEXSP_TRY_ASSIGN(auto info, catch_up());

@@ -132,6 +132,28 @@ TEST(TrainCluster, StopAfterACheckpointAndResumeOnAnotherNodeCount) {
   fs::remove_all(dir);
 }
 
+TEST(TrainCluster, AClientWaitingOnAJobWhoseHeadDiesIsToldTheHeadIsGone) {
+  process_cluster cluster{"headgone"};
+  ASSERT_TRUE(cluster.launch(1, "cpu:1"));
+  auto client = cluster.client();
+  ASSERT_TRUE(client);
+  client->head_wait = 1500ms;
+  auto job = client->submit(small_job(500));
+  ASSERT_TRUE(job) << job.error().to_string();
+  const auto head = cluster.head_pid();
+  ASSERT_GT(head, 0);
+  std::uint64_t seen = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto final = job->wait([&](const std::string&) {
+    if (++seen == 2) ::kill(head, SIGKILL);
+  });
+  ASSERT_FALSE(final) << "the job cannot end well without its head";
+  EXPECT_EQ(final.error().kind(), errc::disconnected);
+  EXPECT_NE(final.error().message().find("the head at " + cluster.address() + " is gone"), std::string::npos)
+      << final.error().message();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 60s);
+}
+
 TEST(TrainCluster, AnInvalidSpecIsRejectedAtSubmitNamingTheField) {
   process_cluster cluster{"bad"};
   ASSERT_TRUE(cluster.launch(1, "cpu:1"));

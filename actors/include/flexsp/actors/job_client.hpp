@@ -10,7 +10,9 @@
 /// It talks to the head's "jobs" actor over an authenticated actor channel. `wait` subscribes to
 /// the job: the head pushes each committed step's metrics and the job's end as they happen; a
 /// query every `poll_interval` without news (and after any gap) is the safety net. Each
-/// committed step is delivered exactly once and in order. Thread-safe.
+/// committed step is delivered exactly once and in order. When the head cannot be reached,
+/// `wait` keeps trying (the connection comes back by itself) for `head_wait`, then fails with
+/// errc::disconnected saying that the head is gone. Thread-safe.
 
 #include <chrono>
 #include <functional>
@@ -90,6 +92,10 @@ public:
 
   std::chrono::milliseconds poll_interval{1000};
   std::chrono::milliseconds request_timeout{10'000};
+  /// How long `wait` keeps trying when the head cannot be reached before it gives up saying so.
+  std::chrono::milliseconds head_wait{30'000};
+  /// "host:port" of the head.
+  const std::string& head_address() const { return head_address_; }
 
 private:
   job_client() = default;
@@ -103,6 +109,7 @@ private:
   std::shared_ptr<job_update_box> updates_;
   core::actor_ref<update_sink> sink_;
   std::uint64_t sink_id_ = 0;
+  std::string head_address_;
 };
 
 }  // namespace flexsp::actors
