@@ -1,5 +1,5 @@
-// The chaos suite: real head and node processes (scripts/launch_cluster.sh) under the faults a
-// cluster meets, with a short heartbeat (100 ms) and failure timeout (500 ms) so that faults
+// The chaos suite: real head and node processes (scripts/launch_cluster.sh; a network namespace
+// for the partition, skipped where namespaces are not permitted) under the faults a cluster meets, with a short heartbeat (100 ms) and failure timeout (500 ms) so that faults
 // bite. Per trial it checks: the job succeeds, every step is committed exactly once and in
 // order, the losses equal those of a fault-free run of the same job (to 1e-5 relative), the
 // replicas end identical (the scheduler's final checksum), and no process is left behind.
@@ -199,6 +199,87 @@ TEST(Chaos, TheHeadStoppedForSecondsLosesNoNodeAndNoStep) {
     EXPECT_TRUE(cluster.log_lines("] head: node").size() >= 3u);
     EXPECT_TRUE(cluster.log_lines(" lost: ").empty()) << "no node was lost: " << cluster.log_lines(" lost: ").front();
   }
+}
+
+/// A network namespace joined to this one by a veth pair (10.233.N.1 here, 10.233.N.2 there):
+/// a node started inside is a separate host, and taking the link down partitions it.
+class netns_host {
+public:
+  netns_host() {
+    const int n = static_cast<int>(::getpid() % 200) + 20;
+    name_ = fmt::format("flexsp-chaos-{}", ::getpid());
+    here_ = fmt::format("fxh{}", ::getpid() % 100000);
+    there_ = fmt::format("fxn{}", ::getpid() % 100000);
+    near_ = fmt::format("10.233.{}.1", n);
+    far_ = fmt::format("10.233.{}.2", n);
+    const auto r = shell(fmt::format(
+        "ip netns add {0} && ip link add {1} type veth peer name {2} && ip link set {2} netns {0} && "
+        "ip addr add {3}/24 dev {1} && ip link set {1} up && ip netns exec {0} ip addr add {4}/24 dev {2} && "
+        "ip netns exec {0} ip link set {2} up && ip netns exec {0} ip link set lo up 2>&1",
+        name_, here_, there_, near_, far_));
+    ok_ = r.exit_code == 0;
+    why_ = r.output;
+  }
+  ~netns_host() {
+    (void)shell(fmt::format("ip link del {} 2>/dev/null; ip netns del {} 2>/dev/null", here_, name_));
+  }
+  bool ok() const { return ok_; }
+  const std::string& why() const { return why_; }
+  const std::string& name() const { return name_; }
+  const std::string& near() const { return near_; }
+  const std::string& far() const { return far_; }
+  /// Cuts (false) or restores (true) the link, both directions.
+  bool link(bool up) const {
+    return shell(fmt::format("ip netns exec {} ip link set {} {}", name_, there_, up ? "up" : "down")).exit_code == 0;
+  }
+
+private:
+  std::string name_, here_, there_, near_, far_, why_;
+  bool ok_ = false;
+};
+
+TEST(Chaos, ANodeCutOffByANetworkPartitionRejoinsAfterItHeals) {
+  netns_host other;
+  if (!other.ok()) GTEST_SKIP() << "network namespaces are not permitted here: " << other.why();
+  // Head and two nodes on this side, one node in the namespace; all traffic crosses the veth.
+  process_cluster cluster{"chaos-netns"};
+  const auto env = cluster.env();
+  auto head = shell(fmt::format("{} {} start --head --port 0 --bind {} --heartbeat-interval 100ms --failure-timeout "
+                                "500ms 2>&1",
+                                env, FLEXSP_CLI_PATH, other.near()));
+  ASSERT_EQ(head.exit_code, 0) << head.output;
+  auto cur = nlohmann::json::parse(read_text(cluster.state() / "current_cluster.json"));
+  const std::string address = cur["address"], secret = cur["secret_file"];
+  for (int i = 0; i < 2; ++i) {
+    auto n = shell(fmt::format("{} {} start --address {} --devices cpu:2 --bind {} --secret-file {} 2>&1", env,
+                               FLEXSP_CLI_PATH, address, other.near(), secret));
+    ASSERT_EQ(n.exit_code, 0) << n.output;
+  }
+  auto far = shell(fmt::format("{} ip netns exec {} {} start --address {} --devices cpu:2 --bind {} --secret-file {} 2>&1",
+                               env, other.name(), FLEXSP_CLI_PATH, address, other.far(), secret));
+  ASSERT_EQ(far.exit_code, 0) << far.output;
+  cluster.adopt(address, secret);
+
+  // Long enough to see the node back, short enough that float rounding (a different device
+  // count sums gradients in another order) stays below the 1e-5 the losses are held to.
+  constexpr std::uint64_t steps = 100;
+  const auto spec = chaos_job(steps);
+  const auto& ref = reference_run(spec);
+  std::thread cutter;
+  auto r = run_job(cluster, spec, [&](const step_record& s) {
+    if (s.step == 4)
+      cutter = std::thread{[&other] {
+        EXPECT_TRUE(other.link(false));
+        std::this_thread::sleep_for(2s);  // four failure timeouts
+        EXPECT_TRUE(other.link(true));
+      }};
+  });
+  if (cutter.joinable()) cutter.join();
+  expect_sound(r, ref, steps);
+  std::uint32_t fewest = 6;
+  for (const auto& s : r.steps) fewest = std::min(fewest, s.devices);
+  EXPECT_EQ(fewest, 4u) << "the cut-off node left the job";
+  EXPECT_EQ(r.steps.back().devices, 6u) << "and came back after the partition healed";
 }
 
 /// Busy processes at 20x the cores while alive.

@@ -100,6 +100,12 @@ public:
     return true;
   }
 
+  /// Takes over a cluster started by hand in this state directory (stopped with the rest).
+  void adopt(std::string address, std::string secret_file) {
+    address_ = std::move(address);
+    secret_file_ = std::move(secret_file);
+  }
+
   /// Adds one node process (daemonised by `flexsp start`).
   bool add_node(const std::string& devices) {
     auto r = shell(fmt::format("{} {} start --address {} --devices {} --secret-file {}", env(), FLEXSP_CLI_PATH,
