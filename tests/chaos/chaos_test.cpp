@@ -1,6 +1,6 @@
 // The chaos suite: real head and node processes (scripts/launch_cluster.sh; a network namespace
-// for the partition, skipped where namespaces are not permitted) under the faults a cluster meets, with a short heartbeat (100 ms) and failure timeout (500 ms) so that faults
-// bite. Per trial it checks: the job succeeds, every step is committed exactly once and in
+// for the partition, skipped where namespaces are not permitted) under the faults a cluster
+// meets, with a short heartbeat (100 ms) and failure timeout (500 ms) so that faults bite. Per trial it checks: the job succeeds, every step is committed exactly once and in
 // order, the losses equal those of a fault-free run of the same job (to 1e-5 relative), the
 // replicas end identical (the scheduler's final checksum), and no process is left behind.
 //
