@@ -195,13 +195,7 @@ void device_trainer::handle(join_job m) {
       j->scheduler = scheduler;
       j->retirer = retirer_;
       const bool on_gpu = context_.device.kind == device_kind::cuda;
-      if (on_gpu) {
-        FLEXSP_TRY_ASSIGN(auto dev, gpu());
-        FLEXSP_TRY_ASSIGN(j->state, make_gpu_replica(std::move(dev), m.model, m.seed, m.optimizer));
-      } else {
-        FLEXSP_TRY_ASSIGN(j->state, make_cpu_replica(m.model, m.seed, m.optimizer));
-      }
-      if (!m.resume_from.empty()) FLEXSP_TRY(j->state->load(m.resume_from));
+
       job* raw = j.get();
       j->store = std::make_unique<kv_rendezvous_store>(*c, "job/" + m.job_id,
                                                        [raw]() { return raw->aborted(raw->current_attempt.load()); });
@@ -227,6 +221,25 @@ void device_trainer::handle(join_job m) {
         j->make_cache = [raw, me, gloo]() -> std::shared_ptr<kernels::group_cache> {
           return std::make_shared<kernels::communicator_cache>(*raw->store, me, gloo);
         };
+      }
+      // Joining a job again (its node was lost and came back): keep the replica, which still
+      // holds the last state this device committed; the join reply reports it, and the scheduler
+      // either adopts it or overwrites it from a live replica.
+      if (m.resume_from.empty()) {
+        std::lock_guard lock{mutex_};
+        if (auto old = jobs_.find(m.job_id); old != jobs_.end() && old->second->state &&
+                                             old->second->setup.seed == m.seed &&
+                                             old->second->setup.model == m.model && old->second->setup.optimizer == m.optimizer)
+          j->state = std::move(old->second->state);
+      }
+      if (!j->state) {
+        if (on_gpu) {
+          FLEXSP_TRY_ASSIGN(auto dev, gpu());
+          FLEXSP_TRY_ASSIGN(j->state, make_gpu_replica(std::move(dev), m.model, m.seed, m.optimizer));
+        } else {
+          FLEXSP_TRY_ASSIGN(j->state, make_cpu_replica(m.model, m.seed, m.optimizer));
+        }
+        if (!m.resume_from.empty()) FLEXSP_TRY(j->state->load(m.resume_from));
       }
       return j;
     }();

@@ -238,7 +238,7 @@ void job_controller::on(const devices_found& e) {
   for (const auto& [name, address] : e.devices) {
     auto id = std::find_if(offered.begin(), offered.end(), [&](const device_id& d) { return d.to_string() == name; });
     if (id == offered.end()) continue;  // not a device this node offered
-    joiners_.emplace(next_device_++, device{e.node, *id, address, false});
+    joiners_.emplace(next_device_++, device{e.node, *id, address, false, std::nullopt});
   }
   advance();
 }
@@ -355,6 +355,7 @@ void job_controller::on(const send_failed& e) {
 
 void job_controller::on(const grad_ready& e) {
   if (phase_ == phase::done || !current_ || e.job_id != config_.job_id) return;
+  if (e.step == step_) state_checksum_ = std::make_pair(e.step, e.checksum);
   switch (tracker_.on_ready(e)) {
     case commit_tracker::outcome::mismatch:
       fail(fmt::format("replicas diverged at step {}: parameter checksums {}", e.step, tracker_.mismatch_detail()));
@@ -393,6 +394,8 @@ void job_controller::on(const device_state& e) {
         log(fmt::format("device {} ({}) could not join: {}", d, dev->id.to_string(), e.error));
       devices_.erase(d);
       joiners_.erase(d);
+    } else if (auto it2 = devices_.find(d); it2 != devices_.end()) {
+      it2->second.held = std::make_pair(e.optimizer_steps, e.checksum);
     }
     if (joins_.empty()) join_timer_ = 0;
     advance();
@@ -589,7 +592,7 @@ void job_controller::gathering_done() {
   } else {
     bool any = false;
     for (const auto& [_, d] : devices_) any = any || d.synced;
-    if (!any) {
+    if (!any && !adopt_returned_replicas()) {
       rewind_to_checkpoint();
       return;
     }
@@ -605,6 +608,28 @@ void job_controller::gathering_done() {
   }
   phase_ = phase::planning;
   step_boundary();
+}
+
+bool job_controller::adopt_returned_replicas() {
+  // A replica at the last commit has applied one optimizer step per committed step; when a
+  // device of the current step reported, its checksum must match too. Among several, the
+  // checksum most of them hold wins.
+  std::map<std::uint64_t, std::vector<std::uint32_t>> by_checksum;
+  for (const auto& [i, d] : devices_) {
+    if (!d.held || d.held->first != step_ || d.held->second == 0) continue;
+    if (state_checksum_ && state_checksum_->first == step_ && state_checksum_->second != d.held->second) continue;
+    by_checksum[d.held->second].push_back(i);
+  }
+  if (by_checksum.empty()) return false;
+  const auto best = std::max_element(by_checksum.begin(), by_checksum.end(),
+                                     [](const auto& a, const auto& b) { return a.second.size() < b.second.size(); });
+  for (auto i : best->second) devices_.at(i).synced = true;
+  prepared_.reset();
+  comm_world_.clear();
+  log(fmt::format("every replica was lost, but {} returning devices still hold the state of step {} (checksum {:016x}); "
+                  "continuing from it",
+                  best->second.size(), step_, best->first));
+  return true;
 }
 
 void job_controller::rewind_to_checkpoint() {

@@ -176,6 +176,31 @@ TEST(Chaos, ANodeStoppedPastTheTimeoutTrainsAgainAfterContinue) {
   EXPECT_EQ(r.steps.back().devices, 6u) << "the resumed node's devices train again";
 }
 
+TEST(Chaos, EveryNodeStoppedPastTheTimeoutGoesOnFromTheStateTheyStillHold) {
+  // All three nodes hang at once (false suspicion of everyone): every replica is declared lost,
+  // there is no checkpoint, yet the processes still hold the committed state. When they run
+  // again they register anew, report it, and the job continues from it.
+  constexpr std::uint64_t steps = 40;
+  const auto spec = chaos_job(steps);
+  const auto& ref = reference_run(spec);
+  process_cluster cluster{"chaos-all"};
+  ASSERT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms"));
+  const auto nodes = cluster.node_pids();
+  std::thread stopper;
+  auto r = run_job(cluster, spec, [&](const step_record& s) {
+    if (s.step == 6)
+      stopper = std::thread{[nodes] {
+        for (auto p : nodes) ::kill(p, SIGSTOP);
+        std::this_thread::sleep_for(1000ms);
+        for (auto p : nodes) ::kill(p, SIGCONT);
+      }};
+  });
+  if (stopper.joinable()) stopper.join();
+  expect_sound(r, ref, steps);
+  EXPECT_FALSE(cluster.log_lines("returning devices still hold the state of step").empty())
+      << "the job went on from the replicas the stopped processes kept";
+}
+
 TEST(Chaos, TheHeadStoppedForSecondsLosesNoNodeAndNoStep) {
   const auto spec = chaos_job(kSteps);
   const auto& ref = reference_run(spec);

@@ -5,7 +5,7 @@
 //
 // For `training.capnp` it writes `training.msg.hpp` beside capnpc-c++'s `training.capnp.h`:
 // - per struct `FooBar` a plain C++ struct `foo_bar` (fields in ordinal order, snake_case names,
-//   the schema's default values as member initialisers) and a `wire_codec<foo_bar>`
+//   the schema's default values as member initialisers, memberwise ==) and a `wire_codec<foo_bar>`
 //   specialisation that copies every field between the struct and its Cap'n Proto builder or
 //   reader (nested structs and lists of them through their own codecs);
 // - per enum `Precision` an `enum class precision` with `to_string` and `parse_precision`.
@@ -200,6 +200,7 @@ struct generator {
       types << "  " << cxx_type(f.getType(), where) << " " << snake(f.getProto().getName().cStr()) << default_of(f)
             << ";\n";
     }
+    types << "  friend bool operator==(const " << name << "&, const " << name << "&) = default;\n";
     types << "};\n\n";
 
     const auto q = qualified(s);

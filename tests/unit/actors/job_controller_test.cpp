@@ -183,6 +183,10 @@ public:
             st.device = s.device;
             st.job_id = m.job_id;
             st.tag = m.tag;
+            if (auto h = held_by_node.find(node); h != held_by_node.end()) {
+              st.optimizer_steps = h->second.first;
+              st.checksum = h->second.second;
+            }
             later([this, st]() { controller_->on(st); });
           } else if constexpr (std::is_same_v<T, step_plan>) {
             sent_plans.push_back({s.device, m});
@@ -259,6 +263,8 @@ public:
   std::set<std::uint32_t> silent_joins;   // devices that never answer join_job
   std::set<std::uint32_t> diverged_final; // devices whose final checksum differs
   std::string index_error;
+  /// What the devices of a node say they hold when they join: (optimizer steps, checksum).
+  std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>> held_by_node;
 
 private:
   job_spec spec_;
@@ -482,6 +488,43 @@ TEST(JobController, LosingEveryReplicaWithoutACheckpointFailsTheJobWithTheReason
   c.reply_all();
   c.waiting_plans().clear();
   c.lose_node(1);
+  c.join_node(2, 2);
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::failed);
+  EXPECT_EQ(c.finished->message, "every device holding the model state was lost and there is no checkpoint");
+}
+
+TEST(JobController, EveryReplicaLostButANodeReturnsHoldingTheCommittedStateGoesOnWithoutACheckpoint) {
+  // Falsely suspected: the node was hung, not dead. It registers again (node 2) and its devices
+  // still hold the state of the last commit; the job continues from it instead of failing.
+  scripted_cluster c{small_spec(5)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  c.reply_all();  // step 0 commits; step 1 starts from the state with checksum 1001
+  c.reply_all();  // step 1 commits
+  c.waiting_plans().clear();
+  c.lose_node(1);
+  ASSERT_FALSE(c.finished);
+  c.held_by_node[2] = {2, 1002};  // two optimizer steps; the checksum step 2 started from
+  c.join_node(2, 2);
+  ASSERT_FALSE(c.finished) << c.finished->message;
+  EXPECT_TRUE(c.logged("every replica was lost, but 2 returning devices still hold the state of step 2"));
+  c.auto_reply = true;
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  EXPECT_EQ(c.commits_of(2), 2u) << "step 2 runs once, on the returned devices";
+}
+
+TEST(JobController, ReturningDevicesWhoseStateIsNotTheLastCommitAreNotAdopted) {
+  scripted_cluster c{small_spec(5)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  c.reply_all();
+  c.reply_all();
+  c.waiting_plans().clear();
+  c.lose_node(1);
+  c.held_by_node[2] = {1, 1001};  // one commit behind
   c.join_node(2, 2);
   ASSERT_TRUE(c.finished);
   EXPECT_EQ(c.finished->state, job_state::failed);

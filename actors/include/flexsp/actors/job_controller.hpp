@@ -255,6 +255,9 @@ private:
     device_id id;  ///< cpu:3, cuda:0 on its node
     remote_address address;
     bool synced = false;  ///< holds the job's replica state
+    /// What its join reply said it holds: optimizer steps applied and the state's checksum (a
+    /// device of a node that was lost and came back may still hold the committed state).
+    std::optional<std::pair<std::uint64_t, std::uint64_t>> held;
   };
   struct prepared_plan {
     std::vector<std::uint32_t> world;
@@ -308,6 +311,9 @@ private:
   void advance();
   void gathering_done();
   void rewind_to_checkpoint();
+  /// Every replica was lost: adopts devices that came back holding the last committed state
+  /// (their node was falsely suspected, or partitioned). False when none did.
+  bool adopt_returned_replicas();
   void step_boundary();
   void dispatch(scheduler::plan p, training_batch b, bool calibration, double solve_ms, double exposed_plan_ms);
   void attempt_failed(std::string reason, bool membership_changed);
@@ -387,6 +393,9 @@ private:
   std::uint32_t saver_ = 0;
   bool indexing_ = false;
   std::uint32_t checkpoint_failures_ = 0;  // in a row
+  /// The checksum devices reported for the state step `first` started from (the state after
+  /// the last commit, once some device of the current step reported).
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> state_checksum_;
 
   std::map<std::uint64_t, std::uint32_t> queries_;   // verify tag -> device
   std::map<std::uint32_t, std::uint64_t> query_sums_;
