@@ -174,6 +174,24 @@ struct ClusterServices : ::testing::Test {
     return p;
   }
 
+  /// An actor host in "another process": its own I/O thread, stopped with it.
+  struct other_host {
+    net::event_loop loop;
+    std::shared_ptr<actor_host> host;
+    other_host() {
+      loop.start();
+      actor_host_config hc;
+      hc.transport = transport();
+      auto h = actor_host::start(loop, hc);
+      EXPECT_TRUE(h) << h.error().to_string();
+      if (h) host = *h;
+    }
+    ~other_host() {
+      if (host) host->stop();
+      loop.stop();
+    }
+  };
+
   std::unique_ptr<cluster_client> client() {
     auto c = cluster_client::connect(head_address, transport());
     EXPECT_TRUE(c) << c.error().to_string();
@@ -227,38 +245,28 @@ TEST_F(ClusterServices, DeviceActorsAreFoundByNameAndAnswerAcrossHosts) {
   expected<remote_address> where = make_error(errc::not_found, "");
   ASSERT_TRUE(eventually([&]() { return (where = c->lookup(name)).has_value(); })) << where.error().to_string();
 
-  net::event_loop loop;
-  loop.start();
-  actor_host_config hc;
-  hc.transport = transport();
-  auto host = actor_host::start(loop, hc);
-  ASSERT_TRUE(host);
-  auto ref = (*host)->proxy<device_actor>(*where);
+  other_host other;
+  ASSERT_TRUE(other.host);
+  auto ref = other.host->proxy<device_actor>(*where);
   auto info = ref.ask(describe_device{}, 2000ms).get();
   ASSERT_TRUE(info) << info.error().to_string();
   EXPECT_EQ(info->device, "cpu:1");
   EXPECT_EQ(info->node_id, n->node->node_id());
   EXPECT_TRUE(info->jobs.empty());
 
-  auto unknown = (*host)->proxy<device_actor>({where->host, 999}).ask(describe_device{}, 2000ms).get();
+  auto unknown = other.host->proxy<device_actor>({where->host, 999}).ask(describe_device{}, 2000ms).get();
   ASSERT_FALSE(unknown);
   EXPECT_EQ(unknown.error().kind(), errc::not_found);
-  (*host)->stop();
-  loop.stop();
 }
 
 TEST_F(ClusterServices, AskToAStoppedNodeFailsFastInsteadOfTimingOut) {
   auto n = start_node("cpu:1");
   ASSERT_TRUE(eventually([&]() { return n->node->node_id() != 0; }));
-  net::event_loop loop;
-  loop.start();
-  actor_host_config hc;
-  hc.transport = transport();
-  auto host = actor_host::start(loop, hc);
-  ASSERT_TRUE(host);
+  other_host other;
+  ASSERT_TRUE(other.host);
   expected<remote_address> where = make_error(errc::not_found, "");
   ASSERT_TRUE(eventually([&]() { return (where = client()->lookup(fmt::format("device/{}/cpu:0", n->node->node_id()))).has_value(); }));
-  auto ref = (*host)->proxy<device_actor>(*where);
+  auto ref = other.host->proxy<device_actor>(*where);
   ASSERT_TRUE(ref.ask(describe_device{}, 2000ms).get());
   n.reset();  // closes the node's actor host and its connections
   const auto t0 = std::chrono::steady_clock::now();
@@ -266,8 +274,6 @@ TEST_F(ClusterServices, AskToAStoppedNodeFailsFastInsteadOfTimingOut) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().kind(), errc::disconnected) << r.error().to_string();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
-  (*host)->stop();
-  loop.stop();
 }
 
 TEST_F(ClusterServices, SubscribersSeeAJoinAndALossExactlyOnce) {
@@ -329,13 +335,9 @@ TEST_F(ClusterServices, AMessageTheClusterActorDoesNotHandleFailsOnlyThatAsk) {
 }
 
 TEST_F(ClusterServices, AMembershipWatchGetsEveryChangeAfterItsEpochOrAResyncWhenTheLogIsShorter) {
-  net::event_loop loop;
-  loop.start();
-  actor_host_config hc;
-  hc.transport = transport();
-  auto host = actor_host::start(loop, hc);
-  ASSERT_TRUE(host);
-  auto cluster = (*host)->proxy<cluster_actor>({head_address.to_string(), cluster_actor_id});
+  other_host other;
+  ASSERT_TRUE(other.host);
+  auto cluster = other.host->proxy<cluster_actor>({head_address.to_string(), cluster_actor_id});
   // Nothing after epoch 0 yet: a watch without a wait answers at once, empty.
   auto empty = cluster.ask(watch_membership{0, 0}, 5s).get();
   ASSERT_TRUE(empty) << empty.error().to_string();
@@ -375,8 +377,6 @@ TEST_F(ClusterServices, AMembershipWatchGetsEveryChangeAfterItsEpochOrAResyncWhe
   ASSERT_TRUE(ack);
   EXPECT_FALSE(ack->member);
   EXPECT_FALSE(ack->reason.empty());
-  (*host)->stop();
-  loop.stop();
 }
 
 TEST_F(ClusterServices, ANodeWithTheWrongSecretIsRejectedAndGivesUp) {
