@@ -6,6 +6,7 @@
 // and tf32 GEMMs) against fp32. Exit status 0 when every check passed.
 //
 // Usage: training_check [DEVICES]   (DEVICES per kind, default 2; FLEXSP_EMU_GPUS >= DEVICES)
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -73,14 +74,18 @@ int main(int argc, char** argv) {
       std::vector<device_id> cpus;
       for (int i = 0; i < n; ++i) cpus.push_back({device_kind::cpu, static_cast<std::uint32_t>(i)});
       (void)cluster->add_node(cpus);
-      // One GPU node now; the others join after the first step and get the state by broadcast.
-      (void)cluster->add_node(std::vector<device_id>{{device_kind::cuda, 0}});
+      // As many GPU nodes now as a static degree needs (a job asking for more devices than the
+      // cluster offers is refused at submit); one more joins after the first step and gets the
+      // state by broadcast.
+      const int first = strategy == "static:2" ? 2 : 1;
+      for (int i = 0; i < first; ++i)
+        (void)cluster->add_node(std::vector<device_id>{{device_kind::cuda, static_cast<std::uint32_t>(i)}});
       const auto tag = strategy + "-" + collectives;
       const auto cpu = run(*cluster, tiny("cpu", "gloo", strategy, (dir / ("cpu-" + tag)).string()));
       const auto gpu = run(*cluster, tiny("cuda", collectives, strategy, (dir / ("cuda-" + tag)).string()),
                            [&](std::uint64_t step) {
                              if (step == 0)
-                               for (int i = 1; i < n; ++i)
+                               for (int i = first; i < std::max(n, first + 1); ++i)
                                  (void)cluster->add_node(
                                      std::vector<device_id>{{device_kind::cuda, static_cast<std::uint32_t>(i)}});
                            });
