@@ -161,6 +161,7 @@ struct common_flags {
   std::string secret_file;
   std::string heartbeat = "500ms";
   std::string failure_timeout = "3s";
+  std::string give_up_after = "30s";
   bool block = false;
 };
 
@@ -259,6 +260,7 @@ void run_node(const common_flags& f, const std::string& address_flag, const std:
   cfg.bind = {bind, 0};
   cfg.advertise_host = advertise;
   if (advertise.empty() && (bind == "0.0.0.0" || bind == "::")) cfg.advertise_host = check(net::local_address_towards(cfg.head));
+  cfg.give_up_after = check(parse_duration_ms(f.give_up_after));
   // Validate the spec before forking (cuda:all needs the device count; auto the backend).
   const auto cuda = kernels::query_cuda();
   const auto backend = kernels::select_device_backend(kernels::backend_request::automatic);
@@ -477,6 +479,9 @@ void add_cluster_commands(CLI::App& root) {
       ->capture_default_str();
   start->add_option("--failure-timeout", so->common.failure_timeout,
                     "head: a node silent this long is removed (e.g. 3s)")
+      ->capture_default_str();
+  start->add_option("--give-up-after", so->common.give_up_after,
+                    "node: exit when the head has been unreachable this long (0: never)")
       ->capture_default_str();
   start->add_flag("--block", so->common.block, "stay in the foreground instead of starting a background process");
   start->callback([so, start]() {

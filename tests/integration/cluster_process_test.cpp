@@ -417,6 +417,11 @@ TEST(ClusterCommands, HelpAndBadFlagsGiveClearMessages) {
                          "FLEXSP_CLUSTER_SECRET=x");
   EXPECT_NE(bad_timeout.exit_code, 0);
   EXPECT_NE(bad_timeout.output.find("must exceed the heartbeat interval"), std::string::npos) << bad_timeout.output;
+  auto help = run("start --help");
+  EXPECT_NE(help.output.find("--give-up-after"), std::string::npos) << help.output;
+  auto bad_give_up = run("start --address 127.0.0.1:1 --give-up-after soon --block", "FLEXSP_CLUSTER_SECRET=x");
+  EXPECT_NE(bad_give_up.exit_code, 0);
+  EXPECT_NE(bad_give_up.output.find("soon"), std::string::npos) << bad_give_up.output;
   auto unreachable = run("status --address 127.0.0.1:1", "FLEXSP_CLUSTER_SECRET=x");
   EXPECT_NE(unreachable.exit_code, 0);
   EXPECT_NE(unreachable.output.find("cannot reach the head at 127.0.0.1:1"), std::string::npos) << unreachable.output;

@@ -11,9 +11,9 @@
 /// as a new member, naming its previous id; the head answers whether that membership had been
 /// ended and why, and the node logs it. When the connection to the head breaks (the node
 /// monitors the cluster actor's proxy) or the head leaves heartbeats unanswered for longer than
-/// the failure timeout, the node first asks, with backoff, whether its membership still holds
-/// (a slow head or a broken connection need not have ended it) and goes on as the same member
-/// when it does. A heartbeat tick that comes late by more than an interval means this process
+/// the failure timeout, the node asks every heartbeat interval whether its membership still
+/// holds (a slow head or a broken connection need not have ended it) and goes on as the same
+/// member when it does. A heartbeat tick that comes late by more than an interval means this process
 /// was stalled: the head's silence meanwhile is not held against it. If the head cannot be
 /// reached for `give_up_after`, or refuses the cluster secret, `on_fatal` runs (the `flexsp`
 /// command then exits).
