@@ -120,7 +120,7 @@ expected<std::unique_ptr<cluster_client>> cluster_client::connect(const net::end
   FLEXSP_TRY_ASSIGN(i->host, actor_host::start(*i->loop, hc));
   i->own_system = std::make_unique<core::actor_system>(core::actor_system_config{.workers = 1});
   i->system = i->own_system.get();
-  i->cluster = i->host->proxy<cluster_actor>(remote_address{head.to_string(), cluster_actor_id});
+  i->cluster = cluster_at(*i->host, head);
   std::unique_ptr<cluster_client> c{new cluster_client{std::move(i)}};
   FLEXSP_TRY(c->status());
   return c;
@@ -130,7 +130,7 @@ expected<std::unique_ptr<cluster_client>> cluster_client::attach(std::shared_ptr
                                                                  core::actor_system& system, const net::endpoint& head) {
   auto i = std::make_unique<impl>();
   i->system = &system;
-  i->cluster = host->proxy<cluster_actor>(remote_address{head.to_string(), cluster_actor_id});
+  i->cluster = cluster_at(*host, head);
   i->host = std::move(host);
   std::unique_ptr<cluster_client> c{new cluster_client{std::move(i)}};
   FLEXSP_TRY(c->status());

@@ -100,6 +100,13 @@ struct device_trainer::job {
 
 namespace {
 
+/// Raises `a` to `v` unless it already holds more.
+void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
+  auto prev = a.load();
+  while (prev < v && !a.compare_exchange_weak(prev, v)) {
+  }
+}
+
 /// The DeviceState reply to request `tag`, after `action` on the replica; a failure of either
 /// the action or the checksum is the reply's error.
 template <class Action>
@@ -263,11 +270,7 @@ void device_trainer::handle(join_job m) {
 }
 
 void device_trainer::handle(step_plan m) {
-  if (auto j = find(m.job_id)) {
-    auto prev = j->latest_attempt.load();
-    while (prev < m.attempt && !j->latest_attempt.compare_exchange_weak(prev, m.attempt)) {
-    }
-  }
+  if (auto j = find(m.job_id)) raise_to(j->latest_attempt, m.attempt);
   post([this, m = std::move(m)]() {
     auto j = find(m.job_id);
     if (!j || j->aborted(m.attempt)) return;
@@ -376,9 +379,7 @@ void device_trainer::handle(commit_step m) {
 void device_trainer::handle(abort_attempts m) {
   auto j = find(m.job_id);
   if (!j) return;
-  auto prev = j->min_attempt.load();
-  while (prev < m.attempt && !j->min_attempt.compare_exchange_weak(prev, m.attempt)) {
-  }
+  raise_to(j->min_attempt, m.attempt);
   if (j->current_attempt.load() < m.attempt) j->abort_communicators();
 }
 
@@ -391,9 +392,7 @@ void device_trainer::abort_in_flight() {
   for (auto& j : all) {
     // Every attempt planned so far, running or still queued behind the running one.
     const auto last = std::max(j->current_attempt.load(), j->latest_attempt.load());
-    auto prev = j->min_attempt.load();
-    while (prev < last + 1 && !j->min_attempt.compare_exchange_weak(prev, last + 1)) {
-    }
+    raise_to(j->min_attempt, last + 1);
     log::get("device")->info("{}: the node's membership ended; abandoning attempts up to {} of job {}", name_, last,
                              j->setup.job_id);
     j->abort_communicators();

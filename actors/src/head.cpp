@@ -65,6 +65,14 @@ node_record from_wire(const node_info& n) {
 
 // ---- cluster actor -----------------------------------------------------------------------------
 
+core::actor_ref<cluster_actor> cluster_at(actor_host& host, const net::endpoint& head) {
+  return host.proxy<cluster_actor>(remote_address{head.to_string(), cluster_actor_id});
+}
+
+std::string device_actor_name(std::uint64_t node, std::string_view device) {
+  return fmt::format("device/{}/{}", node, device);
+}
+
 namespace {
 failure_detector_settings detector_settings(const failure_detector_config& c) {
   failure_detector_settings s;
@@ -98,7 +106,7 @@ node_registered cluster_actor::handle(const register_node& m) {
   auto ev = members_.join(m.actor_address, from_wire(m.devices), m.pid, now());
   // Name the device actors before anyone hears of the join, so a lookup after it finds them.
   for (std::size_t i = 0; i < m.devices.size() && i < m.device_actors.size(); ++i)
-    names_[fmt::format("device/{}/{}:{}", ev.node.id, to_string(m.devices[i].kind), m.devices[i].index)] =
+    names_[device_actor_name(ev.node.id, device_id{m.devices[i].kind, m.devices[i].index}.to_string())] =
         name_entry{true, m.actor_address, m.device_actors[i]};
   host_->mark_alive(m.actor_address);  // it may come back at the address of a lost membership
   auto node = host_->proxy<node_actor>(remote_address{m.actor_address, m.node_actor_id});
@@ -146,8 +154,7 @@ core::deferred<membership_update> cluster_actor::handle(const watch_membership& 
       u.resync = true;
       u.view = view();
     } else {
-      for (const auto& c : log_)
-        if (c.epoch > m.after_epoch) u.changes.push_back(c);
+      u.changes = changes_after(m.after_epoch);
     }
     reply.deliver(std::move(u));
     return reply;
@@ -261,8 +268,7 @@ void cluster_actor::record(const membership_event& ev) {
   for (auto it = watchers_.begin(); it != watchers_.end();) {
     if (it->second.after < c.epoch) {
       membership_update u;
-      for (const auto& x : log_)
-        if (x.epoch > it->second.after) u.changes.push_back(x);
+      u.changes = changes_after(it->second.after);
       it->second.timer.cancel();
       it->second.reply.deliver(std::move(u));
       it = watchers_.erase(it);
@@ -270,6 +276,13 @@ void cluster_actor::record(const membership_event& ev) {
       ++it;
     }
   }
+}
+
+std::vector<membership_change> cluster_actor::changes_after(std::uint64_t epoch) const {
+  std::vector<membership_change> out;
+  for (const auto& c : log_)
+    if (c.epoch > epoch) out.push_back(c);
+  return out;
 }
 
 // ---- head service ------------------------------------------------------------------------------

@@ -76,8 +76,7 @@ job_manager::~job_manager() {
 
 expected<void> job_manager::admit(const job_spec& spec) const {
   FLEXSP_TRY(check_checkpoint_dir(spec.checkpoint_dir));
-  auto cluster = config_.host->proxy<cluster_actor>(remote_address{config_.head.to_string(), cluster_actor_id});
-  auto view = cluster.ask(get_cluster_view{}, std::chrono::seconds{10}).get();
+  auto view = cluster_at(*config_.host, config_.head).ask(get_cluster_view{}, std::chrono::seconds{10}).get();
   if (!view)
     return make_error(view.error().kind(), "cannot check the job against the cluster: {}", view.error().message());
   return check_job_fits(spec, from_wire(*view).nodes);

@@ -30,7 +30,7 @@ node_actor::node_actor(std::shared_ptr<shared_state> shared)
 void node_actor::join() {
   if (fatal_) return;
   const auto gen = ++generation_;
-  cluster_ = shared_->host->proxy<cluster_actor>(remote_address{shared_->config.head.to_string(), cluster_actor_id});
+  cluster_ = cluster_at(*shared_->host, shared_->config.head);
   register_node m;
   m.actor_address = shared_->host->address();
   m.devices = to_wire(shared_->config.devices);
@@ -69,22 +69,17 @@ void node_actor::retry_later(const error& e) {
   // A refused secret will not get better by retrying.
   if (e.kind() == errc::failed) {
     log::get("actors")->error("node: {}", e.message());
-    fatal_ = true;
-    if (shared_->on_fatal) shared_->on_fatal(e);
-    return;
+    return give_up(e);
   }
   const auto t = now();
   const bool first = unreachable_since_ == core::time_point{};
   if (first) unreachable_since_ = t;
-  const auto give_up = shared_->config.give_up_after;
-  if (give_up.count() > 0 && t - unreachable_since_ > give_up) {
+  const auto limit = shared_->config.give_up_after;
+  if (limit.count() > 0 && t - unreachable_since_ > limit) {
     log::get("actors")->error("node: the head at {} has been unreachable for {} ms; giving up ({})",
-                              shared_->config.head.to_string(), give_up.count(), e.message());
-    fatal_ = true;
-    if (shared_->on_fatal)
-      shared_->on_fatal(error{errc::disconnected, fmt::format("head {} unreachable: {}", shared_->config.head.to_string(),
-                                                              e.message())});
-    return;
+                              shared_->config.head.to_string(), limit.count(), e.message());
+    return give_up(error{errc::disconnected, fmt::format("head {} unreachable: {}", shared_->config.head.to_string(),
+                                                         e.message())});
   }
   // A member keeps knocking every heartbeat interval (each knock is a heartbeat: once the head
   // runs again it must hear from us within its timeout); a joiner backs off.
@@ -93,6 +88,17 @@ void node_actor::retry_later(const error& e) {
     log::get("actors")->info("node: {}; trying the head at {} again every {} ms", e.message(),
                              shared_->config.head.to_string(), delay.count());
   (void)send_after(delay, join_tick{generation_});
+}
+
+void node_actor::give_up(const error& e) {
+  fatal_ = true;
+  if (shared_->on_fatal) shared_->on_fatal(e);
+}
+
+void node_actor::lose_touch() {
+  touching_ = false;
+  heartbeat_.cancel();
+  if (cluster_.valid()) demonitor(cluster_);
 }
 
 void node_actor::handle(join_tick m) {
@@ -109,18 +115,14 @@ void node_actor::rejoin(const std::string& why) {
   previous_id_ = node_id_;
   node_id_ = 0;
   shared_->node_id = 0;
-  touching_ = false;
-  heartbeat_.cancel();
-  if (cluster_.valid()) demonitor(cluster_);
+  lose_touch();
   join();
 }
 
 void node_actor::reconnect(const std::string& why) {
   if (node_id_ == 0 || !touching_) return;
   log::get("actors")->warn("node: lost touch with the head ({}); reconnecting as node {}", why, node_id_);
-  touching_ = false;
-  heartbeat_.cancel();
-  if (cluster_.valid()) demonitor(cluster_);
+  lose_touch();
   probe();
 }
 
@@ -128,7 +130,7 @@ void node_actor::probe() {
   // Our membership may have outlived the lost touch (the head was only slow, or the connection
   // broke and came back): ask before registering anew.
   const auto gen = ++generation_;
-  cluster_ = shared_->host->proxy<cluster_actor>(remote_address{shared_->config.head.to_string(), cluster_actor_id});
+  cluster_ = cluster_at(*shared_->host, shared_->config.head);
   request(cluster_, node_heartbeat{node_id_, ++sequence_}, timeout_, [this, gen](expected<heartbeat_ack> r) {
     if (gen != generation_ || node_id_ == 0) return;
     if (!r) return retry_later(r.error());

@@ -150,6 +150,7 @@ struct actor_host::impl {
   struct inbound_link {
     std::uint64_t target = 0;  // our actor
     std::uint64_t source = 0;  // the peer's proxy standing for its linked actor
+    friend bool operator==(const inbound_link&, const inbound_link&) = default;
   };
   // Links peers made to our actors, by the connection they came on: its loss exits the targets.
   std::unordered_map<const net::connection*, std::vector<inbound_link>> links;
@@ -313,8 +314,7 @@ struct actor_host::impl {
     {
       std::lock_guard lock{mutex};
       auto& list = links[&c];
-      auto it = std::find_if(list.begin(), list.end(),
-                             [&l](const inbound_link& x) { return x.target == l.target && x.source == l.source; });
+      auto it = std::find(list.begin(), list.end(), l);
       if (op == wire::schema::ActorControl::LINK) {
         list.push_back(l);
         return;

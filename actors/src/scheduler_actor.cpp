@@ -64,7 +64,7 @@ public:
   void handle(lookup_devices m) {
     devices_found found{m.node, {}};
     for (const auto& d : m.devices) {
-      auto addr = client_ ? client_->lookup(fmt::format("device/{}/{}", m.node, d))
+      auto addr = client_ ? client_->lookup(device_actor_name(m.node, d))
                           : expected<remote_address>{make_error(errc::disconnected, "not connected")};
       if (!addr) return owner_.tell(devices_missing{m.node, addr.error().to_string()});
       found.devices.emplace_back(d, std::move(*addr));

@@ -27,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "flexsp/actors/cluster.msg.hpp"
@@ -62,6 +63,12 @@ struct head_config {
 
 /// The actor id of the cluster actor at every head's address.
 inline constexpr std::uint64_t cluster_actor_id = 1;
+
+class cluster_actor;
+/// A proxy, made by `host`, of the cluster actor of the head at `head`.
+core::actor_ref<cluster_actor> cluster_at(actor_host& host, const net::endpoint& head);
+/// The name under which the head lists a node's device actor: `device/<node id>/<device>`.
+std::string device_actor_name(std::uint64_t node, std::string_view device);
 
 /// Conversions between membership records and their wire form.
 node_info to_wire(const node_record& r);
@@ -115,6 +122,8 @@ private:
   };
   void lose(std::uint64_t node, std::string reason);
   void on_lost(const membership_event& ev);
+  /// The remembered changes after `epoch`, oldest first.
+  std::vector<membership_change> changes_after(std::uint64_t epoch) const;
   void record(const membership_event& ev);
   cluster_view view() const;
 

@@ -101,6 +101,10 @@ private:
   void joined(const node_registered& r);
   /// The head could not be reached: try again after the backoff (or give up).
   void retry_later(const error& e);
+  /// Stops for good: `on_fatal` runs.
+  void give_up(const error& e);
+  /// Stops heartbeating and watching the head's proxy (the membership ended or went quiet).
+  void lose_touch();
   /// The membership ended: register again as a new member.
   void rejoin(const std::string& why);
   /// The connection to the head broke or the head stayed silent: find out whether the
