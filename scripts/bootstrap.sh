@@ -30,7 +30,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libasio-dev capnproto libcapnp-dev coinor-libcbc-dev libspdlog-dev libfmt-dev libgloo-dev
   libopenblas-dev nlohmann-json3-dev libcli11-dev googletest libgtest-dev libgmock-dev
-  libbenchmark-dev libcaf-dev zlib1g-dev iproute2 procps
+  libbenchmark-dev libcaf-dev zlib1g-dev iproute2 procps libhiredis-dev redis-server
 )
 
 # One dpkg-query for all packages; it prints nothing for packages it has never heard of.
