@@ -35,8 +35,10 @@ public:
   struct poll {};
   using interface = core::interface<poll>;
 
-  membership_watcher(core::actor_ref<cluster_actor> cluster, cluster_status initial, cluster_client::event_handler handler)
-      : cluster_{std::move(cluster)}, after_{initial.epoch}, handler_{std::move(handler)} {
+  membership_watcher(std::weak_ptr<actor_host> host, net::endpoint head, core::actor_ref<cluster_actor> cluster,
+                     cluster_status initial, cluster_client::event_handler handler)
+      : host_{std::move(host)}, head_{std::move(head)}, cluster_{std::move(cluster)}, after_{initial.epoch},
+        handler_{std::move(handler)} {
     for (const auto& n : initial.nodes) known_[n.id] = n.state == node_state::alive;
   }
   void on_start() override { watch(); }
@@ -44,6 +46,9 @@ public:
 
 private:
   void watch() {
+    // A proxy that went down (the head's connection broke) stays down: a new one reconnects.
+    if (!cluster_.alive())
+      if (auto host = host_.lock()) cluster_ = cluster_at(*host, head_);
     request(cluster_, watch_membership{after_, static_cast<std::uint32_t>(kWatchWait.count())}, kWatchWait * 2,
             [this](expected<membership_update> u) {
               if (!u) {
@@ -76,6 +81,8 @@ private:
     after_ = v.epoch;
   }
 
+  std::weak_ptr<actor_host> host_;
+  net::endpoint head_;
   core::actor_ref<cluster_actor> cluster_;
   std::uint64_t after_;
   cluster_client::event_handler handler_;
@@ -90,9 +97,18 @@ struct cluster_client::impl {
   std::unique_ptr<core::actor_system> own_system;
   std::shared_ptr<actor_host> host;
   core::actor_system* system = nullptr;
-  core::actor_ref<cluster_actor> cluster;
+  net::endpoint head;
   std::mutex mutex;
   std::vector<core::actor_ref<membership_watcher>> watchers;
+
+  /// The cluster actor's proxy; a new one when the last went down (a proxy whose connection
+  /// broke while something monitored it stays down; a new one connects again).
+  core::actor_ref<cluster_actor> current() {
+    std::lock_guard lock{mutex};
+    if (!cluster.alive()) cluster = cluster_at(*host, head);
+    return cluster;
+  }
+  core::actor_ref<cluster_actor> cluster;
 
   ~impl() {
     for (auto& w : watchers) w.stop();
@@ -121,6 +137,7 @@ expected<std::unique_ptr<cluster_client>> cluster_client::connect(const net::end
   i->own_system = std::make_unique<core::actor_system>(core::actor_system_config{.workers = 1});
   i->system = i->own_system.get();
   i->cluster = cluster_at(*i->host, head);
+  i->head = head;
   std::unique_ptr<cluster_client> c{new cluster_client{std::move(i)}};
   FLEXSP_TRY(c->status());
   return c;
@@ -131,6 +148,7 @@ expected<std::unique_ptr<cluster_client>> cluster_client::attach(std::shared_ptr
   auto i = std::make_unique<impl>();
   i->system = &system;
   i->cluster = cluster_at(*host, head);
+  i->head = head;
   i->host = std::move(host);
   std::unique_ptr<cluster_client> c{new cluster_client{std::move(i)}};
   FLEXSP_TRY(c->status());
@@ -138,33 +156,33 @@ expected<std::unique_ptr<cluster_client>> cluster_client::attach(std::shared_ptr
 }
 
 expected<cluster_status> cluster_client::status() {
-  FLEXSP_TRY_ASSIGN(auto v, impl_->cluster.ask(get_cluster_view{}, request_timeout).get());
+  FLEXSP_TRY_ASSIGN(auto v, impl_->current().ask(get_cluster_view{}, request_timeout).get());
   return from_wire(v);
 }
 
 expected<void> cluster_client::kv_set(const std::string& key, const std::string& value) {
-  return impl_->cluster.ask(kv_write{key, value}, request_timeout).get();
+  return impl_->current().ask(kv_write{key, value}, request_timeout).get();
 }
 
 expected<std::optional<std::string>> cluster_client::kv_get(const std::string& key) {
-  FLEXSP_TRY_ASSIGN(auto v, impl_->cluster.ask(kv_read{key, 0}, request_timeout).get());
+  FLEXSP_TRY_ASSIGN(auto v, impl_->current().ask(kv_read{key, 0}, request_timeout).get());
   if (!v.found) return std::optional<std::string>{};
   return std::optional<std::string>{std::move(v.value)};
 }
 
 expected<std::string> cluster_client::kv_wait(const std::string& key, std::chrono::milliseconds wait) {
   const auto ms = std::clamp<std::int64_t>(wait.count(), 1, std::numeric_limits<std::uint32_t>::max());
-  FLEXSP_TRY_ASSIGN(auto v, impl_->cluster.ask(kv_read{key, static_cast<std::uint32_t>(ms)}, wait + request_timeout).get());
+  FLEXSP_TRY_ASSIGN(auto v, impl_->current().ask(kv_read{key, static_cast<std::uint32_t>(ms)}, wait + request_timeout).get());
   if (!v.found) return make_error(errc::timeout, "key '{}' was not set within {} ms", key, wait.count());
   return std::move(v.value);
 }
 
 expected<void> cluster_client::register_name(const std::string& name, const remote_address& where) {
-  return impl_->cluster.ask(name_bind{name, where.host, where.actor_id}, request_timeout).get();
+  return impl_->current().ask(name_bind{name, where.host, where.actor_id}, request_timeout).get();
 }
 
 expected<remote_address> cluster_client::lookup(const std::string& name) {
-  FLEXSP_TRY_ASSIGN(auto e, impl_->cluster.ask(name_resolve{name}, request_timeout).get());
+  FLEXSP_TRY_ASSIGN(auto e, impl_->current().ask(name_resolve{name}, request_timeout).get());
   if (!e.found) return make_error(errc::not_found, "no actor named '{}'", name);
   return remote_address{e.address, e.actor_id};
 }
@@ -173,12 +191,13 @@ expected<cluster_status> cluster_client::subscribe(event_handler handler) {
   FLEXSP_TRY_ASSIGN(auto s, status());
   core::spawn_options o;
   o.name = "membership-watcher";
-  auto w = impl_->system->spawn<membership_watcher>(o, impl_->cluster, s, std::move(handler));
+  auto w = impl_->system->spawn<membership_watcher>(o, std::weak_ptr<actor_host>{impl_->host}, impl_->head,
+                                                    impl_->current(), s, std::move(handler));
   std::lock_guard lock{impl_->mutex};
   impl_->watchers.push_back(std::move(w));
   return s;
 }
 
-expected<void> cluster_client::shutdown_head() { return impl_->cluster.ask(stop_head{}, request_timeout).get(); }
+expected<void> cluster_client::shutdown_head() { return impl_->current().ask(stop_head{}, request_timeout).get(); }
 
 }  // namespace flexsp::actors

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <future>
 #include <optional>
+#include <thread>
 
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/kv_rendezvous.hpp"
@@ -40,6 +41,27 @@ public:
   using interface = core::interface<work_item>;
   void handle(work_item w) { w.run(); }
 };
+
+namespace {
+
+/// How long a device keeps trying to answer its scheduler while the scheduler's host cannot be
+/// reached (its head process is restarting, or the connection is being set up again).
+constexpr std::chrono::milliseconds kReplyPatience{5000};
+
+/// Tells `to` the message, trying again while its host is unreachable, up to kReplyPatience. A
+/// device's answers are few and each one matters (a lost join or gradient report costs its
+/// scheduler a timeout); it has nothing else to do meanwhile. Runs on the device's worker.
+template <class M>
+expected<void> tell_patiently(const core::actor_ref<scheduler_actor>& to, const M& m) {
+  const auto deadline = Clock::now() + kReplyPatience;
+  for (;;) {
+    auto r = to.try_tell(m);
+    if (r || r.error().kind() != errc::disconnected || Clock::now() >= deadline) return r;
+    std::this_thread::sleep_for(std::chrono::milliseconds{50});
+  }
+}
+
+}  // namespace
 
 struct device_trainer::job {
   join_job setup;
@@ -93,7 +115,7 @@ struct device_trainer::job {
 
   template <class M>
   void reply(M m) const {
-    if (auto r = scheduler.try_tell(std::move(m)); !r)
+    if (auto r = tell_patiently(scheduler, m); !r)
       log::get("device")->warn("device {} cannot answer job {}: {}", setup.device, setup.job_id, r.error().message());
   }
 };
@@ -190,6 +212,13 @@ expected<std::shared_ptr<kernels::gpu::device>> device_trainer::gpu() {
 }
 
 void device_trainer::handle(join_job m) {
+  // Joining a job this device is already in (its scheduler restarted, or dropped the device):
+  // every attempt of the earlier membership is dead; a collective of one that is blocked now
+  // returns at once instead of holding the queue until its timeout.
+  if (auto old = find(m.job_id)) {
+    old->min_attempt = ~std::uint64_t{0};
+    old->abort_communicators();
+  }
   post([this, m = std::move(m)]() {
     auto host = context_.host.lock();
     if (!host) return;
@@ -264,7 +293,7 @@ void device_trainer::handle(join_job m) {
       log::get("device")->debug("{}: joined job {} as device {} ({} replica, {} collectives)", name_, m.job_id,
                                 m.device, st.backend(), to_string(m.collectives));
     }
-    if (auto r = scheduler.try_tell(std::move(reply)); !r)
+    if (auto r = tell_patiently(scheduler, reply); !r)
       log::get("device")->warn("{}: cannot answer job {}: {}", name_, m.job_id, r.error().message());
   });
 }

@@ -19,14 +19,18 @@ std::vector<std::uint8_t> random_secret() {
 }
 
 expected<std::unique_ptr<job_service>> job_service::start(std::shared_ptr<actor_host> host, net::endpoint head,
-                                                         net::transport_config transport) {
+                                                         net::transport_config transport,
+                                                         std::shared_ptr<state_store> store) {
   std::unique_ptr<job_service> j{new job_service{}};
   j->host_ = std::move(host);
   scheduler_config sc;
   sc.head = head;
   sc.transport = std::move(transport);
   sc.host = j->host_;
+  sc.store = std::move(store);
   j->jobs_ = std::make_unique<job_manager>(sc);
+  if (auto r = j->jobs_->recover(); !r)
+    return make_error(r.error().kind(), "cannot take back the recorded jobs: {}", r.error().message());
   FLEXSP_TRY(j->jobs_->serve());
   return j;
 }
@@ -42,7 +46,7 @@ expected<std::unique_ptr<head_runtime>> head_runtime::start(net::event_loop& loo
   h->transport_ = config.transport;
   h->host_name_ = config.bind.host;
   FLEXSP_TRY_ASSIGN(h->head_, head_service::start(loop, config));
-  FLEXSP_TRY_ASSIGN(h->jobs_, job_service::start(h->head_->host(), h->endpoint(), config.transport));
+  FLEXSP_TRY_ASSIGN(h->jobs_, job_service::start(h->head_->host(), h->endpoint(), config.transport, config.store));
   return h;
 }
 

@@ -27,12 +27,24 @@ void failure_detector::add(std::uint64_t node, time_point now, bool exempt) {
   nodes_[node] = std::move(h);
 }
 
+void failure_detector::add_returning(std::uint64_t node, time_point now, std::chrono::milliseconds grace) {
+  history h;
+  h.last = now;
+  h.awaited_until = now + grace;
+  nodes_[node] = std::move(h);
+}
+
 void failure_detector::remove(std::uint64_t node) { nodes_.erase(node); }
 
 void failure_detector::heartbeat(std::uint64_t node, time_point now) {
   auto it = nodes_.find(node);
   if (it == nodes_.end()) return;
   auto& h = it->second;
+  if (h.awaited_until) {  // back: watched from now on, its silence until now not counted as a gap
+    h.awaited_until.reset();
+    h.last = now;
+    return;
+  }
   if (now <= h.last) return;  // after a stall compensation the clock of `last` may be ahead
   const double gap = ms(now - h.last);
   h.last = now;
@@ -48,7 +60,7 @@ void failure_detector::heartbeat(std::uint64_t node, time_point now) {
 }
 
 double failure_detector::phi_of(const history& h, time_point now) const {
-  if (h.exempt) return 0.0;
+  if (h.exempt || h.awaited_until) return 0.0;
   const double n = static_cast<double>(h.gaps_ms.size());
   // Before any gap was seen, assume the configured interval.
   const double mean_gap = n > 0 ? h.sum / n : static_cast<double>(s_.interval.count());
@@ -81,6 +93,14 @@ std::vector<failure_detector::suspicion> failure_detector::tick(time_point now) 
   std::vector<std::pair<time_point, suspicion>> found;
   for (const auto& [id, h] : nodes_) {
     if (h.exempt) continue;
+    if (h.awaited_until) {
+      if (now >= *h.awaited_until)
+        found.push_back({h.last, {id, fmt::format("not heard from within {} ms of the head's restart",
+                                                  std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      *h.awaited_until - h.last)
+                                                      .count())}});
+      continue;
+    }
     const auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - h.last);
     if (silent > s_.timeout) {
       found.push_back({h.last, {id, fmt::format("no heartbeat for {} ms (timeout {} ms)", silent.count(), s_.timeout.count())}});

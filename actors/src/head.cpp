@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include <nlohmann/json.hpp>
+
 #include "flexsp/actors/node.hpp"
 #include "flexsp/core/log.hpp"
 #include "flexsp/kernels/process_communicator.hpp"
@@ -74,6 +76,41 @@ std::string device_actor_name(std::uint64_t node, std::string_view device) {
 }
 
 namespace {
+// Tables of the state store the cluster actor writes.
+constexpr std::string_view kMetaTable = "cluster";
+constexpr std::string_view kNodesTable = "nodes";
+constexpr std::string_view kKvTable = "kv";
+constexpr std::string_view kNamesTable = "names";
+
+std::string node_json(const node_record& r, std::uint64_t node_actor) {
+  nlohmann::json devices = nlohmann::json::array();
+  for (const auto& d : r.devices)
+    devices.push_back({{"kind", std::string{to_string(d.kind)}}, {"index", d.index}, {"description", d.description}});
+  return nlohmann::json{{"id", r.id},   {"address", r.address},           {"actor", node_actor},
+                        {"pid", r.pid}, {"joined_epoch", r.joined_epoch}, {"devices", devices}}
+      .dump();
+}
+
+expected<std::pair<node_record, std::uint64_t>> node_from_json(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) return make_error(errc::protocol, "a saved node is not a JSON object");
+  try {
+    node_record r;
+    r.id = j.at("id").get<std::uint64_t>();
+    r.address = j.at("address").get<std::string>();
+    r.pid = j.at("pid").get<std::uint32_t>();
+    r.joined_epoch = j.at("joined_epoch").get<std::uint64_t>();
+    for (const auto& d : j.at("devices")) {
+      device_kind kind{};
+      if (!parse_device_kind(d.at("kind").get<std::string>(), kind)) continue;
+      r.devices.push_back({kind, d.at("index").get<std::uint32_t>(), d.value("description", std::string{})});
+    }
+    return std::make_pair(std::move(r), j.at("actor").get<std::uint64_t>());
+  } catch (const nlohmann::json::exception& e) {
+    return make_error(errc::protocol, "a saved node is malformed: {}", e.what());
+  }
+}
+
 failure_detector_settings detector_settings(const failure_detector_config& c) {
   failure_detector_settings s;
   s.interval = c.heartbeat_interval;
@@ -88,7 +125,90 @@ cluster_actor::cluster_actor(std::shared_ptr<actor_host> host, head_config confi
       on_shutdown_{std::move(on_shutdown)},
       detector_{detector_settings(config_.detector)} {}
 
-void cluster_actor::on_start() { detector_timer_ = send_every(detector_.settings().tick_period, detector_tick{}); }
+void cluster_actor::on_start() {
+  restore();
+  detector_timer_ = send_every(detector_.settings().tick_period, detector_tick{});
+}
+
+void cluster_actor::keep(expected<void> written, std::string_view what) {
+  if (written) {
+    if (store_failing_) log::get("actors")->info("head: the state store works again");
+    store_failing_ = false;
+  } else if (!store_failing_) {
+    store_failing_ = true;
+    log::get("actors")->warn("head: cannot save {} to the state store ({}); a restarted head would not have it",
+                             what, written.error().to_string());
+  }
+}
+
+void cluster_actor::keep_meta() {
+  if (!config_.store) return;
+  keep(config_.store->put(kMetaTable, "membership",
+                          nlohmann::json{{"epoch", members_.epoch()}, {"next_node", members_.next_id()}}.dump()),
+       "the membership epoch");
+}
+
+void cluster_actor::watch_node(std::uint64_t id, const std::string& address, std::uint64_t actor, bool embedded) {
+  host_->mark_alive(address);  // it may come back at the address of a lost membership
+  auto node = host_->proxy<node_actor>(remote_address{address, actor});
+  monitor(node);
+  node_actors_[id] = std::move(node);
+  node_actor_ids_[id] = actor;
+  detector_.add(id, now(), embedded);
+}
+
+void cluster_actor::restore() {
+  auto& store = config_.store;
+  if (!store) return;
+  auto fail = [&](const error& e) {
+    log::get("actors")->error("head: cannot read the cluster's state from {} ({}); starting without it",
+                              store->describe(), e.to_string());
+  };
+  auto meta = store->entries(kMetaTable);
+  if (!meta) return fail(meta.error());
+  auto saved_nodes = store->entries(kNodesTable);
+  if (!saved_nodes) return fail(saved_nodes.error());
+  auto kv = store->entries(kKvTable);
+  if (!kv) return fail(kv.error());
+  auto names = store->entries(kNamesTable);
+  if (!names) return fail(names.error());
+  std::uint64_t epoch = 0, next_node = 1;
+  if (auto it = meta->find("membership"); it != meta->end()) {
+    auto j = nlohmann::json::parse(it->second, nullptr, false);
+    if (j.is_object()) {
+      epoch = j.value("epoch", std::uint64_t{0});
+      next_node = j.value("next_node", std::uint64_t{1});
+    }
+  }
+  std::vector<node_record> alive;
+  std::map<std::uint64_t, std::uint64_t> actors;
+  for (const auto& [key, text] : *saved_nodes) {
+    auto n = node_from_json(text);
+    if (!n) {
+      log::get("actors")->warn("head: skipping saved node {}: {}", key, n.error().message());
+      continue;
+    }
+    actors[n->first.id] = n->second;
+    alive.push_back(std::move(n->first));
+  }
+  if (auto r = members_.restore(alive, epoch, next_node, now()); !r) return fail(r.error());
+  for (const auto& r : alive) {
+    watch_node(r.id, r.address, actors[r.id], false);
+    detector_.add_returning(r.id, now(), std::max(config_.restore_grace, config_.detector.failure_timeout));
+  }
+  kv_.insert(kv->begin(), kv->end());
+  for (const auto& [name, text] : *names) {
+    auto j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_object() && j.contains("address") && j.contains("actor"))
+      names_[name] = name_entry{true, j["address"].get<std::string>(), j["actor"].get<std::uint64_t>()};
+  }
+  if (epoch > 0 || !alive.empty() || !kv_.empty())
+    log::get("actors")->info("head: restored from {}: epoch {}, {} nodes (each must heartbeat within {} ms), {} keys, "
+                             "{} names",
+                             store->describe(), epoch, alive.size(),
+                             std::max(config_.restore_grace, config_.detector.failure_timeout).count(), kv_.size(),
+                             names_.size());
+}
 
 node_registered cluster_actor::handle(const register_node& m) {
   node_registered reply;
@@ -106,15 +226,16 @@ node_registered cluster_actor::handle(const register_node& m) {
   auto ev = members_.join(m.actor_address, from_wire(m.devices), m.pid, now());
   // Name the device actors before anyone hears of the join, so a lookup after it finds them.
   for (std::size_t i = 0; i < m.devices.size() && i < m.device_actors.size(); ++i)
-    names_[device_actor_name(ev.node.id, device_id{m.devices[i].kind, m.devices[i].index}.to_string())] =
-        name_entry{true, m.actor_address, m.device_actors[i]};
-  host_->mark_alive(m.actor_address);  // it may come back at the address of a lost membership
-  auto node = host_->proxy<node_actor>(remote_address{m.actor_address, m.node_actor_id});
-  monitor(node);
-  node_actors_[ev.node.id] = std::move(node);
+    handle(name_bind{device_actor_name(ev.node.id, device_id{m.devices[i].kind, m.devices[i].index}.to_string()),
+                     m.actor_address, m.device_actors[i]});
   // A node in this process cannot be silent while the head runs: only its actor going down ends it.
   const bool embedded = !m.process_token.empty() && m.process_token == kernels::process_token();
-  detector_.add(ev.node.id, now(), embedded);
+  watch_node(ev.node.id, m.actor_address, m.node_actor_id, embedded);
+  if (config_.store && !embedded) {  // an embedded node dies with this process: nothing to restore
+    keep(config_.store->put(kNodesTable, std::to_string(ev.node.id), node_json(ev.node, m.node_actor_id)),
+         "a node's membership");
+  }
+  keep_meta();
   log::get("actors")->info("head: node {} joined from {} ({} devices, pid {}{}); epoch {}", ev.node.id, ev.node.address,
                            ev.node.devices.size(), ev.node.pid, embedded ? ", in this process" : "", ev.epoch);
   reply.node_id = ev.node.id;
@@ -179,6 +300,7 @@ void cluster_actor::handle(kv_write m) {
       ++it;
     }
   }
+  if (config_.store) keep(config_.store->put(kKvTable, m.key, m.value), "a KV entry");
   kv_[m.key] = std::move(m.value);
 }
 
@@ -207,7 +329,12 @@ void cluster_actor::handle(wait_expired m) {
   }
 }
 
-void cluster_actor::handle(const name_bind& m) { names_[m.name] = name_entry{true, m.address, m.actor_id}; }
+void cluster_actor::handle(const name_bind& m) {
+  names_[m.name] = name_entry{true, m.address, m.actor_id};
+  if (config_.store)
+    keep(config_.store->put(kNamesTable, m.name, nlohmann::json{{"address", m.address}, {"actor", m.actor_id}}.dump()),
+         "a name");
+}
 
 name_entry cluster_actor::handle(const name_resolve& m) {
   auto it = names_.find(m.name);
@@ -216,6 +343,11 @@ name_entry cluster_actor::handle(const name_resolve& m) {
 
 void cluster_actor::handle(stop_head) {
   log::get("actors")->info("head: shutdown requested");
+  if (config_.store) {  // a clean stop: the next head starts a new cluster (jobs stay on record)
+    keep(config_.store->clear(kNodesTable), "the end of membership");
+    keep(config_.store->clear(kKvTable), "the end of the KV store");
+    keep(config_.store->clear(kNamesTable), "the end of the names");
+  }
   if (on_shutdown_) on_shutdown_();
 }
 
@@ -246,7 +378,17 @@ void cluster_actor::lose(std::uint64_t node, std::string reason) {
 void cluster_actor::on_lost(const membership_event& ev) {
   log::get("actors")->warn("head: node {} ({}) lost: {}; epoch {}", ev.node.id, ev.node.address, ev.node.lost_reason,
                            ev.epoch);
-  std::erase_if(names_, [&](const auto& n) { return n.second.address == ev.node.address; });
+  for (auto it = names_.begin(); it != names_.end();) {
+    if (it->second.address == ev.node.address) {
+      if (config_.store) keep(config_.store->erase(kNamesTable, it->first), "a name's removal");
+      it = names_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (config_.store) keep(config_.store->erase(kNodesTable, std::to_string(ev.node.id)), "a node's loss");
+  keep_meta();
+  node_actor_ids_.erase(ev.node.id);
   if (auto it = node_actors_.find(ev.node.id); it != node_actors_.end()) {
     demonitor(it->second);
     // If its process is still there it learns that its membership ended and joins again.
@@ -302,6 +444,7 @@ expected<std::unique_ptr<head_service>> head_service::start(net::event_loop& loo
   o.name = "cluster";
   h->cluster_ = h->system_->spawn<cluster_actor>(o, h->host_, config, std::move(on_shutdown));
   // An ask may wait for a KV key or a membership change up to max_kv_wait.
+  h->store_ = config.store;
   h->host_->publish(h->cluster_, config.max_kv_wait + std::chrono::seconds{30}, cluster_actor_id);
   log::get("actors")->info("head: listening on {} (heartbeat {} ms, failure timeout {} ms)", h->host_->address(),
                            config.detector.heartbeat_interval.count(), config.detector.failure_timeout.count());

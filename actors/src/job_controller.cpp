@@ -19,7 +19,8 @@ std::string step_metrics::to_json() const {
                    {"milp_solves", milp_solves}, {"milp_gap", milp_gap},
                    {"predicted_ms", predicted_ms}, {"step_ms", step_ms}, {"compute_ms", compute_ms},
                    {"comm_ms", comm_ms},   {"overhead_ms", overhead_ms}, {"group_error", group_error},
-                   {"retried", retried},   {"recovery_ms", recovery_ms}, {"committed_at_ms", committed_at_ms}};
+                   {"retried", retried},   {"recovery_ms", recovery_ms}, {"committed_at_ms", committed_at_ms},
+                   {"state_checksum", state_checksum}};
   auto& g = j["groups"] = nlohmann::json::array();
   for (const auto& t : groups)
     g.push_back({{"micro_batch", t.micro_batch}, {"degree", t.degree}, {"predicted_ms", t.predicted_ms},
@@ -161,6 +162,22 @@ void job_controller::on(const job_started& e) {
   step_ = start_step_;
   status_.resumed_from = start_step_;
   status_.steps_done = start_step_;
+  if (e.recovered) {
+    const auto& r = *e.recovered;
+    step_ = std::min(r.steps_done, spec_.steps);
+    start_step_ = std::min(r.resumed_from, step_);
+    status_.resumed_from = start_step_;
+    status_.steps_done = step_;
+    status_.first_loss = r.first_loss;
+    status_.last_loss = r.last_loss;
+    status_.aborted_attempts = r.aborted_attempts;
+    if (step_ > 0 && r.last_step_checksum != 0) state_checksum_ = std::make_pair(step_ - 1, r.last_step_checksum);
+    attempt_ = comm_epoch_ = r.incarnation << 32;
+    state_exists_ = true;  // on the devices that come back, or in the checkpoint
+    calibrated_ = true;    // the profile is the uncalibrated one until the next refit
+    log(fmt::format("taken back by a restarted head at step {} of {}; waiting for the devices that hold its state",
+                    step_, spec_.steps));
+  }
   status_.state = job_state::running;
   profile_ = initial_profile();
   ++profile_version_;
@@ -620,6 +637,21 @@ bool job_controller::adopt_returned_replicas() {
     if (state_checksum_ && state_checksum_->first == step_ && state_checksum_->second != d.held->second) continue;
     by_checksum[d.held->second].push_back(i);
   }
+  if (by_checksum.empty() && state_checksum_ && step_ > 0 && state_checksum_->first + 1 == step_) {
+    // The last commit was decided (and recorded) but no returning device applied it: devices
+    // holding the state that step started from run it again, without publishing it again.
+    for (const auto& [i, d] : devices_)
+      if (d.held && d.held->first + 1 == step_ && d.held->second == state_checksum_->second)
+        by_checksum[d.held->second].push_back(i);
+    if (!by_checksum.empty()) {
+      replay_until_ = step_;
+      --step_;
+      status_.steps_done = replay_until_;
+      log(fmt::format("no returning device applied the commit of step {}; {} devices holding the state it started "
+                      "from run it again",
+                      step_, by_checksum.begin()->second.size()));
+    }
+  }
   if (by_checksum.empty()) return false;
   const auto best = std::max_element(by_checksum.begin(), by_checksum.end(),
                                      [](const auto& a, const auto& b) { return a.second.size() < b.second.size(); });
@@ -634,6 +666,15 @@ bool job_controller::adopt_returned_replicas() {
 
 void job_controller::rewind_to_checkpoint() {
   if (!latest_checkpoint_) {
+    std::string held;
+    for (const auto& [i, d] : devices_)
+      if (d.held) held += fmt::format("{}device {} holds step {} ({:016x})", held.empty() ? "" : ", ", i, d.held->first,
+                                      d.held->second);
+    if (!held.empty())
+      log(fmt::format("the devices back hold no usable state for step {} (last known state checksum {}): {}", step_,
+                      state_checksum_ ? fmt::format("{:016x} at step {}", state_checksum_->second, state_checksum_->first)
+                                      : std::string{"none"},
+                      held));
     fail("every device holding the model state was lost and there is no checkpoint");
     return;
   }
@@ -796,8 +837,6 @@ void job_controller::committed() {
   const auto reports = tracker_.reports();
   const auto committed_attempt = tracker_.attempt();
   tracker_.reset();
-  const float lr = spec_.lr_at(step_);
-  for (const auto& [d, _] : devices_) send(d, commit_step{config_.job_id, step_, committed_attempt, lr});
   if (a.need_sync)
     for (auto& [_, d] : devices_) d.synced = true;
 
@@ -854,11 +893,19 @@ void job_controller::committed() {
   m.group_error = groups ? err / groups : 0;
   m.retried = retried_;
   m.recovery_ms = first_failure_ ? ms_since(*first_failure_) : 0;
-  if (status_.steps_done == status_.resumed_from) status_.first_loss = m.loss;
-  status_.last_loss = m.loss;
-  status_.steps_done = step_ + 1;
+  m.state_checksum = reports.begin()->second.checksum;
   status_.devices = m.devices;
-  emit(publish_metrics{std::move(m)});
+  if (step_ < replay_until_) {
+    log(fmt::format("step {} run again on the devices that missed its commit", step_));
+  } else {
+    if (status_.steps_done == status_.resumed_from) status_.first_loss = m.loss;
+    status_.last_loss = m.loss;
+    status_.steps_done = step_ + 1;
+    // The commit is published (and recorded by the shell) before any device applies it.
+    emit(publish_metrics{std::move(m)});
+  }
+  const float lr = spec_.lr_at(step_);
+  for (const auto& [d, _] : devices_) send(d, commit_step{config_.job_id, step_, committed_attempt, lr});
   retried_ = 0;
   first_failure_.reset();
   refit();

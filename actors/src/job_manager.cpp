@@ -93,6 +93,9 @@ expected<std::shared_ptr<scheduled_job>> job_manager::submit(const job_spec& sub
   {
     std::lock_guard lock{mutex_};
     id = fmt::format("{}-{}", spec.name, next_++);
+    if (config_.store)
+      if (auto r = config_.store->put("jobs_meta", "next", std::to_string(next_)); !r)
+        log::get("scheduler")->warn("cannot record the next job number in the state store: {}", r.error().to_string());
   }
   auto job = scheduled_job::start(id, spec, config_, std::move(on_metrics), std::move(on_log));
   std::lock_guard lock{mutex_};
@@ -127,6 +130,34 @@ void job_manager::shutdown() {
   }
   for (auto& [_, j] : jobs) j->cancel();
   for (auto& [_, j] : jobs) (void)j->wait();
+}
+
+expected<std::size_t> job_manager::recover() {
+  if (!config_.store) return std::size_t{0};
+  FLEXSP_TRY_ASSIGN(auto records, load_job_records(*config_.store));
+  FLEXSP_TRY_ASSIGN(auto meta, config_.store->entries("jobs_meta"));
+  std::uint64_t next = 1;
+  if (auto it = meta.find("next"); it != meta.end()) next = std::strtoull(it->second.c_str(), nullptr, 10);
+  std::size_t running = 0;
+  for (auto& [id, record] : records) {
+    // Ids are "<name>-<n>": the next number stays above every recorded one.
+    if (const auto dash = id.rfind('-'); dash != std::string::npos)
+      next = std::max<std::uint64_t>(next, std::strtoull(id.c_str() + dash + 1, nullptr, 10) + 1);
+    const bool ended = record.status.terminal();
+    auto job = scheduled_job::resume(id, std::move(record), config_);
+    if (!ended) {
+      ++running;
+      log::get("scheduler")->info("job {} taken back from the state store at step {}", id, job->status().steps_done);
+    }
+    std::lock_guard lock{mutex_};
+    jobs_[id] = std::move(job);
+  }
+  std::lock_guard lock{mutex_};
+  next_ = std::max(next_, next);
+  if (!records.empty())
+    log::get("scheduler")->info("state store {}: {} jobs on record, {} continue", config_.store->describe(),
+                                records.size(), running);
+  return running;
 }
 
 expected<void> job_manager::serve() {

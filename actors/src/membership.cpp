@@ -88,6 +88,25 @@ std::optional<membership_event> membership_table::lose(std::uint64_t id, std::st
   return e;
 }
 
+expected<void> membership_table::restore(std::vector<node_record> alive, std::uint64_t epoch, std::uint64_t next_id,
+                                         time_point now) {
+  if (!nodes_.empty() || epoch_ != 0) return make_error(errc::invalid_argument, "membership: restore into a used table");
+  for (auto& r : alive) {
+    if (r.id == 0 || r.id >= next_id || r.joined_epoch > epoch)
+      return make_error(errc::invalid_argument, "membership: saved node {} (joined at epoch {}) does not fit epoch {} / next id {}",
+                        r.id, r.joined_epoch, epoch, next_id);
+    r.state = node_state::alive;
+    r.lost_epoch = 0;
+    r.lost_reason.clear();
+    r.last_seen = now;
+    const auto id = r.id;
+    nodes_.emplace(id, std::move(r));
+  }
+  epoch_ = epoch;
+  next_id_ = next_id;
+  return {};
+}
+
 const node_record* membership_table::find(std::uint64_t id) const {
   auto it = nodes_.find(id);
   return it == nodes_.end() ? nullptr : &it->second;

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <optional>
 
+#include <nlohmann/json.hpp>
+
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/device_actor.hpp"
 #include "flexsp/actors/job_client.hpp"
@@ -145,6 +147,7 @@ void scheduler_actor::handle(begin_job m) {
 
 void scheduler_actor::handle(job_ready m) {
   if (ended_) return;
+  m.started.recovered = job_->recovered_;
   data_ = std::move(m.data);
   controller_.emplace(controller_config{job_->id(), self_address_}, job_->spec_, *data_, system().time_source());
   if (cancel_pending_) {
@@ -247,16 +250,145 @@ std::shared_ptr<scheduled_job> scheduled_job::start(std::string job_id, job_spec
   FLEXSP_EXPECTS(config.system != nullptr && config.host != nullptr, "a job needs an actor system and an actor host");
   std::shared_ptr<scheduled_job> h{
       new scheduled_job{std::move(job_id), std::move(spec), std::move(config), std::move(on_metrics), std::move(on_log)}};
-  core::spawn_options o;
-  o.name = "scheduler:" + h->id_;
-  auto ref = h->config_.system->spawn<scheduler_actor>(o, h);
-  {
-    std::lock_guard lock{h->mutex_};
-    h->actor_ = ref;
-  }
-  const auto id = h->config_.host->publish(ref);
-  ref.tell(begin_job{remote_address{h->config_.host->address(), id}});
+  h->launch();
   return h;
+}
+
+std::shared_ptr<scheduled_job> scheduled_job::resume(std::string job_id, job_record record, scheduler_config config) {
+  FLEXSP_EXPECTS(config.system != nullptr && config.host != nullptr, "a job needs an actor system and an actor host");
+  std::shared_ptr<scheduled_job> h{new scheduled_job{std::move(job_id), record.spec, std::move(config), {}, {}}};
+  auto progress = record.progress();
+  const auto id = h->id_, name = h->status_.name;
+  h->status_ = record.status;
+  h->status_.id = id;
+  h->status_.name = name;
+  h->metrics_ = std::move(record.metrics);
+  h->logs_ = std::move(record.logs);
+  h->incarnation_ = record.incarnation;
+  if (h->status_.terminal()) return h;  // listed, nothing runs
+  progress.incarnation = ++h->incarnation_;
+  h->recovered_ = progress;
+  h->status_.state = job_state::pending;
+  h->status_.steps_done = progress.steps_done;
+  h->add_log(fmt::format("taken back by a restarted head after step {} (restart {})", progress.steps_done,
+                         progress.incarnation));
+  h->launch();
+  return h;
+}
+
+void scheduled_job::launch() {
+  {
+    std::lock_guard lock{mutex_};
+    save_locked();  // before anything runs: a head restarted from here knows the job
+  }
+  core::spawn_options o;
+  o.name = "scheduler:" + id_;
+  auto ref = config_.system->spawn<scheduler_actor>(o, shared_from_this());
+  {
+    std::lock_guard lock{mutex_};
+    actor_ = ref;
+  }
+  const auto id = config_.host->publish(ref);
+  ref.tell(begin_job{remote_address{config_.host->address(), id}});
+}
+
+namespace {
+constexpr std::string_view kJobsTable = "jobs";
+std::string metrics_list(const std::string& id) { return "metrics/" + id; }
+std::string logs_list(const std::string& id) { return "logs/" + id; }
+}  // namespace
+
+void scheduled_job::keep(expected<void> written, std::string_view what) {
+  if (written) {
+    store_failing_ = false;
+  } else if (!store_failing_) {
+    store_failing_ = true;
+    log::get("scheduler")->warn("job {}: cannot record {} in the state store ({}); a restarted head would not have it",
+                                id_, what, written.error().to_string());
+  }
+}
+
+void scheduled_job::save_locked() {
+  if (!config_.store) return;
+  const auto& s = status_;
+  nlohmann::json j{{"id", id_},
+                   {"spec", nlohmann::json::parse(job_spec_to_json(spec_))},
+                   {"state", static_cast<int>(s.state)},
+                   {"error", s.error},
+                   {"steps_done", s.steps_done},
+                   {"resumed_from", s.resumed_from},
+                   {"devices", s.devices},
+                   {"first_loss", s.first_loss},
+                   {"last_loss", s.last_loss},
+                   {"calibration", s.calibration},
+                   {"final_checksum", s.final_checksum},
+                   {"aborted_attempts", s.aborted_attempts},
+                   {"incarnation", incarnation_}};
+  keep(config_.store->put(kJobsTable, id_, j.dump()), "the job's status");
+}
+
+recovered_progress job_record::progress() const {
+  recovered_progress p;
+  p.steps_done = status.steps_done;
+  p.resumed_from = status.resumed_from;
+  p.first_loss = status.first_loss;
+  p.last_loss = status.last_loss;
+  p.aborted_attempts = status.aborted_attempts;
+  p.incarnation = incarnation;
+  // The last metrics line is the last commit's record (the status is written after it).
+  if (!metrics.empty()) {
+    auto j = nlohmann::json::parse(metrics.back(), nullptr, false);
+    if (j.is_object() && j.contains("step")) {
+      p.steps_done = j["step"].get<std::uint64_t>() + 1;
+      p.last_loss = j.value("loss", p.last_loss);
+      p.last_step_checksum = j.value("state_checksum", std::uint64_t{0});
+      if (metrics.size() == 1 || p.steps_done == p.resumed_from + 1) {
+        auto first = nlohmann::json::parse(metrics.front(), nullptr, false);
+        if (first.is_object()) p.first_loss = first.value("loss", p.first_loss);
+      }
+    }
+  }
+  return p;
+}
+
+expected<std::map<std::string, job_record>> load_job_records(state_store& store) {
+  FLEXSP_TRY_ASSIGN(auto rows, store.entries(kJobsTable));
+  std::map<std::string, job_record> out;
+  for (const auto& [id, text] : rows) {
+    auto j = nlohmann::json::parse(text, nullptr, false);
+    if (!j.is_object() || !j.contains("spec")) {
+      log::get("scheduler")->warn("state store: skipping job {}: its record is not a JSON object with a spec", id);
+      continue;
+    }
+    auto spec = parse_job_spec(j["spec"].dump());
+    if (!spec) {
+      log::get("scheduler")->warn("state store: skipping job {}: {}", id, spec.error().message());
+      continue;
+    }
+    job_record r;
+    r.spec = std::move(*spec);
+    auto& s = r.status;
+    s.id = id;
+    s.name = r.spec.name;
+    const int state = j.value("state", 0);
+    s.state = static_cast<job_state>(state);
+    if (!is_terminal(s.state) && s.state != job_state::running) s.state = job_state::pending;
+    s.error = j.value("error", std::string{});
+    s.steps_total = r.spec.steps;
+    s.steps_done = j.value("steps_done", std::uint64_t{0});
+    s.resumed_from = j.value("resumed_from", std::uint64_t{0});
+    s.devices = j.value("devices", std::uint32_t{0});
+    s.first_loss = j.value("first_loss", 0.0);
+    s.last_loss = j.value("last_loss", 0.0);
+    s.calibration = j.value("calibration", std::string{});
+    s.final_checksum = j.value("final_checksum", std::uint64_t{0});
+    s.aborted_attempts = j.value("aborted_attempts", std::uint64_t{0});
+    r.incarnation = j.value("incarnation", std::uint64_t{0});
+    FLEXSP_TRY_ASSIGN(r.metrics, store.items(metrics_list(id)));
+    FLEXSP_TRY_ASSIGN(r.logs, store.items(logs_list(id)));
+    out.emplace(id, std::move(r));
+  }
+  return out;
 }
 
 void scheduled_job::cancel() {
@@ -293,6 +425,7 @@ void scheduled_job::add_log(const std::string& line) {
   {
     std::lock_guard lock{mutex_};
     logs_.push_back(line);
+    if (config_.store) keep(config_.store->append(logs_list(id_), line), "a log line");
   }
   if (on_log_) on_log_(line);
 }
@@ -303,6 +436,10 @@ void scheduled_job::add_metrics(const step_metrics& m) {
     std::lock_guard lock{mutex_};
     update.index = metrics_.size();
     metrics_.push_back(update.metrics);
+    if (config_.store) {
+      keep(config_.store->append(metrics_list(id_), update.metrics), "a committed step");
+      save_locked();
+    }
   }
   notify_watchers(update);
   if (on_metrics_) on_metrics_(m);
@@ -317,6 +454,7 @@ void scheduled_job::finish(job_state state, const std::string& message) {
     status_.error = message;
     end.index = metrics_.size();
     actor_ = {};
+    save_locked();
   }
   changed_.notify_all();
   notify_watchers(end);

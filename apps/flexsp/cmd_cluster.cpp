@@ -3,7 +3,8 @@
 // Local state lives in one per-user directory (FLEXSP_STATE_DIR, else $XDG_RUNTIME_DIR/flexsp,
 // else /tmp/flexsp-$UID, mode 0700):
 //   current_cluster.json   the cluster `start --head` created last: address and secret file
-//   cluster-<port>.secret  a generated shared secret (mode 0600)
+//   cluster-<port>.secret  a generated shared secret (mode 0600), reused by a head restarted on that port
+//   head-<port>.state      the head's state store (membership, KV, names, jobs), kept across restarts
 //   procs/<pid>.json       one record per running head/node started here (for `stop`)
 //   logs/<role>-<pid>.log  output of background processes
 #include <fcntl.h>
@@ -162,6 +163,7 @@ struct common_flags {
   std::string heartbeat = "500ms";
   std::string failure_timeout = "3s";
   std::string give_up_after = "30s";
+  std::string state_store = "file";
   bool block = false;
 };
 
@@ -176,10 +178,24 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
   cfg.detector.failure_timeout = check(parse_duration_ms(f.failure_timeout));
   check(cfg.detector.validate());
 
+  // The state store: the head's membership, KV, names and jobs outlive its process there.
+  std::string store_url = f.state_store;
+  if (store_url == "file") {
+    store_url = port == 0 ? std::string{"none"} : (dir / fmt::format("head-{}.state", port)).string();
+    if (port == 0) log::get("actors")->info("head: no state store (a head on an ephemeral port cannot restart at its address)");
+  }
+  if (store_url != "none") cfg.store = check(actors::open_state_store(store_url));
+
   bool generated = false;
   std::string secret_text;
+  const fs::path own_secret = dir / fmt::format("cluster-{}.secret", port);
   if (auto s = resolve_secret(f.secret_file, "__none__"); s) {
     cfg.transport.secret = *s;
+  } else if (auto kept = read_file(own_secret); port != 0 && cfg.store && kept && !trim(*kept).empty()) {
+    // A head restarted on the same port keeps the secret it generated, so its nodes reconnect.
+    secret_text = trim(*kept);
+    cfg.transport.secret.assign(secret_text.begin(), secret_text.end());
+    generated = true;
   } else {
     std::array<std::uint8_t, 32> raw{};
     check(wire::random_bytes(raw));
@@ -222,16 +238,18 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
   }
   loop.start();
   // The job manager (scheduler actors, job API) lives in the head process.
-  auto jobs = actors::job_service::start((*head)->host(), check(net::endpoint::parse(address)), cfg.transport);
+  auto jobs =
+      actors::job_service::start((*head)->host(), check(net::endpoint::parse(address)), cfg.transport, cfg.store);
   if (!jobs) {
     report(d.report_fd, "error " + jobs.error().message());
     fail(jobs.error());
   }
   const std::string ready = fmt::format(
       "flexsp head started at {} (pid {}; listening on {}:{})\n  secret file: {}\n  add a node:  flexsp start --address "
-      "{} --devices cpu:4",
+      "{} --devices cpu:4\n  state store: {}",
       address, ::getpid(), bind, (*head)->port(), secret_file.empty() ? "(from the environment)" : secret_file,
-      bind == "0.0.0.0" ? fmt::format("<this host's address>:{}", (*head)->port()) : address);
+      bind == "0.0.0.0" ? fmt::format("<this host's address>:{}", (*head)->port()) : address,
+      cfg.store ? cfg.store->describe() : std::string{"none (a restarted head starts empty)"});
   if (d.is_child) report(d.report_fd, "ok " + fmt::format("{}", ready));
   else std::printf("%s\n", ready.c_str()), std::fflush(stdout);
 
@@ -482,6 +500,10 @@ void add_cluster_commands(CLI::App& root) {
       ->capture_default_str();
   start->add_option("--give-up-after", so->common.give_up_after,
                     "node: exit when the head has been unreachable this long (0: never)")
+      ->capture_default_str();
+  start->add_option("--state-store", so->common.state_store,
+                    "head: where membership, KV, names and jobs outlive the head process: file (default: "
+                    "<state dir>/head-<port>.state), file:PATH, redis://HOST:PORT[/NAMESPACE], or none")
       ->capture_default_str();
   start->add_flag("--block", so->common.block, "stay in the foreground instead of starting a background process");
   start->callback([so, start]() {

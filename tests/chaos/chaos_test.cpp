@@ -226,6 +226,45 @@ TEST(Chaos, TheHeadStoppedForSecondsLosesNoNodeAndNoStep) {
   }
 }
 
+TEST(Chaos, TheHeadKilledAndRestartedLosesNoJobAndNoStep) {
+  // kill -9 of the head mid-job; a new head process on the same port takes its state back from
+  // the state store (the default file in the state directory): the nodes keep their ids, the
+  // job continues from its last committed step, and the client, still waiting, sees every step
+  // once.
+  const auto spec = chaos_job(kSteps);
+  const auto& ref = reference_run(spec);
+  const int trials = std::max(2, env_int("FLEXSP_CHAOS_TRIALS", 2));
+  std::mt19937 rng{std::random_device{}()};
+  for (int t = 0; t < trials; ++t) {
+    const std::uint64_t at = std::uniform_int_distribution<std::uint64_t>{2, kSteps - 6}(rng);
+    const auto down = std::chrono::milliseconds{std::uniform_int_distribution<int>{0, 1500}(rng)};
+    SCOPED_TRACE(fmt::format("trial {}: head killed after step {}, down {} ms", t, at, down.count()));
+    process_cluster cluster{"chaos-head-restart"};
+    ASSERT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms", process_cluster::free_port()));
+    std::vector<pid_t> pids = cluster.node_pids();
+    pids.push_back(cluster.head_pid());
+    std::thread restarter;
+    bool restarted = false;
+    auto r = run_job(cluster, spec, [&](const step_record& s) {
+      if (s.step != at) return;
+      const auto head = cluster.head_pid();
+      ::kill(head, SIGKILL);
+      restarter = std::thread{[&cluster, &restarted, down] {
+        std::this_thread::sleep_for(down);
+        restarted = cluster.restart_head("100ms", "500ms");
+      }};
+    });
+    if (restarter.joinable()) restarter.join();
+    ASSERT_TRUE(restarted);
+    pids.push_back(cluster.head_pid());
+    expect_sound(r, ref, kSteps);
+    EXPECT_FALSE(cluster.log_lines("taken back from the state store").empty());
+    EXPECT_TRUE(cluster.log_lines(") lost: ").empty()) << "no node was lost: " << cluster.log_lines(") lost: ").front();
+    cluster.stop();
+    EXPECT_TRUE(no_process_left(pids)) << "a head or node process outlived the cluster";
+  }
+}
+
 /// A network namespace joined to this one by a veth pair (10.233.N.1 here, 10.233.N.2 there):
 /// a node started inside is a separate host, and taking the link down partitions it.
 class netns_host {

@@ -1,7 +1,9 @@
 #pragma once
 // Shared by the training integration tests: a cluster of real `flexsp` processes started with
 // scripts/launch_cluster.sh in a private state directory, and helpers around it.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -84,11 +86,12 @@ public:
   }
 
   /// Starts a head and `nodes` nodes of `devices` (e.g. "cpu:2"); false on failure.
+  /// `port` 0 picks a free port (and the head keeps no state store).
   bool launch(int nodes, const std::string& devices, const std::string& heartbeat = "200ms",
-              const std::string& failure_timeout = "2s") {
-    auto r = shell(fmt::format("{} {}/scripts/launch_cluster.sh --nodes {} --devices {} --port 0 --heartbeat-interval "
+              const std::string& failure_timeout = "2s", int port = 0) {
+    auto r = shell(fmt::format("{} {}/scripts/launch_cluster.sh --nodes {} --devices {} --port {} --heartbeat-interval "
                                "{} --failure-timeout {} --timeout 60",
-                               env(), FLEXSP_SOURCE_DIR, nodes, devices, heartbeat, failure_timeout));
+                               env(), FLEXSP_SOURCE_DIR, nodes, devices, port, heartbeat, failure_timeout));
     if (r.exit_code != 0) {
       ADD_FAILURE() << r.output;
       return false;
@@ -143,6 +146,29 @@ public:
     auto c = actors::job_client::connect(address_, t);
     EXPECT_TRUE(c) << (c ? "" : c.error().to_string());
     return c ? *c : nullptr;
+  }
+
+  /// Starts a head again at the cluster's address (after the first one was killed), with the
+  /// same state directory (its state store and generated secret) and `extra` flags.
+  bool restart_head(const std::string& heartbeat, const std::string& failure_timeout, const std::string& extra = "") {
+    const auto port = address_.substr(address_.rfind(':') + 1);
+    auto r = shell(fmt::format("{} {} start --head --port {} --heartbeat-interval {} --failure-timeout {} {} 2>&1", env(),
+                               FLEXSP_CLI_PATH, port, heartbeat, failure_timeout, extra));
+    if (r.exit_code != 0) ADD_FAILURE() << r.output;
+    return r.exit_code == 0;
+  }
+
+  /// A TCP port on loopback that nothing listens on now.
+  static int free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    (void)::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    ::close(fd);
+    return ntohs(a.sin_port);
   }
 
   /// Pid of the head process.

@@ -1,6 +1,8 @@
 // The head's failure detector, driven with explicit time: no sockets, no sleeps.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "flexsp/actors/failure_detector.hpp"
 
 namespace {
@@ -142,4 +144,28 @@ TEST(FailureDetector, EachNodeIsReportedOnceAndUnknownHeartbeatsAreIgnored) {
   EXPECT_EQ(d.phi(1, t0 + 1h), 0.0);
 }
 
+}  // namespace
+
+namespace {
+TEST(FailureDetector, ANodeRestoredAfterAHeadRestartHasItsGraceThenIsWatchedAsBefore) {
+  failure_detector d{settings(100ms, 500ms)};
+  const time_point t0{};
+  d.add_returning(1, t0, 3000ms);
+  d.add_returning(2, t0, 3000ms);
+  // Node 1 reconnects after 2 s (its reconnect backoff), node 2 never does.
+  EXPECT_FALSE(tick_until(d, t0, t0, t0 + 2000ms, 1).at) << "not suspected within the grace";
+  d.heartbeat(1, t0 + 2000ms);
+  // Then silence from both: node 2 is lost at the end of its grace, node 1 within the normal
+  // timeout of its heartbeat.
+  std::map<std::uint64_t, std::pair<milliseconds, std::string>> lost;
+  for (auto t = t0 + 2000ms; t <= t0 + 4000ms; t += d.settings().tick_period)
+    for (auto& s : d.tick(t)) lost[s.node] = {std::chrono::duration_cast<milliseconds>(t - t0), s.reason};
+  ASSERT_EQ(lost.count(1), 1u);
+  ASSERT_EQ(lost.count(2), 1u);
+  EXPECT_EQ(lost[2].first, 3000ms);
+  EXPECT_NE(lost[2].second.find("not heard from within 3000 ms of the head's restart"), std::string::npos)
+      << lost[2].second;
+  EXPECT_GT(lost[1].first, 2000ms);
+  EXPECT_LE(lost[1].first, 2500ms);
+}
 }  // namespace

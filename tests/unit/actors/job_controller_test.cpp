@@ -49,12 +49,14 @@ public:
     for (int i = 0; i < devices; ++i) n.devices.push_back(device_id{device_kind::cpu, static_cast<std::uint32_t>(i)});
     return n;
   }
-  void start(std::vector<std::pair<std::uint64_t, int>> nodes, std::optional<checkpoint_point> resume = {}) {
+  void start(std::vector<std::pair<std::uint64_t, int>> nodes, std::optional<checkpoint_point> resume = {},
+             std::optional<recovered_progress> recovered = {}) {
     job_started s;
     s.epoch = nodes.size();
     epoch_ = s.epoch;
     for (auto [id, k] : nodes) s.nodes.push_back(node(id, k));
     s.resume = std::move(resume);
+    s.recovered = std::move(recovered);
     feed(s);
   }
   void join_node(std::uint64_t id, int devices) {
@@ -524,11 +526,125 @@ TEST(JobController, ReturningDevicesWhoseStateIsNotTheLastCommitAreNotAdopted) {
   c.reply_all();
   c.waiting_plans().clear();
   c.lose_node(1);
-  c.held_by_node[2] = {1, 1001};  // one commit behind
+  c.held_by_node[2] = {1, 999};  // one commit behind, and not the state step 1 started from
   c.join_node(2, 2);
   ASSERT_TRUE(c.finished);
   EXPECT_EQ(c.finished->state, job_state::failed);
   EXPECT_EQ(c.finished->message, "every device holding the model state was lost and there is no checkpoint");
+}
+
+TEST(JobController, ReturningDevicesThatMissedTheLastCommitRunThatStepAgainWithoutPublishingItTwice) {
+  // The commit of step 1 was decided (and published) but never reached the devices: they still
+  // hold the state step 1 started from (checksum 1001), so step 1 runs again on them.
+  scripted_cluster c{small_spec(5)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  c.reply_all();
+  c.reply_all();
+  ASSERT_EQ(c.metrics.size(), 2u);
+  c.waiting_plans().clear();
+  c.lose_node(1);
+  c.held_by_node[2] = {1, 1001};
+  c.join_node(2, 2);
+  ASSERT_FALSE(c.finished) << c.finished->message;
+  EXPECT_TRUE(c.logged("no returning device applied the commit of step 1"));
+  ASSERT_FALSE(c.waiting_plans().empty());
+  EXPECT_EQ(c.waiting_plans().begin()->second.step, 1u);
+  c.auto_reply = true;
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  ASSERT_EQ(c.metrics.size(), 5u) << "every step published once";
+  for (std::uint64_t s = 0; s < 5; ++s) EXPECT_EQ(c.metrics[s].step, s);
+  EXPECT_EQ(c.controller().status().steps_done, 5u);
+}
+
+TEST(JobController, AJobTakenBackByARestartedHeadContinuesAfterItsLastRecordedStep) {
+  // The head went down after recording step 2 (steps_done 3); the restarted head takes the job
+  // back and the devices, which never stopped, report the state of step 3.
+  scripted_cluster c{small_spec(6)};
+  c.auto_reply = false;
+  c.held_by_node[1] = {3, 1003};
+  recovered_progress r;
+  r.steps_done = 3;
+  r.first_loss = 2.5;
+  r.last_loss = 2.0;
+  r.last_step_checksum = 1002;
+  r.aborted_attempts = 4;
+  r.incarnation = 1;
+  c.start({{1, 2}}, {}, r);
+  ASSERT_FALSE(c.finished) << c.finished->message;
+  EXPECT_TRUE(c.logged("taken back by a restarted head at step 3 of 6"));
+  ASSERT_EQ(c.waiting_plans().size(), 2u);
+  const auto& p = c.waiting_plans().begin()->second;
+  EXPECT_EQ(p.step, 3u) << "no step repeated";
+  EXPECT_GT(p.attempt, 1ull << 32) << "attempts above every earlier run's";
+  EXPECT_GE(p.comm_epoch, 1ull << 32) << "communicator epochs above every earlier run's";
+  EXPECT_EQ(c.controller().status().aborted_attempts, 4u);
+  c.auto_reply = true;
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  ASSERT_EQ(c.metrics.size(), 3u);
+  EXPECT_EQ(c.metrics.front().step, 3u);
+  EXPECT_EQ(c.controller().status().first_loss, 2.5);
+}
+
+TEST(JobController, ATakenBackJobWhoseNodesRejoinUnderNewIdsGoesOnFromTheirReplicas) {
+  // The restarted head lost the restored nodes before their devices answered (their
+  // heartbeats were late); they join again as new nodes, their devices still holding step 3.
+  scripted_cluster c{small_spec(6)};
+  c.auto_reply = false;
+  c.silent_joins = {0, 1};
+  recovered_progress r;
+  r.steps_done = 3;
+  r.last_step_checksum = 1002;
+  c.start({{1, 2}}, {}, r);
+  c.lose_node(1);
+  ASSERT_FALSE(c.finished) << c.finished->message;
+  c.held_by_node[2] = {3, 1003};
+  c.join_node(2, 2);
+  ASSERT_FALSE(c.finished) << c.finished->message;
+  ASSERT_FALSE(c.waiting_plans().empty());
+  EXPECT_EQ(c.waiting_plans().begin()->second.step, 3u);
+  c.auto_reply = true;
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+}
+
+TEST(JobController, ATakenBackJobWhoseDevicesMissedTheLastCommitRunsThatStepAgain) {
+  // The head died between recording step 2 and telling any device: the devices hold the state
+  // step 2 started from.
+  scripted_cluster c{small_spec(4)};
+  c.auto_reply = false;
+  c.held_by_node[1] = {2, 1002};
+  recovered_progress r;
+  r.steps_done = 3;
+  r.last_step_checksum = 1002;
+  c.start({{1, 2}}, {}, r);
+  ASSERT_FALSE(c.finished) << c.finished->message;
+  EXPECT_EQ(c.waiting_plans().begin()->second.step, 2u);
+  c.auto_reply = true;
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  ASSERT_EQ(c.metrics.size(), 1u) << "step 2 is not published again";
+  EXPECT_EQ(c.metrics.front().step, 3u);
+}
+
+TEST(JobController, ATakenBackJobWithNoDeviceHoldingItsStateFallsBackToItsCheckpoint) {
+  scripted_cluster c{small_spec(4)};
+  c.auto_reply = false;
+  c.held_by_node[1] = {0, 5};  // fresh devices (their node was restarted too)
+  recovered_progress r;
+  r.steps_done = 3;
+  r.last_step_checksum = 1002;
+  c.start({{1, 2}}, checkpoint_point{2, "/ckpt/step-000002.ckpt", 0, 0}, r);
+  ASSERT_FALSE(c.finished) << c.finished->message;
+  ASSERT_FALSE(c.waiting_plans().empty());
+  EXPECT_EQ(c.waiting_plans().begin()->second.step, 2u);
+  EXPECT_EQ(c.joins.back().resume_from, "/ckpt/step-000002.ckpt");
 }
 
 TEST(JobController, ADeviceJoinsAtTheNextStepBoundaryAndGetsTheStateFromALiveReplica) {

@@ -46,6 +46,26 @@ TEST(Membership, AReturningProcessJoinsUnderANewId) {
   EXPECT_EQ(t.find(a.node.id)->state, node_state::dead);
 }
 
+TEST(Membership, ARestoredTableContinuesItsEpochsAndIds) {
+  membership_table before;
+  auto a = before.join("x:1", {{device_kind::cpu, 0}}, 7, time_point{});
+  auto b = before.join("x:2", {{device_kind::cpu, 0}}, 8, time_point{});
+  ASSERT_TRUE(before.lose(a.node.id, "gone"));
+
+  // A restarted head gets the alive nodes back, at the same ids and epoch.
+  membership_table after;
+  ASSERT_TRUE(after.restore({b.node}, before.epoch(), before.next_id(), time_point{} + 1h));
+  EXPECT_EQ(after.epoch(), 3u);
+  EXPECT_TRUE(after.heartbeat(b.node.id, time_point{} + 1h + 1s)) << "a restored node heartbeats as before";
+  auto c = after.join("x:3", {}, 9, time_point{} + 1h);
+  EXPECT_EQ(c.epoch, 4u);
+  EXPECT_GT(c.node.id, b.node.id) << "ids are never reused";
+  EXPECT_FALSE(after.restore({}, 1, 1, time_point{})) << "only into an empty table";
+
+  membership_table bad;
+  EXPECT_FALSE(bad.restore({b.node}, before.epoch(), b.node.id, time_point{})) << "an id at or past next_id";
+}
+
 TEST(Membership, ForgetsTheOldestDeadNodesBeyondTheBound) {
   membership_table t;
   t.max_dead = 2;

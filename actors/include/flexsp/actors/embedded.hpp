@@ -29,9 +29,12 @@ struct embedded_options {
 /// `flexsp start --head` runs one next to its head service.
 class job_service {
 public:
-  /// `host` is the head's actor host; the head must accept connections at `head`.
+  /// `host` is the head's actor host; the head must accept connections at `head`. With a
+  /// `store`, jobs are recorded there, and the jobs it holds are taken back before the API is
+  /// served (job_manager::recover).
   static expected<std::unique_ptr<job_service>> start(std::shared_ptr<actor_host> host, net::endpoint head,
-                                                      net::transport_config transport);
+                                                      net::transport_config transport,
+                                                      std::shared_ptr<state_store> store = {});
   ~job_service();
   job_manager& jobs() { return *jobs_; }
   std::shared_ptr<actor_host> host() const { return host_; }

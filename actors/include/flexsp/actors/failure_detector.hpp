@@ -50,6 +50,10 @@ public:
 
   /// Starts watching `node` (its registration counts as its first heartbeat).
   void add(std::uint64_t node, time_point now, bool exempt = false);
+  /// Starts watching `node` that has not been heard from yet (a head restarted from its state
+  /// store restores its members): it is not suspected before `now + grace`, and is lost then
+  /// unless a heartbeat came; after its first heartbeat it is watched as any other.
+  void add_returning(std::uint64_t node, time_point now, std::chrono::milliseconds grace);
   void remove(std::uint64_t node);
   /// A heartbeat of `node` arrived.
   void heartbeat(std::uint64_t node, time_point now);
@@ -74,6 +78,7 @@ private:
     std::deque<double> gaps_ms;
     double sum = 0, sum_sq = 0;
     bool exempt = false;
+    std::optional<time_point> awaited_until;  ///< restored and not heard from yet
   };
   double phi_of(const history& h, time_point now) const;
 

@@ -16,6 +16,11 @@
 ///   own stalls). A node in the head's own process (embedded) is never lost to silence. A lost node is told (`node_removed`, and `member = false` in its next
 ///   heartbeat acknowledgement); if its process is still there it joins again as a new member
 ///   and is told that its previous membership ended.
+/// - With a state store (state_store.hpp), membership (alive nodes, the epoch, the next node
+///   id), the KV store and the named actors are written through to it, and a head started on
+///   the same store takes them back: its nodes keep their ids (their next heartbeat is
+///   acknowledged as before), and a node that does not return is lost to the failure detector.
+///   A clean stop (`stop_head`) forgets membership, KV and names.
 /// - Membership changes are kept in a bounded log; `watch_membership` returns those after an
 ///   epoch, waiting for the next one when there are none (a long poll), so a watcher never
 ///   misses or repeats a change while the head lives.
@@ -34,6 +39,7 @@
 #include "flexsp/actors/failure_detector.hpp"
 #include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/remote.hpp"
+#include "flexsp/actors/state_store.hpp"
 #include "flexsp/core/actor.hpp"
 #include "flexsp/core/actor_system.hpp"
 #include "flexsp/core/error.hpp"
@@ -58,6 +64,11 @@ struct head_config {
   std::chrono::milliseconds max_kv_wait{std::chrono::minutes{10}};
   /// Membership changes remembered for watchers (older ones are answered with a resync).
   std::size_t membership_log = 1024;
+  /// Where the head's state outlives its process; none when null.
+  std::shared_ptr<state_store> store;
+  /// How long a node restored from the store has to heartbeat again after a restart (its
+  /// reconnect backoff reaches 2 s while the head is down); lost after that.
+  std::chrono::milliseconds restore_grace{std::chrono::seconds{10}};
   expected<void> validate() const;
 };
 
@@ -126,12 +137,20 @@ private:
   std::vector<membership_change> changes_after(std::uint64_t epoch) const;
   void record(const membership_event& ev);
   cluster_view view() const;
+  /// Takes back the state the store holds (a restarted head).
+  void restore();
+  /// Writes through to the store (when there is one); a failure is logged, not fatal.
+  void keep(expected<void> written, std::string_view what);
+  void keep_meta();
+  void watch_node(std::uint64_t id, const std::string& address, std::uint64_t actor, bool embedded);
 
   std::shared_ptr<actor_host> host_;
   head_config config_;
   std::function<void()> on_shutdown_;
   membership_table members_;
   std::map<std::uint64_t, core::actor_ref<node_actor>> node_actors_;  // by node id
+  std::map<std::uint64_t, std::uint64_t> node_actor_ids_;              // by node id
+  bool store_failing_ = false;
   std::deque<membership_change> log_;
   std::map<std::string, std::string> kv_;
   std::map<std::string, name_entry> names_;
@@ -156,6 +175,8 @@ public:
   std::uint16_t port() const;
   /// The head's actor host: other actors of the head process (the job API) are published here.
   std::shared_ptr<actor_host> host() const { return host_; }
+  /// The state store of its config (null when none).
+  std::shared_ptr<state_store> store() const { return store_; }
   /// Stops publishing and closes every connection.
   void stop();
 
@@ -163,6 +184,7 @@ private:
   head_service() = default;
   std::unique_ptr<core::actor_system> system_;
   std::shared_ptr<actor_host> host_;
+  std::shared_ptr<state_store> store_;
   core::actor_ref<cluster_actor> cluster_;
 };
 

@@ -75,6 +75,7 @@ struct step_metrics {
     double measured_ms = 0;
   };
   std::vector<group_time> groups;
+  std::uint64_t state_checksum = 0;   ///< the replicas' checksum of the state this step started from
   std::uint32_t retried = 0;          ///< aborted attempts of this step
   double recovery_ms = 0;             ///< first abort of this step -> commit (0 when not retried)
   std::int64_t committed_at_ms = 0;   ///< wall clock (Unix ms) when the step was committed; stamped by the shell
@@ -114,11 +115,28 @@ expected<void> write_checkpoint_index(const std::string& dir, const checkpoint_p
 
 // ---- events ----------------------------------------------------------------------------------
 
+/// What a restarted head's state store recorded of a job that was running.
+struct recovered_progress {
+  std::uint64_t steps_done = 0;          ///< committed steps (the last recorded step + 1)
+  std::uint64_t resumed_from = 0;
+  double first_loss = 0;
+  double last_loss = 0;
+  std::uint64_t aborted_attempts = 0;
+  /// The replicas' checksum of the state the last committed step started from (0: unknown).
+  std::uint64_t last_step_checksum = 0;
+  /// How many heads have taken the job back (1 the first time): the attempts and communicator
+  /// epochs of this run start above those of every earlier run.
+  std::uint64_t incarnation = 1;
+};
+
 /// The job's start: the membership it starts from and the checkpoint to resume from.
 struct job_started {
   std::uint64_t epoch = 0;
   std::vector<node_record> nodes;            ///< alive nodes
   std::optional<checkpoint_point> resume;
+  /// Set when a restarted head takes the job back: it continues from the devices that still
+  /// hold the state of its last committed step (from `resume` when none does).
+  std::optional<recovered_progress> recovered;
 };
 /// Answer to `lookup_devices`: the actor of every requested device of `node`.
 struct devices_found {
@@ -362,6 +380,9 @@ private:
   std::uint64_t start_step_ = 0;
   std::optional<checkpoint_point> latest_checkpoint_;
   bool state_exists_ = false;
+  /// Steps below this one were committed before (their metrics are out): re-run only to rebuild
+  /// the state on devices that never heard of their commit.
+  std::uint64_t replay_until_ = 0;
   bool calibrated_ = false;
   int calibration_stage_ = 0;  // 1 = warm-up, 2 = probe
   training_batch calibration_batch_;

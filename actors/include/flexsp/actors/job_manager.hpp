@@ -60,6 +60,11 @@ public:
   /// Publishes the remote job API on the head's actor host as `jobs_actor_id`.
   expected<void> serve();
 
+  /// Takes back the jobs `config.store` recorded (a restarted head), under their ids: running
+  /// ones continue from their last committed step, ended ones are listed. Returns how many
+  /// continue. Call once, before `submit`.
+  expected<std::size_t> recover();
+
 private:
   expected<void> admit(const job_spec& spec) const;
   std::unique_ptr<core::actor_system> own_system_;

@@ -73,8 +73,13 @@ public:
   /// Marks an alive node lost; epoch + 1. nullopt when unknown or already lost.
   std::optional<membership_event> lose(std::uint64_t id, std::string reason);
 
+  /// Starts from a saved state (a restarted head): `alive` nodes, seen at `now`, the epoch and
+  /// the next node id. Only on an empty table; ids at or above `next_id` are refused.
+  expected<void> restore(std::vector<node_record> alive, std::uint64_t epoch, std::uint64_t next_id, time_point now);
+
   const node_record* find(std::uint64_t id) const;
   std::uint64_t epoch() const noexcept { return epoch_; }
+  std::uint64_t next_id() const noexcept { return next_id_; }
   std::size_t alive_count() const noexcept;
   /// All nodes ever seen, by id (lost ones are kept for `status`, up to `max_dead` of them).
   const std::map<std::uint64_t, node_record>& nodes() const noexcept { return nodes_; }

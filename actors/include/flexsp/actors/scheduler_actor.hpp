@@ -12,6 +12,9 @@
 ///   loads the job's data, plans batches (the CBC MILP may take its whole time limit), looks up
 ///   device actors, reads and writes the checkpoint index.
 /// - `scheduled_job`: what callers hold: status, metrics and log lines, watchers, cancel, wait.
+///   With a state store it records the job there (state_store.hpp): its spec and status, and
+///   each committed step's metrics line, appended before any device applies the commit (the
+///   line is the commit's record: a restarted head continues after the last one).
 
 #include <condition_variable>
 #include <cstdint>
@@ -27,6 +30,7 @@
 #include "flexsp/actors/job_controller.hpp"
 #include "flexsp/actors/job_spec.hpp"
 #include "flexsp/actors/remote.hpp"
+#include "flexsp/actors/state_store.hpp"
 #include "flexsp/actors/training_messages.hpp"
 #include "flexsp/core/actor.hpp"
 #include "flexsp/core/actor_system.hpp"
@@ -40,7 +44,22 @@ struct scheduler_config {
   net::transport_config transport;
   std::shared_ptr<actor_host> host;      ///< the head process's actor host (devices reach the scheduler here)
   core::actor_system* system = nullptr;  ///< runs the scheduler actors and their workers
+  std::shared_ptr<state_store> store;    ///< where jobs are recorded; none when null
 };
+
+/// A job as a state store recorded it.
+struct job_record {
+  job_spec spec;
+  job_status status;
+  std::vector<std::string> metrics;  ///< one JSON line per committed step
+  std::vector<std::string> logs;
+  std::uint64_t incarnation = 0;     ///< heads that took it back so far
+  /// What a head taking it back continues from (derived from the last metrics line).
+  recovered_progress progress() const;
+};
+
+/// Every job `store` recorded, by id; a record that cannot be read is skipped with a warning.
+expected<std::map<std::string, job_record>> load_job_records(state_store& store);
 
 class scheduler_actor;
 class job_worker;
@@ -62,7 +81,7 @@ struct job_start_failed {
 };
 
 /// A submitted job as its callers see it. Thread-safe.
-class scheduled_job {
+class scheduled_job : public std::enable_shared_from_this<scheduled_job> {
 public:
   using metrics_fn = std::function<void(const step_metrics&)>;
   using log_fn = std::function<void(const std::string&)>;
@@ -71,6 +90,9 @@ public:
   /// `config.host`. `on_metrics` and `on_log` run on the scheduler actor's thread.
   static std::shared_ptr<scheduled_job> start(std::string job_id, job_spec spec, scheduler_config config,
                                            metrics_fn on_metrics = {}, log_fn on_log = {});
+  /// Takes back a recorded job: an ended one is only listed; a running one starts again from
+  /// its last recorded step (job_started::recovered).
+  static std::shared_ptr<scheduled_job> resume(std::string job_id, job_record record, scheduler_config config);
 
   /// Asks the job to stop after aborting the step in flight; no-op once it ended.
   void cancel();
@@ -94,6 +116,10 @@ private:
   void add_metrics(const step_metrics& m);
   void finish(job_state state, const std::string& message);
   void notify_watchers(const job_update& update);
+  /// Writes the job's record (spec and status) to the store, if any. Under `mutex_`.
+  void save_locked();
+  void keep(expected<void> written, std::string_view what);
+  void launch();
 
   std::string id_;
   job_spec spec_;
@@ -108,6 +134,9 @@ private:
   std::vector<std::string> logs_;
   std::vector<core::actor_ref<update_sink>> watchers_;  // proxies of job clients' sinks
   core::actor_ref<scheduler_actor> actor_;  // reset when the job ends
+  std::uint64_t incarnation_ = 0;
+  std::optional<recovered_progress> recovered_;
+  bool store_failing_ = false;
 };
 
 /// The job's scheduler actor (see the file comment). Devices reach it through a proxy
