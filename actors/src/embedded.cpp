@@ -20,7 +20,7 @@ std::vector<std::uint8_t> random_secret() {
 
 expected<std::unique_ptr<job_service>> job_service::start(std::shared_ptr<actor_host> host, net::endpoint head,
                                                          net::transport_config transport,
-                                                         std::shared_ptr<state_store> store) {
+                                                         std::shared_ptr<state_store> store, job_defaults defaults) {
   std::unique_ptr<job_service> j{new job_service{}};
   j->host_ = std::move(host);
   scheduler_config sc;
@@ -28,6 +28,8 @@ expected<std::unique_ptr<job_service>> job_service::start(std::shared_ptr<actor_
   sc.transport = std::move(transport);
   sc.host = j->host_;
   sc.store = std::move(store);
+  sc.default_checkpoint_root = std::move(defaults.checkpoint_root);
+  sc.default_checkpoint_every = defaults.checkpoint_every;
   j->jobs_ = std::make_unique<job_manager>(sc);
   if (auto r = j->jobs_->recover(); !r)
     return make_error(r.error().kind(), "cannot take back the recorded jobs: {}", r.error().message());

@@ -89,6 +89,11 @@ expected<std::shared_ptr<scheduled_job>> job_manager::submit(const job_spec& sub
   job_spec spec = submitted;
   if (!spec.checkpoint_dir.empty()) spec.checkpoint_dir = std::filesystem::absolute(spec.checkpoint_dir).string();
   FLEXSP_TRY(admit(spec));
+  if (spec.checkpoint_dir.empty() && !spec.checkpoints_off && spec.checkpoint_every > 0 &&
+      config_.default_checkpoint_root.empty())
+    return make_error(errc::invalid_argument,
+                      "checkpoint.dir: is required when checkpoint.every is set (this cluster has no default checkpoint "
+                      "directory)");
   std::string id;
   {
     std::lock_guard lock{mutex_};
@@ -97,7 +102,17 @@ expected<std::shared_ptr<scheduled_job>> job_manager::submit(const job_spec& sub
       if (auto r = config_.store->put("jobs_meta", "next", std::to_string(next_)); !r)
         log::get("scheduler")->warn("cannot record the next job number in the state store: {}", r.error().to_string());
   }
+  if (spec.checkpoint_dir.empty() && !spec.checkpoints_off && !config_.default_checkpoint_root.empty()) {
+    // The safe default: a job that did not say where to checkpoint survives losing every device.
+    spec.checkpoint_dir = (std::filesystem::path{config_.default_checkpoint_root} / id).string();
+    if (spec.checkpoint_every == 0) spec.checkpoint_every = config_.default_checkpoint_every;
+    FLEXSP_TRY(check_checkpoint_dir(spec.checkpoint_dir));
+  }
   auto job = scheduled_job::start(id, spec, config_, std::move(on_metrics), std::move(on_log));
+  if (submitted.checkpoint_dir.empty() && !spec.checkpoint_dir.empty())
+    log::get("scheduler")->info("job {}: checkpoints every {} steps in {} (the cluster's default; \"checkpoint\": "
+                                "{{\"dir\": \"none\"}} turns them off)",
+                                id, spec.checkpoint_every, spec.checkpoint_dir);
   std::lock_guard lock{mutex_};
   jobs_[id] = job;
   log::get("scheduler")->info("job {} submitted ({} steps, strategy {})", id, spec.steps, spec.strategy.to_string());

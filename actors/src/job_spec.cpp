@@ -149,8 +149,7 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (!(s.optimizer.weight_decay >= 0) || s.optimizer.weight_decay > 10)
     return bad("optimizer.weight_decay", "must be in [0, 10]");
   if (!(s.optimizer.max_grad_norm >= 0)) return bad("optimizer.max_grad_norm", "must be >= 0");
-  if (s.checkpoint_every > 0 && s.checkpoint_dir.empty())
-    return bad("checkpoint.dir", "is required when checkpoint.every is set");
+  if (s.checkpoints_off && s.checkpoint_every > 0) return bad("checkpoint.every", "is set but checkpoint.dir is \"none\"");
   if (s.collective_timeout_ms < 100) return bad("collective_timeout_ms", "must be at least 100");
   if (!(s.planner_time_limit_ms > 0)) return bad("planner_time_limit_ms", "must be positive");
   if (s.min_devices < 1) return bad("min_devices", "must be at least 1");
@@ -304,9 +303,14 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   }
   FLEXSP_TRY(read_object(j, "checkpoint", o));
   if (o) {
-    FLEXSP_TRY(check_keys(*o, "checkpoint.", {"dir", "every"}));
+    FLEXSP_TRY(check_keys(*o, "checkpoint.", {"dir", "every", "keep"}));
     FLEXSP_TRY(read_string(*o, "dir", "checkpoint.", s.checkpoint_dir));
     FLEXSP_TRY(read_uint(*o, "every", "checkpoint.", s.checkpoint_every));
+    FLEXSP_TRY(read_uint(*o, "keep", "checkpoint.", s.checkpoint_keep));
+    if (s.checkpoint_dir == "none") {
+      s.checkpoint_dir.clear();
+      s.checkpoints_off = true;
+    }
   }
   FLEXSP_TRY(read_object(j, "fault", o));
   if (o) {
@@ -341,7 +345,9 @@ std::string job_spec_to_json(const job_spec& s) {
   j["optimizer"] = {{"lr", s.optimizer.lr}, {"weight_decay", s.optimizer.weight_decay}, {"warmup", s.warmup},
                     {"beta1", s.optimizer.beta1}, {"beta2", s.optimizer.beta2},
                     {"max_grad_norm", s.optimizer.max_grad_norm}};
-  if (!s.checkpoint_dir.empty()) j["checkpoint"] = {{"dir", s.checkpoint_dir}, {"every", s.checkpoint_every}};
+  j["checkpoint"] = {{"dir", s.checkpoints_off ? std::string{"none"} : s.checkpoint_dir},
+                     {"every", s.checkpoint_every},
+                     {"keep", s.checkpoint_keep}};
   j["calibrate"] = s.calibrate;
   j["collective_timeout_ms"] = s.collective_timeout_ms;
   j["planner_time_limit_ms"] = s.planner_time_limit_ms;

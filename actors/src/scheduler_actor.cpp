@@ -81,10 +81,32 @@ public:
 
   void handle(write_index m) {
     auto r = write_checkpoint_index(spec_.checkpoint_dir, m.point, job_id_);
+    if (r) prune_checkpoints(m.point.file);
     owner_.tell(index_written{m.point.step, r ? std::string{} : r.error().message()});
   }
 
 private:
+  /// Removes the job's checkpoint files (`step-N.ckpt`) but the newest `checkpoint.keep`; never
+  /// `latest`, which the index names now.
+  void prune_checkpoints(const std::string& latest) {
+    if (spec_.checkpoint_keep == 0) return;
+    std::vector<std::pair<std::uint64_t, fs::path>> files;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(spec_.checkpoint_dir, ec)) {
+      const auto name = e.path().filename().string();
+      if (!name.starts_with("step-") || !name.ends_with(".ckpt")) continue;
+      const auto digits = name.substr(5, name.size() - 10);
+      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      files.emplace_back(std::stoull(digits), e.path());
+    }
+    std::sort(files.begin(), files.end());
+    if (files.size() <= spec_.checkpoint_keep) return;
+    files.resize(files.size() - spec_.checkpoint_keep);
+    for (const auto& [_, f] : files)
+      if (f != fs::path{latest} && !fs::remove(f, ec) && ec)
+        log::get("scheduler")->warn("job {}: cannot remove the old checkpoint {}: {}", job_id_, f.string(), ec.message());
+  }
+
   expected<scheduler::plan> plan(const request_plan& m) {
     const auto key = std::make_tuple(m.devices, m.devices_per_node, m.strategy, m.profile_version);
     if (!planner_ || key_ != key) {

@@ -164,6 +164,8 @@ struct common_flags {
   std::string failure_timeout = "3s";
   std::string give_up_after = "30s";
   std::string state_store = "file";
+  std::string default_checkpoints = "state";
+  std::uint32_t default_checkpoint_every = 50;
   bool block = false;
 };
 
@@ -238,8 +240,13 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
   }
   loop.start();
   // The job manager (scheduler actors, job API) lives in the head process.
-  auto jobs =
-      actors::job_service::start((*head)->host(), check(net::endpoint::parse(address)), cfg.transport, cfg.store);
+  actors::job_defaults defaults;
+  if (f.default_checkpoints != "none")
+    defaults.checkpoint_root = f.default_checkpoints == "state" ? (dir / "checkpoints").string()
+                                                                : fs::absolute(f.default_checkpoints).string();
+  defaults.checkpoint_every = f.default_checkpoint_every;
+  auto jobs = actors::job_service::start((*head)->host(), check(net::endpoint::parse(address)), cfg.transport,
+                                         cfg.store, defaults);
   if (!jobs) {
     report(d.report_fd, "error " + jobs.error().message());
     fail(jobs.error());
@@ -505,6 +512,14 @@ void add_cluster_commands(CLI::App& root) {
                     "head: where membership, KV, names and jobs outlive the head process: file (default: "
                     "<state dir>/head-<port>.state), file:PATH, redis://HOST:PORT[/NAMESPACE], or none")
       ->capture_default_str();
+  start->add_option("--default-checkpoints", so->common.default_checkpoints,
+                    "head: where jobs that name no checkpoint directory checkpoint (<dir>/<job id>): state (the "
+                    "state directory's checkpoints/), a directory every node reaches at that path, or none")
+      ->capture_default_str();
+  start->add_option("--default-checkpoint-every", so->common.default_checkpoint_every,
+                    "head: steps between those default checkpoints (a job's checkpoint.every wins)")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1000000u));
   start->add_flag("--block", so->common.block, "stay in the foreground instead of starting a background process");
   start->callback([so, start]() {
     if (so->head == !so->address.empty() && !(so->head == false && std::getenv("FLEXSP_ADDRESS")))

@@ -72,6 +72,10 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     if (!spec_json.contains("model") || !spec_json["model"].is_object()) spec_json["model"] = nlohmann::json::object();
     spec_json["model"][key] = *value;
   }
+  if (f.checkpoint_every > 0 && f.checkpoint_dir.empty()) {
+    fmt::print(stderr, "flexsp train: --checkpoint-every needs --checkpoint-dir\n");
+    return 2;
+  }
   if (!f.checkpoint_dir.empty())
     spec_json["checkpoint"] = {{"dir", f.checkpoint_dir}, {"every", f.checkpoint_every}};
   auto spec = actors::parse_job_spec(spec_json.dump());

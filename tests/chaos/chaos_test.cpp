@@ -17,6 +17,7 @@
 #include <random>
 
 #include "../integration/train_common.hpp"
+#include "../support/redis_server.hpp"
 
 namespace flexsp::testing {
 namespace {
@@ -240,7 +241,7 @@ TEST(Chaos, TheHeadKilledAndRestartedLosesNoJobAndNoStep) {
     const auto down = std::chrono::milliseconds{std::uniform_int_distribution<int>{0, 1500}(rng)};
     SCOPED_TRACE(fmt::format("trial {}: head killed after step {}, down {} ms", t, at, down.count()));
     process_cluster cluster{"chaos-head-restart"};
-    ASSERT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms", process_cluster::free_port()));
+    ASSERT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms", free_loopback_port()));
     std::vector<pid_t> pids = cluster.node_pids();
     pids.push_back(cluster.head_pid());
     std::thread restarter;
@@ -263,6 +264,86 @@ TEST(Chaos, TheHeadKilledAndRestartedLosesNoJobAndNoStep) {
     cluster.stop();
     EXPECT_TRUE(no_process_left(pids)) << "a head or node process outlived the cluster";
   }
+}
+
+TEST(Chaos, TheHeadMovedToAnotherHostWithARedisStateStoreLosesNoJob) {
+  // The head keeps its state in Redis. It is killed mid-job and started again from another
+  // "host": a state directory of its own (no local file of the first head's), the cluster's
+  // secret given by the operator, the same address. Then it is killed once more after the job
+  // ended, and a third head still lists the job as it ended.
+  process_cluster cluster{"chaos-redis"};
+  redis_server redis;
+  if (!redis.start(cluster.state())) GTEST_SKIP() << "redis-server is not installed (scripts/bootstrap.sh installs it)";
+  const auto spec = chaos_job(kSteps);
+  const auto& ref = reference_run(spec);
+  const int port = free_loopback_port();
+  const auto store = redis.url(fmt::format("chaos-{}", ::getpid()));
+  const auto head_flags = fmt::format("start --head --port {} --heartbeat-interval 100ms --failure-timeout 500ms "
+                                      "--state-store {}",
+                                      port, store);
+  auto first = shell(fmt::format("{} {} {} 2>&1", cluster.env(), FLEXSP_CLI_PATH, head_flags));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const auto secret = (cluster.state() / fmt::format("cluster-{}.secret", port)).string();
+  cluster.adopt(fmt::format("127.0.0.1:{}", port), secret);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(cluster.add_node("cpu:2"));
+
+  // Another host's head: its own state directory, stopped at the end.
+  struct other_host {
+    fs::path dir;
+    ~other_host() {
+      (void)shell(fmt::format("FLEXSP_STATE_DIR={} {} stop --grace 2s >/dev/null 2>&1", dir.string(), FLEXSP_CLI_PATH));
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+    pid_t start(const std::string& flags, const std::string& secret) {
+      fs::create_directories(dir);
+      auto r = shell(fmt::format("FLEXSP_STATE_DIR={} {} {} --secret-file {} 2>&1", dir.string(), FLEXSP_CLI_PATH, flags,
+                                 secret));
+      EXPECT_EQ(r.exit_code, 0) << r.output;
+      auto cur = nlohmann::json::parse(read_text(dir / "current_cluster.json"), nullptr, false);
+      return cur.is_discarded() ? 0 : cur["head_pid"].get<pid_t>();
+    }
+    std::vector<std::string> log_lines(const std::string& text) const {
+      std::vector<std::string> out;
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(dir / "logs", ec)) {
+        std::istringstream in{read_text(e.path())};
+        for (std::string line; std::getline(in, line);)
+          if (line.find(text) != std::string::npos) out.push_back(line);
+      }
+      return out;
+    }
+  };
+  other_host second{cluster.state().parent_path() / (cluster.state().filename().string() + "-second")};
+  other_host third{cluster.state().parent_path() / (cluster.state().filename().string() + "-third")};
+
+  pid_t moved = 0;
+  std::thread mover;
+  const auto first_head = cluster.head_pid();
+  auto r = run_job(cluster, spec, [&](const step_record& s) {
+    if (s.step != 8) return;
+    ::kill(first_head, SIGKILL);
+    mover = std::thread{[&] { moved = second.start(head_flags, secret); }};
+  });
+  if (mover.joinable()) mover.join();
+  ASSERT_GT(moved, 0);
+  expect_sound(r, ref, kSteps);
+  EXPECT_FALSE(second.log_lines("taken back from the state store").empty());
+  EXPECT_TRUE(second.log_lines(") lost: ").empty()) << "no node was lost: " << second.log_lines(") lost: ").front();
+
+  // The ended job is still on record for a head started after it.
+  ::kill(moved, SIGKILL);
+  ASSERT_GT(third.start(head_flags, secret), 0);
+  auto client = cluster.client();
+  ASSERT_TRUE(client);
+  auto jobs = client->list();
+  ASSERT_TRUE(jobs) << jobs.error().to_string();
+  ASSERT_EQ(jobs->size(), 1u);
+  EXPECT_EQ(jobs->front().state, actors::job_state::succeeded);
+  EXPECT_EQ(jobs->front().steps_done, kSteps);
+  auto info = client->query(jobs->front().id, 0, false);
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->metrics.size(), kSteps) << "every step's metrics line is on record";
 }
 
 /// A network namespace joined to this one by a veth pair (10.233.N.1 here, 10.233.N.2 there):

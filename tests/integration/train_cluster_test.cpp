@@ -132,6 +132,45 @@ TEST(TrainCluster, StopAfterACheckpointAndResumeOnAnotherNodeCount) {
   fs::remove_all(dir);
 }
 
+TEST(TrainCluster, EveryNodeKilledRewindsToTheClustersDefaultCheckpoint) {
+  // The job names no checkpoint directory: the cluster checkpoints it in its state directory
+  // (here every 4 steps, keeping 2 files). Both nodes are killed; new nodes carry it on from the
+  // latest checkpoint instead of the job failing.
+  process_cluster cluster{"defckpt"};
+  ASSERT_TRUE(cluster.launch(2, "cpu:1"));
+  const auto nodes = cluster.node_pids();
+  ASSERT_EQ(nodes.size(), 2u);
+  auto client = cluster.client();
+  ASSERT_TRUE(client);
+  auto spec = small_job(20);
+  spec.milp = false;
+  spec.checkpoint_every = 4;
+  auto job = client->submit(spec);
+  ASSERT_TRUE(job) << job.error().to_string();
+  std::vector<step_record> steps;
+  bool killed = false;
+  auto final = job->wait([&](const std::string& line) {
+    steps.push_back(parse_step(line));
+    if (!killed && steps.back().step == 9) {
+      killed = true;
+      for (auto p : nodes) ::kill(p, SIGKILL);
+      EXPECT_TRUE(cluster.add_node("cpu:1"));
+      EXPECT_TRUE(cluster.add_node("cpu:1"));
+    }
+  });
+  ASSERT_TRUE(final) << final.error().to_string();
+  EXPECT_EQ(final->state, actors::job_state::succeeded) << final->error;
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(steps.back().step, 19u);
+  const auto dir = cluster.state() / "checkpoints" / job->id();
+  EXPECT_TRUE(fs::exists(dir / "latest.json")) << dir;
+  std::size_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) files += e.path().extension() == ".ckpt";
+  EXPECT_EQ(files, 2u) << "only the newest two checkpoint files are kept";
+  EXPECT_FALSE(cluster.log_lines("restarted from " + (dir / "step-000008.ckpt").string()).empty())
+      << "the job went on from the checkpoint of step 8";
+}
+
 TEST(TrainCluster, AClientWaitingOnAJobWhoseHeadDiesIsToldTheHeadIsGone) {
   process_cluster cluster{"headgone"};
   ASSERT_TRUE(cluster.launch(1, "cpu:1"));

@@ -1,9 +1,7 @@
 #pragma once
 // Shared by the training integration tests: a cluster of real `flexsp` processes started with
 // scripts/launch_cluster.sh in a private state directory, and helpers around it.
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "flexsp/actors/job_client.hpp"
+#include "../support/ports.hpp"
 
 namespace flexsp::testing {
 
@@ -156,19 +155,6 @@ public:
                                FLEXSP_CLI_PATH, port, heartbeat, failure_timeout, extra));
     if (r.exit_code != 0) ADD_FAILURE() << r.output;
     return r.exit_code == 0;
-  }
-
-  /// A TCP port on loopback that nothing listens on now.
-  static int free_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    (void)::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    ::close(fd);
-    return ntohs(a.sin_port);
   }
 
   /// Pid of the head process.

@@ -116,7 +116,10 @@ TEST(JobSpec, RejectionsNameTheField) {
   EXPECT_NE(error_of(R"({"steps": 3, "strategy": "static_degree"})").find("strategy"), std::string::npos);
   EXPECT_EQ(parse_job_spec(R"({"steps": 3, "strategy": "batchada"})")->strategy.kind, strategy_kind::batchada);
   EXPECT_NE(error_of(R"({"steps": 3, "optimizer": {"lr": -1}})").find("optimizer.lr"), std::string::npos);
-  EXPECT_NE(error_of(R"({"steps": 3, "checkpoint": {"every": 5}})").find("checkpoint.dir"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "checkpoint": {"dir": "none", "every": 5}})").find("checkpoint.every"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "checkpoint": {"dir": "/c", "keep": -1}})").find("checkpoint.keep"),
+            std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "data": {"synthetic": "nope"}})").find("data.synthetic"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "data": {"path": "a", "synthetic": "wikipedia"}})").find("data"), std::string::npos);
   EXPECT_NE(error_of(R"({"steps": 3, "batch_size": -2})").find("batch_size"), std::string::npos);
@@ -193,6 +196,26 @@ TEST(JobFits, ACheckpointDirectoryMustBeAbsoluteAndWritable) {
   ASSERT_FALSE(under_file);
   EXPECT_EQ(under_file.error().message().rfind("checkpoint.dir: cannot create /proc/version/ckpt", 0), 0u)
       << under_file.error().message();
+}
+
+TEST(JobSpec, CheckpointsDefaultToTheClustersUnlessTurnedOff) {
+  // No directory: the cluster's default (the job manager fills it in), with any interval given.
+  auto s = parse_job_spec(R"({"steps": 5, "checkpoint": {"every": 2}})");
+  ASSERT_TRUE(s) << s.error().to_string();
+  EXPECT_TRUE(s->checkpoint_dir.empty());
+  EXPECT_FALSE(s->checkpoints_off);
+  EXPECT_EQ(s->checkpoint_keep, 2u);
+  // "none": no checkpoints at all, and it survives the round trip through JSON.
+  auto off = parse_job_spec(R"({"steps": 5, "checkpoint": {"dir": "none"}})");
+  ASSERT_TRUE(off);
+  EXPECT_TRUE(off->checkpoints_off);
+  EXPECT_TRUE(off->checkpoint_dir.empty());
+  auto again = parse_job_spec(job_spec_to_json(*off));
+  ASSERT_TRUE(again) << again.error().to_string();
+  EXPECT_TRUE(again->checkpoints_off);
+  auto kept = parse_job_spec(R"({"steps": 5, "checkpoint": {"dir": "/c", "keep": 0}})");
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(parse_job_spec(job_spec_to_json(*kept))->checkpoint_keep, 0u);
 }
 
 }  // namespace flexsp::actors

@@ -1,10 +1,6 @@
 // The head's state store: every kind keeps the same model; the file kind survives reopening,
 // a torn last record and compaction; the Redis kind runs against a redis-server of its own.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +9,7 @@
 #include <thread>
 
 #include "flexsp/actors/state_store.hpp"
+#include "../../support/redis_server.hpp"
 
 namespace {
 
@@ -150,73 +147,17 @@ TEST(StateStore, ForeignFilesAndUnknownUrlsAreRefused) {
 }
 
 TEST(StateStore, RedisUnreachableIsAClearError) {
-  // A port nothing listens on.
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  const int port = ntohs(a.sin_port);
-  ::close(fd);
+  const int port = flexsp::testing::free_loopback_port();  // nothing listens there
   auto s = open_state_store("redis://127.0.0.1:" + std::to_string(port));
   ASSERT_FALSE(s);
   EXPECT_NE(s.error().message().find("cannot reach redis"), std::string::npos) << s.error().message();
 }
 
-/// A redis-server on a port of its own, without persistence; stopped at the end.
-struct redis_server {
-  pid_t pid = -1;
-  int port = 0;
-  bool start(const fs::path& dir) {
-    if (::system("command -v redis-server >/dev/null 2>&1") != 0) return false;
-    for (int tries = 0; tries < 5 && pid < 0; ++tries) {
-      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-      socklen_t len = sizeof a;
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-      port = ntohs(a.sin_port);
-      ::close(fd);
-      const pid_t child = ::fork();
-      if (child == 0) {
-        const auto p = std::to_string(port);
-        ::execlp("redis-server", "redis-server", "--port", p.c_str(), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", dir.c_str(), "--loglevel", "warning", static_cast<char*>(nullptr));
-        ::_exit(127);
-      }
-      for (int i = 0; i < 200; ++i) {  // up to 20 s on a loaded machine
-        if (auto s = open_state_store("redis://127.0.0.1:" + std::to_string(port))) {
-          pid = child;
-          return true;
-        }
-        int status = 0;
-        if (::waitpid(child, &status, WNOHANG) == child) break;  // the port was taken: try another
-        std::this_thread::sleep_for(std::chrono::milliseconds{100});
-      }
-      if (pid < 0) {
-        ::kill(child, SIGKILL);
-        ::waitpid(child, nullptr, 0);
-      }
-    }
-    return pid > 0;
-  }
-  ~redis_server() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-};
-
 TEST(StateStore, RedisKeepsTablesAndListsAcrossConnections) {
   temp_dir d;
-  redis_server r;
+  flexsp::testing::redis_server r;
   if (!r.start(d.path)) GTEST_SKIP() << "redis-server is not installed or did not start (scripts/bootstrap.sh installs it)";
-  const auto url = "redis://127.0.0.1:" + std::to_string(r.port) + "/test-ns";
+  const auto url = r.url("test-ns");
   {
     auto s = open_state_store(url);
     ASSERT_TRUE(s) << s.error().to_string();
@@ -227,7 +168,7 @@ TEST(StateStore, RedisKeepsTablesAndListsAcrossConnections) {
   EXPECT_EQ((*again)->entries("nodes")->at("1"), "gamma");
   EXPECT_EQ(*(*again)->items("metrics/a"), (std::vector<std::string>{"m0", "m1"}));
   // Another namespace sees nothing of it.
-  auto other = open_state_store("redis://127.0.0.1:" + std::to_string(r.port) + "/other");
+  auto other = open_state_store(r.url("other"));
   ASSERT_TRUE(other);
   EXPECT_TRUE((*other)->entries("nodes")->empty());
 }

@@ -24,6 +24,12 @@ struct embedded_options {
   std::uint16_t port = 0;
 };
 
+/// Defaults a head applies to submitted jobs (scheduler_config).
+struct job_defaults {
+  std::string checkpoint_root;  ///< empty: jobs without a checkpoint directory have none
+  std::uint32_t checkpoint_every = 50;
+};
+
 /// The job side of a head process: the job manager, whose scheduler actors and "jobs" API actor
 /// are published on the head's actor host (the API is also registered under the name "jobs").
 /// `flexsp start --head` runs one next to its head service.
@@ -34,7 +40,8 @@ public:
   /// served (job_manager::recover).
   static expected<std::unique_ptr<job_service>> start(std::shared_ptr<actor_host> host, net::endpoint head,
                                                       net::transport_config transport,
-                                                      std::shared_ptr<state_store> store = {});
+                                                      std::shared_ptr<state_store> store = {},
+                                                      job_defaults defaults = {});
   ~job_service();
   job_manager& jobs() { return *jobs_; }
   std::shared_ptr<actor_host> host() const { return host_; }

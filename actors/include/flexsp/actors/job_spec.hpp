@@ -7,7 +7,7 @@
 ///  "model": {"layers": 2, "d_model": 64, "heads": 4, "vocab": 256, "max_seq": 1024},
 ///  "data": {"synthetic": "wikipedia"},            // or {"path": "docs.jsonl"} / a text directory
 ///  "optimizer": {"lr": 0.003, "weight_decay": 0.0, "warmup": 5},
-///  "checkpoint": {"dir": "ckpt", "every": 10}}
+///  "checkpoint": {"dir": "ckpt", "every": 10, "keep": 2}}   // "dir": "none": no checkpoints
 /// ```
 /// Every key but `steps` has a default. Extra keys: `calibrate` (bool, default true: a short
 /// profiling phase fits the planner's cost model to the devices), `collective_timeout_ms`
@@ -76,8 +76,12 @@ struct job_spec {
   std::uint64_t seed = 1;
   optimizer_settings optimizer;
   std::uint32_t warmup = 5;              ///< linear learning-rate warmup, steps
-  std::string checkpoint_dir;            ///< empty: no checkpoints
-  std::uint32_t checkpoint_every = 0;    ///< 0: only at the end (when a dir is set)
+  /// Empty: the cluster's default checkpoint directory, if it has one (`"dir": "none"` sets
+  /// `checkpoints_off`: none at all).
+  std::string checkpoint_dir;
+  std::uint32_t checkpoint_every = 0;    ///< 0: the cluster's default interval, or only at the end
+  std::uint32_t checkpoint_keep = 2;     ///< newest checkpoint files kept; 0: all
+  bool checkpoints_off = false;          ///< `"checkpoint": {"dir": "none"}`
   bool calibrate = true;
   std::uint32_t collective_timeout_ms = 10000;
   double planner_time_limit_ms = 200;

@@ -45,6 +45,11 @@ struct scheduler_config {
   std::shared_ptr<actor_host> host;      ///< the head process's actor host (devices reach the scheduler here)
   core::actor_system* system = nullptr;  ///< runs the scheduler actors and their workers
   std::shared_ptr<state_store> store;    ///< where jobs are recorded; none when null
+  /// Where a job that names no checkpoint directory checkpoints (`<root>/<job id>`), every
+  /// `default_checkpoint_every` steps unless it says; empty: such a job has none. Devices
+  /// write there, so every node must reach it at this path (one host, or a shared file system).
+  std::string default_checkpoint_root;
+  std::uint32_t default_checkpoint_every = 50;
 };
 
 /// A job as a state store recorded it.
