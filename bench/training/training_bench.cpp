@@ -5,7 +5,8 @@
 //   2. recovery time from the loss of a node to the next committed step, between real processes
 //      (3 nodes x 2 CPU devices, 100 ms heartbeats, 500 ms failure timeout): kill -9 (the
 //      connection closes) and SIGSTOP (the node hangs; only heartbeats tell); after a SIGSTOP,
-//      SIGCONT once the job recovered, and the time until the node's devices train again.
+//      SIGCONT once the job recovered, and the time until the node's devices train again; and
+//      kill -9 of the head with a new head started at once on its port (from its state store).
 // Correctness is reported next to speed: `#wrong` counts steps not committed exactly once.
 #include <signal.h>
 #include <sys/wait.h>
@@ -28,6 +29,7 @@
 
 #include "flexsp/actors/embedded.hpp"
 #include "flexsp/actors/job_client.hpp"
+#include "../../tests/support/ports.hpp"
 #include "flexsp/core/log.hpp"
 
 namespace {
@@ -107,6 +109,9 @@ struct recovery_trial {
   std::string state;
 };
 
+/// Not a signal to a node: kill -9 of the head, then a new head on its port (its state store).
+constexpr int kHeadRestart = -1;
+
 recovery_trial recovery(int signal_to_send) {
   recovery_trial out;
   std::random_device rd;
@@ -114,9 +119,10 @@ recovery_trial recovery(int signal_to_send) {
   fs::create_directories(state);
   const std::string env = fmt::format("FLEXSP_STATE_DIR={} FLEXSP_BIN={}", state.string(), FLEXSP_CLI_PATH);
   int rc = 0;
-  auto launch = shell(fmt::format("{} {}/scripts/launch_cluster.sh --nodes 3 --devices cpu:2 --port 0 "
+  const int port = signal_to_send == kHeadRestart ? flexsp::testing::free_loopback_port() : 0;
+  auto launch = shell(fmt::format("{} {}/scripts/launch_cluster.sh --nodes 3 --devices cpu:2 --port {} "
                                   "--heartbeat-interval 100ms --failure-timeout 500ms",
-                                  env, FLEXSP_SOURCE_DIR),
+                                  env, FLEXSP_SOURCE_DIR, port),
                       &rc);
   auto cur = nlohmann::json::parse(read_text(state / "current_cluster.json"), nullptr, false);
   if (rc != 0 || cur.is_discarded()) {
@@ -156,7 +162,17 @@ recovery_trial recovery(int signal_to_send) {
         if (sent_at == 0 && next == 8 && !nodes.empty()) {
           sent_at = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
                         .count();
-          ::kill(nodes.back(), signal_to_send);
+          if (signal_to_send == kHeadRestart) {
+            ::kill(cur["head_pid"].get<pid_t>(), SIGKILL);
+            int head_rc = 0;
+            auto again = shell(fmt::format("{} {} start --head --port {} --heartbeat-interval 100ms --failure-timeout "
+                                           "500ms 2>&1",
+                                           env, FLEXSP_CLI_PATH, address.substr(address.rfind(':') + 1)),
+                               &head_rc);
+            if (head_rc != 0) fmt::print(stderr, "the head did not start again: {}\n", again);
+          } else {
+            ::kill(nodes.back(), signal_to_send);
+          }
         } else if (sent_at != 0 && out.ms < 0 && committed > sent_at) {
           out.ms = static_cast<double>(committed - sent_at);
           if (signal_to_send == SIGSTOP) {
@@ -172,7 +188,7 @@ recovery_trial recovery(int signal_to_send) {
       out.state = final ? std::string{actors::to_string(final->state)} : final.error().to_string();
     }
   }
-  if (!nodes.empty()) ::kill(nodes.back(), SIGKILL);
+  if (!nodes.empty() && signal_to_send != kHeadRestart) ::kill(nodes.back(), SIGKILL);
   (void)shell(fmt::format("{} {}/scripts/launch_cluster.sh --stop --port {}", env, FLEXSP_SOURCE_DIR,
                           address.substr(address.rfind(':') + 1)));
   std::error_code ec;
@@ -202,21 +218,24 @@ int main(int argc, char** argv) {
   (void)flexsp::log::configure("warn");
   int rc = overhead_and_cost_model(steps, devices);
   fmt::print("\n## recovery: 3 nodes x 2 CPU devices, heartbeat 100 ms, failure timeout 500 ms; signal sent after the "
-             "8th committed step\n");
+             "8th committed step (head: kill -9 of the head, a new head started at once on its port)\n");
   fmt::print("| signal | trial | ms to the next committed step | SIGCONT: ms until every device trains again | job | "
              "#wrong |\n");
-  for (int sig : {SIGKILL, SIGSTOP}) {
+  for (int sig : {SIGKILL, SIGSTOP, kHeadRestart}) {
+    const char* name = sig == SIGKILL ? "kill -9" : sig == SIGSTOP ? "SIGSTOP" : "head kill -9 + restart";
     std::vector<double> all, resumed;
     for (int t = 0; t < trials; ++t) {
       auto r = recovery(sig);
-      fmt::print("| {} | {} | {:.0f} | {} | {} | {} |\n", sig == SIGKILL ? "kill -9" : "SIGSTOP", t + 1, r.ms,
+      fmt::print("| {} | {} | {:.0f} | {} | {} | {} |\n", name, t + 1, r.ms,
                  sig == SIGSTOP ? fmt::format("{:.0f}", r.resumed_ms) : std::string{"-"}, r.state, r.wrong);
       std::fflush(stdout);
       if (r.ms >= 0) all.push_back(r.ms);
       if (r.resumed_ms >= 0) resumed.push_back(r.resumed_ms);
       if (r.wrong != 0 || r.state != "succeeded" || r.ms < 0) rc = 1;
     }
-    nlohmann::json j{{"bench", "recovery"}, {"signal", sig == SIGKILL ? "kill" : "stop"}, {"mean_ms", mean(all)},
+    nlohmann::json j{{"bench", "recovery"},
+                     {"signal", sig == SIGKILL ? "kill" : sig == SIGSTOP ? "stop" : "head-restart"},
+                     {"mean_ms", mean(all)},
                      {"max_ms", all.empty() ? -1.0 : *std::max_element(all.begin(), all.end())}};
     if (sig == SIGSTOP) {
       j["resumed_mean_ms"] = mean(resumed);
