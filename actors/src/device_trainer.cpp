@@ -202,13 +202,17 @@ expected<cluster_client*> device_trainer::client() {
   return client_.get();
 }
 
-expected<std::shared_ptr<kernels::gpu::device>> device_trainer::gpu() {
-  if (gpu_) return gpu_;
+expected<std::shared_ptr<kernels::device>> device_trainer::compute_device() {
+  if (device_) return device_;
+  if (context_.device.kind != device_kind::cuda) {
+    device_ = std::shared_ptr<kernels::device>{kernels::make_host_device()};
+    return device_;
+  }
   auto opened = kernels::gpu::open_device(static_cast<int>(context_.device.index));
   if (!opened) return make_error(opened.error().kind(), "{}: cannot open the GPU: {}", name_, opened.error().message());
-  gpu_ = std::shared_ptr<kernels::gpu::device>{std::move(*opened)};
-  log::get("device")->info("{}: compute backend cuda on {}", name_, gpu_->description());
-  return gpu_;
+  device_ = std::shared_ptr<kernels::device>{std::move(*opened)};
+  log::get("device")->info("{}: compute backend cuda on {}", name_, device_->description());
+  return device_;
 }
 
 void device_trainer::handle(join_job m) {
@@ -269,12 +273,8 @@ void device_trainer::handle(join_job m) {
           j->state = std::move(old->second->state);
       }
       if (!j->state) {
-        if (on_gpu) {
-          FLEXSP_TRY_ASSIGN(auto dev, gpu());
-          FLEXSP_TRY_ASSIGN(j->state, make_gpu_replica(std::move(dev), m.model, m.seed, m.optimizer));
-        } else {
-          FLEXSP_TRY_ASSIGN(j->state, make_cpu_replica(m.model, m.seed, m.optimizer));
-        }
+        FLEXSP_TRY_ASSIGN(auto dev, compute_device());
+        FLEXSP_TRY_ASSIGN(j->state, replica::create(std::move(dev), m.model, m.seed, m.optimizer));
         if (!m.resume_from.empty()) FLEXSP_TRY(j->state->load(m.resume_from));
       }
       return j;

@@ -1,11 +1,11 @@
 #pragma once
-// One device's copy of a job's training state (parameters, gradients, AdamW moments) on the
-// backend the device runs: host memory and the CPU kernels, or GPU memory and the CUDA kernels.
-// The device trainer drives a step through this interface only.
+// One device's copy of a job's training state: a kernels::model (parameters, gradients, AdamW
+// moments) on the device the device actor runs, host or CUDA, with the job's optimizer
+// settings. The device trainer drives a step through this class only.
 //
-// Both backends keep the state in the same flat layout, so checksums, checkpoints and state
-// broadcasts mean the same thing on either. A job runs on one backend: fp32 results of the two
-// differ in rounding, and the commit protocol requires bitwise-equal replicas.
+// The state has the same flat layout on every device, so checksums, checkpoints and state
+// broadcasts mean the same thing everywhere. A job runs on one kind of device: fp32 results of
+// the host and a GPU differ in rounding, and the commit protocol requires bitwise-equal replicas.
 
 #include <cstdint>
 #include <memory>
@@ -15,7 +15,7 @@
 #include "flexsp/actors/training_messages.hpp"
 #include "flexsp/core/error.hpp"
 #include "flexsp/kernels/collectives.hpp"
-#include "flexsp/kernels/gpu.hpp"
+#include "flexsp/kernels/device.hpp"
 #include "flexsp/kernels/model.hpp"
 #include "flexsp/kernels/ulysses.hpp"
 
@@ -23,41 +23,41 @@ namespace flexsp::actors {
 
 class replica {
 public:
-  virtual ~replica() = default;
+  /// A replica of the model `shape` describes, initialised from `seed`, on `device` (kept alive
+  /// by the replica). errc::invalid_argument for a precision `device` cannot run,
+  /// errc::overloaded when its memory is full.
+  static expected<std::unique_ptr<replica>> create(std::shared_ptr<kernels::device> device, const model_shape& shape,
+                                                   std::uint64_t seed, const optimizer_settings& opt);
 
   /// "cpu" or "cuda"
-  virtual std::string_view backend() const noexcept = 0;
-  virtual std::uint64_t parameters() const noexcept = 0;
-  virtual std::int64_t optimizer_steps() const noexcept = 0;
-  /// kernels::fingerprint of parameters, first and second moments as one sequence (computed
-  /// where the state lives; the same value for the same bits on either backend).
-  virtual expected<std::uint64_t> checksum() = 0;
+  std::string_view backend() const noexcept { return model_.dev().host_memory() ? "cpu" : "cuda"; }
+  std::uint64_t parameters() const noexcept { return static_cast<std::uint64_t>(model_.size()); }
+  std::int64_t optimizer_steps() const noexcept { return model_.steps(); }
+  /// kernels::fingerprint of parameters, first and second moments as one sequence.
+  expected<std::uint64_t> checksum() const { return model_.fingerprint(); }
 
-  virtual expected<void> zero_grads() = 0;
-  /// One micro-batch on this rank of the SP group (kernels::gpt_model::forward_backward):
-  /// accumulates gradients and returns the sum of this rank's token losses. Returns once the
-  /// device finished the work, so the caller's wall time is the compute time.
-  virtual expected<double> forward_backward(kernels::communicator& group, const kernels::ulysses_layout& layout,
-                                            const kernels::local_inputs& inputs, float loss_scale) = 0;
+  expected<void> zero_grads() { return model_.zero_grads(); }
+  /// One micro-batch on this rank of the SP group: accumulates gradients and returns the sum of
+  /// this rank's token losses, once the device finished the work (the caller times it).
+  expected<double> forward_backward(kernels::communicator& group, const kernels::ulysses_layout& layout,
+                                    const kernels::local_inputs& inputs, float loss_scale);
   /// Sums gradients over `world` (data parallelism).
-  virtual expected<void> all_reduce_gradients(kernels::communicator& world) = 0;
+  expected<void> all_reduce_gradients(kernels::communicator& world) { return kernels::all_reduce_gradients(world, model_); }
   /// Replaces this replica's state (parameters, moments, optimizer step) by rank `root`'s.
-  virtual expected<void> broadcast(kernels::communicator& world, int root) = 0;
+  expected<void> broadcast(kernels::communicator& world, int root) {
+    return kernels::broadcast_training_state(world, root, model_);
+  }
   /// Gradient clipping, then one AdamW update at learning rate `lr`.
-  virtual expected<void> optimizer_step(float lr) = 0;
+  expected<void> optimizer_step(float lr);
 
-  virtual expected<void> save(const std::string& path) = 0;
-  virtual expected<void> load(const std::string& path) = 0;
+  expected<void> save(const std::string& path) const { return kernels::save_checkpoint(path, model_); }
+  expected<void> load(const std::string& path) { return kernels::load_checkpoint(path, model_); }
+
+private:
+  replica(kernels::model m, const optimizer_settings& opt);
+  kernels::model model_;
+  kernels::adamw_params hyper_;
+  double max_grad_norm_;
 };
-
-/// A replica in host memory.
-expected<std::unique_ptr<replica>> make_cpu_replica(const model_shape& shape, std::uint64_t seed,
-                                                    const optimizer_settings& opt);
-
-/// A replica on `device` (kept alive by the replica). Parameters are initialised on the host
-/// with the same seed as a CPU replica, then uploaded. errc::overloaded when the GPU is full.
-expected<std::unique_ptr<replica>> make_gpu_replica(std::shared_ptr<kernels::gpu::device> device,
-                                                    const model_shape& shape, std::uint64_t seed,
-                                                    const optimizer_settings& opt);
 
 }  // namespace flexsp::actors

@@ -21,7 +21,7 @@
 #include "flexsp/kernels/attention.hpp"
 #include "flexsp/kernels/data.hpp"
 #include "flexsp/kernels/gpu.hpp"
-#include "flexsp/kernels/gpu_model.hpp"
+#include "flexsp/kernels/model.hpp"
 #include "flexsp/kernels/model.hpp"
 #include "flexsp/kernels/ops.hpp"
 
@@ -226,11 +226,11 @@ void bench_gemm(gpu::device& dev, const gemm_shape& sh, int reps, bool check) {
 
 // ---- training step ---------------------------------------------------------------------
 
-void bench_step(gpu::device& dev, const char* name, const gpt_config& cfg, const std::vector<std::int64_t>& lengths,
+void bench_step(const std::shared_ptr<gpu::device>& dev, const char* name, const model_config& cfg, const std::vector<std::int64_t>& lengths,
                 int steps, bool check_loss_on_cpu, gpu::dtype attention = gpu::dtype::f32,
                 gpu::gemm_math math = gpu::gemm_math::fp32) {
-  auto model = must(gpt_model::create(cfg, 1), "model");
-  auto replica = must(gpu::gpt_replica::create(dev, model), "replica");
+  auto cpu = must(model::create(cfg, 1), "model");
+  auto replica = must(model::create(dev, cfg, 1), "replica");
   replica.set_attention_type(attention);
   replica.set_gemm_math(math);
   const bool mixed = attention == gpu::dtype::bf16 || math == gpu::gemm_math::tf32;
@@ -246,15 +246,16 @@ void bench_step(gpu::device& dev, const char* name, const gpt_config& cfg, const
                    "inputs");
     if (step == 0 && check_loss_on_cpu) {
       auto comm = make_local_communicator();
-      auto ref = must(model.forward_backward(*comm, layout, in, scale, false), "cpu forward");
-      auto loss = must(replica.forward_backward(in, lengths, scale), "gpu forward");
+      auto ref = must(cpu.forward_backward(*comm, layout, in, scale, {.backward = false}), "cpu forward");
+      auto loss = must(replica.forward_backward(in, lengths, scale), "gpu forward").loss_sum;
       if (std::abs(loss - ref.loss_sum) > loss_tolerance * std::abs(ref.loss_sum)) ++wrong;
       must(replica.zero_grads(), "zero");
     }
     double loss = 0;
-    const auto t = must(dev.time_ms([&]() -> expected<void> {
+    const auto t = must(dev->time_ms([&]() -> expected<void> {
       FLEXSP_TRY(replica.zero_grads());
-      FLEXSP_TRY_ASSIGN(loss, replica.forward_backward(in, lengths, scale));
+      FLEXSP_TRY_ASSIGN(const auto r, replica.forward_backward(in, lengths, scale));
+      loss = r.loss_sum;
       FLEXSP_TRY(replica.optimizer_step(adamw_params{}, 1.0));
       return {};
     }), "step");
@@ -291,13 +292,14 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  auto dev = gpu::open_device(0);
-  if (!dev) {
-    std::printf("SKIP: no GPU to benchmark: %s\n", dev.error().to_string().c_str());
+  auto opened = gpu::open_device(0);
+  if (!opened) {
+    std::printf("SKIP: no GPU to benchmark: %s\n", opened.error().to_string().c_str());
     return 77;
   }
   g_json.open(json_path);
-  std::printf("device: %s\n", (*dev)->description().c_str());
+  std::shared_ptr<gpu::device> dev{std::move(*opened)};
+  std::printf("device: %s\n", dev->description().c_str());
   const int reps = quick ? 3 : 10;
 
   // Long-tail batch (Wikipedia-like: a few long documents, many short ones) and uniform ones.
@@ -310,7 +312,7 @@ int main(int argc, char** argv) {
       {"short-512x64", std::vector<std::int64_t>(64, 512), 16, 64},
   };
   for (const auto type : {gpu::dtype::f32, gpu::dtype::bf16})
-    for (const auto& s : shapes) bench_attention(**dev, s, reps, type);
+    for (const auto& s : shapes) bench_attention(*dev, s, reps, type);
 
   const std::vector<gemm_shape> gemms{
       {"qkv 16k x 1024", 16384, 3072, 1024},
@@ -319,17 +321,17 @@ int main(int argc, char** argv) {
       {"square 4096", 4096, 4096, 4096},
       {"square 8192", 8192, 8192, 8192},
   };
-  for (const auto& g : gemms) bench_gemm(**dev, g, reps, g.m * g.n * g.k <= 4096LL * 4096 * 4096);
+  for (const auto& g : gemms) bench_gemm(*dev, g, reps, g.m * g.n * g.k <= 4096LL * 4096 * 4096);
 
-  bench_step(**dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
+  bench_step(dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
              {4096, 1500, 900, 600, 400, 300, 200, 100}, quick ? 2 : 5, true);
-  bench_step(**dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
+  bench_step(dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
              {4096, 1500, 900, 600, 400, 300, 200, 100}, quick ? 2 : 5, true, gpu::dtype::bf16);
-  bench_step(**dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
+  bench_step(dev, "reference", {.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096},
              {4096, 1500, 900, 600, 400, 300, 200, 100}, quick ? 2 : 5, true, gpu::dtype::bf16, gpu::gemm_math::tf32);
-  bench_step(**dev, "gpt-small", {.layers = 12, .d_model = 768, .heads = 12, .vocab = 256, .max_positions = 8192},
+  bench_step(dev, "gpt-small", {.layers = 12, .d_model = 768, .heads = 12, .vocab = 256, .max_positions = 8192},
              {8192, 3001, 2048, 1024, 700, 513, 300, 200, 120, 80, 33, 20, 7, 1}, quick ? 2 : 4, false);
-  bench_step(**dev, "gpt-small", {.layers = 12, .d_model = 768, .heads = 12, .vocab = 256, .max_positions = 8192},
+  bench_step(dev, "gpt-small", {.layers = 12, .d_model = 768, .heads = 12, .vocab = 256, .max_positions = 8192},
              {8192, 3001, 2048, 1024, 700, 513, 300, 200, 120, 80, 33, 20, 7, 1}, quick ? 2 : 4, false,
              gpu::dtype::bf16, gpu::gemm_math::tf32);
 

@@ -13,9 +13,8 @@
 using namespace flexsp::kernels;
 
 int main() {
-  const gpt_config cfg{.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096};
-  auto model = gpt_model::create(cfg, 1).value();
-  adamw_optimizer opt{model, {}};
+  const model_config cfg{.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096};
+  auto mdl = model::create(cfg, 1).value();
   const std::vector<std::int64_t> lengths{4096, 1500, 900, 600, 400, 300, 200, 100};
   const auto tokens = std::accumulate(lengths.begin(), lengths.end(), std::int64_t{0});
   auto comm = make_local_communicator();
@@ -26,13 +25,13 @@ int main() {
   for (int step = 0; step <= kSteps; ++step) {
     auto in = shard_inputs(layout, synthetic_sequences(lengths, 10 + step)).value();
     const auto t0 = std::chrono::steady_clock::now();
-    model.zero_grads();
-    auto res = model.forward_backward(*comm, layout, in, 1.0f / static_cast<float>(tokens));
+    (void)mdl.zero_grads().value();
+    auto res = mdl.forward_backward(*comm, layout, in, 1.0f / static_cast<float>(tokens));
     if (!res) {
       std::fprintf(stderr, "%s\n", res.error().to_string().c_str());
       return 1;
     }
-    opt.step(model, 1.0);
+    mdl.optimizer_step({}, 1.0).value();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (step > 0) secs.push_back(s);  // step 0 warms caches and the allocator
     (step == 0 ? first_loss : last_loss) = res->loss_sum / static_cast<double>(tokens);

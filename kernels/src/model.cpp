@@ -5,8 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <random>
-
-#include "flexsp/kernels/attention.hpp"
+#include <vector>
 
 namespace flexsp::kernels {
 
@@ -36,38 +35,43 @@ private:
   float spare_ = 0;
   bool have_spare_ = false;
 };
+// Per-layer activations kept for the backward pass (one slot each, see slot_of).
+enum layer_slot : std::size_t { x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_h, att_h, lse, att, x_mid, ln2, ln2_mean,
+                                ln2_rstd, fc, act, qkv_b, att_b, kLayerSlots };
+// Buffers of one step that are not per layer.
+enum step_slot : std::size_t { tokens, positions, targets, x, lnf, lnf_mean, lnf_rstd, logits, dlogits, dlnf, dx, dact,
+                               dfc, dln, dtmp, datt, datt_h, dqkv_h, dqkv, attn_fwd_ws, attn_bwd_ws, xsend, xrecv,
+                               datt_b, dqkv_b, kStepSlots };
 }  // namespace
 
-expected<void> gpt_config::validate() const {
-  if (layers < 1) return make_error(errc::invalid_argument, "gpt_config.layers = {} (must be >= 1)", layers);
-  if (d_model < 1) return make_error(errc::invalid_argument, "gpt_config.d_model = {} (must be >= 1)", d_model);
+expected<void> model_config::validate() const {
+  if (layers < 1) return make_error(errc::invalid_argument, "model_config.layers = {} (must be >= 1)", layers);
+  if (d_model < 1) return make_error(errc::invalid_argument, "model_config.d_model = {} (must be >= 1)", d_model);
   if (heads < 1 || d_model % heads != 0)
-    return make_error(errc::invalid_argument, "gpt_config.heads = {} must divide d_model = {}", heads, d_model);
-  if (vocab < 1) return make_error(errc::invalid_argument, "gpt_config.vocab = {} (must be >= 1)", vocab);
+    return make_error(errc::invalid_argument, "model_config.heads = {} must divide d_model = {}", heads, d_model);
+  if (vocab < 1) return make_error(errc::invalid_argument, "model_config.vocab = {} (must be >= 1)", vocab);
   if (max_positions < 1)
-    return make_error(errc::invalid_argument, "gpt_config.max_positions = {} (must be >= 1)", max_positions);
+    return make_error(errc::invalid_argument, "model_config.max_positions = {} (must be >= 1)", max_positions);
   return {};
 }
 
-std::int64_t gpt_config::parameter_count() const noexcept {
+std::int64_t model_config::parameter_count() const noexcept {
   const std::int64_t D = d_model;
   const std::int64_t per_layer = 2 * D + D * 3 * D + 3 * D + D * D + D + 2 * D + D * 4 * D + 4 * D + 4 * D * D + D;
   return vocab * D + max_positions * D + layers * per_layer + 2 * D;
 }
 
-struct gpt_model::layer_params {
-  std::span<float> ln1_g, ln1_b, w_qkv, b_qkv, w_o, b_o, ln2_g, ln2_b, w_fc, b_fc, w_proj, b_proj;
-};
 
-expected<gpt_model> gpt_model::create(const gpt_config& config, std::uint64_t seed) {
-  FLEXSP_TRY(config.validate());
-  gpt_model m;
-  m.config_ = config;
+namespace {
+
+/// The parameter table of `config` (names, offsets, shapes, decay).
+std::vector<parameter_info> parameter_table(const model_config& config) {
+  std::vector<parameter_info> table;
   const std::int64_t D = config.d_model;
   std::int64_t off = 0;
   auto add = [&](std::string name, shape_t shape, bool decay) {
     const auto n = numel_of(shape);
-    m.table_.push_back({std::move(name), off, std::move(shape), decay});
+    table.push_back({std::move(name), off, std::move(shape), decay});
     off += n;
   };
   add("wte", {config.vocab, D}, true);
@@ -90,12 +94,17 @@ expected<gpt_model> gpt_model::create(const gpt_config& config, std::uint64_t se
   add("ln_f.g", {D}, false);
   add("ln_f.b", {D}, false);
   FLEXSP_ASSERT(off == config.parameter_count(), "parameter table {} vs count {}", off, config.parameter_count());
-  m.params_.assign(sz(off), 0.0f);
-  m.grads_.assign(sz(off), 0.0f);
+  return table;
+}
+
+/// GPT-2 initialisation of the flat parameter buffer, on the host.
+std::vector<float> initial_parameters(const model_config& config, const std::vector<parameter_info>& table,
+                                      std::uint64_t seed) {
+  std::vector<float> params(sz(config.parameter_count()), 0.0f);
   normal_source rng{seed};
   const float proj_std = 0.02f / std::sqrt(2.0f * static_cast<float>(config.layers));
-  for (const auto& p : m.table_) {
-    float* v = m.params_.data() + p.offset;
+  for (const auto& p : table) {
+    float* v = params.data() + p.offset;
     const auto n = numel_of(p.shape);
     const bool gain = p.name.ends_with(".g");
     const bool is_matrix = p.shape.size() == 2;
@@ -103,166 +112,437 @@ expected<gpt_model> gpt_model::create(const gpt_config& config, std::uint64_t se
     for (std::int64_t i = 0; i < n; ++i)
       v[i] = gain ? 1.0f : is_matrix ? rng.next(is_proj ? proj_std : 0.02f) : 0.0f;
   }
-  return m;
+  return params;
 }
 
-expected<parameter_info> gpt_model::find(std::string_view name) const {
-  for (const auto& p : table_)
+}  // namespace
+
+struct model::state {
+  std::shared_ptr<device> dev;
+  model_config config;
+  std::vector<parameter_info> table;
+  buffer params, grads, m, v;
+  std::int64_t step = 0;
+  dtype attention = dtype::f32;
+  gemm_math math = gemm_math::fp32;
+  // Scratch reused across steps, grown when a step needs more.
+  std::vector<buffer> slots;
+
+  std::int64_t count() const { return config.parameter_count(); }
+  float* param(std::size_t i) const { return params.as<float>() + table[i].offset; }
+  float* grad(std::size_t i) const { return grads.as<float>() + table[i].offset; }
+
+  template <class T = float>
+  expected<T*> scratch(std::size_t slot, std::size_t elements) {
+    if (slots.size() <= slot) slots.resize(slot + 1);
+    const std::size_t bytes = std::max<std::size_t>(1, elements) * sizeof(T);
+    if (slots[slot].bytes() < bytes) {
+      slots[slot] = buffer{};  // free first: peak memory stays at one copy
+      FLEXSP_TRY_ASSIGN(slots[slot], dev->allocate(bytes));
+    }
+    return slots[slot].template as<T>();
+  }
+  std::size_t layer_slot_of(std::int64_t layer, layer_slot s) const {
+    return kStepSlots + sz(layer) * kLayerSlots + s;
+  }
+  std::span<float> host(const buffer& b) const {
+    FLEXSP_EXPECTS(dev->host_memory(), "host spans of a model on {}", dev->description());
+    return {b.as<float>(), sz(count())};
+  }
+};
+
+model::model(std::unique_ptr<state> s) : s_{std::move(s)} {}
+model::model(model&&) noexcept = default;
+model& model::operator=(model&&) noexcept = default;
+model::~model() = default;
+
+expected<model> model::create(std::shared_ptr<device> dev, const model_config& config, std::uint64_t seed) {
+  FLEXSP_EXPECTS(dev != nullptr, "a model needs a device");
+  FLEXSP_TRY(config.validate());
+  auto s = std::make_unique<state>();
+  s->dev = std::move(dev);
+  s->config = config;
+  s->table = parameter_table(config);
+  const auto init = initial_parameters(config, s->table, seed);
+  const std::size_t bytes = init.size() * sizeof(float);
+  auto& d = *s->dev;
+  FLEXSP_TRY_ASSIGN(s->params, d.allocate(bytes));
+  FLEXSP_TRY_ASSIGN(s->grads, d.allocate(bytes));
+  FLEXSP_TRY_ASSIGN(s->m, d.allocate(bytes));
+  FLEXSP_TRY_ASSIGN(s->v, d.allocate(bytes));
+  FLEXSP_TRY(d.copy_to_device(s->params.get(), init.data(), bytes));
+  FLEXSP_TRY(d.fill_zero(s->grads.get(), bytes));
+  FLEXSP_TRY(d.fill_zero(s->m.get(), bytes));
+  FLEXSP_TRY(d.fill_zero(s->v.get(), bytes));
+  FLEXSP_TRY(d.synchronize());
+  return model{std::move(s)};
+}
+
+expected<model> model::create(const model_config& config, std::uint64_t seed) {
+  return create(std::shared_ptr<device>{make_host_device()}, config, seed);
+}
+
+const model_config& model::config() const noexcept { return s_->config; }
+const std::vector<parameter_info>& model::parameters() const noexcept { return s_->table; }
+expected<parameter_info> model::find(std::string_view name) const {
+  for (const auto& p : s_->table)
     if (p.name == name) return p;
   return make_error(errc::not_found, "no parameter named '{}'", name);
 }
+device& model::dev() const noexcept { return *s_->dev; }
+std::shared_ptr<device> model::device_ptr() const noexcept { return s_->dev; }
+std::int64_t model::size() const noexcept { return s_->count(); }
+dtype model::attention_type() const noexcept { return s_->attention; }
+void model::set_attention_type(dtype type) noexcept { s_->attention = type; }
+gemm_math model::gemm_arithmetic() const noexcept { return s_->math; }
+void model::set_gemm_math(gemm_math math) noexcept { s_->math = math; }
+float* model::params() const noexcept { return s_->params.as<float>(); }
+float* model::grads() const noexcept { return s_->grads.as<float>(); }
+float* model::first_moments() const noexcept { return s_->m.as<float>(); }
+float* model::second_moments() const noexcept { return s_->v.as<float>(); }
+std::span<float> model::host_params() const { return s_->host(s_->params); }
+std::span<float> model::host_grads() const { return s_->host(s_->grads); }
+std::span<float> model::host_first_moments() const { return s_->host(s_->m); }
+std::span<float> model::host_second_moments() const { return s_->host(s_->v); }
+std::int64_t model::steps() const noexcept { return s_->step; }
+void model::set_steps(std::int64_t steps) noexcept { s_->step = steps; }
 
-void gpt_model::zero_grads() noexcept { std::fill(grads_.begin(), grads_.end(), 0.0f); }
+expected<void> model::zero_grads() { return s_->dev->fill_zero(s_->grads.get(), s_->grads.bytes()); }
 
-gpt_model::layer_params gpt_model::layer(std::int64_t l, std::span<float> buf) const {
-  const auto base = sz(2 + l * 12);
-  auto at = [&](std::size_t i) {
-    const auto& p = table_[base + i];
-    return buf.subspan(sz(p.offset), sz(numel_of(p.shape)));
-  };
-  return {at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10), at(11)};
+expected<micro_batch_result> model::forward_backward(const local_inputs& in, std::span<const std::int64_t> lengths,
+                                                     float loss_scale, forward_options options) {
+  for (auto len : lengths)
+    if (len < 0) return make_error(errc::invalid_argument, "negative sequence length {}", len);
+  FLEXSP_TRY_ASSIGN(auto layout, ulysses_layout::make({lengths.begin(), lengths.end()}, 1, 0, s_->config.heads));
+  auto local = make_local_communicator();
+  return forward_backward(*local, layout, in, loss_scale, options);
 }
 
 namespace {
-struct layer_cache {
-  std::vector<float> x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_h, att_h, lse, att, x_mid, ln2, ln2_mean, ln2_rstd, fc,
-      act;
+// Three consecutive [N, hm, Dh] blocks of one buffer: Q, K, V or their gradients.
+struct three_blocks {
+  void* q;
+  void* k;
+  void* v;
 };
-void resize(std::vector<float>& v, std::int64_t n) { v.assign(sz(n), 0.0f); }
+template <class T>
+three_blocks split3(T* first, std::size_t block) {
+  return {first, first + block, first + 2 * block};
+}
+
+// One Ulysses head exchange of device tensors: pack on the device, all-to-all-v, unpack on the
+// device. Host memory and groups that take device buffers (NCCL) exchange in place; otherwise
+// (Gloo from a GPU) only the packed send and receive buffers travel through host memory.
+expected<void> exchange(device& dev, communicator& group, const ulysses_layout::exchange_plan& plan, const float* src,
+                        float* dst, float* send, float* recv, std::vector<float>& host) {
+  FLEXSP_TRY(dev.copy_blocks(send, src, plan.pack));
+  const auto st = sz(plan.send_total), rt = sz(plan.recv_total);
+  if (dev.host_memory() || group.exchanges_device_buffers()) {
+    FLEXSP_TRY(dev.synchronize());  // the collective runs on its own stream
+    FLEXSP_TRY(group.all_to_all_v({send, st}, plan.send_counts, {recv, rt}, plan.recv_counts));
+  } else {
+    host.resize(st + rt);
+    FLEXSP_TRY(dev.copy_to_host(host.data(), send, st * sizeof(float)));
+    FLEXSP_TRY(group.all_to_all_v({host.data(), st}, plan.send_counts, {host.data() + st, rt}, plan.recv_counts));
+    FLEXSP_TRY(dev.copy_to_device(recv, host.data() + st, rt * sizeof(float)));
+  }
+  return dev.copy_blocks(dst, recv, plan.unpack);
+}
 }  // namespace
 
-expected<micro_batch_result> gpt_model::forward_backward(communicator& group, const ulysses_layout& layout,
-                                                         const local_inputs& in, float loss_scale, bool backward,
-                                                         bool keep_logits) {
-  const auto& c = config_;
-  const std::int64_t D = c.d_model, H = c.heads, Dh = c.head_dim(), V = c.vocab;
-  if (layout.heads() != H)
-    return make_error(errc::invalid_argument, "layout has {} heads, model {}", layout.heads(), H);
+expected<micro_batch_result> model::forward_backward(communicator& group, const ulysses_layout& layout,
+                                                    const local_inputs& in, float loss_scale, forward_options options) {
+  auto& S = *s_;
+  auto& dev = *S.dev;
+  const auto& c = S.config;
+  const std::int64_t D = c.d_model, H = c.heads, Dh = c.head_dim(), V = c.vocab, L = c.layers;
+  if (layout.heads() != H) return make_error(errc::invalid_argument, "layout has {} heads, model {}", layout.heads(), H);
   if (group.size() != layout.degree() || group.rank() != layout.rank())
     return make_error(errc::invalid_argument, "group rank {}/{} does not match layout rank {}/{}", group.rank(),
                       group.size(), layout.rank(), layout.degree());
+  for (auto len : layout.lengths())
+    if (len > c.max_positions)
+      return make_error(errc::invalid_argument, "sequence of {} tokens exceeds max_positions {}", len, c.max_positions);
   const std::int64_t n = layout.local_tokens(), N = layout.total_tokens();
+  const std::int64_t hm = layout.head_share(layout.rank()).size;
+  const auto& cu = layout.cu_seqlens();
   if (static_cast<std::int64_t>(in.tokens.size()) != n || in.targets.size() != in.tokens.size() ||
       in.positions.size() != in.tokens.size())
     return make_error(errc::invalid_argument, "inputs hold {} tokens, {} targets, {} positions; layout expects {}",
                       in.tokens.size(), in.targets.size(), in.positions.size(), n);
-  for (auto L : layout.lengths())
-    if (L > c.max_positions)
-      return make_error(errc::invalid_argument, "sequence of {} tokens exceeds max_positions {}", L, c.max_positions);
-  const std::int64_t hm = layout.head_share(layout.rank()).size;
-  const auto& cu = layout.cu_seqlens();
-  std::span<float> P = params_;
-  const auto wte = P.subspan(sz(table_[0].offset), sz(V * D));
-  const auto wpe = P.subspan(sz(table_[1].offset), sz(c.max_positions * D));
-  const auto lnf_g = P.subspan(sz(table_[table_.size() - 2].offset), sz(D));
-  const auto lnf_b = P.subspan(sz(table_[table_.size() - 1].offset), sz(D));
-
-  std::vector<float> scratch;
-  std::vector<layer_cache> caches(sz(c.layers));
-  std::vector<float> x(sz(n * D));  // [n, D] residual stream
-  FLEXSP_TRY(embedding_forward(in.tokens, in.positions, wte, wpe, x, D));
-
-  attention::forward_args fa;
-  fa.cu_seqlens = cu;
-  fa.heads = hm;
-  fa.head_dim = Dh;
-  std::vector<float> attn_ws(sz(attention::workspace_size(fa)));
-
-  for (std::int64_t l = 0; l < c.layers; ++l) {
-    auto& k = caches[sz(l)];
-    const auto lp = layer(l, P);
-    k.x_in = x;
-    resize(k.ln1, n * D), resize(k.ln1_mean, n), resize(k.ln1_rstd, n);
-    layernorm_forward(k.x_in, lp.ln1_g, lp.ln1_b, k.ln1, k.ln1_mean, k.ln1_rstd, D);
-    resize(k.qkv, n * 3 * D);
-    linear_forward(k.ln1, lp.w_qkv, lp.b_qkv, k.qkv, n, D, 3 * D);
-    resize(k.qkv_h, 3 * N * hm * Dh);
-    FLEXSP_TRY(layout.scatter_heads(group, k.qkv, k.qkv_h, 3, Dh, scratch));  // -> [3, N, hm, Dh]
-    resize(k.att_h, N * hm * Dh), resize(k.lse, N * hm);
-    fa.q = k.qkv_h.data();
-    fa.k = k.qkv_h.data() + N * hm * Dh;
-    fa.v = k.qkv_h.data() + 2 * N * hm * Dh;
-    fa.out = k.att_h.data();
-    fa.lse = k.lse.data();
-    FLEXSP_TRY(attention::can_implement(fa));
-    attention::run(fa, attn_ws);
-    resize(k.att, n * D);
-    FLEXSP_TRY(layout.gather_heads(group, k.att_h, k.att, 1, Dh, scratch));  // -> [n, D]
-    resize(k.x_mid, n * D);
-    linear_forward(k.att, lp.w_o, lp.b_o, k.x_mid, n, D, D);
-    residual_forward(k.x_mid, k.x_in, k.x_mid);
-    resize(k.ln2, n * D), resize(k.ln2_mean, n), resize(k.ln2_rstd, n);
-    layernorm_forward(k.x_mid, lp.ln2_g, lp.ln2_b, k.ln2, k.ln2_mean, k.ln2_rstd, D);
-    resize(k.fc, n * 4 * D), resize(k.act, n * 4 * D);
-    linear_forward(k.ln2, lp.w_fc, lp.b_fc, k.fc, n, D, 4 * D);
-    gelu_forward(k.fc, k.act);
-    linear_forward(k.act, lp.w_proj, lp.b_proj, x, n, 4 * D, D);
-    residual_forward(x, k.x_mid, x);
+  const bool single = layout.degree() == 1;
+  // A rank without tokens still takes part in every all-to-all of its group.
+  const std::size_t nd = sz(n * D);
+  const std::size_t Nh = sz(N * hm * Dh);  // one component of the head layout [N, hm, Dh]
+  std::vector<float> host;  // packed exchange buffers, when the group needs host memory
+  // The four head exchanges of a layer (forward scatter of Q/K/V and gather of the output,
+  // backward scatter of dO and gather of dQ/dK/dV) and their device buffers.
+  ulysses_layout::exchange_plan qkv_in, att_out, datt_in, dqkv_out;
+  float *send = nullptr, *recv = nullptr;
+  if (!single) {
+    qkv_in = layout.scatter_plan(3, Dh);
+    att_out = layout.gather_plan(1, Dh);
+    datt_in = layout.scatter_plan(1, Dh);
+    dqkv_out = layout.gather_plan(3, Dh);
+    std::int64_t most_send = 0, most_recv = 0;
+    for (const auto* p : {&qkv_in, &att_out, &datt_in, &dqkv_out}) {
+      most_send = std::max(most_send, p->send_total);
+      most_recv = std::max(most_recv, p->recv_total);
+    }
+    FLEXSP_TRY_ASSIGN(send, S.scratch(xsend, sz(most_send)));
+    FLEXSP_TRY_ASSIGN(recv, S.scratch(xrecv, sz(most_recv)));
   }
-  std::vector<float> lnf(sz(n * D)), lnf_mean(sz(n)), lnf_rstd(sz(n));
-  layernorm_forward(x, lnf_g, lnf_b, lnf, lnf_mean, lnf_rstd, D);
-  std::vector<float> logits(sz(n * V));
-  gemm(false, true, n, V, D, 1.0f, lnf.data(), D, wte.data(), D, 0.0f, logits.data(), V);
-  std::vector<float> dlogits(backward ? sz(n * V) : 0);
-  FLEXSP_TRY_ASSIGN(const double loss_sum, cross_entropy_forward_backward(logits, in.targets, dlogits, V, loss_scale));
+
+  FLEXSP_TRY_ASSIGN(auto* tok, S.scratch<std::int32_t>(tokens, sz(n)));
+  FLEXSP_TRY_ASSIGN(auto* pos, S.scratch<std::int32_t>(positions, sz(n)));
+  FLEXSP_TRY_ASSIGN(auto* tgt, S.scratch<std::int32_t>(targets, sz(n)));
+  FLEXSP_TRY(dev.copy_to_device(tok, in.tokens.data(), sz(n) * sizeof(std::int32_t)));
+  FLEXSP_TRY(dev.copy_to_device(pos, in.positions.data(), sz(n) * sizeof(std::int32_t)));
+  FLEXSP_TRY(dev.copy_to_device(tgt, in.targets.data(), sz(n) * sizeof(std::int32_t)));
+
+  const std::size_t last = S.table.size();
+  float* wte = S.param(0);
+  FLEXSP_TRY_ASSIGN(float* xs, S.scratch(x, nd));
+  FLEXSP_TRY(dev.embedding_forward(tok, pos, wte, S.param(1), xs, n, D, V, c.max_positions));
+
+  // bf16 attention: Q, K, V and the output are cast around the kernels and kept in bf16 for
+  // the backward pass; the exchanges and every other op stay fp32.
+  const bool bf16 = S.attention == dtype::bf16;
+  const gemm_math math = S.math;
+  attention_forward_args fa{cu, hm, Dh};
+  fa.type = S.attention;
+  FLEXSP_TRY_ASSIGN(void* fws, S.scratch<char>(attn_fwd_ws, dev.workspace_size(fa)));
+  struct layer_ptrs {
+    float *x_in, *ln1, *ln1_mean, *ln1_rstd, *qkv, *qkv_h, *att_h, *lse, *att, *x_mid, *ln2, *ln2_mean, *ln2_rstd, *fc,
+        *act;
+    std::uint16_t *qkv_b = nullptr, *att_b = nullptr;  // bf16 attention only
+  };
+  std::vector<layer_ptrs> cache(sz(L));
+  for (std::int64_t l = 0; l < L; ++l) {
+    auto get = [&](layer_slot s, std::size_t floats) { return S.scratch(S.layer_slot_of(l, s), floats); };
+    auto& k = cache[sz(l)];
+    FLEXSP_TRY_ASSIGN(k.x_in, get(x_in, nd));
+    FLEXSP_TRY_ASSIGN(k.ln1, get(ln1, nd));
+    FLEXSP_TRY_ASSIGN(k.ln1_mean, get(ln1_mean, sz(n)));
+    FLEXSP_TRY_ASSIGN(k.ln1_rstd, get(ln1_rstd, sz(n)));
+    FLEXSP_TRY_ASSIGN(k.qkv, get(qkv, 3 * nd));
+    FLEXSP_TRY_ASSIGN(k.qkv_h, get(qkv_h, 3 * Nh));
+    FLEXSP_TRY_ASSIGN(k.att_h, get(att_h, Nh));
+    FLEXSP_TRY_ASSIGN(k.lse, get(lse, sz(N * hm)));
+    if (single) {
+      k.att = k.att_h;  // [n, H, Dh] is [n, D]
+    } else {
+      FLEXSP_TRY_ASSIGN(k.att, get(att, nd));
+    }
+    FLEXSP_TRY_ASSIGN(k.x_mid, get(x_mid, nd));
+    FLEXSP_TRY_ASSIGN(k.ln2, get(ln2, nd));
+    FLEXSP_TRY_ASSIGN(k.ln2_mean, get(ln2_mean, sz(n)));
+    FLEXSP_TRY_ASSIGN(k.ln2_rstd, get(ln2_rstd, sz(n)));
+    FLEXSP_TRY_ASSIGN(k.fc, get(fc, 4 * nd));
+    FLEXSP_TRY_ASSIGN(k.act, get(act, 4 * nd));
+    if (bf16) {
+      FLEXSP_TRY_ASSIGN(k.qkv_b, S.scratch<std::uint16_t>(S.layer_slot_of(l, qkv_b), 3 * Nh));
+      FLEXSP_TRY_ASSIGN(k.att_b, S.scratch<std::uint16_t>(S.layer_slot_of(l, att_b), Nh));
+    }
+    const std::size_t p = 2 + sz(l) * 12;  // ln1.g ln1.b w_qkv b_qkv w_o b_o ln2.g ln2.b w_fc b_fc w_proj b_proj
+    FLEXSP_TRY(dev.copy_on_device(k.x_in, xs, nd * sizeof(float)));
+    FLEXSP_TRY(dev.layernorm_forward(k.x_in, S.param(p), S.param(p + 1), k.ln1, k.ln1_mean, k.ln1_rstd, n, D));
+    FLEXSP_TRY(dev.linear_forward(k.ln1, S.param(p + 2), S.param(p + 3), k.qkv, n, D, 3 * D, math));
+    if (single) {  // [n, 3, D] -> [3, n, D]: the head layout of a group of one
+      for (std::int64_t part = 0; part < 3; ++part)
+        FLEXSP_TRY(dev.copy_rows(k.qkv_h + part * n * D, sz(D) * sizeof(float), k.qkv + part * D,
+                                 sz(3 * D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
+    } else {  // [n, 3, H, Dh] -> [3, N, hm, Dh]
+      FLEXSP_TRY(exchange(dev, group, qkv_in, k.qkv, k.qkv_h, send, recv, host));
+    }
+    fa.lse = k.lse;
+    if (bf16) FLEXSP_TRY(dev.to_bf16(k.qkv_h, k.qkv_b, static_cast<std::int64_t>(3 * Nh)));
+    const auto in = bf16 ? split3(k.qkv_b, Nh) : split3(k.qkv_h, Nh);
+    fa.q = in.q;
+    fa.k = in.k;
+    fa.v = in.v;
+    fa.out = bf16 ? static_cast<void*>(k.att_b) : k.att_h;
+    FLEXSP_TRY(dev.run(fa, fws));
+    if (bf16) FLEXSP_TRY(dev.from_bf16(k.att_b, k.att_h, static_cast<std::int64_t>(Nh)));
+    if (!single)  // [N, hm, Dh] -> [n, H, Dh]
+      FLEXSP_TRY(exchange(dev, group, att_out, k.att_h, k.att, send, recv, host));
+    FLEXSP_TRY(dev.linear_forward(k.att, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D, math));
+    FLEXSP_TRY(dev.residual_forward(k.x_mid, k.x_in, k.x_mid, static_cast<std::int64_t>(nd)));
+    FLEXSP_TRY(dev.layernorm_forward(k.x_mid, S.param(p + 6), S.param(p + 7), k.ln2, k.ln2_mean, k.ln2_rstd, n, D));
+    FLEXSP_TRY(dev.linear_forward(k.ln2, S.param(p + 8), S.param(p + 9), k.fc, n, D, 4 * D, math));
+    FLEXSP_TRY(dev.gelu_forward(k.fc, k.act, static_cast<std::int64_t>(4 * nd)));
+    FLEXSP_TRY(dev.linear_forward(k.act, S.param(p + 10), S.param(p + 11), xs, n, 4 * D, D, math));
+    FLEXSP_TRY(dev.residual_forward(xs, k.x_mid, xs, static_cast<std::int64_t>(nd)));
+  }
+  FLEXSP_TRY_ASSIGN(float* lnf_out, S.scratch(lnf, nd));
+  FLEXSP_TRY_ASSIGN(float* lnf_m, S.scratch(lnf_mean, sz(n)));
+  FLEXSP_TRY_ASSIGN(float* lnf_r, S.scratch(lnf_rstd, sz(n)));
+  FLEXSP_TRY(dev.layernorm_forward(xs, S.param(last - 2), S.param(last - 1), lnf_out, lnf_m, lnf_r, n, D));
+  FLEXSP_TRY_ASSIGN(float* lg, S.scratch(logits, sz(n * V)));
+  FLEXSP_TRY(dev.gemm({.trans_b = true, .m = n, .n = V, .k = D, .a = lnf_out, .lda = D, .b = wte, .ldb = D,
+                       .c = lg, .ldc = V, .math = math}));
+  float* dlg = nullptr;
+  if (options.backward) {
+    FLEXSP_TRY_ASSIGN(dlg, S.scratch(dlogits, sz(n * V)));
+  }
+  FLEXSP_TRY_ASSIGN(const double loss_sum, dev.cross_entropy(lg, tgt, dlg, n, V, loss_scale));
   micro_batch_result result;
   result.loss_sum = loss_sum;
   result.tokens = n;
-  if (keep_logits) result.logits = tensor{{n, V}, std::move(logits)};
-  if (!backward) return result;
-
-  std::span<float> G = grads_;
-  const auto dwte = G.subspan(sz(table_[0].offset), sz(V * D));
-  const auto dwpe = G.subspan(sz(table_[1].offset), sz(c.max_positions * D));
-  const auto dlnf_g = G.subspan(sz(table_[table_.size() - 2].offset), sz(D));
-  const auto dlnf_b = G.subspan(sz(table_[table_.size() - 1].offset), sz(D));
-  std::vector<float> dlnf(sz(n * D));
-  gemm(false, false, n, D, V, 1.0f, dlogits.data(), V, wte.data(), D, 0.0f, dlnf.data(), D);
-  gemm(true, false, V, D, n, 1.0f, dlogits.data(), V, lnf.data(), D, 1.0f, dwte.data(), D);
-  std::vector<float> dx(sz(n * D));  // gradient of the residual stream
-  layernorm_backward(dlnf, x, lnf_g, lnf_mean, lnf_rstd, dx, dlnf_g, dlnf_b, D);
-
-  attention::backward_args ba;
-  ba.cu_seqlens = cu;
-  ba.heads = hm;
-  ba.head_dim = Dh;
-  std::vector<float> attn_bws(sz(attention::workspace_size(ba)));
-  std::vector<float> dact(sz(n * 4 * D)), dfc(sz(n * 4 * D)), dln(sz(n * D)), dtmp(sz(n * D)), datt(sz(n * D));
-  std::vector<float> datt_h(sz(N * hm * Dh)), dqkv_h(sz(3 * N * hm * Dh)), dqkv(sz(n * 3 * D));
-  for (std::int64_t l = c.layers - 1; l >= 0; --l) {
-    auto& k = caches[sz(l)];
-    const auto lp = layer(l, P);
-    const auto lg = layer(l, G);
-    // x_out = x_mid + proj(gelu(fc(ln2(x_mid))))
-    linear_backward(dx, k.act, lp.w_proj, dact, lg.w_proj, lg.b_proj, n, 4 * D, D);
-    gelu_backward(dact, k.fc, dfc);
-    linear_backward(dfc, k.ln2, lp.w_fc, dln, lg.w_fc, lg.b_fc, n, D, 4 * D);
-    layernorm_backward(dln, k.x_mid, lp.ln2_g, k.ln2_mean, k.ln2_rstd, dtmp, lg.ln2_g, lg.ln2_b, D);
-    for (std::size_t i = 0; i < dx.size(); ++i) dx[i] += dtmp[i];  // now d x_mid
-    // x_mid = x_in + o_proj(attention(qkv(ln1(x_in))))
-    linear_backward(dx, k.att, lp.w_o, datt, lg.w_o, lg.b_o, n, D, D);
-    FLEXSP_TRY(layout.scatter_heads(group, datt, datt_h, 1, Dh, scratch));
-    ba.q = k.qkv_h.data();
-    ba.k = k.qkv_h.data() + N * hm * Dh;
-    ba.v = k.qkv_h.data() + 2 * N * hm * Dh;
-    ba.out = k.att_h.data();
-    ba.lse = k.lse.data();
-    ba.dout = datt_h.data();
-    ba.dq = dqkv_h.data();
-    ba.dk = dqkv_h.data() + N * hm * Dh;
-    ba.dv = dqkv_h.data() + 2 * N * hm * Dh;
-    attention::run(ba, attn_bws);
-    FLEXSP_TRY(layout.gather_heads(group, dqkv_h, dqkv, 3, Dh, scratch));
-    linear_backward(dqkv, k.ln1, lp.w_qkv, dln, lg.w_qkv, lg.b_qkv, n, D, 3 * D);
-    layernorm_backward(dln, k.x_in, lp.ln1_g, k.ln1_mean, k.ln1_rstd, dtmp, lg.ln1_g, lg.ln1_b, D);
-    for (std::size_t i = 0; i < dx.size(); ++i) dx[i] += dtmp[i];  // now d x_in
-    k = layer_cache{};
+  if (options.keep_logits) {
+    std::vector<float> host_logits(sz(n * V));
+    FLEXSP_TRY(dev.copy_to_host(host_logits.data(), lg, host_logits.size() * sizeof(float)));
+    result.logits = tensor{{n, V}, std::move(host_logits)};
   }
-  embedding_backward(in.tokens, in.positions, dx, dwte, dwpe, D);
+  if (!options.backward) return result;
+
+  // ---- backward ----
+  float* dwte = S.grad(0);
+  FLEXSP_TRY_ASSIGN(float* dlnf_p, S.scratch(dlnf, nd));
+  FLEXSP_TRY_ASSIGN(float* dx_p, S.scratch(dx, nd));
+  FLEXSP_TRY_ASSIGN(float* dact_p, S.scratch(dact, 4 * nd));
+  FLEXSP_TRY_ASSIGN(float* dfc_p, S.scratch(dfc, 4 * nd));
+  FLEXSP_TRY_ASSIGN(float* dln_p, S.scratch(dln, nd));
+  FLEXSP_TRY_ASSIGN(float* dtmp_p, S.scratch(dtmp, nd));
+  FLEXSP_TRY_ASSIGN(float* datt_p, S.scratch(datt, nd));
+  FLEXSP_TRY_ASSIGN(float* dqkv_h_p, S.scratch(dqkv_h, 3 * Nh));
+  float* datt_h_p = datt_p;  // a group of one: [n, D] is [N, hm, Dh]
+  if (!single) {
+    FLEXSP_TRY_ASSIGN(datt_h_p, S.scratch(datt_h, Nh));
+  }
+  FLEXSP_TRY_ASSIGN(float* dqkv_p, S.scratch(dqkv, 3 * nd));
+  FLEXSP_TRY(dev.gemm({.m = n, .n = D, .k = V, .a = dlg, .lda = V, .b = wte, .ldb = D, .c = dlnf_p, .ldc = D,
+                       .math = math}));
+  FLEXSP_TRY(dev.gemm({.trans_a = true, .m = V, .n = D, .k = n, .a = dlg, .lda = V, .b = lnf_out, .ldb = D,
+                       .beta = 1.0f, .c = dwte, .ldc = D, .math = math}));
+  FLEXSP_TRY(dev.layernorm_backward(dlnf_p, xs, S.param(last - 2), lnf_m, lnf_r, dx_p, S.grad(last - 2),
+                                    S.grad(last - 1), n, D));
+  attention_backward_args ba{cu, hm, Dh};
+  ba.type = S.attention;
+  FLEXSP_TRY_ASSIGN(void* bws, S.scratch<char>(attn_bwd_ws, dev.workspace_size(ba)));
+  std::uint16_t *datt_b_p = nullptr, *dqkv_b_p = nullptr;
+  if (bf16) {
+    FLEXSP_TRY_ASSIGN(datt_b_p, S.scratch<std::uint16_t>(datt_b, Nh));
+    FLEXSP_TRY_ASSIGN(dqkv_b_p, S.scratch<std::uint16_t>(dqkv_b, 3 * Nh));
+  }
+  const auto count = static_cast<std::int64_t>(nd);
+  for (std::int64_t l = L - 1; l >= 0; --l) {
+    const auto& k = cache[sz(l)];
+    const std::size_t p = 2 + sz(l) * 12;
+    FLEXSP_TRY(dev.linear_backward(dx_p, k.act, S.param(p + 10), dact_p, S.grad(p + 10), S.grad(p + 11), n, 4 * D, D,
+                                   math));
+    FLEXSP_TRY(dev.gelu_backward(dact_p, k.fc, dfc_p, 4 * count));
+    FLEXSP_TRY(dev.linear_backward(dfc_p, k.ln2, S.param(p + 8), dln_p, S.grad(p + 8), S.grad(p + 9), n, D, 4 * D,
+                                   math));
+    FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_mid, S.param(p + 6), k.ln2_mean, k.ln2_rstd, dtmp_p, S.grad(p + 6),
+                                      S.grad(p + 7), n, D));
+    FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_mid
+    FLEXSP_TRY(
+        dev.linear_backward(dx_p, k.att, S.param(p + 4), datt_p, S.grad(p + 4), S.grad(p + 5), n, D, D, math));
+    if (!single)
+      FLEXSP_TRY(exchange(dev, group, datt_in, datt_p, datt_h_p, send, recv, host));
+    ba.lse = k.lse;
+    if (bf16) FLEXSP_TRY(dev.to_bf16(datt_h_p, datt_b_p, static_cast<std::int64_t>(Nh)));
+    const auto in = bf16 ? split3(k.qkv_b, Nh) : split3(k.qkv_h, Nh);
+    const auto grad = bf16 ? split3(dqkv_b_p, Nh) : split3(dqkv_h_p, Nh);
+    ba.q = in.q;
+    ba.k = in.k;
+    ba.v = in.v;
+    ba.out = bf16 ? static_cast<void*>(k.att_b) : k.att_h;
+    ba.dout = bf16 ? static_cast<void*>(datt_b_p) : datt_h_p;
+    ba.dq = grad.q;
+    ba.dk = grad.k;
+    ba.dv = grad.v;
+    FLEXSP_TRY(dev.run(ba, bws));
+    if (bf16) FLEXSP_TRY(dev.from_bf16(dqkv_b_p, dqkv_h_p, static_cast<std::int64_t>(3 * Nh)));
+    if (single) {  // [3, n, D] -> [n, 3, D]
+      for (std::int64_t part = 0; part < 3; ++part)
+        FLEXSP_TRY(dev.copy_rows(dqkv_p + part * D, sz(3 * D) * sizeof(float), dqkv_h_p + part * n * D,
+                                 sz(D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
+    } else {  // [3, N, hm, Dh] -> [n, 3, H, Dh]
+      FLEXSP_TRY(exchange(dev, group, dqkv_out, dqkv_h_p, dqkv_p, send, recv, host));
+    }
+    FLEXSP_TRY(dev.linear_backward(dqkv_p, k.ln1, S.param(p + 2), dln_p, S.grad(p + 2), S.grad(p + 3), n, D, 3 * D,
+                                   math));
+    FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_in, S.param(p), k.ln1_mean, k.ln1_rstd, dtmp_p, S.grad(p),
+                                      S.grad(p + 1), n, D));
+    FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_in
+  }
+  FLEXSP_TRY(dev.embedding_backward(tok, pos, dx_p, dwte, S.grad(1), n, D));
+  FLEXSP_TRY(dev.synchronize());  // the caller times the work: it has finished
   return result;
 }
 
-expected<micro_batch_result> run_micro_batch(gpt_model& model, communicator& group,
+expected<double> model::optimizer_step(const adamw_params& hyper, double max_grad_norm) {
+  auto& S = *s_;
+  FLEXSP_TRY_ASSIGN(const double sum_sq, S.dev->sum_squares(grads(), S.count()));
+  const double norm = std::sqrt(sum_sq);
+  if (max_grad_norm > 0 && norm > max_grad_norm)
+    FLEXSP_TRY(S.dev->scale(grads(), static_cast<float>(max_grad_norm / (norm + 1e-6)), S.count()));
+  ++S.step;
+  for (const auto& p : S.table) {
+    adamw_params hp = hyper;
+    if (!p.decay) hp.weight_decay = 0.0f;
+    FLEXSP_TRY(S.dev->adamw_update(params() + p.offset, grads() + p.offset, S.m.as<float>() + p.offset,
+                                   S.v.as<float>() + p.offset, numel_of(p.shape), S.step, hp));
+  }
+  return norm;
+}
+
+expected<void> model::download_moments(std::span<float> first, std::span<float> second) const {
+  if (static_cast<std::int64_t>(first.size()) != s_->count() || second.size() != first.size())
+    return make_error(errc::invalid_argument, "download_moments: {} and {} floats for {} parameters", first.size(),
+                      second.size(), s_->count());
+  FLEXSP_TRY(s_->dev->copy_to_host(first.data(), first_moments(), first.size_bytes()));
+  return s_->dev->copy_to_host(second.data(), second_moments(), second.size_bytes());
+}
+
+expected<void> model::upload_state(std::span<const float> params_in, std::span<const float> first,
+                                         std::span<const float> second, std::int64_t steps) {
+  const auto n = static_cast<std::size_t>(s_->count());
+  if (params_in.size() != n || first.size() != n || second.size() != n || steps < 0)
+    return make_error(errc::invalid_argument, "upload_state: {}, {}, {} floats and step {} for {} parameters",
+                      params_in.size(), first.size(), second.size(), steps, n);
+  FLEXSP_TRY(s_->dev->copy_to_device(params(), params_in.data(), params_in.size_bytes()));
+  FLEXSP_TRY(s_->dev->copy_to_device(first_moments(), first.data(), first.size_bytes()));
+  FLEXSP_TRY(s_->dev->copy_to_device(second_moments(), second.data(), second.size_bytes()));
+  s_->step = steps;
+  return {};
+}
+
+expected<void> model::download_params(std::span<float> out) const {
+  if (static_cast<std::int64_t>(out.size()) != s_->count())
+    return make_error(errc::invalid_argument, "download_params: {} floats for {} parameters", out.size(), s_->count());
+  return s_->dev->copy_to_host(out.data(), params(), out.size_bytes());
+}
+
+expected<void> model::download_grads(std::span<float> out) const {
+  if (static_cast<std::int64_t>(out.size()) != s_->count())
+    return make_error(errc::invalid_argument, "download_grads: {} floats for {} parameters", out.size(), s_->count());
+  return s_->dev->copy_to_host(out.data(), grads(), out.size_bytes());
+}
+
+expected<std::uint64_t> model::fingerprint() const {
+  const auto n = static_cast<std::uint64_t>(s_->count());
+  FLEXSP_TRY_ASSIGN(const auto a, s_->dev->fingerprint(params(), s_->count(), 0));
+  FLEXSP_TRY_ASSIGN(const auto b, s_->dev->fingerprint(first_moments(), s_->count(), n));
+  FLEXSP_TRY_ASSIGN(const auto c, s_->dev->fingerprint(second_moments(), s_->count(), 2 * n));
+  return a + b + c;
+}
+
+expected<void> model::upload_grads(std::span<const float> in) {
+  if (static_cast<std::int64_t>(in.size()) != s_->count())
+    return make_error(errc::invalid_argument, "upload_grads: {} floats for {} parameters", in.size(), s_->count());
+  return s_->dev->copy_to_device(grads(), in.data(), in.size_bytes());
+}
+
+expected<void> model::upload_params(std::span<const float> in) {
+  if (static_cast<std::int64_t>(in.size()) != s_->count())
+    return make_error(errc::invalid_argument, "upload_params: {} floats for {} parameters", in.size(), s_->count());
+  return s_->dev->copy_to_device(params(), in.data(), in.size_bytes());
+}
+
+expected<micro_batch_result> run_micro_batch(model& m, communicator& group,
                                              std::span<const std::vector<std::int32_t>> sequences, float loss_scale) {
   std::vector<std::int64_t> lengths;
   lengths.reserve(sequences.size());
@@ -271,43 +551,48 @@ expected<micro_batch_result> run_micro_batch(gpt_model& model, communicator& gro
       return make_error(errc::invalid_argument, "sequence {} has no ids (a sequence of length L carries L + 1)", i);
     lengths.push_back(static_cast<std::int64_t>(sequences[i].size()) - 1);
   }
-  FLEXSP_TRY_ASSIGN(auto layout, ulysses_layout::make(std::move(lengths), group.size(), group.rank(),
-                                                      model.config().heads));
+  FLEXSP_TRY_ASSIGN(auto layout, ulysses_layout::make(std::move(lengths), group.size(), group.rank(), m.config().heads));
   FLEXSP_TRY_ASSIGN(auto inputs, shard_inputs(layout, sequences));
-  return model.forward_backward(group, layout, inputs, loss_scale);
+  return m.forward_backward(group, layout, inputs, loss_scale);
 }
 
-expected<void> broadcast_training_state(communicator& group, int root, gpt_model& model, adamw_optimizer& optimizer) {
-  FLEXSP_TRY(group.broadcast(model.params(), root));
-  FLEXSP_TRY(group.broadcast(optimizer.first_moments(), root));
-  FLEXSP_TRY(group.broadcast(optimizer.second_moments(), root));
-  // The step count travels as a float: exact up to 2^24 steps.
-  std::vector<float> step{static_cast<float>(optimizer.steps())};
-  FLEXSP_TRY(group.broadcast(step, root));
-  optimizer.set_steps(static_cast<std::int64_t>(step[0]));
-  return {};
+namespace {
+/// Whether `group` can run a collective on `m`'s device buffers in place.
+bool in_place(const communicator& group, const model& m) {
+  return m.dev().host_memory() || group.reduces_device_buffers();
 }
+}  // namespace
 
-expected<void> all_reduce_gradients(communicator& world, gpt_model& model) {
-  return world.all_reduce_sum(model.grads());
-}
-
-adamw_optimizer::adamw_optimizer(const gpt_model& model, adamw_params params)
-    : params_{params}, m_(model.params().size(), 0.0f), v_(model.params().size(), 0.0f) {}
-
-double adamw_optimizer::step(gpt_model& model, double max_grad_norm) {
-  FLEXSP_EXPECTS(m_.size() == model.params().size(), "optimizer built for {} parameters, model has {}", m_.size(),
-                 model.params().size());
-  const double norm = clip_grad_norm(model.grads(), max_grad_norm);
-  ++step_;
-  for (const auto& p : model.parameters()) {
-    const auto off = sz(p.offset), cnt = sz(numel_of(p.shape));
-    adamw_params hp = params_;
-    if (!p.decay) hp.weight_decay = 0.0f;
-    adamw_update(model.params().subspan(off, cnt), model.grads().subspan(off, cnt), std::span{m_}.subspan(off, cnt),
-                 std::span{v_}.subspan(off, cnt), step_, hp);
+expected<void> all_reduce_gradients(communicator& world, model& m) {
+  const auto n = sz(m.size());
+  if (in_place(world, m)) {
+    FLEXSP_TRY(world.all_reduce_sum(std::span<float>{m.grads(), n}));
+    return m.dev().synchronize();
   }
-  return norm;
+  std::vector<float> host(n);
+  FLEXSP_TRY(m.download_grads(host));
+  FLEXSP_TRY(world.all_reduce_sum(host));
+  return m.upload_grads(host);
+}
+
+expected<void> broadcast_training_state(communicator& group, int root, model& m) {
+  // The step count travels as a float: exact up to 2^24 steps.
+  std::vector<float> step{static_cast<float>(m.steps())};
+  FLEXSP_TRY(group.broadcast(step, root));
+  const auto steps = static_cast<std::int64_t>(step[0]);
+  const auto n = sz(m.size());
+  if (in_place(group, m)) {
+    for (float* buf : {m.params(), m.first_moments(), m.second_moments()})
+      FLEXSP_TRY(group.broadcast(std::span<float>{buf, n}, root));
+    FLEXSP_TRY(m.dev().synchronize());
+    m.set_steps(steps);
+    return {};
+  }
+  std::vector<float> p(n), first(n), second(n);
+  FLEXSP_TRY(m.download_params(p));
+  FLEXSP_TRY(m.download_moments(first, second));
+  for (auto* buf : {&p, &first, &second}) FLEXSP_TRY(group.broadcast(*buf, root));
+  return m.upload_state(p, first, second, steps);
 }
 
 namespace {
@@ -339,19 +624,21 @@ T get_at(const std::string& in, std::size_t off) {
 }
 }  // namespace
 
-expected<void> save_checkpoint(const std::filesystem::path& path, const gpt_model& model,
-                               const adamw_optimizer& optimizer) {
-  const auto& c = model.config();
+expected<void> save_checkpoint(const std::filesystem::path& path, const model& m) {
+  const auto& c = m.config();
+  const auto n = sz(m.size());
+  std::vector<float> p(n), first(n), second(n);
+  FLEXSP_TRY(m.download_params(p));
+  FLEXSP_TRY(m.download_moments(first, second));
   std::string buf;
-  const auto n = model.params().size();
   buf.reserve(48 + 12 * n + 8);
   buf.append(kMagic, 8);
   put<std::uint32_t>(buf, kVersion);
   for (auto v : {c.layers, c.d_model, c.heads, c.vocab, c.max_positions}) put<std::uint32_t>(buf, static_cast<std::uint32_t>(v));
-  put<std::uint64_t>(buf, static_cast<std::uint64_t>(optimizer.steps()));
+  put<std::uint64_t>(buf, static_cast<std::uint64_t>(m.steps()));
   put<std::uint64_t>(buf, n);
-  for (auto s : {model.params(), optimizer.first_moments(), optimizer.second_moments()})
-    buf.append(reinterpret_cast<const char*>(s.data()), s.size_bytes());
+  for (const auto* s : {&p, &first, &second})
+    buf.append(reinterpret_cast<const char*>(s->data()), s->size() * sizeof(float));
   fnv1a h;
   h.add(buf.data(), buf.size());
   put<std::uint64_t>(buf, h.h);
@@ -369,7 +656,7 @@ expected<void> save_checkpoint(const std::filesystem::path& path, const gpt_mode
   return {};
 }
 
-expected<void> load_checkpoint(const std::filesystem::path& path, gpt_model& model, adamw_optimizer& optimizer) {
+expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
   std::ifstream in{path, std::ios::binary};
   if (!in) return make_error(errc::not_found, "checkpoint {} cannot be opened", path.string());
   std::string buf{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
@@ -378,7 +665,7 @@ expected<void> load_checkpoint(const std::filesystem::path& path, gpt_model& mod
     return make_error(errc::invalid_argument, "{}: not a flexsp checkpoint (bad magic or shorter than a header)", where);
   if (const auto v = get_at<std::uint32_t>(buf, 8); v != kVersion)
     return make_error(errc::invalid_argument, "{}: format version {} (this build reads {})", where, v, kVersion);
-  const auto& c = model.config();
+  const auto& c = m.config();
   const std::int64_t want[5] = {c.layers, c.d_model, c.heads, c.vocab, c.max_positions};
   static constexpr const char* kNames[5] = {"layers", "d_model", "heads", "vocab", "max_positions"};
   for (std::size_t i = 0; i < 5; ++i) {
@@ -389,9 +676,8 @@ expected<void> load_checkpoint(const std::filesystem::path& path, gpt_model& mod
   }
   const auto steps = get_at<std::uint64_t>(buf, 32);
   const auto n = get_at<std::uint64_t>(buf, 40);
-  if (n != model.params().size())
-    return make_error(errc::invalid_argument, "{}: {} parameters in the checkpoint, {} in the model", where, n,
-                      model.params().size());
+  if (n != static_cast<std::uint64_t>(m.size()))
+    return make_error(errc::invalid_argument, "{}: {} parameters in the checkpoint, {} in the model", where, n, m.size());
   const std::size_t expected_size = 48 + 12 * n + 8;
   if (buf.size() != expected_size)
     return make_error(errc::invalid_argument, "{}: {} bytes, expected {} (truncated or padded)", where, buf.size(),
@@ -400,13 +686,13 @@ expected<void> load_checkpoint(const std::filesystem::path& path, gpt_model& mod
   h.add(buf.data(), expected_size - 8);
   if (h.h != get_at<std::uint64_t>(buf, expected_size - 8))
     return make_error(errc::invalid_argument, "{}: checksum mismatch (file is corrupt)", where);
-  const char* p = buf.data() + 48;
-  for (auto s : {model.params(), optimizer.first_moments(), optimizer.second_moments()}) {
-    std::memcpy(s.data(), p, s.size_bytes());
-    p += s.size_bytes();
+  std::vector<float> p(n), first(n), second(n);
+  const char* at = buf.data() + 48;
+  for (auto* v : {&p, &first, &second}) {
+    std::memcpy(v->data(), at, n * sizeof(float));
+    at += n * sizeof(float);
   }
-  optimizer.set_steps(static_cast<std::int64_t>(steps));
-  return {};
+  return m.upload_state(p, first, second, static_cast<std::int64_t>(steps));
 }
 
 }  // namespace flexsp::kernels

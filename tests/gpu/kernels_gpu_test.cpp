@@ -17,7 +17,7 @@
 #include "flexsp/kernels/data.hpp"
 #include "flexsp/kernels/gloo_communicator.hpp"
 #include "flexsp/kernels/gpu.hpp"
-#include "flexsp/kernels/gpu_model.hpp"
+#include "flexsp/kernels/model.hpp"
 #include "flexsp/kernels/model.hpp"
 #include "flexsp/kernels/ops.hpp"
 
@@ -77,7 +77,7 @@ protected:
     return host;
   }
 
-  std::unique_ptr<gpu::device> dev_;
+  std::shared_ptr<gpu::device> dev_;
   std::vector<gpu::buffer> keep_;
 };
 
@@ -485,9 +485,9 @@ double max_rel_diff(const std::vector<float>& a, std::span<const float> b) {
 }
 
 TEST_F(GpuKernels, TrainingStepOfTheGptMatchesTheCpuModel) {
-  const gpt_config cfg{.layers = 2, .d_model = 96, .heads = 3, .vocab = 67, .max_positions = 300};
-  auto cpu = gpt_model::create(cfg, 5).value();
-  auto replica = gpu::gpt_replica::create(*dev_, cpu);
+  const model_config cfg{.layers = 2, .d_model = 96, .heads = 3, .vocab = 67, .max_positions = 300};
+  auto cpu = model::create(cfg, 5).value();
+  auto replica = model::create(dev_, cfg, 5);
   ASSERT_TRUE(replica) << replica.error().to_string();
   const std::vector<std::int64_t> lengths{130, 1, 65, 17};
   const auto tokens = std::accumulate(lengths.begin(), lengths.end(), std::int64_t{0});
@@ -495,29 +495,28 @@ TEST_F(GpuKernels, TrainingStepOfTheGptMatchesTheCpuModel) {
   auto in = shard_inputs(layout, synthetic_sequences(lengths, 3, cfg.vocab)).value();
   auto comm = make_local_communicator();
   const float scale = 1.0f / static_cast<float>(tokens);
-  cpu.zero_grads();
+  ASSERT_TRUE(cpu.zero_grads());
   auto ref = cpu.forward_backward(*comm, layout, in, scale);
   ASSERT_TRUE(ref) << ref.error().to_string();
   ASSERT_OK(replica->zero_grads());
   auto loss = replica->forward_backward(in, lengths, scale);
   ASSERT_TRUE(loss) << loss.error().to_string();
-  EXPECT_NEAR(*loss, ref->loss_sum, 1e-4 * std::abs(ref->loss_sum));
-  std::vector<float> grads(cpu.grads().size());
+  EXPECT_NEAR(loss->loss_sum, ref->loss_sum, 1e-4 * std::abs(ref->loss_sum));
+  std::vector<float> grads(cpu.host_grads().size());
   ASSERT_OK(replica->download_grads(grads));
   for (const auto& p : cpu.parameters()) {
     const auto off = static_cast<std::size_t>(p.offset), cnt = static_cast<std::size_t>(numel_of(p.shape));
     const std::vector<float> g(grads.begin() + static_cast<std::ptrdiff_t>(off),
                                grads.begin() + static_cast<std::ptrdiff_t>(off + cnt));
-    EXPECT_LT(max_rel_diff(g, cpu.grads().subspan(off, cnt)), 1e-3) << p.name;
+    EXPECT_LT(max_rel_diff(g, cpu.host_grads().subspan(off, cnt)), 1e-3) << p.name;
   }
-  const std::vector<float> ref_grads(cpu.grads().begin(), cpu.grads().end());
+  const std::vector<float> ref_grads(cpu.host_grads().begin(), cpu.host_grads().end());
   const adamw_params hp{};
-  adamw_optimizer opt{cpu, hp};
-  const double cpu_norm = opt.step(cpu, 0.5);
+  const double cpu_norm = cpu.optimizer_step(hp, 0.5).value();
   auto norm = replica->optimizer_step(hp, 0.5);
   ASSERT_TRUE(norm) << norm.error().to_string();
   EXPECT_NEAR(*norm, cpu_norm, 1e-3 * cpu_norm);
-  std::vector<float> params(cpu.params().size());
+  std::vector<float> params(cpu.host_params().size());
   ASSERT_OK(replica->download_params(params));
   // Adam's first step moves each parameter by about lr * sign(grad): where a gradient is at the
   // rounding noise of its summation the sign may differ between CPU and GPU, so the update is
@@ -526,17 +525,17 @@ TEST_F(GpuKernels, TrainingStepOfTheGptMatchesTheCpuModel) {
   for (float g : ref_grads) max_grad = std::max(max_grad, std::abs(g));
   int mismatched = 0;
   for (std::size_t i = 0; i < params.size(); ++i) {
-    const float diff = std::abs(params[i] - cpu.params()[i]);
+    const float diff = std::abs(params[i] - cpu.host_params()[i]);
     EXPECT_LE(diff, 2.5f * hp.lr) << "parameter " << i;
-    if (std::abs(ref_grads[i]) > 1e-4f * max_grad && diff > 1e-6f + 1e-5f * std::abs(cpu.params()[i])) ++mismatched;
+    if (std::abs(ref_grads[i]) > 1e-4f * max_grad && diff > 1e-6f + 1e-5f * std::abs(cpu.host_params()[i])) ++mismatched;
   }
   EXPECT_EQ(mismatched, 0);
   // The state round-trips through the host (checkpoints, a joining replica).
   EXPECT_EQ(replica->steps(), 1);
   std::vector<float> m(params.size()), v(params.size());
   ASSERT_OK(replica->download_moments(m, v));
-  EXPECT_LT(max_rel_diff(v, opt.second_moments()), 1e-3);
-  auto fresh = gpu::gpt_replica::create(*dev_, cpu);
+  EXPECT_LT(max_rel_diff(v, cpu.host_second_moments()), 1e-3);
+  auto fresh = model::create(dev_, cfg, 5);
   ASSERT_TRUE(fresh);
   ASSERT_OK(fresh->upload_state(params, m, v, replica->steps()));
   std::vector<float> back(params.size());
@@ -549,12 +548,12 @@ TEST_F(GpuKernels, TrainingStepOfTheGptMatchesTheCpuModel) {
 
 TEST_F(GpuKernels, UlyssesGroupsOfAnyDegreeGiveTheSingleDeviceLossAndGradients) {
   // 3 heads: degree 2 splits them unevenly, degree 4 leaves a rank without heads.
-  const gpt_config cfg{.layers = 1, .d_model = 48, .heads = 3, .vocab = 41, .max_positions = 200};
+  const model_config cfg{.layers = 1, .d_model = 48, .heads = 3, .vocab = 41, .max_positions = 200};
   const std::vector<std::int64_t> lengths{37, 5, 64, 1};
   const auto tokens = std::accumulate(lengths.begin(), lengths.end(), std::int64_t{0});
   const auto sequences = synthetic_sequences(lengths, 4, cfg.vocab);
   const float scale = 1.0f / static_cast<float>(tokens);
-  auto cpu = gpt_model::create(cfg, 9).value();
+  auto cpu = model::create(cfg, 9).value();
   auto one = ulysses_layout::make(lengths, 1, 0, cfg.heads).value();
   auto local = make_local_communicator();
   auto ref = cpu.forward_backward(*local, one, shard_inputs(one, sequences).value(), scale);
@@ -570,17 +569,16 @@ TEST_F(GpuKernels, UlyssesGroupsOfAnyDegreeGiveTheSingleDeviceLossAndGradients) 
         auto fail = [&](const error& e) { errors[static_cast<std::size_t>(r)] = e.to_string(); };
         auto dev = gpu::open_device(0);
         if (!dev) return fail(dev.error());
-        auto model = gpt_model::create(cfg, 9).value();
-        auto replica = gpu::gpt_replica::create(**dev, model);
+        auto replica = model::create(std::shared_ptr<gpu::device>{std::move(*dev)}, cfg, 9);
         if (!replica) return fail(replica.error());
         auto comm = make_gloo_communicator(store, "gpu-sp/" + std::to_string(degree), r, degree, gloo_options{});
         if (!comm) return fail(comm.error());
         auto layout = ulysses_layout::make(lengths, degree, r, cfg.heads).value();
         auto loss = replica->forward_backward(**comm, layout, shard_inputs(layout, sequences).value(), scale);
         if (!loss) return fail(loss.error());
-        losses[static_cast<std::size_t>(r)] = *loss;
+        losses[static_cast<std::size_t>(r)] = loss->loss_sum;
         auto& g = grads[static_cast<std::size_t>(r)];
-        g.resize(model.params().size());
+        g.resize(static_cast<std::size_t>(replica->size()));
         if (auto d = replica->download_grads(g); !d) fail(d.error());
       });
     for (auto& t : ranks) t.join();
@@ -594,7 +592,7 @@ TEST_F(GpuKernels, UlyssesGroupsOfAnyDegreeGiveTheSingleDeviceLossAndGradients) 
       const auto off = static_cast<std::size_t>(p.offset), cnt = static_cast<std::size_t>(numel_of(p.shape));
       const std::vector<float> g(sum.begin() + static_cast<std::ptrdiff_t>(off),
                                  sum.begin() + static_cast<std::ptrdiff_t>(off + cnt));
-      EXPECT_LT(max_rel_diff(g, cpu.grads().subspan(off, cnt)), 1e-3) << p.name << " at degree " << degree;
+      EXPECT_LT(max_rel_diff(g, cpu.host_grads().subspan(off, cnt)), 1e-3) << p.name << " at degree " << degree;
     }
   }
 }

@@ -13,7 +13,7 @@
 
 namespace flexsp::kernels::testing {
 
-inline const gpt_config kSpModel{.layers = 2, .d_model = 48, .heads = 6, .vocab = 256, .max_positions = 2048};
+inline const model_config kSpModel{.layers = 2, .d_model = 48, .heads = 6, .vocab = 256, .max_positions = 2048};
 inline constexpr std::uint64_t kModelSeed = 2024;
 inline constexpr std::uint64_t kDataSeed = 77;
 /// None of these is divisible by 2, 3, 4 or 8.

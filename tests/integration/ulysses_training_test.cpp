@@ -21,7 +21,7 @@ TEST(Training, LossFallsClearlyOnRealTextWithinFortySteps) {
   ASSERT_GE(docs->size(), 3u);
   const auto corpus = tokenize_corpus(*docs);
   ASSERT_GT(corpus.size(), 4000u);
-  const gpt_config cfg{.layers = 2, .d_model = 64, .heads = 4, .vocab = 256, .max_positions = 256};
+  const model_config cfg{.layers = 2, .d_model = 64, .heads = 4, .vocab = 256, .max_positions = 256};
   constexpr int kSteps = 40;
   constexpr int kDegree = 2;
   // Held-out evaluation batch: fixed windows, never trained on by index (same corpus).
@@ -34,11 +34,10 @@ TEST(Training, LossFallsClearlyOnRealTextWithinFortySteps) {
   for (int r = 0; r < kDegree; ++r) {
     threads.emplace_back([&, r] {
       auto comm = make_gloo_communicator(store, "train", r, kDegree, gloo_options{.timeout = 60s}).value();
-      auto model = gpt_model::create(cfg, 1).value();
-      adamw_optimizer opt{model, adamw_params{.lr = 3e-3f, .weight_decay = 0.0f}};
+      auto mdl = model::create(cfg, 1).value();
       auto eval = [&] {
         auto layout = ulysses_layout::make(eval_lengths, kDegree, r, cfg.heads).value();
-        auto res = model.forward_backward(*comm, layout, shard_inputs(layout, eval_seqs).value(), 1.0f, false).value();
+        auto res = mdl.forward_backward(*comm, layout, shard_inputs(layout, eval_seqs).value(), 1.0f, {.backward = false}).value();
         std::vector<float> sum{static_cast<float>(res.loss_sum)};
         EXPECT_TRUE(comm->all_reduce_sum(sum));
         return sum[0] / 512.0;
@@ -49,14 +48,14 @@ TEST(Training, LossFallsClearlyOnRealTextWithinFortySteps) {
         const std::vector<std::int64_t> lengths{97, 161, 33, 255};
         auto seqs = sample_sequences(corpus, lengths, 100 + step).value();
         auto layout = ulysses_layout::make(lengths, kDegree, r, cfg.heads).value();
-        model.zero_grads();
-        auto res = model.forward_backward(*comm, layout, shard_inputs(layout, seqs).value(), 1.0f / 546).value();
-        ASSERT_TRUE(all_reduce_gradients(*comm, model));
+        ASSERT_TRUE(mdl.zero_grads());
+        auto res = mdl.forward_backward(*comm, layout, shard_inputs(layout, seqs).value(), 1.0f / 546).value();
+        ASSERT_TRUE(all_reduce_gradients(*comm, mdl));
         std::vector<float> loss{static_cast<float>(res.loss_sum)};
         ASSERT_TRUE(comm->all_reduce_sum(loss));
         if (step == 0) first[r] = loss[0] / 546;
         if (step == kSteps - 1) last[r] = loss[0] / 546;
-        opt.step(model, 1.0);
+        mdl.optimizer_step(adamw_params{.lr = 3e-3f, .weight_decay = 0.0f}, 1.0).value();
       }
       eval_after[r] = eval();
     });

@@ -35,29 +35,28 @@ int run_sp(rendezvous_store& store, int d, int r, const std::string& out) {
   auto comm = d == 1 ? expected<std::unique_ptr<communicator>>{make_local_communicator()}
                      : make_gloo_communicator(store, "sp/" + std::to_string(d), r, d, gloo_options{.timeout = 60s});
   if (!comm) return fail(comm.error().to_string());
-  auto model = gpt_model::create(kSpModel, kModelSeed).value();
+  auto mdl = model::create(kSpModel, kModelSeed).value();
   auto seqs = synthetic_sequences(kSpLengths, kDataSeed);
   const auto total = std::accumulate(kSpLengths.begin(), kSpLengths.end(), std::int64_t{0});
   auto layout = ulysses_layout::make(kSpLengths, d, r, kSpModel.heads).value();
   auto in = shard_inputs(layout, seqs).value();
-  auto res = model.forward_backward(**comm, layout, in, 1.0f / static_cast<float>(total), true, true);
+  auto res = mdl.forward_backward(**comm, layout, in, 1.0f / static_cast<float>(total), {.backward = true, .keep_logits = true});
   if (!res) return fail(res.error().to_string());
-  if (auto ok = all_reduce_gradients(**comm, model); !ok) return fail(ok.error().to_string());
+  if (auto ok = all_reduce_gradients(**comm, mdl); !ok) return fail(ok.error().to_string());
   std::vector<float> loss{static_cast<float>(res->loss_sum)};
   arrays a{{"loss", loss},
            {"logits", std::vector<float>(res->logits.span().begin(), res->logits.span().end())},
-           {"grads", std::vector<float>(model.grads().begin(), model.grads().end())}};
+           {"grads", std::vector<float>(mdl.host_grads().begin(), mdl.host_grads().end())}};
   return write_arrays(out, a) ? 0 : fail("cannot write " + out);
 }
 
 int run_plan(rendezvous_store& store, int device, const std::string& out) {
   communicator_cache cache{store, device, gloo_options{.timeout = 60s}};
-  auto model = gpt_model::create(kSpModel, kModelSeed).value();
-  adamw_optimizer opt{model, kPlanAdam};
-  auto seqs = synthetic_sequences(kPlanLengths, kDataSeed);
+  auto mdl = model::create(kSpModel, kModelSeed).value();
+    auto seqs = synthetic_sequences(kPlanLengths, kDataSeed);
   const auto total = std::accumulate(kPlanLengths.begin(), kPlanLengths.end(), std::int64_t{0});
   double loss = 0;
-  model.zero_grads();
+  (void)mdl.zero_grads().value();
   for (const auto& micro_batch : kPlan) {
     for (const auto& g : micro_batch) {
       if (communicator_cache::rank_in(g.devices, device) < 0) continue;
@@ -65,7 +64,7 @@ int run_plan(rendezvous_store& store, int device, const std::string& out) {
       if (!comm) return fail(comm.error().to_string());
       std::vector<std::vector<std::int32_t>> mine;
       for (auto s : g.sequences) mine.push_back(seqs[s]);
-      auto res = run_micro_batch(model, **comm, mine, 1.0f / static_cast<float>(total));
+      auto res = run_micro_batch(mdl, **comm, mine, 1.0f / static_cast<float>(total));
       if (!res) return fail(res.error().to_string());
       loss += res->loss_sum;
     }
@@ -74,12 +73,12 @@ int run_plan(rendezvous_store& store, int device, const std::string& out) {
   std::iota(all.begin(), all.end(), 0);
   auto world = cache.get(all);
   if (!world) return fail(world.error().to_string());
-  if (auto ok = all_reduce_gradients(**world, model); !ok) return fail(ok.error().to_string());
+  if (auto ok = all_reduce_gradients(**world, mdl); !ok) return fail(ok.error().to_string());
   std::vector<float> loss_v{static_cast<float>(loss)};
   if (auto ok = (*world)->all_reduce_sum(loss_v); !ok) return fail(ok.error().to_string());
-  opt.step(model, kPlanClip);
+  (void)mdl.optimizer_step(kPlanAdam, kPlanClip).value();
   std::vector<float> groups{static_cast<float>(cache.size())};
-  arrays a{{"loss", loss_v}, {"params", std::vector<float>(model.params().begin(), model.params().end())},
+  arrays a{{"loss", loss_v}, {"params", std::vector<float>(mdl.host_params().begin(), mdl.host_params().end())},
            {"groups", groups}};
   return write_arrays(out, a) ? 0 : fail("cannot write " + out);
 }

@@ -181,13 +181,13 @@ TEST(GradientCheck, VarlenCausalAttentionMatchesFiniteDifferences) {
 }
 
 TEST(GradientCheck, WholeModelMatchesFiniteDifferences) {
-  const gpt_config cfg{.layers = 2, .d_model = 8, .heads = 2, .vocab = 11, .max_positions = 80};
-  auto model = gpt_model::create(cfg, 7).value();
+  const model_config cfg{.layers = 2, .d_model = 8, .heads = 2, .vocab = 11, .max_positions = 80};
+  auto mdl = model::create(cfg, 7).value();
   // Larger init than GPT-2's 0.02 so every path carries a measurable gradient.
   {
     std::mt19937_64 rng{3};
     std::normal_distribution<float> dist{0.0f, 0.3f};
-    for (auto& p : model.params()) p += dist(rng);
+    for (auto& p : mdl.host_params()) p += dist(rng);
   }
   const std::vector<std::int64_t> lengths{3, 70};
   std::vector<std::vector<std::int32_t>> seqs;
@@ -201,16 +201,16 @@ TEST(GradientCheck, WholeModelMatchesFiniteDifferences) {
   auto in = shard_inputs(layout, seqs).value();
   auto comm = make_local_communicator();
   const float scale = 1.0f / 73.0f;
-  model.zero_grads();
-  ASSERT_TRUE(model.forward_backward(*comm, layout, in, scale));
-  std::vector<float> analytic(model.grads().begin(), model.grads().end());
-  std::vector<float> params(model.params().begin(), model.params().end());
+  ASSERT_TRUE(mdl.zero_grads());
+  ASSERT_TRUE(mdl.forward_backward(*comm, layout, in, scale));
+  std::vector<float> analytic(mdl.host_grads().begin(), mdl.host_grads().end());
+  std::vector<float> params(mdl.host_params().begin(), mdl.host_params().end());
   auto loss = [&] {
-    std::copy(params.begin(), params.end(), model.params().begin());
-    return scale * model.forward_backward(*comm, layout, in, scale, false).value().loss_sum;
+    std::copy(params.begin(), params.end(), mdl.host_params().begin());
+    return scale * mdl.forward_backward(*comm, layout, in, scale, {.backward = false}).value().loss_sum;
   };
   // Every parameter tensor, a handful of elements each.
-  for (const auto& p : model.parameters()) {
+  for (const auto& p : mdl.parameters()) {
     std::vector<float> sub_x, sub_g;
     const auto n = numel_of(p.shape);
     const std::int64_t step = std::max<std::int64_t>(1, n / 6);

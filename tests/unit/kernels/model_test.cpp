@@ -16,7 +16,7 @@
 namespace flexsp::kernels {
 namespace {
 
-const gpt_config kSmall{.layers = 2, .d_model = 24, .heads = 3, .vocab = 256, .max_positions = 256};
+const model_config kSmall{.layers = 2, .d_model = 24, .heads = 3, .vocab = 256, .max_positions = 256};
 
 TEST(Fingerprint, SeesEveryBitAndComposesOverConcatenation) {
   std::vector<float> a(1000);
@@ -57,37 +57,37 @@ TEST(CpuMathThreads, CpuDevicesShareTheCores) {
 }
 
 TEST(GptConfig, NamesTheBadField) {
-  gpt_config c = kSmall;
+  model_config c = kSmall;
   c.heads = 5;
   auto r = c.validate();
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message().find("heads"), std::string::npos);
-  EXPECT_FALSE(gpt_model::create(c, 1));
+  EXPECT_FALSE(model::create(c, 1));
 }
 
 TEST(GptModel, SameSeedGivesIdenticalParameters) {
-  auto a = gpt_model::create(kSmall, 42).value(), b = gpt_model::create(kSmall, 42).value(),
-       c = gpt_model::create(kSmall, 43).value();
-  EXPECT_TRUE(std::equal(a.params().begin(), a.params().end(), b.params().begin()));
-  EXPECT_FALSE(std::equal(a.params().begin(), a.params().end(), c.params().begin()));
-  EXPECT_EQ(static_cast<std::int64_t>(a.params().size()), kSmall.parameter_count());
+  auto a = model::create(kSmall, 42).value(), b = model::create(kSmall, 42).value(),
+       c = model::create(kSmall, 43).value();
+  EXPECT_TRUE(std::equal(a.host_params().begin(), a.host_params().end(), b.host_params().begin()));
+  EXPECT_FALSE(std::equal(a.host_params().begin(), a.host_params().end(), c.host_params().begin()));
+  EXPECT_EQ(static_cast<std::int64_t>(a.host_params().size()), kSmall.parameter_count());
   EXPECT_EQ(a.find("h1.ln2.g").value().shape, (shape_t{24}));
   EXPECT_EQ(a.find("nope").error().kind(), errc::not_found);
 }
 
 TEST(GptModel, InitialLossIsNearLogVocab) {
-  auto m = gpt_model::create(kSmall, 1).value();
+  auto m = model::create(kSmall, 1).value();
   const std::vector<std::int64_t> lengths{50, 70};
   auto seqs = synthetic_sequences(lengths, 3);
   auto layout = ulysses_layout::make(lengths, 1, 0, kSmall.heads).value();
   auto in = shard_inputs(layout, seqs).value();
   auto comm = make_local_communicator();
-  auto r = m.forward_backward(*comm, layout, in, 1.0f / 120, false).value();
+  auto r = m.forward_backward(*comm, layout, in, 1.0f / 120, {.backward = false}).value();
   EXPECT_NEAR(r.loss_sum / 120, std::log(256.0), 0.1);
 }
 
 TEST(GptModel, RejectsSequencesLongerThanMaxPositions) {
-  auto m = gpt_model::create(kSmall, 1).value();
+  auto m = model::create(kSmall, 1).value();
   const std::vector<std::int64_t> lengths{300};
   auto layout = ulysses_layout::make(lengths, 1, 0, kSmall.heads).value();
   auto in = shard_inputs(layout, synthetic_sequences(lengths, 1)).value();
@@ -99,23 +99,20 @@ TEST(GptModel, RejectsSequencesLongerThanMaxPositions) {
 
 TEST(Checkpoint, RoundTripsParametersAndOptimizerStateAndDetectsCorruption) {
   const auto path = std::filesystem::temp_directory_path() / ("flexsp_ckpt_" + std::to_string(::getpid()));
-  auto m = gpt_model::create(kSmall, 5).value();
-  adamw_optimizer opt{m, {}};
-  for (auto& g : m.grads()) g = 0.01f;
-  opt.step(m, 1.0);
-  ASSERT_TRUE(save_checkpoint(path, m, opt));
-  auto m2 = gpt_model::create(kSmall, 6).value();
-  adamw_optimizer opt2{m2, {}};
-  ASSERT_TRUE(load_checkpoint(path, m2, opt2));
-  EXPECT_TRUE(std::equal(m.params().begin(), m.params().end(), m2.params().begin()));
-  EXPECT_TRUE(std::equal(opt.second_moments().begin(), opt.second_moments().end(), opt2.second_moments().begin()));
-  EXPECT_EQ(opt2.steps(), 1);
+  auto m = model::create(kSmall, 5).value();
+  for (auto& g : m.host_grads()) g = 0.01f;
+  m.optimizer_step({}, 1.0).value();
+  ASSERT_TRUE(save_checkpoint(path, m));
+  auto m2 = model::create(kSmall, 6).value();
+  ASSERT_TRUE(load_checkpoint(path, m2));
+  EXPECT_TRUE(std::equal(m.host_params().begin(), m.host_params().end(), m2.host_params().begin()));
+  EXPECT_TRUE(std::equal(m.host_second_moments().begin(), m.host_second_moments().end(), m2.host_second_moments().begin()));
+  EXPECT_EQ(m2.steps(), 1);
 
-  gpt_config other = kSmall;
+  model_config other = kSmall;
   other.layers = 1;
-  auto m3 = gpt_model::create(other, 1).value();
-  adamw_optimizer opt3{m3, {}};
-  auto mismatch = load_checkpoint(path, m3, opt3);
+  auto m3 = model::create(other, 1).value();
+  auto mismatch = load_checkpoint(path, m3);
   ASSERT_FALSE(mismatch);
   EXPECT_NE(mismatch.error().message().find("layers"), std::string::npos);
 
@@ -124,12 +121,12 @@ TEST(Checkpoint, RoundTripsParametersAndOptimizerStateAndDetectsCorruption) {
     f.seekp(100);
     f.put('\x7f');
   }
-  auto corrupt = load_checkpoint(path, m2, opt2);
+  auto corrupt = load_checkpoint(path, m2);
   ASSERT_FALSE(corrupt);
   EXPECT_NE(corrupt.error().message().find("checksum"), std::string::npos);
   std::filesystem::resize_file(path, 60);
-  EXPECT_FALSE(load_checkpoint(path, m2, opt2));
-  EXPECT_EQ(load_checkpoint(path.string() + ".absent", m2, opt2).error().kind(), errc::not_found);
+  EXPECT_FALSE(load_checkpoint(path, m2));
+  EXPECT_EQ(load_checkpoint(path.string() + ".absent", m2).error().kind(), errc::not_found);
   std::filesystem::remove(path);
 }
 
@@ -149,7 +146,7 @@ TEST(UlyssesSp, ThreadedGroupOfThreeMatchesOneDevice) {
   const int d = 3;
   auto seqs = synthetic_sequences(lengths, 11);
   const float scale = 1.0f / 106;
-  auto ref = gpt_model::create(kSmall, 9).value();
+  auto ref = model::create(kSmall, 9).value();
   auto l1 = ulysses_layout::make(lengths, 1, 0, kSmall.heads).value();
   auto local = make_local_communicator();
   auto ref_out = ref.forward_backward(*local, l1, shard_inputs(l1, seqs).value(), scale).value();
@@ -161,16 +158,16 @@ TEST(UlyssesSp, ThreadedGroupOfThreeMatchesOneDevice) {
   for (int r = 0; r < d; ++r)
     threads.emplace_back([&, r] {
       auto comm = make_gloo_communicator(store, "sp3", r, d, gloo_options{}).value();
-      auto m = gpt_model::create(kSmall, 9).value();
+      auto m = model::create(kSmall, 9).value();
       auto l = ulysses_layout::make(lengths, d, r, kSmall.heads).value();
       auto out = m.forward_backward(*comm, l, shard_inputs(l, seqs).value(), scale).value();
       losses[r] = out.loss_sum;
       ASSERT_TRUE(all_reduce_gradients(*comm, m));
-      grads[r].assign(m.grads().begin(), m.grads().end());
+      grads[r].assign(m.host_grads().begin(), m.host_grads().end());
     });
   for (auto& t : threads) t.join();
   EXPECT_NEAR(losses[0] + losses[1] + losses[2], ref_out.loss_sum, 1e-4 * ref_out.loss_sum);
-  for (int r = 0; r < d; ++r) EXPECT_LE(rel_err(grads[r], ref.grads()), 1e-4);
+  for (int r = 0; r < d; ++r) EXPECT_LE(rel_err(grads[r], ref.host_grads()), 1e-4);
 }
 
 TEST(TrainingState, BroadcastGivesAJoiningReplicaTheSameParametersAndMoments) {
@@ -181,18 +178,17 @@ TEST(TrainingState, BroadcastGivesAJoiningReplicaTheSameParametersAndMoments) {
   for (int r = 0; r < 2; ++r)
     threads.emplace_back([&, r] {
       auto comm = make_gloo_communicator(store, "join", r, 2, gloo_options{}).value();
-      auto m = gpt_model::create(kSmall, r == 0 ? 1 : 2).value();
-      adamw_optimizer opt{m, {}};
+      auto m = model::create(kSmall, r == 0 ? 1 : 2).value();
       if (r == 0) {
         const std::vector<std::vector<std::int32_t>> seqs = synthetic_sequences(std::vector<std::int64_t>{20, 7}, 4);
         auto local = make_local_communicator();
         ASSERT_TRUE(run_micro_batch(m, *local, seqs, 1.0f / 27));
-        opt.step(m, 1.0);
+        m.optimizer_step({}, 1.0).value();
       }
-      ASSERT_TRUE(broadcast_training_state(*comm, 0, m, opt));
-      params[r].assign(m.params().begin(), m.params().end());
-      second[r].assign(opt.second_moments().begin(), opt.second_moments().end());
-      steps[r] = opt.steps();
+      ASSERT_TRUE(broadcast_training_state(*comm, 0, m));
+      params[r].assign(m.host_params().begin(), m.host_params().end());
+      second[r].assign(m.host_second_moments().begin(), m.host_second_moments().end());
+      steps[r] = m.steps();
     });
   for (auto& t : threads) t.join();
   EXPECT_EQ(params[0], params[1]);

@@ -31,7 +31,7 @@
 #include "flexsp/core/error.hpp"
 #include "flexsp/core/net/transport.hpp"
 
-namespace flexsp::kernels::gpu {
+namespace flexsp::kernels {
 class device;
 }
 
@@ -78,14 +78,16 @@ public:
 private:
   void post(std::function<void()> work);
   expected<cluster_client*> client();
-  expected<std::shared_ptr<kernels::gpu::device>> gpu();
+  /// The compute device of this device actor: the host device for `cpu:N`, the GPU for
+  /// `cuda:N` (opened by the first job).
+  expected<std::shared_ptr<kernels::device>> compute_device();
   std::shared_ptr<job> find(const std::string& id);
 
   device_context context_;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<job>> jobs_;  // guarded by mutex_
   std::unique_ptr<cluster_client> client_;            // worker only
-  std::shared_ptr<kernels::gpu::device> gpu_;         // worker only; opened by the first job
+  std::shared_ptr<kernels::device> device_;           // worker only; opened by the first job
   std::string name_;                                  // "cuda:0", for logs
   core::actor_ref<work_queue> worker_;                // runs steps, joins, saves
   core::actor_ref<work_queue> retirer_;               // tears down aborted communicators

@@ -1,8 +1,10 @@
 #pragma once
 /// \file
-/// A GPT-2-style decoder (pre-LayerNorm blocks, GELU MLP, tied input/output embedding) on the
-/// CPU device, trained with Ulysses sequence parallelism inside an SP group and data
-/// parallelism across groups.
+/// The model, written once against the device interface (device.hpp): a GPT-2-style decoder
+/// (pre-LayerNorm blocks, GELU MLP, tied input/output embedding) with its parameters,
+/// gradients and AdamW moments in one device's memory, trained with Ulysses sequence
+/// parallelism inside an SP group and data parallelism across groups. The same code runs on
+/// the host device (host memory, the CPU kernels: the reference) and on a CUDA device.
 ///
 /// One training step on a device (what the device actor runs):
 /// ```
@@ -13,10 +15,20 @@
 ///     model.forward_backward(*group, *layout, *in, 1.0f / global_batch_tokens);
 ///   }
 ///   all_reduce_gradients(world, model);            // every live device; then GradReady
-///   optimizer.step(model, max_grad_norm);          // on Commit
+///   model.optimizer_step(hyper, max_grad_norm);    // on Commit
 /// ```
-/// Parameters, gradients and optimizer moments are single flat fp32 buffers, so that gradient
-/// all-reduce, broadcast to a joining replica and checkpoints move one contiguous block.
+/// Parameters, gradients and optimizer moments are single flat fp32 buffers (in the order of
+/// `parameters()`), so that gradient all-reduce, broadcast to a joining replica and checkpoints
+/// move one contiguous block, and a state checksum means the same on every device.
+///
+/// In a group of one the head layout change around attention is a device copy. In larger
+/// groups each all-to-all follows ulysses_layout's exchange plan: the device packs the send
+/// buffer and unpacks the receive buffer (device::copy_blocks); host memory and NCCL groups
+/// exchange the buffers in place, other communicators (Gloo from a GPU) through host copies.
+///
+/// Precision: fp32 everywhere by default. On CUDA devices attention may keep Q, K, V, the output
+/// and their gradients in bf16 (fp32 arithmetic inside) and GEMMs may use tf32 tensor cores;
+/// the host device refuses both (errc::unimplemented).
 ///
 /// Checkpoint format (little-endian, version 1):
 /// ```
@@ -30,7 +42,7 @@
 ///   28      4         u32 max_positions
 ///   32      8         u64 optimizer step count
 ///   40      8         u64 n = number of parameters
-///   48      4n        f32 parameters  (order of gpt_model::parameters())
+///   48      4n        f32 parameters  (order of model::parameters())
 ///   48+4n   4n        f32 AdamW first moments
 ///   48+8n   4n        f32 AdamW second moments
 ///   48+12n  8         u64 FNV-1a 64 checksum of every byte before it
@@ -39,12 +51,14 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "flexsp/core/error.hpp"
 #include "flexsp/kernels/collectives.hpp"
+#include "flexsp/kernels/device.hpp"
 #include "flexsp/kernels/ops.hpp"
 #include "flexsp/kernels/tensor.hpp"
 #include "flexsp/kernels/ulysses.hpp"
@@ -52,7 +66,7 @@
 namespace flexsp::kernels {
 
 /// Model shape.
-struct gpt_config {
+struct model_config {
   std::int64_t layers = 4;
   std::int64_t d_model = 256;
   std::int64_t heads = 8;
@@ -78,94 +92,121 @@ struct parameter_info {
 struct micro_batch_result {
   double loss_sum = 0;            ///< sum of token losses over this rank's tokens (unscaled)
   std::int64_t tokens = 0;        ///< this rank's tokens
-  tensor logits;                  ///< [tokens, vocab] when requested, else empty
+  tensor logits;                  ///< [tokens, vocab] (host) when requested, else empty
 };
 
-class gpt_model {
-public:
-  /// Builds a model with GPT-2 initialisation from `seed` (normal(0, 0.02) weights, output
-  /// projections scaled by 1/sqrt(2*layers), unit LayerNorm gains, zero biases); the same seed
-  /// gives bit-identical parameters. Fails with errc::invalid_argument for a bad config.
-  static expected<gpt_model> create(const gpt_config& config, std::uint64_t seed);
+/// How a forward pass runs.
+struct forward_options {
+  bool backward = true;       ///< also accumulate gradients
+  bool keep_logits = false;   ///< copy this rank's logits to micro_batch_result::logits
+};
 
-  const gpt_config& config() const noexcept { return config_; }
-  const std::vector<parameter_info>& parameters() const noexcept { return table_; }
+class model {
+public:
+  /// Builds a model on `dev` with GPT-2 initialisation from `seed` (normal(0, 0.02) weights,
+  /// output projections scaled by 1/sqrt(2*layers), unit LayerNorm gains, zero biases; drawn on
+  /// the host, so the same seed gives bit-identical parameters on every device); gradients and
+  /// moments start at zero. errc::invalid_argument for a bad config, errc::overloaded when the
+  /// device is out of memory.
+  static expected<model> create(std::shared_ptr<device> dev, const model_config& config, std::uint64_t seed);
+  /// The same on a new host device.
+  static expected<model> create(const model_config& config, std::uint64_t seed);
+
+  model(model&&) noexcept;
+  model& operator=(model&&) noexcept;
+  ~model();
+
+  const model_config& config() const noexcept;
+  const std::vector<parameter_info>& parameters() const noexcept;
   /// The parameter named `name`, or errc::not_found.
   expected<parameter_info> find(std::string_view name) const;
+  device& dev() const noexcept;
+  std::shared_ptr<device> device_ptr() const noexcept;
+  /// Number of parameters (floats in each flat buffer).
+  std::int64_t size() const noexcept;
 
-  std::span<float> params() noexcept { return params_; }
-  std::span<const float> params() const noexcept { return params_; }
-  std::span<float> grads() noexcept { return grads_; }
-  std::span<const float> grads() const noexcept { return grads_; }
-  void zero_grads() noexcept;
+  /// Element type of attention's Q, K, V and output (and their gradients): f32 (the default)
+  /// or bf16 (CUDA only; every other op, the parameters and the optimizer stay fp32).
+  dtype attention_type() const noexcept;
+  void set_attention_type(dtype type) noexcept;
+  /// Arithmetic of every GEMM: fp32 (the default) or tf32 (CUDA only).
+  gemm_math gemm_arithmetic() const noexcept;
+  void set_gemm_math(gemm_math math) noexcept;
 
-  /// Forward (and, when `backward`, backward) of one micro-batch on this rank of the SP group
-  /// `group` (size == layout.degree(); a local communicator for a group of one). Gradients of
-  /// `loss_scale * sum of the group's token losses` are *added* to grads(), this rank's part
-  /// only: summing grads over the group's ranks (the gradient all-reduce does) gives the
-  /// group's gradient. Collective: every rank of the group calls it with the same layout
-  /// lengths. Errors: invalid token/target/position ids (errc::invalid_argument), sequences
-  /// longer than max_positions, and any communicator error.
+  /// Device pointers to the flat buffers ([size()] floats each).
+  float* params() const noexcept;
+  float* grads() const noexcept;
+  float* first_moments() const noexcept;
+  float* second_moments() const noexcept;
+  /// The flat buffers as host spans: only on the host device (FLEXSP_EXPECTS otherwise).
+  std::span<float> host_params() const;
+  std::span<float> host_grads() const;
+  std::span<float> host_first_moments() const;
+  std::span<float> host_second_moments() const;
+
+  /// Optimizer steps applied.
+  std::int64_t steps() const noexcept;
+  void set_steps(std::int64_t steps) noexcept;
+
+  expected<void> zero_grads();
+  /// Forward (and, unless options say otherwise, backward) of one micro-batch on this rank of
+  /// the SP group `group` (size == layout.degree(); a local communicator for a group of one).
+  /// Gradients of `loss_scale * sum of the group's token losses` are *added* to grads(), this
+  /// rank's part only: summing grads over the group's ranks (the gradient all-reduce does)
+  /// gives the group's gradient. Collective: every rank of the group calls it with the same
+  /// layout lengths. Errors: invalid token/target/position ids (errc::invalid_argument),
+  /// sequences longer than max_positions, what the device cannot do, communicator errors.
   expected<micro_batch_result> forward_backward(communicator& group, const ulysses_layout& layout,
-                                                const local_inputs& inputs, float loss_scale, bool backward = true,
-                                                bool keep_logits = false);
+                                                const local_inputs& inputs, float loss_scale,
+                                                forward_options options = {});
+  /// The same for a group of one: whole sequences `lengths` on this device.
+  expected<micro_batch_result> forward_backward(const local_inputs& inputs, std::span<const std::int64_t> lengths,
+                                                float loss_scale, forward_options options = {});
+
+  /// Clips the gradient norm to `max_grad_norm` (<= 0: no clipping), then applies one AdamW
+  /// update (weight decay only where parameter_info::decay). Returns the pre-clip norm.
+  expected<double> optimizer_step(const adamw_params& hyper, double max_grad_norm);
+
+  /// kernels::fingerprint of parameters, first and second moments as one sequence, computed
+  /// where they live: the same value for the same bits on every device.
+  expected<std::uint64_t> fingerprint() const;
+  /// Copies to or from host memory ([size()] floats each); errc::invalid_argument for another size.
+  expected<void> download_params(std::span<float> out) const;
+  expected<void> download_grads(std::span<float> out) const;
+  expected<void> download_moments(std::span<float> first, std::span<float> second) const;
+  expected<void> upload_params(std::span<const float> in);
+  expected<void> upload_grads(std::span<const float> in);
+  /// Replaces parameters, moments and step count (a checkpoint or another replica's state).
+  expected<void> upload_state(std::span<const float> params, std::span<const float> first,
+                              std::span<const float> second, std::int64_t steps);
 
 private:
-  gpt_model() = default;
-  struct layer_params;
-  layer_params layer(std::int64_t l, std::span<float> buf) const;
-
-  gpt_config config_;
-  std::vector<parameter_info> table_;
-  std::vector<float> params_;
-  std::vector<float> grads_;
+  struct state;
+  explicit model(std::unique_ptr<state> s);
+  std::unique_ptr<state> s_;
 };
 
 /// Forward and backward of the sequences one SP group runs in a micro-batch, on this member
 /// of `group`: builds the Ulysses layout from the group's size and this rank, takes this
 /// rank's shares and calls forward_backward. Every member passes the same full sequences
 /// (length + 1 ids each, see shard_inputs). loss_scale is 1 / (tokens of the global batch).
-expected<micro_batch_result> run_micro_batch(gpt_model& model, communicator& group,
+expected<micro_batch_result> run_micro_batch(model& m, communicator& group,
                                              std::span<const std::vector<std::int32_t>> sequences, float loss_scale);
 
-/// Sums gradients over every device of `world` (all SP groups are data-parallel replicas).
-expected<void> all_reduce_gradients(communicator& world, gpt_model& model);
-
-/// AdamW state over a model's flat parameter buffer.
-class adamw_optimizer {
-public:
-  adamw_optimizer(const gpt_model& model, adamw_params params);
-
-  /// Clips the gradient norm to `max_grad_norm` (<= 0: no clipping), then applies one AdamW
-  /// update (weight decay only where parameter_info::decay). Returns the pre-clip norm.
-  double step(gpt_model& model, double max_grad_norm);
-
-  std::int64_t steps() const noexcept { return step_; }
-  adamw_params& hyper_parameters() noexcept { return params_; }
-  std::span<float> first_moments() noexcept { return m_; }
-  std::span<float> second_moments() noexcept { return v_; }
-  std::span<const float> first_moments() const noexcept { return m_; }
-  std::span<const float> second_moments() const noexcept { return v_; }
-  void set_steps(std::int64_t s) noexcept { step_ = s; }
-
-private:
-  adamw_params params_;
-  std::vector<float> m_;
-  std::vector<float> v_;
-  std::int64_t step_ = 0;
-};
+/// Sums gradients over every device of `world` (all SP groups are data-parallel replicas):
+/// in place for host memory and groups that take device buffers, else through a host copy.
+expected<void> all_reduce_gradients(communicator& world, model& m);
 
 /// Copies parameters, AdamW moments and step count from rank `root` of `group` to every other
 /// member (a device joining a running job). Collective.
-expected<void> broadcast_training_state(communicator& group, int root, gpt_model& model, adamw_optimizer& optimizer);
+expected<void> broadcast_training_state(communicator& group, int root, model& m);
 
 /// Writes parameters and optimizer state (format above). errc::io on a write failure.
-expected<void> save_checkpoint(const std::filesystem::path& path, const gpt_model& model,
-                               const adamw_optimizer& optimizer);
+expected<void> save_checkpoint(const std::filesystem::path& path, const model& m);
 
-/// Restores a checkpoint into `model` and `optimizer`. errc::not_found for a missing file;
-/// errc::invalid_argument for a bad magic/version, a config that differs from the model's, a
-/// truncated file or a checksum mismatch (the message says which).
-expected<void> load_checkpoint(const std::filesystem::path& path, gpt_model& model, adamw_optimizer& optimizer);
+/// Restores a checkpoint into `m`. errc::not_found for a missing file; errc::invalid_argument
+/// for a bad magic/version, a config that differs from the model's, a truncated file or a
+/// checksum mismatch (the message says which).
+expected<void> load_checkpoint(const std::filesystem::path& path, model& m);
 
 }  // namespace flexsp::kernels
