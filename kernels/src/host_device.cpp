@@ -117,8 +117,13 @@ public:
   expected<void> embedding_forward(const std::int32_t* tokens, const std::int32_t* positions, const float* wte,
                                    const float* wpe, float* o, std::int64_t n, std::int64_t d, std::int64_t vocab,
                                    std::int64_t max_pos) override {
-    return kernels::embedding_forward(in(tokens, n), in(positions, n), in(wte, vocab * d), in(wpe, max_pos * d),
-                                      out(o, n * d), d);
+    if (wpe == nullptr)  // no position table: the positions must still fit the model
+      for (std::int64_t t = 0; t < n; ++t)
+        if (positions[t] < 0 || positions[t] >= max_pos)
+          return make_error(errc::invalid_argument, "position {} at index {} outside [0, {}) (max positions)",
+                            positions[t], t, max_pos);
+    return kernels::embedding_forward(in(tokens, n), in(positions, n), in(wte, vocab * d),
+                                      wpe ? in(wpe, max_pos * d) : std::span<const float>{}, out(o, n * d), d);
   }
   expected<void> embedding_backward(const std::int32_t* tokens, const std::int32_t* positions, const float* dout,
                                     float* dwte, float* dwpe, std::int64_t n, std::int64_t d) override {
@@ -130,7 +135,7 @@ public:
       top_position = std::max<std::int64_t>(top_position, positions[t] + 1);
     }
     kernels::embedding_backward(in(tokens, n), in(positions, n), in(dout, n * d), out(dwte, top_token * d),
-                                out(dwpe, top_position * d), d);
+                                dwpe ? out(dwpe, top_position * d) : std::span<float>{}, d);
     return {};
   }
   expected<void> layernorm_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean,
@@ -143,6 +148,39 @@ public:
                                     std::int64_t d) override {
     kernels::layernorm_backward(in(dy, n * d), in(x, n * d), in(gamma, d), in(mean, n), in(rstd, n), out(dx, n * d),
                                 out(dgamma, d), out(dbeta, d), d);
+    return {};
+  }
+  expected<void> rmsnorm_forward(const float* x, const float* gamma, float* y, float* rstd, std::int64_t n,
+                                 std::int64_t d, float eps) override {
+    FLEXSP_TRY(check_count(n, "rmsnorm_forward"));
+    kernels::rmsnorm_forward(in(x, n * d), in(gamma, d), out(y, n * d), out(rstd, n), d, eps);
+    return {};
+  }
+  expected<void> rmsnorm_backward(const float* dy, const float* x, const float* gamma, const float* rstd, float* dx,
+                                  float* dgamma, std::int64_t n, std::int64_t d) override {
+    FLEXSP_TRY(check_count(n, "rmsnorm_backward"));
+    kernels::rmsnorm_backward(in(dy, n * d), in(x, n * d), in(gamma, d), in(rstd, n), out(dx, n * d), out(dgamma, d),
+                              d);
+    return {};
+  }
+  expected<void> rope(float* x, const std::int32_t* positions, std::int64_t n, std::int64_t heads,
+                      std::int64_t row_stride, std::int64_t head_dim, float theta, bool inverse) override {
+    FLEXSP_TRY(check_count(n, "rope"));
+    if (head_dim % 2 != 0 || heads * head_dim > row_stride)
+      return make_error(errc::invalid_argument, "rope: {} heads of {} (even) must fit rows of {}", heads, head_dim,
+                        row_stride);
+    kernels::rope(out(x, n * row_stride), in(positions, n), heads, row_stride, head_dim, theta, inverse);
+    return {};
+  }
+  expected<void> swiglu_forward(const float* gate_up, float* y, std::int64_t n, std::int64_t f) override {
+    FLEXSP_TRY(check_count(n, "swiglu_forward"));
+    kernels::swiglu_forward(in(gate_up, 2 * n * f), out(y, n * f), f);
+    return {};
+  }
+  expected<void> swiglu_backward(const float* dy, const float* gate_up, float* dgate_up, std::int64_t n,
+                                 std::int64_t f) override {
+    FLEXSP_TRY(check_count(n, "swiglu_backward"));
+    kernels::swiglu_backward(in(dy, n * f), in(gate_up, 2 * n * f), out(dgate_up, 2 * n * f), f);
     return {};
   }
   expected<void> gelu_forward(const float* x, float* y, std::int64_t count) override {

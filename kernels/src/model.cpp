@@ -36,31 +36,61 @@ private:
   bool have_spare_ = false;
 };
 // Per-layer activations kept for the backward pass (one slot each, see slot_of).
-enum layer_slot : std::size_t { x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_h, att_h, lse, att, x_mid, ln2, ln2_mean,
-                                ln2_rstd, fc, act, qkv_b, att_b, kLayerSlots };
+enum layer_slot : std::size_t { x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_full, qkv_h, att_h, lse, att, x_mid, ln2,
+                                ln2_mean, ln2_rstd, fc, act, qkv_b, att_b, kLayerSlots };
 // Buffers of one step that are not per layer.
 enum step_slot : std::size_t { tokens, positions, targets, x, lnf, lnf_mean, lnf_rstd, logits, dlogits, dlnf, dx, dact,
                                dfc, dln, dtmp, datt, datt_h, dqkv_h, dqkv, attn_fwd_ws, attn_bwd_ws, xsend, xrecv,
-                               datt_b, dqkv_b, kStepSlots };
+                               datt_b, dqkv_b, dproj, dkv_acc, dkv_part, kStepSlots };
+
+/// No such parameter (a bias of the llama family).
+constexpr std::size_t kNone = ~std::size_t{0};
+/// Where a layer's parameters are in the table.
+struct layer_index {
+  std::size_t norm1_g = kNone, norm1_b = kNone, w_qkv = kNone, b_qkv = kNone, w_o = kNone, b_o = kNone;
+  std::size_t norm2_g = kNone, norm2_b = kNone, w_in = kNone, b_in = kNone, w_out = kNone, b_out = kNone;
+};
+/// Where the parameters outside the layers are.
+struct top_index {
+  std::size_t embedding = kNone, positions = kNone, norm_g = kNone, norm_b = kNone, output = kNone;
+};
 }  // namespace
 
+std::string_view to_string(model_family f) noexcept { return f == model_family::llama ? "llama" : "gpt2"; }
+
 expected<void> model_config::validate() const {
-  if (layers < 1) return make_error(errc::invalid_argument, "model_config.layers = {} (must be >= 1)", layers);
-  if (d_model < 1) return make_error(errc::invalid_argument, "model_config.d_model = {} (must be >= 1)", d_model);
+  if (layers < 1) return make_error(errc::invalid_argument, "model.layers = {} (must be >= 1)", layers);
+  if (d_model < 1) return make_error(errc::invalid_argument, "model.d_model = {} (must be >= 1)", d_model);
   if (heads < 1 || d_model % heads != 0)
-    return make_error(errc::invalid_argument, "model_config.heads = {} must divide d_model = {}", heads, d_model);
-  if (vocab < 1) return make_error(errc::invalid_argument, "model_config.vocab = {} (must be >= 1)", vocab);
+    return make_error(errc::invalid_argument, "model.heads = {} must divide model.d_model = {}", heads, d_model);
+  if (vocab < 1) return make_error(errc::invalid_argument, "model.vocab = {} (must be >= 1)", vocab);
   if (max_positions < 1)
-    return make_error(errc::invalid_argument, "model_config.max_positions = {} (must be >= 1)", max_positions);
+    return make_error(errc::invalid_argument, "model.max_positions = {} (must be >= 1)", max_positions);
+  if (family == model_family::gpt2) {
+    if (kv_heads != 0 && kv_heads != heads)
+      return make_error(errc::invalid_argument, "model.kv_heads = {}: the gpt2 family has as many K/V heads as heads",
+                        kv_heads);
+    if (ffn != 0 && ffn != 4 * d_model)
+      return make_error(errc::invalid_argument, "model.ffn = {}: the gpt2 family's MLP is 4 x d_model", ffn);
+    return {};
+  }
+  if (kv_heads < 0 || (kv_heads > 0 && heads % kv_heads != 0))
+    return make_error(errc::invalid_argument, "model.kv_heads = {} must divide model.heads = {}", kv_heads, heads);
+  if (head_dim() % 2 != 0)
+    return make_error(errc::invalid_argument, "model: head dimension {} (d_model / heads) must be even for rotary "
+                      "embeddings", head_dim());
+  if (ffn < 0) return make_error(errc::invalid_argument, "model.ffn = {} (must be >= 0)", ffn);
+  if (!(rope_theta > 1.0f)) return make_error(errc::invalid_argument, "model.rope_theta = {} (must be > 1)", rope_theta);
+  if (!(norm_eps > 0.0f) || norm_eps > 1e-2f)
+    return make_error(errc::invalid_argument, "model.norm_eps = {} (must be in (0, 0.01])", norm_eps);
   return {};
 }
 
-std::int64_t model_config::parameter_count() const noexcept {
-  const std::int64_t D = d_model;
-  const std::int64_t per_layer = 2 * D + D * 3 * D + 3 * D + D * D + D + 2 * D + D * 4 * D + 4 * D + 4 * D * D + D;
-  return vocab * D + max_positions * D + layers * per_layer + 2 * D;
+std::int64_t model_config::ffn_dim() const noexcept {
+  if (family == model_family::gpt2) return 4 * d_model;
+  if (ffn > 0) return ffn;
+  return (8 * d_model / 3 + 31) / 32 * 32;
 }
-
 
 namespace {
 
@@ -74,6 +104,22 @@ std::vector<parameter_info> parameter_table(const model_config& config) {
     table.push_back({std::move(name), off, std::move(shape), decay});
     off += n;
   };
+  if (config.family == model_family::llama) {
+    const std::int64_t P = (config.heads + 2 * config.kv()) * config.head_dim(), F = config.ffn_dim();
+    add("tok_embeddings", {config.vocab, D}, true);
+    for (std::int64_t l = 0; l < config.layers; ++l) {
+      const auto p = fmt::format("h{}.", l);
+      add(p + "attn_norm.g", {D}, false);
+      add(p + "attn.w_qkv", {D, P}, true);  // Q (heads), K (kv_heads), V (kv_heads)
+      add(p + "attn.w_o", {D, D}, true);
+      add(p + "mlp_norm.g", {D}, false);
+      add(p + "mlp.w_gate_up", {D, 2 * F}, true);  // gate, then up
+      add(p + "mlp.w_down", {F, D}, true);
+    }
+    add("norm_f.g", {D}, false);
+    add("lm_head", {config.vocab, D}, true);
+    return table;
+  }
   add("wte", {config.vocab, D}, true);
   add("wpe", {config.max_positions, D}, true);
   for (std::int64_t l = 0; l < config.layers; ++l) {
@@ -93,8 +139,44 @@ std::vector<parameter_info> parameter_table(const model_config& config) {
   }
   add("ln_f.g", {D}, false);
   add("ln_f.b", {D}, false);
-  FLEXSP_ASSERT(off == config.parameter_count(), "parameter table {} vs count {}", off, config.parameter_count());
   return table;
+}
+
+std::size_t index_of(const std::vector<parameter_info>& table, const std::string& name) {
+  for (std::size_t i = 0; i < table.size(); ++i)
+    if (table[i].name == name) return i;
+  return kNone;
+}
+
+/// Where every parameter the forward pass uses is, by name (both families).
+std::pair<top_index, std::vector<layer_index>> index_table(const model_config& config,
+                                                           const std::vector<parameter_info>& table) {
+  auto at = [&](const std::string& name) { return index_of(table, name); };
+  top_index top;
+  std::vector<layer_index> layers(sz(config.layers));
+  if (config.family == model_family::llama) {
+    top = {at("tok_embeddings"), kNone, at("norm_f.g"), kNone, at("lm_head")};
+    for (std::int64_t l = 0; l < config.layers; ++l) {
+      const auto p = fmt::format("h{}.", l);
+      auto& w = layers[sz(l)];
+      w.norm1_g = at(p + "attn_norm.g");
+      w.w_qkv = at(p + "attn.w_qkv");
+      w.w_o = at(p + "attn.w_o");
+      w.norm2_g = at(p + "mlp_norm.g");
+      w.w_in = at(p + "mlp.w_gate_up");
+      w.w_out = at(p + "mlp.w_down");
+    }
+    return {top, layers};
+  }
+  top = {at("wte"), at("wpe"), at("ln_f.g"), at("ln_f.b"), at("wte")};
+  for (std::int64_t l = 0; l < config.layers; ++l) {
+    const auto p = fmt::format("h{}.", l);
+    auto& w = layers[sz(l)];
+    w = {at(p + "ln1.g"),    at(p + "ln1.b"),    at(p + "attn.w_qkv"), at(p + "attn.b_qkv"),
+         at(p + "attn.w_o"), at(p + "attn.b_o"), at(p + "ln2.g"),      at(p + "ln2.b"),
+         at(p + "mlp.w_fc"), at(p + "mlp.b_fc"), at(p + "mlp.w_proj"), at(p + "mlp.b_proj")};
+  }
+  return {top, layers};
 }
 
 /// GPT-2 initialisation of the flat parameter buffer, on the host.
@@ -108,7 +190,8 @@ std::vector<float> initial_parameters(const model_config& config, const std::vec
     const auto n = numel_of(p.shape);
     const bool gain = p.name.ends_with(".g");
     const bool is_matrix = p.shape.size() == 2;
-    const bool is_proj = p.name.ends_with("w_o") || p.name.ends_with("w_proj");
+    // GPT-2 scales the projections into the residual stream; LLaMA (Hugging Face) does not.
+    const bool is_proj = config.family == model_family::gpt2 && (p.name.ends_with("w_o") || p.name.ends_with("w_proj"));
     for (std::int64_t i = 0; i < n; ++i)
       v[i] = gain ? 1.0f : is_matrix ? rng.next(is_proj ? proj_std : 0.02f) : 0.0f;
   }
@@ -116,6 +199,12 @@ std::vector<float> initial_parameters(const model_config& config, const std::vec
 }
 
 }  // namespace
+
+std::int64_t model_config::parameter_count() const noexcept {
+  std::int64_t n = 0;
+  for (const auto& p : parameter_table(*this)) n += numel_of(p.shape);
+  return n;
+}
 
 struct model::state {
   std::shared_ptr<device> dev;
@@ -125,12 +214,14 @@ struct model::state {
   std::int64_t step = 0;
   dtype attention = dtype::f32;
   gemm_math math = gemm_math::fp32;
+  top_index top;
+  std::vector<layer_index> layers;
   // Scratch reused across steps, grown when a step needs more.
   std::vector<buffer> slots;
 
   std::int64_t count() const { return config.parameter_count(); }
-  float* param(std::size_t i) const { return params.as<float>() + table[i].offset; }
-  float* grad(std::size_t i) const { return grads.as<float>() + table[i].offset; }
+  float* param(std::size_t i) const { return i == kNone ? nullptr : params.as<float>() + table[i].offset; }
+  float* grad(std::size_t i) const { return i == kNone ? nullptr : grads.as<float>() + table[i].offset; }
 
   template <class T = float>
   expected<T*> scratch(std::size_t slot, std::size_t elements) {
@@ -163,6 +254,7 @@ expected<model> model::create(std::shared_ptr<device> dev, const model_config& c
   s->dev = std::move(dev);
   s->config = config;
   s->table = parameter_table(config);
+  std::tie(s->top, s->layers) = index_table(config, s->table);
   const auto init = initial_parameters(config, s->table, seed);
   const std::size_t bytes = init.size() * sizeof(float);
   auto& d = *s->dev;
@@ -255,7 +347,11 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   auto& S = *s_;
   auto& dev = *S.dev;
   const auto& c = S.config;
+  const bool llama = c.family == model_family::llama;
   const std::int64_t D = c.d_model, H = c.heads, Dh = c.head_dim(), V = c.vocab, L = c.layers;
+  const std::int64_t KVH = c.kv(), F = c.ffn_dim(), G = H / KVH;  // G query heads share a KV head
+  const std::int64_t P = (H + 2 * KVH) * Dh;  // width of the Q/K/V projection
+  const bool expand = KVH != H;               // K and V heads are repeated to H before the exchange
   if (layout.heads() != H) return make_error(errc::invalid_argument, "layout has {} heads, model {}", layout.heads(), H);
   if (group.size() != layout.degree() || group.rank() != layout.rank())
     return make_error(errc::invalid_argument, "group rank {}/{} does not match layout rank {}/{}", group.rank(),
@@ -274,6 +370,7 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   // A rank without tokens still takes part in every all-to-all of its group.
   const std::size_t nd = sz(n * D);
   const std::size_t Nh = sz(N * hm * Dh);  // one component of the head layout [N, hm, Dh]
+  const std::int64_t mlp_in = llama ? 2 * F : F;  // the first MLP projection's width (gate and up for SwiGLU)
   std::vector<float> host;  // packed exchange buffers, when the group needs host memory
   // The four head exchanges of a layer (forward scatter of Q/K/V and gather of the output,
   // backward scatter of dO and gather of dQ/dK/dV) and their device buffers.
@@ -292,6 +389,23 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
     FLEXSP_TRY_ASSIGN(send, S.scratch(xsend, sz(most_send)));
     FLEXSP_TRY_ASSIGN(recv, S.scratch(xrecv, sz(most_recv)));
   }
+  // Grouped-query attention: K and V heads repeated to every query head ([n, P] -> [n, 3, H, Dh],
+  // expanded head h reads KV head h / G), and the backward sums of the repeated heads.
+  std::vector<row_block> widen, narrow_q, narrow_kv;
+  std::vector<std::vector<row_block>> pick_kv(sz(G));
+  if (expand) {
+    widen.push_back({0, 0, P, 3 * D, n, D});
+    narrow_q.push_back({0, 0, 3 * D, P, n, D});
+    for (std::int64_t h = 0; h < H; ++h) {
+      const std::int64_t kv = h / G;
+      widen.push_back({D + kv * Dh, D + h * Dh, P, 3 * D, n, Dh});
+      widen.push_back({D + KVH * Dh + kv * Dh, 2 * D + h * Dh, P, 3 * D, n, Dh});
+      auto& pick = pick_kv[sz(h % G)];  // [n, 3, H, Dh] -> [n, 2 KVH Dh]
+      pick.push_back({D + h * Dh, kv * Dh, 3 * D, 2 * KVH * Dh, n, Dh});
+      pick.push_back({2 * D + h * Dh, (KVH + kv) * Dh, 3 * D, 2 * KVH * Dh, n, Dh});
+    }
+    narrow_kv.push_back({0, D, 2 * KVH * Dh, P, n, 2 * KVH * Dh});
+  }
 
   FLEXSP_TRY_ASSIGN(auto* tok, S.scratch<std::int32_t>(tokens, sz(n)));
   FLEXSP_TRY_ASSIGN(auto* pos, S.scratch<std::int32_t>(positions, sz(n)));
@@ -300,10 +414,22 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   FLEXSP_TRY(dev.copy_to_device(pos, in.positions.data(), sz(n) * sizeof(std::int32_t)));
   FLEXSP_TRY(dev.copy_to_device(tgt, in.targets.data(), sz(n) * sizeof(std::int32_t)));
 
-  const std::size_t last = S.table.size();
-  float* wte = S.param(0);
+  const auto& top = S.top;
+  float* wte = S.param(top.embedding);
+  float* wpe = llama ? nullptr : S.param(top.positions);
+  float* w_out = S.param(top.output);  // the tied embedding (gpt2) or the output head (llama)
   FLEXSP_TRY_ASSIGN(float* xs, S.scratch(x, nd));
-  FLEXSP_TRY(dev.embedding_forward(tok, pos, wte, S.param(1), xs, n, D, V, c.max_positions));
+  FLEXSP_TRY(dev.embedding_forward(tok, pos, wte, wpe, xs, n, D, V, c.max_positions));
+  // The norms of both families: LayerNorm (gain and bias) or RMSNorm (gain).
+  auto norm = [&](const float* xin, std::size_t gain, std::size_t bias, float* y, float* mean, float* rstd) {
+    return llama ? dev.rmsnorm_forward(xin, S.param(gain), y, rstd, n, D, c.norm_eps)
+                 : dev.layernorm_forward(xin, S.param(gain), S.param(bias), y, mean, rstd, n, D);
+  };
+  auto norm_backward = [&](const float* dy, const float* xin, std::size_t gain, std::size_t bias, const float* mean,
+                           const float* rstd, float* dxo) {
+    return llama ? dev.rmsnorm_backward(dy, xin, S.param(gain), rstd, dxo, S.grad(gain), n, D)
+                 : dev.layernorm_backward(dy, xin, S.param(gain), mean, rstd, dxo, S.grad(gain), S.grad(bias), n, D);
+  };
 
   // bf16 attention: Q, K, V and the output are cast around the kernels and kept in bf16 for
   // the backward pass; the exchanges and every other op stay fp32.
@@ -313,19 +439,24 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   fa.type = S.attention;
   FLEXSP_TRY_ASSIGN(void* fws, S.scratch<char>(attn_fwd_ws, dev.workspace_size(fa)));
   struct layer_ptrs {
-    float *x_in, *ln1, *ln1_mean, *ln1_rstd, *qkv, *qkv_h, *att_h, *lse, *att, *x_mid, *ln2, *ln2_mean, *ln2_rstd, *fc,
-        *act;
+    float *x_in, *ln1, *ln1_mean, *ln1_rstd, *qkv, *qkv_full, *qkv_h, *att_h, *lse, *att, *x_mid, *ln2, *ln2_mean,
+        *ln2_rstd, *fc, *act;
     std::uint16_t *qkv_b = nullptr, *att_b = nullptr;  // bf16 attention only
   };
   std::vector<layer_ptrs> cache(sz(L));
   for (std::int64_t l = 0; l < L; ++l) {
     auto get = [&](layer_slot s, std::size_t floats) { return S.scratch(S.layer_slot_of(l, s), floats); };
     auto& k = cache[sz(l)];
+    const auto& w = S.layers[sz(l)];
     FLEXSP_TRY_ASSIGN(k.x_in, get(x_in, nd));
     FLEXSP_TRY_ASSIGN(k.ln1, get(ln1, nd));
     FLEXSP_TRY_ASSIGN(k.ln1_mean, get(ln1_mean, sz(n)));
     FLEXSP_TRY_ASSIGN(k.ln1_rstd, get(ln1_rstd, sz(n)));
-    FLEXSP_TRY_ASSIGN(k.qkv, get(qkv, 3 * nd));
+    FLEXSP_TRY_ASSIGN(k.qkv, get(qkv, sz(n * P)));
+    k.qkv_full = k.qkv;  // [n, 3, H, Dh]
+    if (expand) {
+      FLEXSP_TRY_ASSIGN(k.qkv_full, get(qkv_full, 3 * nd));
+    }
     FLEXSP_TRY_ASSIGN(k.qkv_h, get(qkv_h, 3 * Nh));
     FLEXSP_TRY_ASSIGN(k.att_h, get(att_h, Nh));
     FLEXSP_TRY_ASSIGN(k.lse, get(lse, sz(N * hm)));
@@ -338,48 +469,52 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
     FLEXSP_TRY_ASSIGN(k.ln2, get(ln2, nd));
     FLEXSP_TRY_ASSIGN(k.ln2_mean, get(ln2_mean, sz(n)));
     FLEXSP_TRY_ASSIGN(k.ln2_rstd, get(ln2_rstd, sz(n)));
-    FLEXSP_TRY_ASSIGN(k.fc, get(fc, 4 * nd));
-    FLEXSP_TRY_ASSIGN(k.act, get(act, 4 * nd));
+    FLEXSP_TRY_ASSIGN(k.fc, get(fc, sz(n * mlp_in)));
+    FLEXSP_TRY_ASSIGN(k.act, get(act, sz(n * F)));
     if (bf16) {
       FLEXSP_TRY_ASSIGN(k.qkv_b, S.scratch<std::uint16_t>(S.layer_slot_of(l, qkv_b), 3 * Nh));
       FLEXSP_TRY_ASSIGN(k.att_b, S.scratch<std::uint16_t>(S.layer_slot_of(l, att_b), Nh));
     }
-    const std::size_t p = 2 + sz(l) * 12;  // ln1.g ln1.b w_qkv b_qkv w_o b_o ln2.g ln2.b w_fc b_fc w_proj b_proj
     FLEXSP_TRY(dev.copy_on_device(k.x_in, xs, nd * sizeof(float)));
-    FLEXSP_TRY(dev.layernorm_forward(k.x_in, S.param(p), S.param(p + 1), k.ln1, k.ln1_mean, k.ln1_rstd, n, D));
-    FLEXSP_TRY(dev.linear_forward(k.ln1, S.param(p + 2), S.param(p + 3), k.qkv, n, D, 3 * D, math));
+    FLEXSP_TRY(norm(k.x_in, w.norm1_g, w.norm1_b, k.ln1, k.ln1_mean, k.ln1_rstd));
+    FLEXSP_TRY(dev.linear_forward(k.ln1, S.param(w.w_qkv), S.param(w.b_qkv), k.qkv, n, D, P, math));
+    if (llama) FLEXSP_TRY(dev.rope(k.qkv, pos, n, H + KVH, P, Dh, c.rope_theta, false));  // Q and K heads
+    if (expand) FLEXSP_TRY(dev.copy_blocks(k.qkv_full, k.qkv, widen));
     if (single) {  // [n, 3, D] -> [3, n, D]: the head layout of a group of one
       for (std::int64_t part = 0; part < 3; ++part)
-        FLEXSP_TRY(dev.copy_rows(k.qkv_h + part * n * D, sz(D) * sizeof(float), k.qkv + part * D,
+        FLEXSP_TRY(dev.copy_rows(k.qkv_h + part * n * D, sz(D) * sizeof(float), k.qkv_full + part * D,
                                  sz(3 * D) * sizeof(float), sz(D) * sizeof(float), sz(n)));
     } else {  // [n, 3, H, Dh] -> [3, N, hm, Dh]
-      FLEXSP_TRY(exchange(dev, group, qkv_in, k.qkv, k.qkv_h, send, recv, host));
+      FLEXSP_TRY(exchange(dev, group, qkv_in, k.qkv_full, k.qkv_h, send, recv, host));
     }
     fa.lse = k.lse;
     if (bf16) FLEXSP_TRY(dev.to_bf16(k.qkv_h, k.qkv_b, static_cast<std::int64_t>(3 * Nh)));
-    const auto in = bf16 ? split3(k.qkv_b, Nh) : split3(k.qkv_h, Nh);
-    fa.q = in.q;
-    fa.k = in.k;
-    fa.v = in.v;
+    const auto qkv_in_h = bf16 ? split3(k.qkv_b, Nh) : split3(k.qkv_h, Nh);
+    fa.q = qkv_in_h.q;
+    fa.k = qkv_in_h.k;
+    fa.v = qkv_in_h.v;
     fa.out = bf16 ? static_cast<void*>(k.att_b) : k.att_h;
     FLEXSP_TRY(dev.run(fa, fws));
     if (bf16) FLEXSP_TRY(dev.from_bf16(k.att_b, k.att_h, static_cast<std::int64_t>(Nh)));
     if (!single)  // [N, hm, Dh] -> [n, H, Dh]
       FLEXSP_TRY(exchange(dev, group, att_out, k.att_h, k.att, send, recv, host));
-    FLEXSP_TRY(dev.linear_forward(k.att, S.param(p + 4), S.param(p + 5), k.x_mid, n, D, D, math));
+    FLEXSP_TRY(dev.linear_forward(k.att, S.param(w.w_o), S.param(w.b_o), k.x_mid, n, D, D, math));
     FLEXSP_TRY(dev.residual_forward(k.x_mid, k.x_in, k.x_mid, static_cast<std::int64_t>(nd)));
-    FLEXSP_TRY(dev.layernorm_forward(k.x_mid, S.param(p + 6), S.param(p + 7), k.ln2, k.ln2_mean, k.ln2_rstd, n, D));
-    FLEXSP_TRY(dev.linear_forward(k.ln2, S.param(p + 8), S.param(p + 9), k.fc, n, D, 4 * D, math));
-    FLEXSP_TRY(dev.gelu_forward(k.fc, k.act, static_cast<std::int64_t>(4 * nd)));
-    FLEXSP_TRY(dev.linear_forward(k.act, S.param(p + 10), S.param(p + 11), xs, n, 4 * D, D, math));
+    FLEXSP_TRY(norm(k.x_mid, w.norm2_g, w.norm2_b, k.ln2, k.ln2_mean, k.ln2_rstd));
+    FLEXSP_TRY(dev.linear_forward(k.ln2, S.param(w.w_in), S.param(w.b_in), k.fc, n, D, mlp_in, math));
+    if (llama)
+      FLEXSP_TRY(dev.swiglu_forward(k.fc, k.act, n, F));
+    else
+      FLEXSP_TRY(dev.gelu_forward(k.fc, k.act, n * F));
+    FLEXSP_TRY(dev.linear_forward(k.act, S.param(w.w_out), S.param(w.b_out), xs, n, F, D, math));
     FLEXSP_TRY(dev.residual_forward(xs, k.x_mid, xs, static_cast<std::int64_t>(nd)));
   }
   FLEXSP_TRY_ASSIGN(float* lnf_out, S.scratch(lnf, nd));
   FLEXSP_TRY_ASSIGN(float* lnf_m, S.scratch(lnf_mean, sz(n)));
   FLEXSP_TRY_ASSIGN(float* lnf_r, S.scratch(lnf_rstd, sz(n)));
-  FLEXSP_TRY(dev.layernorm_forward(xs, S.param(last - 2), S.param(last - 1), lnf_out, lnf_m, lnf_r, n, D));
+  FLEXSP_TRY(norm(xs, top.norm_g, top.norm_b, lnf_out, lnf_m, lnf_r));
   FLEXSP_TRY_ASSIGN(float* lg, S.scratch(logits, sz(n * V)));
-  FLEXSP_TRY(dev.gemm({.trans_b = true, .m = n, .n = V, .k = D, .a = lnf_out, .lda = D, .b = wte, .ldb = D,
+  FLEXSP_TRY(dev.gemm({.trans_b = true, .m = n, .n = V, .k = D, .a = lnf_out, .lda = D, .b = w_out, .ldb = D,
                        .c = lg, .ldc = V, .math = math}));
   float* dlg = nullptr;
   if (options.backward) {
@@ -397,11 +532,11 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   if (!options.backward) return result;
 
   // ---- backward ----
-  float* dwte = S.grad(0);
+  float* dw_out = S.grad(top.output);
   FLEXSP_TRY_ASSIGN(float* dlnf_p, S.scratch(dlnf, nd));
   FLEXSP_TRY_ASSIGN(float* dx_p, S.scratch(dx, nd));
-  FLEXSP_TRY_ASSIGN(float* dact_p, S.scratch(dact, 4 * nd));
-  FLEXSP_TRY_ASSIGN(float* dfc_p, S.scratch(dfc, 4 * nd));
+  FLEXSP_TRY_ASSIGN(float* dact_p, S.scratch(dact, sz(n * F)));
+  FLEXSP_TRY_ASSIGN(float* dfc_p, S.scratch(dfc, sz(n * mlp_in)));
   FLEXSP_TRY_ASSIGN(float* dln_p, S.scratch(dln, nd));
   FLEXSP_TRY_ASSIGN(float* dtmp_p, S.scratch(dtmp, nd));
   FLEXSP_TRY_ASSIGN(float* datt_p, S.scratch(datt, nd));
@@ -410,13 +545,19 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   if (!single) {
     FLEXSP_TRY_ASSIGN(datt_h_p, S.scratch(datt_h, Nh));
   }
-  FLEXSP_TRY_ASSIGN(float* dqkv_p, S.scratch(dqkv, 3 * nd));
-  FLEXSP_TRY(dev.gemm({.m = n, .n = D, .k = V, .a = dlg, .lda = V, .b = wte, .ldb = D, .c = dlnf_p, .ldc = D,
+  FLEXSP_TRY_ASSIGN(float* dqkv_p, S.scratch(dqkv, 3 * nd));  // [n, 3, H, Dh]
+  float* dproj_p = dqkv_p;                                    // [n, P]
+  float *dkv_sum = nullptr, *dkv_one = nullptr;               // [n, 2 KVH Dh]
+  if (expand) {
+    FLEXSP_TRY_ASSIGN(dproj_p, S.scratch(dproj, sz(n * P)));
+    FLEXSP_TRY_ASSIGN(dkv_sum, S.scratch(dkv_acc, sz(n * 2 * KVH * Dh)));
+    FLEXSP_TRY_ASSIGN(dkv_one, S.scratch(dkv_part, sz(n * 2 * KVH * Dh)));
+  }
+  FLEXSP_TRY(dev.gemm({.m = n, .n = D, .k = V, .a = dlg, .lda = V, .b = w_out, .ldb = D, .c = dlnf_p, .ldc = D,
                        .math = math}));
   FLEXSP_TRY(dev.gemm({.trans_a = true, .m = V, .n = D, .k = n, .a = dlg, .lda = V, .b = lnf_out, .ldb = D,
-                       .beta = 1.0f, .c = dwte, .ldc = D, .math = math}));
-  FLEXSP_TRY(dev.layernorm_backward(dlnf_p, xs, S.param(last - 2), lnf_m, lnf_r, dx_p, S.grad(last - 2),
-                                    S.grad(last - 1), n, D));
+                       .beta = 1.0f, .c = dw_out, .ldc = D, .math = math}));
+  FLEXSP_TRY(norm_backward(dlnf_p, xs, top.norm_g, top.norm_b, lnf_m, lnf_r, dx_p));
   attention_backward_args ba{cu, hm, Dh};
   ba.type = S.attention;
   FLEXSP_TRY_ASSIGN(void* bws, S.scratch<char>(attn_bwd_ws, dev.workspace_size(ba)));
@@ -428,26 +569,28 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   const auto count = static_cast<std::int64_t>(nd);
   for (std::int64_t l = L - 1; l >= 0; --l) {
     const auto& k = cache[sz(l)];
-    const std::size_t p = 2 + sz(l) * 12;
-    FLEXSP_TRY(dev.linear_backward(dx_p, k.act, S.param(p + 10), dact_p, S.grad(p + 10), S.grad(p + 11), n, 4 * D, D,
+    const auto& w = S.layers[sz(l)];
+    FLEXSP_TRY(dev.linear_backward(dx_p, k.act, S.param(w.w_out), dact_p, S.grad(w.w_out), S.grad(w.b_out), n, F, D,
                                    math));
-    FLEXSP_TRY(dev.gelu_backward(dact_p, k.fc, dfc_p, 4 * count));
-    FLEXSP_TRY(dev.linear_backward(dfc_p, k.ln2, S.param(p + 8), dln_p, S.grad(p + 8), S.grad(p + 9), n, D, 4 * D,
+    if (llama)
+      FLEXSP_TRY(dev.swiglu_backward(dact_p, k.fc, dfc_p, n, F));
+    else
+      FLEXSP_TRY(dev.gelu_backward(dact_p, k.fc, dfc_p, n * F));
+    FLEXSP_TRY(dev.linear_backward(dfc_p, k.ln2, S.param(w.w_in), dln_p, S.grad(w.w_in), S.grad(w.b_in), n, D, mlp_in,
                                    math));
-    FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_mid, S.param(p + 6), k.ln2_mean, k.ln2_rstd, dtmp_p, S.grad(p + 6),
-                                      S.grad(p + 7), n, D));
+    FLEXSP_TRY(norm_backward(dln_p, k.x_mid, w.norm2_g, w.norm2_b, k.ln2_mean, k.ln2_rstd, dtmp_p));
     FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_mid
     FLEXSP_TRY(
-        dev.linear_backward(dx_p, k.att, S.param(p + 4), datt_p, S.grad(p + 4), S.grad(p + 5), n, D, D, math));
+        dev.linear_backward(dx_p, k.att, S.param(w.w_o), datt_p, S.grad(w.w_o), S.grad(w.b_o), n, D, D, math));
     if (!single)
       FLEXSP_TRY(exchange(dev, group, datt_in, datt_p, datt_h_p, send, recv, host));
     ba.lse = k.lse;
     if (bf16) FLEXSP_TRY(dev.to_bf16(datt_h_p, datt_b_p, static_cast<std::int64_t>(Nh)));
-    const auto in = bf16 ? split3(k.qkv_b, Nh) : split3(k.qkv_h, Nh);
+    const auto qkv_saved = bf16 ? split3(k.qkv_b, Nh) : split3(k.qkv_h, Nh);
     const auto grad = bf16 ? split3(dqkv_b_p, Nh) : split3(dqkv_h_p, Nh);
-    ba.q = in.q;
-    ba.k = in.k;
-    ba.v = in.v;
+    ba.q = qkv_saved.q;
+    ba.k = qkv_saved.k;
+    ba.v = qkv_saved.v;
     ba.out = bf16 ? static_cast<void*>(k.att_b) : k.att_h;
     ba.dout = bf16 ? static_cast<void*>(datt_b_p) : datt_h_p;
     ba.dq = grad.q;
@@ -462,13 +605,23 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
     } else {  // [3, N, hm, Dh] -> [n, 3, H, Dh]
       FLEXSP_TRY(exchange(dev, group, dqkv_out, dqkv_h_p, dqkv_p, send, recv, host));
     }
-    FLEXSP_TRY(dev.linear_backward(dqkv_p, k.ln1, S.param(p + 2), dln_p, S.grad(p + 2), S.grad(p + 3), n, D, 3 * D,
+    if (expand) {  // [n, 3, H, Dh] -> [n, P]: Q as it is, each KV head the sum of its G copies
+      FLEXSP_TRY(dev.copy_blocks(dproj_p, dqkv_p, narrow_q));
+      FLEXSP_TRY(dev.copy_blocks(dkv_sum, dqkv_p, pick_kv[0]));
+      for (std::int64_t r = 1; r < G; ++r) {
+        FLEXSP_TRY(dev.copy_blocks(dkv_one, dqkv_p, pick_kv[sz(r)]));
+        FLEXSP_TRY(dev.axpy(1.0f, dkv_one, dkv_sum, n * 2 * KVH * Dh));
+      }
+      FLEXSP_TRY(dev.copy_blocks(dproj_p, dkv_sum, narrow_kv));
+    }
+    if (llama) FLEXSP_TRY(dev.rope(dproj_p, pos, n, H + KVH, P, Dh, c.rope_theta, true));
+    FLEXSP_TRY(dev.linear_backward(dproj_p, k.ln1, S.param(w.w_qkv), dln_p, S.grad(w.w_qkv), S.grad(w.b_qkv), n, D, P,
                                    math));
-    FLEXSP_TRY(dev.layernorm_backward(dln_p, k.x_in, S.param(p), k.ln1_mean, k.ln1_rstd, dtmp_p, S.grad(p),
-                                      S.grad(p + 1), n, D));
+    FLEXSP_TRY(norm_backward(dln_p, k.x_in, w.norm1_g, w.norm1_b, k.ln1_mean, k.ln1_rstd, dtmp_p));
     FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_in
   }
-  FLEXSP_TRY(dev.embedding_backward(tok, pos, dx_p, dwte, S.grad(1), n, D));
+  FLEXSP_TRY(dev.embedding_backward(tok, pos, dx_p, S.grad(top.embedding), llama ? nullptr : S.grad(top.positions), n,
+                                    D));
   FLEXSP_TRY(dev.synchronize());  // the caller times the work: it has finished
   return result;
 }
@@ -597,7 +750,8 @@ expected<void> broadcast_training_state(communicator& group, int root, model& m)
 
 namespace {
 constexpr char kMagic[8] = {'F', 'L', 'E', 'X', 'S', 'P', 'C', 'K'};
-constexpr std::uint32_t kVersion = 1;
+constexpr std::uint32_t kVersion = 2;
+constexpr std::size_t kHeaderV1 = 48, kHeaderV2 = 72;
 
 struct fnv1a {
   std::uint64_t h = 0xcbf29ce484222325ull;
@@ -631,10 +785,16 @@ expected<void> save_checkpoint(const std::filesystem::path& path, const model& m
   FLEXSP_TRY(m.download_params(p));
   FLEXSP_TRY(m.download_moments(first, second));
   std::string buf;
-  buf.reserve(48 + 12 * n + 8);
+  buf.reserve(kHeaderV2 + 12 * n + 8);
   buf.append(kMagic, 8);
   put<std::uint32_t>(buf, kVersion);
   for (auto v : {c.layers, c.d_model, c.heads, c.vocab, c.max_positions}) put<std::uint32_t>(buf, static_cast<std::uint32_t>(v));
+  put<std::uint32_t>(buf, c.family == model_family::llama ? 1u : 0u);
+  put<std::uint32_t>(buf, static_cast<std::uint32_t>(c.kv_heads));
+  put<std::uint32_t>(buf, static_cast<std::uint32_t>(c.ffn));
+  put<float>(buf, c.rope_theta);
+  put<float>(buf, c.norm_eps);
+  put<std::uint32_t>(buf, 0);
   put<std::uint64_t>(buf, static_cast<std::uint64_t>(m.steps()));
   put<std::uint64_t>(buf, n);
   for (const auto* s : {&p, &first, &second})
@@ -661,10 +821,15 @@ expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
   if (!in) return make_error(errc::not_found, "checkpoint {} cannot be opened", path.string());
   std::string buf{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
   const auto where = path.string();
-  if (buf.size() < 56 || std::memcmp(buf.data(), kMagic, 8) != 0)
+  if (buf.size() < kHeaderV1 + 8 || std::memcmp(buf.data(), kMagic, 8) != 0)
     return make_error(errc::invalid_argument, "{}: not a flexsp checkpoint (bad magic or shorter than a header)", where);
-  if (const auto v = get_at<std::uint32_t>(buf, 8); v != kVersion)
-    return make_error(errc::invalid_argument, "{}: format version {} (this build reads {})", where, v, kVersion);
+  const auto version = get_at<std::uint32_t>(buf, 8);
+  if (version != 1 && version != kVersion)
+    return make_error(errc::invalid_argument, "{}: format version {} (this build reads 1 and {})", where, version,
+                      kVersion);
+  const std::size_t header = version == 1 ? kHeaderV1 : kHeaderV2;
+  if (buf.size() < header + 8)
+    return make_error(errc::invalid_argument, "{}: shorter than its header", where);
   const auto& c = m.config();
   const std::int64_t want[5] = {c.layers, c.d_model, c.heads, c.vocab, c.max_positions};
   static constexpr const char* kNames[5] = {"layers", "d_model", "heads", "vocab", "max_positions"};
@@ -674,11 +839,31 @@ expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
       return make_error(errc::invalid_argument, "{}: {} is {} in the checkpoint but {} in the model", where, kNames[i],
                         got, want[i]);
   }
-  const auto steps = get_at<std::uint64_t>(buf, 32);
-  const auto n = get_at<std::uint64_t>(buf, 40);
+  model_config saved = c;
+  saved.family = model_family::gpt2;
+  saved.kv_heads = 0;
+  saved.ffn = 0;
+  if (version >= 2) {
+    saved.family = get_at<std::uint32_t>(buf, 32) == 1 ? model_family::llama : model_family::gpt2;
+    saved.kv_heads = get_at<std::uint32_t>(buf, 36);
+    saved.ffn = get_at<std::uint32_t>(buf, 40);
+    saved.rope_theta = get_at<float>(buf, 44);
+    saved.norm_eps = get_at<float>(buf, 48);
+  }
+  if (saved.family != c.family)
+    return make_error(errc::invalid_argument, "{}: a {} model in the checkpoint, {} in the job", where,
+                      to_string(saved.family), to_string(c.family));
+  if (saved.kv() != c.kv() || saved.ffn_dim() != c.ffn_dim())
+    return make_error(errc::invalid_argument, "{}: kv_heads/ffn are {}/{} in the checkpoint but {}/{} in the model",
+                      where, saved.kv(), saved.ffn_dim(), c.kv(), c.ffn_dim());
+  if (version >= 2 && (saved.rope_theta != c.rope_theta || saved.norm_eps != c.norm_eps))
+    return make_error(errc::invalid_argument, "{}: rope_theta/norm_eps are {}/{} in the checkpoint but {}/{} in the model",
+                      where, saved.rope_theta, saved.norm_eps, c.rope_theta, c.norm_eps);
+  const auto steps = get_at<std::uint64_t>(buf, header - 16);
+  const auto n = get_at<std::uint64_t>(buf, header - 8);
   if (n != static_cast<std::uint64_t>(m.size()))
     return make_error(errc::invalid_argument, "{}: {} parameters in the checkpoint, {} in the model", where, n, m.size());
-  const std::size_t expected_size = 48 + 12 * n + 8;
+  const std::size_t expected_size = header + 12 * n + 8;
   if (buf.size() != expected_size)
     return make_error(errc::invalid_argument, "{}: {} bytes, expected {} (truncated or padded)", where, buf.size(),
                       expected_size);
@@ -687,7 +872,7 @@ expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
   if (h.h != get_at<std::uint64_t>(buf, expected_size - 8))
     return make_error(errc::invalid_argument, "{}: checksum mismatch (file is corrupt)", where);
   std::vector<float> p(n), first(n), second(n);
-  const char* at = buf.data() + 48;
+  const char* at = buf.data() + header;
   for (auto* v : {&p, &first, &second}) {
     std::memcpy(v->data(), at, n * sizeof(float));
     at += n * sizeof(float);

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include <cblas.h>
 
@@ -32,12 +33,16 @@ expected<void> embedding_forward(std::span<const std::int32_t> tokens, std::span
     const auto pos = positions[t];
     if (tok < 0 || tok >= vocab)
       return make_error(errc::invalid_argument, "token id {} at index {} outside vocabulary [0, {})", tok, t, vocab);
-    if (pos < 0 || pos >= max_pos)
+    if (!wpe.empty() && (pos < 0 || pos >= max_pos))
       return make_error(errc::invalid_argument, "position {} at index {} outside [0, {}) (max positions)", pos, t,
                         max_pos);
     const float* a = wte.data() + tok * d;
-    const float* b = wpe.data() + pos * d;
     float* o = out.data() + t * sz(d);
+    if (wpe.empty()) {
+      std::copy(a, a + d, o);
+      continue;
+    }
+    const float* b = wpe.data() + pos * d;
     for (std::int64_t i = 0; i < d; ++i) o[i] = a[i] + b[i];
   }
   return {};
@@ -50,10 +55,112 @@ void embedding_backward(std::span<const std::int32_t> tokens, std::span<const st
   for (std::size_t t = 0; t < n; ++t) {
     const float* g = dout.data() + t * sz(d);
     float* a = dwte.data() + tokens[t] * d;
+    for (std::int64_t i = 0; i < d; ++i) a[i] += g[i];
+    if (dwpe.empty()) continue;
     float* b = dwpe.data() + positions[t] * d;
+    for (std::int64_t i = 0; i < d; ++i) b[i] += g[i];
+  }
+}
+
+void rmsnorm_forward(std::span<const float> x, std::span<const float> gamma, std::span<float> y, std::span<float> rstd,
+                     std::int64_t d, float eps) {
+  const auto n = x.size() / sz(d);
+  FLEXSP_EXPECTS(x.size() == n * sz(d) && y.size() == x.size() && rstd.size() == n && gamma.size() == sz(d),
+                 "rmsnorm: x {} y {} rstd {} d {}", x.size(), y.size(), rstd.size(), d);
+  for (std::size_t r = 0; r < n; ++r) {
+    const float* xr = x.data() + r * sz(d);
+    double s = 0;
+    for (std::int64_t i = 0; i < d; ++i) s += static_cast<double>(xr[i]) * xr[i];
+    const float rs = static_cast<float>(1.0 / std::sqrt(s / static_cast<double>(d) + eps));
+    float* yr = y.data() + r * sz(d);
+    for (std::int64_t i = 0; i < d; ++i) yr[i] = xr[i] * rs * gamma[sz(i)];
+    rstd[r] = rs;
+  }
+}
+
+void rmsnorm_backward(std::span<const float> dy, std::span<const float> x, std::span<const float> gamma,
+                      std::span<const float> rstd, std::span<float> dx, std::span<float> dgamma, std::int64_t d) {
+  const auto n = x.size() / sz(d);
+  FLEXSP_EXPECTS(dy.size() == x.size() && dx.size() == x.size() && rstd.size() == n && gamma.size() == sz(d) &&
+                     dgamma.size() == sz(d),
+                 "rmsnorm backward sizes");
+  for (std::size_t r = 0; r < n; ++r) {
+    const float* xr = x.data() + r * sz(d);
+    const float* gr = dy.data() + r * sz(d);
+    const float rs = rstd[r];
+    // y_i = x_i rs g_i, rs = (mean x^2 + eps)^-1/2: dx_i = rs (dy_i g_i - x_i rs^2 mean_j(dy_j g_j x_j)).
+    double dot = 0;
+    for (std::int64_t i = 0; i < d; ++i) dot += static_cast<double>(gr[i]) * gamma[sz(i)] * xr[i];
+    const float m = static_cast<float>(dot / static_cast<double>(d));
+    float* dxr = dx.data() + r * sz(d);
     for (std::int64_t i = 0; i < d; ++i) {
-      a[i] += g[i];
-      b[i] += g[i];
+      dxr[i] = rs * (gr[i] * gamma[sz(i)] - xr[i] * rs * rs * m);
+      dgamma[sz(i)] += gr[i] * xr[i] * rs;
+    }
+  }
+}
+
+void rope(std::span<float> x, std::span<const std::int32_t> positions, std::int64_t heads, std::int64_t row_stride,
+          std::int64_t head_dim, float theta, bool inverse) {
+  const auto n = positions.size();
+  const std::int64_t half = head_dim / 2;
+  FLEXSP_EXPECTS(head_dim % 2 == 0 && heads * head_dim <= row_stride && x.size() >= n * sz(row_stride),
+                 "rope: {} heads of {} in rows of {}, {} floats for {} rows", heads, head_dim, row_stride, x.size(), n);
+  // Frequencies as Hugging Face computes them: 1 / theta^(2i / head_dim) in fp32.
+  std::vector<float> inv_freq(sz(half));
+  for (std::int64_t i = 0; i < half; ++i)
+    inv_freq[sz(i)] = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+  std::vector<float> c(sz(half)), sn(sz(half));
+  for (std::size_t t = 0; t < n; ++t) {
+    const float pos = static_cast<float>(positions[t]);
+    for (std::int64_t i = 0; i < half; ++i) {
+      const float angle = pos * inv_freq[sz(i)];
+      c[sz(i)] = std::cos(angle);
+      sn[sz(i)] = inverse ? -std::sin(angle) : std::sin(angle);
+    }
+    float* row = x.data() + t * sz(row_stride);
+    for (std::int64_t h = 0; h < heads; ++h) {
+      float* v = row + h * head_dim;
+      for (std::int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[sz(i)] - b * sn[sz(i)];
+        v[i + half] = b * c[sz(i)] + a * sn[sz(i)];
+      }
+    }
+  }
+}
+
+void swiglu_forward(std::span<const float> gate_up, std::span<float> y, std::int64_t f) {
+  const auto n = y.size() / sz(f);
+  FLEXSP_EXPECTS(y.size() == n * sz(f) && gate_up.size() == 2 * n * sz(f), "swiglu: gate_up {} y {} f {}",
+                 gate_up.size(), y.size(), f);
+  for (std::size_t r = 0; r < n; ++r) {
+    const float* g = gate_up.data() + r * 2 * sz(f);
+    const float* u = g + f;
+    float* yr = y.data() + r * sz(f);
+    for (std::int64_t i = 0; i < f; ++i) {
+      const float s = 1.0f / (1.0f + std::exp(-g[i]));
+      yr[i] = g[i] * s * u[i];
+    }
+  }
+}
+
+void swiglu_backward(std::span<const float> dy, std::span<const float> gate_up, std::span<float> dgate_up,
+                     std::int64_t f) {
+  const auto n = dy.size() / sz(f);
+  FLEXSP_EXPECTS(dy.size() == n * sz(f) && gate_up.size() == 2 * n * sz(f) && dgate_up.size() == gate_up.size(),
+                 "swiglu backward sizes");
+  for (std::size_t r = 0; r < n; ++r) {
+    const float* g = gate_up.data() + r * 2 * sz(f);
+    const float* u = g + f;
+    const float* d = dy.data() + r * sz(f);
+    float* dg = dgate_up.data() + r * 2 * sz(f);
+    float* du = dg + f;
+    for (std::int64_t i = 0; i < f; ++i) {
+      const float s = 1.0f / (1.0f + std::exp(-g[i]));
+      const float silu = g[i] * s;
+      du[i] = d[i] * silu;
+      dg[i] = d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
     }
   }
 }

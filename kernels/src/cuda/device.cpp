@@ -270,7 +270,7 @@ public:
     FLEXSP_TRY(need(n >= 0 && n <= INT32_MAX && d > 0 && vocab > 0 && max_pos > 0,
                     "n in [0, 2^31), d, vocab, max_pos > 0", op));
     if (n == 0) return {};
-    FLEXSP_TRY(need(tokens && positions && wte && wpe && out, "null pointer", op));
+    FLEXSP_TRY(need(tokens && positions && wte && out, "null pointer", op));
     FLEXSP_TRY(current());
     const std::int32_t none = INT32_MAX;
     FLEXSP_CUDA_CHECK(::cudaMemcpyAsync(flag_.data(), &none, sizeof none, cudaMemcpyHostToDevice, stream_.get()));
@@ -296,7 +296,7 @@ public:
     constexpr std::string_view op = "embedding_backward";
     FLEXSP_TRY(need(n >= 0 && d > 0, "n >= 0, d > 0", op));
     if (n == 0) return {};
-    FLEXSP_TRY(need(tokens && positions && dout && dwte && dwpe, "null pointer", op));
+    FLEXSP_TRY(need(tokens && positions && dout && dwte, "null pointer", op));
     FLEXSP_TRY(current());
     FLEXSP_CUDA_CHECK(launch_embedding_backward(tokens, positions, dout, dwte, dwpe, n, d, stream_.get()));
     return {};
@@ -325,6 +325,56 @@ public:
     return {};
   }
 
+  expected<void> rmsnorm_forward(const float* x, const float* gamma, float* y, float* rstd, std::int64_t n,
+                                 std::int64_t d, float eps) override {
+    constexpr std::string_view op = "rmsnorm_forward";
+    FLEXSP_TRY(need(n >= 0 && d > 0, "n >= 0, d > 0", op));
+    if (n == 0) return {};
+    FLEXSP_TRY(need(x && gamma && y && rstd, "null pointer", op));
+    FLEXSP_TRY(current());
+    FLEXSP_CUDA_CHECK(launch_rmsnorm_forward(x, gamma, y, rstd, n, d, eps, stream_.get()));
+    return {};
+  }
+  expected<void> rmsnorm_backward(const float* dy, const float* x, const float* gamma, const float* rstd, float* dx,
+                                  float* dgamma, std::int64_t n, std::int64_t d) override {
+    constexpr std::string_view op = "rmsnorm_backward";
+    FLEXSP_TRY(need(n >= 0 && d > 0, "n >= 0, d > 0", op));
+    if (n == 0) return {};
+    FLEXSP_TRY(need(dy && x && gamma && rstd && dx && dgamma, "null pointer", op));
+    FLEXSP_TRY(current());
+    FLEXSP_CUDA_CHECK(launch_rmsnorm_backward(dy, x, gamma, rstd, dx, dgamma, n, d, stream_.get()));
+    return {};
+  }
+  expected<void> rope(float* x, const std::int32_t* positions, std::int64_t n, std::int64_t heads,
+                      std::int64_t row_stride, std::int64_t head_dim, float theta, bool inverse) override {
+    constexpr std::string_view op = "rope";
+    FLEXSP_TRY(need(n >= 0 && heads >= 0 && head_dim > 0 && head_dim % 2 == 0 && heads * head_dim <= row_stride,
+                    "n, heads >= 0, head_dim even, heads * head_dim <= row_stride", op));
+    if (n == 0 || heads == 0) return {};
+    FLEXSP_TRY(need(x && positions, "null pointer", op));
+    FLEXSP_TRY(current());
+    FLEXSP_CUDA_CHECK(launch_rope(x, positions, n, heads, row_stride, head_dim, theta, inverse, stream_.get()));
+    return {};
+  }
+  expected<void> swiglu_forward(const float* gate_up, float* y, std::int64_t n, std::int64_t f) override {
+    constexpr std::string_view op = "swiglu_forward";
+    FLEXSP_TRY(need(n >= 0 && f > 0, "n >= 0, f > 0", op));
+    if (n == 0) return {};
+    FLEXSP_TRY(need(gate_up && y, "null pointer", op));
+    FLEXSP_TRY(current());
+    FLEXSP_CUDA_CHECK(launch_swiglu_forward(gate_up, y, n, f, stream_.get()));
+    return {};
+  }
+  expected<void> swiglu_backward(const float* dy, const float* gate_up, float* dgate_up, std::int64_t n,
+                                 std::int64_t f) override {
+    constexpr std::string_view op = "swiglu_backward";
+    FLEXSP_TRY(need(n >= 0 && f > 0, "n >= 0, f > 0", op));
+    if (n == 0) return {};
+    FLEXSP_TRY(need(dy && gate_up && dgate_up, "null pointer", op));
+    FLEXSP_TRY(current());
+    FLEXSP_CUDA_CHECK(launch_swiglu_backward(dy, gate_up, dgate_up, n, f, stream_.get()));
+    return {};
+  }
   expected<void> gelu_forward(const float* x, float* y, std::int64_t count) override {
     FLEXSP_TRY(need_count(count, "count", "gelu_forward"));
     if (count == 0) return {};

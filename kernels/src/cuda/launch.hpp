@@ -34,6 +34,15 @@ cudaError_t launch_embedding_forward(const std::int32_t* tokens, const std::int3
 cudaError_t launch_embedding_backward(const std::int32_t* tokens, const std::int32_t* positions, const float* dout,
                                       float* dwte, float* dwpe, std::int64_t n, std::int64_t d, cudaStream_t stream);
 
+cudaError_t launch_rmsnorm_forward(const float* x, const float* gamma, float* y, float* rstd, std::int64_t n,
+                                   std::int64_t d, float eps, cudaStream_t stream);
+cudaError_t launch_rmsnorm_backward(const float* dy, const float* x, const float* gamma, const float* rstd, float* dx,
+                                    float* dgamma, std::int64_t n, std::int64_t d, cudaStream_t stream);
+cudaError_t launch_rope(float* x, const std::int32_t* positions, std::int64_t n, std::int64_t heads,
+                        std::int64_t row_stride, std::int64_t head_dim, float theta, bool inverse, cudaStream_t stream);
+cudaError_t launch_swiglu_forward(const float* gate_up, float* y, std::int64_t n, std::int64_t f, cudaStream_t stream);
+cudaError_t launch_swiglu_backward(const float* dy, const float* gate_up, float* dgate_up, std::int64_t n,
+                                   std::int64_t f, cudaStream_t stream);
 cudaError_t launch_layernorm_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean,
                                      float* rstd, std::int64_t n, std::int64_t d, float eps, cudaStream_t stream);
 cudaError_t launch_layernorm_backward(const float* dy, const float* x, const float* gamma, const float* mean,

@@ -139,7 +139,8 @@ __global__ void embedding_forward_kernel(const std::int32_t* __restrict__ tokens
       if (threadIdx.x == 0) atomicMin(bad_index, static_cast<std::int32_t>(t));
       continue;
     }
-    for (std::int64_t i = threadIdx.x; i < d; i += blockDim.x) out[t * d + i] = wte[tok * d + i] + wpe[pos * d + i];
+    for (std::int64_t i = threadIdx.x; i < d; i += blockDim.x)
+      out[t * d + i] = wte[tok * d + i] + (wpe != nullptr ? wpe[pos * d + i] : 0.0f);
   }
 }
 
@@ -151,7 +152,7 @@ __global__ void embedding_backward_kernel(const std::int32_t* __restrict__ token
     for (std::int64_t i = threadIdx.x; i < d; i += blockDim.x) {
       const float g = dout[t * d + i];
       atomicAdd(dwte + tok * d + i, g);
-      atomicAdd(dwpe + pos * d + i, g);
+      if (dwpe != nullptr) atomicAdd(dwpe + pos * d + i, g);
     }
   }
 }
@@ -199,6 +200,98 @@ __global__ void layernorm_backward_kernel(const float* __restrict__ dy, const fl
   const float mgx = warp_sum(sgx) / static_cast<float>(d);
   float* dxr = dx + row * d;
   for (std::int64_t i = lane; i < d; i += 32) dxr[i] = rs * (gr[i] * gamma[i] - mg - (xr[i] - m) * rs * mgx);
+}
+
+// RMSNorm, one warp per row.
+__global__ void rmsnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ gamma,
+                                       float* __restrict__ y, float* __restrict__ rstd, std::int64_t n, std::int64_t d,
+                                       float eps) {
+  const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= n) return;
+  const float* xr = x + row * d;
+  float s = 0.0f;
+  for (std::int64_t i = lane; i < d; i += 32) s += xr[i] * xr[i];
+  const float rs = rsqrtf(warp_sum(s) / static_cast<float>(d) + eps);
+  float* yr = y + row * d;
+  for (std::int64_t i = lane; i < d; i += 32) yr[i] = xr[i] * rs * gamma[i];
+  if (lane == 0) rstd[row] = rs;
+}
+
+__global__ void rmsnorm_backward_kernel(const float* __restrict__ dy, const float* __restrict__ x,
+                                        const float* __restrict__ gamma, const float* __restrict__ rstd,
+                                        float* __restrict__ dx, std::int64_t n, std::int64_t d) {
+  const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= n) return;
+  const float* xr = x + row * d;
+  const float* gr = dy + row * d;
+  const float rs = rstd[row];
+  float dot = 0.0f;
+  for (std::int64_t i = lane; i < d; i += 32) dot += gr[i] * gamma[i] * xr[i];
+  const float m = warp_sum(dot) / static_cast<float>(d);
+  float* dxr = dx + row * d;
+  for (std::int64_t i = lane; i < d; i += 32) dxr[i] = rs * (gr[i] * gamma[i] - xr[i] * rs * rs * m);
+}
+
+// RMSNorm gain gradient: dgamma[c] += sum_r dy * x * rstd.
+__global__ void rmsnorm_gain_grads_kernel(const float* __restrict__ dy, const float* __restrict__ x,
+                                          const float* __restrict__ rstd, float* __restrict__ dgamma, std::int64_t rows,
+                                          std::int64_t cols) {
+  __shared__ float pg[8][33];
+  const std::int64_t c = blockIdx.x * 32 + threadIdx.x;
+  float sg = 0.0f;
+  if (c < cols)
+    for (std::int64_t r = blockIdx.y * 8 + threadIdx.y; r < rows; r += gridDim.y * 8)
+      sg += dy[r * cols + c] * x[r * cols + c] * rstd[r];
+  pg[threadIdx.y][threadIdx.x] = sg;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float tg = 0.0f;
+    for (int k = 0; k < 8; ++k) tg += pg[k][threadIdx.x];
+    atomicAdd(dgamma + c, tg);
+  }
+}
+
+// Rotary embedding: one thread per (row, head, pair).
+__global__ void rope_kernel(float* __restrict__ x, const std::int32_t* __restrict__ positions, std::int64_t n,
+                            std::int64_t heads, std::int64_t row_stride, std::int64_t head_dim, float theta,
+                            float sign, std::size_t total) {
+  const std::int64_t half = head_dim / 2;
+  FLEXSP_GRID_STRIDE(k, total) {
+    const std::int64_t i = static_cast<std::int64_t>(k) % half;
+    const std::int64_t h = (static_cast<std::int64_t>(k) / half) % heads;
+    const std::int64_t t = static_cast<std::int64_t>(k) / (half * heads);
+    const float inv_freq = 1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+    const float angle = static_cast<float>(positions[t]) * inv_freq;
+    const float c = cosf(angle), sn = sign * sinf(angle);
+    float* v = x + t * row_stride + h * head_dim;
+    const float a = v[i], b = v[i + half];
+    v[i] = a * c - b * sn;
+    v[i + half] = b * c + a * sn;
+  }
+}
+
+__global__ void swiglu_forward_kernel(const float* __restrict__ gate_up, float* __restrict__ y, std::int64_t f,
+                                      std::size_t total) {
+  FLEXSP_GRID_STRIDE(k, total) {
+    const std::int64_t r = static_cast<std::int64_t>(k) / f, i = static_cast<std::int64_t>(k) % f;
+    const float g = gate_up[r * 2 * f + i], u = gate_up[r * 2 * f + f + i];
+    const float s = 1.0f / (1.0f + expf(-g));
+    y[k] = g * s * u;
+  }
+}
+
+__global__ void swiglu_backward_kernel(const float* __restrict__ dy, const float* __restrict__ gate_up,
+                                       float* __restrict__ dgate_up, std::int64_t f, std::size_t total) {
+  FLEXSP_GRID_STRIDE(k, total) {
+    const std::int64_t r = static_cast<std::int64_t>(k) / f, i = static_cast<std::int64_t>(k) % f;
+    const float g = gate_up[r * 2 * f + i], u = gate_up[r * 2 * f + f + i];
+    const float s = 1.0f / (1.0f + expf(-g));
+    const float d = dy[k];
+    dgate_up[r * 2 * f + f + i] = d * g * s;
+    dgate_up[r * 2 * f + i] = d * u * s * (1.0f + g * (1.0f - s));
+  }
 }
 
 __global__ void gelu_forward_kernel(const float* __restrict__ x, float* __restrict__ y, std::size_t n) {
@@ -373,6 +466,44 @@ cudaError_t launch_layernorm_backward(const float* dy, const float* x, const flo
   return cudaGetLastError();
 }
 
+cudaError_t launch_rmsnorm_forward(const float* x, const float* gamma, float* y, float* rstd, std::int64_t n,
+                                   std::int64_t d, float eps, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  const auto blocks = static_cast<unsigned>((n + 7) / 8);  // 8 warps = 8 rows per block
+  rmsnorm_forward_kernel<<<blocks, kThreads, 0, stream>>>(x, gamma, y, rstd, n, d, eps);
+  return cudaGetLastError();
+}
+cudaError_t launch_rmsnorm_backward(const float* dy, const float* x, const float* gamma, const float* rstd, float* dx,
+                                    float* dgamma, std::int64_t n, std::int64_t d, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  const auto blocks = static_cast<unsigned>((n + 7) / 8);
+  rmsnorm_backward_kernel<<<blocks, kThreads, 0, stream>>>(dy, x, gamma, rstd, dx, n, d);
+  if (const auto rc = cudaGetLastError(); rc != cudaSuccess) return rc;
+  rmsnorm_gain_grads_kernel<<<column_grid(n, d), dim3{32, 8}, 0, stream>>>(dy, x, rstd, dgamma, n, d);
+  return cudaGetLastError();
+}
+cudaError_t launch_rope(float* x, const std::int32_t* positions, std::int64_t n, std::int64_t heads,
+                        std::int64_t row_stride, std::int64_t head_dim, float theta, bool inverse,
+                        cudaStream_t stream) {
+  const auto total = static_cast<std::size_t>(n * heads * (head_dim / 2));
+  if (total == 0) return cudaSuccess;
+  rope_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, positions, n, heads, row_stride, head_dim, theta,
+                                                          inverse ? -1.0f : 1.0f, total);
+  return cudaGetLastError();
+}
+cudaError_t launch_swiglu_forward(const float* gate_up, float* y, std::int64_t n, std::int64_t f, cudaStream_t stream) {
+  const auto total = static_cast<std::size_t>(n * f);
+  if (total == 0) return cudaSuccess;
+  swiglu_forward_kernel<<<blocks_for(total), kThreads, 0, stream>>>(gate_up, y, f, total);
+  return cudaGetLastError();
+}
+cudaError_t launch_swiglu_backward(const float* dy, const float* gate_up, float* dgate_up, std::int64_t n,
+                                   std::int64_t f, cudaStream_t stream) {
+  const auto total = static_cast<std::size_t>(n * f);
+  if (total == 0) return cudaSuccess;
+  swiglu_backward_kernel<<<blocks_for(total), kThreads, 0, stream>>>(dy, gate_up, dgate_up, f, total);
+  return cudaGetLastError();
+}
 cudaError_t launch_gelu_forward(const float* x, float* y, std::size_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   gelu_forward_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, y, n);

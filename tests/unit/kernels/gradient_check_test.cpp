@@ -66,6 +66,58 @@ TEST(GradientCheck, LinearMatchesFiniteDifferences) {
   expect_gradient("db", b, db, loss);
 }
 
+TEST(GradientCheck, RmsNormMatchesFiniteDifferences) {
+  const std::int64_t n = 4, d = 9;
+  auto x = random_vector(n * d, 15), g = random_vector(d, 16);
+  const auto r = random_vector(n * d, 17);
+  std::vector<float> rstd(n);
+  auto loss = [&] {
+    std::vector<float> y(n * d);
+    rmsnorm_forward(x, g, y, rstd, d, 1e-5f);
+    return dot(y, r);
+  };
+  loss();
+  std::vector<float> dx(x.size()), dg(d);
+  rmsnorm_backward(r, x, g, rstd, dx, dg, d);
+  expect_gradient("dx", x, dx, loss);
+  expect_gradient("dgamma", g, dg, loss);
+}
+
+TEST(GradientCheck, SwiGluMatchesFiniteDifferences) {
+  const std::int64_t n = 3, f = 5;
+  auto gu = random_vector(n * 2 * f, 18);
+  const auto r = random_vector(n * f, 19);
+  auto loss = [&] {
+    std::vector<float> y(n * f);
+    swiglu_forward(gu, y, f);
+    return dot(y, r);
+  };
+  std::vector<float> dgu(gu.size());
+  swiglu_backward(r, gu, dgu, f);
+  expect_gradient("dgate_up", gu, dgu, loss);
+}
+
+TEST(Rope, RotatesPairsByPositionAndInvertsExactlyEnough) {
+  // 2 rows, 3 heads of 4 (2 rotated), row stride 14 (2 floats past the heads untouched).
+  const std::int64_t heads = 3, rotated = 2, dh = 4, stride = 14;
+  const std::vector<std::int32_t> positions{0, 7};
+  auto x = random_vector(2 * stride, 20);
+  const auto orig = x;
+  rope(x, positions, rotated, stride, dh, 10000.0f, false);
+  for (std::int64_t i = 0; i < stride; ++i) EXPECT_FLOAT_EQ(x[i], orig[i]) << "position 0 is the identity";
+  for (std::int64_t i = rotated * dh; i < stride; ++i) EXPECT_EQ(x[stride + i], orig[stride + i]) << "not rotated";
+  // Pair (0, 2) of head 0 at position 7 turns by 7 radians (frequency 1), pair (1, 3) by 7e-2.
+  const float a = orig[stride + 0], b = orig[stride + 2];
+  EXPECT_NEAR(x[stride + 0], a * std::cos(7.0f) - b * std::sin(7.0f), 1e-6);
+  EXPECT_NEAR(x[stride + 2], b * std::cos(7.0f) + a * std::sin(7.0f), 1e-6);
+  const float f1 = 1.0f / std::pow(10000.0f, 0.5f);
+  EXPECT_NEAR(x[stride + 1], orig[stride + 1] * std::cos(7 * f1) - orig[stride + 3] * std::sin(7 * f1), 1e-6);
+  // A rotation keeps norms, and the inverse undoes it (what the backward pass relies on).
+  rope(x, positions, rotated, stride, dh, 10000.0f, true);
+  for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], orig[i], 1e-6) << i;
+  (void)heads;
+}
+
 TEST(GradientCheck, LayerNormMatchesFiniteDifferences) {
   const std::int64_t n = 4, d = 9;
   auto x = random_vector(n * d, 5), g = random_vector(d, 6), b = random_vector(d, 7);
@@ -180,8 +232,7 @@ TEST(GradientCheck, VarlenCausalAttentionMatchesFiniteDifferences) {
   expect_gradient("dv", v, dv, loss, 1e-2f, 3);
 }
 
-TEST(GradientCheck, WholeModelMatchesFiniteDifferences) {
-  const model_config cfg{.layers = 2, .d_model = 8, .heads = 2, .vocab = 11, .max_positions = 80};
+void check_whole_model(const model_config& cfg) {
   auto mdl = model::create(cfg, 7).value();
   // Larger init than GPT-2's 0.02 so every path carries a measurable gradient.
   {
@@ -228,6 +279,15 @@ TEST(GradientCheck, WholeModelMatchesFiniteDifferences) {
       EXPECT_NEAR(analytic[i], numeric, 1e-3 + 3e-2 * std::abs(numeric)) << p.name << " element " << i - p.offset;
     }
   }
+}
+
+TEST(GradientCheck, WholeModelMatchesFiniteDifferences) {
+  check_whole_model({.layers = 2, .d_model = 8, .heads = 2, .vocab = 11, .max_positions = 80});
+}
+
+TEST(GradientCheck, WholeLlamaModelWithGroupedQueryAttentionMatchesFiniteDifferences) {
+  check_whole_model({.family = model_family::llama, .layers = 2, .d_model = 16, .heads = 4, .vocab = 11,
+                     .max_positions = 80, .kv_heads = 2, .ffn = 12});
 }
 
 TEST(AdamW, MatchesHandComputedUpdate) {

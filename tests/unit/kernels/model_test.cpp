@@ -170,6 +170,59 @@ TEST(UlyssesSp, ThreadedGroupOfThreeMatchesOneDevice) {
   for (int r = 0; r < d; ++r) EXPECT_LE(rel_err(grads[r], ref.host_grads()), 1e-4);
 }
 
+/// Runs `cfg` on an SP group of `degree` threads and on one device: returns the largest
+/// relative error of the loss and of the summed gradients.
+std::size_t sz(int v) { return static_cast<std::size_t>(v); }
+
+std::pair<double, double> sp_against_one_device(const model_config& cfg, int degree) {
+  const std::vector<std::int64_t> lengths{1, 5, 37, 100, 3};
+  auto seqs = synthetic_sequences(lengths, 11, cfg.vocab);
+  const float scale = 1.0f / 146;
+  auto ref = model::create(cfg, 9).value();
+  auto l1 = ulysses_layout::make(lengths, 1, 0, cfg.heads).value();
+  auto local = make_local_communicator();
+  auto ref_out = ref.forward_backward(*local, l1, shard_inputs(l1, seqs).value(), scale).value();
+  memory_store store;
+  std::vector<std::thread> threads;
+  std::vector<double> losses(sz(degree));
+  std::vector<std::vector<float>> grads(sz(degree));
+  for (int r = 0; r < degree; ++r)
+    threads.emplace_back([&, r] {
+      auto comm = degree == 1 ? make_local_communicator()
+                              : make_gloo_communicator(store, "sp", r, degree, gloo_options{}).value();
+      auto m = model::create(cfg, 9).value();
+      auto l = ulysses_layout::make(lengths, degree, r, cfg.heads).value();
+      auto out = m.forward_backward(*comm, l, shard_inputs(l, seqs).value(), scale).value();
+      losses[sz(r)] = out.loss_sum;
+      ASSERT_TRUE(all_reduce_gradients(*comm, m));
+      grads[sz(r)].assign(m.host_grads().begin(), m.host_grads().end());
+    });
+  for (auto& t : threads) t.join();
+  double loss = 0, worst = 0;
+  for (double l : losses) loss += l;
+  for (const auto& g : grads) worst = std::max(worst, rel_err(g, ref.host_grads()));
+  return {std::abs(loss - ref_out.loss_sum) / std::abs(ref_out.loss_sum), worst};
+}
+
+// The limits users of DeepSpeed-Ulysses hit most: an SP degree above the K/V heads (they are
+// repeated for the exchange and their gradients summed back) and heads the degree does not
+// divide (uneven head shares, ranks without heads). Every degree 1..8.
+TEST(UlyssesSp, GroupedQueryAttentionAtEveryDegreeMatchesOneDevice) {
+  const model_config gqa{.family = model_family::llama, .layers = 2, .d_model = 48, .heads = 6, .vocab = 97,
+                         .max_positions = 256, .kv_heads = 2, .ffn = 64};
+  auto mqa = gqa;
+  mqa.kv_heads = 1;  // multi-query
+  auto uneven = gqa;
+  uneven.heads = 3;  // head_dim 16; no degree but 1 and 3 divides it
+  uneven.kv_heads = 1;
+  for (const auto& [name, cfg] : {std::pair{"gqa 6/2", gqa}, std::pair{"mqa 6/1", mqa}, std::pair{"uneven 3/1", uneven}})
+    for (int degree = 1; degree <= 8; ++degree) {
+      const auto [loss_err, grad_err] = sp_against_one_device(cfg, degree);
+      EXPECT_LE(loss_err, 1e-5) << name << " at degree " << degree;
+      EXPECT_LE(grad_err, 1e-5) << name << " at degree " << degree;
+    }
+}
+
 TEST(TrainingState, BroadcastGivesAJoiningReplicaTheSameParametersAndMoments) {
   memory_store store;
   std::vector<std::vector<float>> params(2), second(2);

@@ -199,15 +199,17 @@ public:
                                          gemm_math math = gemm_math::fp32) = 0;
 
   // ---- element-wise and row ops ----------------------------------------------------------
-  /// out[t] = wte[tokens[t]] + wpe[positions[t]]; ids are device int32 arrays. Checks every id
-  /// on the device and waits: errc::invalid_argument names the first bad index.
+  /// out[t] = wte[tokens[t]] + wpe[positions[t]] (wpe may be null: no position table, positions
+  /// are still checked against max_pos); ids are device int32 arrays. Checks every id on the
+  /// device and waits: errc::invalid_argument names the first bad index.
   virtual expected<void> embedding_forward(const std::int32_t* tokens, const std::int32_t* positions,  // [n]
                                            const float* wte,  // [vocab, d]
                                            const float* wpe,  // [max_pos, d]
                                            float* out,        // [n, d]
                                            std::int64_t n, std::int64_t d, std::int64_t vocab,
                                            std::int64_t max_pos) = 0;
-  /// dwte[tokens[t]] += dout[t]; dwpe[positions[t]] += dout[t] (ids already checked).
+  /// dwte[tokens[t]] += dout[t]; dwpe[positions[t]] += dout[t] (unless dwpe is null; ids
+  /// already checked).
   virtual expected<void> embedding_backward(const std::int32_t* tokens, const std::int32_t* positions,
                                             const float* dout,  // [n, d]
                                             float* dwte, float* dwpe, std::int64_t n, std::int64_t d) = 0;
@@ -219,6 +221,22 @@ public:
                                             float* dx,                                           // [n, d]
                                             float* dgamma, float* dbeta,                         // [d] accumulated
                                             std::int64_t n, std::int64_t d) = 0;
+  /// RMSNorm (kernels::rmsnorm_forward / rmsnorm_backward): y = x * rstd * gamma per row.
+  virtual expected<void> rmsnorm_forward(const float* x, const float* gamma,  // [n, d], [d]
+                                         float* y, float* rstd,               // [n, d], [n]
+                                         std::int64_t n, std::int64_t d, float eps) = 0;
+  virtual expected<void> rmsnorm_backward(const float* dy, const float* x, const float* gamma,  // [n, d]
+                                          const float* rstd,                                   // [n]
+                                          float* dx, float* dgamma,                            // [n, d], [d] accumulated
+                                          std::int64_t n, std::int64_t d) = 0;
+  /// Rotary position embedding in place (kernels::rope): the first `heads` heads of each of the
+  /// n rows of `row_stride` floats, at positions[t] (device int32).
+  virtual expected<void> rope(float* x, const std::int32_t* positions, std::int64_t n, std::int64_t heads,
+                              std::int64_t row_stride, std::int64_t head_dim, float theta, bool inverse) = 0;
+  /// SwiGLU (kernels::swiglu_forward / swiglu_backward): y = silu(gate) * up, gate_up [n, 2f].
+  virtual expected<void> swiglu_forward(const float* gate_up, float* y, std::int64_t n, std::int64_t f) = 0;
+  virtual expected<void> swiglu_backward(const float* dy, const float* gate_up, float* dgate_up, std::int64_t n,
+                                         std::int64_t f) = 0;
   virtual expected<void> gelu_forward(const float* x, float* y, std::int64_t count) = 0;
   virtual expected<void> gelu_backward(const float* dy, const float* x, float* dx, std::int64_t count) = 0;
   /// out = a + b (out may alias a or b).

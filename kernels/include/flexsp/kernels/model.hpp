@@ -1,7 +1,7 @@
 #pragma once
 /// \file
-/// The model, written once against the device interface (device.hpp): a GPT-2-style decoder
-/// (pre-LayerNorm blocks, GELU MLP, tied input/output embedding) with its parameters,
+/// The model, written once against the device interface (device.hpp): a decoder of the GPT-2 or
+/// the LLaMA family (model_family) with its parameters,
 /// gradients and AdamW moments in one device's memory, trained with Ulysses sequence
 /// parallelism inside an SP group and data parallelism across groups. The same code runs on
 /// the host device (host memory, the CPU kernels: the reference) and on a CUDA device.
@@ -30,22 +30,29 @@
 /// and their gradients in bf16 (fp32 arithmetic inside) and GEMMs may use tf32 tensor cores;
 /// the host device refuses both (errc::unimplemented).
 ///
-/// Checkpoint format (little-endian, version 1):
+/// Checkpoint format (little-endian, version 2; version 1, the same without the fields marked
+/// v2, is read as gpt2):
 /// ```
 ///   offset  size      field
 ///   0       8         magic "FLEXSPCK"
-///   8       4         u32 format version (1)
+///   8       4         u32 format version (2)
 ///   12      4         u32 layers
 ///   16      4         u32 d_model
 ///   20      4         u32 heads
 ///   24      4         u32 vocab
 ///   28      4         u32 max_positions
-///   32      8         u64 optimizer step count
-///   40      8         u64 n = number of parameters
-///   48      4n        f32 parameters  (order of model::parameters())
-///   48+4n   4n        f32 AdamW first moments
-///   48+8n   4n        f32 AdamW second moments
-///   48+12n  8         u64 FNV-1a 64 checksum of every byte before it
+///   32      4         u32 family (0 gpt2, 1 llama)          v2
+///   36      4         u32 kv_heads                           v2
+///   40      4         u32 ffn                                v2
+///   44      4         f32 rope_theta                         v2
+///   48      4         f32 norm_eps                           v2
+///   52      4         u32 0 (reserved)                       v2
+///   H-16    8         u64 optimizer step count               (H = 72; 48 in v1)
+///   H-8     8         u64 n = number of parameters
+///   H       4n        f32 parameters  (order of model::parameters())
+///   H+4n    4n        f32 AdamW first moments
+///   H+8n    4n        f32 AdamW second moments
+///   H+12n   8         u64 FNV-1a 64 checksum of every byte before it
 /// ```
 /// Files are written to "<path>.tmp" and renamed, so a reader sees the old or the new file.
 
@@ -65,19 +72,39 @@
 
 namespace flexsp::kernels {
 
+/// The decoder families:
+/// - gpt2: learned position table, pre-LayerNorm blocks with biases, GELU MLP of 4 d_model,
+///   output projection tied to the token embedding.
+/// - llama: no position table (rotary embeddings of Q and K, positions restarting at 0 in every
+///   packed sequence), RMSNorm, grouped-query attention (`kv_heads`), SwiGLU MLP of `ffn`, an
+///   untied output head, no biases.
+enum class model_family : std::uint8_t { gpt2, llama };
+std::string_view to_string(model_family f) noexcept;
+
 /// Model shape.
 struct model_config {
+  model_family family = model_family::gpt2;
   std::int64_t layers = 4;
   std::int64_t d_model = 256;
   std::int64_t heads = 8;
   std::int64_t vocab = 256;
-  std::int64_t max_positions = 4096;
+  std::int64_t max_positions = 4096;  ///< longest sequence (gpt2: the position table's size)
+  std::int64_t kv_heads = 0;          ///< llama: K/V heads, dividing heads (0: heads)
+  std::int64_t ffn = 0;               ///< llama: SwiGLU width (0: 8/3 d_model rounded up to 32)
+  float rope_theta = 10000.0f;        ///< llama: rotary base
+  float norm_eps = 1e-5f;             ///< llama: RMSNorm epsilon
 
-  /// errc::invalid_argument naming the field (all positive, d_model divisible by heads).
+  /// errc::invalid_argument naming the field (all positive, d_model divisible by heads, heads
+  /// by kv_heads, an even head dimension for rotary embeddings).
   expected<void> validate() const;
   std::int64_t head_dim() const noexcept { return d_model / heads; }
+  /// K/V heads (heads for gpt2).
+  std::int64_t kv() const noexcept { return family == model_family::llama && kv_heads > 0 ? kv_heads : heads; }
+  /// Width of the MLP's hidden layer.
+  std::int64_t ffn_dim() const noexcept;
   /// Number of parameters.
   std::int64_t parameter_count() const noexcept;
+  friend bool operator==(const model_config&, const model_config&) = default;
 };
 
 /// One named parameter tensor inside the flat buffer.

@@ -14,8 +14,9 @@ namespace flexsp::kernels {
 
 // ---- embedding --------------------------------------------------------------------------
 
-/// out[t] = wte[tokens[t]] + wpe[positions[t]].
-/// errc::invalid_argument when a token id is outside [0, vocab) or a position outside [0, max_pos).
+/// out[t] = wte[tokens[t]] + wpe[positions[t]] (just wte[tokens[t]] when wpe is empty: a model
+/// without a position table). errc::invalid_argument when a token id is outside [0, vocab) or a
+/// position outside [0, max_pos).
 expected<void> embedding_forward(std::span<const std::int32_t> tokens,     // [n]
                                  std::span<const std::int32_t> positions,  // [n]
                                  std::span<const float> wte,               // [vocab, d]
@@ -23,8 +24,8 @@ expected<void> embedding_forward(std::span<const std::int32_t> tokens,     // [n
                                  std::span<float> out,                     // [n, d]
                                  std::int64_t d);
 
-/// Accumulates dwte[tokens[t]] += dout[t] and dwpe[positions[t]] += dout[t]. Ids must be valid
-/// (they were checked by the forward pass).
+/// Accumulates dwte[tokens[t]] += dout[t] and dwpe[positions[t]] += dout[t] (the latter unless
+/// dwpe is empty). Ids must be valid (they were checked by the forward pass).
 void embedding_backward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
                         std::span<const float> dout,  // [n, d]
                         std::span<float> dwte,        // [vocab, d]
@@ -52,6 +53,41 @@ void layernorm_backward(std::span<const float> dy, std::span<const float> x, std
                         std::span<float> dgamma,  // [d]
                         std::span<float> dbeta,   // [d]
                         std::int64_t d);
+
+// ---- RMSNorm (LLaMA) ----------------------------------------------------------------------
+
+/// y = x * rstd * gamma per row, rstd = 1 / sqrt(mean(x^2) + eps); stores rstd for backward.
+void rmsnorm_forward(std::span<const float> x,      // [n, d]
+                     std::span<const float> gamma,  // [d]
+                     std::span<float> y,            // [n, d]
+                     std::span<float> rstd,         // [n]
+                     std::int64_t d, float eps);
+
+/// dx = d/dx (overwritten); dgamma accumulated.
+void rmsnorm_backward(std::span<const float> dy, std::span<const float> x, std::span<const float> gamma,
+                      std::span<const float> rstd,
+                      std::span<float> dx,      // [n, d]
+                      std::span<float> dgamma,  // [d]
+                      std::int64_t d);
+
+// ---- rotary position embedding (LLaMA) --------------------------------------------------
+
+/// Rotates in place the first `heads` heads of every row t of x (rows of `row_stride` floats,
+/// head h at floats [h * head_dim, (h + 1) * head_dim)) by the angles of position
+/// positions[t], with the "rotate half" pairing of Hugging Face's LLaMA: element i pairs with
+/// i + head_dim/2, at frequency theta^(-2i/head_dim). `inverse` rotates back: the backward
+/// pass of a rotation is the opposite rotation of the gradient. head_dim must be even.
+void rope(std::span<float> x, std::span<const std::int32_t> positions, std::int64_t heads, std::int64_t row_stride,
+          std::int64_t head_dim, float theta, bool inverse);
+
+// ---- SwiGLU (LLaMA) ---------------------------------------------------------------------
+
+/// y = silu(gate) * up per row, where gate and up are the two halves of gate_up ([n, 2f]:
+/// gate in columns [0, f), up in [f, 2f)).
+void swiglu_forward(std::span<const float> gate_up, std::span<float> y, std::int64_t f);
+/// dgate_up (overwritten) from dy ([n, f]) and the forward's gate_up.
+void swiglu_backward(std::span<const float> dy, std::span<const float> gate_up, std::span<float> dgate_up,
+                     std::int64_t f);
 
 // ---- matmul (OpenBLAS sgemm) ------------------------------------------------------------
 
