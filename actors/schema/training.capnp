@@ -7,6 +7,11 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("flexsp::actors::schema");
 
 # Closed value sets: enums here, generated as C++ enum classes with to_string / parse_*.
+enum ModelFamily {
+  gpt2 @0;                        # learned positions, LayerNorm, GELU MLP, tied output
+  llama @1;                       # rotary positions, RMSNorm, grouped-query attention, SwiGLU
+}
+
 enum AttentionPrecision {
   fp32 @0;
   bf16 @1;                        # CUDA devices: fp32 arithmetic on bf16 Q, K, V and output
@@ -49,6 +54,11 @@ struct ModelShape {
   maxSeq @4 :UInt32 = 1024;
   attention @5 :AttentionPrecision = fp32;
   matmul @6 :MatmulPrecision = fp32;
+  family @7 :ModelFamily = gpt2;
+  kvHeads @8 :UInt32 = 0;         # llama: K/V heads (0: heads)
+  ffn @9 :UInt32 = 0;             # llama: SwiGLU width (0: 8/3 dModel rounded up to 32)
+  ropeTheta @10 :Float32 = 10000;
+  normEps @11 :Float32 = 1e-5;
 }
 
 struct OptimizerSettings {

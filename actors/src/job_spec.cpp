@@ -133,6 +133,7 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (s.data_path.empty() && s.model.vocab < 256)
     return bad("model.vocab", "must be at least 256 for byte-level text data");
   if (s.model.max_seq < 8 || s.model.max_seq > 1'000'000) return bad("model.max_seq", "must be in 8..1000000");
+  if (auto shape = kernel_config(s.model).validate(); !shape) return unexpected<error>{shape.error()};
   if (s.model.attention == attention_precision::bf16 && s.backend == device_kind::cpu)
     return bad("model.attention", "bf16 attention runs on CUDA devices; use backend cuda (or auto)");
   if (s.model.matmul == matmul_precision::tf32 && s.backend == device_kind::cpu)
@@ -273,7 +274,17 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   const json* o = nullptr;
   FLEXSP_TRY(read_object(j, "model", o));
   if (o) {
-    FLEXSP_TRY(check_keys(*o, "model.", {"layers", "d_model", "heads", "vocab", "max_seq", "attention", "matmul"}));
+    FLEXSP_TRY(check_keys(*o, "model.", {"preset", "family", "layers", "d_model", "heads", "kv_heads", "ffn", "vocab",
+                                         "max_seq", "rope_theta", "norm_eps", "attention", "matmul"}));
+    // A preset first; explicit keys then change what it set.
+    std::string preset;
+    FLEXSP_TRY(read_string(*o, "preset", "model.", preset));
+    if (!preset.empty()) FLEXSP_TRY(apply_model_preset(preset, s.model));
+    FLEXSP_TRY(read_choice(*o, "family", "model.", parse_model_family, false, "gpt2, llama", s.model.family));
+    FLEXSP_TRY(read_uint(*o, "kv_heads", "model.", s.model.kv_heads));
+    FLEXSP_TRY(read_uint(*o, "ffn", "model.", s.model.ffn));
+    FLEXSP_TRY(read_number(*o, "rope_theta", "model.", s.model.rope_theta));
+    FLEXSP_TRY(read_number(*o, "norm_eps", "model.", s.model.norm_eps));
     FLEXSP_TRY(read_uint(*o, "layers", "model.", s.model.layers));
     FLEXSP_TRY(read_uint(*o, "d_model", "model.", s.model.d_model));
     FLEXSP_TRY(read_uint(*o, "heads", "model.", s.model.heads));
@@ -335,8 +346,10 @@ std::string job_spec_to_json(const job_spec& s) {
   j["batch_size"] = s.batch_size;
   j["strategy"] = s.strategy.to_string();
   j["seed"] = s.seed;
-  j["model"] = {{"layers", s.model.layers}, {"d_model", s.model.d_model}, {"heads", s.model.heads},
-                {"vocab", s.model.vocab}, {"max_seq", s.model.max_seq}, {"attention", to_string(s.model.attention)},
+  j["model"] = {{"family", to_string(s.model.family)}, {"layers", s.model.layers},    {"d_model", s.model.d_model},
+                {"heads", s.model.heads},                {"kv_heads", s.model.kv_heads}, {"ffn", s.model.ffn},
+                {"vocab", s.model.vocab},                {"max_seq", s.model.max_seq},   {"rope_theta", s.model.rope_theta},
+                {"norm_eps", s.model.norm_eps},          {"attention", to_string(s.model.attention)},
                 {"matmul", to_string(s.model.matmul)}};
   if (s.data_path.empty())
     j["data"] = {{"synthetic", s.synthetic}};
@@ -361,6 +374,51 @@ std::string job_spec_to_json(const job_spec& s) {
                 {"device_wait_ms", s.fault.device_wait_ms},   {"checkpoint_timeout_ms", s.fault.checkpoint_timeout_ms},
                 {"max_checkpoint_failures", s.fault.max_checkpoint_failures}};
   return j.dump();
+}
+
+const std::vector<model_preset>& model_presets() {
+  static const std::vector<model_preset> presets{
+      {"gpt2-tiny", "GPT-2 family, 2 layers, d_model 64, 4 heads (the default)"},
+      {"gpt2-small", "GPT-2 family, 12 layers, d_model 768, 12 heads (GPT-2's 124M body)"},
+      {"llama-tiny", "LLaMA family, 2 layers, d_model 64, 4 heads, 2 K/V heads, SwiGLU 176"},
+      {"llama-small", "LLaMA family, 12 layers, d_model 768, 12 heads, 4 K/V heads, SwiGLU 2048"},
+  };
+  return presets;
+}
+
+expected<void> apply_model_preset(std::string_view name, model_shape& m) {
+  auto set = [&](model_family family, std::uint32_t layers, std::uint32_t d, std::uint32_t heads, std::uint32_t kv,
+                 std::uint32_t ffn) {
+    m.family = family;
+    m.layers = layers;
+    m.d_model = d;
+    m.heads = heads;
+    m.kv_heads = kv;
+    m.ffn = ffn;
+    return expected<void>{};
+  };
+  if (name == "gpt2-tiny") return set(model_family::gpt2, 2, 64, 4, 0, 0);
+  if (name == "gpt2-small") return set(model_family::gpt2, 12, 768, 12, 0, 0);
+  if (name == "llama-tiny") return set(model_family::llama, 2, 64, 4, 2, 176);
+  if (name == "llama-small") return set(model_family::llama, 12, 768, 12, 4, 2048);
+  std::string known;
+  for (const auto& p : model_presets()) known += (known.empty() ? "" : ", ") + std::string{p.name};
+  return make_error(errc::invalid_argument, "model.preset: unknown preset '{}' (known: {})", name, known);
+}
+
+kernels::model_config kernel_config(const model_shape& shape) {
+  kernels::model_config c;
+  c.family = shape.family == model_family::llama ? kernels::model_family::llama : kernels::model_family::gpt2;
+  c.layers = shape.layers;
+  c.d_model = shape.d_model;
+  c.heads = shape.heads;
+  c.vocab = shape.vocab;
+  c.max_positions = shape.max_seq;
+  c.kv_heads = shape.kv_heads;
+  c.ffn = shape.ffn;
+  c.rope_theta = shape.rope_theta;
+  c.norm_eps = shape.norm_eps;
+  return c;
 }
 
 }  // namespace flexsp::actors

@@ -1,13 +1,10 @@
 #include "replica.hpp"
 
+#include "flexsp/actors/job_spec.hpp"
+
 namespace flexsp::actors {
 
 namespace {
-
-kernels::model_config config_of(const model_shape& shape) {
-  return kernels::model_config{.layers = shape.layers, .d_model = shape.d_model, .heads = shape.heads,
-                               .vocab = shape.vocab, .max_positions = shape.max_seq};
-}
 
 kernels::adamw_params hyper_of(const optimizer_settings& opt) {
   return kernels::adamw_params{.lr = opt.lr, .beta1 = opt.beta1, .beta2 = opt.beta2, .eps = opt.eps,
@@ -25,7 +22,7 @@ expected<std::unique_ptr<replica>> replica::create(std::shared_ptr<kernels::devi
   if (device->host_memory())
     if (const auto why = cuda_only_reason(shape); !why.empty())
       return make_error(errc::invalid_argument, "{}; this one is a CPU device", why);
-  FLEXSP_TRY_ASSIGN(auto m, kernels::model::create(std::move(device), config_of(shape), seed));
+  FLEXSP_TRY_ASSIGN(auto m, kernels::model::create(std::move(device), kernel_config(shape), seed));
   if (shape.attention == attention_precision::bf16) m.set_attention_type(kernels::dtype::bf16);
   if (shape.matmul == matmul_precision::tf32) m.set_gemm_math(kernels::gemm_math::tf32);
   return std::unique_ptr<replica>{new replica{std::move(m), opt}};

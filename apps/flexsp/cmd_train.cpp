@@ -37,6 +37,7 @@ struct train_flags {
   bool no_milp = false;
   std::string attention;
   std::string matmul;
+  std::string model;
   std::string heartbeat = "200ms";
   std::string failure_timeout = "1s";
 };
@@ -67,7 +68,8 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   if (!spec_json.contains("name")) spec_json["name"] = "train";
   if (f.no_calibrate) spec_json["calibrate"] = false;
   if (f.no_milp) spec_json["milp"] = false;
-  for (const auto& [key, value] : {std::pair{"attention", &f.attention}, std::pair{"matmul", &f.matmul}}) {
+  for (const auto& [key, value] :
+       {std::pair{"preset", &f.model}, std::pair{"attention", &f.attention}, std::pair{"matmul", &f.matmul}}) {
     if (value->empty()) continue;
     if (!spec_json.contains("model") || !spec_json["model"].is_object()) spec_json["model"] = nlohmann::json::object();
     spec_json["model"][key] = *value;
@@ -192,7 +194,7 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
 
 void add_train_command(CLI::App& root) {
   auto f = std::make_shared<train_flags>();
-  auto* cmd = root.add_subcommand("train", "train a small GPT in this process (head, node and job) on CPU devices or GPUs");
+  auto* cmd = root.add_subcommand("train", "train a small model (GPT-2 or LLaMA family) in this process (head, node and job) on CPU devices or GPUs");
   cmd->add_option("--devices", f->devices,
                   "devices: cpu:N, cuda:all, cuda:0,1, or auto (every GPU when the CUDA backend is usable, else "
                   "cpu:1); a job trains on one kind")
@@ -215,6 +217,13 @@ void add_train_command(CLI::App& root) {
   cmd->add_flag("--no-milp", f->no_milp,
                "plan with the layout search alone (by default CBC polishes micro-batches the search did not "
                "prove within 5% of optimal; --config can set milp_min_gap)");
+  std::vector<std::string> presets;
+  std::string preset_help = "model preset:";
+  for (const auto& p : actors::model_presets()) {
+    presets.emplace_back(p.name);
+    preset_help += fmt::format("\n  {}: {}", p.name, p.description);
+  }
+  cmd->add_option("--model", f->model, preset_help)->check(CLI::IsMember(presets));
   cmd->add_option("--attention", f->attention,
                   "attention element type: fp32 (default) or bf16 (mixed precision, CUDA devices only)")
       ->check(CLI::IsMember({"fp32", "bf16"}));

@@ -142,6 +142,55 @@ TEST_F(GpuKernels, LayerNormForwardAndBackwardMatchTheCpu) {
   }
 }
 
+TEST_F(GpuKernels, RmsNormRopeAndSwiGluMatchTheCpu) {
+  // RMSNorm forward and backward.
+  for (const auto& [n, d] : {std::pair<std::int64_t, std::int64_t>{37, 97}, {1, 1}, {5, 1031}}) {
+    const auto x = random_vector(n * d, 20 + n, 2.0f), gamma = random_vector(d, 21), dy = random_vector(n * d, 22);
+    std::vector<float> y(n * d), rstd(n), dx(n * d), dgamma(d, 0.1f);
+    rmsnorm_forward(x, gamma, y, rstd, d, 1e-5f);
+    rmsnorm_backward(dy, x, gamma, rstd, dx, dgamma, d);
+    auto* gx = upload(x);
+    auto* gg = upload(gamma);
+    auto* gy = upload(std::vector<float>(n * d));
+    auto* gr = upload(std::vector<float>(n));
+    auto* gdx = upload(std::vector<float>(n * d));
+    auto* gdg = upload(std::vector<float>(d, 0.1f));
+    ASSERT_OK(dev_->rmsnorm_forward(gx, gg, gy, gr, n, d, 1e-5f));
+    ASSERT_OK(dev_->rmsnorm_backward(upload(dy), gx, gg, gr, gdx, gdg, n, d));
+    EXPECT_TRUE(all_close(download(gy, y.size()), y, 2e-5f)) << "n=" << n << " d=" << d;
+    EXPECT_TRUE(all_close(download(gr, rstd.size()), rstd, 2e-5f, 1e-4f));
+    EXPECT_TRUE(all_close(download(gdx, dx.size()), dx, 1e-4f, 1e-3f)) << "n=" << n << " d=" << d;
+    EXPECT_TRUE(all_close(download(gdg, dgamma.size()), dgamma, 1e-3f, 1e-4f));
+  }
+  // Rotary embedding of the Q and K heads of a [n, (4 + 2 * 2) * 8] projection, and back.
+  const std::int64_t n = 19, dh = 8, heads = 6, stride = 8 * dh;
+  std::vector<std::int32_t> positions(n);
+  for (std::int64_t t = 0; t < n; ++t) positions[static_cast<std::size_t>(t)] = static_cast<std::int32_t>((t * 37) % 300);
+  const auto x = random_vector(n * stride, 23);
+  auto rotated = x;
+  rope(rotated, positions, heads, stride, dh, 10000.0f, false);
+  auto* gx = upload(x);
+  auto* gp = upload(positions);
+  ASSERT_OK(dev_->rope(gx, gp, n, heads, stride, dh, 10000.0f, false));
+  EXPECT_TRUE(all_close(download(gx, x.size()), rotated, 1e-5f, 1e-4f));
+  ASSERT_OK(dev_->rope(gx, gp, n, heads, stride, dh, 10000.0f, true));
+  EXPECT_TRUE(all_close(download(gx, x.size()), x, 1e-5f, 1e-4f)) << "the inverse rotation restores the input";
+  EXPECT_EQ(dev_->rope(gx, gp, n, heads, stride, 7, 10000.0f, false).error().kind(), errc::invalid_argument);
+  // SwiGLU forward and backward.
+  const std::int64_t rows = 23, f = 301;
+  const auto gu = random_vector(rows * 2 * f, 24, 2.0f), dy = random_vector(rows * f, 25);
+  std::vector<float> y(rows * f), dgu(rows * 2 * f);
+  swiglu_forward(gu, y, f);
+  swiglu_backward(dy, gu, dgu, f);
+  auto* ggu = upload(gu);
+  auto* gy = upload(std::vector<float>(rows * f));
+  auto* gdgu = upload(std::vector<float>(rows * 2 * f));
+  ASSERT_OK(dev_->swiglu_forward(ggu, gy, rows, f));
+  ASSERT_OK(dev_->swiglu_backward(upload(dy), ggu, gdgu, rows, f));
+  EXPECT_TRUE(all_close(download(gy, y.size()), y, 1e-5f, 1e-5f));
+  EXPECT_TRUE(all_close(download(gdgu, dgu.size()), dgu, 1e-5f, 1e-5f));
+}
+
 TEST_F(GpuKernels, GemmMatchesTheCpuForEveryTransposeCombination) {
   const std::int64_t m = 33, n = 47, k = 29;
   for (bool ta : {false, true})
@@ -544,6 +593,33 @@ TEST_F(GpuKernels, TrainingStepOfTheGptMatchesTheCpuModel) {
   EXPECT_EQ(fresh->steps(), 1);
   EXPECT_EQ(fresh->upload_state(params, m, std::span<const float>{v}.first(3), 1).error().kind(),
             errc::invalid_argument);
+}
+
+TEST_F(GpuKernels, TrainingStepOfTheLlamaFamilyWithGroupedQueryAttentionMatchesTheCpuModel) {
+  const model_config cfg{.family = model_family::llama, .layers = 2, .d_model = 96, .heads = 6, .vocab = 67,
+                         .max_positions = 300, .kv_heads = 2, .ffn = 160};
+  auto cpu = model::create(cfg, 5).value();
+  auto gpu_model = model::create(dev_, cfg, 5);
+  ASSERT_TRUE(gpu_model) << gpu_model.error().to_string();
+  const std::vector<std::int64_t> lengths{130, 1, 65, 17};
+  const auto tokens = std::accumulate(lengths.begin(), lengths.end(), std::int64_t{0});
+  auto layout = ulysses_layout::make(lengths, 1, 0, cfg.heads).value();
+  auto in = shard_inputs(layout, synthetic_sequences(lengths, 3, cfg.vocab)).value();
+  auto comm = make_local_communicator();
+  const float scale = 1.0f / static_cast<float>(tokens);
+  auto ref = cpu.forward_backward(*comm, layout, in, scale);
+  ASSERT_TRUE(ref) << ref.error().to_string();
+  auto got = gpu_model->forward_backward(in, lengths, scale);
+  ASSERT_TRUE(got) << got.error().to_string();
+  EXPECT_NEAR(got->loss_sum, ref->loss_sum, 1e-4 * std::abs(ref->loss_sum));
+  std::vector<float> grads(static_cast<std::size_t>(gpu_model->size()));
+  ASSERT_OK(gpu_model->download_grads(grads));
+  for (const auto& p : cpu.parameters()) {
+    const auto off = static_cast<std::size_t>(p.offset), cnt = static_cast<std::size_t>(numel_of(p.shape));
+    const std::vector<float> g(grads.begin() + static_cast<std::ptrdiff_t>(off),
+                               grads.begin() + static_cast<std::ptrdiff_t>(off + cnt));
+    EXPECT_LT(max_rel_diff(g, cpu.host_grads().subspan(off, cnt)), 1e-3) << p.name;
+  }
 }
 
 TEST_F(GpuKernels, UlyssesGroupsOfAnyDegreeGiveTheSingleDeviceLossAndGradients) {

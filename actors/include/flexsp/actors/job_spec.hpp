@@ -18,12 +18,14 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 #include <string>
 #include <string_view>
 
 #include "flexsp/actors/membership.hpp"
 #include "flexsp/actors/training_messages.hpp"
 #include "flexsp/core/error.hpp"
+#include "flexsp/kernels/model.hpp"
 
 namespace flexsp::actors {
 
@@ -126,5 +128,21 @@ expected<void> check_checkpoint_dir(const std::string& dir);
 
 /// The spec as JSON (parse_job_spec reads it back).
 std::string job_spec_to_json(const job_spec& spec);
+
+/// A named model shape: `gpt2-tiny` (2 layers, d_model 64, 4 heads; the default), `gpt2-small`
+/// (12 x 768, 12 heads: GPT-2's 124M body), `llama-tiny` (2 x 64, 4 heads, 2 K/V heads, SwiGLU
+/// 176) and `llama-small` (12 x 768, 12 heads, 4 K/V heads, SwiGLU 2048). Sets the family and
+/// the dimensions, not the vocabulary, the context or the precisions.
+struct model_preset {
+  std::string_view name;
+  std::string_view description;
+};
+const std::vector<model_preset>& model_presets();
+/// Applies preset `name` to `shape`; errc::invalid_argument naming `model.preset` and the known
+/// presets otherwise.
+expected<void> apply_model_preset(std::string_view name, model_shape& shape);
+
+/// The kernels' model configuration of a job's model shape.
+kernels::model_config kernel_config(const model_shape& shape);
 
 }  // namespace flexsp::actors
