@@ -22,4 +22,7 @@ void add_job_commands(CLI::App& root);
 /// `flexsp profile`: cost-model constants measured on real devices, as a planner profile.
 void add_profile_command(CLI::App& root);
 
+// cmd_model.cpp: export, import, generate
+void add_model_commands(CLI::App& root);
+
 }  // namespace flexsp::app

@@ -816,6 +816,37 @@ expected<void> save_checkpoint(const std::filesystem::path& path, const model& m
   return {};
 }
 
+expected<model_config> read_checkpoint_config(const std::filesystem::path& path) {
+  std::ifstream in{path, std::ios::binary};
+  if (!in) return make_error(errc::not_found, "checkpoint {} cannot be opened", path.string());
+  std::string buf(kHeaderV2, '\0');
+  in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+  buf.resize(static_cast<std::size_t>(in.gcount()));
+  const auto where = path.string();
+  if (buf.size() < kHeaderV1 || std::memcmp(buf.data(), kMagic, 8) != 0)
+    return make_error(errc::invalid_argument, "{}: not a flexsp checkpoint (bad magic or shorter than a header)", where);
+  const auto version = get_at<std::uint32_t>(buf, 8);
+  if (version != 1 && (version != kVersion || buf.size() < kHeaderV2))
+    return make_error(errc::invalid_argument, "{}: format version {} (this build reads 1 and {})", where, version,
+                      kVersion);
+  model_config c;
+  c.layers = get_at<std::uint32_t>(buf, 12);
+  c.d_model = get_at<std::uint32_t>(buf, 16);
+  c.heads = get_at<std::uint32_t>(buf, 20);
+  c.vocab = get_at<std::uint32_t>(buf, 24);
+  c.max_positions = get_at<std::uint32_t>(buf, 28);
+  if (version >= 2) {
+    c.family = get_at<std::uint32_t>(buf, 32) == 1 ? model_family::llama : model_family::gpt2;
+    c.kv_heads = get_at<std::uint32_t>(buf, 36);
+    c.ffn = get_at<std::uint32_t>(buf, 40);
+    c.rope_theta = get_at<float>(buf, 44);
+    c.norm_eps = get_at<float>(buf, 48);
+  }
+  if (auto ok = c.validate(); !ok)
+    return make_error(errc::invalid_argument, "{}: its header describes no valid model: {}", where, ok.error().message());
+  return c;
+}
+
 expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
   std::ifstream in{path, std::ios::binary};
   if (!in) return make_error(errc::not_found, "checkpoint {} cannot be opened", path.string());

@@ -231,6 +231,10 @@ expected<void> broadcast_training_state(communicator& group, int root, model& m)
 /// Writes parameters and optimizer state (format above). errc::io on a write failure.
 expected<void> save_checkpoint(const std::filesystem::path& path, const model& m);
 
+/// The model configuration a checkpoint holds (its header; a version 1 file is gpt2). Same
+/// errors as load_checkpoint for a file that is not a checkpoint.
+expected<model_config> read_checkpoint_config(const std::filesystem::path& path);
+
 /// Restores a checkpoint into `m`. errc::not_found for a missing file; errc::invalid_argument
 /// for a bad magic/version, a config that differs from the model's, a truncated file or a
 /// checksum mismatch (the message says which).
