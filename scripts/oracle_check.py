@@ -23,8 +23,11 @@ def main() -> int:
         return 2
     dump = sys.argv[1]
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(f"{dump}/model", torch_dtype=torch.float32,
-                                                 attn_implementation="eager")
+    try:  # `dtype` in recent transformers, `torch_dtype` before
+        model = AutoModelForCausalLM.from_pretrained(f"{dump}/model", dtype=torch.float32, attn_implementation="eager")
+    except TypeError:
+        model = AutoModelForCausalLM.from_pretrained(f"{dump}/model", torch_dtype=torch.float32,
+                                                     attn_implementation="eager")
     model.eval()  # no dropout
     batch = json.load(open(f"{dump}/batch.json"))
     total = torch.zeros((), dtype=torch.float64)
