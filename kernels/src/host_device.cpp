@@ -296,6 +296,7 @@ private:
     h.v = static_cast<const float*>(a.v);
     h.out = static_cast<float*>(a.out);
     h.lse = a.lse;
+    h.threads = cpu_math_threads();  // the device's share of the cores, as its GEMMs
     return h;
   }
   static attention::backward_args host_args(const attention_backward_args& a) {
@@ -312,6 +313,7 @@ private:
     h.dq = static_cast<float*>(a.dq);
     h.dk = static_cast<float*>(a.dk);
     h.dv = static_cast<float*>(a.dv);
+    h.threads = cpu_math_threads();
     return h;
   }
 };
