@@ -1,5 +1,5 @@
 // Training through GPU device actors under the CPU emulation: an embedded cluster trains a tiny
-// GPT on `cuda:N` devices and on `cpu` devices with the same seed, data and plans, and the losses
+// GPT (and a tiny LLaMA with grouped-query attention) on `cuda:N` devices and on `cpu` devices with the same seed, data and plans, and the losses
 // must agree. Covers the GPU replica (checksums computed on the device, the all-reduce and the
 // Ulysses exchanges over Gloo through the host and over NCCL in device memory, state broadcast
 // to devices that join mid-run, checkpoint download) end to end, and bf16 attention (with fp32
@@ -101,6 +101,32 @@ int main(int argc, char** argv) {
       std::printf("%s%s\n", gpu.status.error.empty() ? "" : "  error: ", gpu.status.error.c_str());
       failures += ok ? 0 : 1;
     }
+  }
+  {
+    // The llama family on 2 emulated GPUs with NCCL, SP groups of 2 over 1 K/V head (repeated
+    // for the exchange, gradients summed back), against the same job on CPU devices.
+    auto cluster = embedded_cluster::start(0, 0).value();
+    std::vector<device_id> cpus{{device_kind::cpu, 0}, {device_kind::cpu, 1}};
+    (void)cluster->add_node(cpus);
+    for (std::uint32_t i = 0; i < 2; ++i) (void)cluster->add_node(std::vector<device_id>{{device_kind::cuda, i}});
+    auto llama = [&](const std::string& backend, const std::string& collectives) {
+      auto s = tiny(backend, collectives, "static:2", (dir / ("llama-" + backend)).string());
+      s.model.family = model_family::llama;
+      s.model.kv_heads = 1;
+      s.model.ffn = 32;
+      return s;
+    };
+    const auto cpu = run(*cluster, llama("cpu", "gloo"));
+    const auto gpu = run(*cluster, llama("cuda", "nccl"));
+    bool ok = cpu.status.state == job_state::succeeded && gpu.status.state == job_state::succeeded &&
+              cpu.losses.size() == 3 && gpu.losses.size() == 3;
+    for (std::size_t i = 0; ok && i < 3; ++i) ok = std::abs(cpu.losses[i] - gpu.losses[i]) <= 1e-4 * cpu.losses[i];
+    std::printf("llama (GQA), static:2, cuda with nccl: %s  cpu %s, cuda %s; losses", ok ? "ok" : "FAILED",
+                std::string{to_string(cpu.status.state)}.c_str(), std::string{to_string(gpu.status.state)}.c_str());
+    for (std::size_t i = 0; i < std::max(cpu.losses.size(), gpu.losses.size()); ++i)
+      std::printf("  %.6f/%.6f", i < cpu.losses.size() ? cpu.losses[i] : NAN, i < gpu.losses.size() ? gpu.losses[i] : NAN);
+    std::printf("%s%s\n", gpu.status.error.empty() ? "" : "  error: ", gpu.status.error.c_str());
+    failures += ok ? 0 : 1;
   }
   {
     // Mixed precision against the fp32 job on the same emulated GPU: bf16 attention, and bf16
