@@ -7,8 +7,10 @@
 
 #include "commands.hpp"
 #include "flexsp/core/log.hpp"
+#include "flexsp/kernels/ops.hpp"
 
 int main(int argc, char** argv) {
+  flexsp::kernels::restart_with_best_blas_kernels(argv);
   CLI::App app{"flexsp: heterogeneity-adaptive sequence-parallel LLM training on a C++ actor runtime", "flexsp"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string{"flexsp 0.1.0"});

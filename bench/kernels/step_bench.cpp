@@ -33,6 +33,7 @@ struct run {
 }  // namespace
 
 int main(int argc, char** argv) {
+  restart_with_best_blas_kernels(argv);
   std::string only;
   int steps = 4;
   bool json = false;
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  (void)add_cpu_devices(1);  // one CPU device: FLEXSP_CPU_THREADS (else every core) sets its threads
   const model_config gpt2{.layers = 4, .d_model = 256, .heads = 8, .vocab = 256, .max_positions = 4096};
   const model_config llama{.family = model_family::llama, .layers = 4, .d_model = 256, .heads = 8, .vocab = 256,
                            .max_positions = 4096, .kv_heads = 4, .ffn = 688};

@@ -1,10 +1,14 @@
 #include "flexsp/kernels/ops.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -351,6 +355,37 @@ double clip_grad_norm(std::span<float> grads, double max_norm) {
 }
 
 int cpu_math_threads() noexcept { return openblas_get_num_threads(); }
+
+std::string blas_core() {
+  const char* name = openblas_get_corename();
+  return name ? std::string{name} : std::string{"unknown"};
+}
+
+void restart_with_best_blas_kernels(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || std::getenv("FLEXSP_BLAS_RESTARTED") != nullptr) return;
+  const char* best = nullptr;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    best = "SkylakeX";
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    best = "Haswell";
+  if (best == nullptr) return;
+  // Only cores older than AVX2: a newer one (Cooperlake, Zen, ...) was chosen on purpose.
+  static constexpr const char* kOld[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Katmai",
+                                         "Coppermine", "Northwood", "Banias", "Sandybridge", "Barcelona", "Bobcat",
+                                         "Bulldozer", "Piledriver", "Steamroller", "Excavator"};
+  const auto current = blas_core();
+  bool old = false;
+  for (const char* o : kOld) old = old || current == o;
+  if (!old || argv == nullptr || argv[0] == nullptr) return;
+  ::setenv("OPENBLAS_CORETYPE", best, 1);
+  ::setenv("FLEXSP_BLAS_RESTARTED", "1", 1);
+  std::fprintf(stderr, "flexsp: OpenBLAS chose %s kernels on a CPU with %s; running again with OPENBLAS_CORETYPE=%s\n",
+               current.c_str(), std::string_view{best} == "SkylakeX" ? "AVX-512" : "AVX2", best);
+  ::execv("/proc/self/exe", argv);
+  // exec failed: go on with the kernels we have.
+  ::unsetenv("OPENBLAS_CORETYPE");
+}
 
 int add_cpu_devices(int devices) noexcept {
   static std::mutex mutex;

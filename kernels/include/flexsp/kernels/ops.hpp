@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "flexsp/core/error.hpp"
 
@@ -157,6 +158,16 @@ double l2_norm(std::span<const float> values);
 /// Scales `grads` so that their L2 norm is at most `max_norm` (no-op when already below or when
 /// max_norm <= 0). Returns the norm before clipping.
 double clip_grad_norm(std::span<float> grads, double max_norm);
+
+/// OpenBLAS picks its GEMM kernels from the CPU model when it loads and, on CPUs it does not
+/// recognise (a VM's generic "Intel Xeon Processor"), falls back to Prescott's SSE3 kernels,
+/// 4-5x slower than the AVX-512 ones the CPU runs. Unless OPENBLAS_CORETYPE is set, when the
+/// loaded kernels are older than the CPU's features allow (AVX-512: SkylakeX; AVX2 + FMA:
+/// Haswell), this sets OPENBLAS_CORETYPE and executes the program again with the same
+/// arguments; otherwise (and after that restart) it returns. Call first thing in main.
+void restart_with_best_blas_kernels(char** argv);
+/// The kernels OpenBLAS runs ("SkylakeX", "Haswell", "Prescott", ...).
+std::string blas_core();
 
 /// Threads the CPU GEMM (OpenBLAS) may use in this process.
 int cpu_math_threads() noexcept;
