@@ -1,4 +1,5 @@
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -6,6 +7,7 @@
 #include "commands.hpp"
 #include "flexsp/kernels/cuda_runtime.hpp"
 #include "flexsp/kernels/device_backend.hpp"
+#include "flexsp/kernels/ops.hpp"
 
 namespace flexsp::app {
 
@@ -22,6 +24,9 @@ void add_info_command(CLI::App& root) {
                            {"reason", backend ? backend->reason : backend.error().message()}};
     j["version"] = "0.1.0";
     j["cpu_devices"] = std::thread::hardware_concurrency();
+    // The CPU GEMM kernels, and what OpenBLAS chose by itself when flexsp corrected it.
+    const char* misdetected = std::getenv("FLEXSP_BLAS_MISDETECTED");
+    j["cpu_blas"] = {{"kernels", kernels::blas_core()}, {"detected", misdetected ? misdetected : kernels::blas_core()}};
     j["cuda"] = {{"compiled", cuda.compiled},
                  {"runtime_version", cuda.runtime_version},
                  {"driver_version", cuda.driver_version},
@@ -40,6 +45,9 @@ void add_info_command(CLI::App& root) {
     }
     std::printf("flexsp 0.1.0\n");
     std::printf("cpu devices available: %u\n", std::thread::hardware_concurrency());
+    std::printf("cpu GEMM: OpenBLAS %s kernels", kernels::blas_core().c_str());
+    if (misdetected) std::printf(" (OpenBLAS detected %s; flexsp set OPENBLAS_CORETYPE)", misdetected);
+    std::printf("\n");
     std::printf("cuda backend: %s", cuda.compiled ? "compiled in" : "not compiled in");
     if (cuda.compiled)
       std::printf(" (runtime %d, driver %d, nccl %d)", cuda.runtime_version, cuda.driver_version, cuda.nccl_version);

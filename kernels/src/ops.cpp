@@ -380,8 +380,8 @@ void restart_with_best_blas_kernels(char** argv) {
   if (!old || argv == nullptr || argv[0] == nullptr) return;
   ::setenv("OPENBLAS_CORETYPE", best, 1);
   ::setenv("FLEXSP_BLAS_RESTARTED", "1", 1);
-  std::fprintf(stderr, "flexsp: OpenBLAS chose %s kernels on a CPU with %s; running again with OPENBLAS_CORETYPE=%s\n",
-               current.c_str(), std::string_view{best} == "SkylakeX" ? "AVX-512" : "AVX2", best);
+  // No message here: output stays machine-readable (`flexsp info` names the kernels in use).
+  ::setenv("FLEXSP_BLAS_MISDETECTED", current.c_str(), 1);
   ::execv("/proc/self/exe", argv);
   // exec failed: go on with the kernels we have.
   ::unsetenv("OPENBLAS_CORETYPE");
