@@ -45,6 +45,37 @@ TEST(TrainCluster, KillNineOfOneNodeMidRunFinishesEveryStepOnTheSurvivors) {
   EXPECT_NE(final->final_checksum, 0u) << "the scheduler checked that the surviving replicas are identical";
 }
 
+TEST(TrainCluster, ALlamaJobSurvivesKillNineOfANode) {
+  // The llama family (grouped-query attention) between real processes: its shape travels in the
+  // join messages, and the step in flight at the kill is re-planned for the survivors.
+  process_cluster cluster{"llama"};
+  ASSERT_TRUE(cluster.launch(3, "cpu:2"));
+  const auto nodes = cluster.node_pids();
+  ASSERT_EQ(nodes.size(), 3u);
+  auto client = cluster.client();
+  ASSERT_TRUE(client);
+  auto spec = small_job(16);
+  spec.milp = false;
+  ASSERT_TRUE(actors::apply_model_preset("llama-tiny", spec.model));
+  spec.model.max_seq = 256;
+  auto job = client->submit(spec);
+  ASSERT_TRUE(job) << job.error().to_string();
+  std::vector<step_record> steps;
+  auto final = job->wait([&](const std::string& line) {
+    steps.push_back(parse_step(line));
+    if (steps.back().step == 5) {
+      EXPECT_EQ(::kill(nodes[2], SIGKILL), 0);
+    }
+  });
+  ASSERT_TRUE(final) << final.error().to_string();
+  EXPECT_EQ(final->state, actors::job_state::succeeded) << final->error;
+  ASSERT_EQ(steps.size(), 16u);
+  for (std::size_t i = 0; i < steps.size(); ++i) EXPECT_EQ(steps[i].step, i);
+  EXPECT_EQ(steps.back().devices, 4u);
+  EXPECT_LT(steps.back().loss, steps.front().loss);
+  EXPECT_NE(final->final_checksum, 0u);
+}
+
 TEST(TrainCluster, ANodeStartedMidRunIsUsedFromALaterStep) {
   process_cluster cluster{"join"};
   ASSERT_TRUE(cluster.launch(2, "cpu:2"));
