@@ -190,12 +190,9 @@ expected<void> export_hugging_face(const model_config& config, std::span<const f
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return make_error(errc::io, "cannot create {}: {}", dir.string(), ec.message());
-  // The table, as the model builds it.
-  auto probe = model::create(config, 0);  // only for its parameter table (host memory)
-  if (!probe) return unexpected<error>{probe.error()};
   st_file file;
   file.metadata["format"] = "pt";
-  for (const auto& p : probe->parameters()) {
+  for (const auto& p : parameter_table(config)) {
     const auto list = pieces_of(config, p.name);
     if (list.empty()) return make_error(errc::failed, "export: no Hugging Face name for parameter {}", p.name);
     for (const auto& pc : list) {
@@ -241,10 +238,8 @@ expected<imported_model> import_hugging_face(const fs::path& dir) {
   FLEXSP_TRY_ASSIGN(out.config, config_from(j, where));
   FLEXSP_TRY_ASSIGN(auto file, read_safetensors(dir / "model.safetensors"));
   const bool tied = j.value("tie_word_embeddings", out.config.family == model_family::gpt2);
-  auto probe = model::create(out.config, 0);
-  if (!probe) return unexpected<error>{probe.error()};
   out.params.assign(sz(out.config.parameter_count()), 0.0f);
-  for (const auto& p : probe->parameters()) {
+  for (const auto& p : parameter_table(out.config)) {
     for (const auto& pc : pieces_of(out.config, p.name)) {
       auto it = file.tensors.find(pc.hf);
       if (it == file.tensors.end() && pc.hf == "lm_head.weight" && tied) it = file.tensors.find("model.embed_tokens.weight");

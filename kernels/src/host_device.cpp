@@ -215,24 +215,12 @@ public:
   }
   expected<void> to_bf16(const float* x, std::uint16_t* y, std::int64_t count) override {
     FLEXSP_TRY(check_count(count, "to_bf16"));
-    for (std::int64_t i = 0; i < count; ++i) {
-      std::uint32_t bits;
-      std::memcpy(&bits, &x[i], 4);
-      if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0) {
-        y[i] = static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // a NaN stays a NaN
-      } else {
-        bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest even
-        y[i] = static_cast<std::uint16_t>(bits >> 16);
-      }
-    }
+    for (std::int64_t i = 0; i < count; ++i) y[i] = kernels::to_bf16(x[i]);
     return {};
   }
   expected<void> from_bf16(const std::uint16_t* x, float* y, std::int64_t count) override {
     FLEXSP_TRY(check_count(count, "from_bf16"));
-    for (std::int64_t i = 0; i < count; ++i) {
-      const std::uint32_t bits = static_cast<std::uint32_t>(x[i]) << 16;
-      std::memcpy(&y[i], &bits, 4);
-    }
+    for (std::int64_t i = 0; i < count; ++i) y[i] = kernels::from_bf16(x[i]);
     return {};
   }
   expected<double> cross_entropy(const float* logits, const std::int32_t* targets, float* dlogits, std::int64_t n,

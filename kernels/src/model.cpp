@@ -92,9 +92,6 @@ std::int64_t model_config::ffn_dim() const noexcept {
   return (8 * d_model / 3 + 31) / 32 * 32;
 }
 
-namespace {
-
-/// The parameter table of `config` (names, offsets, shapes, decay).
 std::vector<parameter_info> parameter_table(const model_config& config) {
   std::vector<parameter_info> table;
   const std::int64_t D = config.d_model;
@@ -141,6 +138,9 @@ std::vector<parameter_info> parameter_table(const model_config& config) {
   add("ln_f.b", {D}, false);
   return table;
 }
+
+
+namespace {
 
 std::size_t index_of(const std::vector<parameter_info>& table, const std::string& name) {
   for (std::size_t i = 0; i < table.size(); ++i)
@@ -219,7 +219,8 @@ struct model::state {
   // Scratch reused across steps, grown when a step needs more.
   std::vector<buffer> slots;
 
-  std::int64_t count() const { return config.parameter_count(); }
+  std::int64_t n = 0;  // parameters: floats in each flat buffer
+  std::int64_t count() const { return n; }
   float* param(std::size_t i) const { return i == kNone ? nullptr : params.as<float>() + table[i].offset; }
   float* grad(std::size_t i) const { return i == kNone ? nullptr : grads.as<float>() + table[i].offset; }
 
@@ -254,6 +255,7 @@ expected<model> model::create(std::shared_ptr<device> dev, const model_config& c
   s->dev = std::move(dev);
   s->config = config;
   s->table = parameter_table(config);
+  for (const auto& p : s->table) s->n += numel_of(p.shape);
   std::tie(s->top, s->layers) = index_table(config, s->table);
   const auto init = initial_parameters(config, s->table, seed);
   const std::size_t bytes = init.size() * sizeof(float);

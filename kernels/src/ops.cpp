@@ -405,6 +405,22 @@ int add_cpu_devices(int devices) noexcept {
   return openblas_get_num_threads();
 }
 
+std::uint16_t to_bf16(float v) noexcept {
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0)
+    return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // a NaN stays a NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);                        // round to nearest even
+  return static_cast<std::uint16_t>(bits >> 16);
+}
+
+float from_bf16(std::uint16_t v) noexcept {
+  const std::uint32_t bits = static_cast<std::uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
 void copy_blocks(std::span<const row_block> blocks, const float* src, float* dst) noexcept {
   for (const auto& b : blocks)
     for (std::int64_t i = 0; i < b.rows; ++i)

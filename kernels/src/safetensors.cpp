@@ -7,28 +7,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "flexsp/kernels/ops.hpp"
+
 namespace flexsp::kernels {
 
 namespace {
 
 std::size_t element_bytes(st_dtype t) { return t == st_dtype::f32 ? 4 : 2; }
 std::string_view dtype_name(st_dtype t) { return t == st_dtype::f32 ? "F32" : t == st_dtype::bf16 ? "BF16" : "F16"; }
-
-std::uint16_t to_bf16(float v) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0)
-    return static_cast<std::uint16_t>((bits >> 16) | 0x40u);  // a NaN stays a NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);                        // round to nearest even
-  return static_cast<std::uint16_t>(bits >> 16);
-}
-
-float from_bf16(std::uint16_t v) {
-  const std::uint32_t bits = static_cast<std::uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 float from_f16(std::uint16_t h) {
   const std::uint32_t sign = (h >> 15) & 1u, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;

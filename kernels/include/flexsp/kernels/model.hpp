@@ -115,6 +115,10 @@ struct parameter_info {
   bool decay;             ///< AdamW weight decay applies (matrices and embeddings)
 };
 
+/// The parameter table of a model of `config`: names, offsets in the flat buffer, shapes, decay
+/// (what model::parameters() returns, without building a model).
+std::vector<parameter_info> parameter_table(const model_config& config);
+
 /// What one micro-batch produced on this rank.
 struct micro_batch_result {
   double loss_sum = 0;            ///< sum of token losses over this rank's tokens (unscaled)

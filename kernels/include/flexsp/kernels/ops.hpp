@@ -178,6 +178,10 @@ int cpu_math_threads() noexcept;
 /// the threads now in use. Thread-safe.
 int add_cpu_devices(int devices) noexcept;
 
+/// fp32 -> bf16 bits, rounding to nearest even (a NaN stays a NaN), and bf16 bits -> fp32 (exact).
+std::uint16_t to_bf16(float v) noexcept;
+float from_bf16(std::uint16_t v) noexcept;
+
 /// One strided copy of `rows` rows of `row_len` floats: row i goes from src[src_offset + i *
 /// src_pitch] to dst[dst_offset + i * dst_pitch] (offsets and pitches in floats). Lists of them
 /// describe the packing around the Ulysses all-to-alls, on the host and on the GPU alike.
