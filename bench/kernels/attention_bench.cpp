@@ -1,6 +1,7 @@
 // Throughput of the tiled variable-length causal attention, forward and backward, on one 4K
 // sequence, a packed long-tail batch and one 32K sequence (peak memory reported). Correctness:
 // a sample of output rows is compared with a double-precision naive computation (#wrong).
+// Threads: FLEXSP_CPU_THREADS (default: every core).
 #include <sys/resource.h>
 
 #include <cmath>
@@ -10,6 +11,7 @@
 
 #include "bench_util.hpp"
 #include "flexsp/kernels/attention.hpp"
+#include "flexsp/kernels/ops.hpp"
 
 using namespace flexsp::kernels;
 
@@ -51,9 +53,10 @@ int run_case(const char* name, const std::vector<std::int64_t>& lengths, std::in
   std::vector<float> dq(q.size()), dk(q.size()), dv(q.size());
   for (auto* t : {&q, &k, &v, &dout})
     for (auto& e : *t) e = dist(rng);
-  attention::forward_args fa{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data()};
-  attention::backward_args ba{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(),
-                              dq.data(), dk.data(), dv.data()};
+  const int threads = cpu_math_threads();  // FLEXSP_CPU_THREADS, else every core
+  attention::forward_args fa{cu, H, Dh, q.data(), k.data(), v.data(), out.data(), lse.data(), threads};
+  attention::backward_args ba{cu,         H,           Dh,        q.data(),  k.data(),  v.data(), out.data(),
+                              lse.data(), dout.data(), dq.data(), dk.data(), dv.data(), threads};
   std::vector<float> ws(attention::workspace_size(fa)), bws(attention::workspace_size(ba));
   const double tf = flexsp::bench::median_seconds(3, [&] { attention::run(fa, ws); });
   const double tb = flexsp::bench::median_seconds(3, [&] { attention::run(ba, bws); });

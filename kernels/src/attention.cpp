@@ -1,16 +1,15 @@
 #include "flexsp/kernels/attention.hpp"
 
 #include <algorithm>
-#include <atomic>
-#include <bit>
 #include <cmath>
-#include <limits>
+#include <cstring>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "flexsp/core/check.hpp"
-#include "flexsp/kernels/ops.hpp"
-#include "vector_math.hpp"
+#include "attention_tiles.hpp"
+#include "cpu_pool.hpp"
 
 namespace flexsp::kernels::attention {
 
@@ -50,160 +49,90 @@ expected<void> can_implement(const backward_args& a) {
 
 namespace {
 
-std::int64_t forward_scratch(std::int64_t head_dim) { return kTileQ * kTileK + kTileQ * head_dim + 2 * kTileQ; }
-// P tile, dP tile, D = rowsum(dO * O) of the query tile.
-constexpr std::int64_t kBackwardScratch = 2 * kTileQ * kTileK + kTileQ;
-
 int resolve_threads(int requested) {
   if (requested > 0) return requested;
   return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
-// exp(x) for any x <= 0, including -FLT_MAX (the running max before the first tile).
-inline float exp_nonpositive(float x) { return detail::exp_core(std::max(x, -87.0f)); }
+using kernels::detail::parallel_for;
+using detail::tile_item;
 
-// row[c] = exp(row[c] - shift) for c < n.
-void exp_shifted(float* row, std::int64_t n, float shift) {
-  for (std::int64_t c = 0; c < n; ++c) row[c] = detail::exp_core(row[c] - shift);
+const detail::tile_kernels* all_variants[] = {&detail::avx512::kernels, &detail::avx2::kernels,
+                                             &detail::baseline::kernels};
+
+bool cpu_runs(const detail::tile_kernels& k) {
+  const std::string_view isa = k.isa;
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  if (isa == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return isa == "baseline";
 }
 
-// Reductions over a tile row with eight independent partial results: the compiler may not
-// reorder a float reduction by itself, and these orders are fixed, so results stay
-// deterministic whatever the thread count.
-float row_max_of(const float* row, std::int64_t n) {
-  float part[8];
-  std::fill_n(part, 8, -std::numeric_limits<float>::max());
-  std::int64_t c = 0;
-  for (; c + 8 <= n; c += 8)
-    for (int k = 0; k < 8; ++k) part[k] = part[k] > row[c + k] ? part[k] : row[c + k];
-  for (; c < n; ++c) part[0] = part[0] > row[c] ? part[0] : row[c];
-  return *std::max_element(part, part + 8);
+const detail::tile_kernels& kernels_for(std::string_view variant) {
+  if (variant.empty()) return detail::best_tile_kernels();
+  for (const auto* k : all_variants)
+    if (k->isa == variant && cpu_runs(*k)) return *k;
+  FLEXSP_EXPECTS(false, "attention: variant '{}' is not one this CPU runs", variant);
+  return detail::baseline::kernels;
 }
-
-float row_sum_of(const float* row, std::int64_t n) {
-  float part[8] = {};
-  std::int64_t c = 0;
-  for (; c + 8 <= n; c += 8)
-    for (int k = 0; k < 8; ++k) part[k] += row[c + k];
-  for (; c < n; ++c) part[0] += row[c];
-  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-}
-
-// Runs body(item, thread_index) for items [0, count) on `threads` threads, largest first
-// (callers order items by decreasing cost); the calling thread is one of the workers.
-template <class Body>
-void parallel_for(std::size_t count, int threads, Body&& body) {
-  const auto workers = static_cast<std::size_t>(std::max(1, std::min<int>(threads, static_cast<int>(count))));
-  std::atomic<std::size_t> next{0};
-  auto work = [&](std::size_t t) {
-    for (std::size_t i; (i = next.fetch_add(1)) < count;) body(i, t);
-  };
-  std::vector<std::jthread> pool;
-  for (std::size_t t = 1; t < workers; ++t) pool.emplace_back(work, t);
-  work(0);
-}
-
-struct tile_item {
-  std::int64_t base, len, head, i0;
-  std::int64_t cost;
-};
-
-void forward_tile(const forward_args& a, const tile_item& it, float* ws) {
-  const std::int64_t H = a.heads, Dh = a.head_dim, ld = H * Dh;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  float* s_tile = ws;
-  float* acc = s_tile + kTileQ * kTileK;
-  float* row_max = acc + kTileQ * Dh;
-  float* row_sum = row_max + kTileQ;
-  const std::int64_t base = it.base, len = it.len, h = it.head, i0 = it.i0;
-  const std::int64_t bq = std::min(kTileQ, len - i0);
-  const float* qt = a.q + (base + i0) * ld + h * Dh;
-  std::fill(acc, acc + bq * Dh, 0.0f);
-  std::fill(row_max, row_max + bq, -std::numeric_limits<float>::max());
-  std::fill(row_sum, row_sum + bq, 0.0f);
-  for (std::int64_t j0 = 0; j0 < i0 + bq; j0 += kTileK) {
-    const std::int64_t bk = std::min(kTileK, len - j0);
-    const float* kt = a.k + (base + j0) * ld + h * Dh;
-    const float* vt = a.v + (base + j0) * ld + h * Dh;
-    gemm(false, true, bq, bk, Dh, scale, qt, ld, kt, ld, 0.0f, s_tile, kTileK);
-    for (std::int64_t r = 0; r < bq; ++r) {
-      float* srow = s_tile + r * kTileK;
-      const std::int64_t last = std::clamp<std::int64_t>(i0 + r - j0 + 1, 0, bk);  // causal: keys <= query
-      const float mx = std::max(row_max[r], row_max_of(srow, last));
-      const float corr = exp_nonpositive(row_max[r] - mx);
-      exp_shifted(srow, last, mx);
-      const float sum = row_sum_of(srow, last);
-      std::fill(srow + last, srow + bk, 0.0f);
-      row_sum[r] = row_sum[r] * corr + sum;
-      row_max[r] = mx;
-      float* ar = acc + r * Dh;
-      for (std::int64_t e = 0; e < Dh; ++e) ar[e] *= corr;
-    }
-    gemm(false, false, bq, Dh, bk, 1.0f, s_tile, kTileK, vt, ld, 1.0f, acc, Dh);
-  }
-  for (std::int64_t r = 0; r < bq; ++r) {
-    float* o = a.out + (base + i0 + r) * ld + h * Dh;
-    const float inv = 1.0f / row_sum[r];
-    for (std::int64_t e = 0; e < Dh; ++e) o[e] = acc[r * Dh + e] * inv;
-    a.lse[(base + i0 + r) * H + h] = row_max[r] + std::log(row_sum[r]);
-  }
-}
-
-void backward_head(const backward_args& a, std::int64_t base, std::int64_t len, std::int64_t h, float* ws) {
-  const std::int64_t H = a.heads, Dh = a.head_dim, ld = H * Dh;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  float* p_tile = ws;
-  float* dp_tile = p_tile + kTileQ * kTileK;
-  float* dvec = dp_tile + kTileQ * kTileK;
-  for (std::int64_t t = base; t < base + len; ++t) {
-    std::fill_n(a.dq + t * ld + h * Dh, Dh, 0.0f);
-    std::fill_n(a.dk + t * ld + h * Dh, Dh, 0.0f);
-    std::fill_n(a.dv + t * ld + h * Dh, Dh, 0.0f);
-  }
-  for (std::int64_t i0 = 0; i0 < len; i0 += kTileQ) {
-    const std::int64_t bq = std::min(kTileQ, len - i0);
-    const std::int64_t qoff = (base + i0) * ld + h * Dh;
-    for (std::int64_t r = 0; r < bq; ++r) {
-      const float* o = a.out + qoff + r * ld;
-      const float* g = a.dout + qoff + r * ld;
-      float d = 0.0f;
-      for (std::int64_t e = 0; e < Dh; ++e) d += o[e] * g[e];
-      dvec[r] = d;
-    }
-    for (std::int64_t j0 = 0; j0 < i0 + bq; j0 += kTileK) {
-      const std::int64_t bk = std::min(kTileK, len - j0);
-      const std::int64_t koff = (base + j0) * ld + h * Dh;
-      gemm(false, true, bq, bk, Dh, scale, a.q + qoff, ld, a.k + koff, ld, 0.0f, p_tile, kTileK);
-      for (std::int64_t r = 0; r < bq; ++r) {
-        float* prow = p_tile + r * kTileK;
-        const std::int64_t last = std::clamp<std::int64_t>(i0 + r - j0 + 1, 0, bk);
-        const float l = a.lse[(base + i0 + r) * H + h];
-        exp_shifted(prow, last, l);
-        std::fill(prow + last, prow + bk, 0.0f);
-      }
-      // dV += P^T dO
-      gemm(true, false, bk, Dh, bq, 1.0f, p_tile, kTileK, a.dout + qoff, ld, 1.0f, a.dv + koff, ld);
-      // dP = dO V^T
-      gemm(false, true, bq, bk, Dh, 1.0f, a.dout + qoff, ld, a.v + koff, ld, 0.0f, dp_tile, kTileK);
-      // dS = P * (dP - D), stored over dP
-      for (std::int64_t r = 0; r < bq; ++r) {
-        const float* prow = p_tile + r * kTileK;
-        float* drow = dp_tile + r * kTileK;
-        const float dr = dvec[r];
-        for (std::int64_t c = 0; c < bk; ++c) drow[c] = prow[c] * (drow[c] - dr);
-      }
-      // dQ += scale dS K ; dK += scale dS^T Q
-      gemm(false, false, bq, Dh, bk, scale, dp_tile, kTileK, a.k + koff, ld, 1.0f, a.dq + qoff, ld);
-      gemm(true, false, bk, Dh, bq, scale, dp_tile, kTileK, a.q + qoff, ld, 1.0f, a.dk + koff, ld);
-    }
-  }
-}
-
 }  // namespace
 
-std::int64_t workspace_size(const forward_args& a) { return resolve_threads(a.threads) * forward_scratch(a.head_dim); }
+namespace detail {
+std::int64_t forward_scratch(std::int64_t head_dim) { return 2 * kTileQ * head_dim + kTileQ * kTileK + 4 * kTileQ; }
+std::int64_t backward_scratch(std::int64_t head_dim) { return 5 * kTileQ * head_dim + 2 * kTileQ * kTileK + 2 * kTileQ; }
 
-std::int64_t workspace_size(const backward_args& a) { return resolve_threads(a.threads) * kBackwardScratch; }
+const tile_kernels& best_tile_kernels() {
+  static const tile_kernels& best = []() -> const tile_kernels& {
+    for (const auto* k : all_variants)
+      if (cpu_runs(*k)) return *k;
+    return baseline::kernels;
+  }();
+  return best;
+}
+}  // namespace detail
+
+std::vector<std::string_view> supported_variants() {
+  std::vector<std::string_view> out;
+  for (const auto* k : all_variants)
+    if (cpu_runs(*k)) out.push_back(k->isa);
+  return out;
+}
+
+namespace {
+std::int64_t head_major_floats(std::span<const std::int64_t> cu, std::int64_t heads, std::int64_t head_dim) {
+  return cu.empty() ? 0 : cu.back() * std::max<std::int64_t>(0, heads) * head_dim;
+}
+
+// Copies [tokens, heads, head_dim] rows to [heads][tokens][head_dim] (or back, `inverse`), in
+// parallel over blocks of tokens.
+void reorder(const float* src, float* dst, std::int64_t tokens, std::int64_t heads, std::int64_t head_dim, int threads,
+             bool inverse) {
+  constexpr std::int64_t kBlock = 256;
+  const auto bytes = static_cast<std::size_t>(head_dim) * sizeof(float);
+  parallel_for(static_cast<std::size_t>((tokens + kBlock - 1) / kBlock), threads, [&](std::size_t b, std::size_t) {
+    const std::int64_t first = static_cast<std::int64_t>(b) * kBlock, last = std::min(tokens, first + kBlock);
+    for (std::int64_t h = 0; h < heads; ++h)
+      for (std::int64_t t = first; t < last; ++t) {
+        const std::int64_t token_major = (t * heads + h) * head_dim, head_major = (h * tokens + t) * head_dim;
+        if (inverse)
+          std::memcpy(dst + token_major, src + head_major, bytes);
+        else
+          std::memcpy(dst + head_major, src + token_major, bytes);
+      }
+  });
+}
+}  // namespace
+
+std::int64_t workspace_size(const forward_args& a) {
+  return 2 * head_major_floats(a.cu_seqlens, a.heads, a.head_dim) +
+         resolve_threads(a.threads) * detail::forward_scratch(a.head_dim);
+}
+
+std::int64_t workspace_size(const backward_args& a) {
+  return 4 * head_major_floats(a.cu_seqlens, a.heads, a.head_dim) +
+         resolve_threads(a.threads) * detail::backward_scratch(a.head_dim);
+}
 
 void run(const forward_args& a, std::span<float> ws) {
   FLEXSP_EXPECTS(static_cast<std::int64_t>(ws.size()) >= workspace_size(a), "attention workspace {} < {}", ws.size(),
@@ -215,9 +144,16 @@ void run(const forward_args& a, std::span<float> ws) {
       for (std::int64_t i0 = 0; i0 < len; i0 += kTileQ) items.push_back({base, len, h, i0, i0 + kTileQ});
   }
   std::sort(items.begin(), items.end(), [](const tile_item& x, const tile_item& y) { return x.cost > y.cost; });
-  const auto per_thread = forward_scratch(a.head_dim);
-  parallel_for(items.size(), resolve_threads(a.threads),
-               [&](std::size_t i, std::size_t t) { forward_tile(a, items[i], ws.data() + t * per_thread); });
+  const int threads = resolve_threads(a.threads);
+  const std::int64_t N = a.cu_seqlens.back(), hm = head_major_floats(a.cu_seqlens, a.heads, a.head_dim);
+  detail::head_major kv{ws.data(), ws.data() + hm, nullptr, nullptr, N, a.head_dim};
+  reorder(a.k, ws.data(), N, a.heads, a.head_dim, threads, false);
+  reorder(a.v, ws.data() + hm, N, a.heads, a.head_dim, threads, false);
+  float* scratch = ws.data() + 2 * hm;
+  const auto per_thread = detail::forward_scratch(a.head_dim);
+  const auto forward_tile = kernels_for(a.variant).forward_tile;
+  parallel_for(items.size(), threads,
+               [&](std::size_t i, std::size_t t) { forward_tile(a, kv, items[i], scratch + t * per_thread); });
 }
 
 // TODO(perf): with fewer (sequence, head) items than threads (an SP rank holding one head of
@@ -232,9 +168,21 @@ void run(const backward_args& a, std::span<float> ws) {
     for (std::int64_t h = 0; h < a.heads; ++h) items.push_back({base, len, h, 0, len});
   }
   std::sort(items.begin(), items.end(), [](const tile_item& x, const tile_item& y) { return x.cost > y.cost; });
-  parallel_for(items.size(), resolve_threads(a.threads), [&](std::size_t i, std::size_t t) {
-    backward_head(a, items[i].base, items[i].len, items[i].head, ws.data() + t * kBackwardScratch);
+  const int threads = resolve_threads(a.threads);
+  const std::int64_t N = a.cu_seqlens.back(), hm = head_major_floats(a.cu_seqlens, a.heads, a.head_dim);
+  float* w = ws.data();
+  detail::head_major kv{w, w + hm, w + 2 * hm, w + 3 * hm, N, a.head_dim};
+  reorder(a.k, w, N, a.heads, a.head_dim, threads, false);
+  reorder(a.v, w + hm, N, a.heads, a.head_dim, threads, false);
+  std::fill(w + 2 * hm, w + 4 * hm, 0.0f);
+  float* scratch = w + 4 * hm;
+  const auto per_thread = detail::backward_scratch(a.head_dim);
+  const auto backward_head = kernels_for(a.variant).backward_head;
+  parallel_for(items.size(), threads, [&](std::size_t i, std::size_t t) {
+    backward_head(a, kv, items[i].base, items[i].len, items[i].head, scratch + t * per_thread);
   });
+  reorder(kv.dk, a.dk, N, a.heads, a.head_dim, threads, true);
+  reorder(kv.dv, a.dv, N, a.heads, a.head_dim, threads, true);
 }
 
 double forward_flops(std::span<const std::int64_t> cu, std::int64_t heads, std::int64_t head_dim) {

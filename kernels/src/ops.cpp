@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include <cblas.h>
 
 #include "flexsp/core/check.hpp"
+#include "cpu_pool.hpp"
 #include "fingerprint_mix.hpp"
 #include "vector_math.hpp"
 
@@ -22,6 +24,33 @@ namespace flexsp::kernels {
 
 namespace {
 std::size_t sz(std::int64_t v) { return static_cast<std::size_t>(v); }
+
+// Runs body(first, last) over [0, n) in blocks of `grain` on the shared worker pool, with the
+// device's share of the cores. Block boundaries depend on n and grain only, never on the thread
+// count, so a reduction over per-block partial results, summed in block order, gives the same
+// bits on any number of threads.
+template <class Body>
+void for_blocks(std::size_t n, std::size_t grain, Body&& body) {
+  grain = std::max<std::size_t>(1, grain);
+  const std::size_t blocks = (n + grain - 1) / grain;
+  const int threads = cpu_math_threads();
+  if (blocks <= 1 || threads <= 1) {
+    for (std::size_t b = 0; b < blocks; ++b) body(b * grain, std::min(n, (b + 1) * grain));
+    return;
+  }
+  detail::parallel_for(blocks, threads,
+                       [&](std::size_t b, std::size_t) { body(b * grain, std::min(n, (b + 1) * grain)); });
+}
+
+constexpr std::size_t kBlockFloats = 1 << 15;  // ~128 KB of one operand per block
+std::size_t rows_per_block(std::int64_t d) { return std::max<std::size_t>(1, kBlockFloats / std::max<std::size_t>(1, sz(d))); }
+
+// sigmoid(g) without a libm call, so that the loops vectorise: exp_core of -|g| <= 0.
+inline float sigmoid(float g) {
+  const float e = detail::exp_core(-std::fabs(g));
+  const float num = g >= 0.0f ? 1.0f : e;  // a select, not a branch: the loop vectorises
+  return num / (1.0f + e);
+}
 }  // namespace
 
 expected<void> embedding_forward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
@@ -71,15 +100,17 @@ void rmsnorm_forward(std::span<const float> x, std::span<const float> gamma, std
   const auto n = x.size() / sz(d);
   FLEXSP_EXPECTS(x.size() == n * sz(d) && y.size() == x.size() && rstd.size() == n && gamma.size() == sz(d),
                  "rmsnorm: x {} y {} rstd {} d {}", x.size(), y.size(), rstd.size(), d);
-  for (std::size_t r = 0; r < n; ++r) {
-    const float* xr = x.data() + r * sz(d);
-    double s = 0;
-    for (std::int64_t i = 0; i < d; ++i) s += static_cast<double>(xr[i]) * xr[i];
-    const float rs = static_cast<float>(1.0 / std::sqrt(s / static_cast<double>(d) + eps));
-    float* yr = y.data() + r * sz(d);
-    for (std::int64_t i = 0; i < d; ++i) yr[i] = xr[i] * rs * gamma[sz(i)];
-    rstd[r] = rs;
-  }
+  for_blocks(n, rows_per_block(d), [&](std::size_t first, std::size_t last) {
+    for (std::size_t r = first; r < last; ++r) {
+      const float* xr = x.data() + r * sz(d);
+      double s = 0;
+      for (std::int64_t i = 0; i < d; ++i) s += static_cast<double>(xr[i]) * xr[i];
+      const float rs = static_cast<float>(1.0 / std::sqrt(s / static_cast<double>(d) + eps));
+      float* yr = y.data() + r * sz(d);
+      for (std::int64_t i = 0; i < d; ++i) yr[i] = xr[i] * rs * gamma[sz(i)];
+      rstd[r] = rs;
+    }
+  });
 }
 
 void rmsnorm_backward(std::span<const float> dy, std::span<const float> x, std::span<const float> gamma,
@@ -88,20 +119,28 @@ void rmsnorm_backward(std::span<const float> dy, std::span<const float> x, std::
   FLEXSP_EXPECTS(dy.size() == x.size() && dx.size() == x.size() && rstd.size() == n && gamma.size() == sz(d) &&
                      dgamma.size() == sz(d),
                  "rmsnorm backward sizes");
-  for (std::size_t r = 0; r < n; ++r) {
-    const float* xr = x.data() + r * sz(d);
-    const float* gr = dy.data() + r * sz(d);
-    const float rs = rstd[r];
-    // y_i = x_i rs g_i, rs = (mean x^2 + eps)^-1/2: dx_i = rs (dy_i g_i - x_i rs^2 mean_j(dy_j g_j x_j)).
-    double dot = 0;
-    for (std::int64_t i = 0; i < d; ++i) dot += static_cast<double>(gr[i]) * gamma[sz(i)] * xr[i];
-    const float m = static_cast<float>(dot / static_cast<double>(d));
-    float* dxr = dx.data() + r * sz(d);
-    for (std::int64_t i = 0; i < d; ++i) {
-      dxr[i] = rs * (gr[i] * gamma[sz(i)] - xr[i] * rs * rs * m);
-      dgamma[sz(i)] += gr[i] * xr[i] * rs;
+  // dgamma: one partial sum per block of rows, added in block order.
+  const std::size_t grain = rows_per_block(d);
+  std::vector<float> partial(((n + grain - 1) / grain) * sz(d), 0.0f);
+  for_blocks(n, grain, [&](std::size_t first, std::size_t last) {
+    float* pg = partial.data() + (first / grain) * sz(d);
+    for (std::size_t r = first; r < last; ++r) {
+      const float* xr = x.data() + r * sz(d);
+      const float* gr = dy.data() + r * sz(d);
+      const float rs = rstd[r];
+      // y_i = x_i rs g_i, rs = (mean x^2 + eps)^-1/2: dx_i = rs (dy_i g_i - x_i rs^2 mean_j(dy_j g_j x_j)).
+      double dot = 0;
+      for (std::int64_t i = 0; i < d; ++i) dot += static_cast<double>(gr[i]) * gamma[sz(i)] * xr[i];
+      const float m = static_cast<float>(dot / static_cast<double>(d));
+      float* dxr = dx.data() + r * sz(d);
+      for (std::int64_t i = 0; i < d; ++i) {
+        dxr[i] = rs * (gr[i] * gamma[sz(i)] - xr[i] * rs * rs * m);
+        pg[i] += gr[i] * xr[i] * rs;
+      }
     }
-  }
+  });
+  for (std::size_t b = 0; b < partial.size(); b += sz(d))
+    for (std::int64_t i = 0; i < d; ++i) dgamma[sz(i)] += partial[b + sz(i)];
 }
 
 void rope(std::span<float> x, std::span<const std::int32_t> positions, std::int64_t heads, std::int64_t row_stride,
@@ -114,39 +153,40 @@ void rope(std::span<float> x, std::span<const std::int32_t> positions, std::int6
   std::vector<float> inv_freq(sz(half));
   for (std::int64_t i = 0; i < half; ++i)
     inv_freq[sz(i)] = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
-  std::vector<float> c(sz(half)), sn(sz(half));
-  for (std::size_t t = 0; t < n; ++t) {
-    const float pos = static_cast<float>(positions[t]);
-    for (std::int64_t i = 0; i < half; ++i) {
-      const float angle = pos * inv_freq[sz(i)];
-      c[sz(i)] = std::cos(angle);
-      sn[sz(i)] = inverse ? -std::sin(angle) : std::sin(angle);
-    }
-    float* row = x.data() + t * sz(row_stride);
-    for (std::int64_t h = 0; h < heads; ++h) {
-      float* v = row + h * head_dim;
+  for_blocks(n, rows_per_block(row_stride), [&](std::size_t first, std::size_t last) {
+    std::vector<float> c(sz(half)), sn(sz(half));
+    for (std::size_t t = first; t < last; ++t) {
+      const float pos = static_cast<float>(positions[t]);
       for (std::int64_t i = 0; i < half; ++i) {
-        const float a = v[i], b = v[i + half];
-        v[i] = a * c[sz(i)] - b * sn[sz(i)];
-        v[i + half] = b * c[sz(i)] + a * sn[sz(i)];
+        const float angle = pos * inv_freq[sz(i)];
+        c[sz(i)] = std::cos(angle);
+        sn[sz(i)] = inverse ? -std::sin(angle) : std::sin(angle);
+      }
+      float* row = x.data() + t * sz(row_stride);
+      for (std::int64_t h = 0; h < heads; ++h) {
+        float* v = row + h * head_dim;
+        for (std::int64_t i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * c[sz(i)] - b * sn[sz(i)];
+          v[i + half] = b * c[sz(i)] + a * sn[sz(i)];
+        }
       }
     }
-  }
+  });
 }
 
 void swiglu_forward(std::span<const float> gate_up, std::span<float> y, std::int64_t f) {
   const auto n = y.size() / sz(f);
   FLEXSP_EXPECTS(y.size() == n * sz(f) && gate_up.size() == 2 * n * sz(f), "swiglu: gate_up {} y {} f {}",
                  gate_up.size(), y.size(), f);
-  for (std::size_t r = 0; r < n; ++r) {
-    const float* g = gate_up.data() + r * 2 * sz(f);
-    const float* u = g + f;
-    float* yr = y.data() + r * sz(f);
-    for (std::int64_t i = 0; i < f; ++i) {
-      const float s = 1.0f / (1.0f + std::exp(-g[i]));
-      yr[i] = g[i] * s * u[i];
+  for_blocks(n, rows_per_block(2 * f), [&](std::size_t first, std::size_t last) {
+    for (std::size_t r = first; r < last; ++r) {
+      const float* g = gate_up.data() + r * 2 * sz(f);
+      const float* u = g + f;
+      float* yr = y.data() + r * sz(f);
+      for (std::int64_t i = 0; i < f; ++i) yr[i] = g[i] * sigmoid(g[i]) * u[i];
     }
-  }
+  });
 }
 
 void swiglu_backward(std::span<const float> dy, std::span<const float> gate_up, std::span<float> dgate_up,
@@ -154,19 +194,20 @@ void swiglu_backward(std::span<const float> dy, std::span<const float> gate_up, 
   const auto n = dy.size() / sz(f);
   FLEXSP_EXPECTS(dy.size() == n * sz(f) && gate_up.size() == 2 * n * sz(f) && dgate_up.size() == gate_up.size(),
                  "swiglu backward sizes");
-  for (std::size_t r = 0; r < n; ++r) {
-    const float* g = gate_up.data() + r * 2 * sz(f);
-    const float* u = g + f;
-    const float* d = dy.data() + r * sz(f);
-    float* dg = dgate_up.data() + r * 2 * sz(f);
-    float* du = dg + f;
-    for (std::int64_t i = 0; i < f; ++i) {
-      const float s = 1.0f / (1.0f + std::exp(-g[i]));
-      const float silu = g[i] * s;
-      du[i] = d[i] * silu;
-      dg[i] = d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+  for_blocks(n, rows_per_block(2 * f), [&](std::size_t first, std::size_t last) {
+    for (std::size_t r = first; r < last; ++r) {
+      const float* g = gate_up.data() + r * 2 * sz(f);
+      const float* u = g + f;
+      const float* d = dy.data() + r * sz(f);
+      float* dg = dgate_up.data() + r * 2 * sz(f);
+      float* du = dg + f;
+      for (std::int64_t i = 0; i < f; ++i) {
+        const float s = sigmoid(g[i]);
+        du[i] = d[i] * g[i] * s;
+        dg[i] = d[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+      }
     }
-  }
+  });
 }
 
 void layernorm_forward(std::span<const float> x, std::span<const float> gamma, std::span<const float> beta,
@@ -175,20 +216,22 @@ void layernorm_forward(std::span<const float> x, std::span<const float> gamma, s
   FLEXSP_EXPECTS(x.size() == n * sz(d) && y.size() == x.size() && mean.size() == n && rstd.size() == n &&
                      gamma.size() == sz(d) && beta.size() == sz(d),
                  "layernorm: x {} y {} mean {} rstd {} d {}", x.size(), y.size(), mean.size(), rstd.size(), d);
-  for (std::size_t r = 0; r < n; ++r) {
-    const float* xr = x.data() + r * sz(d);
-    double s = 0;
-    for (std::int64_t i = 0; i < d; ++i) s += xr[i];
-    const double mu = s / static_cast<double>(d);
-    double v = 0;
-    for (std::int64_t i = 0; i < d; ++i) v += (xr[i] - mu) * (xr[i] - mu);
-    const float rs = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(d) + kLayerNormEps));
-    const float m = static_cast<float>(mu);
-    float* yr = y.data() + r * sz(d);
-    for (std::int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - m) * rs * gamma[sz(i)] + beta[sz(i)];
-    mean[r] = m;
-    rstd[r] = rs;
-  }
+  for_blocks(n, rows_per_block(d), [&](std::size_t first, std::size_t last) {
+    for (std::size_t r = first; r < last; ++r) {
+      const float* xr = x.data() + r * sz(d);
+      double s = 0;
+      for (std::int64_t i = 0; i < d; ++i) s += xr[i];
+      const double mu = s / static_cast<double>(d);
+      double v = 0;
+      for (std::int64_t i = 0; i < d; ++i) v += (xr[i] - mu) * (xr[i] - mu);
+      const float rs = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(d) + kLayerNormEps));
+      const float m = static_cast<float>(mu);
+      float* yr = y.data() + r * sz(d);
+      for (std::int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - m) * rs * gamma[sz(i)] + beta[sz(i)];
+      mean[r] = m;
+      rstd[r] = rs;
+    }
+  });
 }
 
 void layernorm_backward(std::span<const float> dy, std::span<const float> x, std::span<const float> gamma,
@@ -197,27 +240,39 @@ void layernorm_backward(std::span<const float> dy, std::span<const float> x, std
   const auto n = x.size() / sz(d);
   FLEXSP_EXPECTS(dy.size() == x.size() && dx.size() == x.size() && mean.size() == n && rstd.size() == n,
                  "layernorm backward sizes");
-  for (std::size_t r = 0; r < n; ++r) {
-    const float* xr = x.data() + r * sz(d);
-    const float* gr = dy.data() + r * sz(d);
-    float* dxr = dx.data() + r * sz(d);
-    const float m = mean[r], rs = rstd[r];
-    double sum_g = 0, sum_gx = 0;
-    for (std::int64_t i = 0; i < d; ++i) {
-      const float xhat = (xr[i] - m) * rs;
-      const float g = gr[i] * gamma[sz(i)];
-      sum_g += g;
-      sum_gx += g * xhat;
-      dgamma[sz(i)] += gr[i] * xhat;
-      dbeta[sz(i)] += gr[i];
+  // dgamma and dbeta: one partial sum per block of rows, added in block order.
+  const std::size_t grain = rows_per_block(d);
+  std::vector<float> partial(((n + grain - 1) / grain) * 2 * sz(d), 0.0f);
+  for_blocks(n, grain, [&](std::size_t first, std::size_t last) {
+    float* pg = partial.data() + (first / grain) * 2 * sz(d);
+    float* pb = pg + d;
+    for (std::size_t r = first; r < last; ++r) {
+      const float* xr = x.data() + r * sz(d);
+      const float* gr = dy.data() + r * sz(d);
+      float* dxr = dx.data() + r * sz(d);
+      const float m = mean[r], rs = rstd[r];
+      double sum_g = 0, sum_gx = 0;
+      for (std::int64_t i = 0; i < d; ++i) {
+        const float xhat = (xr[i] - m) * rs;
+        const float g = gr[i] * gamma[sz(i)];
+        sum_g += g;
+        sum_gx += g * xhat;
+        pg[i] += gr[i] * xhat;
+        pb[i] += gr[i];
+      }
+      const float mg = static_cast<float>(sum_g / static_cast<double>(d));
+      const float mgx = static_cast<float>(sum_gx / static_cast<double>(d));
+      for (std::int64_t i = 0; i < d; ++i) {
+        const float xhat = (xr[i] - m) * rs;
+        dxr[i] = rs * (gr[i] * gamma[sz(i)] - mg - xhat * mgx);
+      }
     }
-    const float mg = static_cast<float>(sum_g / static_cast<double>(d));
-    const float mgx = static_cast<float>(sum_gx / static_cast<double>(d));
+  });
+  for (std::size_t b = 0; b < partial.size(); b += 2 * sz(d))
     for (std::int64_t i = 0; i < d; ++i) {
-      const float xhat = (xr[i] - m) * rs;
-      dxr[i] = rs * (gr[i] * gamma[sz(i)] - mg - xhat * mgx);
+      dgamma[sz(i)] += partial[b + sz(i)];
+      dbeta[sz(i)] += partial[b + sz(d + i)];
     }
-  }
 }
 
 void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
@@ -228,9 +283,34 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
       for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
-              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+  auto call = [&](std::int64_t rows, std::int64_t cols, const float* ap, const float* bp, float* cp) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                static_cast<blasint>(rows), static_cast<blasint>(cols), static_cast<blasint>(k), alpha, ap,
+                static_cast<blasint>(lda), bp, static_cast<blasint>(ldb), beta, cp, static_cast<blasint>(ldc));
+  };
+  // OpenBLAS runs single-threaded (its idle threads would spin and take cores from the
+  // attention and pointwise work); a large product is split into blocks of C rows (or columns,
+  // when C is wide) over the shared worker pool. Every element of C is still one OpenBLAS dot
+  // product over the whole of k in the same order, whatever the split.
+  const int threads = cpu_math_threads();
+  constexpr double kMinFlopsPerBlock = 8.0e6;  // ~50 us of one core: worth waking a worker
+  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+  const auto parts = static_cast<std::int64_t>(std::min<double>(threads, flops / kMinFlopsPerBlock));
+  const bool split_rows = m >= n;
+  const std::int64_t extent = split_rows ? m : n;
+  if (parts <= 1 || extent < 32) {
+    call(m, n, a, b, c);
+    return;
+  }
+  const std::int64_t block = ((extent + parts - 1) / parts + 15) & ~std::int64_t{15};
+  const auto blocks = static_cast<std::size_t>((extent + block - 1) / block);
+  detail::parallel_for(blocks, threads, [&](std::size_t i, std::size_t) {
+    const std::int64_t first = static_cast<std::int64_t>(i) * block, count = std::min(block, extent - first);
+    if (split_rows)
+      call(count, n, trans_a ? a + first : a + first * lda, b, c + first * ldc);
+    else
+      call(m, count, a, trans_b ? b + first * ldb : b + first, c + first);
+  });
 }
 
 void linear_forward(std::span<const float> x, std::span<const float> w, std::span<const float> b,
@@ -267,35 +347,43 @@ constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2 / pi)
 
 void gelu_forward(std::span<const float> x, std::span<float> y) {
   FLEXSP_EXPECTS(x.size() == y.size(), "gelu: x {} y {}", x.size(), y.size());
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const float v = x[i];
-    y[i] = 0.5f * v * (1.0f + detail::tanh_approx(kGeluC * (v + 0.044715f * v * v * v)));
-  }
+  for_blocks(x.size(), kBlockFloats, [&](std::size_t first, std::size_t last) {
+    for (std::size_t i = first; i < last; ++i) {
+      const float v = x[i];
+      y[i] = 0.5f * v * (1.0f + detail::tanh_approx(kGeluC * (v + 0.044715f * v * v * v)));
+    }
+  });
 }
 
 void gelu_backward(std::span<const float> dy, std::span<const float> x, std::span<float> dx) {
   FLEXSP_EXPECTS(x.size() == dy.size() && dx.size() == x.size(), "gelu backward sizes");
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const float v = x[i];
-    const float u = kGeluC * (v + 0.044715f * v * v * v);
-    const float th = detail::tanh_approx(u);
-    const float du = kGeluC * (1.0f + 3.0f * 0.044715f * v * v);
-    dx[i] = dy[i] * (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du);
-  }
+  for_blocks(x.size(), kBlockFloats, [&](std::size_t first, std::size_t last) {
+    for (std::size_t i = first; i < last; ++i) {
+      const float v = x[i];
+      const float u = kGeluC * (v + 0.044715f * v * v * v);
+      const float th = detail::tanh_approx(u);
+      const float du = kGeluC * (1.0f + 3.0f * 0.044715f * v * v);
+      dx[i] = dy[i] * (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du);
+    }
+  });
 }
 
 void residual_forward(std::span<const float> a, std::span<const float> b, std::span<float> out) {
   FLEXSP_EXPECTS(a.size() == b.size() && out.size() == a.size(), "residual sizes {} {} {}", a.size(), b.size(),
                  out.size());
-  for (std::size_t i = 0; i < a.size(); ++i) out[i] = a[i] + b[i];
+  for_blocks(a.size(), kBlockFloats, [&](std::size_t first, std::size_t last) {
+    for (std::size_t i = first; i < last; ++i) out[i] = a[i] + b[i];
+  });
 }
 
 void residual_backward(std::span<const float> dout, std::span<float> da, std::span<float> db) {
   FLEXSP_EXPECTS(da.size() == dout.size() && db.size() == dout.size(), "residual backward sizes");
-  for (std::size_t i = 0; i < dout.size(); ++i) {
-    da[i] += dout[i];
-    db[i] += dout[i];
-  }
+  for_blocks(dout.size(), kBlockFloats, [&](std::size_t first, std::size_t last) {
+    for (std::size_t i = first; i < last; ++i) {
+      da[i] += dout[i];
+      db[i] += dout[i];
+    }
+  });
 }
 
 expected<double> cross_entropy_forward_backward(std::span<const float> logits, std::span<const std::int32_t> targets,
@@ -331,12 +419,14 @@ void adamw_update(std::span<float> param, std::span<const float> grad, std::span
   const double bc2 = 1.0 - std::pow(static_cast<double>(p.beta2), static_cast<double>(step));
   const float step_size = static_cast<float>(p.lr / bc1);
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-  for (std::size_t i = 0; i < param.size(); ++i) {
-    m[i] = p.beta1 * m[i] + (1.0f - p.beta1) * grad[i];
-    v[i] = p.beta2 * v[i] + (1.0f - p.beta2) * grad[i] * grad[i];
-    param[i] -= p.lr * p.weight_decay * param[i];
-    param[i] -= step_size * m[i] / (std::sqrt(v[i]) / bc2_sqrt + p.eps);
-  }
+  for_blocks(param.size(), kBlockFloats, [&](std::size_t first, std::size_t last) {
+    for (std::size_t i = first; i < last; ++i) {
+      m[i] = p.beta1 * m[i] + (1.0f - p.beta1) * grad[i];
+      v[i] = p.beta2 * v[i] + (1.0f - p.beta2) * grad[i] * grad[i];
+      param[i] -= p.lr * p.weight_decay * param[i];
+      param[i] -= step_size * m[i] / (std::sqrt(v[i]) / bc2_sqrt + p.eps);
+    }
+  });
 }
 
 double l2_norm(std::span<const float> values) {
@@ -354,7 +444,27 @@ double clip_grad_norm(std::span<float> grads, double max_norm) {
   return norm;
 }
 
-int cpu_math_threads() noexcept { return openblas_get_num_threads(); }
+namespace {
+std::atomic<int> g_math_threads{0};  // 0: not set by add_cpu_devices yet
+
+int threads_from_environment() noexcept {
+  for (const char* name : {"FLEXSP_CPU_THREADS", "OPENBLAS_NUM_THREADS"})
+    if (const char* fixed = std::getenv(name); fixed != nullptr && std::atoi(fixed) > 0) return std::atoi(fixed);
+  return 0;
+}
+
+// OpenBLAS itself stays on one thread (see gemm); set once, before the first product.
+const bool g_blas_single_threaded = [] {
+  openblas_set_num_threads(1);
+  return true;
+}();
+}  // namespace
+
+int cpu_math_threads() noexcept {
+  if (const int t = g_math_threads.load(std::memory_order_relaxed); t > 0) return t;
+  if (const int fixed = threads_from_environment(); fixed > 0) return fixed;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 std::string blas_core() {
   const char* name = openblas_get_corename();
@@ -392,17 +502,14 @@ int add_cpu_devices(int devices) noexcept {
   static int total = 0;
   std::lock_guard lock{mutex};
   total = std::max(0, total + devices);
-  int threads = 0;
-  if (const char* fixed = std::getenv("FLEXSP_CPU_THREADS"); fixed != nullptr && std::atoi(fixed) > 0) {
-    threads = std::atoi(fixed);
-  } else if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr) {
-    return openblas_get_num_threads();  // the user chose; leave OpenBLAS as it is
-  } else {
+  int threads = threads_from_environment();
+  if (threads == 0) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     threads = std::max(1, cores / std::max(1, total));
   }
-  openblas_set_num_threads(threads);
-  return openblas_get_num_threads();
+  (void)g_blas_single_threaded;
+  g_math_threads.store(threads, std::memory_order_relaxed);
+  return threads;
 }
 
 std::uint16_t to_bf16(float v) noexcept {

@@ -1,9 +1,9 @@
 #pragma once
 /// \file
 /// Causal multi-head self-attention over packed variable-length sequences (cu_seqlens style,
-/// no padding), tiled with an online softmax: memory is O(tokens * heads * head_dim) plus a
-/// workspace of a few tiles, never O(L^2), so a 32K-token sequence fits easily. The backward
-/// pass recomputes each score tile from Q, K and the saved log-sum-exp.
+/// no padding), tiled with an online softmax: memory is O(tokens * heads * head_dim), never
+/// O(L^2), so a 32K-token sequence fits easily. The backward pass recomputes each score tile
+/// from Q, K and the saved log-sum-exp.
 ///
 /// Launcher convention: `can_implement(args)`, `workspace_size(args)` (floats), then
 /// `run(args, workspace)`. Q, K, V, O and their gradients are [tokens, heads, head_dim] with row
@@ -11,6 +11,8 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
+#include <vector>
 
 #include "flexsp/core/error.hpp"
 
@@ -31,6 +33,7 @@ struct forward_args {
   float* out = nullptr;      // [tokens, heads, head_dim]
   float* lse = nullptr;      // [tokens, heads]   log-sum-exp of the scaled scores, saved for backward
   int threads = 0;           ///< worker threads; 0: one per hardware thread
+  std::string_view variant{};///< instruction-set variant (supported_variants()); empty: the best
 };
 
 /// Arguments of the backward pass: the forward's inputs and outputs plus the output gradient.
@@ -48,16 +51,23 @@ struct backward_args {
   float* dk = nullptr;          // [tokens, heads, head_dim]  overwritten
   float* dv = nullptr;          // [tokens, heads, head_dim]  overwritten
   int threads = 0;              ///< worker threads; 0: one per hardware thread
+  std::string_view variant{};   ///< instruction-set variant (supported_variants()); empty: the best
 };
+
+/// The instruction-set variants of the tile loops this CPU runs, best first ("avx512", "avx2",
+/// "baseline"). They differ only in rounding (fused multiply-add), never by thread count.
+std::vector<std::string_view> supported_variants();
 
 /// Ok, or errc::invalid_argument naming the bad field (cu_seqlens not monotone, null buffers
 /// with tokens > 0, non-positive head_dim).
 expected<void> can_implement(const forward_args& args);
 expected<void> can_implement(const backward_args& args);
 
-/// Workspace in floats: tile scratch per worker thread, independent of sequence length.
-/// Work is split over (sequence, head, query tile) in forward and (sequence, head) in backward,
-/// so every thread writes disjoint outputs and results do not depend on the thread count.
+/// Workspace in floats: K and V copied head-major (2 x tokens x heads x head_dim; 4x in
+/// backward, with dK and dV), so each head's key tiles are contiguous, plus a few tiles of
+/// scratch per worker thread. Work is split over (sequence, head, query tile) in forward and
+/// (sequence, head) in backward, so every thread writes disjoint outputs and results do not
+/// depend on the thread count.
 std::int64_t workspace_size(const forward_args& args);
 std::int64_t workspace_size(const backward_args& args);
 

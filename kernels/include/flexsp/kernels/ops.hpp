@@ -169,13 +169,14 @@ void restart_with_best_blas_kernels(char** argv);
 /// The kernels OpenBLAS runs ("SkylakeX", "Haswell", "Prescott", ...).
 std::string blas_core();
 
-/// Threads the CPU GEMM (OpenBLAS) may use in this process.
+/// Threads one CPU device's GEMMs and attention may use (workers of the process's shared pool;
+/// OpenBLAS itself runs single-threaded, since its idle threads spin).
 int cpu_math_threads() noexcept;
 /// Records `devices` more CPU devices in this process (negative: fewer) and shares the cores
-/// among them: GEMM threads become max(1, cores / CPU devices), so devices that compute at the
-/// same time do not oversubscribe the machine (OpenBLAS threads spin while they wait). A thread
-/// count fixed by FLEXSP_CPU_THREADS (or OpenBLAS's own OPENBLAS_NUM_THREADS) wins. Returns
-/// the threads now in use. Thread-safe.
+/// among them: threads per device become max(1, cores / CPU devices), so devices that compute
+/// at the same time do not oversubscribe the machine. A thread count fixed by
+/// FLEXSP_CPU_THREADS (or OPENBLAS_NUM_THREADS) wins. Returns the threads now in use.
+/// Thread-safe.
 int add_cpu_devices(int devices) noexcept;
 
 /// fp32 -> bf16 bits, rounding to nearest even (a NaN stays a NaN), and bf16 bits -> fp32 (exact).
