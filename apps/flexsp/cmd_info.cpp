@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "flexsp/kernels/attention.hpp"
 #include "flexsp/kernels/cuda_runtime.hpp"
 #include "flexsp/kernels/device_backend.hpp"
 #include "flexsp/kernels/ops.hpp"
@@ -27,6 +28,10 @@ void add_info_command(CLI::App& root) {
     // The CPU GEMM kernels, and what OpenBLAS chose by itself when flexsp corrected it.
     const char* misdetected = std::getenv("FLEXSP_BLAS_MISDETECTED");
     j["cpu_blas"] = {{"kernels", kernels::blas_core()}, {"detected", misdetected ? misdetected : kernels::blas_core()}};
+    const auto variants = kernels::attention::supported_variants();
+    const std::string attention_variant = variants.empty() ? "baseline" : std::string{variants.front()};
+    j["cpu_attention"] = attention_variant;
+    j["cpu_threads_per_device"] = kernels::cpu_math_threads();
     j["cuda"] = {{"compiled", cuda.compiled},
                  {"runtime_version", cuda.runtime_version},
                  {"driver_version", cuda.driver_version},
@@ -48,6 +53,8 @@ void add_info_command(CLI::App& root) {
     std::printf("cpu GEMM: OpenBLAS %s kernels", kernels::blas_core().c_str());
     if (misdetected) std::printf(" (OpenBLAS detected %s; flexsp set OPENBLAS_CORETYPE)", misdetected);
     std::printf("\n");
+    std::printf("cpu attention: %s kernels; %d threads per CPU device\n", attention_variant.c_str(),
+                kernels::cpu_math_threads());
     std::printf("cuda backend: %s", cuda.compiled ? "compiled in" : "not compiled in");
     if (cuda.compiled)
       std::printf(" (runtime %d, driver %d, nccl %d)", cuda.runtime_version, cuda.driver_version, cuda.nccl_version);

@@ -1,5 +1,7 @@
 #include "cpu_pool.hpp"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -28,8 +30,14 @@ struct job {
 class pool {
  public:
   static pool& instance() {
-    static pool* p = new pool;  // never destroyed: workers may outlive static destruction order
-    return *p;
+    static const bool registered = [] {
+      // A forked child has none of the parent's workers (and perhaps a mutex taken by one):
+      // it starts a fresh pool. The old one is abandoned, never destroyed.
+      ::pthread_atfork(nullptr, nullptr, [] { current().store(new pool, std::memory_order_release); });
+      return true;
+    }();
+    (void)registered;
+    return *current().load(std::memory_order_acquire);
   }
 
   void run(std::size_t count, int threads, const std::function<void(std::size_t, std::size_t)>& body) {
@@ -74,6 +82,11 @@ class pool {
       ++idle_;
       if (--j->active == 0) j->done.notify_one();
     }
+  }
+
+  static std::atomic<pool*>& current() {
+    static std::atomic<pool*> p{new pool};  // never destroyed: workers may outlive static destruction
+    return p;
   }
 
   std::mutex mutex_;

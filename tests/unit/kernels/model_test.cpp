@@ -8,9 +8,11 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "flexsp/kernels/data.hpp"
+#include "flexsp/kernels/ops.hpp"
 #include "flexsp/kernels/gloo_communicator.hpp"
 
 namespace flexsp::kernels {
@@ -54,6 +56,34 @@ TEST(CpuMathThreads, CpuDevicesShareTheCores) {
   EXPECT_EQ(add_cpu_devices(-4 * cores), cores) << "no devices left: every core";
   EXPECT_EQ(add_cpu_devices(1), cores);
   EXPECT_EQ(add_cpu_devices(-1), cores);
+}
+
+// Large products are split over the shared worker pool: several devices multiplying at once
+// (threads of one process) each get the same bits as a product on its own, and a forked child
+// (which has none of the parent's workers) still computes.
+TEST(CpuMathThreads, ConcurrentProductsOnTheSharedPoolMatchASoloProduct) {
+  const std::int64_t m = 700, n = 300, k = 200;
+  std::vector<float> a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(k * n));
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>((i * 7919) % 101) / 50.0f - 1.0f;
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>((i * 104729) % 97) / 48.0f - 1.0f;
+  auto product = [&] {
+    std::vector<float> c(static_cast<std::size_t>(m * n));
+    gemm(false, false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
+    return c;
+  };
+  const auto solo = product();
+  std::vector<std::vector<float>> results(6);
+  {
+    std::vector<std::jthread> devices;
+    for (auto& r : results) devices.emplace_back([&] { r = product(); });
+  }
+  for (const auto& r : results) EXPECT_EQ(r, solo);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(product() == solo ? 0 : 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 TEST(GptConfig, NamesTheBadField) {
