@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <unistd.h>
+
 #include "flexsp/kernels/attention.hpp"
 #include "flexsp/kernels/device.hpp"
 
@@ -46,7 +48,14 @@ public:
     const std::size_t rounded = (std::max<std::size_t>(bytes, 1) + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, rounded);
     if (p == nullptr) return make_error(errc::overloaded, "host device: cannot allocate {} bytes", bytes);
-    return buffer{p, bytes, &release};
+    return track(p, bytes, &release);
+  }
+  std::uint64_t memory_capacity() const noexcept override {
+    // The physical memory, shared by the CPU devices of this process (add_cpu_devices).
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) return 0;
+    return static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page) /
+           static_cast<std::uint64_t>(std::max(1, cpu_devices()));
   }
   expected<void> copy_to_device(void* dst, const void* src, std::size_t bytes) override {
     if (bytes) std::memmove(dst, src, bytes);

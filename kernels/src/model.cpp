@@ -7,6 +7,8 @@
 #include <random>
 #include <vector>
 
+#include "flexsp/kernels/attention.hpp"
+
 namespace flexsp::kernels {
 
 namespace {
@@ -310,6 +312,147 @@ expected<micro_batch_result> model::forward_backward(const local_inputs& in, std
   FLEXSP_TRY_ASSIGN(auto layout, ulysses_layout::make({lengths.begin(), lengths.end()}, 1, 0, s_->config.heads));
   auto local = make_local_communicator();
   return forward_backward(*local, layout, in, loss_scale, options);
+}
+
+namespace {
+// The buffers forward_backward allocates for one micro-batch, by size: keep this in step with
+// forward_backward (the model tests compare it with the device's ledger, byte for byte).
+struct step_shape {
+  std::int64_t n = 0, N = 0, hm = 0;            // local tokens, group tokens, local heads
+  bool single = true, backward = true, bf16 = false;
+  std::int64_t most_send = 0, most_recv = 0;    // exchange buffers (floats)
+  std::uint64_t fwd_ws = 0, bwd_ws = 0;         // attention workspaces (bytes)
+};
+
+std::uint64_t activation_bytes(const model_config& c, const step_shape& k) {
+  const bool llama = c.family == model_family::llama;
+  const std::int64_t D = c.d_model, H = c.heads, Dh = c.head_dim(), V = c.vocab, L = c.layers;
+  const std::int64_t KVH = c.kv(), F = c.ffn_dim(), P = (H + 2 * KVH) * Dh;
+  const bool expand = KVH != H;
+  const std::int64_t n = k.n, nd = n * D, Nh = k.N * k.hm * Dh, mlp_in = llama ? 2 * F : F;
+  std::uint64_t total = 0;
+  auto f32 = [&](std::int64_t elements) { total += sz(std::max<std::int64_t>(1, elements)) * sizeof(float); };
+  auto i32 = [&](std::int64_t elements) { total += sz(std::max<std::int64_t>(1, elements)) * sizeof(std::int32_t); };
+  auto u16 = [&](std::int64_t elements) { total += sz(std::max<std::int64_t>(1, elements)) * sizeof(std::uint16_t); };
+  auto bytes = [&](std::uint64_t b) { total += std::max<std::uint64_t>(1, b); };
+  if (!k.single) {
+    f32(k.most_send);
+    f32(k.most_recv);
+  }
+  i32(n);  // tokens, positions, targets
+  i32(n);
+  i32(n);
+  f32(nd);  // x
+  bytes(k.fwd_ws);
+  for (std::int64_t l = 0; l < L; ++l) {
+    f32(nd);  // x_in
+    f32(nd);  // ln1
+    f32(n);   // ln1 mean, rstd
+    f32(n);
+    f32(n * P);  // qkv
+    if (expand) f32(3 * nd);
+    f32(3 * Nh);     // qkv_h
+    f32(Nh);         // att_h
+    f32(k.N * k.hm);  // lse
+    if (!k.single) f32(nd);  // att
+    f32(nd);  // x_mid
+    f32(nd);  // ln2
+    f32(n);
+    f32(n);
+    f32(n * mlp_in);  // fc
+    f32(n * F);       // act
+    if (k.bf16) {
+      u16(3 * Nh);
+      u16(Nh);
+    }
+  }
+  f32(nd);  // lnf, its mean and rstd
+  f32(n);
+  f32(n);
+  f32(n * V);  // logits
+  if (!k.backward) return total;
+  f32(n * V);  // dlogits
+  f32(nd);     // dlnf, dx
+  f32(nd);
+  f32(n * F);       // dact
+  f32(n * mlp_in);  // dfc
+  f32(nd);          // dln, dtmp, datt
+  f32(nd);
+  f32(nd);
+  f32(3 * Nh);  // dqkv_h
+  if (!k.single) f32(Nh);
+  f32(3 * nd);  // dqkv
+  if (expand) {
+    f32(n * P);
+    f32(n * 2 * KVH * Dh);
+    f32(n * 2 * KVH * Dh);
+  }
+  bytes(k.bwd_ws);
+  if (k.bf16) {
+    u16(Nh);
+    u16(3 * Nh);
+  }
+  return total;
+}
+
+step_shape shape_of(const model_config& c, const ulysses_layout& layout, bool backward) {
+  step_shape k;
+  k.n = layout.local_tokens();
+  k.N = layout.total_tokens();
+  k.hm = layout.head_share(layout.rank()).size;
+  k.single = layout.degree() == 1;
+  k.backward = backward;
+  if (!k.single) {
+    const std::int64_t Dh = c.head_dim();
+    for (const auto& p : {layout.scatter_plan(3, Dh), layout.gather_plan(1, Dh), layout.scatter_plan(1, Dh),
+                          layout.gather_plan(3, Dh)}) {
+      k.most_send = std::max(k.most_send, p.send_total);
+      k.most_recv = std::max(k.most_recv, p.recv_total);
+    }
+  }
+  return k;
+}
+}  // namespace
+
+expected<memory_footprint> model::footprint(const ulysses_layout& layout, forward_options options) const {
+  const auto& S = *s_;
+  if (layout.heads() != S.config.heads)
+    return make_error(errc::invalid_argument, "layout has {} heads, model {}", layout.heads(), S.config.heads);
+  auto k = shape_of(S.config, layout, options.backward);
+  k.bf16 = S.attention == dtype::bf16;
+  attention_forward_args fa{layout.cu_seqlens(), k.hm, S.config.head_dim()};
+  fa.type = S.attention;
+  attention_backward_args ba{layout.cu_seqlens(), k.hm, S.config.head_dim()};
+  ba.type = S.attention;
+  k.fwd_ws = S.dev->workspace_size(fa);
+  k.bwd_ws = S.dev->workspace_size(ba);
+  memory_footprint f;
+  f.states = 4 * sz(S.count()) * sizeof(float);
+  f.activations = activation_bytes(S.config, k);
+  return f;
+}
+
+memory_profile estimate_memory(const model_config& config, int degree, int state_shards) {
+  // Two long sequences' footprints on rank 0 of a group of `degree`, host attention workspaces
+  // (one thread's tile scratch): the difference is the per-token slope, the rest is fixed.
+  auto at = [&](std::int64_t tokens) {
+    auto layout = ulysses_layout::make({tokens}, std::max(1, degree), 0, config.heads);
+    FLEXSP_EXPECTS(layout.has_value(), "estimate_memory: {}", layout.error().message());
+    auto k = shape_of(config, *layout, true);
+    attention::forward_args fa{layout->cu_seqlens(), k.hm, config.head_dim()};
+    attention::backward_args ba{layout->cu_seqlens(), k.hm, config.head_dim()};
+    fa.threads = ba.threads = 1;
+    k.fwd_ws = sz(attention::workspace_size(fa)) * sizeof(float);
+    k.bwd_ws = sz(attention::workspace_size(ba)) * sizeof(float);
+    return static_cast<double>(activation_bytes(config, k));
+  };
+  const std::int64_t a = 1 << 12, b = 1 << 14;
+  memory_profile m;
+  const double slope_per_rank_token = (at(b) - at(a)) / static_cast<double>(b - a);
+  m.per_token = slope_per_rank_token * std::max(1, degree);
+  m.fixed = at(a) - slope_per_rank_token * static_cast<double>(a);
+  m.fixed += 4.0 * static_cast<double>(config.parameter_count()) * sizeof(float) / std::max(1, state_shards);
+  return m;
 }
 
 namespace {

@@ -497,11 +497,20 @@ void restart_with_best_blas_kernels(char** argv) {
   ::unsetenv("OPENBLAS_CORETYPE");
 }
 
+namespace {
+std::mutex g_devices_mutex;
+int g_cpu_devices = 0;
+}  // namespace
+
+int cpu_devices() noexcept {
+  std::lock_guard lock{g_devices_mutex};
+  return g_cpu_devices;
+}
+
 int add_cpu_devices(int devices) noexcept {
-  static std::mutex mutex;
-  static int total = 0;
-  std::lock_guard lock{mutex};
-  total = std::max(0, total + devices);
+  std::lock_guard lock{g_devices_mutex};
+  g_cpu_devices = std::max(0, g_cpu_devices + devices);
+  const int total = g_cpu_devices;
   int threads = threads_from_environment();
   if (threads == 0) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -109,7 +109,15 @@ public:
       return make_error(rc == cudaErrorMemoryAllocation ? errc::overloaded : errc::failed,
                         "cudaMalloc of {} bytes on GPU {} failed: {}", bytes, index_, ::cudaGetErrorString(rc));
     }
-    return gpu::buffer{ptr, bytes, &release_device_memory};
+    return track(ptr, bytes, &release_device_memory);
+  }
+  std::uint64_t memory_capacity() const noexcept override {
+    std::size_t free_bytes = 0, total = 0;
+    if (!current() || ::cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
+      ::cudaGetLastError();
+      return 0;
+    }
+    return total;
   }
 
   expected<void> copy_to_device(void* dst, const void* src, std::size_t bytes) override {

@@ -234,6 +234,59 @@ std::pair<double, double> sp_against_one_device(const model_config& cfg, int deg
   return {std::abs(loss - ref_out.loss_sum) / std::abs(ref_out.loss_sum), worst};
 }
 
+// The memory model: model::footprint names every byte a micro-batch makes the device allocate
+// (the ledger's high-water mark), for both families, GQA, and SP groups of one to three.
+TEST(MemoryModel, FootprintMatchesTheDeviceLedgerByteForByte) {
+  model_config llama = kSmall;
+  llama.family = model_family::llama;
+  llama.kv_heads = 1;
+  const std::vector<std::int64_t> lengths{1, 5, 37, 100, 3};
+  for (const auto& cfg : {kSmall, llama})
+    for (int degree : {1, 2, 3}) {
+      SCOPED_TRACE(testing::Message() << to_string(cfg.family) << " degree " << degree);
+      auto seqs = synthetic_sequences(lengths, 11, cfg.vocab);
+      memory_store store;
+      std::vector<std::thread> threads;
+      std::vector<std::uint64_t> measured(sz(degree)), predicted(sz(degree)), states(sz(degree));
+      for (int r = 0; r < degree; ++r)
+        threads.emplace_back([&, r] {
+          auto comm = degree == 1 ? make_local_communicator()
+                                  : make_gloo_communicator(store, "mem", r, degree, gloo_options{}).value();
+          auto m = model::create(cfg, 9).value();
+          states[sz(r)] = m.dev().memory().in_use;
+          auto l = ulysses_layout::make(lengths, degree, r, cfg.heads).value();
+          predicted[sz(r)] = m.footprint(l).value().total();
+          ASSERT_TRUE(m.forward_backward(*comm, l, shard_inputs(l, seqs).value(), 1.0f / 146));
+          measured[sz(r)] = m.dev().memory().peak;
+          EXPECT_EQ(m.footprint(l).value().states, states[sz(r)]);
+        });
+      for (auto& t : threads) t.join();
+      for (int r = 0; r < degree; ++r) EXPECT_EQ(measured[sz(r)], predicted[sz(r)]) << "rank " << r;
+    }
+}
+
+// The planner's linear model (fixed + per_token * tokens / degree) against the exact
+// footprint of long sequences: within 5%.
+TEST(MemoryModel, PlannerEstimateIsWithinFivePercentOfTheFootprint) {
+  model_config llama = kSmall;
+  llama.family = model_family::llama;
+  llama.kv_heads = 1;
+  llama.max_positions = 1 << 15;
+  model_config gpt = kSmall;
+  gpt.max_positions = 1 << 15;
+  for (const auto& cfg : {gpt, llama})
+    for (int degree : {1, 2, 4})
+      for (std::int64_t tokens : {2000, 6000, 20000}) {
+        auto m = model::create(cfg, 1).value();
+        const auto est = estimate_memory(cfg, degree, 1);
+        auto l = ulysses_layout::make({tokens}, degree, 0, cfg.heads).value();
+        const double exact = static_cast<double>(m.footprint(l).value().total());
+        const double linear = est.fixed + est.per_token * static_cast<double>(tokens) / degree;
+        EXPECT_NEAR(linear / exact, 1.0, 0.05)
+            << to_string(cfg.family) << " degree " << degree << " tokens " << tokens;
+      }
+}
+
 // The limits users of DeepSpeed-Ulysses hit most: an SP degree above the K/V heads (they are
 // repeated for the exchange and their gradients summed back) and heads the degree does not
 // divide (uneven head shares, ranks without heads). Every degree 1..8.

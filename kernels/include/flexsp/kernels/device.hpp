@@ -20,6 +20,7 @@
 /// - Backward ops accumulate parameter gradients and overwrite input gradients.
 /// - What a device cannot do (bf16 or tf32 arithmetic on the host) is errc::unimplemented.
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -42,21 +43,46 @@ enum class dtype : std::uint8_t {
 /// mantissa inputs, fp32 accumulation). bf16 GEMMs always accumulate in fp32.
 enum class gemm_math : std::uint8_t { fp32, tf32 };
 
-/// An owning device allocation (move-only; freed on destruction).
+/// Bytes a device has handed out through allocate(), now and at most (a high-water mark).
+class memory_ledger {
+public:
+  void add(std::size_t bytes) noexcept {
+    const auto now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    auto peak = peak_.load(std::memory_order_relaxed);
+    while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+    }
+  }
+  void remove(std::size_t bytes) noexcept { in_use_.fetch_sub(bytes, std::memory_order_relaxed); }
+  std::uint64_t in_use() const noexcept { return in_use_.load(std::memory_order_relaxed); }
+  std::uint64_t peak() const noexcept { return peak_.load(std::memory_order_relaxed); }
+  /// Starts a new high-water mark at what is in use now.
+  void reset_peak() noexcept { peak_.store(in_use(), std::memory_order_relaxed); }
+
+private:
+  std::atomic<std::uint64_t> in_use_{0}, peak_{0};
+};
+
+/// An owning device allocation (move-only; freed on destruction). A buffer made with a ledger
+/// counts its bytes there while it lives.
 class buffer {
 public:
   using release_fn = void (*)(void*) noexcept;
   buffer() = default;
   buffer(void* ptr, std::size_t bytes, release_fn release) noexcept : ptr_{ptr}, bytes_{bytes}, release_{release} {}
+  buffer(void* ptr, std::size_t bytes, release_fn release, std::shared_ptr<memory_ledger> ledger) noexcept
+      : ptr_{ptr}, bytes_{bytes}, release_{release}, ledger_{std::move(ledger)} {
+    if (ledger_) ledger_->add(bytes_);
+  }
   buffer(buffer&& other) noexcept
       : ptr_{std::exchange(other.ptr_, nullptr)}, bytes_{std::exchange(other.bytes_, 0)},
-        release_{std::exchange(other.release_, nullptr)} {}
+        release_{std::exchange(other.release_, nullptr)}, ledger_{std::move(other.ledger_)} {}
   buffer& operator=(buffer&& other) noexcept {
     if (this != &other) {
       reset();
       ptr_ = std::exchange(other.ptr_, nullptr);
       bytes_ = std::exchange(other.bytes_, 0);
       release_ = std::exchange(other.release_, nullptr);
+      ledger_ = std::move(other.ledger_);
     }
     return *this;
   }
@@ -72,6 +98,8 @@ public:
   }
   void reset() noexcept {
     if (ptr_ != nullptr && release_ != nullptr) release_(ptr_);
+    if (ledger_) ledger_->remove(bytes_);
+    ledger_.reset();
     ptr_ = nullptr;
     bytes_ = 0;
   }
@@ -80,6 +108,15 @@ private:
   void* ptr_ = nullptr;
   std::size_t bytes_ = 0;
   release_fn release_ = nullptr;
+  std::shared_ptr<memory_ledger> ledger_;
+};
+
+/// What a device's allocations hold (bytes): in use now, the high-water mark since it was
+/// made or last reset, and what the device may use in all (0: unknown).
+struct memory_stats {
+  std::uint64_t in_use = 0;
+  std::uint64_t peak = 0;
+  std::uint64_t capacity = 0;
 };
 
 /// Row-major GEMM, the device twin of kernels::gemm: C[m, n] = alpha op(A) op(B) + beta C.
@@ -159,6 +196,11 @@ public:
   // ---- memory --------------------------------------------------------------------------
   /// Uninitialised device memory. errc::overloaded when the device is out of memory.
   virtual expected<buffer> allocate(std::size_t bytes) = 0;
+  /// Bytes allocate() handed out (tensors, scratch; not a library's own buffers), their
+  /// high-water mark, and the device's memory: the GPU's total, or the host's physical memory
+  /// shared by the CPU devices of this process.
+  memory_stats memory() const noexcept { return {ledger_->in_use(), ledger_->peak(), memory_capacity()}; }
+  void reset_peak_memory() noexcept { ledger_->reset_peak(); }
   /// Host -> device; returns once `src` may be reused.
   virtual expected<void> copy_to_device(void* dst, const void* src, std::size_t bytes) = 0;
   /// Device -> host; waits for queued work, then copies.
@@ -277,6 +319,17 @@ public:
   /// Queues the pass; `workspace` holds at least workspace_size(args) bytes of device memory.
   virtual expected<void> run(const attention_forward_args& args, void* workspace) = 0;
   virtual expected<void> run(const attention_backward_args& args, void* workspace) = 0;
+
+protected:
+  /// A buffer over memory the device just allocated, counted in its ledger.
+  buffer track(void* ptr, std::size_t bytes, buffer::release_fn release) const {
+    return buffer{ptr, bytes, release, ledger_};
+  }
+  /// memory_stats::capacity.
+  virtual std::uint64_t memory_capacity() const noexcept { return 0; }
+
+private:
+  std::shared_ptr<memory_ledger> ledger_ = std::make_shared<memory_ledger>();
 };
 
 /// The host device: host memory and the CPU kernels (one per call; thread-safe for separate

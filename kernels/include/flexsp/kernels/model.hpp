@@ -127,6 +127,24 @@ struct micro_batch_result {
 };
 
 /// How a forward pass runs.
+/// Device memory of a model and one micro-batch, bytes.
+struct memory_footprint {
+  std::uint64_t states = 0;       ///< parameters, gradients, both AdamW moments (fp32)
+  std::uint64_t activations = 0;  ///< what forward keeps for backward, backward's buffers, exchanges, workspaces
+  std::uint64_t total() const noexcept { return states + activations; }
+};
+
+/// Bytes of device memory per token of a micro-batch of long sequences at SP degree
+/// `degree` (each rank holds 1/degree of the tokens and heads), from the same accounting as
+/// model::footprint on the host device, and the fixed bytes (model states with `state_shards`
+/// devices sharing them, and per-step buffers that do not grow with tokens). For the planner's
+/// memory constraint: a rank of a group holding T tokens needs fixed + per_token * T / degree.
+struct memory_profile {
+  double per_token = 0;  ///< bytes per token of the group (divide by the degree per rank)
+  double fixed = 0;      ///< bytes
+};
+memory_profile estimate_memory(const model_config& config, int degree, int state_shards = 1);
+
 struct forward_options {
   bool backward = true;       ///< also accumulate gradients
   bool keep_logits = false;   ///< copy this rank's logits to micro_batch_result::logits
@@ -193,6 +211,12 @@ public:
   /// The same for a group of one: whole sequences `lengths` on this device.
   expected<micro_batch_result> forward_backward(const local_inputs& inputs, std::span<const std::int64_t> lengths,
                                                 float loss_scale, forward_options options = {});
+
+  /// The device memory (bytes handed out by device::allocate) this model holds after a
+  /// micro-batch of `layout` on a model that had run none: the model states, and the
+  /// activations and scratch the step keeps (their buffers are reused by later, smaller steps,
+  /// so a step's peak is the largest micro-batch's). Mirrors forward_backward's allocations.
+  expected<memory_footprint> footprint(const ulysses_layout& layout, forward_options options = {}) const;
 
   /// Clips the gradient norm to `max_grad_norm` (<= 0: no clipping), then applies one AdamW
   /// update (weight decay only where parameter_info::decay). Returns the pre-clip norm.

@@ -178,6 +178,8 @@ int cpu_math_threads() noexcept;
 /// FLEXSP_CPU_THREADS (or OPENBLAS_NUM_THREADS) wins. Returns the threads now in use.
 /// Thread-safe.
 int add_cpu_devices(int devices) noexcept;
+/// CPU devices add_cpu_devices() has counted in this process.
+int cpu_devices() noexcept;
 
 /// fp32 -> bf16 bits, rounding to nearest even (a NaN stays a NaN), and bf16 bits -> fp32 (exact).
 std::uint16_t to_bf16(float v) noexcept;
