@@ -134,7 +134,7 @@ void raise_to(std::atomic<std::uint64_t>& a, std::uint64_t v) {
 template <class Action>
 device_state state_of(device_trainer::job& j, std::uint64_t tag, Action&& action) {
   auto& st = *j.state;
-  device_state reply{j.setup.device, 0, 0, st.parameters(), j.setup.job_id, tag, {}};
+  device_state reply{j.setup.device, 0, 0, st.parameters(), j.setup.job_id, tag, {}, st.memory_capacity()};
   expected<void> done = action(st);
   if (done) {
     if (auto sum = st.checksum())
@@ -226,7 +226,7 @@ void device_trainer::handle(join_job m) {
   post([this, m = std::move(m)]() {
     auto host = context_.host.lock();
     if (!host) return;
-    device_state reply{m.device, 0, 0, 0, m.job_id, m.tag, {}};
+    device_state reply{m.device, 0, 0, 0, m.job_id, m.tag, {}, 0};
     auto scheduler = host->proxy<scheduler_actor>({m.scheduler_host, m.scheduler_actor});
     auto made = [&]() -> expected<std::shared_ptr<job>> {
       FLEXSP_TRY_ASSIGN(auto* c, client());

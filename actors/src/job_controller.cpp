@@ -413,6 +413,7 @@ void job_controller::on(const device_state& e) {
       joiners_.erase(d);
     } else if (auto it2 = devices_.find(d); it2 != devices_.end()) {
       it2->second.held = std::make_pair(e.optimizer_steps, e.checksum);
+      it2->second.memory = e.memory_capacity;
     }
     if (joins_.empty()) join_timer_ = 0;
     advance();
@@ -989,6 +990,7 @@ void job_controller::ask_plan(std::uint64_t step, const std::vector<std::uint32_
   r.strategy = strategy_for(r.devices);
   r.profile = profile_;
   r.profile.devices_per_node = r.devices_per_node;
+  r.profile.mem_limit_gb = memory_limit_gb(w);
   r.profile_version = profile_version_;
   r.time_limit_ms = spec_.planner_time_limit_ms;
   r.milp = spec_.milp;
@@ -1008,12 +1010,42 @@ scheduler::profile job_controller::initial_profile() const {
   p.hidden = static_cast<int>(spec_.model.d_model);
   p.layers = static_cast<int>(spec_.model.layers);
   p.bandwidth_gbps = {{2, 0.5}, {4, 0.4}, {8, 0.3}, {16, 0.2}};
-  // Activation budget: a device holds up to 4 * max_seq tokens (a nominal 1 MB each).
-  p.act_per_token_mb = 1.0;
-  p.params_b = 0;
-  p.mem_limit_gb = 4.0 * spec_.model.max_seq / 1024.0;
+  // Memory from the model itself (kernels::estimate_memory: the bytes a micro-batch makes a
+  // device allocate), at the degree (up to 8) that needs most per token; every device holds a full
+  // replica of the model states. params_b is in units of 2^30 parameters so that the cost
+  // model's params_b * 16 * 1024 is exactly the states' MiB.
+  const auto config = kernel_config(spec_.model);
+  kernels::memory_profile m = kernels::estimate_memory(config, 1, 1);
+  for (int degree : {2, 4, 8}) {
+    // Above the head count a rank holds a whole head (not 1/degree of the heads): per-token
+    // bytes scaled by the degree would grossly overstate lower degrees.
+    if (degree > config.heads) break;
+    const auto e = kernels::estimate_memory(config, degree, 1);
+    m.per_token = std::max(m.per_token, e.per_token);
+    m.fixed = std::max(m.fixed, e.fixed);
+  }
+  constexpr double kMiB = 1024.0 * 1024.0;
+  const double states = 16.0 * static_cast<double>(config.parameter_count());
+  p.act_per_token_mb = m.per_token / kMiB;
+  p.params_b = static_cast<double>(config.parameter_count()) / (1024.0 * kMiB);
+  p.state_shards = 1;
+  p.fixed_mb = std::max(0.0, m.fixed - states) / kMiB;
+  // Until devices report their memory: room for 4 * max_seq tokens.
+  p.mem_limit_gb = (states / kMiB + p.fixed_mb + 4.0 * spec_.model.max_seq * p.act_per_token_mb) / 1024.0;
   p.devices_per_node = 1;
   return p;
+}
+
+double job_controller::memory_limit_gb(const std::vector<std::uint32_t>& w) const {
+  if (spec_.memory_limit_gb > 0) return spec_.memory_limit_gb;
+  std::uint64_t least = 0;
+  for (auto d : w) {
+    auto it = devices_.find(d);
+    if (it != devices_.end() && it->second.memory > 0)
+      least = least == 0 ? it->second.memory : std::min(least, it->second.memory);
+  }
+  if (least == 0) return profile_.mem_limit_gb;
+  return static_cast<double>(least) / (1024.0 * 1024.0 * 1024.0);
 }
 
 // ---- calibration -----------------------------------------------------------------------------

@@ -154,6 +154,7 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (s.collective_timeout_ms < 100) return bad("collective_timeout_ms", "must be at least 100");
   if (!(s.planner_time_limit_ms > 0)) return bad("planner_time_limit_ms", "must be positive");
   if (s.min_devices < 1) return bad("min_devices", "must be at least 1");
+  if (!(s.memory_limit_gb >= 0) || s.memory_limit_gb > 1e6) return bad("memory_limit_gb", "must be in [0, 1e6] (0: what the devices report)");
   if (!(s.milp_min_gap >= 0 && s.milp_min_gap <= 1)) return bad("milp_min_gap", "must be in [0, 1]");
   if (s.collectives == collective_library::nccl && s.backend == device_kind::cpu)
     return bad("collectives", "nccl needs backend cuda (or auto)");
@@ -243,7 +244,8 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   if (!j.is_object()) return make_error(errc::invalid_argument, "job spec must be a JSON object");
   FLEXSP_TRY(check_keys(j, "", {"name", "model", "data", "batch_size", "steps", "strategy", "seed", "optimizer",
                                 "checkpoint", "calibrate", "collective_timeout_ms", "planner_time_limit_ms",
-                                "min_devices", "backend", "collectives", "milp", "milp_min_gap", "fault"}));
+                                "min_devices", "backend", "collectives", "milp", "milp_min_gap", "fault",
+                                "memory_limit_gb"}));
   job_spec s;
   if (!j.contains("steps")) return make_error(errc::invalid_argument, "steps: is required");
   FLEXSP_TRY(read_string(j, "name", "", s.name));
@@ -261,6 +263,7 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   FLEXSP_TRY(read_number(j, "planner_time_limit_ms", "", s.planner_time_limit_ms));
   FLEXSP_TRY(read_number(j, "milp_min_gap", "", s.milp_min_gap));
   FLEXSP_TRY(read_uint(j, "min_devices", "", s.min_devices));
+  FLEXSP_TRY(read_number(j, "memory_limit_gb", "", s.memory_limit_gb));
   FLEXSP_TRY(read_choice(j, "backend", "", parse_device_kind, true, "auto, cpu, cuda", s.backend));
   FLEXSP_TRY(read_choice(j, "collectives", "", parse_collective_library, true, "auto, gloo, nccl", s.collectives));
   if (j.contains("milp")) {
@@ -365,6 +368,7 @@ std::string job_spec_to_json(const job_spec& s) {
   j["collective_timeout_ms"] = s.collective_timeout_ms;
   j["planner_time_limit_ms"] = s.planner_time_limit_ms;
   j["min_devices"] = s.min_devices;
+  j["memory_limit_gb"] = s.memory_limit_gb;
   j["backend"] = s.backend ? std::string{to_string(*s.backend)} : "auto";
   j["collectives"] = s.collectives ? std::string{to_string(*s.collectives)} : "auto";
   j["milp"] = s.milp;

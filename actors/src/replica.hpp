@@ -33,6 +33,8 @@ public:
   std::string_view backend() const noexcept { return model_.dev().host_memory() ? "cpu" : "cuda"; }
   std::uint64_t parameters() const noexcept { return static_cast<std::uint64_t>(model_.size()); }
   std::int64_t optimizer_steps() const noexcept { return model_.steps(); }
+  /// Bytes the device may use (device::memory_stats::capacity; 0: unknown).
+  std::uint64_t memory_capacity() const noexcept { return model_.dev().memory().capacity; }
   /// kernels::fingerprint of parameters, first and second moments as one sequence.
   expected<std::uint64_t> checksum() const { return model_.fingerprint(); }
 

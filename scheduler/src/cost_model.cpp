@@ -17,7 +17,8 @@ expected<void> cluster::validate() const {
 cost_model::cost_model(profile p, int n_devices) : profile_{std::move(p)}, n_devices_{n_devices} {
   FLEXSP_EXPECTS(n_devices >= 1, "n_devices = {}", n_devices);
   FLEXSP_EXPECTS(!profile_.bandwidth_gbps.empty(), "profile '{}' has no bandwidth table", profile_.name);
-  model_states_mb_ = profile_.params_b * 16.0 * 1024.0 / n_devices_;
+  const int shards = profile_.state_shards > 0 ? profile_.state_shards : n_devices_;
+  model_states_mb_ = profile_.params_b * 16.0 * 1024.0 / shards + profile_.fixed_mb;
   tokens_per_device_ = (profile_.mem_limit_gb * 1024.0 - model_states_mb_) / profile_.act_per_token_mb;
   comm_factor_ = 4.0 * 2.0 * profile_.layers * static_cast<double>(profile_.hidden) * 2.0 / (1024.0 * 1024.0);
   bw_by_degree_.assign(static_cast<std::size_t>(n_devices_) + 1, 0.0);

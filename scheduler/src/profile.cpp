@@ -45,6 +45,9 @@ expected<void> profile::validate() const {
   if (hidden <= 0) return make_error(errc::invalid_argument, "profile '{}': hidden must be > 0, got {}", name, hidden);
   if (layers <= 0) return make_error(errc::invalid_argument, "profile '{}': layers must be > 0, got {}", name, layers);
   if (!non_negative(params_b)) return make_error(errc::invalid_argument, "profile '{}': params_b must be >= 0, got {}", name, params_b);
+  if (state_shards < 0)
+    return make_error(errc::invalid_argument, "profile '{}': state_shards must be >= 0, got {}", name, state_shards);
+  if (!non_negative(fixed_mb)) return make_error(errc::invalid_argument, "profile '{}': fixed_mb must be >= 0, got {}", name, fixed_mb);
   if (!positive(mem_limit_gb)) return make_error(errc::invalid_argument, "profile '{}': mem_limit_gb must be > 0, got {}", name, mem_limit_gb);
   if (devices_per_node <= 0)
     return make_error(errc::invalid_argument, "profile '{}': devices_per_node must be > 0, got {}", name, devices_per_node);
@@ -96,6 +99,8 @@ expected<profile> profile_from_json(std::string_view json_text) {
     for (auto [key, out] : {std::pair{"hidden", &p.hidden}, std::pair{"layers", &p.layers}})
       if (!integer(key, *out, true)) return make_error(errc::invalid_argument, "profile JSON lacks required field '{}'", key);
     (void)number("mem_limit_gb", p.mem_limit_gb, false);
+    (void)number("fixed_mb", p.fixed_mb, false);
+    (void)integer("state_shards", p.state_shards, false);
     (void)integer("devices_per_node", p.devices_per_node, false);
     field = "bandwidth_gbps";
     const char* bw_key = j.contains("bandwidth_gbps") ? "bandwidth_gbps" : "bandwidth";
@@ -128,7 +133,8 @@ std::string profile_to_json(const profile& p) {
                    {"act_per_token_mb", p.act_per_token_mb},
                    {"hidden", p.hidden},     {"layers", p.layers},
                    {"params_b", p.params_b}, {"bandwidth_gbps", bw},
-                   {"mem_limit_gb", p.mem_limit_gb}, {"devices_per_node", p.devices_per_node}};
+                   {"mem_limit_gb", p.mem_limit_gb}, {"devices_per_node", p.devices_per_node},
+                   {"state_shards", p.state_shards}, {"fixed_mb", p.fixed_mb}};
   return j.dump(2);
 }
 

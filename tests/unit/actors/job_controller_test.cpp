@@ -145,6 +145,7 @@ public:
             later([this, f]() { controller_->on(f); });
           } else if constexpr (std::is_same_v<T, request_plan>) {
             ++plan_requests;
+            plan_profiles.push_back(m.profile);
             scheduler::planner_options o;
             o.strategy = m.strategy;
             o.use_milp = false;
@@ -185,6 +186,7 @@ public:
             st.device = s.device;
             st.job_id = m.job_id;
             st.tag = m.tag;
+            if (auto mem = memory_by_node.find(node); mem != memory_by_node.end()) st.memory_capacity = mem->second;
             if (auto h = held_by_node.find(node); h != held_by_node.end()) {
               st.optimizer_steps = h->second.first;
               st.checksum = h->second.second;
@@ -256,6 +258,8 @@ public:
   std::vector<std::string> logs;
   std::optional<job_finished> finished;
   int plan_requests = 0;
+  std::vector<scheduler::profile> plan_profiles;
+  std::map<std::uint64_t, std::uint64_t> memory_by_node;  ///< bytes its devices report at join
 
   // Knobs.
   bool auto_reply = true;
@@ -298,6 +302,39 @@ TEST(JobController, AFaultFreeJobCommitsEveryStepOnceAndLeavesTheDevices) {
   EXPECT_TRUE(c.aborts.empty());
   EXPECT_EQ(c.controller().status().steps_done, 5u);
   EXPECT_EQ(c.controller().status().final_checksum, 1u);
+}
+
+// The memory constraint of every plan is measured, not nominal: the smallest capacity the
+// devices report, unless the spec sets one; model states and per-token bytes come from the
+// model's own memory accounting.
+TEST(JobController, PlansUseTheSmallestMemoryTheDevicesReport) {
+  scripted_cluster c{small_spec(3)};
+  c.memory_by_node[1] = 8ull << 30;
+  c.memory_by_node[2] = 6ull << 30;
+  c.start({{1, 2}, {2, 2}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  ASSERT_FALSE(c.plan_profiles.empty());
+  const auto& p = c.plan_profiles.back();
+  EXPECT_DOUBLE_EQ(p.mem_limit_gb, 6.0);
+  EXPECT_EQ(p.state_shards, 1) << "every device holds a full replica";
+  const auto est = kernels::estimate_memory(kernel_config(small_spec(3).model), 2, 1);
+  EXPECT_NEAR(p.act_per_token_mb * 1024 * 1024, est.per_token, 0.05 * est.per_token);
+  EXPECT_GT(p.params_b, 0.0);
+}
+
+TEST(JobController, ASpecMemoryLimitTooSmallForASequenceFailsTheJobNamingItAndTheLimit) {
+  auto spec = small_spec(3);
+  spec.memory_limit_gb = 0.0005;  // 0.5 MB per device: not even one long sequence fits
+  scripted_cluster c{spec};
+  c.memory_by_node[1] = 8ull << 30;
+  c.start({{1, 2}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::failed);
+  EXPECT_NE(c.finished->message.find("cannot fit"), std::string::npos) << c.finished->message;
+  EXPECT_NE(c.finished->message.find("0.0005 GB per device"), std::string::npos) << c.finished->message;
+  ASSERT_FALSE(c.plan_profiles.empty());
+  EXPECT_DOUBLE_EQ(c.plan_profiles.back().mem_limit_gb, 0.0005);
 }
 
 TEST(JobController, TheNextBatchIsPlannedWhileTheStepRuns) {

@@ -276,6 +276,7 @@ private:
     /// What its join reply said it holds: optimizer steps applied and the state's checksum (a
     /// device of a node that was lost and came back may still hold the committed state).
     std::optional<std::pair<std::uint64_t, std::uint64_t>> held;
+    std::uint64_t memory = 0;  ///< bytes it may use, from its join reply (0: not reported)
   };
   struct prepared_plan {
     std::vector<std::uint32_t> world;
@@ -346,6 +347,9 @@ private:
   std::string strategy_for(int n) const;
   void ask_plan(std::uint64_t step, const std::vector<std::uint32_t>& w, bool needed_now);
   scheduler::profile initial_profile() const;
+  /// The memory limit of a plan over `w`: the spec's, else the smallest capacity its devices
+  /// reported, else the initial profile's nominal one.
+  double memory_limit_gb(const std::vector<std::uint32_t>& w) const;
 
   // calibration
   void start_calibration();

@@ -11,8 +11,10 @@
 /// ```
 /// Every key but `steps` has a default. Extra keys: `calibrate` (bool, default true: a short
 /// profiling phase fits the planner's cost model to the devices), `collective_timeout_ms`
-/// (default 10000), `planner_time_limit_ms` (default 200), `min_devices` (default 1), `fault`
-/// (retry budget, grace period and timeouts; see `fault_settings`).
+/// (default 10000), `planner_time_limit_ms` (default 200), `min_devices` (default 1),
+/// `memory_limit_gb` (per device; default: what each device reports: a GPU's memory, or the
+/// host's memory shared by the node's CPU devices), `fault` (retry budget, grace period and
+/// timeouts; see `fault_settings`).
 /// Parsing rejects unknown keys and wrong types; `validate` checks ranges. Every message names
 /// the field (`model.d_model: must be divisible by model.heads (4)`).
 
@@ -94,6 +96,9 @@ struct job_spec {
   bool milp = true;
   double milp_min_gap = 0.05;
   std::uint32_t min_devices = 1;
+  /// Usable memory per device, GB (GiB); 0: the smallest capacity the job's devices report.
+  /// The planner keeps every group's predicted peak (model states + activations) under it.
+  double memory_limit_gb = 0;
   /// Which devices the job trains on: cpu, cuda, or none for "auto" (cuda when the cluster
   /// offers a CUDA device when the job starts, cpu otherwise). A job uses one kind: replicas
   /// must stay bitwise equal, and CPU and GPU kernels round differently.

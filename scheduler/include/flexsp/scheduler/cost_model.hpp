@@ -36,7 +36,7 @@ public:
   const profile& prof() const { return profile_; }
   int devices() const { return n_devices_; }
 
-  /// ZeRO-3 model states per device, MB.
+  /// Model states per device (sharded over state_shards devices, or all), plus fixed_mb, MB.
   double model_states_mb() const { return model_states_mb_; }
   /// Activation tokens one device can hold within the memory limit (may be negative or zero
   /// when model states alone exceed it).

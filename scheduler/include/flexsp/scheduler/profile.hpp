@@ -21,7 +21,11 @@ struct profile {
   double act_per_token_mb{0};  ///< activation memory per token held on a device, MB
   int hidden{0};               ///< model hidden size
   int layers{0};               ///< transformer layers
-  double params_b{0};          ///< parameters in billions (ZeRO-3 model states are sharded over all devices)
+  double params_b{0};          ///< parameters in billions: model states are 16 bytes each (fp32 parameters,
+                               ///< gradients, two AdamW moments), params_b * 16 GB in all
+  int state_shards{0};         ///< devices sharing the model states: 0 = all of them (ZeRO-3), 1 = every
+                               ///< device holds a full replica
+  double fixed_mb{0};          ///< memory per device that grows with neither tokens nor devices, MB
   /// All-to-all bandwidth in GB/s by SP degree (degree 1 has no communication). Degrees not in
   /// the table are interpolated in log2(degree) between their neighbours and clamped at the ends.
   std::map<int, double> bandwidth_gbps;
