@@ -4,14 +4,18 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "flexsp/actors/job_spec.hpp"
+#include "flexsp/kernels/model.hpp"
 #include "flexsp/scheduler/dataset.hpp"
 #include "flexsp/scheduler/planner.hpp"
 #include "flexsp/scheduler/synthetic.hpp"
@@ -220,6 +224,53 @@ void run_replay(common_args& a, const replay_args& r) {
   std::printf("lower bound total %.0f ms\n", lb_total);
 }
 
+// The memory model of a job spec: what a device holds for the model's states and per token of
+// a micro-batch (kernels::estimate_memory, the accounting the scheduler plans with), and the
+// longest sequence each SP degree fits within the limit.
+void print_memory_model(const std::string& spec_path, double limit_gb, bool json) {
+  std::ifstream in{spec_path};
+  if (!in) throw plan_failure{fmt::format("--job: cannot read {}", spec_path)};
+  std::stringstream text;
+  text << in.rdbuf();
+  const auto spec = unwrap(actors::parse_job_spec(text.str()), "--job");
+  const auto config = actors::kernel_config(spec.model);
+  if (limit_gb <= 0) limit_gb = spec.memory_limit_gb;
+  constexpr double kMiB = 1024.0 * 1024.0;
+  const double states = 16.0 * static_cast<double>(config.parameter_count());
+  nlohmann::json j{{"parameters", config.parameter_count()},
+                   {"sharding", "replicate"},
+                   {"model_states_mib", states / kMiB},
+                   {"memory_limit_gb", limit_gb},
+                   {"degrees", nlohmann::json::array()}};
+  if (!json) {
+    std::printf("model: %s, %lld layers x %lld, %lld heads (%lld K/V), %lld parameters\n",
+                std::string{kernels::to_string(config.family)}.c_str(), static_cast<long long>(config.layers),
+                static_cast<long long>(config.d_model), static_cast<long long>(config.heads),
+                static_cast<long long>(config.kv()), static_cast<long long>(config.parameter_count()));
+    std::printf("model states per device (fp32 parameters, gradients, two AdamW moments; replicated): %.1f MiB\n",
+                states / kMiB);
+    std::printf("memory limit per device: %s\n",
+                limit_gb > 0 ? fmt::format("{} GB", limit_gb).c_str() : "what the devices report (give --mem-limit-gb)");
+    std::printf("%6s %18s %12s %22s\n", "degree", "MiB per 1K tokens", "fixed MiB", "longest sequence (tokens)");
+  }
+  for (int degree : {1, 2, 4, 8, 16}) {
+    if (degree > 1 && degree > config.heads) break;
+    const auto m = kernels::estimate_memory(config, degree, 1);
+    const double per_rank_token = m.per_token / degree;
+    long long longest = -1;
+    if (limit_gb > 0)
+      longest = static_cast<long long>(std::max(0.0, (limit_gb * 1024.0 * kMiB - m.fixed) / per_rank_token));
+    j["degrees"].push_back({{"degree", degree},
+                            {"bytes_per_token", m.per_token},
+                            {"fixed_bytes", m.fixed},
+                            {"longest_sequence", longest}});
+    if (!json)
+      std::printf("%6d %18.2f %12.1f %22s\n", degree, 1024.0 * m.per_token / degree / kMiB, m.fixed / kMiB,
+                  longest < 0 ? "-" : std::to_string(longest).c_str());
+  }
+  if (json) std::printf("%s\n", j.dump(2).c_str());
+}
+
 }  // namespace
 
 void add_plan_commands(CLI::App& root) {
@@ -236,8 +287,16 @@ void add_plan_commands(CLI::App& root) {
     cmd->add_option("--batch-size", *batch, "sequences drawn with --synthetic")->check(CLI::PositiveNumber)->capture_default_str();
     cmd->add_option("--seed", *seed, "seed of --synthetic")->capture_default_str();
     cmd->add_option("--strategy", *strategy, "flexsp, milp (the paper's pipeline), static:D or batchada")->capture_default_str();
+    auto job = std::make_shared<std::string>();
+    cmd->add_option("--job", *job,
+                    "print the memory model of this job spec (model states, bytes per token and the longest "
+                    "sequence each SP degree fits within --mem-limit-gb or the spec's memory_limit_gb)");
     add_common(cmd, *a);
-    cmd->callback([a, lengths, synthetic, batch, seed, strategy]() {
+    cmd->callback([a, lengths, synthetic, batch, seed, strategy, job]() {
+      if (!job->empty()) {
+        print_memory_model(*job, a->mem_limit_gb, a->json);
+        return;
+      }
       run_plan(*a, *lengths, *synthetic, *batch, *seed, *strategy);
     });
   }

@@ -53,6 +53,27 @@ TEST(Cli, InfoReportsTheCudaBackendAsJson) {
   EXPECT_NE(r.output.find("\"cpu_devices\""), std::string::npos) << r.output;
 }
 
+TEST(Cli, PlanPrintsTheMemoryModelOfAJobSpec) {
+  const std::string spec = ::testing::TempDir() + "flexsp_plan_memory_spec.json";
+  {
+    FILE* f = std::fopen(spec.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(R"({"steps": 5, "model": {"preset": "llama-tiny", "max_seq": 4096}})", f);
+    std::fclose(f);
+  }
+  auto r = run("plan --job " + spec + " --mem-limit-gb 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"model_states_mib\""), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"longest_sequence\""), std::string::npos) << r.output;
+  auto text = run("plan --job " + spec + " --mem-limit-gb 1");
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_NE(text.output.find("longest sequence"), std::string::npos) << text.output;
+  auto missing = run("plan --job " + spec + ".absent");
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.output.find("cannot read"), std::string::npos) << missing.output;
+  std::remove(spec.c_str());
+}
+
 TEST(Cli, TrainRefusesGpuOnlyPrecisionsOnCpuDevicesAtOnce) {
   auto r = run("train --devices cpu:2 --steps 1 --attention bf16");
   EXPECT_EQ(r.exit_code, 2) << r.output;
