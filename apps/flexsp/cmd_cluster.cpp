@@ -30,6 +30,7 @@
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/embedded.hpp"
 #include "flexsp/actors/head.hpp"
+#include "flexsp/kernels/ops.hpp"
 #include "flexsp/actors/node.hpp"
 #include "flexsp/core/config.hpp"
 #include "flexsp/core/log.hpp"
@@ -483,6 +484,7 @@ void add_cluster_commands(CLI::App& root) {
     std::string devices = "auto";
     std::string bind = "127.0.0.1";
     std::string advertise;
+    double cpu_memory_gb = 0;
     common_flags common;
   };
   auto so = std::make_shared<start_opts>();
@@ -495,6 +497,10 @@ void add_cluster_commands(CLI::App& root) {
       ->capture_default_str();
   start->add_option("--bind", so->bind, "address to listen on (default loopback; 0.0.0.0 for every interface)")
       ->capture_default_str();
+  start->add_option("--cpu-memory-gb", so->cpu_memory_gb,
+                    "node: memory each CPU device may use, GB, for the planner's memory limit (default: this "
+                    "host's memory divided among the node's CPU devices)")
+      ->check(CLI::PositiveNumber);
   start->add_option("--advertise", so->advertise,
                     "node: address other processes use to reach this node (default: the bind address, or the "
                     "local address that reaches the head when binding 0.0.0.0)");
@@ -526,6 +532,10 @@ void add_cluster_commands(CLI::App& root) {
       throw CLI::ValidationError("start", "give exactly one of --head or --address HOST:PORT");
     if (so->head && start->count("--devices"))
       throw CLI::ValidationError("--devices", "devices belong to nodes; start a node with --address");
+    if (so->head && start->count("--cpu-memory-gb"))
+      throw CLI::ValidationError("--cpu-memory-gb", "devices belong to nodes; start a node with --address");
+    if (so->cpu_memory_gb > 0)
+      kernels::set_cpu_device_memory(static_cast<std::uint64_t>(so->cpu_memory_gb * 1024.0 * 1024.0 * 1024.0));
     if (so->head)
       run_head(so->common, so->port, so->bind);
     else

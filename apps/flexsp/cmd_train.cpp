@@ -33,6 +33,7 @@ struct train_flags {
   std::string config;
   std::string checkpoint_dir;
   std::uint32_t checkpoint_every = 0;
+  double memory_limit_gb = 0;
   bool no_calibrate = false;
   bool no_milp = false;
   std::string attention;
@@ -80,6 +81,7 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   }
   if (!f.checkpoint_dir.empty())
     spec_json["checkpoint"] = {{"dir", f.checkpoint_dir}, {"every", f.checkpoint_every}};
+  if (f.memory_limit_gb > 0) spec_json["memory_limit_gb"] = f.memory_limit_gb;
   auto spec = actors::parse_job_spec(spec_json.dump());
   if (!spec) {
     fmt::print(stderr, "flexsp train: invalid job: {}\n", spec.error().message());
@@ -208,6 +210,9 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--config", f->config, "job spec JSON (flags given on the command line win)");
   cmd->add_option("--checkpoint-dir", f->checkpoint_dir, "write checkpoints here (and resume from the latest)");
   cmd->add_option("--checkpoint-every", f->checkpoint_every, "checkpoint every K steps (0: at the end)");
+  cmd->add_option("--memory-limit-gb", f->memory_limit_gb,
+                  "memory per device the planner keeps every group under, GB (default: what the devices report)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--heartbeat-interval", f->heartbeat, "heartbeat interval of the embedded nodes")->capture_default_str();
   cmd->add_option("--failure-timeout", f->failure_timeout,
                   "heartbeat silence after which a node is lost (nodes in this process are lost only when their "

@@ -51,6 +51,7 @@ public:
     return track(p, bytes, &release);
   }
   std::uint64_t memory_capacity() const noexcept override {
+    if (const auto fixed = cpu_device_memory(); fixed > 0) return fixed;
     // The physical memory, shared by the CPU devices of this process (add_cpu_devices).
     const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
     if (pages <= 0 || page <= 0) return 0;

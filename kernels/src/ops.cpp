@@ -502,6 +502,13 @@ std::mutex g_devices_mutex;
 int g_cpu_devices = 0;
 }  // namespace
 
+namespace {
+std::atomic<std::uint64_t> g_cpu_device_memory{0};
+}  // namespace
+
+void set_cpu_device_memory(std::uint64_t bytes) noexcept { g_cpu_device_memory.store(bytes); }
+std::uint64_t cpu_device_memory() noexcept { return g_cpu_device_memory.load(); }
+
 int cpu_devices() noexcept {
   std::lock_guard lock{g_devices_mutex};
   return g_cpu_devices;

@@ -180,6 +180,10 @@ int cpu_math_threads() noexcept;
 int add_cpu_devices(int devices) noexcept;
 /// CPU devices add_cpu_devices() has counted in this process.
 int cpu_devices() noexcept;
+/// Memory each CPU device of this process may use, bytes (0, the default: the host's physical
+/// memory divided by cpu_devices()). A node's `--cpu-memory-gb`.
+void set_cpu_device_memory(std::uint64_t bytes) noexcept;
+std::uint64_t cpu_device_memory() noexcept;
 
 /// fp32 -> bf16 bits, rounding to nearest even (a NaN stays a NaN), and bf16 bits -> fp32 (exact).
 std::uint16_t to_bf16(float v) noexcept;
