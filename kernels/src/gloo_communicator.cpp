@@ -279,6 +279,19 @@ public:
     return {};
   }
 
+  // Gloo's options API has no reduce-scatter: the whole buffer is all-reduced (the same bits as
+  // all_reduce_sum) and each rank keeps its chunk, moving twice the bytes a ring reduce-scatter would.
+  expected<void> reduce_scatter_sum(std::span<const float> send, std::span<float> recv) override {
+    if (send.size() != recv.size() * static_cast<std::size_t>(size_))
+      return make_error(errc::invalid_argument, "reduce_scatter_sum: send {} != {} ranks x recv {}", send.size(),
+                        size_, recv.size());
+    std::vector<float> all(send.begin(), send.end());
+    FLEXSP_TRY(all_reduce_sum(all));
+    std::copy_n(all.begin() + static_cast<std::ptrdiff_t>(recv.size() * static_cast<std::size_t>(rank_)), recv.size(),
+                recv.begin());
+    return {};
+  }
+
   expected<void> all_gather(std::span<const float> send, std::span<float> recv) override {
     if (recv.size() != send.size() * static_cast<std::size_t>(size_))
       return make_error(errc::invalid_argument, "all_gather: recv {} != {} ranks x send {}", recv.size(), size_,

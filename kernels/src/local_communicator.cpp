@@ -31,6 +31,13 @@ public:
     std::copy(send.begin(), send.end(), recv.begin());
     return {};
   }
+  expected<void> reduce_scatter_sum(std::span<const float> send, std::span<float> recv) override {
+    FLEXSP_TRY(usable());
+    if (recv.size() != send.size())
+      return make_error(errc::invalid_argument, "reduce_scatter_sum: send {} != recv {}", send.size(), recv.size());
+    std::copy(send.begin(), send.end(), recv.begin());
+    return {};
+  }
   expected<void> broadcast(std::span<float>, int root) override {
     FLEXSP_TRY(usable());
     if (root != 0) return make_error(errc::invalid_argument, "broadcast root {} in a group of one", root);

@@ -126,6 +126,23 @@ public:
     });
   }
 
+  expected<void> reduce_scatter_sum(std::span<const float> send, std::span<float> recv) override {
+    if (send.size() != recv.size() * sz(g_->size))
+      return make_error(errc::invalid_argument, "reduce_scatter_sum: send holds {} floats, needs {} x {}", send.size(),
+                        g_->size, recv.size());
+    return run("reduce_scatter_sum", send.data(), send.size(), nullptr, false, [&](slot& s) -> expected<void> {
+      FLEXSP_TRY(same_sizes(s, send.size(), "reduce_scatter_sum"));
+      // This rank's chunk summed over every rank in rank order: all_reduce_sum's bits.
+      const std::size_t first = recv.size() * sz(rank_);
+      for (std::size_t i = 0; i < recv.size(); ++i) {
+        float sum = s.data[0][first + i];
+        for (std::size_t p = 1; p < s.data.size(); ++p) sum += s.data[p][first + i];
+        recv[i] = sum;
+      }
+      return {};
+    });
+  }
+
   expected<void> broadcast(std::span<float> data, int root) override {
     if (root < 0 || root >= g_->size)
       return make_error(errc::invalid_argument, "broadcast: root {} outside [0, {})", root, g_->size);

@@ -173,6 +173,16 @@ TEST_F(NcclRanks, EveryCollectiveMatchesItsDefinitionOnDeviceAndHostBuffers) {
     ASSERT_TRUE(c.all_gather(part, all));
     for (int p = 0; p < n; ++p)
       for (int i = 0; i < 37; ++i) ASSERT_EQ(all[static_cast<std::size_t>(p * 37 + i)], static_cast<float>(p * 100 + i));
+    // reduce-scatter, device buffers: rank r gets chunk r of the sum
+    std::vector<float> whole(29 * static_cast<std::size_t>(n)), chunk(29);
+    for (std::size_t i = 0; i < whole.size(); ++i) whole[i] = static_cast<float>(r * 1000 + static_cast<int>(i));
+    auto dwhole = on_device(dev, whole);
+    auto dchunk = on_device(dev, chunk);
+    ASSERT_TRUE(c.reduce_scatter_sum({dwhole.as<float>(), whole.size()}, {dchunk.as<float>(), chunk.size()}));
+    const auto mine = back(dev, dchunk, chunk.size());
+    for (int i = 0; i < 29; ++i)
+      ASSERT_EQ(mine[static_cast<std::size_t>(i)], static_cast<float>(n * (r * 29 + i) + 1000 * n * (n - 1) / 2))
+          << "rank " << r << " i " << i;
     // broadcast from the last rank, device buffer
     std::vector<float> b(513, static_cast<float>(r));
     auto db = on_device(dev, b);

@@ -309,6 +309,22 @@ ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataT
   });
 }
 
+ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
+                               ncclComm_t comm, cudaStream_t stream) {
+  if (auto r = check(comm, type); r != ncclSuccess) return r;
+  if (op != ncclSum) return fail(ncclInvalidArgument, "the emulation supports sums only");
+  const std::size_t first = count * static_cast<std::size_t>(comm->rank);
+  return comm->collective(stream, send, count * static_cast<std::size_t>(comm->g->n) * sizeof(float),
+                          [recv, count, first](const auto& all) {
+                            auto* out = static_cast<float*>(recv);
+                            for (std::size_t i = 0; i < count; ++i) {
+                              float s = 0;
+                              for (const auto& d : all) s += reinterpret_cast<const float*>(d.data())[first + i];
+                              out[i] = s;
+                            }
+                          });
+}
+
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t type, int root, ncclComm_t comm,
                            cudaStream_t stream) {
   if (auto r = check(comm, type); r != ncclSuccess) return r;

@@ -101,6 +101,7 @@ expected<nccl_api> do_load_nccl() {
   resolve(lib.handle, "ncclGetLastError", api.get_last_error, missing);
   resolve(lib.handle, "ncclAllReduce", api.all_reduce, missing);
   resolve(lib.handle, "ncclAllGather", api.all_gather, missing);
+  resolve(lib.handle, "ncclReduceScatter", api.reduce_scatter, missing);
   resolve(lib.handle, "ncclBroadcast", api.broadcast, missing);
   resolve(lib.handle, "ncclSend", api.send, missing);
   resolve(lib.handle, "ncclRecv", api.recv, missing);

@@ -110,6 +110,16 @@ public:
     });
   }
 
+  expected<void> reduce_scatter_sum(std::span<const float> send, std::span<float> recv) override {
+    if (send.size() != recv.size() * sz(size_))
+      return make_error(errc::invalid_argument, "reduce_scatter_sum: send holds {} floats, needs {} x {}", send.size(),
+                        size_, recv.size());
+    return collective(send, recv, "reduce_scatter_sum", [&](const float* s, float* r) -> expected<void> {
+      FLEXSP_NCCL_CHECK(api_->reduce_scatter(s, r, recv.size(), ncclFloat, ncclSum, comm_, stream_.get()));
+      return {};
+    });
+  }
+
   expected<void> broadcast(std::span<float> data, int root) override {
     if (root < 0 || root >= size_)
       return make_error(errc::invalid_argument, "broadcast: root {} outside [0, {})", root, size_);

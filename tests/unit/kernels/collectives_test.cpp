@@ -62,6 +62,9 @@ TEST(LocalCommunicator, CopiesAndFailsAfterAbort) {
   EXPECT_EQ(a, b);
   ASSERT_TRUE(c->all_reduce_sum(a));
   EXPECT_EQ(a[1], 2.0f);
+  std::vector<float> shard(2);
+  ASSERT_TRUE(c->reduce_scatter_sum(a, shard));
+  EXPECT_EQ(shard, a);
   c->abort();
   EXPECT_TRUE(c->poisoned());
   EXPECT_EQ(c->barrier().error().kind(), errc::cancelled);
@@ -142,6 +145,24 @@ TEST_P(Communicator, AllReduceSumsExactlyForEveryGroupSize) {
       ASSERT_TRUE(c.all_reduce_sum(v)) << n;
       for (std::size_t i = 0; i < v.size(); i += 97)
         EXPECT_EQ(v[i], static_cast<float>(1000 * n * (n - 1) / 2 + n * static_cast<int>(i))) << "size " << n;
+    });
+}
+
+// Each rank's chunk of the sum, bit for bit what all_reduce_sum gives for it, for uneven
+// values and group sizes 2..5; a buffer that is not size() chunks is refused.
+TEST_P(Communicator, ReduceScatterGivesEachRankItsChunkOfTheAllReduce) {
+  for (int n = 2; n <= 5; ++n)
+    run_group(n, "rs" + std::to_string(n), [n](communicator& c, int r) {
+      const std::size_t chunk = 101;
+      std::vector<float> send(chunk * static_cast<std::size_t>(n)), mine(chunk);
+      for (std::size_t i = 0; i < send.size(); ++i) send[i] = 1.0f / static_cast<float>(1 + i + 7 * static_cast<std::size_t>(r));
+      ASSERT_TRUE(c.reduce_scatter_sum(send, mine)) << n;
+      std::vector<float> all = send;
+      ASSERT_TRUE(c.all_reduce_sum(all));
+      for (std::size_t i = 0; i < chunk; ++i)
+        ASSERT_EQ(mine[i], all[static_cast<std::size_t>(r) * chunk + i]) << "size " << n << " rank " << r << " i " << i;
+      std::vector<float> wrong(chunk + 1);
+      EXPECT_EQ(c.reduce_scatter_sum(send, wrong).error().kind(), errc::invalid_argument);
     });
 }
 

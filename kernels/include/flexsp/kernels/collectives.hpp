@@ -52,6 +52,12 @@ public:
   /// recv.size() == size() * send.size().
   [[nodiscard]] virtual expected<void> all_gather(std::span<const float> send, std::span<float> recv) = 0;
 
+  /// The sum over all ranks of chunk `rank()` of `send`: send.size() == size() * recv.size()
+  /// (the same on all ranks), and rank r receives sum_p send_p[r * n, (r + 1) * n). Every rank
+  /// gets the same bits it would from all_reduce_sum on the whole buffer (the sharded gradient
+  /// reduction of ZeRO-style sharding).
+  [[nodiscard]] virtual expected<void> reduce_scatter_sum(std::span<const float> send, std::span<float> recv) = 0;
+
   /// Copies `data` of rank `root` into `data` of every rank (same size on all ranks).
   [[nodiscard]] virtual expected<void> broadcast(std::span<float> data, int root) = 0;
 
