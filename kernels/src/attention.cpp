@@ -156,19 +156,42 @@ void run(const forward_args& a, std::span<float> ws) {
                [&](std::size_t i, std::size_t t) { forward_tile(a, kv, items[i], scratch + t * per_thread); });
 }
 
-// TODO(perf): with fewer (sequence, head) items than threads (an SP rank holding one head of
-// one long sequence) backward runs on one thread; splitting query tiles would need per-thread
-// dK/dV partials and give up thread-count-independent results.
 void run(const backward_args& a, std::span<float> ws) {
   FLEXSP_EXPECTS(static_cast<std::int64_t>(ws.size()) >= workspace_size(a), "attention workspace {} < {}", ws.size(),
                  workspace_size(a));
-  std::vector<tile_item> items;
+  const int threads = resolve_threads(a.threads);
+  // One item per (sequence, head) when the work balances over the threads; a head whose share
+  // is more than one thread's (a long sequence of an SP rank holding few heads) is split into
+  // key-tile items (its dK, dV) and query-tile items (its dQ), which recompute P and dS but give
+  // the same bits.
+  enum class kind : std::uint8_t { head, keys, queries };
+  struct item {
+    kind k;
+    std::int64_t base, len, head, tile;
+    double cost;
+  };
+  double total = 0;
+  for (std::size_t s = 0; s + 1 < a.cu_seqlens.size(); ++s) {
+    const auto len = static_cast<double>(a.cu_seqlens[s + 1] - a.cu_seqlens[s]);
+    total += len * len * static_cast<double>(a.heads);
+  }
+  std::vector<item> items;
   for (std::size_t s = 0; s + 1 < a.cu_seqlens.size(); ++s) {
     const std::int64_t base = a.cu_seqlens[s], len = a.cu_seqlens[s + 1] - base;
-    for (std::int64_t h = 0; h < a.heads; ++h) items.push_back({base, len, h, 0, len});
+    const double whole = static_cast<double>(len) * static_cast<double>(len);
+    const bool split = threads > 1 && len > kTileQ && whole * threads > total;
+    for (std::int64_t h = 0; h < a.heads; ++h) {
+      if (!split) {
+        items.push_back({kind::head, base, len, h, 0, whole});
+        continue;
+      }
+      for (std::int64_t t = 0; t < len; t += kTileQ) {
+        items.push_back({kind::keys, base, len, h, t, 4.0 / 5.0 * static_cast<double>(len - t) * kTileQ});
+        items.push_back({kind::queries, base, len, h, t, 3.0 / 5.0 * static_cast<double>(t + kTileQ) * kTileQ});
+      }
+    }
   }
-  std::sort(items.begin(), items.end(), [](const tile_item& x, const tile_item& y) { return x.cost > y.cost; });
-  const int threads = resolve_threads(a.threads);
+  std::stable_sort(items.begin(), items.end(), [](const item& x, const item& y) { return x.cost > y.cost; });
   const std::int64_t N = a.cu_seqlens.back(), hm = head_major_floats(a.cu_seqlens, a.heads, a.head_dim);
   float* w = ws.data();
   detail::head_major kv{w, w + hm, w + 2 * hm, w + 3 * hm, N, a.head_dim};
@@ -177,9 +200,15 @@ void run(const backward_args& a, std::span<float> ws) {
   std::fill(w + 2 * hm, w + 4 * hm, 0.0f);
   float* scratch = w + 4 * hm;
   const auto per_thread = detail::backward_scratch(a.head_dim);
-  const auto backward_head = kernels_for(a.variant).backward_head;
+  const auto& k = kernels_for(a.variant);
   parallel_for(items.size(), threads, [&](std::size_t i, std::size_t t) {
-    backward_head(a, kv, items[i].base, items[i].len, items[i].head, scratch + t * per_thread);
+    const auto& it = items[i];
+    float* mine = scratch + t * per_thread;
+    switch (it.k) {
+      case kind::head: k.backward_head(a, kv, it.base, it.len, it.head, mine); break;
+      case kind::keys: k.backward_key_tile(a, kv, it.base, it.len, it.head, it.tile, mine); break;
+      case kind::queries: k.backward_query_tile(a, kv, it.base, it.len, it.head, it.tile, mine); break;
+    }
   });
   reorder(kv.dk, a.dk, N, a.heads, a.head_dim, threads, true);
   reorder(kv.dv, a.dv, N, a.heads, a.head_dim, threads, true);

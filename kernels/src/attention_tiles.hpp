@@ -41,6 +41,13 @@ struct tile_kernels {
   /// Writes dq of one head of one whole sequence and adds its dK and dV into kv.dk and kv.dv.
   void (*backward_head)(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len,
                         std::int64_t head, float* scratch);
+  /// The same work split for a head too long for one thread: dK and dV of key tile `tile`
+  /// (every query tile at or after it), or dq of query tile `tile` (every key tile up to it).
+  /// P and dS are computed twice (7 tile products instead of 5); the bits are backward_head's.
+  void (*backward_key_tile)(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len,
+                            std::int64_t head, std::int64_t tile, float* scratch);
+  void (*backward_query_tile)(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len,
+                              std::int64_t head, std::int64_t tile, float* scratch);
 };
 
 /// The widest variant this CPU runs (AVX-512, AVX2+FMA, or the baseline build). Results differ

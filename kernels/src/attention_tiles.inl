@@ -313,59 +313,103 @@ void pack_rows(const float* rows, std::int64_t ld, std::int64_t n, std::int64_t 
     std::memcpy(dst + i * dh, rows + i * ld, static_cast<std::size_t>(dh) * sizeof(float));
 }
 
-void backward_head(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len, std::int64_t h,
-                   float* ws) {
+// Query tile i0 of head h: its Q and dO rows packed and transposed (Q scaled into base-2
+// scores), D = rowsum(dO * O) and the base-2 lse. Returns the tile's rows.
+std::int64_t load_query_tile(const backward_args& a, const backward_scratch_layout& s, std::int64_t base,
+                             std::int64_t len, std::int64_t h, std::int64_t i0) {
   const std::int64_t H = a.heads, Dh = a.head_dim, ld = H * Dh;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  const auto s = backward_layout(ws, Dh);
-  for (std::int64_t i0 = 0; i0 < len; i0 += T) {
-    const std::int64_t bq = std::min(T, len - i0);
-    const std::int64_t qoff = (base + i0) * ld + h * Dh;
-    pack_rows(a.q + qoff, ld, bq, Dh, s.qp);
-    pack_rows(a.dout + qoff, ld, bq, Dh, s.dop);
-    transpose_tile(s.qp, Dh, bq, Dh, scale * kLog2e, s.qt);
-    transpose_tile(s.dop, Dh, bq, Dh, 1.0f, s.dot);
-    std::fill_n(s.dq, bq * Dh, 0.0f);
-    std::fill_n(s.delta, T, 0.0f);
-    std::fill_n(s.lse, T, 0.0f);
-    for (std::int64_t r = 0; r < bq; ++r) {
-      const float* o = a.out + qoff + r * ld;
-      const float* g = s.dop + r * Dh;
-      float d = 0.0f;
-      for (std::int64_t e = 0; e < Dh; ++e) d += o[e] * g[e];
-      s.delta[r] = d;
-      s.lse[r] = a.lse[(base + i0 + r) * H + h] * kLog2e;
-    }
-    for (std::int64_t j0 = 0; j0 < i0 + bq; j0 += T) {
-      const std::int64_t bk = std::min(T, len - j0);
-      const std::int64_t koff = kv.at(h, base + j0);
-      score_tile(kv.k + koff, Dh, bk, s.qt, Dh, s.p);
-      if (j0 + bk - 1 > i0)
-        probabilities<true>(s.p, bk, i0, j0, s.lse);
-      else
-        probabilities<false>(s.p, bk, i0, j0, s.lse);
-      // dV[j] += sum_i P^T[j][i] dO[i]
-      accumulate(bk, bq, s.p, T, 1, s.dop, Dh, kv.dv + koff, Dh, Dh);
-      // dP^T[j][i] = V[j] . dO[i]; dS^T = scale * P^T * (dP^T - D), stored over dP^T
-      score_tile(kv.v + koff, Dh, bk, s.dot, Dh, s.ds);
-      for (std::int64_t j = 0; j < bk; ++j)
-        for (int c = 0; c < NV; ++c) {
-          const vf p = load(s.p + j * T + c * W);
-          const vf dp = load(s.ds + j * T + c * W);
-          store(s.ds + j * T + c * W, (p * (dp - load(s.delta + c * W))) * scale);
-        }
-      // dQ[i] += sum_j dS^T[j][i] K[j]; dK[j] += sum_i dS^T[j][i] Q[i]
-      accumulate(bq, bk, s.ds, 1, T, kv.k + koff, Dh, s.dq, Dh, Dh);
-      accumulate(bk, bq, s.ds, T, 1, s.qp, Dh, kv.dk + koff, Dh, Dh);
-    }
-    for (std::int64_t r = 0; r < bq; ++r)
-      std::memcpy(a.dq + qoff + r * ld, s.dq + r * Dh, static_cast<std::size_t>(Dh) * sizeof(float));
+  const std::int64_t bq = std::min(T, len - i0);
+  const std::int64_t qoff = (base + i0) * ld + h * Dh;
+  pack_rows(a.q + qoff, ld, bq, Dh, s.qp);
+  pack_rows(a.dout + qoff, ld, bq, Dh, s.dop);
+  transpose_tile(s.qp, Dh, bq, Dh, scale * kLog2e, s.qt);
+  transpose_tile(s.dop, Dh, bq, Dh, 1.0f, s.dot);
+  std::fill_n(s.delta, T, 0.0f);
+  std::fill_n(s.lse, T, 0.0f);
+  for (std::int64_t r = 0; r < bq; ++r) {
+    const float* o = a.out + qoff + r * ld;
+    const float* g = s.dop + r * Dh;
+    float d = 0.0f;
+    for (std::int64_t e = 0; e < Dh; ++e) d += o[e] * g[e];
+    s.delta[r] = d;
+    s.lse[r] = a.lse[(base + i0 + r) * H + h] * kLog2e;
   }
+  return bq;
+}
+
+// One (query tile i0, key tile j0) pair of the backward pass: P and dS recomputed, then dV and
+// dK of the key tile (into kv) and/or dQ of the query tile (into s.dq). Every way of running
+// the pass calls this with the same arguments, so the bits do not depend on how the work was
+// split: dK and dV take their query tiles in ascending order, dQ its key tiles.
+void tile_pair(const backward_args& a, const head_major& kv, const backward_scratch_layout& s, std::int64_t base,
+               std::int64_t len, std::int64_t h, std::int64_t i0, std::int64_t bq, std::int64_t j0, bool key_grads,
+               bool query_grads) {
+  const std::int64_t Dh = a.head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  const std::int64_t bk = std::min(T, len - j0);
+  const std::int64_t koff = kv.at(h, base + j0);
+  score_tile(kv.k + koff, Dh, bk, s.qt, Dh, s.p);
+  if (j0 + bk - 1 > i0)
+    probabilities<true>(s.p, bk, i0, j0, s.lse);
+  else
+    probabilities<false>(s.p, bk, i0, j0, s.lse);
+  // dV[j] += sum_i P^T[j][i] dO[i]
+  if (key_grads) accumulate(bk, bq, s.p, T, 1, s.dop, Dh, kv.dv + koff, Dh, Dh);
+  // dP^T[j][i] = V[j] . dO[i]; dS^T = scale * P^T * (dP^T - D), stored over dP^T
+  score_tile(kv.v + koff, Dh, bk, s.dot, Dh, s.ds);
+  for (std::int64_t j = 0; j < bk; ++j)
+    for (int c = 0; c < NV; ++c) {
+      const vf p = load(s.p + j * T + c * W);
+      const vf dp = load(s.ds + j * T + c * W);
+      store(s.ds + j * T + c * W, (p * (dp - load(s.delta + c * W))) * scale);
+    }
+  // dQ[i] += sum_j dS^T[j][i] K[j]; dK[j] += sum_i dS^T[j][i] Q[i]
+  if (query_grads) accumulate(bq, bk, s.ds, 1, T, kv.k + koff, Dh, s.dq, Dh, Dh);
+  if (key_grads) accumulate(bk, bq, s.ds, T, 1, s.qp, Dh, kv.dk + koff, Dh, Dh);
+}
+
+void store_dq(const backward_args& a, const backward_scratch_layout& s, std::int64_t base, std::int64_t h,
+              std::int64_t i0, std::int64_t bq) {
+  const std::int64_t ld = a.heads * a.head_dim;
+  for (std::int64_t r = 0; r < bq; ++r)
+    std::memcpy(a.dq + (base + i0 + r) * ld + h * a.head_dim, s.dq + r * a.head_dim,
+                static_cast<std::size_t>(a.head_dim) * sizeof(float));
+}
+
+void backward_head(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len, std::int64_t h,
+                   float* ws) {
+  const auto s = backward_layout(ws, a.head_dim);
+  for (std::int64_t i0 = 0; i0 < len; i0 += T) {
+    const std::int64_t bq = load_query_tile(a, s, base, len, h, i0);
+    std::fill_n(s.dq, bq * a.head_dim, 0.0f);
+    for (std::int64_t j0 = 0; j0 < i0 + bq; j0 += T) tile_pair(a, kv, s, base, len, h, i0, bq, j0, true, true);
+    store_dq(a, s, base, h, i0, bq);
+  }
+}
+
+void backward_key_tile(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len,
+                       std::int64_t h, std::int64_t j0, float* ws) {
+  const auto s = backward_layout(ws, a.head_dim);
+  for (std::int64_t i0 = j0; i0 < len; i0 += T) {  // the query tiles that see key tile j0
+    const std::int64_t bq = load_query_tile(a, s, base, len, h, i0);
+    tile_pair(a, kv, s, base, len, h, i0, bq, j0, true, false);
+  }
+}
+
+void backward_query_tile(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len,
+                         std::int64_t h, std::int64_t i0, float* ws) {
+  const auto s = backward_layout(ws, a.head_dim);
+  const std::int64_t bq = load_query_tile(a, s, base, len, h, i0);
+  std::fill_n(s.dq, bq * a.head_dim, 0.0f);
+  for (std::int64_t j0 = 0; j0 < i0 + bq; j0 += T) tile_pair(a, kv, s, base, len, h, i0, bq, j0, false, true);
+  store_dq(a, s, base, h, i0, bq);
 }
 
 }  // namespace
 
 extern const tile_kernels kernels;
-const tile_kernels kernels{FLEXSP_ATTENTION_ISA_NAME, &forward_tile, &backward_head};
+const tile_kernels kernels{FLEXSP_ATTENTION_ISA_NAME, &forward_tile, &backward_head, &backward_key_tile,
+                           &backward_query_tile};
 
 }  // namespace flexsp::kernels::attention::detail::FLEXSP_ATTENTION_ISA
