@@ -185,10 +185,11 @@ void run(const backward_args& a, std::span<float> ws) {
         items.push_back({kind::head, base, len, h, 0, whole});
         continue;
       }
-      for (std::int64_t t = 0; t < len; t += kTileQ) {
-        items.push_back({kind::keys, base, len, h, t, 4.0 / 5.0 * static_cast<double>(len - t) * kTileQ});
+      constexpr std::int64_t block = detail::kKeyTilesPerItem * kTileK;
+      for (std::int64_t t = 0; t < len; t += block)
+        items.push_back({kind::keys, base, len, h, t, 4.0 / 5.0 * static_cast<double>(len - t) * block});
+      for (std::int64_t t = 0; t < len; t += kTileQ)
         items.push_back({kind::queries, base, len, h, t, 3.0 / 5.0 * static_cast<double>(t + kTileQ) * kTileQ});
-      }
     }
   }
   std::stable_sort(items.begin(), items.end(), [](const item& x, const item& y) { return x.cost > y.cost; });

@@ -16,6 +16,9 @@ struct tile_item {
   std::int64_t cost;
 };
 
+/// Key tiles per backward_key_tile item.
+inline constexpr std::int64_t kKeyTilesPerItem = 4;
+
 /// Scratch floats per worker thread.
 std::int64_t forward_scratch(std::int64_t head_dim);
 std::int64_t backward_scratch(std::int64_t head_dim);
@@ -41,8 +44,9 @@ struct tile_kernels {
   /// Writes dq of one head of one whole sequence and adds its dK and dV into kv.dk and kv.dv.
   void (*backward_head)(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len,
                         std::int64_t head, float* scratch);
-  /// The same work split for a head too long for one thread: dK and dV of key tile `tile`
-  /// (every query tile at or after it), or dq of query tile `tile` (every key tile up to it).
+  /// The same work split for a head too long for one thread: dK and dV of the
+  /// kKeyTilesPerItem key tiles from row `tile` (every query tile that sees them), or dq of
+  /// query tile `tile` (every key tile up to it).
   /// P and dS are computed twice (7 tile products instead of 5); the bits are backward_head's.
   void (*backward_key_tile)(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len,
                             std::int64_t head, std::int64_t tile, float* scratch);

@@ -388,12 +388,16 @@ void backward_head(const backward_args& a, const head_major& kv, std::int64_t ba
   }
 }
 
+// Key tiles [first, first + kKeyTilesPerItem * T): each query tile that sees them is loaded
+// once for the whole block.
 void backward_key_tile(const backward_args& a, const head_major& kv, std::int64_t base, std::int64_t len,
-                       std::int64_t h, std::int64_t j0, float* ws) {
+                       std::int64_t h, std::int64_t first, float* ws) {
   const auto s = backward_layout(ws, a.head_dim);
-  for (std::int64_t i0 = j0; i0 < len; i0 += T) {  // the query tiles that see key tile j0
+  const std::int64_t last = std::min(len, first + kKeyTilesPerItem * T);
+  for (std::int64_t i0 = first; i0 < len; i0 += T) {
     const std::int64_t bq = load_query_tile(a, s, base, len, h, i0);
-    tile_pair(a, kv, s, base, len, h, i0, bq, j0, true, false);
+    for (std::int64_t j0 = first; j0 < last && j0 < i0 + bq; j0 += T)
+      tile_pair(a, kv, s, base, len, h, i0, bq, j0, true, false);
   }
 }
 
