@@ -96,7 +96,7 @@ struct DeviceState {
   jobId @4 :Text;
   tag @5 :UInt64;
   error @6 :Text;                 # empty on success
-  memoryCapacity @7 :UInt64;      # bytes the device may use (GPU total; host memory / CPU devices)
+  memoryCapacity @7 :UInt64;      # bytes the device may use (GPU: its allocations + free; host memory / CPU devices)
 }
 
 # One micro-batch as seen by one device: its group (empty: idle in this micro-batch) and the

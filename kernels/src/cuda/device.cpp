@@ -117,7 +117,9 @@ public:
       ::cudaGetLastError();
       return 0;
     }
-    return total;
+    // What this device could hold: its own allocations plus what is free now (other processes
+    // may use the GPU too), never more than the GPU has.
+    return std::min<std::uint64_t>(total, free_bytes + memory().in_use);
   }
 
   expected<void> copy_to_device(void* dst, const void* src, std::size_t bytes) override {

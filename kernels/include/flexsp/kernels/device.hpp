@@ -197,8 +197,9 @@ public:
   /// Uninitialised device memory. errc::overloaded when the device is out of memory.
   virtual expected<buffer> allocate(std::size_t bytes) = 0;
   /// Bytes allocate() handed out (tensors, scratch; not a library's own buffers), their
-  /// high-water mark, and the device's memory: the GPU's total, or the host's physical memory
-  /// shared by the CPU devices of this process.
+  /// high-water mark, and the memory the device may use: on a GPU its own allocations plus the
+  /// memory free now (at most the GPU's total); on the host the physical memory shared by the
+  /// CPU devices of this process (or set_cpu_device_memory's figure).
   memory_stats memory() const noexcept { return {ledger_->in_use(), ledger_->peak(), memory_capacity()}; }
   void reset_peak_memory() noexcept { ledger_->reset_peak(); }
   /// Host -> device; returns once `src` may be reused.
