@@ -119,7 +119,7 @@ public:
     }
     // What this device could hold: its own allocations plus what is free now (other processes
     // may use the GPU too), never more than the GPU has.
-    return std::min<std::uint64_t>(total, free_bytes + memory().in_use);
+    return std::min<std::uint64_t>(total, free_bytes + allocated_bytes());
   }
 
   expected<void> copy_to_device(void* dst, const void* src, std::size_t bytes) override {

@@ -328,6 +328,8 @@ protected:
   }
   /// memory_stats::capacity.
   virtual std::uint64_t memory_capacity() const noexcept { return 0; }
+  /// Bytes of this device's allocations alive now (memory_stats::in_use).
+  std::uint64_t allocated_bytes() const noexcept { return ledger_->in_use(); }
 
 private:
   std::shared_ptr<memory_ledger> ledger_ = std::make_shared<memory_ledger>();
