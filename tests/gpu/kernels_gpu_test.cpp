@@ -87,6 +87,24 @@ protected:
     ASSERT_TRUE(ok_) << #expr ": " << ok_.error().to_string(); \
   } while (0)
 
+// The device's ledger counts what allocate() hands out, and its capacity is what the GPU could
+// hold for it: its own allocations plus the free memory, at least what is allocated.
+TEST_F(GpuKernels, MemoryLedgerCountsAllocationsAndTheCapacityCoversThem) {
+  const auto before = dev_->memory();
+  {
+    auto a = dev_->allocate(1 << 20);
+    ASSERT_TRUE(a) << a.error().to_string();
+    const auto during = dev_->memory();
+    EXPECT_EQ(during.in_use, before.in_use + (1u << 20));
+    EXPECT_GE(during.peak, during.in_use);
+    EXPECT_GE(during.capacity, during.in_use);
+    EXPECT_GT(during.capacity, 0u);
+  }
+  EXPECT_EQ(dev_->memory().in_use, before.in_use);
+  dev_->reset_peak_memory();
+  EXPECT_EQ(dev_->memory().peak, before.in_use);
+}
+
 TEST_F(GpuKernels, EmbeddingForwardAndBackwardMatchTheCpu) {
   const std::int64_t n = 77, d = 45, vocab = 31, max_pos = 50;
   const auto tokens = random_ids(n, vocab, 1), positions = random_ids(n, max_pos, 2);
