@@ -265,6 +265,23 @@ TEST(MemoryModel, FootprintMatchesTheDeviceLedgerByteForByte) {
     }
 }
 
+// A host device's capacity is the host's memory shared by the CPU devices of the process,
+// unless a node set a figure per device (flexsp start --cpu-memory-gb).
+TEST(MemoryModel, HostCapacityIsSharedOrSetPerDevice) {
+  auto dev = std::shared_ptr<device>{make_host_device()};
+  const auto shared = dev->memory().capacity;
+  EXPECT_GT(shared, 0u);
+  set_cpu_device_memory(3ull << 30);
+  EXPECT_EQ(dev->memory().capacity, 3ull << 30);
+  set_cpu_device_memory(0);
+  EXPECT_EQ(dev->memory().capacity, shared);
+  auto b = dev->allocate(1000).value();
+  EXPECT_EQ(dev->memory().in_use, 1000u);
+  b.reset();
+  EXPECT_EQ(dev->memory().in_use, 0u);
+  EXPECT_EQ(dev->memory().peak, 1000u);
+}
+
 // The planner's linear model (fixed + per_token * tokens / degree) against the exact
 // footprint of long sequences: within 5%.
 TEST(MemoryModel, PlannerEstimateIsWithinFivePercentOfTheFootprint) {
