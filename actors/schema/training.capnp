@@ -140,6 +140,7 @@ struct GradReady {
   computeMs @6 :Float64;
   commMs @7 :Float64;             # gradient all-reduce and state sync
   groups @8 :List(GroupTiming);
+  peakMemory @9 :UInt64;          # the device's allocations at their highest in this attempt, bytes
 }
 
 # Tell (device -> scheduler): the attempt failed on this device.

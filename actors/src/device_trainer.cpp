@@ -314,8 +314,9 @@ void device_trainer::handle(step_plan m) {
     };
     auto run = [&]() -> expected<grad_ready> {
       auto cache = j->cache_for(m.comm_epoch);
-      grad_ready out{m.job_id, m.step, m.attempt, me, 0, 0, 0, 0, {}};
+      grad_ready out{m.job_id, m.step, m.attempt, me, 0, 0, 0, 0, {}, 0};
       auto& st = *j->state;
+      st.reset_peak_memory();
       const std::vector<int> world{m.world.begin(), m.world.end()};
       std::shared_ptr<kernels::communicator> world_comm;
       const auto t_sync = Clock::now();
@@ -374,6 +375,7 @@ void device_trainer::handle(step_plan m) {
         j->ready_attempt = m.attempt;
       }
       out.loss_sum = loss_sum;
+      out.peak_memory = st.peak_memory();
       return out;
     };
     auto r = run();

@@ -19,6 +19,7 @@ std::string step_metrics::to_json() const {
                    {"milp_solves", milp_solves}, {"milp_gap", milp_gap},
                    {"predicted_ms", predicted_ms}, {"step_ms", step_ms}, {"compute_ms", compute_ms},
                    {"comm_ms", comm_ms},   {"overhead_ms", overhead_ms}, {"group_error", group_error},
+                   {"peak_memory_mb", peak_memory_mb}, {"predicted_memory_mb", predicted_memory_mb},
                    {"retried", retried},   {"recovery_ms", recovery_ms}, {"committed_at_ms", committed_at_ms},
                    {"state_checksum", state_checksum}};
   auto& g = j["groups"] = nlohmann::json::array();
@@ -866,6 +867,7 @@ void job_controller::committed() {
     m.compute_ms = std::max(m.compute_ms, r.compute_ms);
     m.comm_ms = std::max(m.comm_ms, r.comm_ms);
     worst_device = std::max(worst_device, r.compute_ms + r.comm_ms);
+    m.peak_memory_mb = std::max(m.peak_memory_mb, static_cast<double>(r.peak_memory) / (1024.0 * 1024.0));
   }
   m.overhead_ms = std::max(0.0, m.step_ms - worst_device);
   double err = 0;
@@ -881,6 +883,7 @@ void job_controller::committed() {
           if (t.micro_batch == mbi) measured = std::max(measured, t.compute_ms);
       }
       m.groups.push_back({static_cast<std::uint32_t>(mbi), g.degree, g.predicted_ms, measured});
+      m.predicted_memory_mb = std::max(m.predicted_memory_mb, g.memory_mb);
       if (measured > 0) {
         err += std::abs(g.predicted_ms - measured) / measured;
         ++groups;

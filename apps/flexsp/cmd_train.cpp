@@ -127,6 +127,7 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   std::fflush(stdout);
   std::uint64_t milp_solves = 0;
   double sum_step = 0, sum_solve = 0, sum_overhead = 0, sum_err = 0, sum_pred = 0;
+  double peak_memory_mb = 0, predicted_memory_mb = 0;
   std::uint64_t tokens = 0, steps = 0, retried = 0;
   auto on_metrics = [&](const actors::step_metrics& m) {
     if (metrics_out) {
@@ -147,6 +148,8 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     sum_overhead += m.overhead_ms;
     sum_err += m.group_error;
     sum_pred += m.predicted_ms;
+    peak_memory_mb = std::max(peak_memory_mb, m.peak_memory_mb);
+    predicted_memory_mb = std::max(predicted_memory_mb, m.predicted_memory_mb);
     tokens += m.tokens;
     retried += m.retried;
     ++steps;
@@ -176,6 +179,8 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     fmt::print("  loss {:.3f} -> {:.3f}\n", final.first_loss, final.last_loss);
     fmt::print("  mean step {:.0f} ms (predicted {:.0f} ms, mean group error {:.1f}%), {:.0f} tokens/s\n", sum_step / n,
                sum_pred / n, 100 * sum_err / n, static_cast<double>(tokens) / (sum_step / 1000.0));
+    fmt::print("  device memory at its highest {:.1f} MiB (the planner's largest group: {:.1f} MiB per device)\n",
+               peak_memory_mb, predicted_memory_mb);
     fmt::print("  planner {:.1f} ms per batch (hidden behind the previous step), {} CBC MILP solves in all; scheduler "
                "overhead {:.1f}% of step time\n",
                sum_solve / n, milp_solves, 100 * sum_overhead / std::max(1e-9, sum_step));

@@ -67,6 +67,8 @@ struct step_metrics {
   double comm_ms = 0;                 ///< max over devices of gradient all-reduce and state sync
   double overhead_ms = 0;             ///< scheduler time on the critical path (planning not hidden, messaging, commit)
   double group_error = 0;             ///< mean |predicted - measured| / measured over the step's groups
+  double peak_memory_mb = 0;          ///< max over devices of their allocations at their highest (MiB)
+  double predicted_memory_mb = 0;     ///< max over the plan's groups of the planner's memory per device (MiB)
   /// Per group: micro-batch, degree, predicted ms, measured ms (the slowest member's forward/backward).
   struct group_time {
     std::uint32_t micro_batch = 0;
