@@ -37,7 +37,7 @@ public:
   std::uint64_t memory_capacity() const noexcept { return model_.dev().memory().capacity; }
   /// The device's allocations at their highest since reset_peak_memory() (model states and the
   /// step buffers, which stay allocated for later steps).
-  std::uint64_t peak_memory() const noexcept { return model_.dev().memory().peak; }
+  std::uint64_t peak_memory() const noexcept { return model_.dev().peak_memory(); }
   void reset_peak_memory() noexcept { model_.dev().reset_peak_memory(); }
   /// kernels::fingerprint of parameters, first and second moments as one sequence.
   expected<std::uint64_t> checksum() const { return model_.fingerprint(); }

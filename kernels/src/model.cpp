@@ -447,10 +447,11 @@ memory_profile estimate_memory(const model_config& config, int degree, int state
     return static_cast<double>(activation_bytes(config, k));
   };
   const std::int64_t a = 1 << 12, b = 1 << 14;
+  const double small = at(a), large = at(b);
   memory_profile m;
-  const double slope_per_rank_token = (at(b) - at(a)) / static_cast<double>(b - a);
+  const double slope_per_rank_token = (large - small) / static_cast<double>(b - a);
   m.per_token = slope_per_rank_token * std::max(1, degree);
-  m.fixed = at(a) - slope_per_rank_token * static_cast<double>(a);
+  m.fixed = small - slope_per_rank_token * static_cast<double>(a);
   m.fixed += 4.0 * static_cast<double>(config.parameter_count()) * sizeof(float) / std::max(1, state_shards);
   return m;
 }
@@ -961,19 +962,10 @@ expected<void> save_checkpoint(const std::filesystem::path& path, const model& m
   return {};
 }
 
-expected<model_config> read_checkpoint_config(const std::filesystem::path& path) {
-  std::ifstream in{path, std::ios::binary};
-  if (!in) return make_error(errc::not_found, "checkpoint {} cannot be opened", path.string());
-  std::string buf(kHeaderV2, '\0');
-  in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-  buf.resize(static_cast<std::size_t>(in.gcount()));
-  const auto where = path.string();
-  if (buf.size() < kHeaderV1 || std::memcmp(buf.data(), kMagic, 8) != 0)
-    return make_error(errc::invalid_argument, "{}: not a flexsp checkpoint (bad magic or shorter than a header)", where);
-  const auto version = get_at<std::uint32_t>(buf, 8);
-  if (version != 1 && (version != kVersion || buf.size() < kHeaderV2))
-    return make_error(errc::invalid_argument, "{}: format version {} (this build reads 1 and {})", where, version,
-                      kVersion);
+namespace {
+// The model a checkpoint header describes (a version-1 header: a GPT-2 without the later
+// fields, which keep their defaults).
+model_config config_in_header(const std::string& buf, std::uint32_t version) {
   model_config c;
   c.layers = get_at<std::uint32_t>(buf, 12);
   c.d_model = get_at<std::uint32_t>(buf, 16);
@@ -987,6 +979,24 @@ expected<model_config> read_checkpoint_config(const std::filesystem::path& path)
     c.rope_theta = get_at<float>(buf, 44);
     c.norm_eps = get_at<float>(buf, 48);
   }
+  return c;
+}
+}  // namespace
+
+expected<model_config> read_checkpoint_config(const std::filesystem::path& path) {
+  std::ifstream in{path, std::ios::binary};
+  if (!in) return make_error(errc::not_found, "checkpoint {} cannot be opened", path.string());
+  std::string buf(kHeaderV2, '\0');
+  in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+  buf.resize(static_cast<std::size_t>(in.gcount()));
+  const auto where = path.string();
+  if (buf.size() < kHeaderV1 || std::memcmp(buf.data(), kMagic, 8) != 0)
+    return make_error(errc::invalid_argument, "{}: not a flexsp checkpoint (bad magic or shorter than a header)", where);
+  const auto version = get_at<std::uint32_t>(buf, 8);
+  if (version != 1 && (version != kVersion || buf.size() < kHeaderV2))
+    return make_error(errc::invalid_argument, "{}: format version {} (this build reads 1 and {})", where, version,
+                      kVersion);
+  const model_config c = config_in_header(buf, version);
   if (auto ok = c.validate(); !ok)
     return make_error(errc::invalid_argument, "{}: its header describes no valid model: {}", where, ok.error().message());
   return c;
@@ -1015,17 +1025,7 @@ expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
       return make_error(errc::invalid_argument, "{}: {} is {} in the checkpoint but {} in the model", where, kNames[i],
                         got, want[i]);
   }
-  model_config saved = c;
-  saved.family = model_family::gpt2;
-  saved.kv_heads = 0;
-  saved.ffn = 0;
-  if (version >= 2) {
-    saved.family = get_at<std::uint32_t>(buf, 32) == 1 ? model_family::llama : model_family::gpt2;
-    saved.kv_heads = get_at<std::uint32_t>(buf, 36);
-    saved.ffn = get_at<std::uint32_t>(buf, 40);
-    saved.rope_theta = get_at<float>(buf, 44);
-    saved.norm_eps = get_at<float>(buf, 48);
-  }
+  const model_config saved = config_in_header(buf, version);
   if (saved.family != c.family)
     return make_error(errc::invalid_argument, "{}: a {} model in the checkpoint, {} in the job", where,
                       to_string(saved.family), to_string(c.family));

@@ -500,9 +500,6 @@ void restart_with_best_blas_kernels(char** argv) {
 namespace {
 std::mutex g_devices_mutex;
 int g_cpu_devices = 0;
-}  // namespace
-
-namespace {
 std::atomic<std::uint64_t> g_cpu_device_memory{0};
 }  // namespace
 

@@ -201,6 +201,8 @@ public:
   /// memory free now (at most the GPU's total); on the host the physical memory shared by the
   /// CPU devices of this process (or set_cpu_device_memory's figure).
   memory_stats memory() const noexcept { return {ledger_->in_use(), ledger_->peak(), memory_capacity()}; }
+  /// memory_stats::peak alone (capacity may ask the GPU driver).
+  std::uint64_t peak_memory() const noexcept { return ledger_->peak(); }
   void reset_peak_memory() noexcept { ledger_->reset_peak(); }
   /// Host -> device; returns once `src` may be reused.
   virtual expected<void> copy_to_device(void* dst, const void* src, std::size_t bytes) = 0;
