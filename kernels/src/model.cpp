@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -43,7 +45,11 @@ enum layer_slot : std::size_t { x_in, ln1, ln1_mean, ln1_rstd, qkv, qkv_full, qk
 // Buffers of one step that are not per layer.
 enum step_slot : std::size_t { tokens, positions, targets, x, lnf, lnf_mean, lnf_rstd, logits, dlogits, dlnf, dx, dact,
                                dfc, dln, dtmp, datt, datt_h, dqkv_h, dqkv, attn_fwd_ws, attn_bwd_ws, xsend, xrecv,
-                               datt_b, dqkv_b, dproj, dkv_acc, dkv_part, kStepSlots };
+                               datt_b, dqkv_b, dproj, dkv_acc, dkv_part,
+                               // sharded models: gathered units (outer two, two layers in turn),
+                               // full gradients of a unit, one chunk of reduced gradients
+                               shard_before, shard_after, shard_layer0, shard_layer1, shard_grad_before,
+                               shard_grad_after, shard_grad_layer, shard_reduced, kStepSlots };
 
 /// No such parameter (a bias of the llama family).
 constexpr std::size_t kNone = ~std::size_t{0};
@@ -221,10 +227,29 @@ struct model::state {
   // Scratch reused across steps, grown when a step needs more.
   std::vector<buffer> slots;
 
-  std::int64_t n = 0;  // parameters: floats in each flat buffer
+  std::int64_t n = 0;  // floats in each (local) flat buffer
   std::int64_t count() const { return n; }
-  float* param(std::size_t i) const { return i == kNone ? nullptr : params.as<float>() + table[i].offset; }
-  float* grad(std::size_t i) const { return i == kNone ? nullptr : grads.as<float>() + table[i].offset; }
+  shard_layout layout;
+  // Per parameter: its unit; per unit: where its parameters and gradients are now (the local
+  // buffers unless sharded; a gathered copy during a sharded micro-batch).
+  std::vector<std::size_t> unit_of;
+  std::vector<float*> pbase, gbase;
+  double shard_comm_s = 0;
+  float* param(std::size_t i) const {
+    return i == kNone ? nullptr : pbase[unit_of[i]] + (table[i].offset - layout.unit(unit_of[i]).begin);
+  }
+  float* grad(std::size_t i) const {
+    return i == kNone ? nullptr : gbase[unit_of[i]] + (table[i].offset - layout.unit(unit_of[i]).begin);
+  }
+  /// Points every unit at the local buffers (an unsharded model's permanent state).
+  void point_local() {
+    pbase.resize(layout.units());
+    gbase.resize(layout.units());
+    for (std::size_t u = 0; u < layout.units(); ++u) {
+      pbase[u] = params.as<float>() + layout.local_offset(u);
+      gbase[u] = grads.as<float>() + layout.local_offset(u);
+    }
+  }
 
   template <class T = float>
   expected<T*> scratch(std::size_t slot, std::size_t elements) {
@@ -251,26 +276,47 @@ model& model::operator=(model&&) noexcept = default;
 model::~model() = default;
 
 expected<model> model::create(std::shared_ptr<device> dev, const model_config& config, std::uint64_t seed) {
+  return create(std::move(dev), config, seed, shard_spec{});
+}
+
+expected<model> model::create(std::shared_ptr<device> dev, const model_config& config, std::uint64_t seed,
+                              shard_spec shards, bool zero) {
   FLEXSP_EXPECTS(dev != nullptr, "a model needs a device");
   FLEXSP_TRY(config.validate());
+  if (shards.count < 1 || shards.index < 0 || shards.index >= shards.count)
+    return make_error(errc::invalid_argument, "shard {} of {}", shards.index, shards.count);
   auto s = std::make_unique<state>();
   s->dev = std::move(dev);
   s->config = config;
   s->table = parameter_table(config);
-  for (const auto& p : s->table) s->n += numel_of(p.shape);
+  s->layout = shard_layout::of(config, shards.count, shards.index);
+  s->n = s->layout.local_size();
+  for (const auto& p : s->table) {
+    std::size_t u = 0;
+    while (u + 1 < s->layout.units() && p.offset >= s->layout.unit(u).end) ++u;
+    s->unit_of.push_back(u);
+  }
   std::tie(s->top, s->layers) = index_table(config, s->table);
-  const auto init = initial_parameters(config, s->table, seed);
-  const std::size_t bytes = init.size() * sizeof(float);
+  std::vector<float> local(sz(s->n), 0.0f);
+  if (!zero) {
+    const auto init = initial_parameters(config, s->table, seed);
+    for (std::size_t u = 0; u < s->layout.units(); ++u) {
+      const auto r = s->layout.range(u, shards.index);
+      std::copy(init.begin() + r.begin, init.begin() + r.end, local.begin() + s->layout.local_offset(u));
+    }
+  }
+  const std::size_t bytes = local.size() * sizeof(float);
   auto& d = *s->dev;
   FLEXSP_TRY_ASSIGN(s->params, d.allocate(bytes));
   FLEXSP_TRY_ASSIGN(s->grads, d.allocate(bytes));
   FLEXSP_TRY_ASSIGN(s->m, d.allocate(bytes));
   FLEXSP_TRY_ASSIGN(s->v, d.allocate(bytes));
-  FLEXSP_TRY(d.copy_to_device(s->params.get(), init.data(), bytes));
+  FLEXSP_TRY(d.copy_to_device(s->params.get(), local.data(), bytes));
   FLEXSP_TRY(d.fill_zero(s->grads.get(), bytes));
   FLEXSP_TRY(d.fill_zero(s->m.get(), bytes));
   FLEXSP_TRY(d.fill_zero(s->v.get(), bytes));
   FLEXSP_TRY(d.synchronize());
+  s->point_local();
   return model{std::move(s)};
 }
 
@@ -288,6 +334,7 @@ expected<parameter_info> model::find(std::string_view name) const {
 device& model::dev() const noexcept { return *s_->dev; }
 std::shared_ptr<device> model::device_ptr() const noexcept { return s_->dev; }
 std::int64_t model::size() const noexcept { return s_->count(); }
+const shard_layout& model::shards() const noexcept { return s_->layout; }
 dtype model::attention_type() const noexcept { return s_->attention; }
 void model::set_attention_type(dtype type) noexcept { s_->attention = type; }
 gemm_math model::gemm_arithmetic() const noexcept { return s_->math; }
@@ -414,6 +461,22 @@ step_shape shape_of(const model_config& c, const ulysses_layout& layout, bool ba
 }
 }  // namespace
 
+namespace {
+/// Bytes of the buffers a sharded micro-batch adds (model::shard_pass): the gathered outer units
+/// and two layers, and with backward their gradients and one reduced chunk.
+std::uint64_t shard_buffer_bytes(const shard_layout& lay, bool backward) {
+  if (!lay.sharded()) return 0;
+  const std::size_t last = lay.units() - 1;
+  auto full = [&](std::size_t u) { return std::max<std::uint64_t>(1, sz(lay.chunk(u) * lay.count())); };
+  std::uint64_t layer = 1, chunk = 1;
+  for (std::size_t u = 1; u < last; ++u) layer = std::max(layer, full(u));
+  for (std::size_t u = 0; u < lay.units(); ++u) chunk = std::max<std::uint64_t>(chunk, sz(lay.chunk(u)));
+  std::uint64_t floats = full(0) + full(last) + 2 * layer;
+  if (backward) floats += full(0) + full(last) + layer + chunk;
+  return floats * sizeof(float);
+}
+}  // namespace
+
 expected<memory_footprint> model::footprint(const ulysses_layout& layout, forward_options options) const {
   const auto& S = *s_;
   if (layout.heads() != S.config.heads)
@@ -428,7 +491,7 @@ expected<memory_footprint> model::footprint(const ulysses_layout& layout, forwar
   k.bwd_ws = S.dev->workspace_size(ba);
   memory_footprint f;
   f.states = 4 * sz(S.count()) * sizeof(float);
-  f.activations = activation_bytes(S.config, k);
+  f.activations = activation_bytes(S.config, k) + shard_buffer_bytes(S.layout, options.backward);
   return f;
 }
 
@@ -452,7 +515,9 @@ memory_profile estimate_memory(const model_config& config, int degree, int state
   const double slope_per_rank_token = (large - small) / static_cast<double>(b - a);
   m.per_token = slope_per_rank_token * std::max(1, degree);
   m.fixed = small - slope_per_rank_token * static_cast<double>(a);
-  m.fixed += 4.0 * static_cast<double>(config.parameter_count()) * sizeof(float) / std::max(1, state_shards);
+  const auto lay = shard_layout::of(config, std::max(1, state_shards), 0);
+  m.fixed += 4.0 * static_cast<double>(lay.local_size()) * sizeof(float);
+  m.fixed += static_cast<double>(shard_buffer_bytes(lay, true));
   return m;
 }
 
@@ -467,6 +532,104 @@ template <class T>
 three_blocks split3(T* first, std::size_t block) {
   return {first, first + block, first + 2 * block};
 }
+
+}  // namespace
+
+/// The collectives of one sharded micro-batch and the buffers they fill (sharding.hpp). Every
+/// micro-batch (and idle round) calls begin, then forward(l) for l = 0..L-1, then for l = L-1..0
+/// backward_begin(l) and backward_end(l), then end: the same collectives in the same order on
+/// every device of the shard group.
+struct model::shard_pass {
+  model::state& S;
+  std::optional<unit_stream> stream;
+  float* layer_buf[2] = {nullptr, nullptr};
+  float* grad_buf = nullptr;
+  float* reduced = nullptr;
+  std::size_t units = 0;
+
+  explicit shard_pass(model::state& s) : S{s}, units{s.layout.units()} {}
+  ~shard_pass() {
+    if (stream) S.shard_comm_s += stream->exposed_seconds();
+  }
+  bool active() const { return stream.has_value(); }
+  float* local_params(std::size_t u) const { return S.params.as<float>() + S.layout.local_offset(u); }
+  float* local_grads(std::size_t u) const { return S.grads.as<float>() + S.layout.local_offset(u); }
+  std::size_t full(std::size_t u) const { return sz(S.layout.chunk(u) * S.layout.count()); }
+
+  expected<void> begin(communicator* group, bool prefetch, bool backward) {
+    if (!S.layout.sharded()) return {};
+    if (group == nullptr || group->size() != S.layout.count() || group->rank() != S.layout.index())
+      return make_error(errc::invalid_argument, "a model holding shard {} of {} needs its shard group (got {})",
+                        S.layout.index(), S.layout.count(),
+                        group ? fmt::format("rank {} of {}", group->rank(), group->size()) : std::string{"none"});
+    const std::size_t last = units - 1;
+    std::size_t most = 0;
+    for (std::size_t u = 1; u < last; ++u) most = std::max(most, full(u));
+    FLEXSP_TRY_ASSIGN(float* before, S.scratch(shard_before, full(0)));
+    FLEXSP_TRY_ASSIGN(float* after, S.scratch(shard_after, full(last)));
+    FLEXSP_TRY_ASSIGN(layer_buf[0], S.scratch(shard_layer0, most));
+    FLEXSP_TRY_ASSIGN(layer_buf[1], S.scratch(shard_layer1, most));
+    if (backward) {
+      FLEXSP_TRY_ASSIGN(float* gb, S.scratch(shard_grad_before, full(0)));
+      FLEXSP_TRY_ASSIGN(float* ga, S.scratch(shard_grad_after, full(last)));
+      FLEXSP_TRY_ASSIGN(grad_buf, S.scratch(shard_grad_layer, most));
+      std::size_t chunk = 0;
+      for (std::size_t u = 0; u < units; ++u) chunk = std::max(chunk, sz(S.layout.chunk(u)));
+      FLEXSP_TRY_ASSIGN(reduced, S.scratch(shard_reduced, chunk));
+      FLEXSP_TRY(S.dev->fill_zero(gb, full(0) * sizeof(float)));
+      FLEXSP_TRY(S.dev->fill_zero(ga, full(last) * sizeof(float)));
+      S.gbase[0] = gb;
+      S.gbase[last] = ga;
+    }
+    stream.emplace(*S.dev, *group, S.layout, prefetch);
+    stream->start_gather(0, local_params(0), before);
+    FLEXSP_TRY(stream->wait());
+    stream->start_gather(last, local_params(last), after);
+    FLEXSP_TRY(stream->wait());
+    S.pbase[0] = before;
+    S.pbase[last] = after;
+    if (units > 2) stream->start_gather(1, local_params(1), layer_buf[0]);
+    return {};
+  }
+  /// Layer l's parameters are in place; the next layer's gather is under way.
+  expected<void> forward(std::int64_t l) {
+    if (!active()) return {};
+    const auto u = sz(l) + 1;
+    FLEXSP_TRY(stream->wait());
+    S.pbase[u] = layer_buf[sz(l) % 2];
+    if (u + 1 < units - 1) stream->start_gather(u + 1, local_params(u + 1), layer_buf[sz(l + 1) % 2]);
+    return {};
+  }
+  /// Layer l's parameters are in place (the last layer's stayed from forward), its gradients
+  /// zero, and the previous layer's gather is under way.
+  expected<void> backward_begin(std::int64_t l) {
+    if (!active()) return {};
+    const auto u = sz(l) + 1;
+    FLEXSP_TRY(stream->wait());
+    S.pbase[u] = layer_buf[sz(l) % 2];
+    if (l > 0) stream->start_gather(u - 1, local_params(u - 1), layer_buf[sz(l - 1) % 2]);
+    FLEXSP_TRY(S.dev->fill_zero(grad_buf, full(u) * sizeof(float)));
+    S.gbase[u] = grad_buf;
+    return {};
+  }
+  /// Layer l's gradients summed over the group, this shard's chunk added to the local gradients.
+  expected<void> backward_end(std::int64_t l) {
+    if (!active()) return {};
+    const auto u = sz(l) + 1;
+    FLEXSP_TRY(stream->wait());
+    return stream->reduce_scatter_add(u, grad_buf, local_grads(u), reduced);
+  }
+  expected<void> end(bool backward) {
+    if (!active()) return {};
+    FLEXSP_TRY(stream->wait());
+    if (!backward) return {};
+    const std::size_t last = units - 1;
+    FLEXSP_TRY(stream->reduce_scatter_add(0, S.gbase[0], local_grads(0), reduced));
+    return stream->reduce_scatter_add(last, S.gbase[last], local_grads(last), reduced);
+  }
+};
+
+namespace {
 
 // One Ulysses head exchange of device tensors: pack on the device, all-to-all-v, unpack on the
 // device. Host memory and groups that take device buffers (NCCL) exchange in place; otherwise
@@ -560,6 +723,8 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   FLEXSP_TRY(dev.copy_to_device(pos, in.positions.data(), sz(n) * sizeof(std::int32_t)));
   FLEXSP_TRY(dev.copy_to_device(tgt, in.targets.data(), sz(n) * sizeof(std::int32_t)));
 
+  shard_pass shards{S};
+  FLEXSP_TRY(shards.begin(options.shard_group, options.prefetch, options.backward));
   const auto& top = S.top;
   float* wte = S.param(top.embedding);
   float* wpe = llama ? nullptr : S.param(top.positions);
@@ -591,6 +756,7 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   };
   std::vector<layer_ptrs> cache(sz(L));
   for (std::int64_t l = 0; l < L; ++l) {
+    FLEXSP_TRY(shards.forward(l));
     auto get = [&](layer_slot s, std::size_t floats) { return S.scratch(S.layer_slot_of(l, s), floats); };
     auto& k = cache[sz(l)];
     const auto& w = S.layers[sz(l)];
@@ -675,7 +841,10 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
     FLEXSP_TRY(dev.copy_to_host(host_logits.data(), lg, host_logits.size() * sizeof(float)));
     result.logits = tensor{{n, V}, std::move(host_logits)};
   }
-  if (!options.backward) return result;
+  if (!options.backward) {
+    FLEXSP_TRY(shards.end(false));
+    return result;
+  }
 
   // ---- backward ----
   float* dw_out = S.grad(top.output);
@@ -714,6 +883,7 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
   }
   const auto count = static_cast<std::int64_t>(nd);
   for (std::int64_t l = L - 1; l >= 0; --l) {
+    FLEXSP_TRY(shards.backward_begin(l));
     const auto& k = cache[sz(l)];
     const auto& w = S.layers[sz(l)];
     FLEXSP_TRY(dev.linear_backward(dx_p, k.act, S.param(w.w_out), dact_p, S.grad(w.w_out), S.grad(w.b_out), n, F, D,
@@ -765,25 +935,74 @@ expected<micro_batch_result> model::forward_backward(communicator& group, const 
                                    math));
     FLEXSP_TRY(norm_backward(dln_p, k.x_in, w.norm1_g, w.norm1_b, k.ln1_mean, k.ln1_rstd, dtmp_p));
     FLEXSP_TRY(dev.axpy(1.0f, dtmp_p, dx_p, count));  // d x_in
+    FLEXSP_TRY(shards.backward_end(l));
   }
   FLEXSP_TRY(dev.embedding_backward(tok, pos, dx_p, S.grad(top.embedding), llama ? nullptr : S.grad(top.positions), n,
                                     D));
+  FLEXSP_TRY(shards.end(true));
   FLEXSP_TRY(dev.synchronize());  // the caller times the work: it has finished
   return result;
 }
 
-expected<double> model::optimizer_step(const adamw_params& hyper, double max_grad_norm) {
+expected<void> model::idle_micro_batch(communicator* shard_group, bool prefetch) {
   auto& S = *s_;
-  FLEXSP_TRY_ASSIGN(const double sum_sq, S.dev->sum_squares(grads(), S.count()));
-  const double norm = std::sqrt(sum_sq);
+  if (!S.layout.sharded()) return {};
+  shard_pass shards{S};
+  FLEXSP_TRY(shards.begin(shard_group, prefetch, true));
+  for (std::int64_t l = 0; l < S.config.layers; ++l) FLEXSP_TRY(shards.forward(l));
+  for (std::int64_t l = S.config.layers - 1; l >= 0; --l) {
+    FLEXSP_TRY(shards.backward_begin(l));
+    FLEXSP_TRY(shards.backward_end(l));
+  }
+  return shards.end(true);
+}
+
+double model::take_shard_comm_seconds() noexcept { return std::exchange(s_->shard_comm_s, 0.0); }
+
+expected<double> model::gradient_norm(communicator* shard_group) {
+  auto& S = *s_;
+  FLEXSP_TRY_ASSIGN(double sum_sq, S.dev->sum_squares(grads(), S.count()));
+  if (S.layout.sharded()) {
+    if (shard_group == nullptr || shard_group->size() != S.layout.count())
+      return make_error(errc::invalid_argument, "the gradient norm of a sharded model needs its shard group");
+    // Summed in double precision: two floats per rank (high and low part), gathered and added in
+    // rank order, so every rank of every replica group gets the same bits.
+    const float hi = static_cast<float>(sum_sq);
+    const float lo = static_cast<float>(sum_sq - static_cast<double>(hi));
+    const float mine[2] = {hi, lo};
+    std::vector<float> all(2 * sz(shard_group->size()));
+    FLEXSP_TRY(shard_group->all_gather(mine, all));
+    sum_sq = 0;
+    for (std::size_t r = 0; r < all.size(); r += 2) sum_sq += static_cast<double>(all[r]) + static_cast<double>(all[r + 1]);
+  }
+  return std::sqrt(sum_sq);
+}
+
+expected<double> model::optimizer_step(const adamw_params& hyper, double max_grad_norm) {
+  if (s_->layout.sharded())
+    return make_error(errc::invalid_argument, "a sharded model's gradient norm comes from its shard group");
+  FLEXSP_TRY_ASSIGN(const double norm, gradient_norm());
+  return optimizer_step(hyper, max_grad_norm, norm);
+}
+
+expected<double> model::optimizer_step(const adamw_params& hyper, double max_grad_norm, double norm) {
+  auto& S = *s_;
   if (max_grad_norm > 0 && norm > max_grad_norm)
     FLEXSP_TRY(S.dev->scale(grads(), static_cast<float>(max_grad_norm / (norm + 1e-6)), S.count()));
   ++S.step;
-  for (const auto& p : S.table) {
+  // Each parameter's part in this shard (all of it unless sharded), at its local position.
+  const auto& lay = S.layout;
+  for (std::size_t i = 0; i < S.table.size(); ++i) {
+    const auto& p = S.table[i];
+    const auto u = S.unit_of[i];
+    const auto r = lay.range(u, lay.index());
+    const std::int64_t b = std::max(r.begin, p.offset), e = std::min(r.end, p.offset + numel_of(p.shape));
+    if (b >= e) continue;
+    const std::int64_t at = lay.local_offset(u) + (b - r.begin);
     adamw_params hp = hyper;
     if (!p.decay) hp.weight_decay = 0.0f;
-    FLEXSP_TRY(S.dev->adamw_update(params() + p.offset, grads() + p.offset, S.m.as<float>() + p.offset,
-                                   S.v.as<float>() + p.offset, numel_of(p.shape), S.step, hp));
+    FLEXSP_TRY(S.dev->adamw_update(params() + at, grads() + at, S.m.as<float>() + at, S.v.as<float>() + at, e - b,
+                                   S.step, hp));
   }
   return norm;
 }
@@ -895,9 +1114,66 @@ expected<void> broadcast_training_state(communicator& group, int root, model& m)
 }
 
 namespace {
+/// Copies the part of shard `from` (its local params, first, second moments: [3, local] floats)
+/// that falls in `to`'s shard into `dst` ([3, to.local_size()] floats).
+void copy_overlap(const shard_layout& from, std::span<const float> src, const shard_layout& to, std::span<float> dst) {
+  const auto fn = from.local_size(), tn = to.local_size();
+  for (std::size_t u = 0; u < from.units(); ++u) {
+    const auto a = from.range(u, from.index()), b = to.range(u, to.index());
+    const std::int64_t lo = std::max(a.begin, b.begin), hi = std::min(a.end, b.end);
+    if (lo >= hi) continue;
+    const auto s0 = from.local_offset(u) + (lo - a.begin), d0 = to.local_offset(u) + (lo - b.begin);
+    for (std::int64_t part = 0; part < 3; ++part)
+      std::copy_n(src.begin() + part * fn + s0, hi - lo, dst.begin() + part * tn + d0);
+  }
+}
+
+expected<void> download_all(const model& m, std::vector<float>& out) {
+  const auto n = sz(m.size());
+  out.resize(3 * n);
+  FLEXSP_TRY(m.download_params({out.data(), n}));
+  return m.download_moments({out.data() + n, n}, {out.data() + 2 * n, n});
+}
+}  // namespace
+
+expected<void> transfer_shards(communicator& world, std::span<const int> sources, const model* held, model& target) {
+  const int count = static_cast<int>(sources.size());
+  if (count < 1) return make_error(errc::invalid_argument, "transfer_shards: no source shards");
+  for (int r : sources)
+    if (r < 0 || r >= world.size())
+      return make_error(errc::invalid_argument, "transfer_shards: source rank {} outside a world of {}", r, world.size());
+  const auto& config = target.config();
+  const auto& to = target.shards();
+  std::vector<float> staged(3 * sz(to.local_size()), 0.0f), buf;
+  std::vector<float> step{0.0f};
+  for (int r = 0; r < count; ++r) {
+    const auto from = shard_layout::of(config, count, r);
+    const bool root = world.rank() == sources[sz(r)];
+    if (root) {
+      if (held == nullptr || held->shards() != from || held->config() != config)
+        return make_error(errc::invalid_argument, "transfer_shards: rank {} is the source of shard {} of {} but holds {}",
+                          world.rank(), r, count,
+                          held ? fmt::format("shard {} of {}", held->shards().index(), held->shards().count())
+                               : std::string{"nothing"});
+      FLEXSP_TRY(download_all(*held, buf));
+      step[0] = static_cast<float>(held->steps());  // exact up to 2^24 steps
+    } else {
+      buf.assign(3 * sz(from.local_size()), 0.0f);
+    }
+    FLEXSP_TRY(world.broadcast(buf, sources[sz(r)]));
+    if (r == 0) FLEXSP_TRY(world.broadcast(step, sources[0]));
+    copy_overlap(from, buf, to, staged);
+  }
+  const auto n = sz(to.local_size());
+  const std::span<const float> all{staged};
+  return target.upload_state(all.subspan(0, n), all.subspan(n, n), all.subspan(2 * n, n),
+                             static_cast<std::int64_t>(step[0]));
+}
+
+namespace {
 constexpr char kMagic[8] = {'F', 'L', 'E', 'X', 'S', 'P', 'C', 'K'};
-constexpr std::uint32_t kVersion = 2;
-constexpr std::size_t kHeaderV1 = 48, kHeaderV2 = 72;
+constexpr std::uint32_t kVersion = 2, kShardVersion = 3;
+constexpr std::size_t kHeaderV1 = 48, kHeaderV2 = 72, kHeaderV3 = 80;
 
 struct fnv1a {
   std::uint64_t h = 0xcbf29ce484222325ull;
@@ -931,16 +1207,22 @@ expected<void> save_checkpoint(const std::filesystem::path& path, const model& m
   FLEXSP_TRY(m.download_params(p));
   FLEXSP_TRY(m.download_moments(first, second));
   std::string buf;
-  buf.reserve(kHeaderV2 + 12 * n + 8);
+  buf.reserve(kHeaderV3 + 12 * n + 8);
   buf.append(kMagic, 8);
-  put<std::uint32_t>(buf, kVersion);
+  put<std::uint32_t>(buf, m.shards().sharded() ? kShardVersion : kVersion);
   for (auto v : {c.layers, c.d_model, c.heads, c.vocab, c.max_positions}) put<std::uint32_t>(buf, static_cast<std::uint32_t>(v));
   put<std::uint32_t>(buf, c.family == model_family::llama ? 1u : 0u);
   put<std::uint32_t>(buf, static_cast<std::uint32_t>(c.kv_heads));
   put<std::uint32_t>(buf, static_cast<std::uint32_t>(c.ffn));
   put<float>(buf, c.rope_theta);
   put<float>(buf, c.norm_eps);
-  put<std::uint32_t>(buf, 0);
+  if (m.shards().sharded()) {
+    put<std::uint32_t>(buf, static_cast<std::uint32_t>(m.shards().count()));
+    put<std::uint32_t>(buf, static_cast<std::uint32_t>(m.shards().index()));
+    put<std::uint32_t>(buf, 0);
+  } else {
+    put<std::uint32_t>(buf, 0);
+  }
   put<std::uint64_t>(buf, static_cast<std::uint64_t>(m.steps()));
   put<std::uint64_t>(buf, n);
   for (const auto* s : {&p, &first, &second})
@@ -983,26 +1265,44 @@ model_config config_in_header(const std::string& buf, std::uint32_t version) {
 }
 }  // namespace
 
-expected<model_config> read_checkpoint_config(const std::filesystem::path& path) {
-  std::ifstream in{path, std::ios::binary};
-  if (!in) return make_error(errc::not_found, "checkpoint {} cannot be opened", path.string());
-  std::string buf(kHeaderV2, '\0');
-  in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-  buf.resize(static_cast<std::size_t>(in.gcount()));
-  const auto where = path.string();
-  if (buf.size() < kHeaderV1 || std::memcmp(buf.data(), kMagic, 8) != 0)
-    return make_error(errc::invalid_argument, "{}: not a flexsp checkpoint (bad magic or shorter than a header)", where);
-  const auto version = get_at<std::uint32_t>(buf, 8);
-  if (version != 1 && (version != kVersion || buf.size() < kHeaderV2))
-    return make_error(errc::invalid_argument, "{}: format version {} (this build reads 1 and {})", where, version,
-                      kVersion);
-  const model_config c = config_in_header(buf, version);
-  if (auto ok = c.validate(); !ok)
-    return make_error(errc::invalid_argument, "{}: its header describes no valid model: {}", where, ok.error().message());
-  return c;
+std::string shard_file_name(int count, int index) { return fmt::format("shard-{:05d}-of-{:05d}.ckpt", index, count); }
+
+namespace {
+/// The files of a checkpoint: `path` itself, or every shard file of a sharded checkpoint
+/// directory (all `count` of them, in shard order).
+expected<std::vector<std::filesystem::path>> checkpoint_files(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) return std::vector<std::filesystem::path>{path};
+  int count = 0;
+  for (const auto& e : std::filesystem::directory_iterator{path, ec}) {
+    int index = 0, of = 0;
+    const auto name = e.path().filename().string();
+    if (std::sscanf(name.c_str(), "shard-%d-of-%d.ckpt", &index, &of) == 2 && of > 0 && name == shard_file_name(of, index)) {
+      if (count != 0 && of != count)
+        return make_error(errc::invalid_argument, "{}: shard files of {} and of {} shards", path.string(), count, of);
+      count = of;
+    }
+  }
+  if (ec) return make_error(errc::io, "cannot list checkpoint directory {}: {}", path.string(), ec.message());
+  if (count == 0) return make_error(errc::not_found, "{}: a directory without shard files", path.string());
+  std::vector<std::filesystem::path> files;
+  for (int r = 0; r < count; ++r) {
+    auto f = path / shard_file_name(count, r);
+    if (!std::filesystem::exists(f, ec))
+      return make_error(errc::invalid_argument, "{}: shard {} of {} is missing", path.string(), r, count);
+    files.push_back(std::move(f));
+  }
+  return files;
 }
 
-expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
+/// One checkpoint file, checked against the model `want`: its shard and its [3, local] floats.
+struct checkpoint_file {
+  int count = 1, index = 0;
+  std::uint64_t steps = 0;
+  std::vector<float> data;
+};
+
+expected<checkpoint_file> read_checkpoint_file(const std::filesystem::path& path, const model_config& c) {
   std::ifstream in{path, std::ios::binary};
   if (!in) return make_error(errc::not_found, "checkpoint {} cannot be opened", path.string());
   std::string buf{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
@@ -1010,13 +1310,12 @@ expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
   if (buf.size() < kHeaderV1 + 8 || std::memcmp(buf.data(), kMagic, 8) != 0)
     return make_error(errc::invalid_argument, "{}: not a flexsp checkpoint (bad magic or shorter than a header)", where);
   const auto version = get_at<std::uint32_t>(buf, 8);
-  if (version != 1 && version != kVersion)
-    return make_error(errc::invalid_argument, "{}: format version {} (this build reads 1 and {})", where, version,
-                      kVersion);
-  const std::size_t header = version == 1 ? kHeaderV1 : kHeaderV2;
+  if (version < 1 || version > kShardVersion)
+    return make_error(errc::invalid_argument, "{}: format version {} (this build reads 1 to {})", where, version,
+                      kShardVersion);
+  const std::size_t header = version == 1 ? kHeaderV1 : version == 2 ? kHeaderV2 : kHeaderV3;
   if (buf.size() < header + 8)
     return make_error(errc::invalid_argument, "{}: shorter than its header", where);
-  const auto& c = m.config();
   const std::int64_t want[5] = {c.layers, c.d_model, c.heads, c.vocab, c.max_positions};
   static constexpr const char* kNames[5] = {"layers", "d_model", "heads", "vocab", "max_positions"};
   for (std::size_t i = 0; i < 5; ++i) {
@@ -1035,10 +1334,19 @@ expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
   if (version >= 2 && (saved.rope_theta != c.rope_theta || saved.norm_eps != c.norm_eps))
     return make_error(errc::invalid_argument, "{}: rope_theta/norm_eps are {}/{} in the checkpoint but {}/{} in the model",
                       where, saved.rope_theta, saved.norm_eps, c.rope_theta, c.norm_eps);
-  const auto steps = get_at<std::uint64_t>(buf, header - 16);
+  checkpoint_file f;
+  if (version == kShardVersion) {
+    f.count = static_cast<int>(get_at<std::uint32_t>(buf, 52));
+    f.index = static_cast<int>(get_at<std::uint32_t>(buf, 56));
+    if (f.count < 1 || f.index < 0 || f.index >= f.count)
+      return make_error(errc::invalid_argument, "{}: shard {} of {}", where, f.index, f.count);
+  }
+  f.steps = get_at<std::uint64_t>(buf, header - 16);
   const auto n = get_at<std::uint64_t>(buf, header - 8);
-  if (n != static_cast<std::uint64_t>(m.size()))
-    return make_error(errc::invalid_argument, "{}: {} parameters in the checkpoint, {} in the model", where, n, m.size());
+  const auto layout = shard_layout::of(c, f.count, f.index);
+  if (n != static_cast<std::uint64_t>(layout.local_size()))
+    return make_error(errc::invalid_argument, "{}: {} parameters in the checkpoint, {} in the model's shard {} of {}",
+                      where, n, layout.local_size(), f.index, f.count);
   const std::size_t expected_size = header + 12 * n + 8;
   if (buf.size() != expected_size)
     return make_error(errc::invalid_argument, "{}: {} bytes, expected {} (truncated or padded)", where, buf.size(),
@@ -1047,13 +1355,54 @@ expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
   h.add(buf.data(), expected_size - 8);
   if (h.h != get_at<std::uint64_t>(buf, expected_size - 8))
     return make_error(errc::invalid_argument, "{}: checksum mismatch (file is corrupt)", where);
-  std::vector<float> p(n), first(n), second(n);
-  const char* at = buf.data() + header;
-  for (auto* v : {&p, &first, &second}) {
-    std::memcpy(v->data(), at, n * sizeof(float));
-    at += n * sizeof(float);
+  f.data.resize(3 * n);
+  std::memcpy(f.data.data(), buf.data() + header, 3 * n * sizeof(float));
+  return f;
+}
+}  // namespace
+
+expected<model_config> read_checkpoint_config(const std::filesystem::path& dir_or_file) {
+  FLEXSP_TRY_ASSIGN(const auto files, checkpoint_files(dir_or_file));
+  const auto& path = files.front();
+  std::ifstream in{path, std::ios::binary};
+  if (!in) return make_error(errc::not_found, "checkpoint {} cannot be opened", path.string());
+  std::string buf(kHeaderV2, '\0');
+  in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+  buf.resize(static_cast<std::size_t>(in.gcount()));
+  const auto where = path.string();
+  if (buf.size() < kHeaderV1 || std::memcmp(buf.data(), kMagic, 8) != 0)
+    return make_error(errc::invalid_argument, "{}: not a flexsp checkpoint (bad magic or shorter than a header)", where);
+  const auto version = get_at<std::uint32_t>(buf, 8);
+  if (version < 1 || version > kShardVersion || (version > 1 && buf.size() < kHeaderV2))
+    return make_error(errc::invalid_argument, "{}: format version {} (this build reads 1 to {})", where, version,
+                      kShardVersion);
+  const model_config c = config_in_header(buf, version);
+  if (auto ok = c.validate(); !ok)
+    return make_error(errc::invalid_argument, "{}: its header describes no valid model: {}", where, ok.error().message());
+  return c;
+}
+
+expected<void> load_checkpoint(const std::filesystem::path& path, model& m) {
+  FLEXSP_TRY_ASSIGN(const auto files, checkpoint_files(path));
+  const auto& to = m.shards();
+  std::vector<float> staged(3 * sz(to.local_size()), 0.0f);
+  std::optional<std::uint64_t> steps;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    FLEXSP_TRY_ASSIGN(const auto f, read_checkpoint_file(files[i], m.config()));
+    if (f.count != static_cast<int>(files.size()) || f.index != static_cast<int>(i))
+      return make_error(errc::invalid_argument,
+                        "{}: holds shard {} of {}{}", files[i].string(), f.index, f.count,
+                        files.size() == 1 ? "; load the directory of all its shards" : " where another was expected");
+    if (steps && *steps != f.steps)
+      return make_error(errc::invalid_argument, "{}: step {} but shard 0 is at step {}", files[i].string(), f.steps,
+                        *steps);
+    steps = f.steps;
+    copy_overlap(shard_layout::of(m.config(), f.count, f.index), f.data, to, staged);
   }
-  return m.upload_state(p, first, second, static_cast<std::int64_t>(steps));
+  const auto n = sz(to.local_size());
+  const std::span<const float> all{staged};
+  return m.upload_state(all.subspan(0, n), all.subspan(n, n), all.subspan(2 * n, n),
+                        static_cast<std::int64_t>(steps.value_or(0)));
 }
 
 }  // namespace flexsp::kernels

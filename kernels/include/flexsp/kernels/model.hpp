@@ -67,6 +67,7 @@
 #include "flexsp/kernels/collectives.hpp"
 #include "flexsp/kernels/device.hpp"
 #include "flexsp/kernels/ops.hpp"
+#include "flexsp/kernels/sharding.hpp"
 #include "flexsp/kernels/tensor.hpp"
 #include "flexsp/kernels/ulysses.hpp"
 
@@ -148,6 +149,16 @@ memory_profile estimate_memory(const model_config& config, int degree, int state
 struct forward_options {
   bool backward = true;       ///< also accumulate gradients
   bool keep_logits = false;   ///< copy this rank's logits to micro_batch_result::logits
+  /// A sharded model's shard group (size == shards().count(), rank == shards().index()); its
+  /// collectives must not share a communicator with `group` (they run on a second thread).
+  communicator* shard_group = nullptr;
+  bool prefetch = true;       ///< sharded: gather the next layer while computing this one
+};
+
+/// Which shard of its shard group a model keeps (sharding.hpp); count 1: the whole model.
+struct shard_spec {
+  int count = 1;
+  int index = 0;
 };
 
 class model {
@@ -158,6 +169,11 @@ public:
   /// moments start at zero. errc::invalid_argument for a bad config, errc::overloaded when the
   /// device is out of memory.
   static expected<model> create(std::shared_ptr<device> dev, const model_config& config, std::uint64_t seed);
+  /// Shard `shards.index` of `shards.count` of the same model: bit-identical to the matching
+  /// chunks of the unsharded one (zero padding). No optimizer state yet when `zero`: every
+  /// buffer zero (a model about to receive its state by transfer or from a checkpoint).
+  static expected<model> create(std::shared_ptr<device> dev, const model_config& config, std::uint64_t seed,
+                                shard_spec shards, bool zero = false);
   /// The same on a new host device.
   static expected<model> create(const model_config& config, std::uint64_t seed);
 
@@ -171,8 +187,10 @@ public:
   expected<parameter_info> find(std::string_view name) const;
   device& dev() const noexcept;
   std::shared_ptr<device> device_ptr() const noexcept;
-  /// Number of parameters (floats in each flat buffer).
+  /// Floats in each (local) flat buffer: the parameter count unless sharded.
   std::int64_t size() const noexcept;
+  /// How the states are split (count 1: not at all).
+  const shard_layout& shards() const noexcept;
 
   /// Element type of attention's Q, K, V and output (and their gradients): f32 (the default)
   /// or bf16 (CUDA only; every other op, the parameters and the optimizer stay fp32).
@@ -218,9 +236,21 @@ public:
   /// so a step's peak is the largest micro-batch's). Mirrors forward_backward's allocations.
   expected<memory_footprint> footprint(const ulysses_layout& layout, forward_options options = {}) const;
 
+  /// A micro-batch round in which this device has no sequences: a sharded model's share of the
+  /// round's collectives on `shard_group` (the same sequence forward_backward runs), no compute.
+  /// Nothing for an unsharded model.
+  expected<void> idle_micro_batch(communicator* shard_group, bool prefetch = true);
+  /// Seconds the last micro-batches spent waiting for parameter gathers and in gradient
+  /// reduce-scatters since the last call (sharded models; 0 otherwise).
+  double take_shard_comm_seconds() noexcept;
+
+  /// The norm of the whole model's gradient: local, or summed over `shard_group` when sharded.
+  expected<double> gradient_norm(communicator* shard_group = nullptr);
   /// Clips the gradient norm to `max_grad_norm` (<= 0: no clipping), then applies one AdamW
   /// update (weight decay only where parameter_info::decay). Returns the pre-clip norm.
   expected<double> optimizer_step(const adamw_params& hyper, double max_grad_norm);
+  /// The same with the gradient norm given (gradient_norm over the shard group).
+  expected<double> optimizer_step(const adamw_params& hyper, double max_grad_norm, double norm);
 
   /// kernels::fingerprint of parameters, first and second moments as one sequence, computed
   /// where they live: the same value for the same bits on every device.
@@ -237,6 +267,7 @@ public:
 
 private:
   struct state;
+  struct shard_pass;
   explicit model(std::unique_ptr<state> s);
   std::unique_ptr<state> s_;
 };
@@ -256,14 +287,27 @@ expected<void> all_reduce_gradients(communicator& world, model& m);
 /// member (a device joining a running job). Collective.
 expected<void> broadcast_training_state(communicator& group, int root, model& m);
 
-/// Writes parameters and optimizer state (format above). errc::io on a write failure.
+/// Moves the training state of an old layout into `target`, whatever its layout (elastic
+/// resharding, a device joining, a replica re-synchronised): old shard r of `sources.size()` is
+/// broadcast from world rank sources[r] (which passes its model as `held`; others pass theirs or
+/// null), and every rank keeps what falls in its own shard. Collective over `world`. One old
+/// shard at a time travels through host memory.
+expected<void> transfer_shards(communicator& world, std::span<const int> sources, const model* held, model& target);
+
+/// Writes parameters and optimizer state (format above; a sharded model writes its shard:
+/// version 3, the version-2 header plus u32 shard count and index at 52 and 56, H = 80). errc::io
+/// on a write failure.
 expected<void> save_checkpoint(const std::filesystem::path& path, const model& m);
+/// File name of shard `index` of `count` in a sharded checkpoint directory.
+std::string shard_file_name(int count, int index);
 
 /// The model configuration a checkpoint holds (its header; a version 1 file is gpt2). Same
 /// errors as load_checkpoint for a file that is not a checkpoint.
 expected<model_config> read_checkpoint_config(const std::filesystem::path& path);
 
-/// Restores a checkpoint into `m`. errc::not_found for a missing file; errc::invalid_argument
+/// Restores a checkpoint into `m`, whatever either's sharding: `path` is a checkpoint file, or a
+/// directory of shard files (shard_file_name; all of one count must be there) whose shards are
+/// cut to `m`'s layout. errc::not_found for a missing file; errc::invalid_argument
 /// for a bad magic/version, a config that differs from the model's, a truncated file or a
 /// checksum mismatch (the message says which).
 expected<void> load_checkpoint(const std::filesystem::path& path, model& m);
