@@ -27,6 +27,12 @@ enum CollectiveLibrary {
   nccl @1;                        # CUDA devices
 }
 
+enum ShardingMode {
+  replicate @0;                   # every device keeps all model states
+  zero3 @1;                       # parameters, gradients and AdamW moments sharded over all devices
+  hsdp @2;                        # sharded within shard groups, replicated across them
+}
+
 enum DeviceKind {
   cpu @0;
   cuda @1;
@@ -84,6 +90,7 @@ struct JoinJob {
   collectiveHost @9 :Text = "127.0.0.1";  # interface the collectives listen on
   tag @10 :UInt64;                # echoed in the DeviceState reply
   collectives @11 :CollectiveLibrary = gloo;
+  sharded @12 :Bool;              # states are sharded: the first plan says which shard to keep
 }
 
 # Tell (device -> scheduler): the answer to JoinJob, SaveState and QueryState, sent after every
@@ -97,6 +104,8 @@ struct DeviceState {
   tag @5 :UInt64;
   error @6 :Text;                 # empty on success
   memoryCapacity @7 :UInt64;      # bytes the device may use (GPU: its allocations + free; host memory / CPU devices)
+  shardCount @8 :UInt32 = 1;      # the shard of the states the checksum covers (count 0: none held yet)
+  shardIndex @9 :UInt32;
 }
 
 # One micro-batch as seen by one device: its group (empty: idle in this micro-batch) and the
@@ -120,6 +129,9 @@ struct StepPlan {
   microBatches @7 :List(DeviceMicroBatch);
   calibrate @8 :Bool;             # timing probe: no gradient all-reduce, never committed
   commEpoch @9 :UInt64;           # keys the communicators; rises when an attempt is aborted or the world changes
+  shardGroup @10 :List(UInt32);   # sharded states: the devices sharing them with this one, ascending (its shard: its rank)
+  replicaGroup @11 :List(UInt32); # sharded states: the devices keeping the same shard, ascending
+  syncShards @12 :List(UInt32);   # sharded states: transfer first; old shard r comes from device syncShards[r]
 }
 
 struct GroupTiming {
@@ -141,6 +153,8 @@ struct GradReady {
   commMs @7 :Float64;             # gradient all-reduce and state sync
   groups @8 :List(GroupTiming);
   peakMemory @9 :UInt64;          # the device's allocations at their highest in this attempt, bytes
+  shardChecksum @10 :UInt64;      # sharded states: fingerprint of this device's shard (checksum: of its group's state)
+  shardCommMs @11 :Float64;       # sharded states: parameter gathers waited for and gradient reduce-scatters
 }
 
 # Tell (device -> scheduler): the attempt failed on this device.
@@ -166,7 +180,8 @@ struct AbortAttempts {
   attempt @1 :UInt64;
 }
 
-# Tell: write the replica state to `path` (atomically). Answer: DeviceState.
+# Tell: write the replica state to `path` (atomically; sharded states: its shard file in the
+# directory `path`). Answer: DeviceState.
 struct SaveState {
   jobId @0 :Text;
   path @1 :Text;

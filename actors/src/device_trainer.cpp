@@ -135,6 +135,9 @@ template <class Action>
 device_state state_of(device_trainer::job& j, std::uint64_t tag, Action&& action) {
   auto& st = *j.state;
   device_state reply{j.setup.device, 0, 0, st.parameters(), j.setup.job_id, tag, {}, st.memory_capacity()};
+  const auto [count, index] = st.shard();
+  reply.shard_count = static_cast<std::uint32_t>(count);
+  reply.shard_index = static_cast<std::uint32_t>(index);
   expected<void> done = action(st);
   if (done) {
     if (auto sum = st.checksum())
@@ -272,10 +275,11 @@ void device_trainer::handle(join_job m) {
                                              old->second->setup.model == m.model && old->second->setup.optimizer == m.optimizer)
           j->state = std::move(old->second->state);
       }
+      if (j->state && j->state->sharded() != m.sharded) j->state.reset();
       if (!j->state) {
         FLEXSP_TRY_ASSIGN(auto dev, compute_device());
-        FLEXSP_TRY_ASSIGN(j->state, replica::create(std::move(dev), m.model, m.seed, m.optimizer));
-        if (!m.resume_from.empty()) FLEXSP_TRY(j->state->load(m.resume_from));
+        FLEXSP_TRY_ASSIGN(j->state, replica::create(std::move(dev), m.model, m.seed, m.optimizer, m.sharded,
+                                                    m.resume_from));
       }
       return j;
     }();
@@ -329,14 +333,56 @@ void device_trainer::handle(step_plan m) {
         }
       }
       out.comm_ms += ms_since(t_sync);
-      FLEXSP_TRY_ASSIGN(out.checksum, st.checksum());
+      // Sharded states: the shard group's communicator (a second one: its gathers run on a second
+      // thread beside the SP groups' exchanges), the replicas of this shard, and this device's
+      // shard, cut from its recipe or received by transfer.
+      std::shared_ptr<kernels::communicator> shard_comm, replica_comm;
+      const bool sharded = !m.shard_group.empty();
+      if (sharded) {
+        const std::vector<int> shard_group{m.shard_group.begin(), m.shard_group.end()};
+        const std::vector<int> replicas{m.replica_group.begin(), m.replica_group.end()};
+        const int index = kernels::communicator_cache::rank_in(shard_group, static_cast<int>(me));
+        if (index < 0) return make_error(errc::invalid_argument, "device {} is not in its shard group", me);
+        FLEXSP_TRY_ASSIGN(shard_comm, cache->get(shard_group, kernels::second_channel(m.comm_epoch)));
+        if (replicas.size() > 1) {
+          FLEXSP_TRY_ASSIGN(replica_comm, cache->get(replicas, m.comm_epoch));
+        }
+        std::vector<int> sources;
+        for (auto d : m.sync_shards) {
+          const int r = kernels::communicator_cache::rank_in(world, static_cast<int>(d));
+          if (r < 0) return make_error(errc::invalid_argument, "shard source {} is not in the world", d);
+          sources.push_back(r);
+        }
+        if (!sources.empty() && !world_comm) {
+          FLEXSP_TRY_ASSIGN(world_comm, cache->get(world, m.comm_epoch));
+        }
+        const auto t_prep = Clock::now();
+        FLEXSP_TRY(st.prepare(world_comm.get(), static_cast<int>(shard_group.size()), index, sources));
+        out.comm_ms += ms_since(t_prep);
+        // The group's state checksum: every shard's fingerprint, in shard order.
+        FLEXSP_TRY_ASSIGN(out.shard_checksum, st.checksum());
+        float mine[2];
+        std::memcpy(mine, &out.shard_checksum, sizeof mine);
+        std::vector<float> all(2 * shard_group.size());
+        FLEXSP_TRY(shard_comm->all_gather(mine, all));
+        std::vector<std::uint64_t> sums(shard_group.size());
+        std::memcpy(sums.data(), all.data(), sums.size() * sizeof(std::uint64_t));
+        out.checksum = kernels::combine_fingerprints(sums);
+      } else {
+        FLEXSP_TRY_ASSIGN(out.checksum, st.checksum());
+      }
       FLEXSP_TRY(st.zero_grads());
+      (void)st.take_shard_comm_seconds();
       double loss_sum = 0;
       const float scale = m.global_tokens > 0 ? 1.0f / static_cast<float>(m.global_tokens) : 1.0f;
       for (std::uint32_t i = 0; i < m.micro_batches.size(); ++i) {
         const auto& mb = m.micro_batches[i];
-        if (mb.group.empty()) continue;
         if (j->aborted(m.attempt)) return make_error(errc::cancelled, "attempt {} aborted", m.attempt);
+        if (mb.group.empty()) {
+          // Idle in this round; a shard holder still serves its group's gathers.
+          if (sharded) FLEXSP_TRY(st.idle(shard_comm.get()));
+          continue;
+        }
         const auto t0 = Clock::now();
         const std::vector<int> group{mb.group.begin(), mb.group.end()};
         FLEXSP_TRY_ASSIGN(auto comm, cache->get(group, m.comm_epoch));
@@ -355,7 +401,7 @@ void device_trainer::handle(step_plan m) {
         FLEXSP_TRY_ASSIGN(auto layout, kernels::ulysses_layout::make(std::move(lengths), comm->size(), comm->rank(),
                                                                      static_cast<int>(j->setup.model.heads)));
         FLEXSP_TRY_ASSIGN(auto inputs, kernels::shard_inputs(layout, seqs));
-        FLEXSP_TRY_ASSIGN(const double loss, st.forward_backward(*comm, layout, inputs, scale));
+        FLEXSP_TRY_ASSIGN(const double loss, st.forward_backward(*comm, layout, inputs, scale, shard_comm.get()));
         loss_sum += loss;
         const double ms = ms_since(t0);
         out.compute_ms += ms;
@@ -363,8 +409,12 @@ void device_trainer::handle(step_plan m) {
       }
       if (!m.calibrate) {
         const auto t1 = Clock::now();
+        if (sharded) {
+          if (replica_comm) FLEXSP_TRY(st.all_reduce_gradients(*replica_comm));
+          FLEXSP_TRY(st.settle_gradient_norm(shard_comm.get()));
+        }
         if (world_comm) {
-          FLEXSP_TRY(st.all_reduce_gradients(*world_comm));
+          if (!sharded) FLEXSP_TRY(st.all_reduce_gradients(*world_comm));
           std::vector<float> loss{static_cast<float>(loss_sum)};
           FLEXSP_TRY(world_comm->all_reduce_sum(loss));
           loss_sum = loss[0];
@@ -376,6 +426,7 @@ void device_trainer::handle(step_plan m) {
       }
       out.loss_sum = loss_sum;
       out.peak_memory = st.peak_memory();
+      out.shard_comm_ms = 1000.0 * st.take_shard_comm_seconds();
       return out;
     };
     auto r = run();

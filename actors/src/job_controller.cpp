@@ -243,7 +243,8 @@ void job_controller::drop_device(std::uint32_t d) {
   joiners_.erase(d);
   std::erase_if(joins_, [d](const auto& kv) { return kv.second == d; });
   std::erase_if(queries_, [d](const auto& kv) { return kv.second == d; });
-  if (saving_ && saver_ == d && !indexing_) (void)checkpoint_failed("the device writing it was lost");
+  if (saving_ && !indexing_ && std::any_of(save_tags_.begin(), save_tags_.end(), [d](const auto& kv) { return kv.second == d; }))
+    (void)checkpoint_failed("a device writing it was lost");
 }
 
 void job_controller::on(const devices_found& e) {
@@ -361,7 +362,8 @@ void job_controller::on(const send_failed& e) {
     attempt_failed(fmt::format("device {}: {}", e.device, e.reason), false);
     return;
   }
-  if (saving_ && saver_ == e.device && !indexing_) {
+  if (saving_ && !indexing_ &&
+      std::any_of(save_tags_.begin(), save_tags_.end(), [&](const auto& kv) { return kv.second == e.device; })) {
     if (!checkpoint_failed(e.reason)) advance();
     return;
   }
@@ -415,24 +417,34 @@ void job_controller::on(const device_state& e) {
     } else if (auto it2 = devices_.find(d); it2 != devices_.end()) {
       it2->second.held = std::make_pair(e.optimizer_steps, e.checksum);
       it2->second.memory = e.memory_capacity;
+      it2->second.shard = {static_cast<int>(e.shard_count), static_cast<int>(e.shard_index)};
     }
     if (joins_.empty()) join_timer_ = 0;
     advance();
     return;
   }
-  if (saving_ && !indexing_ && e.tag == save_tag_) {
-    save_timer_ = 0;
+  if (auto it = save_tags_.find(e.tag); saving_ && !indexing_ && it != save_tags_.end()) {
+    save_tags_.erase(it);
     if (!e.error.empty()) {
+      save_tags_.clear();
       if (!checkpoint_failed(e.error)) advance();
       return;
     }
-    saving_->checksum = e.checksum;
+    save_sums_[static_cast<int>(e.shard_index)] = e.checksum;
+    if (!save_tags_.empty()) return;
+    save_timer_ = 0;
+    std::vector<std::uint64_t> sums;
+    for (const auto& [_, c] : save_sums_) sums.push_back(c);
+    saving_->checksum = kernels::combine_fingerprints(sums);
     indexing_ = true;
     emit(write_index{*saving_});
     return;
   }
   if (auto it = queries_.find(e.tag); it != queries_.end() && phase_ == phase::verifying) {
-    if (e.error.empty()) query_sums_[it->second] = e.checksum;
+    if (e.error.empty()) {
+      query_sums_[it->second] = e.checksum;
+      query_shards_[it->second] = {static_cast<int>(e.shard_count), static_cast<int>(e.shard_index)};
+    }
     queries_.erase(it);
     if (queries_.empty()) finish_verify();
   }
@@ -531,6 +543,7 @@ void job_controller::send_joins(const std::vector<std::uint32_t>& fresh, const s
     const auto colon = dev->address.host.rfind(':');
     m.collective_host = colon == std::string::npos ? dev->address.host : dev->address.host.substr(0, colon);
     m.collectives = collectives_;
+    m.sharded = sharded();
     m.tag = next_tag_++;
     joins_[m.tag] = d;
     send(d, std::move(m));
@@ -766,19 +779,61 @@ void job_controller::dispatch(scheduler::plan p, training_batch b, bool calibrat
     need_sync = need_sync || !d.synced;
   }
   if (calibration) need_sync = false;  // probes leave the state as it is
-  if (need_sync && source < 0) {
+  shard_assignment shards;
+  std::vector<std::uint32_t> sync_shards;
+  if (sharded()) {
+    // Every device keeps the shard the assignment gives it: a device that holds another (the
+    // world changed) or none (it joined) gets it by transfer from live holders of a complete
+    // set of shards, or, before any commit, from devices cutting shards from their recipe.
+    shards = assign_shards(w, spec_.sharding, spec_.shard_group, static_cast<std::uint32_t>(devices_per_node()));
+    need_sync = false;
+    std::map<std::uint32_t, std::pair<int, int>> held;
+    std::vector<std::uint32_t> recipes;
+    for (auto i : w) {
+      const auto& d = devices_.at(i);
+      if (!d.synced) {
+        need_sync = true;
+      } else if (d.shard.first == 0) {
+        recipes.push_back(i);
+      } else {
+        held[i] = d.shard;
+        need_sync = need_sync || d.shard != shards.shard.at(i);
+      }
+    }
+    if (calibration) need_sync = false;
+    if (need_sync) {
+      sync_shards = shard_sources(held);
+      if (sync_shards.empty() && held.empty()) sync_shards = recipes;
+      if (sync_shards.empty()) {
+        log(fmt::format("a shard of the model state has no live copy (sharding {}: the devices left hold {} of the "
+                        "shards); restarting from the latest checkpoint",
+                        to_string(spec_.sharding), held.size()));
+        rewind_to_checkpoint();
+        return;
+      }
+    }
+    source = -1;
+  } else if (need_sync && source < 0) {
     rewind_to_checkpoint();
     return;
   }
-  h.sync_source = need_sync ? source : -1;
+  h.sync_source = need_sync && !sharded() ? source : -1;
   auto parts = slice_plan(p, w, b, h);
   if (!parts) {
     fail("plan slicing: " + parts.error().to_string());
     return;
   }
+  if (sharded())
+    for (auto& [d, part] : *parts) {
+      const auto& g = shards.group.at(d);
+      const auto& r = shards.replicas.at(d);
+      part.shard_group = {g.begin(), g.end()};
+      part.replica_group = {r.begin(), r.end()};
+      part.sync_shards = {sync_shards.begin(), sync_shards.end()};
+    }
   tracker_.start(h.step, h.attempt, {w.begin(), w.end()});
   current_ = attempt_state{std::move(p), std::move(b), w,   calibration, need_sync, clock_.now(), solve_ms,
-                           exposed_plan_ms, 0,           clock_.now()};
+                           exposed_plan_ms, 0,           clock_.now(), std::move(shards)};
   phase_ = calibration ? phase::calibrating : phase::running;
   for (auto& [d, part] : *parts) send(d, std::move(part));
   current_->silence_timer = timer(std::chrono::milliseconds{spec_.fault.device_timeout(spec_.collective_timeout_ms)});
@@ -841,6 +896,8 @@ void job_controller::committed() {
   tracker_.reset();
   if (a.need_sync)
     for (auto& [_, d] : devices_) d.synced = true;
+  for (const auto& [i, sh] : a.shards.shard)
+    if (auto it = devices_.find(i); it != devices_.end()) it->second.shard = sh;
 
   const auto& p = a.plan;
   step_metrics m;
@@ -918,12 +975,20 @@ void job_controller::committed() {
   if (!spec_.checkpoint_dir.empty() && !devices_.empty() &&
       ((spec_.checkpoint_every > 0 && done % spec_.checkpoint_every == 0) || done == spec_.steps)) {
     phase_ = phase::checkpointing;
-    saver_ = devices_.begin()->first;
     saving_ = checkpoint_point{done, (fs::path{spec_.checkpoint_dir} / fmt::format("step-{:06d}.ckpt", done)).string(),
                                spec_.seed, 0};
     indexing_ = false;
-    save_tag_ = next_tag_++;
-    send(saver_, save_state{config_.job_id, saving_->file, save_tag_});
+    // One device writes a replica; under sharding, one shard group writes its shards (a
+    // directory of shard files).
+    std::vector<std::uint32_t> writers{devices_.begin()->first};
+    if (auto g = a.shards.group.find(a.world.front()); g != a.shards.group.end()) writers = g->second;
+    save_tags_.clear();
+    save_sums_.clear();
+    for (auto d : writers) {
+      const auto tag = next_tag_++;
+      save_tags_[tag] = d;
+      send(d, save_state{config_.job_id, saving_->file, tag});
+    }
     save_timer_ = timer(std::chrono::milliseconds{spec_.fault.checkpoint_timeout_ms});
     return;
   }
@@ -940,6 +1005,7 @@ void job_controller::start_verify() {
   phase_ = phase::verifying;
   queries_.clear();
   query_sums_.clear();
+  query_shards_.clear();
   for (const auto& [d, _] : devices_) {
     const auto tag = next_tag_++;
     queries_[tag] = d;
@@ -954,15 +1020,23 @@ void job_controller::start_verify() {
 
 void job_controller::finish_verify() {
   if (phase_ != phase::verifying) return;
-  std::optional<std::uint64_t> sum;
+  // Replicas of the same shard (of the whole state, unsharded) must hold the same bits.
+  std::map<std::pair<int, int>, std::uint64_t> by_shard;
   for (const auto& [d, c] : query_sums_) {
-    if (sum && *sum != c) {
-      fail(fmt::format("replicas differ after the last step (device {})", d));
+    const auto shard = sharded() ? query_shards_[d] : std::pair{1, 0};
+    auto [it, fresh] = by_shard.emplace(shard, c);
+    if (!fresh && it->second != c) {
+      fail(fmt::format("replicas differ after the last step (device {}, shard {} of {})", d, shard.second, shard.first));
       return;
     }
-    sum = c;
   }
-  status_.final_checksum = sum.value_or(0);
+  std::vector<std::uint64_t> sums;
+  if (!by_shard.empty()) {
+    const int count = by_shard.begin()->first.first;
+    for (const auto& [shard, c] : by_shard)
+      if (shard.first == count) sums.push_back(c);
+  }
+  status_.final_checksum = sums.empty() ? 0 : kernels::combine_fingerprints(sums);
   finish(job_state::succeeded, "");
 }
 
@@ -994,6 +1068,7 @@ void job_controller::ask_plan(std::uint64_t step, const std::vector<std::uint32_
   r.profile = profile_;
   r.profile.devices_per_node = r.devices_per_node;
   r.profile.mem_limit_gb = memory_limit_gb(w);
+  r.profile.state_shards = state_shards(w);
   r.profile_version = profile_version_;
   r.time_limit_ms = spec_.planner_time_limit_ms;
   r.milp = spec_.milp;
@@ -1033,10 +1108,23 @@ scheduler::profile job_controller::initial_profile() const {
   p.params_b = static_cast<double>(config.parameter_count()) / (1024.0 * kMiB);
   p.state_shards = 1;
   p.fixed_mb = std::max(0.0, m.fixed - states) / kMiB;
+  if (sharded()) {
+    // The gathered layers and outer units and their gradients (of a 2-way cut; about the same
+    // for any count).
+    const auto one = kernels::estimate_memory(config, 1, 1), two = kernels::estimate_memory(config, 1, 2);
+    const double local2 = static_cast<double>(kernels::shard_layout::of(config, 2, 0).local_size());
+    p.fixed_mb += std::max(0.0, two.fixed - one.fixed + 16.0 * (static_cast<double>(config.parameter_count()) - local2)) / kMiB;
+  }
   // Until devices report their memory: room for 4 * max_seq tokens.
   p.mem_limit_gb = (states / kMiB + p.fixed_mb + 4.0 * spec_.model.max_seq * p.act_per_token_mb) / 1024.0;
   p.devices_per_node = 1;
   return p;
+}
+
+int job_controller::state_shards(const std::vector<std::uint32_t>& w) const {
+  if (!sharded()) return 1;
+  return std::max(1, assign_shards(w, spec_.sharding, spec_.shard_group, static_cast<std::uint32_t>(devices_per_node()))
+                         .group_size);
 }
 
 double job_controller::memory_limit_gb(const std::vector<std::uint32_t>& w) const {

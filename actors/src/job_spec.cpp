@@ -158,6 +158,9 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (!(s.milp_min_gap >= 0 && s.milp_min_gap <= 1)) return bad("milp_min_gap", "must be in [0, 1]");
   if (s.collectives == collective_library::nccl && s.backend == device_kind::cpu)
     return bad("collectives", "nccl needs backend cuda (or auto)");
+  if (s.shard_group > 0 && s.sharding != sharding_mode::hsdp)
+    return bad("shard_group", "applies to sharding \"hsdp\" only");
+  if (s.shard_group > 4096) return bad("shard_group", "must be at most 4096");
   if (s.fault.max_retries > 10000) return bad("fault.max_retries", "must be at most 10000");
   if (s.fault.membership_grace_ms > 600'000) return bad("fault.membership_grace_ms", "must be at most 600000");
   if (s.fault.device_timeout_ms != 0 && s.fault.device_timeout_ms < 100)
@@ -245,7 +248,7 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   FLEXSP_TRY(check_keys(j, "", {"name", "model", "data", "batch_size", "steps", "strategy", "seed", "optimizer",
                                 "checkpoint", "calibrate", "collective_timeout_ms", "planner_time_limit_ms",
                                 "min_devices", "backend", "collectives", "milp", "milp_min_gap", "fault",
-                                "memory_limit_gb"}));
+                                "memory_limit_gb", "sharding", "shard_group"}));
   job_spec s;
   if (!j.contains("steps")) return make_error(errc::invalid_argument, "steps: is required");
   FLEXSP_TRY(read_string(j, "name", "", s.name));
@@ -266,6 +269,8 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   FLEXSP_TRY(read_number(j, "memory_limit_gb", "", s.memory_limit_gb));
   FLEXSP_TRY(read_choice(j, "backend", "", parse_device_kind, true, "auto, cpu, cuda", s.backend));
   FLEXSP_TRY(read_choice(j, "collectives", "", parse_collective_library, true, "auto, gloo, nccl", s.collectives));
+  FLEXSP_TRY(read_choice(j, "sharding", "", parse_sharding_mode, false, "replicate, zero3, hsdp", s.sharding));
+  FLEXSP_TRY(read_uint(j, "shard_group", "", s.shard_group));
   if (j.contains("milp")) {
     if (!j["milp"].is_boolean()) return make_error(errc::invalid_argument, "milp: must be true or false");
     s.milp = j["milp"].get<bool>();
@@ -371,6 +376,8 @@ std::string job_spec_to_json(const job_spec& s) {
   j["memory_limit_gb"] = s.memory_limit_gb;
   j["backend"] = s.backend ? std::string{to_string(*s.backend)} : "auto";
   j["collectives"] = s.collectives ? std::string{to_string(*s.collectives)} : "auto";
+  j["sharding"] = std::string{to_string(s.sharding)};
+  j["shard_group"] = s.shard_group;
   j["milp"] = s.milp;
   j["milp_min_gap"] = s.milp_min_gap;
   j["fault"] = {{"max_retries", s.fault.max_retries},         {"membership_grace_ms", s.fault.membership_grace_ms},

@@ -1,5 +1,7 @@
 #include "replica.hpp"
 
+#include <filesystem>
+
 #include "flexsp/actors/job_spec.hpp"
 
 namespace flexsp::actors {
@@ -13,31 +15,112 @@ kernels::adamw_params hyper_of(const optimizer_settings& opt) {
 
 }  // namespace
 
-replica::replica(kernels::model m, const optimizer_settings& opt)
-    : model_{std::move(m)}, hyper_{hyper_of(opt)}, max_grad_norm_{opt.max_grad_norm} {}
+replica::replica(std::shared_ptr<kernels::device> device, const model_shape& shape, std::uint64_t seed,
+                 const optimizer_settings& opt, bool sharded, std::string resume_from)
+    : device_{std::move(device)},
+      shape_{shape},
+      config_{kernel_config(shape)},
+      seed_{seed},
+      sharded_{sharded},
+      resume_from_{std::move(resume_from)},
+      hyper_{hyper_of(opt)},
+      max_grad_norm_{opt.max_grad_norm} {}
+
+expected<kernels::model> replica::make_model(int count, int index, bool empty) const {
+  FLEXSP_TRY_ASSIGN(auto m, kernels::model::create(device_, config_, seed_, kernels::shard_spec{count, index},
+                                                   empty || !resume_from_.empty()));
+  if (shape_.attention == attention_precision::bf16) m.set_attention_type(kernels::dtype::bf16);
+  if (shape_.matmul == matmul_precision::tf32) m.set_gemm_math(kernels::gemm_math::tf32);
+  if (!empty && !resume_from_.empty()) FLEXSP_TRY(kernels::load_checkpoint(resume_from_, m));
+  return m;
+}
 
 expected<std::unique_ptr<replica>> replica::create(std::shared_ptr<kernels::device> device, const model_shape& shape,
-                                                   std::uint64_t seed, const optimizer_settings& opt) {
+                                                   std::uint64_t seed, const optimizer_settings& opt, bool sharded,
+                                                   const std::string& resume_from) {
   if (!device) return make_error(errc::invalid_argument, "no device to place the replica on");
   if (device->host_memory())
     if (const auto why = cuda_only_reason(shape); !why.empty())
       return make_error(errc::invalid_argument, "{}; this one is a CPU device", why);
-  FLEXSP_TRY_ASSIGN(auto m, kernels::model::create(std::move(device), kernel_config(shape), seed));
-  if (shape.attention == attention_precision::bf16) m.set_attention_type(kernels::dtype::bf16);
-  if (shape.matmul == matmul_precision::tf32) m.set_gemm_math(kernels::gemm_math::tf32);
-  return std::unique_ptr<replica>{new replica{std::move(m), opt}};
+  FLEXSP_TRY(kernel_config(shape).validate());
+  std::unique_ptr<replica> r{new replica{std::move(device), shape, seed, opt, sharded, resume_from}};
+  if (!sharded) {
+    FLEXSP_TRY_ASSIGN(auto m, r->make_model(1, 0, false));
+    r->model_.emplace(std::move(m));
+  } else if (!resume_from.empty()) {
+    FLEXSP_TRY_ASSIGN(const auto saved, kernels::read_checkpoint_config(resume_from));
+    if (saved != r->config_)
+      return make_error(errc::invalid_argument, "checkpoint {} holds another model than the job's", resume_from);
+  }
+  return r;
+}
+
+expected<std::uint64_t> replica::checksum() const {
+  if (!model_) return std::uint64_t{0};
+  return model_->fingerprint();
+}
+
+expected<void> replica::prepare(kernels::communicator* world, int count, int index, std::span<const int> sources) {
+  if (!sharded_) return make_error(errc::invalid_argument, "a replica of an unsharded job keeps the whole model");
+  // Holds shard `i` of `n`, cutting it from the recipe when what it holds is the recipe's too.
+  auto hold = [&](int n, int i) -> expected<void> {
+    if (model_ && model_->shards().count() == n && model_->shards().index() == i) return {};
+    if (model_ && !pristine_)
+      return make_error(errc::failed, "holds shard {} of {} (trained), the plan wants shard {} of {} without a transfer",
+                        model_->shards().index(), model_->shards().count(), i, n);
+    model_.reset();
+    FLEXSP_TRY_ASSIGN(auto m, make_model(n, i, false));
+    model_.emplace(std::move(m));
+    pristine_ = true;
+    return {};
+  };
+  if (sources.empty()) return hold(count, index);
+  if (world == nullptr) return make_error(errc::invalid_argument, "a shard transfer needs the world's communicator");
+  const int old_count = static_cast<int>(sources.size());
+  for (int r = 0; r < old_count; ++r)
+    if (sources[static_cast<std::size_t>(r)] == world->rank()) FLEXSP_TRY(hold(old_count, r));
+  // The old shard (if any) stays allocated until the new one is filled: the transfer reads it.
+  FLEXSP_TRY_ASSIGN(auto fresh, make_model(count, index, true));
+  FLEXSP_TRY(kernels::transfer_shards(*world, sources, model_ ? &*model_ : nullptr, fresh));
+  model_.reset();
+  model_.emplace(std::move(fresh));
+  pristine_ = false;
+  return {};
 }
 
 expected<double> replica::forward_backward(kernels::communicator& group, const kernels::ulysses_layout& layout,
-                                           const kernels::local_inputs& inputs, float loss_scale) {
-  FLEXSP_TRY_ASSIGN(auto r, model_.forward_backward(group, layout, inputs, loss_scale));
+                                           const kernels::local_inputs& inputs, float loss_scale,
+                                           kernels::communicator* shards) {
+  kernels::forward_options options;
+  options.shard_group = shards;
+  FLEXSP_TRY_ASSIGN(auto r, model_->forward_backward(group, layout, inputs, loss_scale, options));
   return r.loss_sum;
+}
+
+expected<void> replica::settle_gradient_norm(kernels::communicator* shards) {
+  FLEXSP_TRY_ASSIGN(norm_, model_->gradient_norm(shards));
+  return {};
 }
 
 expected<void> replica::optimizer_step(float lr) {
   hyper_.lr = lr;
-  FLEXSP_TRY(model_.optimizer_step(hyper_, max_grad_norm_));
-  return model_.dev().synchronize();
+  if (!norm_) FLEXSP_TRY(settle_gradient_norm(nullptr));
+  const double norm = *norm_;
+  norm_.reset();
+  FLEXSP_TRY(model_->optimizer_step(hyper_, max_grad_norm_, norm));
+  pristine_ = false;
+  return model_->dev().synchronize();
+}
+
+expected<void> replica::save(const std::string& path) const {
+  if (!model_) return make_error(errc::failed, "no state to save yet");
+  if (!model_->shards().sharded()) return kernels::save_checkpoint(path, *model_);
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) return make_error(errc::io, "cannot create checkpoint directory {}: {}", path, ec.message());
+  return kernels::save_checkpoint(std::filesystem::path{path} /
+                                      kernels::shard_file_name(model_->shards().count(), model_->shards().index()),
+                                  *model_);
 }
 
 }  // namespace flexsp::actors

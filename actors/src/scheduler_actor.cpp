@@ -103,7 +103,7 @@ private:
     if (files.size() <= spec_.checkpoint_keep) return;
     files.resize(files.size() - spec_.checkpoint_keep);
     for (const auto& [_, f] : files)
-      if (f != fs::path{latest} && !fs::remove(f, ec) && ec)
+      if (f != fs::path{latest} && fs::remove_all(f, ec) == static_cast<std::uintmax_t>(-1))
         log::get("scheduler")->warn("job {}: cannot remove the old checkpoint {}: {}", job_id_, f.string(), ec.message());
   }
 

@@ -10,6 +10,50 @@ std::uint64_t training_batch::total_tokens() const {
   return n;
 }
 
+shard_assignment assign_shards(const std::vector<std::uint32_t>& world, sharding_mode mode, std::uint32_t group_size,
+                               std::uint32_t per_node) {
+  shard_assignment a;
+  if (mode == sharding_mode::replicate || world.empty()) return a;
+  const auto n = static_cast<std::uint32_t>(world.size());
+  std::uint32_t g = mode == sharding_mode::zero3 ? n : group_size > 0 ? group_size : std::max<std::uint32_t>(1, per_node);
+  g = std::min(g, n);
+  while (n % g != 0) --g;
+  a.group_size = static_cast<int>(g);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const auto first = i / g * g;
+    std::vector<std::uint32_t> group{world.begin() + first, world.begin() + first + g};
+    std::vector<std::uint32_t> replicas;
+    for (std::uint32_t k = i % g; k < n; k += g) replicas.push_back(world[k]);
+    a.group[world[i]] = std::move(group);
+    a.replicas[world[i]] = std::move(replicas);
+    a.shard[world[i]] = {static_cast<int>(g), static_cast<int>(i % g)};
+  }
+  return a;
+}
+
+std::vector<std::uint32_t> shard_sources(const std::map<std::uint32_t, std::pair<int, int>>& held) {
+  std::map<int, std::vector<std::optional<std::uint32_t>>> by_count;
+  std::map<int, int> copies;
+  for (const auto& [d, s] : held) {
+    const auto [count, index] = s;
+    if (count <= 0 || index < 0 || index >= count) continue;
+    auto& slots = by_count[count];
+    slots.resize(static_cast<std::size_t>(count));
+    if (!slots[static_cast<std::size_t>(index)]) slots[static_cast<std::size_t>(index)] = d;
+    ++copies[count];
+  }
+  std::vector<std::uint32_t> best;
+  int best_copies = -1;
+  for (const auto& [count, slots] : by_count) {
+    if (std::any_of(slots.begin(), slots.end(), [](const auto& s) { return !s.has_value(); })) continue;
+    if (copies[count] <= best_copies) continue;
+    best_copies = copies[count];
+    best.clear();
+    for (const auto& s : slots) best.push_back(*s);
+  }
+  return best;
+}
+
 expected<std::map<std::uint32_t, step_plan>> slice_plan(const scheduler::plan& p, const std::vector<std::uint32_t>& world,
                                                         const training_batch& batch, const step_header& h) {
   if (!std::is_sorted(world.begin(), world.end()))

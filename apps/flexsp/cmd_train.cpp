@@ -34,6 +34,8 @@ struct train_flags {
   std::string checkpoint_dir;
   std::uint32_t checkpoint_every = 0;
   double memory_limit_gb = 0;
+  std::string sharding;
+  std::uint32_t shard_group = 0;
   bool no_calibrate = false;
   bool no_milp = false;
   std::string attention;
@@ -82,6 +84,8 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   if (!f.checkpoint_dir.empty())
     spec_json["checkpoint"] = {{"dir", f.checkpoint_dir}, {"every", f.checkpoint_every}};
   if (f.memory_limit_gb > 0) spec_json["memory_limit_gb"] = f.memory_limit_gb;
+  if (!f.sharding.empty()) spec_json["sharding"] = f.sharding;
+  if (f.shard_group > 0) spec_json["shard_group"] = f.shard_group;
   auto spec = actors::parse_job_spec(spec_json.dump());
   if (!spec) {
     fmt::print(stderr, "flexsp train: invalid job: {}\n", spec.error().message());
@@ -217,6 +221,12 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--checkpoint-every", f->checkpoint_every, "checkpoint every K steps (0: at the end)");
   cmd->add_option("--memory-limit-gb", f->memory_limit_gb,
                   "memory per device the planner keeps every group under, GB (default: what the devices report)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--sharding", f->sharding,
+                  "model states: replicate (every device keeps all), zero3 (sharded over all devices) or hsdp "
+                  "(sharded within shard groups, replicated across them)")
+      ->check(CLI::IsMember({"replicate", "zero3", "hsdp"}));
+  cmd->add_option("--shard-group", f->shard_group, "hsdp: devices per shard group (default: one node's devices)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--heartbeat-interval", f->heartbeat, "heartbeat interval of the embedded nodes")->capture_default_str();
   cmd->add_option("--failure-timeout", f->failure_timeout,

@@ -279,6 +279,9 @@ private:
     /// device of a node that was lost and came back may still hold the committed state).
     std::optional<std::pair<std::uint64_t, std::uint64_t>> held;
     std::uint64_t memory = 0;  ///< bytes it may use, from its join reply (0: not reported)
+    /// Sharded jobs: the shard (count, index) it keeps while synced; count 0 while synced means
+    /// it holds its recipe (the seed or a checkpoint) and can cut any shard from it.
+    std::pair<int, int> shard{0, 0};
   };
   struct prepared_plan {
     std::vector<std::uint32_t> world;
@@ -304,6 +307,7 @@ private:
     double exposed_plan_ms = 0;
     std::uint64_t silence_timer = 0;
     core::time_point last_progress{};  ///< dispatch or the latest report
+    shard_assignment shards;           ///< sharded jobs: who keeps which shard in this attempt
   };
 
   // helpers
@@ -317,6 +321,9 @@ private:
   /// The checkpoint being saved failed: logs it and drops it; fails the job (true) when too
   /// many failed in a row.
   bool checkpoint_failed(const std::string& why);
+  bool sharded() const { return spec_.sharding != sharding_mode::replicate; }
+  /// Devices the planner sees sharing the model states (scheduler::profile::state_shards).
+  int state_shards(const std::vector<std::uint32_t>& w) const;
 
   // devices and membership
   void resolve_backend();
@@ -414,10 +421,10 @@ private:
   std::deque<scheduler::fit_sample> observed_;
   int steps_since_refit_ = 0;
 
-  std::uint64_t save_tag_ = 0;
+  std::map<std::uint64_t, std::uint32_t> save_tags_;  // checkpoint writes outstanding: tag -> device
+  std::map<int, std::uint64_t> save_sums_;             // their fingerprints by shard index
   std::uint64_t save_timer_ = 0;
   std::optional<checkpoint_point> saving_;
-  std::uint32_t saver_ = 0;
   bool indexing_ = false;
   std::uint32_t checkpoint_failures_ = 0;  // in a row
   /// The checksum devices reported for the state step `first` started from (the state after
@@ -426,6 +433,7 @@ private:
 
   std::map<std::uint64_t, std::uint32_t> queries_;   // verify tag -> device
   std::map<std::uint32_t, std::uint64_t> query_sums_;
+  std::map<std::uint32_t, std::pair<int, int>> query_shards_;
   std::uint64_t verify_timer_ = 0;
 
   std::uint64_t next_tag_ = 1;

@@ -13,8 +13,9 @@
 /// profiling phase fits the planner's cost model to the devices), `collective_timeout_ms`
 /// (default 10000), `planner_time_limit_ms` (default 200), `min_devices` (default 1),
 /// `memory_limit_gb` (per device; default: what each device reports: a GPU's memory, or the
-/// host's memory shared by the node's CPU devices), `fault` (retry budget, grace period and
-/// timeouts; see `fault_settings`).
+/// host's memory shared by the node's CPU devices), `sharding` ("replicate", the default;
+/// "zero3"; "hsdp") with `shard_group` (hsdp: devices per shard group; 0, the default: one node's
+/// devices), `fault` (retry budget, grace period and timeouts; see `fault_settings`).
 /// Parsing rejects unknown keys and wrong types; `validate` checks ranges. Every message names
 /// the field (`model.d_model: must be divisible by model.heads (4)`).
 
@@ -106,6 +107,10 @@ struct job_spec {
   /// Collective library: gloo (TCP, any device), nccl (CUDA devices), or none for "auto" (nccl
   /// on cuda, gloo on cpu).
   std::optional<collective_library> collectives;
+  /// Model states: full replicas on every device, ZeRO-3 over all devices, or HSDP (ZeRO-3 within
+  /// shard groups of `shard_group` devices, 0: one node's, replicated across groups).
+  sharding_mode sharding = sharding_mode::replicate;
+  std::uint32_t shard_group = 0;
   fault_settings fault;
 
   /// Learning rate of `step` (0-based): linear warmup to optimizer.lr over `warmup` steps.

@@ -44,6 +44,26 @@ struct step_header {
 expected<std::map<std::uint32_t, step_plan>> slice_plan(const scheduler::plan& p, const std::vector<std::uint32_t>& world,
                                                         const training_batch& batch, const step_header& header);
 
+/// Who keeps which shard of the model states in a world (sharded jobs).
+struct shard_assignment {
+  std::map<std::uint32_t, std::vector<std::uint32_t>> group;     ///< device -> its shard group, ascending
+  std::map<std::uint32_t, std::vector<std::uint32_t>> replicas;  ///< device -> devices keeping its shard
+  std::map<std::uint32_t, std::pair<int, int>> shard;            ///< device -> (count, index)
+  int group_size = 0;  ///< devices per shard group (0: not sharded)
+};
+
+/// The shard groups of `world` (ascending job device ids) under `mode`: none for replicate; one
+/// group of every device for zero3; for hsdp, consecutive groups of `group_size` devices (0: a
+/// node's devices, `per_node`), shrunk to the largest divisor of the world's size not above it
+/// so that every group cuts the states the same way.
+shard_assignment assign_shards(const std::vector<std::uint32_t>& world, sharding_mode mode, std::uint32_t group_size,
+                               std::uint32_t per_node);
+
+/// Where a transfer takes the old shards from: devices that hold shard r of some count for
+/// every r (`held`: device -> (count, index); count 0: none), preferring the count held most.
+/// Empty when no count is complete (a shard without a live copy).
+std::vector<std::uint32_t> shard_sources(const std::map<std::uint32_t, std::pair<int, int>>& held);
+
 /// The scheduler's side of the commit protocol for one attempt of one step.
 class commit_tracker {
 public:

@@ -98,6 +98,11 @@ expected<exchange_totals> check_all_to_all_v(int size, std::span<const float> se
                                              std::span<const std::int64_t> send_counts, std::span<const float> recv,
                                              std::span<const std::int64_t> recv_counts);
 
+/// The key of a second communicator for the same devices in `epoch` (group_cache::get): for
+/// collectives another thread runs while the first communicator is in use (a sharded model's
+/// parameter gathers alongside its SP group's exchanges).
+constexpr std::uint64_t second_channel(std::uint64_t epoch) noexcept { return epoch | (std::uint64_t{1} << 63); }
+
 /// The communicators of one device for the groups a job forms, created on first use and cached
 /// by (membership epoch, device set): the interface of the Gloo and NCCL caches, so a device
 /// actor holds either. Ranks follow ascending global device id. Thread-safe.
