@@ -1026,7 +1026,9 @@ void job_controller::finish_verify() {
     const auto shard = sharded() ? query_shards_[d] : std::pair{1, 0};
     auto [it, fresh] = by_shard.emplace(shard, c);
     if (!fresh && it->second != c) {
-      fail(fmt::format("replicas differ after the last step (device {}, shard {} of {})", d, shard.second, shard.first));
+      fail(sharded() ? fmt::format("replicas differ after the last step (device {}, shard {} of {})", d, shard.second,
+                                   shard.first)
+                     : fmt::format("replicas differ after the last step (device {})", d));
       return;
     }
   }

@@ -187,6 +187,7 @@ public:
             st.job_id = m.job_id;
             st.tag = m.tag;
             if (auto mem = memory_by_node.find(node); mem != memory_by_node.end()) st.memory_capacity = mem->second;
+            if (m.sharded) st.shard_count = 0;  // a sharded replica keeps nothing until its first plan
             if (auto h = held_by_node.find(node); h != held_by_node.end()) {
               st.optimizer_steps = h->second.first;
               st.checksum = h->second.second;
@@ -194,6 +195,11 @@ public:
             later([this, st]() { controller_->on(st); });
           } else if constexpr (std::is_same_v<T, step_plan>) {
             sent_plans.push_back({s.device, m});
+            if (!m.shard_group.empty()) {
+              const auto at = std::find(m.shard_group.begin(), m.shard_group.end(), s.device);
+              shard_of[s.device] = {static_cast<std::uint32_t>(m.shard_group.size()),
+                                    static_cast<std::uint32_t>(at - m.shard_group.begin())};
+            }
             if (auto_reply && !silent.count(s.device)) {
               later([this, d = s.device, m]() { controller_->on(ready(d, m, 1000 + m.step)); });
             } else {
@@ -205,10 +211,13 @@ public:
             aborts.push_back({s.device, m});
           } else if constexpr (std::is_same_v<T, save_state>) {
             saves.push_back(m);
+            savers.push_back(s.device);
             device_state st;
             st.job_id = m.job_id;
             st.tag = m.tag;
             st.checksum = 77;
+            if (auto sh = shard_of.find(s.device); sh != shard_of.end())
+              std::tie(st.shard_count, st.shard_index) = sh->second;
             later([this, st]() { controller_->on(st); });
           } else if constexpr (std::is_same_v<T, query_state>) {
             device_state st;
@@ -216,6 +225,10 @@ public:
             st.job_id = m.job_id;
             st.tag = m.tag;
             st.checksum = diverged_final.count(s.device) ? 2 : 1;
+            if (auto sh = shard_of.find(s.device); sh != shard_of.end()) {
+              std::tie(st.shard_count, st.shard_index) = sh->second;
+              st.checksum += 10 * sh->second.second;  // each shard its own bits
+            }
             later([this, st]() { controller_->on(st); });
           } else if constexpr (std::is_same_v<T, leave_job>) {
             leaves.push_back(s.device);
@@ -253,6 +266,9 @@ public:
   std::vector<std::pair<std::uint32_t, commit_step>> commits;
   std::vector<std::pair<std::uint32_t, abort_attempts>> aborts;
   std::vector<save_state> saves;
+  std::vector<std::uint32_t> savers;
+  /// The shard each device keeps after its latest plan: (count, index).
+  std::map<std::uint32_t, std::pair<std::uint32_t, std::uint32_t>> shard_of;
   std::vector<std::uint32_t> leaves;
   std::vector<step_metrics> metrics;
   std::vector<std::string> logs;
@@ -921,6 +937,178 @@ TEST(JobController, ACancelBeforeTheJobStartedEndsItCancelled) {
   ASSERT_TRUE(c.finished);
   EXPECT_EQ(c.finished->state, job_state::cancelled);
   EXPECT_TRUE(c.sent_plans.empty());
+}
+
+}  // namespace
+}  // namespace flexsp::actors
+
+namespace flexsp::actors {
+namespace {
+
+job_spec sharded_spec(std::uint64_t steps, sharding_mode mode) {
+  auto s = small_spec(steps);
+  s.sharding = mode;
+  return s;
+}
+
+/// The plans of `step` sent last (the latest attempt), by device.
+std::map<std::uint32_t, step_plan> latest_plans(const scripted_cluster& c, std::uint64_t step) {
+  std::map<std::uint32_t, step_plan> out;
+  for (const auto& [d, p] : c.sent_plans)
+    if (p.step == step && (!out.count(d) || out[d].attempt <= p.attempt)) out[d] = p;
+  return out;
+}
+
+TEST(ShardedJobController, Zero3ShardsOverEveryDeviceAndThePlannerCountsThem) {
+  scripted_cluster c{sharded_spec(3, sharding_mode::zero3)};
+  c.start({{1, 2}, {2, 2}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  for (const auto& j : c.joins) EXPECT_TRUE(j.sharded);
+  const auto plans = latest_plans(c, 0);
+  ASSERT_EQ(plans.size(), 4u);
+  for (const auto& [d, p] : plans) {
+    EXPECT_EQ(p.shard_group, (std::vector<std::uint32_t>{0, 1, 2, 3}));
+    EXPECT_EQ(p.replica_group, (std::vector<std::uint32_t>{d}));
+    EXPECT_TRUE(p.sync_shards.empty()) << "every device cuts its shard from the seed";
+  }
+  EXPECT_EQ(c.plan_profiles.back().state_shards, 4);
+  // Each shard has its own fingerprint; the job's final checksum combines them.
+  EXPECT_EQ(c.controller().status().final_checksum, kernels::combine_fingerprints(std::vector<std::uint64_t>{1, 11, 21, 31}));
+}
+
+TEST(ShardedJobController, HsdpShardsWithinANodeAndReplicatesAcrossNodes) {
+  scripted_cluster c{sharded_spec(2, sharding_mode::hsdp)};
+  c.start({{1, 2}, {2, 2}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  const auto plans = latest_plans(c, 1);
+  EXPECT_EQ(plans.at(0).shard_group, (std::vector<std::uint32_t>{0, 1}));
+  EXPECT_EQ(plans.at(3).shard_group, (std::vector<std::uint32_t>{2, 3}));
+  EXPECT_EQ(plans.at(1).replica_group, (std::vector<std::uint32_t>{1, 3}));
+  EXPECT_EQ(c.plan_profiles.back().state_shards, 2);
+}
+
+TEST(ShardedJobController, UnderHsdpANodeLostMidStepReRunsOnTheSurvivorsWithoutACheckpoint) {
+  auto spec = sharded_spec(4, sharding_mode::hsdp);
+  spec.checkpoint_dir = "/ckpt";
+  spec.checkpoint_every = 100;  // only at the end
+  scripted_cluster c{spec};
+  c.auto_reply = false;
+  c.start({{1, 2}, {2, 2}});
+  c.reply_all();  // step 0
+  c.reply_all();  // step 1
+  auto& waiting = c.waiting_plans();
+  ASSERT_EQ(waiting.size(), 4u);
+  c.feed(c.ready(0, waiting.at(0), 1002));
+  waiting.clear();
+  c.lose_node(1);  // devices 0 and 1: the other node keeps a whole copy of every shard
+  ASSERT_EQ(c.waiting_plans().size(), 2u);
+  const auto& p = c.waiting_plans().at(2);
+  EXPECT_EQ(p.step, 2u);
+  EXPECT_EQ(p.shard_group, (std::vector<std::uint32_t>{2, 3}));
+  EXPECT_TRUE(p.sync_shards.empty()) << "the survivors keep their shards as they are";
+  c.reply_all();
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  for (const auto& j : c.joins) EXPECT_EQ(j.resume_from, "") << "no checkpoint was read";
+  EXPECT_FALSE(c.logged("no live copy"));
+  EXPECT_EQ(c.commits_of(2), 2u);
+}
+
+TEST(ShardedJobController, UnderZero3ANodeLostRestartsFromTheLatestCheckpointAndSaysSo) {
+  auto spec = sharded_spec(4, sharding_mode::zero3);
+  spec.checkpoint_dir = "/ckpt";
+  spec.checkpoint_every = 1;
+  scripted_cluster c{spec};
+  c.auto_reply = false;
+  c.start({{1, 2}, {2, 2}});
+  c.reply_all();  // step 0, checkpoint 1 (written by every shard's holder)
+  ASSERT_EQ(c.saves.size(), 4u);
+  EXPECT_EQ(std::set<std::uint32_t>(c.savers.begin(), c.savers.end()), (std::set<std::uint32_t>{0, 1, 2, 3}));
+  c.reply_all();  // step 1, checkpoint 2
+  c.waiting_plans().clear();
+  c.lose_node(2);  // shards 2 and 3 had no other copy
+  EXPECT_TRUE(c.logged("a shard of the model state has no live copy (sharding zero3"));
+  ASSERT_FALSE(c.joins.empty());
+  EXPECT_EQ(c.joins.back().resume_from, "/ckpt/step-000002.ckpt");
+  ASSERT_EQ(c.waiting_plans().size(), 2u);
+  EXPECT_EQ(c.waiting_plans().at(0).step, 2u);
+  EXPECT_EQ(c.waiting_plans().at(0).shard_group, (std::vector<std::uint32_t>{0, 1}));
+  EXPECT_TRUE(c.waiting_plans().at(0).sync_shards.empty()) << "each cuts its shard from the checkpoint";
+  c.reply_all();
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+  EXPECT_EQ(c.controller().status().steps_done, 4u);
+}
+
+TEST(ShardedJobController, ANodeJoiningGetsItsShardsByTransferFromLiveHolders) {
+  scripted_cluster c{sharded_spec(3, sharding_mode::zero3)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  c.join_node(2, 2);  // mid step 0
+  c.reply_all();      // step 0 commits on devices 0, 1 (shards 0 and 1 of 2)
+  ASSERT_EQ(c.waiting_plans().size(), 4u);
+  for (const auto& [d, p] : c.waiting_plans()) {
+    EXPECT_EQ(p.step, 1u);
+    EXPECT_EQ(p.shard_group, (std::vector<std::uint32_t>{0, 1, 2, 3})) << "re-sharded four ways";
+    EXPECT_EQ(p.sync_shards, (std::vector<std::uint32_t>{0, 1})) << "old shard r from its holder";
+  }
+  c.reply_all();
+  EXPECT_TRUE(c.waiting_plans().at(2).sync_shards.empty()) << "every device holds its new shard";
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+}
+
+TEST(ShardedJobController, ADeviceJoiningBeforeTheFirstCommitGetsItsShardFromTheRecipeHolders) {
+  scripted_cluster c{sharded_spec(2, sharding_mode::hsdp)};
+  c.auto_reply = false;
+  c.start({{1, 2}});
+  // Step 0 fails before any commit; a node joins meanwhile.
+  auto& waiting = c.waiting_plans();
+  c.feed(c.failure(0, waiting.at(0)));
+  waiting.clear();
+  c.join_node(2, 2);
+  c.advance(2s);  // the grace period
+  ASSERT_EQ(c.waiting_plans().size(), 4u);
+  EXPECT_EQ(c.waiting_plans().at(3).sync_shards, (std::vector<std::uint32_t>{0, 1}))
+      << "devices still holding the seed cut shards of it and hand them over";
+  c.reply_all();
+  c.reply_all();
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
+}
+
+TEST(ShardedJobController, ReplicasOfOneShardThatDifferAtTheEndFailTheJob) {
+  scripted_cluster c{sharded_spec(2, sharding_mode::hsdp)};
+  c.diverged_final.insert(3);
+  c.start({{1, 2}, {2, 2}});
+  ASSERT_TRUE(c.finished);
+  EXPECT_EQ(c.finished->state, job_state::failed);
+  EXPECT_NE(c.finished->message.find("shard 1 of 2"), std::string::npos) << c.finished->message;
+}
+
+TEST(ShardAssignment, HsdpGroupsShrinkToADivisorOfTheWorld) {
+  const std::vector<std::uint32_t> six{0, 1, 2, 3, 4, 5};
+  auto a = assign_shards(six, sharding_mode::hsdp, 4, 4);
+  EXPECT_EQ(a.group_size, 3);
+  EXPECT_EQ(a.group.at(4), (std::vector<std::uint32_t>{3, 4, 5}));
+  EXPECT_EQ(a.replicas.at(4), (std::vector<std::uint32_t>{1, 4}));
+  EXPECT_EQ(a.shard.at(5), (std::pair<int, int>{3, 2}));
+  EXPECT_EQ(assign_shards(six, sharding_mode::hsdp, 0, 2).group_size, 2) << "default: a node's devices";
+  EXPECT_EQ(assign_shards(six, sharding_mode::zero3, 0, 2).group_size, 6);
+  EXPECT_TRUE(assign_shards(six, sharding_mode::replicate, 0, 2).group.empty());
+}
+
+TEST(ShardAssignment, SourcesComeFromACompleteSetOfShards) {
+  // Shards 0..2 of 3 on devices 4, 7, 9; device 8 holds a second copy of shard 1.
+  std::map<std::uint32_t, std::pair<int, int>> held{{4, {3, 0}}, {7, {3, 1}}, {8, {3, 1}}, {9, {3, 2}}, {11, {2, 0}}};
+  EXPECT_EQ(shard_sources(held), (std::vector<std::uint32_t>{4, 7, 9}));
+  held.erase(9);
+  EXPECT_TRUE(shard_sources(held).empty()) << "shard 2 of 3 has no live copy; 2-way set incomplete";
 }
 
 }  // namespace
