@@ -157,6 +157,70 @@ TEST(Chaos, TwoOfThreeNodesKilled) {
   EXPECT_EQ(r.steps.back().devices, 2u);
 }
 
+/// Kills one of three nodes (2 CPU devices each) right after `at_step` commits under a sharded
+/// job and returns the run and the wall time from the kill until the step that was running then
+/// committed (for zero3, after the restart re-ran the steps since the checkpoint).
+struct killed_run {
+  run r;
+  double recovery_ms = 0;
+};
+killed_run kill_node_under(actors::sharding_mode mode, const std::string& tag, const fs::path& checkpoints,
+                           std::uint64_t at_step) {
+  auto spec = chaos_job(kSteps);
+  spec.sharding = mode;
+  spec.checkpoint_dir = checkpoints.string();
+  spec.checkpoint_every = 4;
+  killed_run out;
+  process_cluster cluster{tag};
+  EXPECT_TRUE(cluster.launch(3, "cpu:2", "100ms", "500ms"));
+  const auto victim = cluster.node_pids().at(1);
+  std::chrono::steady_clock::time_point killed{};
+  out.r = run_job(cluster, spec, [&](const step_record& s) {
+    if (s.step == at_step && killed == std::chrono::steady_clock::time_point{}) {
+      ::kill(victim, SIGKILL);
+      killed = std::chrono::steady_clock::now();
+    }
+    if (s.step == at_step + 1 && out.recovery_ms == 0 && killed != std::chrono::steady_clock::time_point{})
+      out.recovery_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - killed).count();
+  });
+  const bool restarted = !cluster.log_lines("restarted from").empty();
+  const bool lost_shard = !cluster.log_lines("has no live copy").empty();
+  if (mode == actors::sharding_mode::hsdp) {
+    EXPECT_FALSE(restarted) << "hsdp keeps a copy of every shard on another node: no checkpoint is read";
+    EXPECT_FALSE(lost_shard);
+  } else {
+    EXPECT_TRUE(lost_shard) << "zero3 keeps one copy of each shard: the job says it lost some";
+    EXPECT_TRUE(restarted) << "and restarts from its latest checkpoint";
+  }
+  return out;
+}
+
+TEST(Chaos, AKilledNodeUnderHsdpCostsNoCheckpointWhileZero3RestartsFromOne) {
+  const auto& ref = reference_run(chaos_job(kSteps));
+  ASSERT_EQ(ref.steps.size(), kSteps);
+  const auto dir = fs::temp_directory_path() / fmt::format("flexsp-chaos-shards-{}", ::getpid());
+  fs::remove_all(dir);
+  constexpr std::uint64_t at = 9;  // a checkpoint after step 7 (8 steps done); the kill in step 10
+  auto hsdp = kill_node_under(actors::sharding_mode::hsdp, "chaos-hsdp", dir / "hsdp", at);
+  expect_sound(hsdp.r, ref, kSteps);
+  EXPECT_EQ(hsdp.r.steps.back().devices, 4u);
+  auto zero3 = kill_node_under(actors::sharding_mode::zero3, "chaos-zero3", dir / "zero3", at);
+  // A restart re-runs (and republishes) the steps since the checkpoint: the last record of each
+  // step must match the fault-free run.
+  EXPECT_EQ(zero3.r.final.state, actors::job_state::succeeded) << zero3.r.final.error;
+  std::map<std::uint64_t, double> last;
+  for (const auto& s : zero3.r.steps) last[s.step] = s.loss;
+  ASSERT_EQ(last.size(), kSteps);
+  for (const auto& [step, loss] : last)
+    EXPECT_LE(std::abs(loss - ref.steps[step].loss), 1e-5 * std::max(1.0, std::abs(ref.steps[step].loss)))
+        << "step " << step;
+  std::printf("recovery from kill -9 of a node (3 nodes x 2 CPU devices, kill after step %llu): hsdp %.0f ms (no "
+              "checkpoint read), zero3 %.0f ms (restart from the step-8 checkpoint); zero3 / hsdp = %.2fx\n",
+              static_cast<unsigned long long>(at), hsdp.recovery_ms, zero3.recovery_ms,
+              hsdp.recovery_ms > 0 ? zero3.recovery_ms / hsdp.recovery_ms : 0.0);
+  fs::remove_all(dir);
+}
+
 TEST(Chaos, ANodeStoppedPastTheTimeoutTrainsAgainAfterContinue) {
   constexpr std::uint64_t steps = 100;  // long enough to see the node back
   const auto spec = chaos_job(steps);
