@@ -155,6 +155,7 @@ struct GradReady {
   peakMemory @9 :UInt64;          # the device's allocations at their highest in this attempt, bytes
   shardChecksum @10 :UInt64;      # sharded states: fingerprint of this device's shard (checksum: of its group's state)
   shardCommMs @11 :Float64;       # sharded states: parameter gathers waited for and gradient reduce-scatters
+  stateBytes @12 :UInt64;         # model states this device keeps: parameters, gradients, AdamW moments
 }
 
 # Tell (device -> scheduler): the attempt failed on this device.

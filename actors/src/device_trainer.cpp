@@ -427,6 +427,7 @@ void device_trainer::handle(step_plan m) {
       out.loss_sum = loss_sum;
       out.peak_memory = st.peak_memory();
       out.shard_comm_ms = 1000.0 * st.take_shard_comm_seconds();
+      out.state_bytes = st.state_bytes();
       return out;
     };
     auto r = run();

@@ -20,6 +20,7 @@ std::string step_metrics::to_json() const {
                    {"predicted_ms", predicted_ms}, {"step_ms", step_ms}, {"compute_ms", compute_ms},
                    {"comm_ms", comm_ms},   {"overhead_ms", overhead_ms}, {"group_error", group_error},
                    {"peak_memory_mb", peak_memory_mb}, {"predicted_memory_mb", predicted_memory_mb},
+                   {"state_mb", state_mb}, {"shard_comm_ms", shard_comm_ms},
                    {"retried", retried},   {"recovery_ms", recovery_ms}, {"committed_at_ms", committed_at_ms},
                    {"state_checksum", state_checksum}};
   auto& g = j["groups"] = nlohmann::json::array();
@@ -925,6 +926,8 @@ void job_controller::committed() {
     m.comm_ms = std::max(m.comm_ms, r.comm_ms);
     worst_device = std::max(worst_device, r.compute_ms + r.comm_ms);
     m.peak_memory_mb = std::max(m.peak_memory_mb, static_cast<double>(r.peak_memory) / (1024.0 * 1024.0));
+    m.state_mb = std::max(m.state_mb, static_cast<double>(r.state_bytes) / (1024.0 * 1024.0));
+    m.shard_comm_ms = std::max(m.shard_comm_ms, r.shard_comm_ms);
   }
   m.overhead_ms = std::max(0.0, m.step_ms - worst_device);
   double err = 0;

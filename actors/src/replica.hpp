@@ -54,6 +54,10 @@ public:
   /// step buffers, which stay allocated for later steps).
   std::uint64_t peak_memory() const noexcept { return device_->peak_memory(); }
   void reset_peak_memory() noexcept { device_->reset_peak_memory(); }
+  /// Bytes of the model states held: parameters, gradients and both moments (of the shard).
+  std::uint64_t state_bytes() const noexcept {
+    return model_ ? 4 * sizeof(float) * static_cast<std::uint64_t>(model_->size()) : 0;
+  }
   /// kernels::fingerprint of parameters, first and second moments (of the shard held; 0 when
   /// nothing is held yet).
   expected<std::uint64_t> checksum() const;

@@ -131,7 +131,7 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   std::fflush(stdout);
   std::uint64_t milp_solves = 0;
   double sum_step = 0, sum_solve = 0, sum_overhead = 0, sum_err = 0, sum_pred = 0;
-  double peak_memory_mb = 0, predicted_memory_mb = 0;
+  double peak_memory_mb = 0, predicted_memory_mb = 0, state_mb = 0, sum_shard_comm = 0;
   std::uint64_t tokens = 0, steps = 0, retried = 0;
   auto on_metrics = [&](const actors::step_metrics& m) {
     if (metrics_out) {
@@ -154,6 +154,8 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     sum_pred += m.predicted_ms;
     peak_memory_mb = std::max(peak_memory_mb, m.peak_memory_mb);
     predicted_memory_mb = std::max(predicted_memory_mb, m.predicted_memory_mb);
+    state_mb = std::max(state_mb, m.state_mb);
+    sum_shard_comm += m.shard_comm_ms;
     tokens += m.tokens;
     retried += m.retried;
     ++steps;
@@ -185,6 +187,11 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
                sum_pred / n, 100 * sum_err / n, static_cast<double>(tokens) / (sum_step / 1000.0));
     fmt::print("  device memory at its highest {:.1f} MiB (the planner's largest group: {:.1f} MiB per device)\n",
                peak_memory_mb, predicted_memory_mb);
+    fmt::print("  model states {:.2f} MiB per device (sharding {}){}\n", state_mb, to_string(spec->sharding),
+               spec->sharding == actors::sharding_mode::replicate
+                   ? std::string{}
+                   : fmt::format("; parameter gathers and gradient reduce-scatters {:.1f}% of step time",
+                                 100 * sum_shard_comm / std::max(1e-9, sum_step)));
     fmt::print("  planner {:.1f} ms per batch (hidden behind the previous step), {} CBC MILP solves in all; scheduler "
                "overhead {:.1f}% of step time\n",
                sum_solve / n, milp_solves, 100 * sum_overhead / std::max(1e-9, sum_step));

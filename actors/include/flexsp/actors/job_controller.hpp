@@ -69,6 +69,8 @@ struct step_metrics {
   double group_error = 0;             ///< mean |predicted - measured| / measured over the step's groups
   double peak_memory_mb = 0;          ///< max over devices of their allocations at their highest (MiB)
   double predicted_memory_mb = 0;     ///< max over the plan's groups of the planner's memory per device (MiB)
+  double state_mb = 0;                ///< max over devices of the model states each keeps (MiB; sharding divides them)
+  double shard_comm_ms = 0;           ///< sharded: max over devices of gathers waited for and reduce-scatters
   /// Per group: micro-batch, degree, predicted ms, measured ms (the slowest member's forward/backward).
   struct group_time {
     std::uint32_t micro_batch = 0;
