@@ -15,6 +15,7 @@
 
 #include "commands.hpp"
 #include "flexsp/actors/job_spec.hpp"
+#include "flexsp/actors/step_protocol.hpp"
 #include "flexsp/kernels/model.hpp"
 #include "flexsp/scheduler/dataset.hpp"
 #include "flexsp/scheduler/planner.hpp"
@@ -227,7 +228,7 @@ void run_replay(common_args& a, const replay_args& r) {
 // The memory model of a job spec: what a device holds for the model's states and per token of
 // a micro-batch (kernels::estimate_memory, the accounting the scheduler plans with), and the
 // longest sequence each SP degree fits within the limit.
-void print_memory_model(const std::string& spec_path, double limit_gb, bool json) {
+void print_memory_model(const std::string& spec_path, double limit_gb, bool json, int devices, int per_node) {
   std::ifstream in{spec_path};
   if (!in) throw plan_failure{fmt::format("--job: cannot read {}", spec_path)};
   std::stringstream text;
@@ -236,9 +237,18 @@ void print_memory_model(const std::string& spec_path, double limit_gb, bool json
   const auto config = actors::kernel_config(spec.model);
   if (limit_gb <= 0) limit_gb = spec.memory_limit_gb;
   constexpr double kMiB = 1024.0 * 1024.0;
-  const double states = 16.0 * static_cast<double>(config.parameter_count());
+  // The devices sharing the model states: zero3 all of --devices, hsdp a shard group (the spec's
+  // shard_group, else a node's devices), cut the way the job would cut them.
+  std::vector<std::uint32_t> world(static_cast<std::size_t>(devices));
+  for (std::size_t i = 0; i < world.size(); ++i) world[i] = static_cast<std::uint32_t>(i);
+  const auto assignment = actors::assign_shards(world, spec.sharding, spec.shard_group,
+                                                static_cast<std::uint32_t>(per_node > 0 ? per_node : 8));
+  const int shards = std::max(1, assignment.group_size);
+  const double states =
+      16.0 * static_cast<double>(kernels::shard_layout::of(config, shards, 0).local_size());
   nlohmann::json j{{"parameters", config.parameter_count()},
-                   {"sharding", "replicate"},
+                   {"sharding", std::string{actors::to_string(spec.sharding)}},
+                   {"state_shards", shards},
                    {"model_states_mib", states / kMiB},
                    {"memory_limit_gb", limit_gb},
                    {"degrees", nlohmann::json::array()}};
@@ -247,7 +257,8 @@ void print_memory_model(const std::string& spec_path, double limit_gb, bool json
                 std::string{kernels::to_string(config.family)}.c_str(), static_cast<long long>(config.layers),
                 static_cast<long long>(config.d_model), static_cast<long long>(config.heads),
                 static_cast<long long>(config.kv()), static_cast<long long>(config.parameter_count()));
-    std::printf("model states per device (fp32 parameters, gradients, two AdamW moments; replicated): %.1f MiB\n",
+    std::printf("model states per device (fp32 parameters, gradients, two AdamW moments; %s): %.1f MiB\n",
+                shards == 1 ? "replicated" : fmt::format("{}, 1/{} of them", actors::to_string(spec.sharding), shards).c_str(),
                 states / kMiB);
     std::printf("memory limit per device: %s\n",
                 limit_gb > 0 ? fmt::format("{} GB", limit_gb).c_str() : "what the devices report (give --mem-limit-gb)");
@@ -255,7 +266,7 @@ void print_memory_model(const std::string& spec_path, double limit_gb, bool json
   }
   for (int degree : {1, 2, 4, 8, 16}) {
     if (degree > 1 && degree > config.heads) break;
-    const auto m = kernels::estimate_memory(config, degree, 1);
+    const auto m = kernels::estimate_memory(config, degree, shards);
     const double per_rank_token = m.per_token / degree;
     long long longest = -1;
     if (limit_gb > 0)
@@ -290,11 +301,12 @@ void add_plan_commands(CLI::App& root) {
     auto job = std::make_shared<std::string>();
     cmd->add_option("--job", *job,
                     "print the memory model of this job spec (model states, bytes per token and the longest "
-                    "sequence each SP degree fits within --mem-limit-gb or the spec's memory_limit_gb)");
+                    "sequence each SP degree fits within --mem-limit-gb or the spec's memory_limit_gb; a sharded "
+                    "spec's states are cut over --devices, or hsdp groups of --devices-per-node)");
     add_common(cmd, *a);
     cmd->callback([a, lengths, synthetic, batch, seed, strategy, job]() {
       if (!job->empty()) {
-        print_memory_model(*job, a->mem_limit_gb, a->json);
+        print_memory_model(*job, a->mem_limit_gb, a->json, a->devices, a->devices_per_node);
         return;
       }
       run_plan(*a, *lengths, *synthetic, *batch, *seed, *strategy);

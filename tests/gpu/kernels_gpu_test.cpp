@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -689,6 +690,92 @@ TEST_F(GpuKernels, UlyssesGroupsOfAnyDegreeGiveTheSingleDeviceLossAndGradients) 
       EXPECT_LT(max_rel_diff(g, cpu.host_grads().subspan(off, cnt)), 1e-3) << p.name << " at degree " << degree;
     }
   }
+}
+
+// Sharded states on the GPU (ZeRO-3 over two ranks, Gloo through host copies): the same training
+// as one CPU model, shards that move by transfer and by checkpoint bit for bit.
+TEST_F(GpuKernels, ShardedStatesTrainLikeOneCpuModelAndMoveBitForBit) {
+  const model_config cfg{.family = model_family::llama, .layers = 2, .d_model = 32, .heads = 4, .vocab = 37,
+                         .max_positions = 64, .kv_heads = 2};
+  const std::vector<std::vector<std::int64_t>> lengths{{29}, {17}};
+  const adamw_params hyper{.lr = 1e-2f, .weight_decay = 0.1f};
+  constexpr int kSteps = 3;
+  // The CPU reference: both sequences as two micro-batches of one model.
+  auto cpu = model::create(cfg, 4).value();
+  for (int step = 0; step < kSteps; ++step) {
+    ASSERT_OK(cpu.zero_grads());
+    for (int r = 0; r < 2; ++r) {
+      auto seqs = synthetic_sequences(lengths[static_cast<std::size_t>(r)], 10 * step + r, cfg.vocab);
+      ASSERT_OK(cpu.forward_backward(shard_inputs(ulysses_layout::make(lengths[static_cast<std::size_t>(r)], 1, 0,
+                                                                      cfg.heads).value(), seqs).value(),
+                                     lengths[static_cast<std::size_t>(r)], 1.0f / 46));
+    }
+    ASSERT_OK(cpu.optimizer_step(hyper, 1.0));
+  }
+  memory_store store;
+  const auto dir = std::filesystem::temp_directory_path() / fmt::format("flexsp-gpu-shards-{}", ::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::vector<std::vector<float>> params(2), moved(2);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r)
+    ranks.emplace_back([&, r] {
+      auto fail = [&](const error& e) { errors[static_cast<std::size_t>(r)] = e.to_string(); };
+      auto dev = gpu::open_device(0);
+      if (!dev) return fail(dev.error());
+      std::shared_ptr<device> gpu_dev{std::move(*dev)};
+      auto m = model::create(gpu_dev, cfg, 4, {2, r});
+      if (!m) return fail(m.error());
+      auto shards = make_gloo_communicator(store, "gpu-shards", r, 2, gloo_options{});
+      if (!shards) return fail(shards.error());
+      auto world = make_gloo_communicator(store, "gpu-world", r, 2, gloo_options{});
+      if (!world) return fail(world.error());
+      auto local = make_local_communicator();
+      forward_options opt;
+      opt.shard_group = shards->get();
+      for (int step = 0; step < kSteps; ++step) {
+        if (auto z = m->zero_grads(); !z) return fail(z.error());
+        const auto& len = lengths[static_cast<std::size_t>(r)];
+        auto layout = ulysses_layout::make(len, 1, 0, cfg.heads).value();
+        auto in = shard_inputs(layout, synthetic_sequences(len, 10 * step + r, cfg.vocab)).value();
+        if (auto f = m->forward_backward(*local, layout, in, 1.0f / 46, opt); !f) return fail(f.error());
+        auto norm = m->gradient_norm(shards->get());
+        if (!norm) return fail(norm.error());
+        if (auto o = m->optimizer_step(hyper, 1.0, *norm); !o) return fail(o.error());
+      }
+      auto& p = params[static_cast<std::size_t>(r)];
+      p.resize(static_cast<std::size_t>(m->size()));
+      if (auto d = m->download_params(p); !d) return fail(d.error());
+      if (auto s = save_checkpoint(dir / shard_file_name(2, r), *m); !s) return fail(s.error());
+      // Two shards become one whole model on rank 0 and one on rank 1, by transfer.
+      auto whole = model::create(gpu_dev, cfg, 0, {1, 0}, true);
+      if (!whole) return fail(whole.error());
+      const int sources[2] = {0, 1};
+      if (auto t = transfer_shards(**world, sources, &*m, *whole); !t) return fail(t.error());
+      auto& w = moved[static_cast<std::size_t>(r)];
+      w.resize(static_cast<std::size_t>(whole->size()));
+      if (auto d = whole->download_params(w); !d) return fail(d.error());
+    });
+  for (auto& t : ranks) t.join();
+  for (const auto& e : errors) ASSERT_TRUE(e.empty()) << e;
+  // Shards assembled equal the CPU model's parameters to GPU rounding, and the transferred whole.
+  const auto lay0 = shard_layout::of(cfg, 2, 0);
+  std::vector<float> assembled(static_cast<std::size_t>(cfg.parameter_count()));
+  for (int r = 0; r < 2; ++r)
+    for (std::size_t u = 0; u < lay0.units(); ++u) {
+      const auto range = lay0.range(u, r);
+      for (auto e = range.begin; e < range.end; ++e)
+        assembled[static_cast<std::size_t>(e)] =
+            params[static_cast<std::size_t>(r)][static_cast<std::size_t>(lay0.local_offset(u) + e - range.begin)];
+    }
+  EXPECT_LT(max_rel_diff(assembled, cpu.host_params()), 1e-3);
+  EXPECT_EQ(moved[0], assembled);
+  EXPECT_EQ(moved[1], assembled);
+  auto loaded = model::create(cfg, 0).value();
+  ASSERT_OK(load_checkpoint(dir, loaded));
+  EXPECT_EQ(std::vector<float>(loaded.host_params().begin(), loaded.host_params().end()), assembled);
+  std::filesystem::remove_all(dir);
 }
 
 // ---- backend choice (meaningful with and without a GPU) ---------------------------------

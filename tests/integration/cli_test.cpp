@@ -74,6 +74,33 @@ TEST(Cli, PlanPrintsTheMemoryModelOfAJobSpec) {
   std::remove(spec.c_str());
 }
 
+TEST(Cli, TrainShardsTheModelStatesWhenAsked) {
+  auto r = run("train --devices cpu:4 --nodes 2 --steps 2 --batch-size 8 --no-calibrate --sharding hsdp");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("(sharding hsdp)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("parameter gathers and gradient reduce-scatters"), std::string::npos) << r.output;
+  auto bad = run("train --sharding fsdp");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--sharding"), std::string::npos) << bad.output;
+  auto group = run("train --devices cpu:2 --steps 1 --sharding zero3 --shard-group 2");
+  EXPECT_EQ(group.exit_code, 2) << group.output;
+  EXPECT_NE(group.output.find("shard_group"), std::string::npos) << group.output;
+}
+
+TEST(Cli, PlanPrintsTheShardedMemoryModel) {
+  const std::string spec = ::testing::TempDir() + "flexsp_plan_sharded_spec.json";
+  {
+    FILE* f = std::fopen(spec.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(R"({"steps": 5, "sharding": "zero3", "model": {"preset": "llama-tiny"}})", f);
+    std::fclose(f);
+  }
+  auto r = run("plan --job " + spec + " --devices 8 --mem-limit-gb 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("zero3, 1/8 of them"), std::string::npos) << r.output;
+  std::remove(spec.c_str());
+}
+
 TEST(Cli, TrainRefusesGpuOnlyPrecisionsOnCpuDevicesAtOnce) {
   auto r = run("train --devices cpu:2 --steps 1 --attention bf16");
   EXPECT_EQ(r.exit_code, 2) << r.output;

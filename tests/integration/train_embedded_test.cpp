@@ -217,6 +217,52 @@ TEST(TrainEmbedded, LosingEveryReplicaRestartsFromTheLatestCheckpoint) {
   fs::remove_all(dir);
 }
 
+// A zero3 job checkpointed by 4 devices (a directory of 4 shard files) resumes on 2 devices, its
+// shards cut anew on load, and ends with the parameters an undisturbed 4-device run ends with.
+TEST(TrainEmbedded, AShardedCheckpointOfFourDevicesResumesOnTwo) {
+  std::random_device rd;
+  const auto dir = fs::temp_directory_path() / fmt::format("flexsp-shards-{:x}", rd());
+  auto spec = tiny("flexsp", dir / "resumed");
+  spec.sharding = sharding_mode::zero3;
+  spec.steps = 3;
+  spec.checkpoint_every = 3;
+  {
+    auto four = embedded_cluster::start(2, 2);
+    ASSERT_TRUE(four) << four.error().to_string();
+    const auto first = run_job(**four, spec);
+    ASSERT_EQ(first.status.state, job_state::succeeded) << first.status.error;
+    // The rest of this cluster's time: the reference, all 6 steps on 4 devices.
+    auto whole = spec;
+    whole.steps = 6;
+    whole.checkpoint_dir = (dir / "reference").string();
+    const auto ref = run_job(**four, whole);
+    ASSERT_EQ(ref.status.state, job_state::succeeded) << ref.status.error;
+  }
+  for (int r = 0; r < 4; ++r)
+    EXPECT_TRUE(fs::exists(dir / "resumed" / "step-000003.ckpt" / kernels::shard_file_name(4, r))) << r;
+  auto two = embedded_cluster::start(1, 2);
+  ASSERT_TRUE(two) << two.error().to_string();
+  auto rest = spec;
+  rest.steps = 6;
+  const auto resumed = run_job(**two, rest);
+  ASSERT_EQ(resumed.status.state, job_state::succeeded) << resumed.status.error;
+  EXPECT_EQ(resumed.status.resumed_from, 3u);
+  EXPECT_EQ(resumed.status.devices, 2u);
+  // Both final checkpoints assembled into whole models (what `flexsp export` reads).
+  const kernels::model_config cfg{.layers = 2, .d_model = 32, .heads = 4, .vocab = 256, .max_positions = 256};
+  auto a = kernels::model::create(cfg, 0).value();
+  auto b = kernels::model::create(cfg, 0).value();
+  ASSERT_TRUE(kernels::load_checkpoint(dir / "resumed" / "step-000006.ckpt", a));
+  ASSERT_TRUE(kernels::load_checkpoint(dir / "reference" / "step-000006.ckpt", b));
+  EXPECT_TRUE(fs::exists(dir / "resumed" / "step-000006.ckpt" / kernels::shard_file_name(2, 1)));
+  double max_diff = 0;
+  for (std::size_t i = 0; i < a.host_params().size(); ++i)
+    max_diff = std::max(max_diff, static_cast<double>(std::abs(a.host_params()[i] - b.host_params()[i])));
+  EXPECT_LT(max_diff, 1e-5) << "resuming on 2 devices changed the training";
+  EXPECT_EQ(a.steps(), 6);
+  fs::remove_all(dir);
+}
+
 TEST(JobClient, StepsArePushedAsTheyCommitAndTheEndAtOnce) {
   auto cluster = embedded_cluster::start(1, 2);
   ASSERT_TRUE(cluster) << cluster.error().to_string();

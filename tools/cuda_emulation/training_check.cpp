@@ -128,6 +128,37 @@ int main(int argc, char** argv) {
     std::printf("%s%s\n", gpu.status.error.empty() ? "" : "  error: ", gpu.status.error.c_str());
     failures += ok ? 0 : 1;
   }
+  for (const std::string mode : {"zero3", "hsdp"}) {
+    // Sharded states on emulated GPUs against the replicated job on CPU devices: zero3 over NCCL
+    // (gathers and reduce-scatters on device buffers) on 2 GPUs with a third joining after the
+    // first step (its shard by transfer, re-sharded 3 ways); hsdp over Gloo (through host copies)
+    // on 2 nodes of 2 GPUs (a shard group per node, replicated across nodes).
+    auto cluster = embedded_cluster::start(0, 0).value();
+    (void)cluster->add_node(std::vector<device_id>{{device_kind::cpu, 0}, {device_kind::cpu, 1}});
+    const bool zero3 = mode == "zero3";
+    if (zero3) {
+      for (std::uint32_t i = 0; i < 2; ++i) (void)cluster->add_node(std::vector<device_id>{{device_kind::cuda, i}});
+    } else {
+      for (std::uint32_t i = 0; i < 4; i += 2)
+        (void)cluster->add_node(std::vector<device_id>{{device_kind::cuda, i}, {device_kind::cuda, i + 1}});
+    }
+    auto sharded = tiny("cuda", zero3 ? "nccl" : "gloo", "flexsp", (dir / ("shard-" + mode)).string());
+    (void)parse_sharding_mode(mode, sharded.sharding);
+    const auto cpu = run(*cluster, tiny("cpu", "gloo", "flexsp", (dir / ("shard-cpu-" + mode)).string()));
+    const auto gpu = run(*cluster, sharded, [&](std::uint64_t step) {
+      if (zero3 && step == 0) (void)cluster->add_node(std::vector<device_id>{{device_kind::cuda, 2}});
+    });
+    bool ok = cpu.status.state == job_state::succeeded && gpu.status.state == job_state::succeeded &&
+              cpu.losses.size() == 3 && gpu.losses.size() == 3;
+    for (std::size_t i = 0; ok && i < 3; ++i) ok = std::abs(cpu.losses[i] - gpu.losses[i]) <= 1e-4 * cpu.losses[i];
+    std::printf("sharding %s, cuda with %s: %s  cpu %s, cuda %s; losses", mode.c_str(), zero3 ? "nccl" : "gloo",
+                ok ? "ok" : "FAILED", std::string{to_string(cpu.status.state)}.c_str(),
+                std::string{to_string(gpu.status.state)}.c_str());
+    for (std::size_t i = 0; i < std::max(cpu.losses.size(), gpu.losses.size()); ++i)
+      std::printf("  %.6f/%.6f", i < cpu.losses.size() ? cpu.losses[i] : NAN, i < gpu.losses.size() ? gpu.losses[i] : NAN);
+    std::printf("%s%s\n", gpu.status.error.empty() ? "" : "  error: ", gpu.status.error.c_str());
+    failures += ok ? 0 : 1;
+  }
   {
     // Mixed precision against the fp32 job on the same emulated GPU: bf16 attention, and bf16
     // attention with tf32 GEMMs (computed in fp32 by the emulated cuBLAS).

@@ -128,6 +128,27 @@ TEST(JobSpec, RejectionsNameTheField) {
   EXPECT_NE(error_of(R"({"steps": 3,)").find("JSON"), std::string::npos);
 }
 
+TEST(JobSpec, ReadsTheShardingModeAndItsGroupSize) {
+  auto plain = parse_job_spec(R"({"steps": 3})");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->sharding, sharding_mode::replicate);
+  auto zero3 = parse_job_spec(R"({"steps": 3, "sharding": "zero3"})");
+  ASSERT_TRUE(zero3) << zero3.error().to_string();
+  EXPECT_EQ(zero3->sharding, sharding_mode::zero3);
+  auto hsdp = parse_job_spec(R"({"steps": 3, "sharding": "hsdp", "shard_group": 4})");
+  ASSERT_TRUE(hsdp) << hsdp.error().to_string();
+  EXPECT_EQ(hsdp->sharding, sharding_mode::hsdp);
+  EXPECT_EQ(hsdp->shard_group, 4u);
+  auto again = parse_job_spec(job_spec_to_json(*hsdp));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->sharding, sharding_mode::hsdp);
+  EXPECT_EQ(again->shard_group, 4u);
+  EXPECT_NE(error_of(R"({"steps": 3, "sharding": "fsdp"})").find("sharding: 'fsdp' is not one of replicate, zero3, hsdp"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "sharding": "zero3", "shard_group": 2})").find("shard_group"), std::string::npos);
+  EXPECT_NE(error_of(R"({"steps": 3, "shard_group": -1})").find("shard_group"), std::string::npos);
+}
+
 TEST(JobSpec, WarmupRampsTheLearningRateLinearly) {
   job_spec s;
   s.steps = 10;
