@@ -113,6 +113,24 @@ expected<job_handle> job_client::submit_json(const std::string& spec_json) {
       text = j.dump();
     }
   }
+  // So do relative paths of the data.
+  if (j.is_object() && j.contains("data") && j["data"].is_object()) {
+    auto absolute = [&](nlohmann::json& v) {
+      if (!v.is_string()) return;
+      const std::filesystem::path p = v.get<std::string>();
+      if (!p.empty() && p.is_relative()) {
+        v = std::filesystem::absolute(p).string();
+        text.clear();
+      }
+    };
+    auto& d = j["data"];
+    for (const char* key : {"path", "prepared"})
+      if (d.contains(key)) absolute(d[key]);
+    if (d.contains("mixture") && d["mixture"].is_array())
+      for (auto& m : d["mixture"])
+        if (m.is_object() && m.contains("prepared")) absolute(m["prepared"]);
+    if (text.empty()) text = j.dump();
+  }
   FLEXSP_TRY_ASSIGN(auto info, ask_jobs(submit_job{text}));
   return job_handle{shared_from_this(), info.id};
 }

@@ -632,6 +632,7 @@ void job_controller::gathering_done() {
   }
   if (!calibrated_) {
     calibrated_ = true;
+    if (const auto what = data_.describe(); !what.empty()) log(what);
     log(fmt::format("{} devices joined (epoch {}); strategy {}, {} steps of {} sequences", devices_.size(), epoch_,
                     spec_.strategy.to_string(), spec_.steps, spec_.batch_size));
     if (spec_.calibrate && step_ < spec_.steps) {

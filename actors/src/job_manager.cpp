@@ -1,5 +1,7 @@
 #include "flexsp/actors/job_manager.hpp"
 
+#include "flexsp/actors/data_source.hpp"
+
 #include <filesystem>
 
 #include "flexsp/actors/client.hpp"
@@ -76,6 +78,7 @@ job_manager::~job_manager() {
 
 expected<void> job_manager::admit(const job_spec& spec) const {
   FLEXSP_TRY(check_checkpoint_dir(spec.checkpoint_dir));
+  FLEXSP_TRY(batch_source::check(spec));
   auto view = cluster_at(*config_.host, config_.head).ask(get_cluster_view{}, std::chrono::seconds{10}).get();
   if (!view)
     return make_error(view.error().kind(), "cannot check the job against the cluster: {}", view.error().message());
@@ -88,6 +91,8 @@ expected<std::shared_ptr<scheduled_job>> job_manager::submit(const job_spec& sub
   // A local caller's relative paths are relative to its directory, which is ours.
   job_spec spec = submitted;
   if (!spec.checkpoint_dir.empty()) spec.checkpoint_dir = std::filesystem::absolute(spec.checkpoint_dir).string();
+  for (auto& p : spec.prepared) p.dir = std::filesystem::absolute(p.dir).string();
+  if (!spec.data_path.empty()) spec.data_path = std::filesystem::absolute(spec.data_path).string();
   FLEXSP_TRY(admit(spec));
   if (spec.checkpoint_dir.empty() && !spec.checkpoints_off && spec.checkpoint_every > 0 &&
       config_.default_checkpoint_root.empty())

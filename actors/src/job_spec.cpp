@@ -130,7 +130,7 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (s.model.d_model % s.model.heads != 0)
     return bad("model.d_model", fmt::format("must be divisible by model.heads ({})", s.model.heads));
   if (s.model.vocab < 2 || s.model.vocab > 1'000'000) return bad("model.vocab", "must be in 2..1000000");
-  if (s.data_path.empty() && s.model.vocab < 256)
+  if (s.data_path.empty() && s.prepared.empty() && s.model.vocab < 256)
     return bad("model.vocab", "must be at least 256 for byte-level text data");
   if (s.model.max_seq < 8 || s.model.max_seq > 1'000'000) return bad("model.max_seq", "must be in 8..1000000");
   if (auto shape = kernel_config(s.model).validate(); !shape) return unexpected<error>{shape.error()};
@@ -139,7 +139,12 @@ expected<void> validate_job_spec(const job_spec& s) {
   if (s.model.matmul == matmul_precision::tf32 && s.backend == device_kind::cpu)
     return bad("model.matmul", "tf32 GEMMs run on CUDA devices; use backend cuda (or auto)");
   if (s.batch_size < 1 || s.batch_size > 1'000'000) return bad("batch_size", "must be in 1..1000000");
-  if (s.data_path.empty()) {
+  for (std::size_t i = 0; i < s.prepared.size(); ++i) {
+    if (s.prepared[i].dir.empty()) return bad("data.prepared", "is empty");
+    if (!(s.prepared[i].weight > 0) || !std::isfinite(s.prepared[i].weight))
+      return bad(fmt::format("data.mixture[{}].weight", i), "must be positive");
+  }
+  if (s.data_path.empty() && s.prepared.empty()) {
     const auto kinds = scheduler::synthetic_kinds();
     if (std::find(kinds.begin(), kinds.end(), s.synthetic) == kinds.end())
       return bad("data.synthetic", fmt::format("unknown generator '{}' (known: {})", s.synthetic, fmt::join(kinds, ", ")));
@@ -303,12 +308,41 @@ expected<job_spec> parse_job_spec(std::string_view text) {
   }
   FLEXSP_TRY(read_object(j, "data", o));
   if (o) {
-    FLEXSP_TRY(check_keys(*o, "data.", {"path", "synthetic"}));
-    if (o->contains("path") && o->contains("synthetic"))
-      return make_error(errc::invalid_argument, "data: give either path or synthetic, not both");
+    FLEXSP_TRY(check_keys(*o, "data.", {"path", "synthetic", "prepared", "mixture", "long_documents"}));
+    const int sources = static_cast<int>(o->contains("path")) + static_cast<int>(o->contains("synthetic")) +
+                        static_cast<int>(o->contains("prepared")) + static_cast<int>(o->contains("mixture"));
+    if (sources > 1)
+      return make_error(errc::invalid_argument, "data: give one of path, synthetic, prepared and mixture");
     FLEXSP_TRY(read_string(*o, "path", "data.", s.data_path));
     FLEXSP_TRY(read_string(*o, "synthetic", "data.", s.synthetic));
     if (o->contains("path") && s.data_path.empty()) return make_error(errc::invalid_argument, "data.path: is empty");
+    if (o->contains("prepared")) {
+      job_spec::prepared_data p;
+      FLEXSP_TRY(read_string(*o, "prepared", "data.", p.dir));
+      s.prepared.push_back(p);
+    }
+    if (o->contains("mixture")) {
+      const auto& m = (*o)["mixture"];
+      if (!m.is_array() || m.empty())
+        return make_error(errc::invalid_argument, "data.mixture: must be a non-empty list of {{\"prepared\": DIR, \"weight\": W}}");
+      for (std::size_t i = 0; i < m.size(); ++i) {
+        const auto where = fmt::format("data.mixture[{}].", i);
+        if (!m[i].is_object()) return make_error(errc::invalid_argument, "{}: must be an object", where);
+        FLEXSP_TRY(check_keys(m[i], where, {"prepared", "weight"}));
+        job_spec::prepared_data p;
+        if (!m[i].contains("prepared")) return make_error(errc::invalid_argument, "{}prepared: is required", where);
+        FLEXSP_TRY(read_string(m[i], "prepared", where, p.dir));
+        FLEXSP_TRY(read_number(m[i], "weight", where, p.weight));
+        s.prepared.push_back(p);
+      }
+    }
+    if (o->contains("long_documents")) {
+      std::string policy;
+      FLEXSP_TRY(read_string(*o, "long_documents", "data.", policy));
+      if (policy != "split" && policy != "drop")
+        return make_error(errc::invalid_argument, "data.long_documents: '{}' is not one of split, drop", policy);
+      s.drop_long_documents = policy == "drop";
+    }
   }
   FLEXSP_TRY(read_object(j, "optimizer", o));
   if (o) {
@@ -359,10 +393,15 @@ std::string job_spec_to_json(const job_spec& s) {
                 {"vocab", s.model.vocab},                {"max_seq", s.model.max_seq},   {"rope_theta", s.model.rope_theta},
                 {"norm_eps", s.model.norm_eps},          {"attention", to_string(s.model.attention)},
                 {"matmul", to_string(s.model.matmul)}};
-  if (s.data_path.empty())
+  if (!s.prepared.empty()) {
+    auto m = nlohmann::json::array();
+    for (const auto& p : s.prepared) m.push_back({{"prepared", p.dir}, {"weight", p.weight}});
+    j["data"] = {{"mixture", m}, {"long_documents", s.drop_long_documents ? "drop" : "split"}};
+  } else if (s.data_path.empty()) {
     j["data"] = {{"synthetic", s.synthetic}};
-  else
+  } else {
     j["data"] = {{"path", s.data_path}};
+  }
   j["optimizer"] = {{"lr", s.optimizer.lr}, {"weight_decay", s.optimizer.weight_decay}, {"warmup", s.warmup},
                     {"beta1", s.optimizer.beta1}, {"beta2", s.optimizer.beta2},
                     {"max_grad_norm", s.optimizer.max_grad_norm}};

@@ -24,7 +24,9 @@ replica::replica(std::shared_ptr<kernels::device> device, const model_shape& sha
       sharded_{sharded},
       resume_from_{std::move(resume_from)},
       hyper_{hyper_of(opt)},
-      max_grad_norm_{opt.max_grad_norm} {}
+      max_grad_norm_{opt.max_grad_norm} {
+  if (resume_from_.empty()) recipe_steps_ = 0;  // the seed's state: no optimizer step
+}
 
 expected<kernels::model> replica::make_model(int count, int index, bool empty) const {
   FLEXSP_TRY_ASSIGN(auto m, kernels::model::create(device_, config_, seed_, kernels::shard_spec{count, index},
@@ -62,16 +64,26 @@ expected<std::uint64_t> replica::checksum() const {
 
 expected<void> replica::prepare(kernels::communicator* world, int count, int index, std::span<const int> sources) {
   if (!sharded_) return make_error(errc::invalid_argument, "a replica of an unsharded job keeps the whole model");
-  // Holds shard `i` of `n`, cutting it from the recipe when what it holds is the recipe's too.
+  auto is = [](const std::optional<kernels::model>& m, int n, int i) {
+    return m && m->shards().count() == n && m->shards().index() == i;
+  };
+  // Holds shard `i` of `n`: the one held, the one a transfer of the uncommitted step replaced (an
+  // attempt that failed after its transfer: the scheduler still counts on the old shard), or one
+  // cut from the recipe when what is held is the recipe's state.
   auto hold = [&](int n, int i) -> expected<void> {
-    if (model_ && model_->shards().count() == n && model_->shards().index() == i) return {};
-    if (model_ && !pristine_)
+    if (is(model_, n, i)) return {};
+    if (is(previous_, n, i)) {
+      std::swap(model_, previous_);
+      return {};
+    }
+    if (model_ && !pristine())
       return make_error(errc::failed, "holds shard {} of {} (trained), the plan wants shard {} of {} without a transfer",
                         model_->shards().index(), model_->shards().count(), i, n);
     model_.reset();
+    previous_.reset();
     FLEXSP_TRY_ASSIGN(auto m, make_model(n, i, false));
+    if (!recipe_steps_) recipe_steps_ = m.steps();
     model_.emplace(std::move(m));
-    pristine_ = true;
     return {};
   };
   if (sources.empty()) return hold(count, index);
@@ -79,14 +91,16 @@ expected<void> replica::prepare(kernels::communicator* world, int count, int ind
   const int old_count = static_cast<int>(sources.size());
   for (int r = 0; r < old_count; ++r)
     if (sources[static_cast<std::size_t>(r)] == world->rank()) FLEXSP_TRY(hold(old_count, r));
-  // The old shard (if any) stays allocated until the new one is filled: the transfer reads it.
+  // The old shard stays allocated until the step commits: the transfer reads it, and an attempt
+  // that fails after the transfer may be re-run with it as a source again.
   FLEXSP_TRY_ASSIGN(auto fresh, make_model(count, index, true));
   FLEXSP_TRY(kernels::transfer_shards(*world, sources, model_ ? &*model_ : nullptr, fresh));
-  model_.reset();
+  previous_ = std::move(model_);
   model_.emplace(std::move(fresh));
-  pristine_ = false;
   return {};
 }
+
+bool replica::pristine() const noexcept { return model_ && recipe_steps_ && model_->steps() == *recipe_steps_; }
 
 expected<double> replica::forward_backward(kernels::communicator& group, const kernels::ulysses_layout& layout,
                                            const kernels::local_inputs& inputs, float loss_scale,
@@ -108,7 +122,7 @@ expected<void> replica::optimizer_step(float lr) {
   const double norm = *norm_;
   norm_.reset();
   FLEXSP_TRY(model_->optimizer_step(hyper_, max_grad_norm_, norm));
-  pristine_ = false;
+  previous_.reset();
   return model_->dev().synchronize();
 }
 

@@ -110,7 +110,11 @@ private:
   kernels::adamw_params hyper_;
   double max_grad_norm_;
   std::optional<double> norm_;
-  bool pristine_ = false;  // the shard held is the recipe's (no optimizer step, no transfer since)
+  /// The model's state is the recipe's: as many optimizer steps as the recipe holds (the seed 0,
+  /// a checkpoint its own; unknown for a checkpoint never loaded here). Every commit adds one.
+  bool pristine() const noexcept;
+  std::optional<kernels::model> previous_;   // the shard a transfer replaced, until the step commits
+  std::optional<std::int64_t> recipe_steps_;
 };
 
 }  // namespace flexsp::actors

@@ -27,13 +27,18 @@ int fail_with(std::string_view what, const error& e) {
   return 1;
 }
 
-/// A checkpoint given as a file, or as a checkpoint directory (its latest.json).
+/// A checkpoint given as a file, as a sharded checkpoint (a directory of shard files), or as a
+/// job's checkpoint directory (its latest.json).
 expected<fs::path> checkpoint_file(const std::string& given) {
   const fs::path p = given;
   std::error_code ec;
   if (!fs::is_directory(p, ec)) return p;
   std::ifstream in{p / "latest.json"};
-  if (!in) return make_error(errc::not_found, "{} is a directory without latest.json", given);
+  if (!in) {
+    for (const auto& e : fs::directory_iterator{p, ec})
+      if (e.path().filename().string().starts_with("shard-")) return p;
+    return make_error(errc::not_found, "{} is a directory with neither latest.json nor shard files", given);
+  }
   auto j = nlohmann::json::parse(in, nullptr, false);
   if (!j.is_object() || !j.contains("file") || !j["file"].is_string())
     return make_error(errc::invalid_argument, "{}/latest.json does not name a checkpoint file", given);
@@ -141,7 +146,10 @@ void add_model_commands(CLI::App& root) {
                                            "model.safetensors; GPT2LMHeadModel or LlamaForCausalLM)");
   auto ex_ckpt = std::make_shared<std::string>(), ex_out = std::make_shared<std::string>();
   auto ex_dtype = std::make_shared<std::string>("f32");
-  ex->add_option("CHECKPOINT", *ex_ckpt, "checkpoint file, or a checkpoint directory (its latest)")->required();
+  ex->add_option("CHECKPOINT", *ex_ckpt,
+                 "checkpoint file, a sharded checkpoint (its directory of shard files), or a job's checkpoint "
+                 "directory (its latest)")
+      ->required();
   ex->add_option("OUT_DIR", *ex_out, "directory to write (created if missing)")->required();
   ex->add_option("--dtype", *ex_dtype, "tensor type: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   ex->callback([=]() {

@@ -36,6 +36,7 @@ struct train_flags {
   double memory_limit_gb = 0;
   std::string sharding;
   std::uint32_t shard_group = 0;
+  std::string data;
   bool no_calibrate = false;
   bool no_milp = false;
   std::string attention;
@@ -85,6 +86,7 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
     spec_json["checkpoint"] = {{"dir", f.checkpoint_dir}, {"every", f.checkpoint_every}};
   if (f.memory_limit_gb > 0) spec_json["memory_limit_gb"] = f.memory_limit_gb;
   if (!f.sharding.empty()) spec_json["sharding"] = f.sharding;
+  if (!f.data.empty()) spec_json["data"] = {{"prepared", f.data}};
   if (f.shard_group > 0) spec_json["shard_group"] = f.shard_group;
   auto spec = actors::parse_job_spec(spec_json.dump());
   if (!spec) {
@@ -126,7 +128,9 @@ int run_train(const train_flags& f, const CLI::App& cmd) {
   fmt::print("flexsp train: {} {} devices on {} node(s); GPT {} layers, d_model {}, {} heads, max_seq {}; {} steps of {} "
              "sequences ({}), strategy {}\n",
              run->devices, run->kinds, f.nodes, spec->model.layers, spec->model.d_model, spec->model.heads, spec->model.max_seq,
-             spec->steps, spec->batch_size, spec->data_path.empty() ? "synthetic " + spec->synthetic + " lengths" : spec->data_path,
+             spec->steps, spec->batch_size, !spec->prepared.empty() ? "prepared data " + spec->prepared.front().dir
+             : spec->data_path.empty() ? "synthetic " + spec->synthetic + " lengths"
+                                       : spec->data_path,
              spec->strategy.to_string());
   std::fflush(stdout);
   std::uint64_t milp_solves = 0;
@@ -229,6 +233,7 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--memory-limit-gb", f->memory_limit_gb,
                   "memory per device the planner keeps every group under, GB (default: what the devices report)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--data", f->data, "train on this prepared dataset (flexsp data prepare)");
   cmd->add_option("--sharding", f->sharding,
                   "model states: replicate (every device keeps all), zero3 (sharded over all devices) or hsdp "
                   "(sharded within shard groups, replicated across them)")

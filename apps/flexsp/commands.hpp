@@ -25,4 +25,7 @@ void add_profile_command(CLI::App& root);
 // cmd_model.cpp: export, import, generate
 void add_model_commands(CLI::App& root);
 
+/// `flexsp data train-tokenizer|prepare|stats` (cmd_data.cpp).
+void add_data_commands(CLI::App& root);
+
 }  // namespace flexsp::app

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   flexsp::app::add_job_commands(app);
   flexsp::app::add_profile_command(app);
   flexsp::app::add_model_commands(app);
+  flexsp::app::add_data_commands(app);
 
   app.parse_complete_callback([&log_spec]() {
     if (auto r = flexsp::log::configure_from_env(); !r) throw CLI::ValidationError("FLEXSP_LOG", r.error().message());

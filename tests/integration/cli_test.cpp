@@ -1,6 +1,7 @@
 // The `flexsp` binary as a user runs it: a real process, its exit code and its output.
 #include <array>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -79,6 +80,17 @@ TEST(Cli, TrainShardsTheModelStatesWhenAsked) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("(sharding hsdp)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("parameter gathers and gradient reduce-scatters"), std::string::npos) << r.output;
+  // A sharded job's checkpoint directory exports as one whole model.
+  const std::string dir = ::testing::TempDir() + "flexsp_cli_sharded_ckpt";
+  std::filesystem::remove_all(dir);
+  auto saved = run("train --devices cpu:2 --steps 2 --batch-size 8 --no-calibrate --sharding zero3 --checkpoint-dir " + dir);
+  ASSERT_EQ(saved.exit_code, 0) << saved.output;
+  auto exported = run("export " + dir + " " + dir + "/hf");
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  EXPECT_NE(exported.output.find("after 2 optimizer steps"), std::string::npos) << exported.output;
+  auto direct = run("export " + dir + "/step-000002.ckpt " + dir + "/hf2");
+  EXPECT_EQ(direct.exit_code, 0) << direct.output;
+  std::filesystem::remove_all(dir);
   auto bad = run("train --sharding fsdp");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("--sharding"), std::string::npos) << bad.output;

@@ -5,7 +5,8 @@
 /// ```json
 /// {"name": "demo", "steps": 30, "batch_size": 32, "strategy": "flexsp", "seed": 1,
 ///  "model": {"layers": 2, "d_model": 64, "heads": 4, "vocab": 256, "max_seq": 1024},
-///  "data": {"synthetic": "wikipedia"},            // or {"path": "docs.jsonl"} / a text directory
+///  "data": {"synthetic": "wikipedia"},            // or {"path": "docs.jsonl"} / a text directory,
+///                                                  // or {"prepared": DIR} / {"mixture": [...]}
 ///  "optimizer": {"lr": 0.003, "weight_decay": 0.0, "warmup": 5},
 ///  "checkpoint": {"dir": "ckpt", "every": 10, "keep": 2}}   // "dir": "none": no checkpoints
 /// ```
@@ -75,6 +76,17 @@ struct job_spec {
   model_shape model;
   std::string data_path;                 ///< JSON-lines file (`text` field) or a directory of text files
   std::string synthetic = "wikipedia";   ///< long-tail length generator when no path is given
+  /// Prepared datasets (`flexsp data prepare`) and their mixture weights: `"data": {"prepared":
+  /// DIR}` or `{"mixture": [{"prepared": DIR, "weight": W}, ...]}`.
+  struct prepared_data {
+    std::string dir;
+    double weight = 1;
+    friend bool operator==(const prepared_data&, const prepared_data&) = default;
+  };
+  std::vector<prepared_data> prepared;
+  /// Prepared documents longer than model.max_seq: cut into max_seq pieces, or left out
+  /// (`"long_documents": "split" | "drop"`; both are counted in the job's log).
+  bool drop_long_documents = false;
   std::uint32_t batch_size = 64;
   std::uint64_t steps = 0;
   job_strategy strategy;

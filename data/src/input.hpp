@@ -1,0 +1,43 @@
+#pragma once
+// Reading raw text for `prepare`: the input files in a fixed order, decompressed (gzip, zstd),
+// split into documents (JSON lines or whole text files), UTF-8 checked.
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "flexsp/core/error.hpp"
+
+namespace flexsp::data {
+
+/// The files `inputs` name, in order: each file as given, each directory's matching files
+/// (recursive, sorted by path). errc::not_found for a missing input or a directory without
+/// matching files.
+expected<std::vector<std::filesystem::path>> list_inputs(const std::vector<std::filesystem::path>& inputs,
+                                                         const std::string& glob);
+
+/// Reads documents from one file after another.
+class document_reader {
+public:
+  document_reader(std::vector<std::filesystem::path> files, std::string field);
+  ~document_reader();
+  /// The next document into `out` (false at the end). Errors name the file and line or offset.
+  expected<bool> next(std::string& out);
+  /// Compressed or plain bytes read from the files so far.
+  std::uint64_t bytes_read() const noexcept;
+
+  struct source;  // one file's bytes, decompressed
+
+private:
+  expected<bool> open_next();
+  std::vector<std::filesystem::path> files_;
+  std::string field_;
+  std::size_t at_ = 0;
+  std::unique_ptr<source> src_;
+  std::uint64_t line_ = 0;
+  std::uint64_t done_bytes_ = 0;
+};
+
+}  // namespace flexsp::data
