@@ -1,5 +1,5 @@
-// `flexsp export`, `flexsp import`, `flexsp generate`: checkpoints to and from Hugging Face model
-// directories, and sampling text from a checkpoint.
+// `flexsp export`, `flexsp import`, `flexsp generate`, `flexsp eval`: checkpoints to and from Hugging Face
+// model directories, sampling text from a checkpoint, and its loss on held-out data.
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "flexsp/data/dataset.hpp"
 #include "flexsp/actors/job_controller.hpp"
 #include "flexsp/kernels/data.hpp"
 #include "flexsp/kernels/hf_interchange.hpp"
@@ -139,6 +140,67 @@ int run_generate(const generate_flags& f) {
   return 0;
 }
 
+/// Mean token loss of a checkpoint on a prepared dataset (forward only): documents in order, cut
+/// into pieces of the model's context, until `max_tokens`.
+int run_eval(const std::string& checkpoint, const std::string& dir, std::uint64_t max_tokens, bool json) {
+  auto m = load_model(checkpoint);
+  if (!m) return fail_with("eval", m.error());
+  auto ds = data::dataset::open(dir);
+  if (!ds) return fail_with("eval", ds.error());
+  const auto& c = m->config();
+  if ((*ds)->vocab_size() > c.vocab)
+    return fail_with("eval", error{errc::invalid_argument,
+                                   fmt::format("{} holds ids of {} ({} ids); the model has {}", dir,
+                                               (*ds)->tokenizer_id(), (*ds)->vocab_size(), c.vocab)});
+  const auto ctx = static_cast<std::uint64_t>(c.max_positions);
+  constexpr std::uint64_t kTokensPerPass = 8192;
+  double loss = 0;
+  std::uint64_t tokens = 0, sequences = 0;
+  std::vector<std::vector<std::int32_t>> batch;
+  std::vector<std::int64_t> lengths;
+  std::uint64_t in_batch = 0;
+  auto flush = [&]() -> expected<void> {
+    if (batch.empty()) return {};
+    FLEXSP_TRY_ASSIGN(auto layout, kernels::ulysses_layout::make(lengths, 1, 0, c.heads));
+    FLEXSP_TRY_ASSIGN(auto in, kernels::shard_inputs(layout, batch));
+    FLEXSP_TRY_ASSIGN(auto out, m->forward_backward(in, lengths, 1.0f, {.backward = false}));
+    loss += out.loss_sum;
+    batch.clear();
+    lengths.clear();
+    in_batch = 0;
+    return {};
+  };
+  for (std::uint64_t d = 0; d < (*ds)->documents() && tokens < max_tokens; ++d) {
+    const auto n = (*ds)->length(d);
+    for (std::uint64_t b = 0; b + 1 < n && tokens < max_tokens; b += ctx) {
+      std::vector<std::int32_t> ids;
+      (*ds)->read(d, b, b + ctx + 1, ids);
+      const auto len = ids.size() - 1;
+      if (in_batch + len > kTokensPerPass)
+        if (auto r = flush(); !r) return fail_with("eval", r.error());
+      lengths.push_back(static_cast<std::int64_t>(len));
+      batch.push_back(std::move(ids));
+      in_batch += len;
+      tokens += len;
+      ++sequences;
+    }
+  }
+  if (auto r = flush(); !r) return fail_with("eval", r.error());
+  if (tokens == 0) return fail_with("eval", error{errc::invalid_argument, fmt::format("{} holds no sequence", dir)});
+  const double mean = loss / static_cast<double>(tokens);
+  if (json) {
+    fmt::print("{}\n", nlohmann::json{{"checkpoint", checkpoint}, {"data", dir},       {"tokens", tokens},
+                                      {"sequences", sequences},   {"loss", mean},      {"perplexity", std::exp(mean)},
+                                      {"steps", m->steps()}}
+                             .dump());
+  } else {
+    fmt::print("held-out loss {:.4f} (perplexity {:.1f}) over {} tokens in {} sequences of {} after {} optimizer "
+               "steps\n",
+               mean, std::exp(mean), tokens, sequences, dir, m->steps());
+  }
+  return 0;
+}
+
 }  // namespace
 
 void add_model_commands(CLI::App& root) {
@@ -165,6 +227,18 @@ void add_model_commands(CLI::App& root) {
   im->add_option("--seed", *im_seed, "the seed of the job that will train from it (its data order)")->capture_default_str();
   im->callback([=]() {
     if (const int rc = run_import(*im_dir, *im_out, *im_seed); rc != 0) std::exit(rc);
+  });
+
+  auto* ev = root.add_subcommand("eval", "Mean token loss of a checkpoint on a prepared dataset (held-out data)");
+  auto ev_ckpt = std::make_shared<std::string>(), ev_data = std::make_shared<std::string>();
+  auto ev_tokens = std::make_shared<std::uint64_t>(200000);
+  auto ev_json = std::make_shared<bool>(false);
+  ev->add_option("CHECKPOINT", *ev_ckpt, "checkpoint file, sharded checkpoint, or a job's checkpoint directory")->required();
+  ev->add_option("--data", *ev_data, "prepared dataset (flexsp data prepare) to score")->required();
+  ev->add_option("--max-tokens", *ev_tokens, "score at most this many tokens")->capture_default_str()->check(CLI::PositiveNumber);
+  ev->add_flag("--json", *ev_json, "print JSON");
+  ev->callback([=]() {
+    if (const int rc = run_eval(*ev_ckpt, *ev_data, *ev_tokens, *ev_json); rc != 0) std::exit(rc);
   });
 
   auto* gen = root.add_subcommand("generate", "Sample text from a checkpoint (byte-level models)");

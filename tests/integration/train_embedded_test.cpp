@@ -1,6 +1,7 @@
 // Training jobs in an embedded cluster (head, node and job in this process; messages still cross
 // loopback sockets): the plan changes speed, never the math.
 #include <algorithm>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -10,6 +11,7 @@
 
 #include "flexsp/actors/embedded.hpp"
 #include "flexsp/actors/job_client.hpp"
+#include "flexsp/data/dataset.hpp"
 #include "flexsp/kernels/device_backend.hpp"
 #include "flexsp/kernels/model.hpp"
 
@@ -260,6 +262,55 @@ TEST(TrainEmbedded, AShardedCheckpointOfFourDevicesResumesOnTwo) {
     max_diff = std::max(max_diff, static_cast<double>(std::abs(a.host_params()[i] - b.host_params()[i])));
   EXPECT_LT(max_diff, 1e-5) << "resuming on 2 devices changed the training";
   EXPECT_EQ(a.steps(), 6);
+  fs::remove_all(dir);
+}
+
+// Training from a prepared dataset resumes at the same documents: a job stopped after a
+// checkpoint and resumed gives the losses of the uninterrupted job, step for step.
+TEST(TrainEmbedded, AJobOnPreparedDataResumesAtTheSameDocuments) {
+  std::random_device rd;
+  const auto dir = fs::temp_directory_path() / fmt::format("flexsp-prep-resume-{:x}", rd());
+  fs::create_directories(dir / "text");
+  std::mt19937 rng{5};
+  for (int d = 0; d < 60; ++d) {
+    std::string text;
+    const auto len = 10 + rng() % 400;
+    while (text.size() < len) text += fmt::format("w{} ", rng() % 40);
+    std::ofstream{dir / "text" / fmt::format("d{:02}.txt", d)} << text;
+  }
+  data::prepare_options o;
+  o.inputs = {dir / "text"};
+  o.out = dir / "prepared";
+  auto tok = data::make_byte_tokenizer();
+  ASSERT_TRUE(data::prepare(*tok, o));
+  auto cluster = embedded_cluster::start(1, 2);
+  ASSERT_TRUE(cluster) << cluster.error().to_string();
+  auto spec = tiny("flexsp", dir / "whole");
+  spec.prepared.push_back({(dir / "prepared").string(), 1.0});
+  spec.model.max_seq = 64;
+  spec.steps = 6;
+  spec.checkpoint_every = 3;
+  std::vector<double> whole, first, rest;
+  auto losses = [&](const job_spec& s, std::vector<double>& out) {
+    auto job = (*cluster)->jobs().submit(s, [&out](const step_metrics& m) { out.push_back(m.loss); });
+    ASSERT_TRUE(job) << job.error().to_string();
+    const auto st = (*job)->wait();
+    ASSERT_EQ(st.state, job_state::succeeded) << st.error;
+  };
+  losses(spec, whole);
+  auto part = spec;
+  part.checkpoint_dir = (dir / "parts").string();
+  part.steps = 3;
+  losses(part, first);
+  part.steps = 6;
+  losses(part, rest);  // resumes from the step-3 checkpoint
+  ASSERT_EQ(whole.size(), 6u);
+  ASSERT_EQ(first.size(), 3u);
+  ASSERT_EQ(rest.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_DOUBLE_EQ(first[i], whole[i]) << "step " << i;
+    EXPECT_NEAR(rest[i], whole[3 + i], 1e-6 * whole[3 + i]) << "step " << 3 + i;
+  }
   fs::remove_all(dir);
 }
 
