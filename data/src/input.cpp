@@ -51,6 +51,153 @@ std::string plain_name(const fs::path& p) {
   return n;
 }
 
+/// Appends the UTF-8 encoding of code point `cp`.
+void append_utf8(std::string& out, std::uint32_t cp) {
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xc0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xe0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  } else {
+    out += static_cast<char>(0xf0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  }
+}
+
+/// A fast reader of one string field of a JSON object on one line, for the common case; any
+/// surprise (malformed JSON, a non-string field, a missing one) returns false and the caller
+/// parses the line with the full JSON parser, which also words the error.
+class field_scanner {
+public:
+  field_scanner(std::string_view s, std::string_view field) : s_{s}, field_{field} {}
+  bool run(std::string& out) {
+    ws();
+    if (!eat('{')) return false;
+    ws();
+    if (eat('}')) return false;
+    bool found = false;
+    for (;;) {
+      std::string key;
+      ws();
+      if (!string(&key)) return false;
+      ws();
+      if (!eat(':')) return false;
+      ws();
+      if (key == field_) {
+        if (found) return false;  // a repeated key: the full parser decides which counts
+        out.clear();
+        if (!string(&out)) return false;
+        found = true;
+      } else if (!skip_value()) {
+        return false;
+      }
+      ws();
+      if (eat(',')) continue;
+      if (!eat('}')) return false;
+      ws();
+      return found && i_ == s_.size();
+    }
+  }
+
+private:
+  void ws() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\r' || s_[i_] == '\n')) ++i_;
+  }
+  bool eat(char c) {
+    if (i_ < s_.size() && s_[i_] == c) {
+      ++i_;
+      return true;
+    }
+    return false;
+  }
+  int hex4() {
+    if (i_ + 4 > s_.size()) return -1;
+    int v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const char c = s_[i_++];
+      v = v * 16 + (c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1000);
+    }
+    return v < 0 ? -1 : v;
+  }
+  /// A JSON string; decoded into `out` when given.
+  bool string(std::string* out) {
+    if (!eat('"')) return false;
+    for (;;) {
+      const auto start = i_;
+      while (i_ < s_.size() && s_[i_] != '"' && s_[i_] != '\\' && static_cast<unsigned char>(s_[i_]) >= 0x20) ++i_;
+      if (out) out->append(s_.data() + start, i_ - start);
+      if (i_ >= s_.size() || static_cast<unsigned char>(s_[i_]) < 0x20) return false;
+      if (s_[i_++] == '"') return true;
+      if (i_ >= s_.size()) return false;
+      const char e = s_[i_++];
+      char plain = 0;
+      switch (e) {
+        case '"': plain = '"'; break;
+        case '\\': plain = '\\'; break;
+        case '/': plain = '/'; break;
+        case 'b': plain = '\b'; break;
+        case 'f': plain = '\f'; break;
+        case 'n': plain = '\n'; break;
+        case 'r': plain = '\r'; break;
+        case 't': plain = '\t'; break;
+        case 'u': {
+          int cp = hex4();
+          if (cp < 0) return false;
+          if (cp >= 0xd800 && cp <= 0xdbff) {  // a surrogate pair
+            if (!eat('\\') || !eat('u')) return false;
+            const int lo = hex4();
+            if (lo < 0xdc00 || lo > 0xdfff) return false;
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+          } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+            return false;
+          }
+          if (out) append_utf8(*out, static_cast<std::uint32_t>(cp));
+          continue;
+        }
+        default: return false;
+      }
+      if (out) *out += plain;
+    }
+  }
+  bool skip_value() {
+    if (i_ >= s_.size()) return false;
+    const char c = s_[i_];
+    if (c == '"') return string(nullptr);
+    if (c == '{' || c == '[') {
+      int depth = 0;
+      while (i_ < s_.size()) {
+        const char d = s_[i_];
+        if (d == '"') {
+          if (!string(nullptr)) return false;
+          continue;
+        }
+        if (d == '{' || d == '[') ++depth;
+        if (d == '}' || d == ']') {
+          if (--depth == 0) {
+            ++i_;
+            return true;
+          }
+        }
+        ++i_;
+      }
+      return false;
+    }
+    // A number or a literal: up to the next delimiter (the full parser judges it if it is odd).
+    const auto start = i_;
+    while (i_ < s_.size() && s_[i_] != ',' && s_[i_] != '}' && s_[i_] != ' ' && s_[i_] != '\t') ++i_;
+    return i_ > start;
+  }
+
+  std::string_view s_, field_;
+  std::size_t i_ = 0;
+};
+
 }  // namespace
 
 /// Bytes of one input file, decompressed.
@@ -61,7 +208,8 @@ struct document_reader::source {
   fs::path path;
   bool json_lines = false;
   std::uint64_t raw_bytes = 0;  // of the file as stored
-  std::string pending;           // read but not yet consumed
+  std::string pending;           // read; bytes before `at` are consumed
+  std::size_t at = 0;
   bool eof = false;
 };
 
@@ -194,34 +342,46 @@ expected<bool> document_reader::next(std::string& out) {
       if (out.empty()) continue;
       return true;
     }
-    // JSON lines: one object per line, the document in `field`.
+    // JSON lines: one object per line, the document in `field`. Lines are cut out of `pending`
+    // in place (`at` moves along it); it is compacted only when more bytes are read.
     for (;;) {
-      auto nl = s.pending.find('\n');
+      auto nl = s.pending.find('\n', s.at);
       while (nl == std::string::npos && !s.eof) {
-        std::string buf(kChunk, '\0');
-        FLEXSP_TRY_ASSIGN(const auto got, s.read(buf.data(), buf.size()));
+        s.pending.erase(0, s.at);
+        s.at = 0;
+        const auto old = s.pending.size();
+        s.pending.resize(old + kChunk);
+        FLEXSP_TRY_ASSIGN(const auto got, s.read(s.pending.data() + old, kChunk));
+        s.pending.resize(old + got);
         if (got == 0) {
           s.eof = true;
           break;
         }
-        const auto old = s.pending.size();
-        s.pending.append(buf.data(), got);
         nl = s.pending.find('\n', old);
       }
-      if (nl == std::string::npos && s.pending.empty()) break;  // end of this file
-      std::string line = nl == std::string::npos ? std::move(s.pending) : s.pending.substr(0, nl);
-      s.pending.erase(0, nl == std::string::npos ? s.pending.size() : nl + 1);
+      if (nl == std::string::npos && s.at >= s.pending.size()) break;  // end of this file
+      const auto end = nl == std::string::npos ? s.pending.size() : nl;
+      const std::string_view line{s.pending.data() + s.at, end - s.at};
+      s.at = nl == std::string::npos ? s.pending.size() : nl + 1;
       ++line_;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+      if (field_scanner{line, field_}.run(out)) {
+        if (const auto bad = invalid_utf8_at(out); bad >= 0)
+          return make_error(errc::invalid_argument, "{}:{}: invalid UTF-8 in \"{}\" at byte {}", s.path.string(), line_,
+                            field_, bad);
+        if (out.empty()) continue;
+        return true;
+      }
       nlohmann::json j;
       try {
-        j = nlohmann::json::parse(line);
+        j = nlohmann::json::parse(line.begin(), line.end());
       } catch (const nlohmann::json::exception& e) {
         return make_error(errc::invalid_argument, "{}:{}: not a JSON object: {}", s.path.string(), line_, e.what());
       }
-      if (!j.is_object() || !j.contains(field_) || !j[field_].is_string())
+      auto it = j.is_object() ? j.find(field_) : j.end();
+      if (!j.is_object() || it == j.end() || !it->is_string())
         return make_error(errc::invalid_argument, "{}:{}: no string field \"{}\"", s.path.string(), line_, field_);
-      out = j[field_].get<std::string>();
+      out = std::move(it->get_ref<std::string&>());
       if (out.empty()) continue;
       return true;
     }

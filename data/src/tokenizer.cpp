@@ -30,8 +30,10 @@ public:
   std::string id() const override { return "bytes"; }
   std::int64_t vocab_size() const noexcept override { return 256; }
   expected<void> encode(std::string_view text, std::vector<std::int32_t>& out) const override {
-    out.reserve(out.size() + text.size());
-    for (unsigned char c : text) out.push_back(c);
+    // Appended without an exact reserve: the caller appends document after document, and an
+    // exact reserve would reallocate (and copy everything) on each of them.
+    out.insert(out.end(), reinterpret_cast<const unsigned char*>(text.data()),
+               reinterpret_cast<const unsigned char*>(text.data()) + text.size());
     return {};
   }
   std::string decode(std::span<const std::int32_t> ids) const override {

@@ -158,6 +158,43 @@ TEST(Prepare, AnInterruptedRunResumesAndEndsWithTheSameBytes) {
   fs::remove_all(dir);
 }
 
+TEST(Prepare, JsonLinesDecodeExactlyAsAFullJsonParserDoes) {
+  const auto dir = scratch("json");
+  const std::vector<std::string> lines = {
+      R"({"text": "plain"})",
+      R"({"id": 3, "text": "escapes \" \\ \/ \b\f\n\r\t end"})",
+      R"({"meta": {"text": "not this one", "list": [1, "}", {"a": "]"}]}, "text": "nested keys skipped"})",
+      R"({"text": "\u00e9\u65e5\ud83d\ude00 unicode escapes"})",
+      R"(  {"n": -1.5e3, "t": true, "f": false, "z": null, "text": "after literals"}  )",
+      R"({"text": "raw UTF-8: café 日本語 😀"})",
+      R"({"text": "first", "text": "duplicate keys: the last wins"})",
+      R"({"text":"no spaces","x":[]})",
+  };
+  std::string file;
+  for (const auto& l : lines) file += l + "\n";
+  write(dir / "in.jsonl", file);
+  auto tok = make_byte_tokenizer();
+  prepare_options o;
+  o.inputs = {dir / "in.jsonl"};
+  o.out = dir / "out";
+  ASSERT_TRUE(prepare(*tok, o));
+  auto ds = dataset::open(dir / "out").value();
+  ASSERT_EQ(ds->documents(), lines.size());
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    std::vector<std::int32_t> ids;
+    ds->read(i, 0, ds->length(i), ids);
+    EXPECT_EQ(tok->decode(ids), nlohmann::json::parse(lines[i])["text"].get<std::string>()) << lines[i];
+  }
+  // A lone surrogate escape is refused by the full parser, which names the line.
+  write(dir / "bad.jsonl", "{\"text\": \"ok\"}\n{\"text\": \"\\ud800 alone\"}\n");
+  o.inputs = {dir / "bad.jsonl"};
+  o.out = dir / "bad-out";
+  auto r = prepare(*tok, o);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("bad.jsonl:2"), std::string::npos) << r.error().message();
+  fs::remove_all(dir);
+}
+
 TEST(Prepare, BadInputsAreNamedWithTheirPosition) {
   const auto dir = scratch("bad");
   auto tok = make_byte_tokenizer();
