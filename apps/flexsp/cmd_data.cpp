@@ -33,6 +33,7 @@ struct prepare_flags {
   int threads = 0;
   double shard_mb = 64;
   bool quiet = false;
+  bool skip_invalid = false;
 };
 
 int run_prepare(const prepare_flags& f) {
@@ -45,6 +46,7 @@ int run_prepare(const prepare_flags& f) {
   o.glob = f.glob;
   o.threads = f.threads > 0 ? f.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   o.shard_bytes = static_cast<std::uint64_t>(f.shard_mb * 1024 * 1024);
+  o.skip_invalid_utf8 = f.skip_invalid;
   const auto t0 = std::chrono::steady_clock::now();
   auto last = t0;
   const bool tty = ::isatty(2);
@@ -63,8 +65,13 @@ int run_prepare(const prepare_flags& f) {
   auto r = data::prepare(**tok, o);
   if (!f.quiet && tty) fmt::print(stderr, "\n");
   if (!r) return fail("prepare", r.error());
-  fmt::print("prepared {} documents, {} tokens in {} shards ({}{:.1f} MB of text in {:.1f} s, {:.1f} MB/s) -> {}\n",
+  if (!r->finished) {
+    fmt::print("stopped after {} shards; run the same command again to finish\n", r->shards);
+    return 0;
+  }
+  fmt::print("prepared {} documents, {} tokens in {} shards ({}{}{:.1f} MB of text in {:.1f} s, {:.1f} MB/s) -> {}\n",
              r->documents, r->tokens, r->shards,
+             r->skipped ? fmt::format("{} documents with invalid UTF-8 left out; ", r->skipped) : "",
              r->resumed_shards ? fmt::format("{} shards kept from an interrupted run; ", r->resumed_shards) : "",
              static_cast<double>(r->text_bytes) / 1e6, r->seconds,
              static_cast<double>(r->text_bytes) / 1e6 / std::max(1e-9, r->seconds), f.out);
@@ -144,10 +151,13 @@ void add_data_commands(CLI::App& root) {
       ->capture_default_str();
   pr->add_option("--out", pf->out, "dataset directory to write (an unfinished one is resumed)")->required();
   pr->add_option("--field", pf->field, "JSON lines: the field holding the text")->capture_default_str();
-  pr->add_option("--glob", pf->glob, "files to take from directories")->capture_default_str();
+  pr->add_option("--glob", pf->glob, "files to take from directories: shell patterns, comma-separated (any)")
+      ->capture_default_str();
   pr->add_option("--threads", pf->threads, "tokenizer threads (default: the machine's cores)");
   pr->add_option("--shard-mb", pf->shard_mb, "text per shard, MB")->capture_default_str()->check(CLI::PositiveNumber);
   pr->add_flag("--quiet", pf->quiet, "no progress line");
+  pr->add_flag("--skip-invalid-utf8", pf->skip_invalid,
+               "leave out (and count) documents that are not valid UTF-8 instead of stopping at the first");
   pr->callback([pf]() {
     if (const int rc = run_prepare(*pf); rc != 0) std::exit(rc);
   });

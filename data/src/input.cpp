@@ -15,6 +15,18 @@ namespace flexsp::data {
 namespace fs = std::filesystem;
 
 expected<std::vector<fs::path>> list_inputs(const std::vector<fs::path>& inputs, const std::string& glob) {
+  // Comma-separated patterns: a file matching any of them is taken.
+  std::vector<std::string> patterns;
+  for (std::size_t b = 0; b <= glob.size();) {
+    const auto e = std::min(glob.find(',', b), glob.size());
+    if (e > b) patterns.push_back(glob.substr(b, e - b));
+    b = e + 1;
+  }
+  if (patterns.empty()) patterns.push_back("*");
+  auto matches = [&](const std::string& name) {
+    return std::any_of(patterns.begin(), patterns.end(),
+                       [&](const std::string& p) { return ::fnmatch(p.c_str(), name.c_str(), 0) == 0; });
+  };
   std::vector<fs::path> files;
   for (const auto& in : inputs) {
     std::error_code ec;
@@ -24,7 +36,7 @@ expected<std::vector<fs::path>> list_inputs(const std::vector<fs::path>& inputs,
            !ec && it != fs::recursive_directory_iterator{}; it.increment(ec)) {
         std::error_code e2;
         if (!it->is_regular_file(e2)) continue;
-        if (::fnmatch(glob.c_str(), it->path().filename().c_str(), 0) == 0) found.push_back(it->path());
+        if (matches(it->path().filename().string())) found.push_back(it->path());
       }
       if (ec) return make_error(errc::io, "cannot list {}: {}", in.string(), ec.message());
       if (found.empty()) return make_error(errc::not_found, "{}: no file matches '{}'", in.string(), glob);
@@ -279,8 +291,8 @@ struct zstd_source final : document_reader::source {
 
 }  // namespace
 
-document_reader::document_reader(std::vector<fs::path> files, std::string field)
-    : files_{std::move(files)}, field_{std::move(field)} {}
+document_reader::document_reader(std::vector<fs::path> files, std::string field, bool skip_invalid)
+    : files_{std::move(files)}, field_{std::move(field)}, skip_invalid_{skip_invalid} {}
 document_reader::~document_reader() = default;
 
 std::uint64_t document_reader::bytes_read() const noexcept { return done_bytes_ + (src_ ? src_->raw_bytes : 0); }
@@ -337,8 +349,13 @@ expected<bool> document_reader::next(std::string& out) {
       }
       const auto path = s.path;
       FLEXSP_TRY(open_next());
-      if (const auto bad = invalid_utf8_at(out); bad >= 0)
+      if (const auto bad = invalid_utf8_at(out); bad >= 0) {
+        if (skip_invalid_) {
+          ++skipped_;
+          continue;
+        }
         return make_error(errc::invalid_argument, "{}: invalid UTF-8 at byte {}", path.string(), bad);
+      }
       if (out.empty()) continue;
       return true;
     }
@@ -366,9 +383,14 @@ expected<bool> document_reader::next(std::string& out) {
       ++line_;
       if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
       if (field_scanner{line, field_}.run(out)) {
-        if (const auto bad = invalid_utf8_at(out); bad >= 0)
+        if (const auto bad = invalid_utf8_at(out); bad >= 0) {
+          if (skip_invalid_) {
+            ++skipped_;
+            continue;
+          }
           return make_error(errc::invalid_argument, "{}:{}: invalid UTF-8 in \"{}\" at byte {}", s.path.string(), line_,
                             field_, bad);
+        }
         if (out.empty()) continue;
         return true;
       }
@@ -376,6 +398,10 @@ expected<bool> document_reader::next(std::string& out) {
       try {
         j = nlohmann::json::parse(line.begin(), line.end());
       } catch (const nlohmann::json::exception& e) {
+        if (skip_invalid_ && invalid_utf8_at(line) >= 0) {
+          ++skipped_;
+          continue;
+        }
         return make_error(errc::invalid_argument, "{}:{}: not a JSON object: {}", s.path.string(), line_, e.what());
       }
       auto it = j.is_object() ? j.find(field_) : j.end();

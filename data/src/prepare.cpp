@@ -51,7 +51,9 @@ json fingerprint_of(const tokenizer& tok, const std::vector<fs::path>& files, co
     std::error_code ec;
     f.push_back({p.string(), fs::file_size(p, ec)});
   }
-  return {{"tokenizer", tok.id()}, {"files", f}, {"field", o.field}, {"glob", o.glob}, {"shard_bytes", o.shard_bytes}};
+  return {{"tokenizer", tok.id()}, {"files", f},
+          {"field", o.field},        {"glob", o.glob},
+          {"shard_bytes", o.shard_bytes}, {"skip_invalid_utf8", o.skip_invalid_utf8}};
 }
 
 /// One shard being written: its two files (as .tmp until closed) and running checksums.
@@ -187,7 +189,7 @@ expected<prepare_result> prepare(const tokenizer& tok, const prepare_options& o)
   bool reading_done = false, stop = false;
   std::uint64_t batches_read = 0;
   std::optional<error> read_error;
-  document_reader reader{files, o.field};
+  document_reader reader{files, o.field, o.skip_invalid_utf8};
   std::uint64_t raw_bytes = 0;
   const auto batch_bytes = batch_bytes_for(o.shard_bytes);
   std::thread read_thread{[&] {
@@ -336,6 +338,7 @@ expected<prepare_result> prepare(const tokenizer& tok, const prepare_options& o)
     }
   }
   finish_threads();
+  result.skipped = reader.skipped();
   if (!status) return unexpected<error>{status.error()};
   if (stopped) {
     result.shards = static_cast<std::uint32_t>(shards.size());

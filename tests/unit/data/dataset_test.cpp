@@ -212,6 +212,15 @@ TEST(Prepare, BadInputsAreNamedWithTheirPosition) {
   r = prepare(*tok, o);
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message().find("bad.txt: invalid UTF-8 at byte 3"), std::string::npos) << r.error().message();
+  // Asked to, prepare leaves such documents out and counts them.
+  write(dir / "t" / "good.txt", "fine text");
+  o.out = dir / "o2-skip";
+  o.skip_invalid_utf8 = true;
+  auto skipped = prepare(*tok, o);
+  ASSERT_TRUE(skipped) << skipped.error().to_string();
+  EXPECT_EQ(skipped->skipped, 1u);
+  EXPECT_EQ(skipped->documents, 1u);
+  o.skip_invalid_utf8 = false;
   write(dir / "broken.jsonl.gz", "this is not gzip data at all, not even close");
   o.inputs = {dir / "broken.jsonl.gz"};
   o.out = dir / "o3";

@@ -33,7 +33,7 @@ namespace flexsp::data {
 /// What `prepare` reads and how.
 struct prepare_options {
   std::vector<std::filesystem::path> inputs;  ///< files or directories (recursive)
-  std::string glob = "*";                     ///< file names to take from directories (e.g. "*.txt")
+  std::string glob = "*";                     ///< file names to take from directories ("*.txt,*.md": any)
   std::string field = "text";                 ///< JSON lines: the field holding a document's text
   std::filesystem::path out;
   int threads = 0;                             ///< 0: the machine's cores
@@ -41,6 +41,8 @@ struct prepare_options {
   /// Stop after writing this many shards in this run, leaving the dataset unfinished (0: no
   /// limit): a bounded run, resumed later by running prepare again.
   std::uint32_t stop_after_shards = 0;
+  /// Leave out (and count) documents that are not valid UTF-8 instead of failing.
+  bool skip_invalid_utf8 = false;
   /// Progress: text bytes read and tokens written so far (called from the writer).
   std::function<void(std::uint64_t bytes, std::uint64_t tokens, std::uint64_t documents)> progress;
 };
@@ -52,6 +54,7 @@ struct prepare_result {
   std::uint32_t shards = 0;
   std::uint32_t resumed_shards = 0;  ///< shards an earlier, interrupted run had written
   bool finished = true;              ///< false when stop_after_shards ended the run early
+  std::uint64_t skipped = 0;         ///< documents left out for invalid UTF-8 (skip_invalid_utf8)
   double seconds = 0;
 };
 
