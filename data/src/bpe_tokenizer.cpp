@@ -13,6 +13,7 @@
 // rather than silently encoded differently.
 
 #include <algorithm>
+#include "flexsp/core/fnv.hpp"
 #include <array>
 #include <cstdint>
 #include <fstream>
@@ -223,14 +224,7 @@ constexpr std::array<char32_t, 256> make_byte_chars() {
 constexpr std::array<char32_t, 256> byte_chars = make_byte_chars();
 constexpr char32_t max_byte_char = 256 + 68;
 
-std::string fnv_hex(std::string_view bytes) {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  return fmt::format("{:016x}", h);
-}
+std::string fnv_hex(std::string_view bytes) { return fnv1a64_hex(bytes); }
 
 struct string_hash {
   using is_transparent = void;

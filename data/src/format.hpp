@@ -2,6 +2,7 @@
 // The on-disk format of prepared datasets (dataset.hpp), shared by the writer and the reader.
 
 #include <cstdint>
+#include "flexsp/core/fnv.hpp"
 #include <cstring>
 #include <filesystem>
 #include <optional>
@@ -28,16 +29,7 @@ inline std::string shard_idx_name(std::uint32_t i) {
   return b;
 }
 
-struct fnv64 {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  void add(const void* data, std::size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (std::size_t i = 0; i < n; ++i) {
-      h ^= p[i];
-      h *= 0x100000001b3ull;
-    }
-  }
-};
+using fnv64 = fnv1a64;
 
 /// "FLXIDX01", u64 n, n + 1 u64 offsets.
 inline std::string encode_offsets(const std::vector<std::uint64_t>& offsets) {

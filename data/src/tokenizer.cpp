@@ -1,4 +1,5 @@
 #include "flexsp/data/tokenizer.hpp"
+#include "flexsp/core/fnv.hpp"
 
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
@@ -15,14 +16,7 @@ namespace flexsp::data {
 
 namespace {
 
-std::string fnv_hex(std::string_view bytes) {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  return fmt::format("{:016x}", h);
-}
+std::string fnv_hex(std::string_view bytes) { return fnv1a64_hex(bytes); }
 
 class byte_tokenizer final : public tokenizer {
 public:

@@ -1,4 +1,5 @@
 #include "flexsp/kernels/model.hpp"
+#include "flexsp/core/fnv.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -1175,16 +1176,7 @@ constexpr char kMagic[8] = {'F', 'L', 'E', 'X', 'S', 'P', 'C', 'K'};
 constexpr std::uint32_t kVersion = 2, kShardVersion = 3;
 constexpr std::size_t kHeaderV1 = 48, kHeaderV2 = 72, kHeaderV3 = 80;
 
-struct fnv1a {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  void add(const void* data, std::size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (std::size_t i = 0; i < n; ++i) {
-      h ^= p[i];
-      h *= 0x100000001b3ull;
-    }
-  }
-};
+using fnv1a = flexsp::fnv1a64;
 
 template <class T>
 void put(std::string& out, T v) {

@@ -1,4 +1,5 @@
 #include "flexsp/kernels/sharding.hpp"
+#include "flexsp/core/fnv.hpp"
 
 #include <chrono>
 
@@ -70,13 +71,13 @@ flat_range shard_layout::range(std::size_t u, int shard) const {
 
 std::uint64_t combine_fingerprints(std::span<const std::uint64_t> shards) noexcept {
   if (shards.size() == 1) return shards[0];
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (auto f : shards)
-    for (int b = 0; b < 8; ++b) {
-      h ^= (f >> (8 * b)) & 0xffu;
-      h *= 0x100000001b3ull;
-    }
-  return h;
+  fnv1a64 h;
+  for (auto f : shards) {
+    unsigned char bytes[8];
+    for (int b = 0; b < 8; ++b) bytes[b] = static_cast<unsigned char>((f >> (8 * b)) & 0xffu);
+    h.add(bytes, 8);
+  }
+  return h.h;
 }
 
 unit_stream::unit_stream(device& dev, communicator& group, const shard_layout& layout, bool prefetch)
