@@ -13,7 +13,6 @@
 // rather than silently encoded differently.
 
 #include <algorithm>
-#include "flexsp/core/fnv.hpp"
 #include <array>
 #include <cstdint>
 #include <fstream>
@@ -28,6 +27,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "flexsp/core/fnv.hpp"
 #include "flexsp/data/tokenizer.hpp"
 #include "utf8.hpp"
 

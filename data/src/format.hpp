@@ -2,7 +2,6 @@
 // The on-disk format of prepared datasets (dataset.hpp), shared by the writer and the reader.
 
 #include <cstdint>
-#include "flexsp/core/fnv.hpp"
 #include <cstring>
 #include <filesystem>
 #include <optional>
@@ -12,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "flexsp/core/error.hpp"
+#include "flexsp/core/fnv.hpp"
 
 namespace flexsp::data {
 

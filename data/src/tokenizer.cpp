@@ -1,5 +1,4 @@
 #include "flexsp/data/tokenizer.hpp"
-#include "flexsp/core/fnv.hpp"
 
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
@@ -10,6 +9,7 @@
 #include <iterator>
 #include <thread>
 
+#include "flexsp/core/fnv.hpp"
 #include "utf8.hpp"
 
 namespace flexsp::data {

@@ -1,5 +1,4 @@
 #include "flexsp/kernels/model.hpp"
-#include "flexsp/core/fnv.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "flexsp/core/fnv.hpp"
 #include "flexsp/kernels/attention.hpp"
 
 namespace flexsp::kernels {

@@ -1,8 +1,8 @@
 #include "flexsp/kernels/sharding.hpp"
-#include "flexsp/core/fnv.hpp"
 
 #include <chrono>
 
+#include "flexsp/core/fnv.hpp"
 #include "flexsp/kernels/model.hpp"
 
 namespace flexsp::kernels {
