@@ -14,7 +14,7 @@ root_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${FLEXSP_BUILD_DIR:-$root_dir/build}"
 build_type="${FLEXSP_BUILD_TYPE:-RelWithDebInfo}"
 targets=()
-werror=""  # --werror: ON; otherwise keep what the build directory has (OFF when new)
+werror=""  # --werror: ON; otherwise keep what the build directory has (ON when new: see below)
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -58,14 +58,15 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Reconfigure only when needed: a build without --werror reuses a -Werror build directory as it
-# is (so the two README commands do not rebuild each other's objects).
+# Reconfigure only when needed: a build without --werror reuses a build directory as it is, and a
+# new one gets warnings as errors too, as the tests build it, so the two README commands share one
+# build whichever runs first (a change of -Werror would change every compile line).
 cached_werror="$(grep -s '^FLEXSP_WERROR:' "$build_dir/CMakeCache.txt" | cut -d= -f2 || true)"
 if [[ ! -f "$build_dir/build.ninja" ]] || [[ -n "$werror" && "$cached_werror" != "$werror" ]] || [[ ${#extra[@]} -gt 0 ]]; then
   cmake -S "$root_dir" -B "$build_dir" -G Ninja \
     -DCMAKE_BUILD_TYPE="$build_type" \
     -DFLEXSP_ENABLE_CUDA="${FLEXSP_ENABLE_CUDA:-AUTO}" \
-    -DFLEXSP_WERROR="${werror:-${cached_werror:-OFF}}" "${extra[@]}" >/dev/null
+    -DFLEXSP_WERROR="${werror:-${cached_werror:-ON}}" "${extra[@]}" >/dev/null
 fi
 
 echo "bootstrap: building ${targets[*]:-all} in $build_dir" >&2
