@@ -46,7 +46,16 @@ struct common_args {
   bool any_degree{false};
   bool milp{false};
   bool json{false};
+  std::string svg;  ///< also draw the plan (plan) or the strategies (plan-replay) into this file
 };
+
+/// Writes `text` to `path` (the --svg file), or throws naming it.
+void write_svg(const std::string& path, const std::string& text) {
+  std::ofstream out{path};
+  out << text;
+  if (!out.flush()) throw plan_failure{fmt::format("--svg: cannot write {}", path)};
+  std::fprintf(stderr, "flexsp: picture written to %s\n", path.c_str());
+}
 
 void add_common(CLI::App* cmd, common_args& a) {
   cmd->add_option("--devices", a.devices, "number of devices N")->check(CLI::PositiveNumber)->capture_default_str();
@@ -61,6 +70,8 @@ void add_common(CLI::App* cmd, common_args& a) {
   cmd->add_flag("--any-degree", a.any_degree, "allow SP degrees that are not powers of two");
   cmd->add_flag("--milp", a.milp, "polish flexsp plans with the CBC MILP for the rest of the time limit");
   cmd->add_flag("--json", a.json, "print JSON instead of a table");
+  cmd->add_option("--svg", a.svg, "also draw an SVG picture: the plan's SP groups over devices and time (plan), or "
+                                  "the strategies' predicted times (plan-replay)");
 }
 
 sch::profile load_profile(common_args& a) {
@@ -105,6 +116,7 @@ void run_plan(common_args& a, const std::string& lengths_path, const std::string
                strategy.c_str());
   auto p = unwrap(pl.make_plan(lengths), "plan");
   std::fprintf(stderr, "flexsp plan: done in %.1f ms\n", p.solve_ms);
+  if (!a.svg.empty()) write_svg(a.svg, sch::plan_to_svg(p, lengths));
   if (a.json) {
     std::printf("%s\n", sch::plan_to_json(p).c_str());
   } else {
@@ -203,6 +215,15 @@ void run_replay(common_args& a, const replay_args& r) {
     if (!failed[s] && !failed[first] && total[first] > 0) js["speedup_of_" + first] = total[s] / total[first];
     if (!failed[s] && total[s] > 0) js["gap_to_lower_bound"] = 1 - lb_total / total[s];
     summary["strategies"][s] = js;
+  }
+  if (!a.svg.empty()) {
+    std::vector<std::pair<std::string, double>> bars;
+    for (const auto& st : strategies)
+      if (!failed[st]) bars.emplace_back(st, total[st]);
+    bars.emplace_back("lower bound", lb_total);
+    write_svg(a.svg, sch::strategies_to_svg(bars, fmt::format("{} batches of {} on {} devices: predicted time per "
+                                                              "strategy",
+                                                              batches.size(), r.batch_size, a.devices)));
   }
   if (a.json) {
     std::printf("%s\n", nlohmann::json{{"summary", summary}, {"per_batch", jb}}.dump(2).c_str());

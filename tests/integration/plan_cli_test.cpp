@@ -46,6 +46,43 @@ TEST(PlanCli, SyntheticBatchGivesJsonWithGroupsAndBounds) {
     EXPECT_TRUE(contains(r.output, key)) << key << "\n" << r.output;
 }
 
+std::string read_file(const std::string& path) {
+  std::ifstream in{path};
+  return {std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
+}
+
+std::size_t count(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
+  return n;
+}
+
+TEST(PlanCli, SvgDrawsEveryGroupOnItsDevices) {
+  const std::string svg = ::testing::TempDir() + "flexsp_plan.svg";
+  std::remove(svg.c_str());
+  auto r = shell(std::string{FLEXSP_CLI_PATH} +
+                 " plan --synthetic wikipedia --batch-size 96 --seed 2 --devices 16 --devices-per-node 8 --json --svg " +
+                 svg + " 2>/dev/null");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // One block per device of every group that holds sequences.
+  std::size_t device_blocks = 0;
+  for (auto at = r.output.find("\"degree\": "); at != std::string::npos; at = r.output.find("\"degree\": ", at + 1)) {
+    const auto seqs = r.output.find("\"sequences\": [", at);
+    const bool empty = seqs != std::string::npos && r.output.compare(seqs + 14, 1, "]") == 0;
+    if (!empty) device_blocks += static_cast<std::size_t>(std::stoi(r.output.substr(at + 10)));
+  }
+  const auto picture = read_file(svg);
+  EXPECT_TRUE(contains(picture, "<svg")) << picture.substr(0, 200);
+  EXPECT_TRUE(contains(picture, "</svg>"));
+  EXPECT_GT(device_blocks, 0u);
+  EXPECT_EQ(count(picture, "class=\"group\""), device_blocks);
+  EXPECT_TRUE(contains(picture, "SP degree"));
+  auto bad = flexsp("plan --synthetic wikipedia --batch-size 8 --svg /nonexistent-dir/x.svg");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_TRUE(contains(bad.output, "--svg: cannot write /nonexistent-dir/x.svg")) << bad.output;
+  std::remove(svg.c_str());
+}
+
 TEST(PlanCli, ReadsLengthsFromStdinAndPrintsATable) {
   auto r = shell("printf '1000\\n2000\\n16000\\n300\\n' | " + std::string{FLEXSP_CLI_PATH} +
                  " plan --lengths - --devices 8 --devices-per-node 8 --strategy batchada");

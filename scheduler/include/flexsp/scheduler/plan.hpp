@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flexsp/core/error.hpp"
@@ -72,5 +73,13 @@ std::string plan_to_json(const plan& p, int indent = 2);
 
 /// A human-readable table of the plan.
 std::string plan_to_table(const plan& p);
+
+/// The plan as a Gantt-style SVG picture: devices down, predicted time across, each SP group a
+/// block on its devices per micro-batch (coloured by degree; a tooltip gives sequences, tokens of
+/// `lengths` when given, and predicted time).
+std::string plan_to_svg(const plan& p, std::span<const std::int64_t> lengths = {});
+
+/// A bar chart of strategies' total predicted times (the first is the reference of the ratios).
+std::string strategies_to_svg(std::span<const std::pair<std::string, double>> totals, const std::string& title);
 
 }  // namespace flexsp::scheduler
