@@ -22,6 +22,7 @@ pkg_check_modules(CBC REQUIRED IMPORTED_TARGET cbc)   # PkgConfig::CBC
 find_package(ZLIB REQUIRED)                      # ZLIB::ZLIB (gzip datasets)
 pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)  # PkgConfig::ZSTD (zstd-compressed text)
 pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)  # PkgConfig::SENTENCEPIECE (tokenizers)
+pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)  # PkgConfig::HTTPLIB (the head's HTTP endpoint)
 pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)  # PkgConfig::HIREDIS (the Redis state store)
 
 set(BLA_VENDOR OpenBLAS)

@@ -31,7 +31,7 @@ packages=(
   libasio-dev capnproto libcapnp-dev coinor-libcbc-dev libspdlog-dev libfmt-dev libgloo-dev
   libopenblas-dev nlohmann-json3-dev libcli11-dev googletest libgtest-dev libgmock-dev
   libbenchmark-dev libcaf-dev zlib1g-dev iproute2 procps libhiredis-dev redis-server
-  libsentencepiece-dev sentencepiece libzstd-dev zstd
+  libsentencepiece-dev sentencepiece libzstd-dev zstd libcpp-httplib-dev prometheus
 )
 
 # One dpkg-query for all packages; it prints nothing for packages it has never heard of.

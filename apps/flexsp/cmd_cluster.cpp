@@ -27,6 +27,7 @@
 
 #include "cluster_state.hpp"
 #include "commands.hpp"
+#include "flexsp/actors/dashboard.hpp"
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/embedded.hpp"
 #include "flexsp/actors/head.hpp"
@@ -168,6 +169,10 @@ struct common_flags {
   std::string default_checkpoints = "state";
   std::uint32_t default_checkpoint_every = 50;
   bool block = false;
+  // The head's HTTP endpoint (JSON API, Prometheus /metrics).
+  int dashboard_port = 8265;  // 0: any free port; -1: none
+  std::string dashboard_host = "127.0.0.1";
+  std::string dashboard_token;
 };
 
 // ------------------------------------------------------------------------------------------
@@ -252,17 +257,41 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
     report(d.report_fd, "error " + jobs.error().message());
     fail(jobs.error());
   }
+  std::unique_ptr<actors::dashboard> dash;
+  if (f.dashboard_port >= 0) {
+    actors::dashboard_config dc{f.dashboard_host, static_cast<std::uint16_t>(f.dashboard_port), f.dashboard_token};
+    auto started = actors::dashboard::start(dc, (*head)->host(), check(net::endpoint::parse(address)), (*jobs)->jobs());
+    if (started) {
+      dash = std::move(*started);
+    } else if (started.error().kind() == errc::invalid_argument) {
+      report(d.report_fd, "error " + started.error().message());
+      fail(started.error());
+    } else {
+      // Another head on this machine may hold the port: the cluster works without the endpoint.
+      log::get("actors")->warn("head: no dashboard: {} (--dashboard-port 0 picks a free port)", started.error().message());
+    }
+  }
+  if (dash && !secret_file.empty()) {
+    auto cur = current_cluster();
+    if (cur && (*cur)["address"] == address) {
+      (*cur)["dashboard"] = dash->url();
+      check(write_file_atomic(dir / "current_cluster.json", cur->dump(2), 0600));
+    }
+  }
   const std::string ready = fmt::format(
       "flexsp head started at {} (pid {}; listening on {}:{})\n  secret file: {}\n  add a node:  flexsp start --address "
       "{} --devices cpu:4\n  state store: {}",
       address, ::getpid(), bind, (*head)->port(), secret_file.empty() ? "(from the environment)" : secret_file,
       bind == "0.0.0.0" ? fmt::format("<this host's address>:{}", (*head)->port()) : address,
       cfg.store ? cfg.store->describe() : std::string{"none (a restarted head starts empty)"});
-  if (d.is_child) report(d.report_fd, "ok " + fmt::format("{}", ready));
-  else std::printf("%s\n", ready.c_str()), std::fflush(stdout);
+  const std::string ready_all = ready + (dash ? fmt::format("\n  dashboard:   {} (JSON API under /api, Prometheus at /metrics)", dash->url())
+                                              : std::string{});
+  if (d.is_child) report(d.report_fd, "ok " + fmt::format("{}", ready_all));
+  else std::printf("%s\n", ready_all.c_str()), std::fflush(stdout);
 
   const int sig = wait_for_stop(signals);
   log::get("actors")->info("head: stopping ({})", sig == SIGUSR1 ? "shutdown requested" : strsignal(sig));
+  dash.reset();
   (*jobs)->stop();
   (*head)->stop();
   std::this_thread::sleep_for(50ms);  // let the close frames leave
@@ -511,6 +540,15 @@ void add_cluster_commands(CLI::App& root) {
   start->add_option("--failure-timeout", so->common.failure_timeout,
                     "head: a node silent this long is removed (e.g. 3s)")
       ->capture_default_str();
+  start->add_option("--dashboard-port", so->common.dashboard_port,
+                    "head: port of the HTTP endpoint (JSON API, Prometheus /metrics); 0: any free port; -1: none")
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 65535));
+  start->add_option("--dashboard-host", so->common.dashboard_host,
+                    "head: address the HTTP endpoint listens on (another than loopback needs --dashboard-token)")
+      ->capture_default_str();
+  start->add_option("--dashboard-token", so->common.dashboard_token,
+                    "head: token every HTTP request must carry (Authorization: Bearer TOKEN, or ?token=TOKEN)");
   start->add_option("--give-up-after", so->common.give_up_after,
                     "node: exit when the head has been unreachable this long (0: never)")
       ->capture_default_str();
@@ -562,6 +600,8 @@ void add_cluster_commands(CLI::App& root) {
                 address.c_str(), static_cast<unsigned long long>(s.epoch), s.alive_count(),
                 s.nodes.size() - s.alive_count(), static_cast<long long>(s.heartbeat_interval.count()),
                 static_cast<long long>(s.failure_timeout.count()));
+    if (auto cur = current_cluster(); cur && (*cur).value("address", "") == address && cur->contains("dashboard"))
+      std::printf("dashboard %s\n", (*cur)["dashboard"].get<std::string>().c_str());
     for (const auto& n : s.nodes) {
       std::string devs;
       for (const auto& d : n.devices)

@@ -95,8 +95,8 @@ protected:
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     state_ = tmpl;
     ::setenv("FLEXSP_STATE_DIR", state_.c_str(), 1);
-    auto r = run(fmt::format("start --head --port 0 --heartbeat-interval {}ms --failure-timeout {}ms", kInterval.count(),
-                             kTimeout.count()));
+    auto r = run(fmt::format("start --head --port 0 --dashboard-port 0 --heartbeat-interval {}ms --failure-timeout {}ms",
+                             kInterval.count(), kTimeout.count()));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::smatch m;
     ASSERT_TRUE(std::regex_search(r.output, m, std::regex{R"(started at (\S+) \(pid (\d+))"})) << r.output;
@@ -200,6 +200,97 @@ TEST_F(ClusterProcesses, StatusShowsEveryNodeWithItsDevices) {
   auto text = run("status");
   EXPECT_EQ(text.exit_code, 0);
   EXPECT_NE(text.output.find("2 alive"), std::string::npos) << text.output;
+}
+
+/// The response to `GET path` from the HTTP server at 127.0.0.1:`port` (status line, headers, body).
+std::string http_get(int port, const std::string& path, const std::string& headers = "") {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  ::inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return {};
+  }
+  const auto req = fmt::format("GET {} HTTP/1.0\r\nHost: 127.0.0.1\r\n{}\r\n", path, headers);
+  (void)!::write(fd, req.data(), req.size());
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+std::string body_of(const std::string& response) {
+  const auto at = response.find("\r\n\r\n");
+  return at == std::string::npos ? std::string{} : response.substr(at + 4);
+}
+
+TEST_F(ClusterProcesses, TheHeadServesItsClusterAndJobsAsJsonAndPrometheusMetrics) {
+  start_node("cpu:2");
+  const auto spec = state_ / "job.json";
+  std::ofstream{spec} << R"({"name": "dash", "steps": 3, "batch_size": 8, "model": {"max_seq": 256}, "calibrate": false})";
+  auto submitted = run("job submit " + spec.string() + " --wait");
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.output;
+  const auto cur = nlohmann::json::parse(read_all(state_ / "current_cluster.json"));
+  ASSERT_TRUE(cur.contains("dashboard")) << cur.dump();
+  std::smatch m;
+  const auto url = cur["dashboard"].get<std::string>();
+  ASSERT_TRUE(std::regex_search(url, m, std::regex{R"(:(\d+)/$)"})) << url;
+  const int port = std::stoi(m[1]);
+  EXPECT_NE(run("status").output.find("dashboard " + url), std::string::npos);
+
+  auto cluster = nlohmann::json::parse(body_of(http_get(port, "/api/cluster")), nullptr, false);
+  ASSERT_FALSE(cluster.is_discarded());
+  EXPECT_EQ(cluster["epoch"], 1);
+  EXPECT_EQ(cluster["devices_alive"], 2);
+  ASSERT_EQ(cluster["nodes"].size(), 1u);
+  EXPECT_EQ(cluster["nodes"][0]["state"], "alive");
+  auto jobs = nlohmann::json::parse(body_of(http_get(port, "/api/jobs")), nullptr, false);
+  ASSERT_TRUE(jobs.is_array() && jobs.size() == 1) << jobs.dump();
+  const auto id = jobs[0]["id"].get<std::string>();
+  EXPECT_EQ(jobs[0]["state"], "succeeded");
+  auto job = nlohmann::json::parse(body_of(http_get(port, "/api/jobs/" + id)), nullptr, false);
+  ASSERT_TRUE(job.is_object()) << job.dump();
+  EXPECT_EQ(job["metrics"].size(), 3u);
+  EXPECT_FALSE(job["logs"].empty());
+  EXPECT_NE(http_get(port, "/api/jobs/nope").find("404"), std::string::npos);
+
+  const auto metrics = body_of(http_get(port, "/metrics"));
+  EXPECT_NE(metrics.find(fmt::format("flexsp_job_steps_committed_total{{job=\"{}\",name=\"dash\"}} 3", id)),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("flexsp_cluster_devices 2"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("flexsp_job_tokens_per_second{"), std::string::npos) << metrics;
+  // The exposition passes Prometheus' own linter.
+  const auto file = state_ / "metrics.txt";
+  std::ofstream{file} << metrics;
+  FILE* p = ::popen(fmt::format("promtool check metrics < {} 2>&1", file.string()).c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string lint;
+  char buf[512];
+  while (auto n = std::fread(buf, 1, sizeof buf, p)) lint.append(buf, n);
+  const int rc = ::pclose(p);
+  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << "promtool (installed by scripts/bootstrap.sh): " << lint;
+}
+
+TEST_F(ClusterProcesses, ADashboardBeyondLoopbackNeedsAToken) {
+  const auto other = state_ / "other";
+  fs::create_directories(other);
+  const auto env = "FLEXSP_STATE_DIR=" + other.string();
+  auto refused = run("start --head --port 0 --dashboard-host 0.0.0.0 --dashboard-port 0", env);
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("needs --dashboard-token"), std::string::npos) << refused.output;
+  auto started = run("start --head --port 0 --dashboard-port 0 --dashboard-token s3cret", env);
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(started.output, m, std::regex{R"(dashboard:\s+http://127.0.0.1:(\d+)/)"})) << started.output;
+  const int port = std::stoi(m[1]);
+  EXPECT_NE(http_get(port, "/api/cluster").find(" 401 "), std::string::npos);
+  EXPECT_NE(http_get(port, "/api/cluster?token=s3cret").find(" 200 "), std::string::npos);
+  EXPECT_NE(http_get(port, "/metrics", "Authorization: Bearer s3cret\r\n").find(" 200 "), std::string::npos);
+  EXPECT_EQ(run("stop --grace 3s", env).exit_code, 0);
 }
 
 TEST_F(ClusterProcesses, KilledNodeIsSeenLostByEverySubscriberOnceAndTheEpochRisesByOne) {
