@@ -108,7 +108,7 @@ expected<job_handle> job_client::submit_json(const std::string& spec_json) {
   if (j.is_object() && j.contains("checkpoint") && j["checkpoint"].is_object() && j["checkpoint"].contains("dir") &&
       j["checkpoint"]["dir"].is_string()) {
     const std::filesystem::path dir = j["checkpoint"]["dir"].get<std::string>();
-    if (!dir.empty() && dir.is_relative()) {
+    if (!dir.empty() && dir.is_relative() && dir != "none") {  // "none": no checkpoints, not a path
       j["checkpoint"]["dir"] = std::filesystem::absolute(dir).string();
       text = j.dump();
     }
