@@ -248,7 +248,10 @@ expected<std::unique_ptr<dashboard>> dashboard::start(dashboard_config config, s
   });
   p->server.Get("/", [=](const httplib::Request& r, httplib::Response& res) {
     if (!guard(r, res)) return;
-    res.set_content("flexsp head: /api/cluster, /api/jobs, /api/jobs/<id>, /metrics\n", "text/plain");
+    static constexpr const char* kPage =
+#include "flexsp/actors/dashboard_page.inc"
+        ;
+    res.set_content(kPage, "text/html; charset=utf-8");
   });
   p->port = config.port == 0 ? p->server.bind_to_any_port(config.host) : (p->server.bind_to_port(config.host, config.port) ? config.port : -1);
   if (p->port <= 0)

@@ -275,6 +275,39 @@ TEST_F(ClusterProcesses, TheHeadServesItsClusterAndJobsAsJsonAndPrometheusMetric
   EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << "promtool (installed by scripts/bootstrap.sh): " << lint;
 }
 
+TEST_F(ClusterProcesses, TheDashboardPageShowsTheClusterAJobAndItsPlansInARealBrowser) {
+  // Headless Chromium (installed by scripts/bootstrap.sh) loads the page the head serves, runs
+  // its script against the live cluster and renders it.
+  start_node("cpu:2");
+  const auto spec = state_ / "job.json";
+  std::ofstream{spec} << R"({"name": "page", "steps": 5, "batch_size": 16, "model": {"max_seq": 512}, "calibrate": false})";
+  ASSERT_EQ(run("job submit " + spec.string() + " --wait").exit_code, 0);
+  const auto url = nlohmann::json::parse(read_all(state_ / "current_cluster.json"))["dashboard"].get<std::string>();
+  const auto chromium = fmt::format("chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
+                                    "--virtual-time-budget=8000");
+  FILE* p = ::popen((chromium + " --dump-dom " + url + " 2>/dev/null").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string dom;
+  char buf[4096];
+  while (auto n = std::fread(buf, 1, sizeof buf, p)) dom.append(buf, n);
+  ::pclose(p);
+  ASSERT_NE(dom.find("data-ready=\"1\""), std::string::npos) << "the page's script did not finish:\n" << dom.substr(0, 2000);
+  EXPECT_NE(dom.find("data-node=\"1\""), std::string::npos) << "the node is listed";
+  EXPECT_NE(dom.find("data-job=\"page-1\""), std::string::npos) << "the job is listed";
+  EXPECT_NE(dom.find("Job page-1 (succeeded)"), std::string::npos);
+  std::size_t series = 0, blocks = 0;
+  for (auto at = dom.find("class=\"series\""); at != std::string::npos; at = dom.find("class=\"series\"", at + 1)) ++series;
+  for (auto at = dom.find("class=\"gantt-block\""); at != std::string::npos; at = dom.find("class=\"gantt-block\"", at + 1)) ++blocks;
+  EXPECT_EQ(series, 3u) << "loss, step time and tokens/s charts";
+  EXPECT_GE(blocks, 5u) << "the SP groups of the last steps";
+  const auto shot = state_ / "dashboard.png";
+  ASSERT_EQ(std::system((chromium + " --window-size=1200,1000 --screenshot=" + shot.string() + " " + url +
+                         " > /dev/null 2>&1").c_str()),
+            0);
+  std::error_code ec;
+  EXPECT_GT(fs::file_size(shot, ec), 10000u) << "a rendered screenshot";
+}
+
 TEST_F(ClusterProcesses, ADashboardBeyondLoopbackNeedsAToken) {
   const auto other = state_ / "other";
   fs::create_directories(other);

@@ -3,6 +3,8 @@
 /// The head's HTTP endpoint (cpp-httplib, on a thread of its own): a JSON API of the cluster and
 /// its jobs, and their metrics in the Prometheus text format.
 ///
+///   GET /                     the dashboard page (embedded at build time): cluster, jobs, charts of
+///                             loss / step time / tokens/s, the plans of the last steps as a Gantt
 ///   GET /api/cluster          epoch, nodes (state, address, devices), devices alive
 ///   GET /api/jobs             every job: state, steps, losses, devices
 ///   GET /api/jobs/<id>        one job: the same, its log and its metrics lines
