@@ -16,7 +16,8 @@ Errors raise flexsp.FlexspError with the same message as the C++ API and the CLI
 
 import json
 import os
-import time
+import queue
+import threading
 
 from . import _flexsp
 
@@ -113,29 +114,36 @@ class Job:
         d.pop("metrics", None)
         return d
 
-    def metrics(self, poll_s=0.2):
-        """Yields each committed step's metrics dict, from the first, until the job ends."""
-        seen = 0
-        while True:
-            d = self._client.query(self.id, seen, False)
-            for m in d["metrics"]:
-                seen += 1
-                yield m
-            if d["state"] in ("succeeded", "failed", "cancelled"):
-                tail = self._client.query(self.id, seen, False)["metrics"]
-                for m in tail:
-                    seen += 1
-                    yield m
-                return
-            time.sleep(poll_s)
+    def metrics(self):
+        """Yields each committed step's metrics dict, from the first, as the head pushes them,
+        until the job ends (a thread waits on the job; the iterator reads its queue)."""
+        items = queue.Queue()
+        end = object()
 
-    def wait(self, on_metrics=None, poll_s=0.2):
-        """Waits until the job ends, calling on_metrics(dict) for each committed step; returns
-        the final status."""
-        for m in self.metrics(poll_s):
-            if on_metrics is not None:
-                on_metrics(m)
-        return self.status()
+        def run():
+            try:
+                self._client.wait(self.id, items.put)
+            except BaseException as e:  # handed to the iterating thread
+                items.put(e)
+            items.put(end)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        while True:
+            m = items.get()
+            if m is end:
+                break
+            if isinstance(m, BaseException):
+                raise m
+            yield m
+        t.join()
+
+    def wait(self, on_metrics=None):
+        """Waits until the job ends, calling on_metrics(dict) for each committed step as the head
+        pushes it; returns the final status."""
+        d = self._client.wait(self.id, on_metrics)
+        d.pop("metrics", None)
+        return d
 
     def cancel(self):
         self._client.cancel(self.id)

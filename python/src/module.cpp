@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+
 #include <nlohmann/json.hpp>
 
 #include "flexsp/actors/client.hpp"
@@ -167,6 +169,38 @@ PYBIND11_MODULE(_flexsp, m) {
              return d;
            },
            py::arg("id"), py::arg("metrics_from") = 0, py::arg("logs") = false)
+      .def("wait",
+           // Blocks until the job ends; the head pushes each committed step, which goes to
+           // `on_metrics` (as a dict) with the GIL held. An exception there ends the wait.
+           [](actors::job_client& c, const std::string& id, py::object on_metrics) {
+             std::optional<py::error_already_set> raised;
+             actors::job_info info;
+             {
+               py::gil_scoped_release unlocked;
+               auto h = c.attach(id);
+               if (!h) {
+                 py::gil_scoped_acquire locked;
+                 raise(h.error());
+               }
+               auto done = h->wait([&](const std::string& line) {
+                 py::gil_scoped_acquire locked;
+                 if (raised || on_metrics.is_none()) return;
+                 try {
+                   on_metrics(from_json(line));
+                 } catch (py::error_already_set& e) {
+                   raised.emplace(std::move(e));
+                 }
+               });
+               if (!done) {
+                 py::gil_scoped_acquire locked;
+                 raise(done.error());
+               }
+               info = std::move(*done);
+             }
+             if (raised) throw std::move(*raised);
+             return info_dict(info);
+           },
+           py::arg("id"), py::arg("on_metrics") = py::none())
       .def("cancel",
            [](actors::job_client& c, const std::string& id) {
              expected<void> r;
