@@ -2,6 +2,7 @@
 // client (flexsp/actors/job_client.hpp).
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -78,6 +79,16 @@ void add_job_commands(CLI::App& root) {
     fmt::print("{}\n", handle->id());
     std::fflush(stdout);
     if (!*wait) return;
+    // Ctrl-C ends the wait, not the job: say so, and how to stop it.
+    static std::string waiting_on;
+    waiting_on = handle->id();
+    std::signal(SIGINT, [](int) {
+      const auto msg = fmt::format("\nflexsp job submit: no longer waiting; job {} keeps running (flexsp job stop {} "
+                                   "cancels it)\n",
+                                   waiting_on, waiting_on);
+      (void)!::write(2, msg.data(), msg.size());
+      std::_Exit(130);
+    });
     std::unique_ptr<std::ofstream> out;
     if (!metrics->empty()) {
       out = std::make_unique<std::ofstream>(*metrics, std::ios::trunc);
@@ -105,6 +116,7 @@ void add_job_commands(CLI::App& root) {
   auto* status = job->add_subcommand("status", "a job's state as JSON (all jobs without an id)");
   add_common(status, f);
   status->add_option("id", *sid, "job id");
+  status->add_flag("--json")->description("print JSON (the only format; accepted as `flexsp status --json` is)");
   status->callback([f, sid]() {
     auto client = connect(*f);
     if (!client) std::exit(fail("status", client.error()));
@@ -141,6 +153,12 @@ void add_job_commands(CLI::App& root) {
   stop->callback([f, kid]() {
     auto client = connect(*f);
     if (!client) std::exit(fail("stop", client.error()));
+    auto before = (*client)->query(*kid, ~std::uint64_t{0}, false);
+    if (!before) std::exit(fail("stop", before.error()));
+    if (actors::terminal(*before)) {
+      fmt::print(stderr, "flexsp job stop: job {} already {}; nothing to stop\n", *kid, actors::to_string(before->state));
+      std::exit(1);
+    }
     if (auto r = (*client)->cancel(*kid); !r) std::exit(fail("stop", r.error()));
     fmt::print("cancelling {}\n", *kid);
   });

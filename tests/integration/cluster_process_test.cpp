@@ -308,6 +308,19 @@ TEST_F(ClusterProcesses, TheDashboardPageShowsTheClusterAJobAndItsPlansInARealBr
   EXPECT_GT(fs::file_size(shot, ec), 10000u) << "a rendered screenshot";
 }
 
+TEST_F(ClusterProcesses, JobCommandsSayWhatTheyDidToAFinishedJob) {
+  start_node("cpu:2");
+  const auto spec = state_ / "job.json";
+  std::ofstream{spec} << R"({"name": "done", "steps": 2, "batch_size": 8, "model": {"max_seq": 256}, "calibrate": false})";
+  ASSERT_EQ(run("job submit " + spec.string() + " --wait").exit_code, 0);
+  auto status = run("job status done-1 --json");
+  ASSERT_EQ(status.exit_code, 0) << status.output;
+  EXPECT_EQ(nlohmann::json::parse(status.output, nullptr, false).value("state", ""), "succeeded") << status.output;
+  auto stop = run("job stop done-1");
+  EXPECT_EQ(stop.exit_code, 1) << stop.output;
+  EXPECT_NE(stop.output.find("job done-1 already succeeded; nothing to stop"), std::string::npos) << stop.output;
+}
+
 TEST_F(ClusterProcesses, ADashboardBeyondLoopbackNeedsAToken) {
   const auto other = state_ / "other";
   fs::create_directories(other);
