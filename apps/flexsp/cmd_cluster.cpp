@@ -28,6 +28,7 @@
 #include "cluster_state.hpp"
 #include "commands.hpp"
 #include "flexsp/actors/dashboard.hpp"
+#include "flexsp/actors/job_client.hpp"
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/embedded.hpp"
 #include "flexsp/actors/head.hpp"
@@ -592,8 +593,25 @@ void add_cluster_commands(CLI::App& root) {
     std::string address;
     auto client = connect_client(*st_address, *st_secret, address);
     auto s = check(client->status());
+    // The jobs, through the job API (an old head without one: no job list, not an error).
+    std::vector<actors::job_info> jobs;
+    {
+      net::transport_config t;
+      t.secret = check(resolve_secret(*st_secret, address));
+      t.handshake_timeout = 5s;
+      if (auto jc = actors::job_client::connect(address, t))
+        if (auto l = (*jc)->list()) jobs = std::move(*l);
+    }
     if (*st_json) {
-      std::printf("%s\n", status_json(s, address).dump(2).c_str());
+      auto j = status_json(s, address);
+      j["jobs"] = nlohmann::json::array();
+      for (const auto& i : jobs)
+        j["jobs"].push_back({{"id", i.id},
+                             {"state", std::string{actors::to_string(i.state)}},
+                             {"steps_done", i.steps_done},
+                             {"steps_total", i.steps_total},
+                             {"last_loss", i.last_loss}});
+      std::printf("%s\n", j.dump(2).c_str());
       return;
     }
     std::printf("cluster %s  epoch %llu  nodes: %zu alive, %zu dead  (heartbeat %lld ms, failure timeout %lld ms)\n",
@@ -602,6 +620,11 @@ void add_cluster_commands(CLI::App& root) {
                 static_cast<long long>(s.failure_timeout.count()));
     if (auto cur = current_cluster(); cur && (*cur).value("address", "") == address && cur->contains("dashboard"))
       std::printf("dashboard %s\n", (*cur)["dashboard"].get<std::string>().c_str());
+    std::printf("jobs: %zu\n", jobs.size());
+    for (const auto& i : jobs)
+      std::printf("  job %-20s %-9s %llu/%llu steps%s\n", i.id.c_str(), std::string{actors::to_string(i.state)}.c_str(),
+                  static_cast<unsigned long long>(i.steps_done), static_cast<unsigned long long>(i.steps_total),
+                  i.steps_done ? fmt::format("  loss {:.3f}", i.last_loss).c_str() : "");
     for (const auto& n : s.nodes) {
       std::string devs;
       for (const auto& d : n.devices)

@@ -24,6 +24,7 @@ void add_info_command(CLI::App& root) {
     j["device_backend"] = {{"kind", backend ? std::string{kernels::to_string(backend->kind)} : "cpu"},
                            {"reason", backend ? backend->reason : backend.error().message()}};
     j["version"] = "0.1.0";
+    j["build"] = {{"type", FLEXSP_BUILD_TYPE}, {"compiler", FLEXSP_COMPILER}, {"cuda_backend", cuda.compiled}};
     j["cpu_devices"] = std::thread::hardware_concurrency();
     // The CPU GEMM kernels, and what OpenBLAS chose by itself when flexsp corrected it.
     const char* misdetected = std::getenv("FLEXSP_BLAS_MISDETECTED");
@@ -48,7 +49,8 @@ void add_info_command(CLI::App& root) {
       std::printf("%s\n", j.dump(2).c_str());
       return;
     }
-    std::printf("flexsp 0.1.0\n");
+    std::printf("flexsp 0.1.0 (%s build, %s, CUDA backend %s)\n", FLEXSP_BUILD_TYPE, FLEXSP_COMPILER,
+                cuda.compiled ? "compiled in" : "not compiled in");
     std::printf("cpu devices available: %u\n", std::thread::hardware_concurrency());
     std::printf("cpu GEMM: OpenBLAS %s kernels", kernels::blas_core().c_str());
     if (misdetected) std::printf(" (OpenBLAS detected %s; flexsp set OPENBLAS_CORETYPE)", misdetected);

@@ -47,6 +47,16 @@ TEST(Cli, BadLogLevelIsRejectedByName) {
   EXPECT_NE(r.output.find("loud"), std::string::npos) << r.output;
 }
 
+TEST(Cli, InfoShowsTheBuildAndSaysPlainlyWhyThereIsNoGpu) {
+  auto r = run("info");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(" build, "), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("driver version is insufficient"), std::string::npos) << r.output;
+  auto j = run("info --json");
+  ASSERT_EQ(j.exit_code, 0) << j.output;
+  EXPECT_NE(j.output.find("\"build\""), std::string::npos) << j.output;
+}
+
 TEST(Cli, InfoReportsTheCudaBackendAsJson) {
   auto r = run("info --json");
   ASSERT_EQ(r.exit_code, 0) << r.output;

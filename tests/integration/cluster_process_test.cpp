@@ -316,6 +316,10 @@ TEST_F(ClusterProcesses, JobCommandsSayWhatTheyDidToAFinishedJob) {
   auto status = run("job status done-1 --json");
   ASSERT_EQ(status.exit_code, 0) << status.output;
   EXPECT_EQ(nlohmann::json::parse(status.output, nullptr, false).value("state", ""), "succeeded") << status.output;
+  auto listed = run("status");
+  EXPECT_NE(listed.output.find("jobs: 1"), std::string::npos) << listed.output;
+  EXPECT_NE(listed.output.find("job done-1"), std::string::npos) << listed.output;
+  EXPECT_EQ(status_json()["jobs"][0]["state"], "succeeded");
   auto stop = run("job stop done-1");
   EXPECT_EQ(stop.exit_code, 1) << stop.output;
   EXPECT_NE(stop.output.find("job done-1 already succeeded; nothing to stop"), std::string::npos) << stop.output;

@@ -16,7 +16,13 @@ cuda_status query() {
   int count = 0;
   const cudaError_t rc = ::cudaGetDeviceCount(&count);
   if (rc != cudaSuccess) {
-    s.reason = std::string{"no usable CUDA device: "} + ::cudaGetErrorString(rc);
+    // Say what is missing in the words of the machine, not of the runtime.
+    if (s.driver_version == 0 || rc == cudaErrorInsufficientDriver)
+      s.reason = "no GPU: no NVIDIA driver is loaded on this machine";
+    else if (rc == cudaErrorNoDevice)
+      s.reason = "no GPU: the NVIDIA driver sees none";
+    else
+      s.reason = std::string{"no usable CUDA device: "} + ::cudaGetErrorString(rc);
     ::cudaGetLastError();  // clear the error so later queries start clean
     return s;
   }
