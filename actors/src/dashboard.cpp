@@ -238,7 +238,18 @@ expected<std::unique_ptr<dashboard>> dashboard::start(dashboard_config config, s
     json metrics = json::array();
     for (const auto& l : (*job)->metrics_since(0)) metrics.push_back(json::parse(l, nullptr, false));
     j["metrics"] = metrics;
+    json events = json::array();
+    for (const auto& e : (*job)->events()) events.push_back(json::parse(e, nullptr, false));
+    j["events"] = events;
     send_json(res, j);
+  });
+  p->server.Get(R"(/api/jobs/([A-Za-z0-9_.\-]+)/events)", [=](const httplib::Request& r, httplib::Response& res) {
+    if (!guard(r, res)) return;
+    auto job = self->jobs->find(r.matches[1].str());
+    if (!job) return fail(res, 404, job.error().message());
+    json events = json::array();
+    for (const auto& e : (*job)->events()) events.push_back(json::parse(e, nullptr, false));
+    send_json(res, events);
   });
   p->server.Get("/metrics", [=](const httplib::Request& r, httplib::Response& res) {
     if (!guard(r, res)) return;

@@ -143,6 +143,7 @@ void job_controller::finish(job_state state, std::string message) {
   if (state == job_state::failed) log("failed: " + message);
   else if (state == job_state::cancelled) log("cancelled");
   else log(fmt::format("finished {} steps", spec_.steps));
+  event("finished", std::string{to_string(state)} + (message.empty() ? "" : ": " + message));
   phase_ = phase::done;
   status_.state = state;
   status_.error = message;
@@ -215,8 +216,10 @@ void job_controller::lose_node(std::uint64_t node, const std::string& reason, st
   bool member = false;
   for (auto d : gone) member = member || devices_.count(d);
   for (auto d : gone) drop_device(d);
-  if (member)
+  if (member) {
     log(fmt::format("node {} lost at epoch {} ({}); {} devices left", node, epoch, reason, devices_.size()));
+    event("node_lost", fmt::format("node {} at epoch {}: {}; {} devices left", node, epoch, reason, devices_.size()));
+  }
   if (!member) {
     advance();
     return;
@@ -302,6 +305,7 @@ void job_controller::on(const index_written& e) {
   latest_checkpoint_ = *saving_;
   checkpoint_failures_ = 0;
   log(fmt::format("checkpoint at step {} written to {}", saving_->step, saving_->file));
+  event("checkpoint", saving_->file);
   saving_.reset();
   indexing_ = false;
   advance();
@@ -697,6 +701,7 @@ void job_controller::rewind_to_checkpoint() {
   }
   start_step_ = latest_checkpoint_->step;
   rewinding_ = true;
+  event("rewind", fmt::format("to step {} from {}", start_step_, latest_checkpoint_->file));
   phase_ = phase::gathering;
   send_joins(world(), latest_checkpoint_->file);
   advance();
@@ -719,6 +724,7 @@ void job_controller::step_boundary() {
     joiners_.clear();
     send_joins(fresh, "");
     log(fmt::format("{} devices joined; they receive the replica state at the next step", fresh.size()));
+    event("devices_joined", fmt::format("{} devices", fresh.size()));
   }
   if (joins_pending()) {
     phase_ = phase::planning;
@@ -810,6 +816,7 @@ void job_controller::dispatch(scheduler::plan p, training_batch b, bool calibrat
         log(fmt::format("a shard of the model state has no live copy (sharding {}: the devices left hold {} of the "
                         "shards); restarting from the latest checkpoint",
                         to_string(spec_.sharding), held.size()));
+        event("state_lost", fmt::format("sharding {}: a shard has no live copy", to_string(spec_.sharding)));
         rewind_to_checkpoint();
         return;
       }
@@ -874,6 +881,7 @@ void job_controller::attempt_failed(std::string reason, bool membership_changed)
   ++status_.aborted_attempts;
   if (!first_failure_) first_failure_ = clock_.now();
   log(fmt::format("step {} attempt {} aborted ({}); re-planning the same batch", step_, failed_attempt, reason));
+  event("attempt_aborted", fmt::format("attempt {}: {}", failed_attempt, reason));
   if (retried_ > spec_.fault.max_retries) {
     fail(fmt::format("step {} failed {} times: {}", step_, retried_, reason));
     return;

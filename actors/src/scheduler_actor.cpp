@@ -220,6 +220,7 @@ void scheduler_actor::drain() {
                        job_->update(controller_->status());
                        job_->add_metrics(m.metrics);
                      },
+                     [&](job_event& e) { job_->add_event(e); },
                      [&](log_line& l) {
                        log::get("scheduler")->info("job {}: {}", job_->id(), l.text);
                        job_->add_log(l.text);
@@ -450,6 +451,20 @@ void scheduled_job::add_log(const std::string& line) {
     if (config_.store) keep(config_.store->append(logs_list(id_), line), "a log line");
   }
   if (on_log_) on_log_(line);
+}
+
+void scheduled_job::add_event(const job_event& e) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  std::lock_guard lock{mutex_};
+  events_.push_back(
+      nlohmann::json{{"time_ms", ms}, {"kind", e.kind}, {"step", e.step}, {"detail", e.detail}}.dump());
+}
+
+std::vector<std::string> scheduled_job::events() const {
+  std::lock_guard lock{mutex_};
+  return events_;
 }
 
 void scheduled_job::add_metrics(const step_metrics& m) {

@@ -256,6 +256,11 @@ TEST_F(ClusterProcesses, TheHeadServesItsClusterAndJobsAsJsonAndPrometheusMetric
   EXPECT_EQ(job["metrics"].size(), 3u);
   EXPECT_FALSE(job["logs"].empty());
   EXPECT_NE(http_get(port, "/api/jobs/nope").find("404"), std::string::npos);
+  auto events = nlohmann::json::parse(body_of(http_get(port, "/api/jobs/" + id + "/events")), nullptr, false);
+  ASSERT_TRUE(events.is_array() && !events.empty()) << events.dump();
+  EXPECT_EQ(events.back()["kind"], "finished") << events.dump();
+  EXPECT_EQ(events.back()["detail"], "succeeded") << events.dump();
+  EXPECT_EQ(job["events"].size(), events.size());
 
   const auto metrics = body_of(http_get(port, "/metrics"));
   EXPECT_NE(metrics.find(fmt::format("flexsp_job_steps_committed_total{{job=\"{}\",name=\"dash\"}} 3", id)),

@@ -163,6 +163,8 @@ public:
             metrics.push_back(m.metrics);
           } else if constexpr (std::is_same_v<T, log_line>) {
             logs.push_back(m.text);
+          } else if constexpr (std::is_same_v<T, job_event>) {
+            events.push_back(m);
           } else if constexpr (std::is_same_v<T, job_finished>) {
             finished = m;
           }
@@ -272,7 +274,14 @@ public:
   std::vector<std::uint32_t> leaves;
   std::vector<step_metrics> metrics;
   std::vector<std::string> logs;
+  std::vector<job_event> events;
   std::optional<job_finished> finished;
+  /// The kinds of the events, in order.
+  std::vector<std::string> event_kinds() const {
+    std::vector<std::string> k;
+    for (const auto& e : events) k.push_back(e.kind);
+    return k;
+  }
   int plan_requests = 0;
   std::vector<scheduler::profile> plan_profiles;
   std::map<std::uint64_t, std::uint64_t> memory_by_node;  ///< bytes its devices report at join
@@ -394,6 +403,10 @@ TEST(JobController, ANodeLostMidStepReRunsTheSameBatchOnTheSurvivors) {
   EXPECT_EQ(c.metrics.at(2).retried, 1u);
   EXPECT_EQ(c.metrics.at(2).devices, 2u);
   EXPECT_EQ(c.metrics.size(), 4u);
+  // The same story as typed events, for tools.
+  EXPECT_EQ(c.event_kinds(), (std::vector<std::string>{"node_lost", "attempt_aborted", "finished"}));
+  EXPECT_EQ(c.events.front().step, 2u);
+  EXPECT_NE(c.events.front().detail.find("node 2"), std::string::npos) << c.events.front().detail;
 }
 
 TEST(JobController, AStepFailedBeforeTheMembershipEventWaitsForItInsteadOfBurningRetries) {
@@ -534,6 +547,10 @@ TEST(JobController, LosingEveryReplicaRewindsToTheLatestCheckpoint) {
   EXPECT_EQ(c.finished->state, job_state::succeeded) << c.finished->message;
   EXPECT_TRUE(c.logged("restarted from /ckpt/step-000002.ckpt (step 2)"));
   EXPECT_EQ(c.controller().status().steps_done, 5u);
+  const auto kinds = c.event_kinds();
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "checkpoint"), kinds.end());
+  EXPECT_NE(std::find(kinds.begin(), kinds.end(), "rewind"), kinds.end());
+  EXPECT_EQ(kinds.back(), "finished");
 }
 
 TEST(JobController, LosingEveryReplicaWithoutACheckpointFailsTheJobWithTheReason) {

@@ -7,7 +7,9 @@
 ///                             loss / step time / tokens/s, the plans of the last steps as a Gantt
 ///   GET /api/cluster          epoch, nodes (state, address, devices), devices alive
 ///   GET /api/jobs             every job: state, steps, losses, devices
-///   GET /api/jobs/<id>        one job: the same, its log and its metrics lines
+///   GET /api/jobs/<id>        one job: the same, its log, its metrics lines and its events
+///   GET /api/jobs/<id>/events its typed events: node_lost, attempt_aborted, devices_joined,
+///                             rewind, state_lost, checkpoint, finished (time, step, detail)
 ///   GET /metrics              Prometheus text (text/plain; version=0.0.4): per job the latest step
 ///                             time, tokens/s, loss, planner time, cost-model error, steps, retried
 ///                             attempts and recoveries; per cluster nodes alive/lost, devices, epoch

@@ -226,6 +226,13 @@ struct publish_metrics {
 struct log_line {
   std::string text;
 };
+/// Something that happened to the job, typed for tools (the log line says it in words):
+/// node_lost, attempt_aborted, devices_joined, rewind, state_lost, checkpoint, finished.
+struct job_event {
+  std::string kind;
+  std::uint64_t step = 0;  ///< the step the job was at
+  std::string detail;
+};
 /// The job ended; no command follows.
 struct job_finished {
   job_state state = job_state::succeeded;
@@ -233,7 +240,7 @@ struct job_finished {
 };
 
 using job_command = std::variant<send_to_device, lookup_devices, request_plan, write_index, start_timer, publish_metrics,
-                                 log_line, job_finished>;
+                                 log_line, job_event, job_finished>;
 
 /// Where the controller runs.
 struct controller_config {
@@ -315,6 +322,7 @@ private:
   // helpers
   void emit(job_command c) { out_.push_back(std::move(c)); }
   void log(std::string line);
+  void event(std::string kind, std::string detail) { emit(job_event{std::move(kind), step_, std::move(detail)}); }
   void send(std::uint32_t device, device_message m);
   std::uint64_t timer(core::duration delay);
   double ms_since(core::time_point t) const;

@@ -111,6 +111,9 @@ public:
   /// Metrics lines (JSON) of committed steps from `from` on, and log lines.
   std::vector<std::string> metrics_since(std::size_t from) const;
   std::vector<std::string> logs() const;
+  /// The job's typed events (job_event) as JSON lines: time_ms (wall clock), kind, step, detail.
+  /// Kept in memory: a head that takes a job back starts its list anew.
+  std::vector<std::string> events() const;
 
 private:
   friend class scheduler_actor;
@@ -118,6 +121,7 @@ private:
   // Called by the scheduler actor.
   void update(const job_status& s);
   void add_log(const std::string& line);
+  void add_event(const job_event& e);
   void add_metrics(const step_metrics& m);
   void finish(job_state state, const std::string& message);
   void notify_watchers(const job_update& update);
@@ -137,6 +141,7 @@ private:
   job_status status_;
   std::vector<std::string> metrics_;
   std::vector<std::string> logs_;
+  std::vector<std::string> events_;
   std::vector<core::actor_ref<update_sink>> watchers_;  // proxies of job clients' sinks
   core::actor_ref<scheduler_actor> actor_;  // reset when the job ends
   std::uint64_t incarnation_ = 0;
