@@ -95,9 +95,16 @@ expected<std::vector<std::uint8_t>> resolve_secret(const std::string& secret_fil
   } else if (auto cur = current_cluster(); cur && (address.empty() || same_cluster((*cur)["address"], address))) {
     FLEXSP_TRY_ASSIGN(secret, read_file((*cur)["secret_file"].get<std::string>()));
   } else {
+    // (`cur` is empty, or names another cluster.)
+    const std::string why =
+        address.empty() ? std::string{}
+        : cur           ? fmt::format(" for {} (the head started on this machine is at {})", address,
+                                      (*cur)["address"].get<std::string>())
+                        : fmt::format(" for {} (no head was started on this machine)", address);
     return make_error(errc::invalid_argument,
-                      "no cluster secret: pass --secret-file, or set FLEXSP_CLUSTER_SECRET or FLEXSP_SECRET_FILE "
-                      "(a head started on this machine records its secret for later commands)");
+                      "no cluster secret{}: pass --secret-file, or set FLEXSP_CLUSTER_SECRET or FLEXSP_SECRET_FILE "
+                      "(a head started on this machine records its secret for later commands)",
+                      why);
   }
   secret = trim(secret);
   if (secret.empty()) return make_error(errc::invalid_argument, "the cluster secret is empty");
@@ -105,8 +112,16 @@ expected<std::vector<std::uint8_t>> resolve_secret(const std::string& secret_fil
 }
 
 expected<std::string> resolve_address(const std::string& address) {
-  if (!address.empty()) return address;
-  if (const char* a = std::getenv("FLEXSP_ADDRESS"); a && *a) return std::string{a};
+  if (!address.empty()) {
+    if (auto ep = net::endpoint::parse(address); !ep)
+      return make_error(errc::invalid_argument, "--address {}: expected HOST:PORT ({})", address, ep.error().message());
+    return address;
+  }
+  if (const char* a = std::getenv("FLEXSP_ADDRESS"); a && *a) {
+    if (auto ep = net::endpoint::parse(a); !ep)
+      return make_error(errc::invalid_argument, "FLEXSP_ADDRESS {}: expected HOST:PORT ({})", a, ep.error().message());
+    return std::string{a};
+  }
   if (auto cur = current_cluster()) return (*cur)["address"].get<std::string>();
   return make_error(errc::invalid_argument,
                     "no cluster address: pass --address HOST:PORT, set FLEXSP_ADDRESS, or start a head on this machine");

@@ -17,8 +17,12 @@ struct run_result {
   std::string output;
 };
 
-run_result run(const std::string& args) {
-  const std::string command = std::string{FLEXSP_CLI_PATH} + " " + args + " 2>&1";
+run_result run_env(const std::string& env, const std::string& args);
+
+run_result run(const std::string& args) { return run_env("", args); }
+
+run_result run_env(const std::string& env, const std::string& args) {
+  const std::string command = env + std::string{FLEXSP_CLI_PATH} + " " + args + " 2>&1";
   FILE* pipe = ::popen(command.c_str(), "r");
   EXPECT_NE(pipe, nullptr);
   std::string out;
@@ -45,6 +49,18 @@ TEST(Cli, BadLogLevelIsRejectedByName) {
   auto r = run("--log-level loud info");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("loud"), std::string::npos) << r.output;
+}
+
+TEST(Cli, ABadAddressOrAMissingSecretIsNamedAsSuch) {
+  const std::string env = "FLEXSP_STATE_DIR=" + ::testing::TempDir() + "flexsp-no-cluster ";
+  auto bad = run_env(env, "job status --address nonsense");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--address nonsense: expected HOST:PORT"), std::string::npos) << bad.output;
+  auto nosecret = run_env(env, "job status --address 127.0.0.1:1");
+  EXPECT_NE(nosecret.exit_code, 0);
+  EXPECT_NE(nosecret.output.find("no cluster secret for 127.0.0.1:1 (no head was started on this machine)"),
+            std::string::npos)
+      << nosecret.output;
 }
 
 TEST(Cli, InfoShowsTheBuildAndSaysPlainlyWhyThereIsNoGpu) {
