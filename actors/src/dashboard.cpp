@@ -3,7 +3,7 @@
 #include <httplib.h>
 
 #include <chrono>
-#include <thread>
+#include <future>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -17,6 +17,21 @@ namespace flexsp::actors {
 namespace {
 
 using json = nlohmann::json;
+
+/// Runs the HTTP server's accept loop (it blocks until the server is stopped).
+struct serve {
+  std::function<void()> run;
+};
+
+}  // namespace
+
+class http_listener : public core::actor<http_listener> {
+public:
+  using interface = core::interface<serve>;
+  void handle(serve s) { s.run(); }
+};
+
+namespace {
 
 bool loopback(const std::string& host) { return host == "127.0.0.1" || host == "localhost" || host == "::1"; }
 
@@ -117,7 +132,9 @@ std::string prometheus_text(const cluster_status& cluster, const std::vector<job
          return std::optional<double>{static_cast<double>(j.status.aborted_attempts)};
        }},
       {"flexsp_job_recoveries_total", "counter", "Steps committed after at least one aborted attempt.",
-       [](const job_snapshot& j, const json&) { return std::optional<double>{static_cast<double>(j.recoveries)}; }},
+       [](const job_snapshot& j, const json&) {
+         return std::optional<double>{static_cast<double>(j.status.recovered_steps)};
+       }},
   };
   std::vector<json> latest;
   for (const auto& j : jobs) latest.push_back(j.last_metrics.empty() ? json{} : json::parse(j.last_metrics, nullptr, false));
@@ -139,7 +156,8 @@ struct dashboard::impl {
   net::endpoint head;
   job_manager* jobs = nullptr;
   httplib::Server server;
-  std::thread thread;
+  core::actor_system* system = nullptr;
+  core::actor_ref<http_listener> listener;  // runs the accept loop until server.stop()
   int port = 0;
 
   expected<cluster_status> cluster() const {
@@ -152,14 +170,7 @@ struct dashboard::impl {
     for (const auto& s : jobs->list()) {
       job_snapshot j;
       j.status = s;
-      if (auto job = jobs->find(s.id)) {
-        const auto lines = (*job)->metrics_since(0);
-        if (!lines.empty()) j.last_metrics = lines.back();
-        for (const auto& l : lines) {
-          const auto m = json::parse(l, nullptr, false);
-          if (m.is_object() && m.value("retried", 0) > 0) ++j.recoveries;
-        }
-      }
+      if (auto job = jobs->find(s.id)) j.last_metrics = (*job)->last_metrics();
       out.push_back(std::move(j));
     }
     return out;
@@ -174,20 +185,25 @@ struct dashboard::impl {
 dashboard::dashboard(std::unique_ptr<impl> p) : p_{std::move(p)} {}
 
 dashboard::~dashboard() {
-  p_->server.stop();
-  if (p_->thread.joinable()) p_->thread.join();
+  p_->server.stop();  // the accept loop returns, and the listener with it
+  auto done = std::make_shared<std::promise<void>>();
+  p_->system->monitor(p_->listener, [done](const core::down_msg&) { done->set_value(); });
+  p_->listener.stop(core::stop_mode::discard);
+  done->get_future().wait();
 }
 
 std::uint16_t dashboard::port() const noexcept { return static_cast<std::uint16_t>(p_->port); }
 std::string dashboard::url() const { return fmt::format("http://{}:{}/", p_->config.host, p_->port); }
 
-expected<std::unique_ptr<dashboard>> dashboard::start(dashboard_config config, std::shared_ptr<actor_host> host,
-                                                      net::endpoint head, job_manager& jobs) {
+expected<std::unique_ptr<dashboard>> dashboard::start(dashboard_config config, core::actor_system& system,
+                                                      std::shared_ptr<actor_host> host, net::endpoint head,
+                                                      job_manager& jobs) {
   if (!loopback(config.host) && config.token.empty())
     return make_error(errc::invalid_argument,
                       "--dashboard-host {}: a dashboard reachable from other hosts needs --dashboard-token", config.host);
   auto p = std::make_unique<impl>();
   p->config = config;
+  p->system = &system;
   p->host = std::move(host);
   p->head = std::move(head);
   p->jobs = &jobs;
@@ -267,7 +283,11 @@ expected<std::unique_ptr<dashboard>> dashboard::start(dashboard_config config, s
   p->port = config.port == 0 ? p->server.bind_to_any_port(config.host) : (p->server.bind_to_port(config.host, config.port) ? config.port : -1);
   if (p->port <= 0)
     return make_error(errc::io, "dashboard: cannot listen on {}:{}", config.host, config.port);
-  p->thread = std::thread{[self] { self->server.listen_after_bind(); }};
+  core::spawn_options o;
+  o.blocking = true;
+  o.name = "dashboard";
+  p->listener = system.spawn<http_listener>(o);
+  p->listener.tell(serve{[self] { self->server.listen_after_bind(); }});
   log::get("actors")->info("head: dashboard at http://{}:{}/", config.host, p->port);
   return std::unique_ptr<dashboard>{new dashboard{std::move(p)}};
 }

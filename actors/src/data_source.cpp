@@ -76,15 +76,21 @@ struct batch_source::prepared {
 
 batch_source::~batch_source() = default;
 
+namespace {
+/// Opens a prepared dataset of the job, refusing one whose ids do not fit model.vocab.
+expected<std::shared_ptr<data::dataset>> open_prepared(const job_spec::prepared_data& p, const job_spec& spec) {
+  auto ds = data::dataset::open(p.dir);
+  if (!ds) return unexpected<error>{error{ds.error()}.with_context("data.prepared")};
+  if ((*ds)->vocab_size() > spec.model.vocab)
+    return make_error(errc::invalid_argument,
+                      "data.prepared: {} was tokenized with {} ({} ids), more than model.vocab ({})", p.dir,
+                      (*ds)->tokenizer_id(), (*ds)->vocab_size(), spec.model.vocab);
+  return ds;
+}
+}  // namespace
+
 expected<void> batch_source::check(const job_spec& spec) {
-  for (const auto& p : spec.prepared) {
-    auto ds = data::dataset::open(p.dir);
-    if (!ds) return unexpected<error>{error{ds.error()}.with_context("data.prepared")};
-    if ((*ds)->vocab_size() > spec.model.vocab)
-      return make_error(errc::invalid_argument,
-                        "data.prepared: {} was tokenized with {} ({} ids), more than model.vocab ({})", p.dir,
-                        (*ds)->tokenizer_id(), (*ds)->vocab_size(), spec.model.vocab);
-  }
+  for (const auto& p : spec.prepared) FLEXSP_TRY(open_prepared(p, spec));
   return {};
 }
 
@@ -95,20 +101,18 @@ expected<std::unique_ptr<batch_source>> batch_source::create(const job_spec& spe
   s->spec_ = spec;
   const std::size_t window = static_cast<std::size_t>(spec.model.max_seq) + 1;
   if (!spec.prepared.empty()) {
-    FLEXSP_TRY(check(spec));
     const std::uint64_t max_seq = spec.model.max_seq;
     double total_weight = 0;
     for (const auto& p : spec.prepared) total_weight += p.weight;
     std::vector<std::string> parts;
     for (std::size_t i = 0; i < spec.prepared.size(); ++i) {
       const auto& p = spec.prepared[i];
-      auto ds = data::dataset::open(p.dir);
-      if (!ds) return unexpected<error>{error{ds.error()}.with_context("data.prepared")};
+      FLEXSP_TRY_ASSIGN(auto ds, open_prepared(p, spec));
       auto src = std::make_shared<prepared>();
-      src->data = *ds;
+      src->data = ds;
       src->seed = spec.seed * 0x2545F4914F6CDD1Dull + i;
-      for (std::uint64_t d = 0; d < (*ds)->documents(); ++d) {
-        const auto n = (*ds)->length(d);
+      for (std::uint64_t d = 0; d < ds->documents(); ++d) {
+        const auto n = ds->length(d);
         if (n < 2) continue;  // a sequence needs an input and a target
         if (n - 1 <= max_seq) {
           src->pieces.push_back({d, 0});
@@ -124,7 +128,7 @@ expected<std::unique_ptr<batch_source>> batch_source::create(const job_spec& spe
                           src->dropped ? fmt::format(" within model.max_seq ({} dropped)", src->dropped) : "");
       parts.push_back(fmt::format("{} ({} documents, {} tokens, {}; {} sequences, {} documents longer than max_seq "
                                   "{} {})",
-                                  p.dir, (*ds)->documents(), (*ds)->tokens(), (*ds)->tokenizer_id(),
+                                  p.dir, ds->documents(), ds->tokens(), ds->tokenizer_id(),
                                   src->pieces.size(), spec.drop_long_documents ? src->dropped : src->split,
                                   max_seq, spec.drop_long_documents ? "dropped" : "split into pieces"));
       s->prepared_.push_back(std::move(src));

@@ -965,6 +965,7 @@ void job_controller::committed() {
     }
   m.group_error = groups ? err / groups : 0;
   m.retried = retried_;
+  if (retried_ > 0) ++status_.recovered_steps;
   m.recovery_ms = first_failure_ ? ms_since(*first_failure_) : 0;
   m.state_checksum = reports.begin()->second.checksum;
   status_.devices = m.devices;

@@ -530,6 +530,11 @@ std::vector<std::string> scheduled_job::metrics_since(std::size_t from) const {
   return {metrics_.begin() + static_cast<std::ptrdiff_t>(from), metrics_.end()};
 }
 
+std::string scheduled_job::last_metrics() const {
+  std::lock_guard lock{mutex_};
+  return metrics_.empty() ? std::string{} : metrics_.back();
+}
+
 std::vector<std::string> scheduled_job::logs() const {
   std::lock_guard lock{mutex_};
   return logs_;

@@ -261,7 +261,8 @@ void run_head(const common_flags& f, std::uint16_t port, const std::string& bind
   std::unique_ptr<actors::dashboard> dash;
   if (f.dashboard_port >= 0) {
     actors::dashboard_config dc{f.dashboard_host, static_cast<std::uint16_t>(f.dashboard_port), f.dashboard_token};
-    auto started = actors::dashboard::start(dc, (*head)->host(), check(net::endpoint::parse(address)), (*jobs)->jobs());
+    auto started = actors::dashboard::start(dc, (*head)->system(), (*head)->host(), check(net::endpoint::parse(address)),
+                                            (*jobs)->jobs());
     if (started) {
       dash = std::move(*started);
     } else if (started.error().kind() == errc::invalid_argument) {
@@ -595,13 +596,8 @@ void add_cluster_commands(CLI::App& root) {
     auto s = check(client->status());
     // The jobs, through the job API (an old head without one: no job list, not an error).
     std::vector<actors::job_info> jobs;
-    {
-      net::transport_config t;
-      t.secret = check(resolve_secret(*st_secret, address));
-      t.handshake_timeout = 5s;
-      if (auto jc = actors::job_client::connect(address, t))
-        if (auto l = (*jc)->list()) jobs = std::move(*l);
-    }
+    if (auto jc = connect_job_client(address, *st_secret))
+      if (auto l = (*jc)->list()) jobs = std::move(*l);
     if (*st_json) {
       auto j = status_json(s, address);
       j["jobs"] = nlohmann::json::array();

@@ -224,7 +224,6 @@ constexpr std::array<char32_t, 256> make_byte_chars() {
 constexpr std::array<char32_t, 256> byte_chars = make_byte_chars();
 constexpr char32_t max_byte_char = 256 + 68;
 
-std::string fnv_hex(std::string_view bytes) { return fnv1a64_hex(bytes); }
 
 struct string_hash {
   using is_transparent = void;
@@ -638,7 +637,7 @@ expected<std::unique_ptr<tokenizer>> load_bpe_tokenizer(const std::filesystem::p
     // Parse errors and fields of the wrong JSON type alike.
     return make_error(errc::invalid_argument, "{}: malformed tokenizer.json: {}", where, e.what());
   }
-  t->set_id("bpe:" + fnv_hex(bytes));
+  t->set_id("bpe:" + fnv1a64_hex(bytes));
   return std::unique_ptr<tokenizer>{std::move(t)};
 }
 

@@ -63,13 +63,11 @@ private:
   std::size_t size_ = 0;
 };
 
-std::uint64_t checksum_of(const fs::path& bin, const fs::path& idx) {
-  fnv64 sum;
-  for (const auto* p : {&bin, &idx}) {
-    auto m = mapped_file::open(*p);
-    if (!m) return 0;
-    sum.add(m->data(), m->size());
-  }
+/// A shard's checksum: FNV-1a 64 of its token file, then its index.
+std::uint64_t checksum_of(const mapped_file& bin, const mapped_file& idx) {
+  fnv1a64 sum;
+  sum.add(bin.data(), bin.size());
+  sum.add(idx.data(), idx.size());
   return sum.h;
 }
 
@@ -94,7 +92,9 @@ bool verify_shard(const fs::path& dir, const shard_entry& e, int width) {
   const auto bin = dir / shard_bin_name(e.index), idx = dir / shard_idx_name(e.index);
   if (fs::file_size(bin, ec) != e.tokens * static_cast<std::uint64_t>(width) || ec) return false;
   if (fs::file_size(idx, ec) != 16 + 8 * (e.documents + 1) || ec) return false;
-  return checksum_of(bin, idx) == e.checksum;
+  auto b = mapped_file::open(bin);
+  auto i = mapped_file::open(idx);
+  return b && i && checksum_of(*b, *i) == e.checksum;
 }
 
 expected<dataset_index> read_index(const fs::path& dir) {
@@ -178,10 +178,7 @@ expected<std::shared_ptr<dataset>> dataset::open(const fs::path& dir, bool verif
       if (s.offsets[d] > s.offsets[d + 1])
         return make_error(errc::invalid_argument, "{}: offsets go backwards at document {}", idx_path.string(), d);
     if (verify) {
-      fnv64 sum;
-      sum.add(s.bin.data(), s.bin.size());
-      sum.add(s.idx.data(), s.idx.size());
-      if (sum.h != e.checksum)
+      if (checksum_of(s.bin, s.idx) != e.checksum)
         return make_error(errc::invalid_argument, "shard {} of {}: checksum mismatch (corrupt)", e.index, dir.string());
     }
     p->first_doc.push_back(docs);

@@ -29,7 +29,6 @@ inline std::string shard_idx_name(std::uint32_t i) {
   return b;
 }
 
-using fnv64 = fnv1a64;
 
 /// "FLXIDX01", u64 n, n + 1 u64 offsets.
 inline std::string encode_offsets(const std::vector<std::uint64_t>& offsets) {

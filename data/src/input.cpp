@@ -219,7 +219,6 @@ struct document_reader::source {
   virtual expected<std::size_t> read(char* buf, std::size_t n) = 0;
   fs::path path;
   bool json_lines = false;
-  std::uint64_t raw_bytes = 0;  // of the file as stored
   std::string pending;           // read; bytes before `at` are consumed
   std::size_t at = 0;
   bool eof = false;
@@ -235,7 +234,6 @@ struct plain_source final : document_reader::source {
   expected<std::size_t> read(char* buf, std::size_t n) override {
     const auto got = std::fread(buf, 1, n, f);
     if (got < n && std::ferror(f)) return make_error(errc::io, "{}: read error", path.string());
-    raw_bytes += got;
     return got;
   }
 };
@@ -252,7 +250,6 @@ struct gzip_source final : document_reader::source {
       const char* msg = gzerror(f, &err);
       return make_error(errc::invalid_argument, "{}: corrupt gzip data: {}", path.string(), msg ? msg : "?");
     }
-    raw_bytes = static_cast<std::uint64_t>(gzoffset(f));
     return static_cast<std::size_t>(got);
   }
 };
@@ -277,7 +274,6 @@ struct zstd_source final : document_reader::source {
           if (frame_open) return make_error(errc::invalid_argument, "{}: truncated zstd data", path.string());
           return std::size_t{0};
         }
-        raw_bytes += got;
         input = ZSTD_inBuffer{in.data(), got, 0};
       }
       const auto rc = ZSTD_decompressStream(dctx, &output, &input);
@@ -295,13 +291,9 @@ document_reader::document_reader(std::vector<fs::path> files, std::string field,
     : files_{std::move(files)}, field_{std::move(field)}, skip_invalid_{skip_invalid} {}
 document_reader::~document_reader() = default;
 
-std::uint64_t document_reader::bytes_read() const noexcept { return done_bytes_ + (src_ ? src_->raw_bytes : 0); }
 
 expected<bool> document_reader::open_next() {
-  if (src_) {
-    done_bytes_ += src_->raw_bytes;
-    src_.reset();
-  }
+  src_.reset();
   if (at_ >= files_.size()) return false;
   const auto& p = files_[at_++];
   const auto name = p.filename().string();

@@ -27,8 +27,6 @@ public:
   ~document_reader();
   /// The next document into `out` (false at the end). Errors name the file and line or offset.
   expected<bool> next(std::string& out);
-  /// Compressed or plain bytes read from the files so far.
-  std::uint64_t bytes_read() const noexcept;
   /// Documents left out for invalid UTF-8 (with skip_invalid).
   std::uint64_t skipped() const noexcept { return skipped_; }
 
@@ -43,7 +41,6 @@ private:
   std::size_t at_ = 0;
   std::unique_ptr<source> src_;
   std::uint64_t line_ = 0;
-  std::uint64_t done_bytes_ = 0;
 };
 
 }  // namespace flexsp::data

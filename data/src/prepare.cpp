@@ -128,7 +128,7 @@ private:
   int width_;
   std::FILE* bin_ = nullptr;
   std::vector<std::uint64_t> offsets_;
-  fnv64 sum_;
+  fnv1a64 sum_;
   std::uint64_t text_bytes_ = 0;
 };
 
@@ -167,16 +167,13 @@ expected<prepare_result> prepare(const tokenizer& tok, const prepare_options& o)
     }
     result.resumed_shards = static_cast<std::uint32_t>(shards.size());
   }
-  auto write_progress = [&](std::uint64_t batches_end) -> expected<void> {
+  auto write_progress = [&]() -> expected<void> {
     json p{{"config", config}, {"shards", json::array()}};
-    std::uint64_t end = 0;
     for (const auto& s : shards) {
       auto j = s.to_json();
-      end = s.batches_end;
-      j["batches_end"] = end;
+      j["batches_end"] = s.batches_end;
       p["shards"].push_back(j);
     }
-    (void)batches_end;
     return write_atomically(o.out / "progress.json", p.dump(1));
   };
 
@@ -190,7 +187,6 @@ expected<prepare_result> prepare(const tokenizer& tok, const prepare_options& o)
   std::uint64_t batches_read = 0;
   std::optional<error> read_error;
   document_reader reader{files, o.field, o.skip_invalid_utf8};
-  std::uint64_t raw_bytes = 0;
   const auto batch_bytes = batch_bytes_for(o.shard_bytes);
   std::thread read_thread{[&] {
     text_batch b;
@@ -217,7 +213,6 @@ expected<prepare_result> prepare(const tokenizer& tok, const prepare_options& o)
       b.documents.push_back(std::move(doc));
       if (b.bytes >= batch_bytes) flush();
       std::lock_guard lock{mutex};
-      raw_bytes = reader.bytes_read();
       if (stop) break;
     }
     if (!b.documents.empty()) flush();
@@ -309,15 +304,7 @@ expected<prepare_result> prepare(const tokenizer& tok, const prepare_options& o)
     result.documents += got->lengths.size();
     result.tokens += got->ids.size();
     result.text_bytes += got->bytes;
-    if (o.progress) {
-      std::uint64_t raw = 0;
-      {
-        std::lock_guard lock{mutex};
-        raw = raw_bytes;
-      }
-      (void)raw;
-      o.progress(result.text_bytes, result.tokens, result.documents);
-    }
+    if (o.progress) o.progress(result.text_bytes, result.tokens, result.documents);
     if (current->text_bytes() >= o.shard_bytes) {
       auto e = current->close();
       current.reset();
@@ -327,7 +314,7 @@ expected<prepare_result> prepare(const tokenizer& tok, const prepare_options& o)
       }
       e->batches_end = seq + 1;
       shards.push_back(*e);
-      if (auto w = write_progress(seq + 1); !w) {
+      if (auto w = write_progress(); !w) {
         status = w;
         break;
       }

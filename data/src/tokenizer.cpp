@@ -16,7 +16,6 @@ namespace flexsp::data {
 
 namespace {
 
-std::string fnv_hex(std::string_view bytes) { return fnv1a64_hex(bytes); }
 
 class byte_tokenizer final : public tokenizer {
 public:
@@ -91,7 +90,7 @@ std::unique_ptr<tokenizer> make_byte_tokenizer() { return std::make_unique<byte_
 
 expected<std::unique_ptr<tokenizer>> load_sentencepiece(const std::filesystem::path& model) {
   FLEXSP_TRY_ASSIGN(auto bytes, read_all(model));
-  auto id = "sentencepiece:" + fnv_hex(bytes);
+  auto id = "sentencepiece:" + fnv1a64_hex(bytes);
   auto t = std::make_unique<sentencepiece_tokenizer>(std::move(bytes), std::move(id));
   FLEXSP_TRY(t->load(model.string()));
   return std::unique_ptr<tokenizer>{std::move(t)};

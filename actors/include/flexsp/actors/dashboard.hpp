@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// The head's HTTP endpoint (cpp-httplib, on a thread of its own): a JSON API of the cluster and
-/// its jobs, and their metrics in the Prometheus text format.
+/// The head's HTTP endpoint (cpp-httplib; its accept loop runs on a blocking actor of the head's
+/// actor system): a JSON API of the cluster and its jobs, and their metrics in the Prometheus
+/// text format.
 ///
 ///   GET /                     the dashboard page (embedded at build time): cluster, jobs, charts of
 ///                             loss / step time / tokens/s, the plans of the last steps as a Gantt
@@ -25,6 +26,7 @@
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/job_controller.hpp"
 #include "flexsp/actors/remote.hpp"
+#include "flexsp/core/actor_system.hpp"
 #include "flexsp/core/error.hpp"
 #include "flexsp/core/net/transport.hpp"
 
@@ -43,7 +45,6 @@ struct dashboard_config {
 struct job_snapshot {
   job_status status;
   std::string last_metrics;
-  std::uint64_t recoveries = 0;  ///< steps that were re-run after an abort
 };
 
 /// The Prometheus text exposition of a cluster and its jobs.
@@ -52,10 +53,11 @@ std::string prometheus_text(const cluster_status& cluster, const std::vector<job
 class dashboard {
 public:
   /// Listens on `config` and answers from the head's cluster actor (through `host`, at `head`)
-  /// and `jobs`. errc::invalid_argument for a non-loopback bind without a token, errc::io when
-  /// the address cannot be bound.
-  static expected<std::unique_ptr<dashboard>> start(dashboard_config config, std::shared_ptr<actor_host> host,
-                                                    net::endpoint head, job_manager& jobs);
+  /// and `jobs`; the accept loop runs on a blocking actor of `system`. errc::invalid_argument for
+  /// a non-loopback bind without a token, errc::io when the address cannot be bound.
+  static expected<std::unique_ptr<dashboard>> start(dashboard_config config, core::actor_system& system,
+                                                    std::shared_ptr<actor_host> host, net::endpoint head,
+                                                    job_manager& jobs);
   ~dashboard();
   dashboard(const dashboard&) = delete;
   dashboard& operator=(const dashboard&) = delete;

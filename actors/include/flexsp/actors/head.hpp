@@ -175,6 +175,8 @@ public:
   std::uint16_t port() const;
   /// The head's actor host: other actors of the head process (the job API) are published here.
   std::shared_ptr<actor_host> host() const { return host_; }
+  /// The head's actor system (the head's other services run their actors on it).
+  core::actor_system& system() const { return *system_; }
   /// The state store of its config (null when none).
   std::shared_ptr<state_store> store() const { return store_; }
   /// Stops publishing and closes every connection.

@@ -100,6 +100,7 @@ struct job_status {
   std::string calibration;        ///< the fitted profile, JSON ("" when not calibrated)
   std::uint64_t final_checksum = 0;  ///< the replicas' state checksum, set when the job succeeded
   std::uint64_t aborted_attempts = 0;  ///< step attempts aborted and re-planned, over the whole job
+  std::uint64_t recovered_steps = 0;   ///< steps committed after at least one aborted attempt
   bool terminal() const { return is_terminal(state); }
 };
 

@@ -110,6 +110,8 @@ public:
   void watch(remote_address subscriber);
   /// Metrics lines (JSON) of committed steps from `from` on, and log lines.
   std::vector<std::string> metrics_since(std::size_t from) const;
+  /// The latest metrics line ("" before the first commit).
+  std::string last_metrics() const;
   std::vector<std::string> logs() const;
   /// The job's typed events (job_event) as JSON lines: time_ms (wall clock), kind, step, detail.
   /// Kept in memory: a head that takes a job back starts its list anew.
