@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   bool in_order = true;
   auto final = job->wait([&](const std::string& line) {
     auto m = nlohmann::json::parse(line);
-    in_order = in_order && m["step"].get<std::uint64_t>() == next++;
+    in_order = in_order && m["step"].get<std::uint64_t>() == ++next;  // steps are numbered from 1
     std::printf("step %2llu  loss %.3f  devices %d\n", static_cast<unsigned long long>(next), m["loss"].get<double>(),
                 m["devices"].get<int>());
   });

@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   int devices_before = 0, devices_after = 0, retried = 0;
   auto final = job->wait([&](const std::string& line) {
     auto m = nlohmann::json::parse(line);
-    in_order = in_order && m["step"].get<std::uint64_t>() == next++;
+    in_order = in_order && m["step"].get<std::uint64_t>() == ++next;  // steps are numbered from 1
     const int devices = m["devices"].get<int>();
     retried += m["retried"].get<int>();
     std::printf("step %2llu  loss %.3f  devices %d%s\n", static_cast<unsigned long long>(next), m["loss"].get<double>(),

@@ -32,7 +32,7 @@ packages=(
   libopenblas-dev nlohmann-json3-dev libcli11-dev googletest libgtest-dev libgmock-dev
   libbenchmark-dev libcaf-dev zlib1g-dev iproute2 procps libhiredis-dev redis-server
   libsentencepiece-dev sentencepiece libzstd-dev zstd libcpp-httplib-dev prometheus
-  python3-dev pybind11-dev python3-pytest python3-numpy chromium
+  python3-dev pybind11-dev python3-pytest python3-numpy python3-pip python3-setuptools python3-wheel python3-venv chromium
 )
 
 # One dpkg-query for all packages; it prints nothing for packages it has never heard of.

@@ -250,6 +250,7 @@ expected<std::unique_ptr<dashboard>> dashboard::start(dashboard_config config, c
     auto job = self->jobs->find(r.matches[1].str());
     if (!job) return fail(res, 404, job.error().message());
     json j = status_json((*job)->status());
+    j["spec"] = json::parse(job_spec_to_json((*job)->spec()), nullptr, false);
     j["logs"] = (*job)->logs();
     json metrics = json::array();
     for (const auto& l : (*job)->metrics_since(0)) metrics.push_back(json::parse(l, nullptr, false));
@@ -266,6 +267,12 @@ expected<std::unique_ptr<dashboard>> dashboard::start(dashboard_config config, c
     json events = json::array();
     for (const auto& e : (*job)->events()) events.push_back(json::parse(e, nullptr, false));
     send_json(res, events);
+  });
+  p->server.Get(R"(/api/jobs/([A-Za-z0-9_.\-]+)/spec)", [=](const httplib::Request& r, httplib::Response& res) {
+    if (!guard(r, res)) return;
+    auto job = self->jobs->find(r.matches[1].str());
+    if (!job) return fail(res, 404, job.error().message());
+    res.set_content(job_spec_to_json((*job)->spec()), "application/json");
   });
   p->server.Get("/metrics", [=](const httplib::Request& r, httplib::Response& res) {
     if (!guard(r, res)) return;

@@ -1,10 +1,11 @@
 #include "flexsp/actors/job_client.hpp"
 
+#include "flexsp/actors/local_cluster.hpp"
+
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -74,20 +75,10 @@ expected<std::shared_ptr<job_client>> job_client::connect(const std::string& add
 }
 
 expected<std::shared_ptr<job_client>> job_client::connect(const std::string& address) {
-  std::string secret;
-  if (const char* s = std::getenv("FLEXSP_CLUSTER_SECRET"); s && *s) {
-    secret = s;
-  } else if (const char* f = std::getenv("FLEXSP_SECRET_FILE"); f && *f) {
-    std::ifstream in{f};
-    if (!in) return make_error(errc::not_found, "cannot read the secret file {}", f);
-    std::getline(in, secret);
-  } else {
-    return make_error(errc::invalid_argument, "no cluster secret: set FLEXSP_CLUSTER_SECRET or FLEXSP_SECRET_FILE");
-  }
-  while (!secret.empty() && std::isspace(static_cast<unsigned char>(secret.back()))) secret.pop_back();
+  FLEXSP_TRY_ASSIGN(const std::string resolved, resolve_head_address(address));
   net::transport_config t;
-  t.secret.assign(secret.begin(), secret.end());
-  return connect(address, t);
+  FLEXSP_TRY_ASSIGN(t.secret, resolve_cluster_secret("", resolved));
+  return connect(resolved, t);
 }
 
 job_client::~job_client() {

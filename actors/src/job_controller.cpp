@@ -13,7 +13,7 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 std::string step_metrics::to_json() const {
-  nlohmann::json j{{"step", step},         {"epoch", epoch},           {"devices", devices},
+  nlohmann::json j{{"step", step + 1},         {"epoch", epoch},           {"devices", devices},
                    {"loss", loss},         {"tokens", tokens},         {"sequences", sequences},
                    {"plan", plan},         {"strategy", strategy},     {"solve_ms", solve_ms},
                    {"milp_solves", milp_solves}, {"milp_gap", milp_gap},

@@ -1,5 +1,7 @@
 #include "flexsp/actors/scheduler_actor.hpp"
 
+#include "flexsp/core/clock.hpp"
+
 #include <algorithm>
 #include <filesystem>
 #include <optional>
@@ -214,9 +216,7 @@ void scheduler_actor::drain() {
                      [&](write_index& w) { worker_.tell(std::move(w)); },
                      [&](start_timer& t) { (void)send_after(t.delay, timer_fired{t.id}); },
                      [&](publish_metrics& m) {
-                       m.metrics.committed_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                       std::chrono::system_clock::now().time_since_epoch())
-                                                       .count();
+                       m.metrics.committed_at_ms = core::unix_ms();
                        job_->update(controller_->status());
                        job_->add_metrics(m.metrics);
                      },
@@ -287,6 +287,7 @@ std::shared_ptr<scheduled_job> scheduled_job::resume(std::string job_id, job_rec
   h->status_.name = name;
   h->metrics_ = std::move(record.metrics);
   h->logs_ = std::move(record.logs);
+  h->events_ = std::move(record.events);
   h->incarnation_ = record.incarnation;
   if (h->status_.terminal()) return h;  // listed, nothing runs
   progress.incarnation = ++h->incarnation_;
@@ -319,6 +320,7 @@ namespace {
 constexpr std::string_view kJobsTable = "jobs";
 std::string metrics_list(const std::string& id) { return "metrics/" + id; }
 std::string logs_list(const std::string& id) { return "logs/" + id; }
+std::string events_list(const std::string& id) { return "events/" + id; }
 }  // namespace
 
 void scheduled_job::keep(expected<void> written, std::string_view what) {
@@ -362,7 +364,7 @@ recovered_progress job_record::progress() const {
   if (!metrics.empty()) {
     auto j = nlohmann::json::parse(metrics.back(), nullptr, false);
     if (j.is_object() && j.contains("step")) {
-      p.steps_done = j["step"].get<std::uint64_t>() + 1;
+      p.steps_done = j["step"].get<std::uint64_t>();  // the line numbers steps from 1
       p.last_loss = j.value("loss", p.last_loss);
       p.last_step_checksum = j.value("state_checksum", std::uint64_t{0});
       if (metrics.size() == 1 || p.steps_done == p.resumed_from + 1) {
@@ -409,6 +411,7 @@ expected<std::map<std::string, job_record>> load_job_records(state_store& store)
     r.incarnation = j.value("incarnation", std::uint64_t{0});
     FLEXSP_TRY_ASSIGN(r.metrics, store.items(metrics_list(id)));
     FLEXSP_TRY_ASSIGN(r.logs, store.items(logs_list(id)));
+    FLEXSP_TRY_ASSIGN(r.events, store.items(events_list(id)));
     out.emplace(id, std::move(r));
   }
   return out;
@@ -446,20 +449,20 @@ void scheduled_job::update(const job_status& s) {
 
 void scheduled_job::add_log(const std::string& line) {
   {
+    // Kept with the time it was written (UTC), as `flexsp job logs` and the dashboard show it.
+    auto stamped = core::utc_timestamp(core::unix_ms()) + " " + line;
     std::lock_guard lock{mutex_};
-    logs_.push_back(line);
-    if (config_.store) keep(config_.store->append(logs_list(id_), line), "a log line");
+    if (config_.store) keep(config_.store->append(logs_list(id_), stamped), "a log line");
+    logs_.push_back(std::move(stamped));
   }
   if (on_log_) on_log_(line);
 }
 
 void scheduled_job::add_event(const job_event& e) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::system_clock::now().time_since_epoch())
-                      .count();
+  auto line = nlohmann::json{{"time_ms", core::unix_ms()}, {"kind", e.kind}, {"step", e.step}, {"detail", e.detail}}.dump();
   std::lock_guard lock{mutex_};
-  events_.push_back(
-      nlohmann::json{{"time_ms", ms}, {"kind", e.kind}, {"step", e.step}, {"detail", e.detail}}.dump());
+  if (config_.store) keep(config_.store->append(events_list(id_), line), "an event");
+  events_.push_back(std::move(line));
 }
 
 std::vector<std::string> scheduled_job::events() const {

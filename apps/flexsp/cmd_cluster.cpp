@@ -531,7 +531,7 @@ void add_cluster_commands(CLI::App& root) {
   start->add_option("--cpu-memory-gb", so->cpu_memory_gb,
                     "node: memory each CPU device may use, GB, for the planner's memory limit (default: this "
                     "host's memory divided among the node's CPU devices)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number);
   start->add_option("--advertise", so->advertise,
                     "node: address other processes use to reach this node (default: the bind address, or the "
                     "local address that reaches the head when binding 0.0.0.0)");
@@ -569,7 +569,7 @@ void add_cluster_commands(CLI::App& root) {
   start->add_flag("--block", so->common.block, "stay in the foreground instead of starting a background process");
   start->callback([so, start]() {
     if (so->head == !so->address.empty() && !(so->head == false && std::getenv("FLEXSP_ADDRESS")))
-      throw CLI::ValidationError("start", "give exactly one of --head or --address HOST:PORT");
+      throw CLI::ValidationError("give exactly one of --head or --address HOST:PORT");
     if (so->head && start->count("--devices"))
       throw CLI::ValidationError("--devices", "devices belong to nodes; start a node with --address");
     if (so->head && start->count("--cpu-memory-gb"))

@@ -154,7 +154,7 @@ void add_data_commands(CLI::App& root) {
   pr->add_option("--glob", pf->glob, "files to take from directories: shell patterns, comma-separated (any)")
       ->capture_default_str();
   pr->add_option("--threads", pf->threads, "tokenizer threads (default: the machine's cores)");
-  pr->add_option("--shard-mb", pf->shard_mb, "text per shard, MB")->capture_default_str()->check(CLI::PositiveNumber);
+  pr->add_option("--shard-mb", pf->shard_mb, "text per shard, MB")->capture_default_str()->check(positive_number);
   pr->add_flag("--quiet", pf->quiet, "no progress line");
   pr->add_flag("--skip-invalid-utf8", pf->skip_invalid,
                "leave out (and count) documents that are not valid UTF-8 instead of stopping at the first");

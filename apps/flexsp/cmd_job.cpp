@@ -2,6 +2,8 @@
 // client (flexsp/actors/job_client.hpp).
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -9,6 +11,9 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -16,6 +21,7 @@
 #include "cluster_state.hpp"
 #include "commands.hpp"
 #include "flexsp/actors/job_client.hpp"
+#include "flexsp/core/clock.hpp"
 
 namespace flexsp::app {
 
@@ -40,6 +46,45 @@ nlohmann::json info_json(const actors::job_info& i) {
   // The profile the job fitted from its own timings (what `flexsp profile` writes).
   if (!i.calibration.empty()) j["calibration"] = nlohmann::json::parse(i.calibration, nullptr, false);
   return j;
+}
+
+/// A committed step as the console shows it ("step 3/30  loss 5.210  devices 4  step 812 ms").
+std::string step_line(const nlohmann::json& j, std::uint64_t total) {
+  return fmt::format("step {}/{}  loss {:.3f}  devices {}  step {:.0f} ms{}", j.value("step", 0), total,
+                     j.value("loss", 0.0), j.value("devices", 0), j.value("step_ms", 0.0),
+                     j.value("retried", 0) ? fmt::format("  retried {}", j.value("retried", 0)) : std::string{});
+}
+
+/// `flexsp job logs`: the job's log lines and its steps, in time order; with `follow`, what comes
+/// next too, until the job ends. `metrics_only` prints the raw JSON metrics lines instead.
+expected<void> print_logs(actors::job_client& client, const std::string& id, bool follow, bool metrics_only) {
+  std::size_t logs_shown = 0;
+  std::uint64_t metrics_from = 0;
+  for (;;) {
+    FLEXSP_TRY_ASSIGN(auto i, client.query(id, metrics_from, !metrics_only));
+    std::vector<std::pair<std::string, std::string>> lines;  // (UTC time, text); the time sorts as text
+    for (; logs_shown < i.logs.size(); ++logs_shown) {
+      const auto& l = i.logs[logs_shown];
+      const auto space = l.find(' ');
+      const bool stamped = space == 24 && l[10] == 'T' && l[23] == 'Z';
+      lines.emplace_back(stamped ? l.substr(0, space) : std::string{}, stamped ? l.substr(space + 1) : l);
+    }
+    for (const auto& m : i.metrics) {
+      if (metrics_only) {
+        fmt::print("{}\n", m);
+        continue;
+      }
+      auto j = nlohmann::json::parse(m, nullptr, false);
+      if (j.is_discarded()) continue;
+      lines.emplace_back(core::utc_timestamp(j.value("committed_at_ms", std::int64_t{0})), step_line(j, i.steps_total));
+    }
+    metrics_from += i.metrics.size();
+    std::stable_sort(lines.begin(), lines.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& [time, text] : lines) fmt::print("{}{}{}\n", time, time.empty() ? "" : "  ", text);
+    std::fflush(stdout);
+    if (!follow || actors::terminal(i)) return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds{500});
+  }
 }
 
 int fail(const std::string& what, const error& e) {
@@ -100,10 +145,7 @@ void add_job_commands(CLI::App& root) {
         out->flush();
       }
       auto j = nlohmann::json::parse(line, nullptr, false);
-      if (!j.is_discarded())
-        fmt::print("step {}/{}  loss {:.3f}  devices {}  step {:.0f} ms{}\n", j.value("step", 0) + 1, total,
-                   j.value("loss", 0.0), j.value("devices", 0), j.value("step_ms", 0.0),
-                   j.value("retried", 0) ? fmt::format("  retried {}", j.value("retried", 0)) : std::string{});
+      if (!j.is_discarded()) fmt::print("{}\n", step_line(j, total));
       std::fflush(stdout);
     });
     if (!final) std::exit(fail("submit", final.error()));
@@ -134,16 +176,17 @@ void add_job_commands(CLI::App& root) {
   });
 
   auto lid = std::make_shared<std::string>();
-  auto* logs = job->add_subcommand("logs", "a job's log and metrics lines");
+  auto follow = std::make_shared<bool>(false);
+  auto metrics_only = std::make_shared<bool>(false);
+  auto* logs = job->add_subcommand("logs", "a job's log lines and committed steps, with their UTC times");
   add_common(logs, f);
   logs->add_option("id", *lid, "job id")->required();
-  logs->callback([f, lid]() {
+  logs->add_flag("-f,--follow", *follow, "keep printing new lines until the job ends");
+  logs->add_flag("--metrics", *metrics_only, "print the per-step metrics as JSON lines instead (one object per step)");
+  logs->callback([f, lid, follow, metrics_only]() {
     auto client = connect(*f);
     if (!client) std::exit(fail("logs", client.error()));
-    auto i = (*client)->query(*lid, 0, true);
-    if (!i) std::exit(fail("logs", i.error()));
-    for (const auto& l : i->logs) fmt::print("{}\n", l);
-    for (const auto& m : i->metrics) fmt::print("{}\n", m);
+    if (auto r = print_logs(**client, *lid, *follow, *metrics_only); !r) std::exit(fail("logs", r.error()));
   });
 
   auto kid = std::make_shared<std::string>();

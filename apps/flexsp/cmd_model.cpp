@@ -235,7 +235,7 @@ void add_model_commands(CLI::App& root) {
   auto ev_json = std::make_shared<bool>(false);
   ev->add_option("CHECKPOINT", *ev_ckpt, "checkpoint file, sharded checkpoint, or a job's checkpoint directory")->required();
   ev->add_option("--data", *ev_data, "prepared dataset (flexsp data prepare) to score")->required();
-  ev->add_option("--max-tokens", *ev_tokens, "score at most this many tokens")->capture_default_str()->check(CLI::PositiveNumber);
+  ev->add_option("--max-tokens", *ev_tokens, "score at most this many tokens")->capture_default_str()->check(positive_number);
   ev->add_flag("--json", *ev_json, "print JSON");
   ev->callback([=]() {
     if (const int rc = run_eval(*ev_ckpt, *ev_data, *ev_tokens, *ev_json); rc != 0) std::exit(rc);

@@ -58,15 +58,15 @@ void write_svg(const std::string& path, const std::string& text) {
 }
 
 void add_common(CLI::App* cmd, common_args& a) {
-  cmd->add_option("--devices", a.devices, "number of devices N")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--devices", a.devices, "number of devices N")->check(positive_number)->capture_default_str();
   cmd->add_option("--devices-per-node", a.devices_per_node, "devices per node K (default: the profile's, 8 for built-ins)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number);
   cmd->add_option("--profile", a.profile, "built-in profile (gpt-7b, gpt-13b, gpt-30b) or a JSON profile file")
       ->capture_default_str();
   cmd->add_option("--mem-limit-gb", a.mem_limit_gb, "usable device memory in GB (default: the profile's)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number);
   cmd->add_option("--time-limit-ms", a.time_limit_ms, "wall-clock planning budget per batch, ms")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(positive_number)->capture_default_str();
   cmd->add_flag("--any-degree", a.any_degree, "allow SP degrees that are not powers of two");
   cmd->add_flag("--milp", a.milp, "polish flexsp plans with the CBC MILP for the rest of the time limit");
   cmd->add_flag("--json", a.json, "print JSON instead of a table");
@@ -93,8 +93,50 @@ double percentile(std::vector<double> v, double q) {
   return v[i];
 }
 
-void run_plan(common_args& a, const std::string& lengths_path, const std::string& synthetic, int batch_size,
-              std::uint64_t seed, const std::string& strategy) {
+struct plan_args {
+  std::string lengths;
+  std::string synthetic;
+  int batch_size{512};
+  bool batch_size_given{false};
+  int batch_index{0};
+  std::int64_t context_limit{0};
+  std::uint64_t seed{1};
+  std::string strategy{"flexsp"};
+};
+
+/// Batch `index` of `batch_size` from `all` (the last one may be short), after dropping lengths
+/// above `context_limit` (0: none); says on stderr what it took from where.
+std::vector<std::int64_t> lengths_batch(const std::vector<std::int64_t>& all, const std::string& source,
+                                        const plan_args& a) {
+  std::vector<std::int64_t> kept;
+  kept.reserve(all.size());
+  for (auto l : all)
+    if (a.context_limit <= 0 || l <= a.context_limit) kept.push_back(l);
+  const std::size_t dropped = all.size() - kept.size();
+  const auto size = static_cast<std::size_t>(a.batch_size);
+  const std::size_t batches = (kept.size() + size - 1) / size;
+  const std::string dropped_note =
+      dropped ? fmt::format(" ({} longer than --context-limit {} dropped)", dropped, a.context_limit) : std::string{};
+  if (kept.empty()) throw plan_failure{fmt::format("--lengths: {} holds no sequence to plan{}", source, dropped_note)};
+  if (static_cast<std::size_t>(a.batch_index) >= batches)
+    throw plan_failure{fmt::format("--batch-index {}: {} holds {} sequences{}, {} batch{} of {} (indexes 0..{})",
+                                   a.batch_index, source, kept.size(), dropped_note, batches, batches == 1 ? "" : "es",
+                                   size, batches - 1)};
+  const std::size_t first = static_cast<std::size_t>(a.batch_index) * size;
+  const std::size_t last = std::min(kept.size(), first + size);
+  if (batches > 1 || dropped)
+    std::fprintf(stderr, "flexsp plan: %s holds %zu sequences%s: planning batch %d of %zu (sequences %zu..%zu; "
+                 "--batch-size and --batch-index pick another)\n",
+                 source.c_str(), kept.size(), dropped_note.c_str(), a.batch_index, batches, first, last - 1);
+  return {kept.begin() + static_cast<std::ptrdiff_t>(first), kept.begin() + static_cast<std::ptrdiff_t>(last)};
+}
+
+void run_plan(common_args& a, const plan_args& pa) {
+  const auto& lengths_path = pa.lengths;
+  const auto& synthetic = pa.synthetic;
+  const auto& strategy = pa.strategy;
+  const int batch_size = pa.batch_size;
+  const auto seed = pa.seed;
   if (lengths_path.empty() == synthetic.empty())
     throw plan_failure{"give exactly one of --lengths FILE|- and --synthetic KIND"};
   std::vector<std::int64_t> lengths;
@@ -103,13 +145,14 @@ void run_plan(common_args& a, const std::string& lengths_path, const std::string
     std::fprintf(stderr, "flexsp plan: %d synthetic %s lengths (seed %llu)\n", batch_size, synthetic.c_str(),
                  static_cast<unsigned long long>(seed));
   } else {
-    lengths = read_lengths_arg(lengths_path);
+    lengths = lengths_batch(read_lengths_arg(lengths_path), lengths_path == "-" ? "stdin" : lengths_path, pa);
   }
   sch::planner_options opts;
   opts.strategy = strategy;
   opts.time_limit_ms = a.time_limit_ms;
   opts.any_degree = a.any_degree;
   opts.use_milp = a.milp;
+  if (auto v = opts.validate_options(); !v) throw plan_failure{fmt::format("--strategy: {}", v.error().message())};
   auto prof = load_profile(a);
   auto pl = unwrap(sch::planner::create(std::move(prof), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
   std::fprintf(stderr, "flexsp plan: planning %zu sequences on %d devices (%s)...\n", lengths.size(), a.devices,
@@ -162,8 +205,12 @@ void run_replay(common_args& a, const replay_args& r) {
   }
   std::fprintf(stderr, "flexsp plan-replay: reading %s\n", r.dataset.c_str());
   const auto lengths = unwrap(sch::read_lengths_file(r.dataset), "--dataset");
+  std::size_t dropped = 0;
   const auto batches = sch::paper_batches(lengths, 2 * a.devices, r.context_limit, static_cast<std::size_t>(r.batch_size),
-                                          static_cast<std::size_t>(r.start), static_cast<std::size_t>(r.iterations));
+                                          static_cast<std::size_t>(r.start), static_cast<std::size_t>(r.iterations), &dropped);
+  if (dropped)
+    std::fprintf(stderr, "flexsp plan-replay: %zu sequences longer than --context-limit %lld after padding to %d dropped\n",
+                 dropped, static_cast<long long>(r.context_limit), 2 * a.devices);
   if (batches.empty()) throw plan_failure{fmt::format("--dataset: {} holds no full batch of {} from batch {}", r.dataset, r.batch_size, r.start)};
   std::map<std::string, double> total;
   std::map<std::string, std::vector<double>> solve;
@@ -203,6 +250,7 @@ void run_replay(common_args& a, const replay_args& r) {
   }
   nlohmann::json summary;
   summary["batches"] = batches.size();
+  summary["dropped_by_context_limit"] = dropped;
   summary["lower_bound_ms"] = lb_total;
   for (const auto& s : strategies) {
     nlohmann::json js;
@@ -244,6 +292,10 @@ void run_replay(common_args& a, const replay_args& r) {
                 percentile(solve[s], 1.0), 100 * (1 - lb_total / total[s]));
   }
   std::printf("lower bound total %.0f ms\n", lb_total);
+  std::printf("%s: the strategy's predicted time over %s's (1.500x: 1.5 times as long; below 1: faster)\n"
+              "solve_*: planner time per batch (ms); gap_lb: how far the predicted time is above the lower bound\n",
+              first == "flexsp" ? "flexsp_x" : "first_x", first.c_str());
+  if (dropped) std::printf("%zu sequences longer than the context limit were dropped\n", dropped);
 }
 
 // The memory model of a job spec: what a device holds for the model's states and per token of
@@ -309,28 +361,32 @@ void add_plan_commands(CLI::App& root) {
   {
     auto* cmd = root.add_subcommand("plan", "Plan one batch: SP groups, micro-batches and predicted step time");
     auto a = std::make_shared<common_args>();
-    auto lengths = std::make_shared<std::string>();
-    auto synthetic = std::make_shared<std::string>();
-    auto batch = std::make_shared<int>(512);
-    auto seed = std::make_shared<std::uint64_t>(1);
-    auto strategy = std::make_shared<std::string>("flexsp");
-    cmd->add_option("--lengths", *lengths, "file of sequence lengths, one per line (.gz allowed), or - for stdin");
-    cmd->add_option("--synthetic", *synthetic, "draw lengths from a built-in distribution instead (wikipedia)");
-    cmd->add_option("--batch-size", *batch, "sequences drawn with --synthetic")->check(CLI::PositiveNumber)->capture_default_str();
-    cmd->add_option("--seed", *seed, "seed of --synthetic")->capture_default_str();
-    cmd->add_option("--strategy", *strategy, "flexsp, milp (the paper's pipeline), static:D or batchada")->capture_default_str();
+    auto pa = std::make_shared<plan_args>();
+    cmd->add_option("--lengths", pa->lengths, "file of sequence lengths, one per line (.gz allowed), or - for stdin");
+    cmd->add_option("--synthetic", pa->synthetic, "draw lengths from a built-in distribution instead (wikipedia)");
+    cmd->add_option("--batch-size", pa->batch_size,
+                    "sequences per batch: drawn with --synthetic; with --lengths, the file is cut into batches of this "
+                    "many and --batch-index picks one")
+        ->check(positive_number)->capture_default_str();
+    cmd->add_option("--batch-index", pa->batch_index, "with --lengths: which batch of the file to plan (from 0)")
+        ->check(non_negative_number)->capture_default_str();
+    cmd->add_option("--context-limit", pa->context_limit,
+                    "with --lengths: drop sequences longer than this many tokens first, and say how many (default: keep all)")
+        ->check(non_negative_number);
+    cmd->add_option("--seed", pa->seed, "seed of --synthetic")->capture_default_str();
+    cmd->add_option("--strategy", pa->strategy, "flexsp, milp (the paper's pipeline), static:D or batchada")->capture_default_str();
     auto job = std::make_shared<std::string>();
     cmd->add_option("--job", *job,
                     "print the memory model of this job spec (model states, bytes per token and the longest "
                     "sequence each SP degree fits within --mem-limit-gb or the spec's memory_limit_gb; a sharded "
                     "spec's states are cut over --devices, or hsdp groups of --devices-per-node)");
     add_common(cmd, *a);
-    cmd->callback([a, lengths, synthetic, batch, seed, strategy, job]() {
+    cmd->callback([a, pa, job]() {
       if (!job->empty()) {
         print_memory_model(*job, a->mem_limit_gb, a->json, a->devices, a->devices_per_node);
         return;
       }
-      run_plan(*a, *lengths, *synthetic, *batch, *seed, *strategy);
+      run_plan(*a, *pa);
     });
   }
   {
@@ -338,11 +394,11 @@ void add_plan_commands(CLI::App& root) {
     auto a = std::make_shared<common_args>();
     auto r = std::make_shared<replay_args>();
     cmd->add_option("--dataset", r->dataset, "lengths file, one per line (.gz allowed)")->required();
-    cmd->add_option("--batch-size", r->batch_size, "sequences per batch")->check(CLI::PositiveNumber)->capture_default_str();
-    cmd->add_option("--iterations", r->iterations, "batches to plan")->check(CLI::PositiveNumber)->capture_default_str();
-    cmd->add_option("--start", r->start, "first batch")->check(CLI::NonNegativeNumber)->capture_default_str();
+    cmd->add_option("--batch-size", r->batch_size, "sequences per batch")->check(positive_number)->capture_default_str();
+    cmd->add_option("--iterations", r->iterations, "batches to plan")->check(positive_number)->capture_default_str();
+    cmd->add_option("--start", r->start, "first batch")->check(non_negative_number)->capture_default_str();
     cmd->add_option("--context-limit", r->context_limit, "drop sequences longer than this after padding")
-        ->check(CLI::PositiveNumber)->capture_default_str();
+        ->check(positive_number)->capture_default_str();
     cmd->add_option("--strategies", r->strategies, "comma-separated strategies; speedups are relative to the first")
         ->capture_default_str();
     add_common(cmd, *a);

@@ -232,14 +232,14 @@ void add_train_command(CLI::App& root) {
   cmd->add_option("--checkpoint-every", f->checkpoint_every, "checkpoint every K steps (0: at the end)");
   cmd->add_option("--memory-limit-gb", f->memory_limit_gb,
                   "memory per device the planner keeps every group under, GB (default: what the devices report)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number);
   cmd->add_option("--data", f->data, "train on this prepared dataset (flexsp data prepare)");
   cmd->add_option("--sharding", f->sharding,
                   "model states: replicate (every device keeps all), zero3 (sharded over all devices) or hsdp "
                   "(sharded within shard groups, replicated across them)")
       ->check(CLI::IsMember({"replicate", "zero3", "hsdp"}));
   cmd->add_option("--shard-group", f->shard_group, "hsdp: devices per shard group (default: one node's devices)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number);
   cmd->add_option("--heartbeat-interval", f->heartbeat, "heartbeat interval of the embedded nodes")->capture_default_str();
   cmd->add_option("--failure-timeout", f->failure_timeout,
                   "heartbeat silence after which a node is lost (nodes in this process are lost only when their "

@@ -9,6 +9,26 @@
 #include "flexsp/core/log.hpp"
 #include "flexsp/kernels/ops.hpp"
 
+namespace flexsp::app {
+
+std::string describe_parse_error(const CLI::App* app, const CLI::Error& e) {
+  std::string command = "flexsp";
+  for (const CLI::App* sub = app; sub != nullptr; sub = sub->get_subcommands().empty() ? nullptr : sub->get_subcommands().front())
+    if (sub != app) command += " " + sub->get_name();
+  std::string what = e.what();
+  // CLI11 says "Could not convert: --steps = abc"; say which flag and value, and what was expected.
+  static const std::string kConvert = "Could not convert: ";
+  if (what.starts_with(kConvert)) {
+    const auto rest = what.substr(kConvert.size());
+    const auto eq = rest.find(" = ");
+    if (eq != std::string::npos)
+      what = rest.substr(0, eq) + ": '" + rest.substr(eq + 3) + "' is not a value of the expected type (see --help)";
+  }
+  return command + ": " + what + "\nRun '" + command + " --help' for its options.\n";
+}
+
+}  // namespace flexsp::app
+
 int main(int argc, char** argv) {
   flexsp::kernels::restart_with_best_blas_kernels(argv);
   CLI::App app{"flexsp: heterogeneity-adaptive sequence-parallel LLM training on a C++ actor runtime", "flexsp"};
@@ -34,6 +54,7 @@ int main(int argc, char** argv) {
   flexsp::app::add_model_commands(app);
   flexsp::app::add_data_commands(app);
 
+  app.failure_message(flexsp::app::describe_parse_error);
   app.parse_complete_callback([&log_spec]() {
     if (auto r = flexsp::log::configure_from_env(); !r) throw CLI::ValidationError("FLEXSP_LOG", r.error().message());
     if (!log_spec.empty())

@@ -3,9 +3,11 @@ of 4 CPU devices):
   1. step time of the same job with and without a scraper polling /metrics every 100 ms, in turns
      in one run (the overhead of the endpoint on the head);
   2. the Python client's push-based metrics: steps delivered per second of a job, and the latency
-     from the commit (the head's wall-clock stamp) to the Python callback.
+     from the commit (the head's wall-clock stamp) to the Python callback, against the C++ job
+     client watching the same jobs at the same time (build/bench/flexsp_bench_job_watch).
 
-    PYTHONPATH=build/python FLEXSP_CLI=build/apps/flexsp/flexsp python3 bench/python/dashboard_bench.py [--quick]
+    PYTHONPATH=build/python FLEXSP_CLI=build/apps/flexsp/flexsp \
+      FLEXSP_JOB_WATCH=build/bench/flexsp_bench_job_watch python3 bench/python/dashboard_bench.py [--quick]
 """
 
 import json
@@ -22,6 +24,12 @@ import urllib.request
 import flexsp
 
 CLI = os.environ.get("FLEXSP_CLI", "flexsp")
+JOB_WATCH = os.environ.get("FLEXSP_JOB_WATCH", "")
+
+
+def percentile(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(len(v) * q))]
 
 
 def main():
@@ -44,6 +52,7 @@ def main():
         scrapes = [0]
         latencies = []
         rates = []
+        cpp_latencies, cpp_rates = [], []
         for _ in range(rounds):
             for mode in ("without", "with"):
                 stop = threading.Event()
@@ -58,15 +67,26 @@ def main():
                 if mode == "with":
                     t.start()
                 job = client.submit(spec)
+                # The C++ client watches the same job; both count steps 3.. (watching has begun by then).
+                watcher = subprocess.Popen([JOB_WATCH, address, job.id], env=env, stdout=subprocess.PIPE,
+                                           text=True) if JOB_WATCH else None
                 arrivals = []
 
                 def on_metrics(m):
                     now = time.time() * 1000
-                    arrivals.append(now)
-                    latencies.append(now - m["committed_at_ms"])
+                    if m["step"] >= 3:
+                        arrivals.append(now)
+                        latencies.append(now - m["committed_at_ms"])
                     step_ms[mode].append(m["step_ms"])
 
                 final = job.wait(on_metrics)
+                if watcher:
+                    out_lines = watcher.communicate(timeout=60)[0].split()
+                    cpp = [tuple(int(x) for x in out_lines[i:i + 3]) for i in range(0, len(out_lines), 3)]
+                    cpp = [c for c in cpp if c[0] >= 3]
+                    cpp_latencies += [now - committed for _, now, committed in cpp]
+                    if len(cpp) > 1:
+                        cpp_rates.append((len(cpp) - 1) / ((cpp[-1][1] - cpp[0][1]) / 1000))
                 stop.set()
                 if mode == "with":
                     t.join()
@@ -78,12 +98,23 @@ def main():
         print("| scraper | mean step ms | / without |\n|---|---|---|")
         print(f"| none | {a:.1f} | 1.000 |")
         print(f"| /metrics every 100 ms ({scrapes[0]} scrapes) | {b:.1f} | {b / a:.3f} |")
-        lat = sorted(latencies)
-        print("## Python client (pushed metrics)")
-        print("| steps/s delivered | latency p50 ms | p90 ms | max ms |\n|---|---|---|---|")
-        print(f"| {statistics.mean(rates):.1f} | {lat[len(lat) // 2]:.2f} | {lat[int(len(lat) * 0.9)]:.2f} | {lat[-1]:.2f} |")
+        print("## Pushed metrics: Python client vs the C++ client, watching the same jobs")
+        print("| client | steps/s delivered | commit -> callback p50 ms | p90 ms | max ms | p50 / C++ |")
+        print("|---|---|---|---|---|---|")
+        p50 = percentile(latencies, 0.5)
+        cpp_p50 = percentile(cpp_latencies, 0.5) if cpp_latencies else None
+        if cpp_latencies:
+            print(f"| C++ (job_client) | {statistics.mean(cpp_rates):.1f} | {cpp_p50:.2f} | "
+                  f"{percentile(cpp_latencies, 0.9):.2f} | {max(cpp_latencies):.2f} | 1.000 |")
+        ratio = f"{p50 / cpp_p50:.3f}" if cpp_p50 else "-"
+        print(f"| Python (flexsp) | {statistics.mean(rates):.1f} | {p50:.2f} | {percentile(latencies, 0.9):.2f} | "
+              f"{max(latencies):.2f} | {ratio} |")
+        if not cpp_latencies:
+            print("(no C++ reference: set FLEXSP_JOB_WATCH to build/bench/flexsp_bench_job_watch)")
         print(json.dumps({"bench": "dashboard", "step_ms_without": a, "step_ms_with": b, "ratio": b / a,
-                          "python_latency_p50_ms": lat[len(lat) // 2], "python_steps_per_s": statistics.mean(rates)}))
+                          "python_latency_p50_ms": p50, "python_steps_per_s": statistics.mean(rates),
+                          "cpp_latency_p50_ms": cpp_p50,
+                          "cpp_steps_per_s": statistics.mean(cpp_rates) if cpp_rates else None}))
     finally:
         subprocess.run([CLI, "stop", "--grace", "3s"], env=env, capture_output=True)
 

@@ -153,7 +153,7 @@ recovery_trial recovery(int signal_to_send) {
     if (job) {
       auto final = job->wait([&](const std::string& line) {
         auto m = nlohmann::json::parse(line);
-        out.wrong += m["step"].get<std::uint64_t>() != next++;
+        out.wrong += m["step"].get<std::uint64_t>() != ++next;  // numbered from 1
         const auto devices = m["devices"].get<std::uint64_t>();
         if (next == 1) all_devices = devices;
         const auto committed = m["committed_at_ms"].get<std::int64_t>();

@@ -1,6 +1,9 @@
 #include "flexsp/core/clock.hpp"
 
 #include <algorithm>
+#include <ctime>
+
+#include <fmt/format.h>
 
 #include "flexsp/core/check.hpp"
 
@@ -36,6 +39,19 @@ std::uint64_t manual_clock::subscribe(listener on_advance) {
 void manual_clock::unsubscribe(std::uint64_t token) {
   std::lock_guard lock{mutex_};
   std::erase_if(listeners_, [token](const auto& l) { return l.first == token; });
+}
+
+std::int64_t unix_ms() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string utc_timestamp(std::int64_t ms) {
+  const std::time_t secs = static_cast<std::time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+  std::tm t{};
+  ::gmtime_r(&secs, &t);
+  return fmt::format("{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}.{:03d}Z", t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
+                     t.tm_hour, t.tm_min, t.tm_sec, static_cast<int>(ms - static_cast<std::int64_t>(secs) * 1000));
 }
 
 }  // namespace flexsp::core

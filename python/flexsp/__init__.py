@@ -15,7 +15,6 @@ Errors raise flexsp.FlexspError with the same message as the C++ API and the CLI
 """
 
 import json
-import os
 import queue
 import threading
 
@@ -57,47 +56,6 @@ def group_arrays(p):
         return {k: numpy.asarray(v) for k, v in cols.items()}
     except ImportError:
         return cols
-
-
-def _state_dir():
-    """Where `flexsp start` records the cluster started on this machine (as the CLI finds it)."""
-    if os.environ.get("FLEXSP_STATE_DIR"):
-        return os.environ["FLEXSP_STATE_DIR"]
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "flexsp")
-    return f"/tmp/flexsp-{os.getuid()}"
-
-
-def _secret(address, secret, secret_file):
-    if secret:
-        return secret
-    path = secret_file or os.environ.get("FLEXSP_SECRET_FILE")
-    if not path and os.environ.get("FLEXSP_CLUSTER_SECRET"):
-        return os.environ["FLEXSP_CLUSTER_SECRET"]
-    if not path:
-        # The cluster started on this machine records where its secret is.
-        try:
-            with open(os.path.join(_state_dir(), "current_cluster.json")) as f:
-                cur = json.load(f)
-            if address is None or cur.get("address") == address:
-                path = cur.get("secret_file")
-        except OSError:
-            pass
-    if not path:
-        raise FlexspError("no cluster secret: give secret= or secret_file=, or set FLEXSP_SECRET_FILE")
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError as e:
-        raise FlexspError(f"cannot read the secret file {path}: {e}") from None
-
-
-def _local_address():
-    try:
-        with open(os.path.join(_state_dir(), "current_cluster.json")) as f:
-            return json.load(f)["address"]
-    except (OSError, KeyError, ValueError):
-        raise FlexspError("no address given and no cluster started on this machine") from None
 
 
 class Job:
@@ -176,15 +134,15 @@ class Client:
 
 def connect(address=None, secret=None, secret_file=None):
     """Connects to the head at "host:port" (default: the cluster started on this machine)."""
-    address = address or _local_address()
-    native = _flexsp._connect(address, _secret(address, secret, secret_file))
+    address, secret = _flexsp._resolve(address or "", secret or "", secret_file or "")
+    native = _flexsp._connect(address, secret)
     return Client(native, address)
 
 
 def status(address=None, secret=None, secret_file=None):
     """The cluster's membership: epoch and nodes (id, address, state, devices)."""
-    address = address or _local_address()
-    return _flexsp._cluster_status(address, _secret(address, secret, secret_file))
+    address, secret = _flexsp._resolve(address or "", secret or "", secret_file or "")
+    return _flexsp._cluster_status(address, secret)
 
 
 __all__ = ["FlexspError", "Plan", "Group", "plan", "group_arrays", "connect", "status", "Client", "Job"]

@@ -11,6 +11,7 @@
 
 #include "flexsp/actors/client.hpp"
 #include "flexsp/actors/job_client.hpp"
+#include "flexsp/actors/local_cluster.hpp"
 #include "flexsp/scheduler/plan.hpp"
 #include "flexsp/scheduler/planner.hpp"
 #include "flexsp/scheduler/profile.hpp"
@@ -225,6 +226,18 @@ PYBIND11_MODULE(_flexsp, m) {
         for (const auto& i : all) out.append(info_dict(i));
         return out;
       });
+
+  m.def(
+      "_resolve",
+      [](const std::string& address, const std::string& secret, const std::string& secret_file) {
+        // As the CLI resolves them: the address given, FLEXSP_ADDRESS, or the cluster started on
+        // this machine; the secret given, the file, the environment, or that cluster's record.
+        const std::string resolved = unwrap(actors::resolve_head_address(address));
+        if (!secret.empty()) return py::make_tuple(resolved, secret);
+        auto bytes = unwrap(actors::resolve_cluster_secret(secret_file, resolved));
+        return py::make_tuple(resolved, std::string{bytes.begin(), bytes.end()});
+      },
+      py::arg("address"), py::arg("secret"), py::arg("secret_file"));
 
   m.def(
       "_connect",

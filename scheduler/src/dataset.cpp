@@ -76,8 +76,9 @@ expected<std::vector<std::int64_t>> read_lengths_file(const std::string& path) {
 
 std::vector<std::vector<std::int64_t>> paper_batches(const std::vector<std::int64_t>& lengths, int pad_multiple,
                                                      std::int64_t context_limit, std::size_t batch_size,
-                                                     std::size_t start, std::size_t count) {
+                                                     std::size_t start, std::size_t count, std::size_t* dropped) {
   std::vector<std::vector<std::int64_t>> out;
+  if (dropped) *dropped = 0;
   if (batch_size == 0 || count == 0) return out;
   const std::int64_t pad = std::max(1, pad_multiple);
   const std::size_t skip = start * batch_size;
@@ -85,7 +86,10 @@ std::vector<std::vector<std::int64_t>> paper_batches(const std::vector<std::int6
   std::vector<std::int64_t> current;
   for (auto s : lengths) {
     const auto padded = (s + pad - 1) / pad * pad;
-    if (padded > context_limit) continue;
+    if (padded > context_limit) {
+      if (dropped) ++*dropped;
+      continue;
+    }
     if (kept++ < skip) continue;
     current.push_back(padded);
     if (current.size() == batch_size) {

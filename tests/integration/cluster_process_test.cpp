@@ -254,7 +254,14 @@ TEST_F(ClusterProcesses, TheHeadServesItsClusterAndJobsAsJsonAndPrometheusMetric
   auto job = nlohmann::json::parse(body_of(http_get(port, "/api/jobs/" + id)), nullptr, false);
   ASSERT_TRUE(job.is_object()) << job.dump();
   EXPECT_EQ(job["metrics"].size(), 3u);
+  EXPECT_EQ(job["metrics"][0]["step"], 1) << "steps are numbered from 1, as the console numbers them";
   EXPECT_FALSE(job["logs"].empty());
+  EXPECT_TRUE(std::regex_search(job["logs"][0].get<std::string>(),
+                                std::regex{R"(^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S)"}))
+      << "log lines carry their UTC time: " << job["logs"][0];
+  EXPECT_EQ(job["spec"]["steps"], 3) << job["spec"].dump();
+  auto served_spec = nlohmann::json::parse(body_of(http_get(port, "/api/jobs/" + id + "/spec")), nullptr, false);
+  EXPECT_EQ(served_spec, job["spec"]);
   EXPECT_NE(http_get(port, "/api/jobs/nope").find("404"), std::string::npos);
   auto events = nlohmann::json::parse(body_of(http_get(port, "/api/jobs/" + id + "/events")), nullptr, false);
   ASSERT_TRUE(events.is_array() && !events.empty()) << events.dump();
@@ -328,6 +335,37 @@ TEST_F(ClusterProcesses, JobCommandsSayWhatTheyDidToAFinishedJob) {
   auto stop = run("job stop done-1");
   EXPECT_EQ(stop.exit_code, 1) << stop.output;
   EXPECT_NE(stop.output.find("job done-1 already succeeded; nothing to stop"), std::string::npos) << stop.output;
+}
+
+TEST_F(ClusterProcesses, JobLogsFollowARunningJobWithTimedLinesUntilItEnds) {
+  start_node("cpu:2");
+  const auto spec = state_ / "job.json";
+  std::ofstream{spec} << R"({"name": "logs", "steps": 4, "batch_size": 8, "model": {"max_seq": 256}, "calibrate": false})";
+  auto submitted = run("job submit " + spec.string());
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.output;
+  const std::string id = "logs-1";
+  ASSERT_NE(submitted.output.find(id), std::string::npos) << submitted.output;
+  auto followed = run("job logs " + id + " --follow");  // returns once the job ended
+  ASSERT_EQ(followed.exit_code, 0) << followed.output;
+  EXPECT_NE(followed.output.find("step 4/4"), std::string::npos) << followed.output;
+  std::istringstream lines{followed.output};
+  const std::regex timed{R"(^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z  \S)"};
+  std::string previous;
+  for (std::string l; std::getline(lines, l);) {
+    EXPECT_TRUE(std::regex_search(l, timed)) << "every line starts with its UTC time: " << l;
+    EXPECT_LE(previous.substr(0, 24), l.substr(0, 24)) << "in time order";
+    previous = l;
+  }
+  EXPECT_EQ(run("job status " + id).output.find("\"succeeded\"") != std::string::npos, true);
+  auto metrics = run("job logs " + id + " --metrics");
+  ASSERT_EQ(metrics.exit_code, 0) << metrics.output;
+  std::istringstream json_lines{metrics.output};
+  std::uint64_t n = 0;
+  for (std::string l; std::getline(json_lines, l);)
+    EXPECT_EQ(nlohmann::json::parse(l, nullptr, false).value("step", 0u), ++n) << "JSON metrics only: " << l;
+  EXPECT_EQ(n, 4u);
+  auto missing = run("job logs nope-7");
+  EXPECT_EQ(missing.exit_code, 2) << missing.output;
 }
 
 TEST_F(ClusterProcesses, ADashboardBeyondLoopbackNeedsAToken) {

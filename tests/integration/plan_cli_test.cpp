@@ -91,6 +91,25 @@ TEST(PlanCli, ReadsLengthsFromStdinAndPrintsATable) {
   EXPECT_TRUE(contains(r.output, "batchada")) << r.output;
 }
 
+TEST(PlanCli, ALongLengthsFileIsCutIntoBatchesAndWhatTheContextLimitDroppedIsCounted) {
+  // 1200 lengths, 101..1300: the limit drops the 50 above 1250, leaving batches of 512, 512, 126.
+  const std::string lengths = "seq 1200 | awk '{ print 100 + $1 }' | " + std::string{FLEXSP_CLI_PATH} +
+                              " plan --lengths - --devices 8 --devices-per-node 8 --context-limit 1250";
+  auto r = shell(lengths + " --batch-index 2 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "stdin holds 1150 sequences (50 longer than --context-limit 1250 dropped): planning "
+                                 "batch 2 of 3 (sequences 1024..1149"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "planning 126 sequences on 8 devices")) << r.output;
+  auto beyond = shell(lengths + " --batch-index 3");
+  EXPECT_NE(beyond.exit_code, 0);
+  EXPECT_TRUE(contains(beyond.output, "--batch-index 3: stdin holds 1150 sequences")) << beyond.output;
+  EXPECT_TRUE(contains(beyond.output, "indexes 0..2")) << beyond.output;
+  auto whole = shell("printf '1000\\n2000\\n' | " + std::string{FLEXSP_CLI_PATH} + " plan --lengths - --devices 8");
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  EXPECT_TRUE(contains(whole.output, "planning 2 sequences")) << "a short file is one batch\n" << whole.output;
+}
+
 TEST(PlanCli, UnreadableFileAndBadFlagsFailWithAMessage) {
   auto missing = flexsp("plan --lengths /nonexistent/lengths.txt");
   EXPECT_NE(missing.exit_code, 0);
@@ -100,9 +119,16 @@ TEST(PlanCli, UnreadableFileAndBadFlagsFailWithAMessage) {
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_TRUE(contains(bad.output, "--devices")) << bad.output;
 
+  EXPECT_TRUE(contains(bad.output, "flexsp plan: --devices: 'lots' is not a number")) << bad.output;
+  auto negative = flexsp("plan --synthetic wikipedia --batch-size -3");
+  EXPECT_TRUE(contains(negative.output, "--batch-size: '-3' is not a positive number")) << negative.output;
+  auto steps = flexsp("train --steps many");
+  EXPECT_NE(steps.exit_code, 0);
+  EXPECT_TRUE(contains(steps.output, "flexsp train: --steps: 'many' is not a value")) << steps.output;
+
   auto strategy = flexsp("plan --synthetic wikipedia --batch-size 8 --strategy fastest");
   EXPECT_NE(strategy.exit_code, 0);
-  EXPECT_TRUE(contains(strategy.output, "fastest")) << strategy.output;
+  EXPECT_TRUE(contains(strategy.output, "--strategy: unknown strategy 'fastest'")) << strategy.output;
 
   auto both = flexsp("plan --synthetic wikipedia --lengths -");
   EXPECT_NE(both.exit_code, 0);

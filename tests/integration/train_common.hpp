@@ -210,7 +210,8 @@ struct step_record {
 };
 inline step_record parse_step(const std::string& line) {
   auto j = nlohmann::json::parse(line);
-  return {j["step"].get<std::uint64_t>(), j["devices"].get<std::uint32_t>(), j["loss"].get<double>(),
+  // The line numbers steps from 1; records keep the 0-based index.
+  return {j["step"].get<std::uint64_t>() - 1, j["devices"].get<std::uint32_t>(), j["loss"].get<double>(),
           j["retried"].get<std::uint32_t>(), j["recovery_ms"].get<double>()};
 }
 

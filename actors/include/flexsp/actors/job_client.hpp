@@ -70,8 +70,10 @@ class job_client : public std::enable_shared_from_this<job_client> {
 public:
   /// Connects to the head at "host:port" with the cluster secret in `transport`.
   static expected<std::shared_ptr<job_client>> connect(const std::string& address, net::transport_config transport);
-  /// The same, with the secret from FLEXSP_CLUSTER_SECRET or the file named by FLEXSP_SECRET_FILE.
-  static expected<std::shared_ptr<job_client>> connect(const std::string& address);
+  /// The same, with the address and secret found as the CLI finds them (local_cluster.hpp): an
+  /// empty `address` means FLEXSP_ADDRESS, else the cluster started on this machine; the secret
+  /// comes from FLEXSP_CLUSTER_SECRET, FLEXSP_SECRET_FILE, else that cluster's record.
+  static expected<std::shared_ptr<job_client>> connect(const std::string& address = {});
   ~job_client();
 
   /// Submits a spec; errc::invalid_argument naming the field when the head rejects it (a bad

@@ -50,7 +50,7 @@ namespace flexsp::actors {
 
 /// What happened in one committed step.
 struct step_metrics {
-  std::uint64_t step = 0;             ///< 0-based
+  std::uint64_t step = 0;             ///< 0-based; the JSON line says step + 1 (the N-th step, as consoles count)
   std::uint64_t epoch = 0;            ///< membership epoch of the committed attempt
   std::uint32_t devices = 0;
   double loss = 0;                    ///< mean token loss of the batch (nats)
@@ -231,7 +231,7 @@ struct log_line {
 /// node_lost, attempt_aborted, devices_joined, rewind, state_lost, checkpoint, finished.
 struct job_event {
   std::string kind;
-  std::uint64_t step = 0;  ///< the step the job was at
+  std::uint64_t step = 0;  ///< steps committed when it happened
   std::string detail;
 };
 /// The job ended; no command follows.

@@ -57,7 +57,8 @@ struct job_record {
   job_spec spec;
   job_status status;
   std::vector<std::string> metrics;  ///< one JSON line per committed step
-  std::vector<std::string> logs;
+  std::vector<std::string> logs;     ///< each "UTC-time text"
+  std::vector<std::string> events;   ///< JSON lines, as scheduled_job::events
   std::uint64_t incarnation = 0;     ///< heads that took it back so far
   /// What a head taking it back continues from (derived from the last metrics line).
   recovered_progress progress() const;
@@ -113,9 +114,11 @@ public:
   /// The latest metrics line ("" before the first commit).
   std::string last_metrics() const;
   std::vector<std::string> logs() const;
-  /// The job's typed events (job_event) as JSON lines: time_ms (wall clock), kind, step, detail.
-  /// Kept in memory: a head that takes a job back starts its list anew.
+  /// The job's typed events (job_event) as JSON lines: time_ms (wall clock), kind, step (steps
+  /// committed when it happened), detail. Recorded in the state store with the logs.
   std::vector<std::string> events() const;
+  /// The spec the job was submitted with.
+  const job_spec& spec() const { return spec_; }
 
 private:
   friend class scheduler_actor;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <vector>
 
 namespace flexsp::core {
@@ -61,5 +62,10 @@ private:
   std::uint64_t next_token_ = 1;
   std::vector<std::pair<std::uint64_t, listener>> listeners_;
 };
+
+/// Wall-clock milliseconds since the Unix epoch (for records people read, never for deadlines).
+std::int64_t unix_ms() noexcept;
+/// "2026-01-31T12:34:56.789Z": the UTC time of `ms` milliseconds since the Unix epoch.
+std::string utc_timestamp(std::int64_t ms);
 
 }  // namespace flexsp::core

@@ -20,9 +20,11 @@ expected<std::vector<std::int64_t>> read_lengths(std::istream& in, const std::st
 
 /// The paper's batching: each length padded up to a multiple of `pad_multiple` (2N), padded
 /// lengths above `context_limit` dropped, then consecutive batches of `batch_size`. Returns
-/// batches `start` .. `start + count - 1` (fewer when the data runs out).
+/// batches `start` .. `start + count - 1` (fewer when the data runs out). `dropped`, when given,
+/// counts the sequences the limit dropped among those read up to the last batch returned.
 std::vector<std::vector<std::int64_t>> paper_batches(const std::vector<std::int64_t>& lengths, int pad_multiple,
                                                      std::int64_t context_limit, std::size_t batch_size,
-                                                     std::size_t start, std::size_t count);
+                                                     std::size_t start, std::size_t count,
+                                                     std::size_t* dropped = nullptr);
 
 }  // namespace flexsp::scheduler
