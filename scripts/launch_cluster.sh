@@ -15,7 +15,9 @@
 #   --port P                 head port (default 7400; 0 picks a free one)
 #   --devices SPEC           node devices: cpu:K, cuda:all, cuda:0,1, auto (default auto: every GPU
 #                            when the CUDA backend is usable, else cpu:1)
-#   --bind ADDR              head listen address (default 127.0.0.1 locally, 0.0.0.0 otherwise)
+#   --bind ADDR              head listen address (default 127.0.0.1 locally, else the --head-host
+#                            address: the head gives jobs' devices its address; bound to 0.0.0.0
+#                            it advertises --head-host)
 #   --head-host HOST         address nodes use to reach the head (remote modes; default: first
 #                            address of `hostname -I`)
 #   --heartbeat-interval D   e.g. 500ms (default 500ms); --failure-timeout D, e.g. 3s (default 3s)
@@ -102,9 +104,19 @@ if [[ "$mode" == ssh ]]; then
   mapfile -t hosts < <(read_hosts)
   [[ ${#hosts[@]} -ge "$nodes" ]] || die "hostfile '$hostfile' lists ${#hosts[@]} hosts, fewer than --nodes $nodes"
 fi
-if [[ -z "$bind" ]]; then
-  if [[ "$mode" == local ]]; then bind=127.0.0.1; else bind=0.0.0.0; fi
+if [[ "$mode" != local && -z "$head_host" ]]; then
+  if [[ -n "$bind" && "$bind" != 0.0.0.0 ]]; then head_host="$bind"; else head_host="$(hostname -I | awk '{print $1}')"; fi
+  [[ -n "$head_host" ]] || die "cannot tell the address nodes should use: pass --head-host"
 fi
+if [[ -z "$bind" ]]; then
+  # Remote modes bind the head to the address the nodes use: the head hands its listening address
+  # to the devices of a job, which connect back to it; from another machine 0.0.0.0 is not it.
+  if [[ "$mode" == local ]]; then bind=127.0.0.1; else bind="$(getent ahostsv4 "$head_host" | awk 'NR == 1 {print $1}' || true)"; fi
+  [[ -n "$bind" ]] || die "cannot resolve --head-host '$head_host' to an IPv4 address to bind the head to"
+fi
+# A head bound to every interface tells jobs' devices the address the nodes use.
+advertise_args=()
+if [[ "$mode" != local && ( "$bind" == 0.0.0.0 || "$bind" == "::" ) ]]; then advertise_args=(--advertise "$head_host"); fi
 
 started_head=0
 cleanup_on_error() {
@@ -116,7 +128,7 @@ cleanup_on_error() {
 }
 trap cleanup_on_error EXIT
 
-head_out="$("$flexsp_bin" start --head --port "$port" --bind "$bind" \
+head_out="$("$flexsp_bin" start --head --port "$port" --bind "$bind" "${advertise_args[@]}" \
   --heartbeat-interval "$heartbeat" --failure-timeout "$failure_timeout")" || die "the head did not start: $head_out"
 started_head=1
 head_address="$(sed -n 's/.*started at \([^ ]*\) .*/\1/p' <<<"$head_out" | head -n1)"
@@ -125,10 +137,6 @@ port="${head_address##*:}"
 secret_file="$(sed -n 's/.*secret file: \(.*\)$/\1/p' <<<"$head_out" | head -n1)"
 
 if [[ "$mode" != local ]]; then
-  if [[ -z "$head_host" ]]; then
-    if [[ "$bind" != 0.0.0.0 ]]; then head_host="$bind"; else head_host="$(hostname -I | awk '{print $1}')"; fi
-  fi
-  [[ -n "$head_host" ]] || die "cannot tell the address nodes should use: pass --head-host"
   join_address="$head_host:$port"
   [[ -r "$secret_file" ]] || die "the head's secret file is not readable: '$secret_file'"
 else

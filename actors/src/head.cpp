@@ -435,6 +435,17 @@ expected<std::unique_ptr<head_service>> head_service::start(net::event_loop& loo
   std::unique_ptr<head_service> h{new head_service{}};
   actor_host_config hc;
   hc.bind = config.bind;
+  hc.advertise_host = config.advertise_host;
+  if (hc.advertise_host.empty() && (config.bind.host == "0.0.0.0" || config.bind.host == "::")) {
+    // "0.0.0.0:port" reaches nothing from another machine: tell others an address that does.
+    if (auto a = net::primary_address()) {
+      hc.advertise_host = *a;
+    } else {
+      log::get("actors")->warn("head: bound to every interface, but {}; devices on other machines cannot reach it "
+                               "(give an address to advertise)",
+                               a.error().message());
+    }
+  }
   hc.transport = config.transport;
   FLEXSP_TRY_ASSIGN(h->host_, actor_host::start(loop, hc));
   core::actor_system_config sc;

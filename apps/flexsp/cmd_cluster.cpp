@@ -179,10 +179,11 @@ struct common_flags {
 // ------------------------------------------------------------------------------------------
 // start --head
 
-void run_head(const common_flags& f, std::uint16_t port, const std::string& bind) {
+void run_head(const common_flags& f, std::uint16_t port, const std::string& bind, const std::string& advertise) {
   const auto dir = check(state_dir());
   actors::head_config cfg;
   cfg.bind = {bind, port};
+  cfg.advertise_host = advertise;
   cfg.detector.heartbeat_interval = check(parse_duration_ms(f.heartbeat));
   cfg.detector.failure_timeout = check(parse_duration_ms(f.failure_timeout));
   check(cfg.detector.validate());
@@ -533,8 +534,8 @@ void add_cluster_commands(CLI::App& root) {
                     "host's memory divided among the node's CPU devices)")
       ->check(positive_number);
   start->add_option("--advertise", so->advertise,
-                    "node: address other processes use to reach this node (default: the bind address, or the "
-                    "local address that reaches the head when binding 0.0.0.0)");
+                    "address other processes use to reach this process (default: the bind address; when binding "
+                    "0.0.0.0, a node's local address that reaches the head, a head's first non-loopback address)");
   start->add_option("--secret-file", so->common.secret_file,
                     "file holding the cluster's shared secret (a head without one generates it)");
   start->add_option("--heartbeat-interval", so->common.heartbeat, "head: heartbeat interval nodes use (e.g. 500ms)")
@@ -577,7 +578,7 @@ void add_cluster_commands(CLI::App& root) {
     if (so->cpu_memory_gb > 0)
       kernels::set_cpu_device_memory(static_cast<std::uint64_t>(so->cpu_memory_gb * 1024.0 * 1024.0 * 1024.0));
     if (so->head)
-      run_head(so->common, so->port, so->bind);
+      run_head(so->common, so->port, so->bind, so->advertise);
     else
       run_node(so->common, so->address, so->devices, so->bind, so->advertise);
   });

@@ -1,11 +1,15 @@
 #include "flexsp/core/net/transport.hpp"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
+#include <cstring>
 #include <atomic>
 #include <deque>
 #include <future>
@@ -748,6 +752,22 @@ expected<std::string> local_address_towards(const endpoint& to) {
   char buf[INET_ADDRSTRLEN];
   ::inet_ntop(AF_INET, &local.sin_addr, buf, sizeof buf);
   return std::string{buf};
+}
+
+expected<std::string> primary_address() {
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return make_error(errc::io, "cannot list this machine's addresses: {}", std::strerror(errno));
+  std::string found;
+  for (const ifaddrs* a = list; a != nullptr && found.empty(); a = a->ifa_next) {
+    if (a->ifa_addr == nullptr || a->ifa_addr->sa_family != AF_INET) continue;
+    if (!(a->ifa_flags & IFF_UP) || (a->ifa_flags & IFF_LOOPBACK)) continue;
+    char buf[INET_ADDRSTRLEN];
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(a->ifa_addr)->sin_addr, buf, sizeof buf);
+    found = buf;
+  }
+  ::freeifaddrs(list);
+  if (found.empty()) return make_error(errc::not_found, "this machine has no IPv4 address but loopback");
+  return found;
 }
 
 bool is_loopback(const std::string& host) noexcept { return host == "localhost" || host.rfind("127.", 0) == 0; }

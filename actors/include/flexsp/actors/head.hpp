@@ -58,6 +58,9 @@ struct failure_detector_config {
 struct head_config {
   /// Where to listen. Loopback unless told otherwise.
   net::endpoint bind{"127.0.0.1", 7400};
+  /// The host the head tells others (jobs' devices connect back to it); default: the bind host,
+  /// or this machine's primary address when binding every interface (0.0.0.0).
+  std::string advertise_host;
   failure_detector_config detector;
   net::transport_config transport;
   /// Upper bound of one KV or membership wait.

@@ -166,6 +166,9 @@ expected<std::shared_ptr<connection>> connect_blocking(event_loop& loop, const e
 
 /// The local IPv4 address this machine uses to reach `to` (what to advertise to a peer there).
 expected<std::string> local_address_towards(const endpoint& to);
+/// The first IPv4 address of an interface that is up and not loopback (what a process listening
+/// on every interface tells others when no peer is known yet); errc::not_found when none.
+expected<std::string> primary_address();
 /// True for 127.0.0.0/8 and "localhost".
 bool is_loopback(const std::string& host) noexcept;
 
