@@ -82,7 +82,8 @@ def main():
                 final = job.wait(on_metrics)
                 if watcher:
                     out_lines = watcher.communicate(timeout=60)[0].split()
-                    cpp = [tuple(int(x) for x in out_lines[i:i + 3]) for i in range(0, len(out_lines), 3)]
+                    cpp = [(int(out_lines[i]), float(out_lines[i + 1]), int(out_lines[i + 2]))
+                           for i in range(0, len(out_lines), 3)]
                     cpp = [c for c in cpp if c[0] >= 3]
                     cpp_latencies += [now - committed for _, now, committed in cpp]
                     if len(cpp) > 1:

@@ -8,7 +8,6 @@
 #include <nlohmann/json.hpp>
 
 #include "flexsp/actors/job_client.hpp"
-#include "flexsp/core/clock.hpp"
 
 int main(int argc, char** argv) {
   if (argc != 3) {
@@ -26,10 +25,14 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto final = job->wait([](const std::string& line) {
-    const auto now = flexsp::core::unix_ms();
+    // Microseconds, as Python's time.time() has them (the commit stamp itself is whole ms).
+    const double now = static_cast<double>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                               std::chrono::system_clock::now().time_since_epoch())
+                                               .count()) /
+                       1000.0;
     auto m = nlohmann::json::parse(line, nullptr, false);
     if (m.is_discarded()) return;
-    std::printf("%llu %lld %lld\n", static_cast<unsigned long long>(m.value("step", 0ull)), static_cast<long long>(now),
+    std::printf("%llu %.3f %lld\n", static_cast<unsigned long long>(m.value("step", 0ull)), now,
                 static_cast<long long>(m.value("committed_at_ms", 0ll)));
     std::fflush(stdout);
   });
