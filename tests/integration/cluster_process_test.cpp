@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "flexsp/actors/client.hpp"
+#include "flexsp/actors/job_client.hpp"
 #include "flexsp/actors/device_actor.hpp"
 #include "flexsp/core/actor_system.hpp"
 
@@ -366,6 +367,27 @@ TEST_F(ClusterProcesses, JobLogsFollowARunningJobWithTimedLinesUntilItEnds) {
   EXPECT_EQ(n, 4u);
   auto missing = run("job logs nope-7");
   EXPECT_EQ(missing.exit_code, 2) << missing.output;
+}
+
+TEST_F(ClusterProcesses, TheCppJobClientFindsTheClusterStartedHereAsTheCliDoes) {
+  // No address, no secret: FLEXSP_STATE_DIR's record of the head started by SetUp.
+  ::unsetenv("FLEXSP_ADDRESS");
+  ::unsetenv("FLEXSP_CLUSTER_SECRET");
+  ::unsetenv("FLEXSP_SECRET_FILE");
+  auto client = actors::job_client::connect();
+  ASSERT_TRUE(client) << client.error().to_string();
+  EXPECT_EQ((*client)->head_address(), address_);
+  auto jobs = (*client)->list();
+  ASSERT_TRUE(jobs) << jobs.error().to_string();
+  EXPECT_TRUE(jobs->empty());
+  // The same cluster spelled another way on this machine finds the same secret.
+  const auto port = address_.substr(address_.rfind(':'));
+  EXPECT_TRUE(actors::job_client::connect("localhost" + port)) << "localhost" << port;
+  auto other = actors::job_client::connect("127.0.0.1:1");
+  ASSERT_FALSE(other);
+  EXPECT_NE(other.error().message().find("no cluster secret for 127.0.0.1:1 (the head started on this machine is at"),
+            std::string::npos)
+      << other.error().message();
 }
 
 TEST_F(ClusterProcesses, ADashboardBeyondLoopbackNeedsAToken) {
