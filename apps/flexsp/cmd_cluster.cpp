@@ -522,7 +522,9 @@ void add_cluster_commands(CLI::App& root) {
   auto so = std::make_shared<start_opts>();
   start->add_flag("--head", so->head, "start the head process (registry, membership, failure detector, KV store)");
   start->add_option("--port", so->port, "head port (0: any free port; the address is printed)")->capture_default_str();
-  start->add_option("--address", so->address, "HOST:PORT of the head to join (node mode)");
+  start->add_option("--address", so->address,
+                    "HOST:PORT of the head to join (node mode; default FLEXSP_ADDRESS, else the head started on this "
+                    "machine)");
   start->add_option("--devices", so->devices,
                     "node devices: cpu:N, cuda:all, cuda:0,1 (joined with +), or auto (every GPU when the CUDA "
                     "backend is usable, else cpu:1)")
@@ -569,8 +571,12 @@ void add_cluster_commands(CLI::App& root) {
       ->check(CLI::Range(1u, 1000000u));
   start->add_flag("--block", so->common.block, "stay in the foreground instead of starting a background process");
   start->callback([so, start]() {
-    if (so->head == !so->address.empty() && !(so->head == false && std::getenv("FLEXSP_ADDRESS")))
-      throw CLI::ValidationError("give exactly one of --head or --address HOST:PORT");
+    // A node joins --address, else FLEXSP_ADDRESS, else the head started on this machine.
+    if (so->head && !so->address.empty()) throw CLI::ValidationError("give either --head or --address HOST:PORT, not both");
+    if (!so->head && so->address.empty() && !std::getenv("FLEXSP_ADDRESS") && !current_cluster())
+      throw CLI::ValidationError(
+          "give --head to start a head, or --address HOST:PORT (or FLEXSP_ADDRESS) to start a node; no head was "
+          "started on this machine for a node to join by default");
     if (so->head && start->count("--devices"))
       throw CLI::ValidationError("--devices", "devices belong to nodes; start a node with --address");
     if (so->head && start->count("--cpu-memory-gb"))

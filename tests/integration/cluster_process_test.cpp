@@ -369,6 +369,24 @@ TEST_F(ClusterProcesses, JobLogsFollowARunningJobWithTimedLinesUntilItEnds) {
   EXPECT_EQ(missing.exit_code, 2) << missing.output;
 }
 
+TEST_F(ClusterProcesses, ANodeStartedWithoutAnAddressJoinsTheHeadStartedHere) {
+  ::unsetenv("FLEXSP_ADDRESS");
+  auto r = run("start --devices cpu:1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m, std::regex{R"(node (\d+) joined .*pid (\d+)\))"})) << r.output;
+  pids_.push_back(std::stoi(m[2]));
+  EXPECT_EQ(status_json()["nodes"].size(), 1u);
+  const auto empty = state_ / "no-head-here";
+  fs::create_directories(empty);
+  auto alone = run("start --devices cpu:1", "FLEXSP_STATE_DIR=" + empty.string());
+  EXPECT_NE(alone.exit_code, 0);
+  EXPECT_NE(alone.output.find("no head was started on this machine"), std::string::npos) << alone.output;
+  auto both = run("start --head --address " + address_);
+  EXPECT_NE(both.exit_code, 0);
+  EXPECT_NE(both.output.find("either --head or --address"), std::string::npos) << both.output;
+}
+
 TEST_F(ClusterProcesses, TheCppJobClientFindsTheClusterStartedHereAsTheCliDoes) {
   // No address, no secret: FLEXSP_STATE_DIR's record of the head started by SetUp.
   ::unsetenv("FLEXSP_ADDRESS");
