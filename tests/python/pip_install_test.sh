@@ -28,7 +28,8 @@ except flexsp.FlexspError as e:
     assert "not-an-address" in str(e), e
 print("installed package plans:", round(p.predicted_ms, 1), "ms")
 PY
-"$work/venv/bin/flexsp" --help | grep -q "plan" || { echo "FAIL: the installed flexsp command has no --help"; exit 1; }
+"$work/venv/bin/flexsp" --help > "$work/help.txt" 2>&1 || { cat "$work/help.txt"; echo "FAIL: flexsp --help"; exit 1; }
+grep -q "plan" "$work/help.txt" || { cat "$work/help.txt"; echo "FAIL: the installed flexsp command's --help lists no plan"; exit 1; }
 "$work/venv/bin/python" -m flexsp info > "$work/info.txt" 2>&1 || { cat "$work/info.txt"; echo "FAIL: python -m flexsp info"; exit 1; }
 grep -q "build" "$work/info.txt" || { cat "$work/info.txt"; echo "FAIL: flexsp info shows no build"; exit 1; }
 "$work/venv/bin/pip" uninstall --yes --quiet flexsp
