@@ -1231,18 +1231,23 @@ void job_controller::calibration_result(const std::vector<std::uint32_t>& w,
 
 /// Online calibration: every few steps, refit the profile to the group times measured in
 /// training (the last kRefitWindow groups), so the cost model follows the devices as they are
-/// loaded in practice. A fit that does not validate leaves the profile as it is.
+/// loaded in practice. Training groups rarely separate every constant; refit_profile keeps what
+/// they do not determine near the current profile and holds constants they would pull negative.
 void job_controller::refit() {
   static constexpr std::size_t kRefitWindow = 256;
   while (observed_.size() > kRefitWindow) observed_.pop_front();
-  if (!spec_.calibrate || ++steps_since_refit_ < 5) return;
-  steps_since_refit_ = 0;
+  // The first refit as soon as the groups of two steps determine it (the start-up calibration's
+  // short probes can be far from training's groups), then every five steps. Too few groups yet:
+  // tried again after the next step.
+  if (!spec_.calibrate || ++steps_since_refit_ < (refits_ == 0 ? 2 : 5)) return;
   std::vector<scheduler::fit_sample> samples{observed_.begin(), observed_.end()};
-  auto fit = scheduler::fit_profile(samples, profile_);
+  auto fit = scheduler::refit_profile(samples, profile_);
   if (!fit) return;
+  steps_since_refit_ = 0;
   auto p = scheduler::apply_fit(profile_, *fit);
-  if (!(p.alpha1 >= 0 && p.alpha2 >= 0 && p.beta1 >= 0) || !p.validate()) return;
+  if (!p.validate()) return;
   p.name = "cpu-online";
+  ++refits_;
   profile_ = p;
   ++profile_version_;
   prepared_.reset();

@@ -643,7 +643,7 @@ TEST(ClusterCommands, HelpAndBadFlagsGiveClearMessages) {
   }
   auto both = run("start --head --address 127.0.0.1:1");
   EXPECT_NE(both.exit_code, 0);
-  EXPECT_NE(both.output.find("exactly one of --head or --address"), std::string::npos) << both.output;
+  EXPECT_NE(both.output.find("either --head or --address HOST:PORT, not both"), std::string::npos) << both.output;
   auto bad_devices = run("start --address 127.0.0.1:1 --devices gpu:3", "FLEXSP_CLUSTER_SECRET=x");
   EXPECT_NE(bad_devices.exit_code, 0);
   EXPECT_NE(bad_devices.output.find("unknown device kind 'gpu'"), std::string::npos) << bad_devices.output;

@@ -6,6 +6,7 @@
 #include <functional>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "flexsp/scheduler/planner.hpp"
 
@@ -101,8 +102,23 @@ public:
     r.loss_sum = 5.0 * static_cast<double>(p.global_tokens);
     r.compute_ms = 10;
     r.comm_ms = 1;
+    if (group_ms)
+      for (std::size_t mb = 0; mb < p.micro_batches.size(); ++mb) {
+        const auto& g = p.micro_batches[mb];
+        group_timing t;
+        t.micro_batch = static_cast<std::uint32_t>(mb);
+        t.degree = static_cast<std::uint32_t>(g.group.size());
+        std::vector<std::int64_t> lengths{g.lengths.begin(), g.lengths.end()};
+        for (auto l : lengths) t.tokens += static_cast<std::uint64_t>(l);
+        t.compute_ms = group_ms(static_cast<int>(g.group.size()), lengths) * (p.calibrate ? probe_slowdown : 1.0);
+        r.groups.push_back(t);
+      }
     return r;
   }
+  /// When set, devices report each group's time as this gives it (degree, lengths).
+  std::function<double(int, const std::vector<std::int64_t>&)> group_ms;
+  /// Timing probes run this many times slower than training (short probes pay fixed costs).
+  double probe_slowdown = 1.0;
   /// Answers every waiting step plan with grad_ready.
   void reply_all() {
     auto plans = std::move(plans_);
@@ -835,6 +851,33 @@ TEST(JobController, CalibrationRunsAWarmUpAndATimedProbeBeforeTheFirstStep) {
   for (const auto& [_, p] : c.sent_plans) probes += p.calibrate;
   EXPECT_EQ(probes, 4u) << "two probe attempts on two devices";
   EXPECT_TRUE(c.commits_of(~std::uint64_t{0}) == 0) << "probes are never committed";
+}
+
+TEST(JobController, TheCostModelIsRefitToTheGroupTimesMeasuredInTraining) {
+  // The devices run at 0.05 ms per token plus 2 ms per group, and the start-up probes 3 times
+  // slower: the calibrated profile is off until training's own groups correct it.
+  auto device_ms = [](int degree, const std::vector<std::int64_t>& lengths) {
+    double t = 2.0;
+    for (auto l : lengths) t += 0.05 * static_cast<double>(l) / degree;
+    return t;
+  };
+  auto profile_after = [&](std::uint64_t steps) {
+    auto spec = small_spec(steps);
+    spec.calibrate = true;
+    scripted_cluster c{spec};
+    c.group_ms = device_ms;
+    c.probe_slowdown = 3.0;
+    c.start({{1, 2}});
+    EXPECT_TRUE(c.finished && c.finished->state == job_state::succeeded);
+    return nlohmann::json::parse(c.controller().status().calibration);
+  };
+  const auto calibrated = profile_after(1);
+  EXPECT_EQ(calibrated["name"], "cpu-calibrated") << "one step: the start-up calibration only";
+  EXPECT_NEAR(calibrated["alpha2"].get<double>(), 0.15, 0.01) << calibrated.dump();
+  const auto refit = profile_after(8);
+  EXPECT_EQ(refit["name"], "cpu-online") << "refit once the groups measured in training determine it";
+  EXPECT_NEAR(refit["alpha2"].get<double>(), 0.05, 0.005) << refit.dump();
+  EXPECT_NEAR(refit["beta1"].get<double>(), 2.0, 0.5) << refit.dump();
 }
 
 TEST(JobController, ACheckpointIsIndexedOnlyAfterTheDeviceWroteIt) {

@@ -431,6 +431,7 @@ private:
   bool waiting_for_plan_ = false;
   std::deque<scheduler::fit_sample> observed_;
   int steps_since_refit_ = 0;
+  int refits_ = 0;  ///< online refits applied; the first comes after 2 steps, the next every 5
 
   std::map<std::uint64_t, std::uint32_t> save_tags_;  // checkpoint writes outstanding: tag -> device
   std::map<int, std::uint64_t> save_sums_;             // their fingerprints by shard index

@@ -30,12 +30,21 @@ struct fit_result {
   std::map<int, double> bandwidth_gbps;  ///< one entry per degree > 1 present in the samples
   double rms_error_ms{0};                ///< root mean square residual
   double max_relative_error{0};          ///< largest |predicted - measured| / measured
+  int held{0};                           ///< refit_profile: constants held (see there)
 };
 
 /// Fits the model T = beta1 + sum (alpha1 s^2 + alpha2 s)/d + [d>1] sum V(s)/(d bw[d]), where V
 /// comes from `base.hidden` and `base.layers`. Fails with errc::invalid_argument when the samples
 /// cannot determine every constant (too few, or lengths that do not vary).
 expected<fit_result> fit_profile(const std::vector<fit_sample>& samples, const profile& base);
+
+/// The online refit: the same model fitted to timings measured in training, which rarely vary
+/// enough to separate every constant (groups of similar total length make alpha1, alpha2 and
+/// beta1 nearly collinear). Directions the samples do not determine stay near `current`'s
+/// constants (a small ridge term toward them), and a constant the samples would pull negative is
+/// held (alpha1, alpha2, beta1 at 0; a bandwidth at its current value) while the others are
+/// fitted again. Fails only on invalid samples or too few of them.
+expected<fit_result> refit_profile(const std::vector<fit_sample>& samples, const profile& current);
 
 /// `base` with the fitted constants written in (other fields unchanged).
 profile apply_fit(profile base, const fit_result& fit);
