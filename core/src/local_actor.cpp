@@ -266,8 +266,10 @@ void local_actor::terminate(exit_reason reason) {
     std::lock_guard lock{space_mutex_};
     space_cv_.notify_all();
   }
-  watchers_.fire(*this, reason, what);
+  // The system forgets the actor before its watchers hear of it, so a down handler sees it gone
+  // (live_actors() without it). The scheduler's reference keeps this cell alive meanwhile.
   sys_.actor_terminated(*this);
+  watchers_.fire(*this, reason, what);
 }
 
 void local_actor::attach(intrusive_ptr<abstract_actor> w, watch_kind kind) { watchers_.add(*this, std::move(w), kind); }
