@@ -1198,14 +1198,9 @@ void job_controller::calibration_result(const std::vector<std::uint32_t>& w,
     return ms;
   });
   auto base = profile_;
-  auto fit = scheduler::fit_profile(samples, base);
-  if (!fit) {
-    // Noisy communication timings can make a bandwidth unidentifiable; fit compute only.
-    std::vector<scheduler::fit_sample> local;
-    for (const auto& s : samples)
-      if (s.degree == 1) local.push_back(s);
-    fit = scheduler::fit_profile(local, base);
-  }
+  // As the online refits: a constant the probes would pull negative (noisy communication timings
+  // can do that to a bandwidth) is held, and the others are fitted without it.
+  auto fit = scheduler::refit_profile(samples, base);
   if (!fit) {
     log(fmt::format("calibration fit failed ({}); keeping the default profile", fit.error().message()));
     step_boundary();
@@ -1230,11 +1225,12 @@ void job_controller::calibration_result(const std::vector<std::uint32_t>& w,
 }
 
 /// Online calibration: every few steps, refit the profile to the group times measured in
-/// training (the last kRefitWindow groups), so the cost model follows the devices as they are
-/// loaded in practice. Training groups rarely separate every constant; refit_profile keeps what
+/// training, so the cost model follows the devices as they are loaded in practice. Only the last
+/// kRefitWindow groups count: devices speed up after their first steps and slow down when the
+/// machine gets busy. Training groups rarely separate every constant; refit_profile keeps what
 /// they do not determine near the current profile and holds constants they would pull negative.
 void job_controller::refit() {
-  static constexpr std::size_t kRefitWindow = 256;
+  static constexpr std::size_t kRefitWindow = 64;
   while (observed_.size() > kRefitWindow) observed_.pop_front();
   // The first refit as soon as the groups of two steps determine it (the start-up calibration's
   // short probes can be far from training's groups), then every five steps. Too few groups yet:
