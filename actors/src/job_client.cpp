@@ -81,6 +81,22 @@ expected<std::shared_ptr<job_client>> job_client::connect(const std::string& add
   return connect(resolved, t);
 }
 
+std::string job_info_to_json(const job_info& i) {
+  nlohmann::json j{{"id", i.id},
+                   {"name", i.name},
+                   {"state", std::string{to_string(i.state)}},
+                   {"steps_done", i.steps_done},
+                   {"steps_total", i.steps_total},
+                   {"devices", i.devices},
+                   {"first_loss", i.first_loss},
+                   {"last_loss", i.last_loss},
+                   {"resumed_from", i.resumed_from},
+                   {"error", i.error},
+                   {"final_checksum", i.final_checksum}};
+  if (!i.calibration.empty()) j["calibration"] = nlohmann::json::parse(i.calibration, nullptr, false);
+  return j.dump();
+}
+
 job_client::~job_client() {
   if (host_) host_->stop();
   if (system_) system_->shutdown();

@@ -72,7 +72,6 @@ std::optional<local_cluster> recorded_local_cluster() {
   local_cluster c;
   c.address = j["address"].get<std::string>();
   if (j.contains("secret_file") && j["secret_file"].is_string()) c.secret_file = j["secret_file"].get<std::string>();
-  if (j.contains("dashboard") && j["dashboard"].is_string()) c.dashboard = j["dashboard"].get<std::string>();
   return c;
 }
 

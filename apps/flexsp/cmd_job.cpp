@@ -38,15 +38,7 @@ expected<std::shared_ptr<actors::job_client>> connect(const job_flags& f) {
   return connect_job_client(f.address, f.secret_file);
 }
 
-nlohmann::json info_json(const actors::job_info& i) {
-  nlohmann::json j{{"id", i.id},           {"name", i.name},         {"state", std::string{actors::to_string(i.state)}},
-                   {"steps_done", i.steps_done}, {"steps_total", i.steps_total}, {"devices", i.devices},
-                   {"first_loss", i.first_loss}, {"last_loss", i.last_loss},   {"resumed_from", i.resumed_from},
-                   {"error", i.error}};
-  // The profile the job fitted from its own timings (what `flexsp profile` writes).
-  if (!i.calibration.empty()) j["calibration"] = nlohmann::json::parse(i.calibration, nullptr, false);
-  return j;
-}
+nlohmann::json info_json(const actors::job_info& i) { return nlohmann::json::parse(actors::job_info_to_json(i)); }
 
 /// A committed step as the console shows it ("step 3/30  loss 5.210  devices 4  step 812 ms").
 std::string step_line(const nlohmann::json& j, std::uint64_t total) {

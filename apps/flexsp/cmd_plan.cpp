@@ -97,7 +97,6 @@ struct plan_args {
   std::string lengths;
   std::string synthetic;
   int batch_size{512};
-  bool batch_size_given{false};
   int batch_index{0};
   std::int64_t context_limit{0};
   std::uint64_t seed{1};
@@ -132,23 +131,18 @@ std::vector<std::int64_t> lengths_batch(const std::vector<std::int64_t>& all, co
 }
 
 void run_plan(common_args& a, const plan_args& pa) {
-  const auto& lengths_path = pa.lengths;
-  const auto& synthetic = pa.synthetic;
-  const auto& strategy = pa.strategy;
-  const int batch_size = pa.batch_size;
-  const auto seed = pa.seed;
-  if (lengths_path.empty() == synthetic.empty())
+  if (pa.lengths.empty() == pa.synthetic.empty())
     throw plan_failure{"give exactly one of --lengths FILE|- and --synthetic KIND"};
   std::vector<std::int64_t> lengths;
-  if (!synthetic.empty()) {
-    lengths = unwrap(sch::synthetic_lengths(static_cast<std::size_t>(batch_size), seed, synthetic), "--synthetic");
-    std::fprintf(stderr, "flexsp plan: %d synthetic %s lengths (seed %llu)\n", batch_size, synthetic.c_str(),
-                 static_cast<unsigned long long>(seed));
+  if (!pa.synthetic.empty()) {
+    lengths = unwrap(sch::synthetic_lengths(static_cast<std::size_t>(pa.batch_size), pa.seed, pa.synthetic), "--synthetic");
+    std::fprintf(stderr, "flexsp plan: %d synthetic %s lengths (seed %llu)\n", pa.batch_size, pa.synthetic.c_str(),
+                 static_cast<unsigned long long>(pa.seed));
   } else {
-    lengths = lengths_batch(read_lengths_arg(lengths_path), lengths_path == "-" ? "stdin" : lengths_path, pa);
+    lengths = lengths_batch(read_lengths_arg(pa.lengths), pa.lengths == "-" ? "stdin" : pa.lengths, pa);
   }
   sch::planner_options opts;
-  opts.strategy = strategy;
+  opts.strategy = pa.strategy;
   opts.time_limit_ms = a.time_limit_ms;
   opts.any_degree = a.any_degree;
   opts.use_milp = a.milp;
@@ -156,7 +150,7 @@ void run_plan(common_args& a, const plan_args& pa) {
   auto prof = load_profile(a);
   auto pl = unwrap(sch::planner::create(std::move(prof), sch::cluster{a.devices, a.devices_per_node}, opts), "planner");
   std::fprintf(stderr, "flexsp plan: planning %zu sequences on %d devices (%s)...\n", lengths.size(), a.devices,
-               strategy.c_str());
+               pa.strategy.c_str());
   auto p = unwrap(pl.make_plan(lengths), "plan");
   std::fprintf(stderr, "flexsp plan: done in %.1f ms\n", p.solve_ms);
   if (!a.svg.empty()) write_svg(a.svg, sch::plan_to_svg(p, lengths));

@@ -41,21 +41,7 @@ void unwrap(expected<void> r) {
 /// JSON text -> Python objects (through the json module: dicts, lists, numbers, strings).
 py::object from_json(const std::string& text) { return py::module_::import("json").attr("loads")(text); }
 
-py::dict info_dict(const actors::job_info& i) {
-  py::dict d;
-  d["id"] = i.id;
-  d["name"] = i.name;
-  d["state"] = std::string{actors::to_string(i.state)};
-  d["steps_done"] = i.steps_done;
-  d["steps_total"] = i.steps_total;
-  d["first_loss"] = i.first_loss;
-  d["last_loss"] = i.last_loss;
-  d["devices"] = i.devices;
-  d["error"] = i.error;
-  d["resumed_from"] = i.resumed_from;
-  d["final_checksum"] = i.final_checksum;
-  return d;
-}
+py::dict info_dict(const actors::job_info& i) { return from_json(actors::job_info_to_json(i)); }
 
 /// A plan, with its groups as Python objects and its pictures.
 struct py_plan {

@@ -66,6 +66,12 @@ private:
   std::uint64_t delivered_ = 0;
 };
 
+/// A job's status as a JSON object (text): id, name, state, steps_done, steps_total, devices,
+/// first_loss, last_loss, resumed_from, error, final_checksum, and calibration (the profile the
+/// job fitted, as an object) when there is one; neither metrics nor logs. What `flexsp job
+/// status` prints and the Python package returns.
+std::string job_info_to_json(const job_info& i);
+
 class job_client : public std::enable_shared_from_this<job_client> {
 public:
   /// Connects to the head at "host:port" with the cluster secret in `transport`.

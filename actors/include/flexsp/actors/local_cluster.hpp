@@ -20,7 +20,6 @@ expected<std::filesystem::path> local_state_dir();
 struct local_cluster {
   std::string address;      ///< "host:port" of the head
   std::string secret_file;  ///< where its secret is
-  std::string dashboard;    ///< the dashboard URL, when it serves one
 };
 
 /// The cluster started last on this machine, when there is a record of one.
